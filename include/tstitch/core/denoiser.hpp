@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <concepts>
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "tstitch/core/prediction.hpp"
+#include "tstitch/core/step.hpp"
+#include "tstitch/core/tensor.hpp"
+
+namespace tstitch {
+
+/// The condition type of unconditional models.
+struct NoCondition {};
+
+/// 1. A denoiser names the type of its condition (class labels, text embeddings, NoCondition).
+template <class D>
+concept has_condition_type = requires { typename std::remove_cvref_t<D>::condition_type; };
+
+/// 2. It declares what its raw output means.
+template <class D>
+concept declares_prediction = requires(const D& d) {
+  { d.prediction() } -> std::same_as<Prediction>;
+};
+
+/// 3. It declares the shape [C, H, W] of one latent sample; the batch comes with x.
+template <class D>
+concept declares_latent_shape = requires(const D& d) {
+  { d.latent_shape() } -> std::same_as<Shape>;
+};
+
+/// 4. It writes its raw prediction for latents x (N, C, H, W) at the step described by ctx into
+///    out (N, output_channels(prediction, C), H, W).
+template <class D>
+concept predicts = has_condition_type<D> &&
+                   requires(D& d, ConstView x, const StepContext& ctx,
+                            const typename std::remove_cvref_t<D>::condition_type& c, View out) {
+                     d.predict(x, ctx, c, out);
+                   };
+
+/// A denoiser: anything with these four members. No base class, no virtual functions: a user's
+/// TensorRT engine, a lambda wrapper (make_denoiser) and the stitcher itself all qualify.
+///
+/// Optional members the sampling loop uses when present:
+///   condition_type unconditional(const condition_type&) const  the "null" condition for
+///                                                              classifier-free guidance
+///   Route route(const StepContext&)     called once per step, before the step's evaluations;
+///                                       lets a composite denoiser say which model serves it
+///   std::int64_t output_channels() const  raw output channels (default: from prediction())
+///   std::string model_name(std::size_t) const  names for per-step records
+template <class D>
+concept Denoiser =
+    has_condition_type<D> && declares_prediction<D> && declares_latent_shape<D> && predicts<D>;
+
+template <Denoiser D> using condition_of = typename std::remove_cvref_t<D>::condition_type;
+
+/// Which model serves a step and how: the answer of a denoiser's optional `route` member.
+struct Route {
+  std::size_t model = 0;                ///< index of the serving model (0 for a plain denoiser)
+  Prediction prediction = Prediction::epsilon; ///< what that model's raw output means
+  std::optional<double> guidance_scale; ///< overrides the sampling options' scale when set
+};
+
+/// The route of step ctx: the denoiser's own answer, or model 0 with its declared prediction.
+template <Denoiser D> [[nodiscard]] Route route_of(D& d, const StepContext& ctx) {
+  if constexpr (requires { { d.route(ctx) } -> std::same_as<Route>; })
+    return d.route(ctx);
+  else
+    return Route{0, d.prediction(), std::nullopt};
+}
+
+/// Channels of the raw output buffer a denoiser needs.
+template <Denoiser D> [[nodiscard]] std::int64_t raw_output_channels(const D& d) {
+  if constexpr (requires { { d.output_channels() } -> std::convertible_to<std::int64_t>; })
+    return d.output_channels();
+  else
+    return output_channels(d.prediction(), d.latent_shape().channels);
+}
+
+/// The display name of model k of a denoiser ("model k" unless it names its models).
+template <Denoiser D> [[nodiscard]] std::string model_name_of(const D& d, std::size_t k) {
+  if constexpr (requires { { d.model_name(k) } -> std::convertible_to<std::string>; })
+    return d.model_name(k);
+  else
+    return "model " + std::to_string(k);
+}
+
+/// A denoiser from a callable `f(ConstView x, const StepContext&, const Cond&, View out)`: the
+/// quickest way to plug in an existing engine.
+template <class Cond, class F> class FunctionDenoiser {
+public:
+  using condition_type = Cond;
+
+  FunctionDenoiser(Prediction prediction, Shape latent_shape, F f)
+      : prediction_(prediction), shape_(latent_shape), f_(std::move(f)) {}
+
+  [[nodiscard]] Prediction prediction() const { return prediction_; }
+  [[nodiscard]] Shape latent_shape() const { return shape_; }
+  void predict(ConstView x, const StepContext& ctx, const Cond& c, View out) { f_(x, ctx, c, out); }
+
+private:
+  Prediction prediction_;
+  Shape shape_;
+  F f_;
+};
+
+template <class Cond = NoCondition, class F>
+[[nodiscard]] FunctionDenoiser<Cond, F> make_denoiser(Prediction prediction, Shape latent_shape,
+                                                      F f) {
+  return {prediction, latent_shape, std::move(f)};
+}
+
+} // namespace tstitch

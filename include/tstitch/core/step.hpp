@@ -1,0 +1,36 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <cmath>
+#include <limits>
+
+namespace tstitch {
+
+/// One point of a noise schedule: latents there are x_t = alpha * x0 + sigma * eps.
+struct TimePoint {
+  double timestep = 0; ///< the model time the network is conditioned on (e.g. 0..999 for DDPM)
+  double alpha = 1;    ///< signal scale
+  double sigma = 0;    ///< noise scale
+
+  /// The noise-to-signal ratio sigma / alpha: what k-diffusion and diffusers' Euler call "sigma"
+  /// (a variance-exploding sigma). Infinite where alpha = 0 (pure noise on a flow schedule).
+  [[nodiscard]] double ve_sigma() const {
+    return alpha == 0 ? std::numeric_limits<double>::infinity() : sigma / alpha;
+  }
+  /// log(alpha^2 / sigma^2); +inf at sigma = 0.
+  [[nodiscard]] double log_snr() const { return 2.0 * (std::log(alpha) - std::log(sigma)); }
+};
+
+/// What a denoiser is told about the evaluation it is asked for.
+struct StepContext {
+  int step = 0;       ///< sampling step i, 0-based
+  int num_steps = 0;  ///< n, the number of sampling steps of this run
+  int evaluation = 0; ///< which model evaluation of step i (0, or 1 for the second stage of Heun)
+  TimePoint point{};  ///< where the model is evaluated
+
+  [[nodiscard]] double timestep() const { return point.timestep; }
+  [[nodiscard]] double alpha() const { return point.alpha; }
+  [[nodiscard]] double sigma() const { return point.sigma; }
+};
+
+} // namespace tstitch

@@ -1,0 +1,295 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "tstitch/core/denoiser.hpp"
+#include "tstitch/core/error.hpp"
+#include "tstitch/core/host_backend.hpp"
+#include "tstitch/core/philox.hpp"
+#include "tstitch/schedule/trajectory.hpp"
+#include "tstitch/solver/concept.hpp"
+
+namespace tstitch {
+
+/// Classifier-free guidance: out = u + scale * (c - u) on the guided channels, where c and u are
+/// the conditional and unconditional raw outputs; other channels (e.g. a learned variance) are
+/// taken from the conditional output. Scale 1 means no guidance (no unconditional evaluation).
+struct Guidance {
+  double scale = 1.0;
+  /// Number of leading channels guided; 0 = all latent channels (the standard form).
+  std::int64_t guided_channels = 0;
+
+  static Guidance standard(double scale) { return {scale, 0}; }
+  /// The official DiT code's variant: only the first 3 channels are guided (for exact parity).
+  static Guidance dit(double scale) { return {scale, 3}; }
+};
+
+/// What ran at one step.
+struct StepRecord {
+  int step = 0;
+  std::size_t model = 0;     ///< index of the serving model (0 for a plain denoiser)
+  double timestep = 0;       ///< model time at the step's first evaluation
+  double sigma = 0;          ///< noise scale there
+  double alpha = 0;          ///< signal scale there
+  double guidance_scale = 1; ///< scale used at this step
+  int evaluations = 0;       ///< denoiser calls (twice the solver's evaluations with guidance)
+  double seconds = 0;        ///< wall time of the step, model and solver
+};
+
+struct SampleOptions {
+  int steps = 50;
+  /// Start at this step of the n-step trajectory instead of 0, with x already at
+  /// trajectory[start_step] (image-to-image: see add_noise). Steps before it are skipped.
+  int start_step = 0;
+  Guidance guidance{};
+  /// Seeds the noise of stochastic solvers; sample k of a run uses stream (seed, first_sample + k).
+  std::uint64_t seed = 0;
+  std::uint32_t first_sample = 0;
+  /// Called after every step; return false to stop (the result then says cancelled).
+  std::function<bool(const StepRecord&)> on_step{};
+  /// Called at every step with the current estimate of the clean sample x0 (N, C, H, W).
+  std::function<void(const StepRecord&, ConstView x0)> on_preview{};
+  /// Throw tstitch::numerical_error when NaN or Inf appears in the latents (one read per step).
+  bool check_finite = true;
+};
+
+struct SampleResult {
+  std::vector<StepRecord> records;
+  int switches = 0; ///< how often the serving model changed
+  bool cancelled = false;
+};
+
+/// Fills x with standard normal noise from stream (seed, first_sample + row): the usual x_T.
+template <class Backend = HostBackend>
+void fill_initial_noise(View x, std::uint64_t seed, std::uint32_t first_sample = 0,
+                        const Backend& backend = {}) {
+  backend.fill_normal(x, NoiseKey{seed, first_sample, 0, stream_initial_latents});
+}
+
+/// Noises clean latents to a point of a schedule: x = alpha * x + sigma * noise (diffusers'
+/// add_noise), e.g. x at trajectory[start_step] for image-to-image sampling.
+template <class Backend = HostBackend>
+void add_noise(View x, ConstView noise, const TimePoint& point, const Backend& backend = {}) {
+  backend.combine(x, Term{static_cast<float>(point.alpha), ConstView(x)},
+                  Term{static_cast<float>(point.sigma), noise});
+}
+
+/// The sampling loop with its workspace. Reusing one Sampler for runs of the same batch and
+/// shape allocates nothing after the first run.
+template <class Backend = HostBackend> class Sampler {
+public:
+  explicit Sampler(Backend backend = {}) : backend_(std::move(backend)) {}
+
+  /// Samples in place: x holds x_T on entry and the final sample on return. `uncond` is the
+  /// unconditional condition for guidance (nullptr: none).
+  template <Denoiser D, NoiseSchedule S, Solver<Backend> V>
+  SampleResult run(D& denoiser, const S& schedule, V& solver, View x, const condition_of<D>& cond,
+                   const condition_of<D>* uncond, const SampleOptions& options) {
+    require(options.steps >= 1, "steps", options.steps, "must be at least 1");
+    require(options.start_step >= 0 && options.start_step < options.steps, "start_step",
+            options.start_step, detail::concat("must be in [0, steps = ", options.steps, ")"));
+    const Shape shape = denoiser.latent_shape();
+    if (x.shape() != shape || x.batch() < 1)
+      throw_invalid_argument("x shape", shape_string(x),
+                             detail::concat("must be [N, ", shape.channels, ", ", shape.height,
+                                            ", ", shape.width, "] with N >= 1, the denoiser's"));
+    check_guidance(options.guidance, options.guidance.scale, shape, uncond);
+    if (options.check_finite) {
+      const std::int64_t bad = backend_.find_nonfinite(x);
+      if (bad >= 0)
+        throw_invalid_argument("x", "NaN or Inf",
+                               detail::concat("the initial latents hold a non-finite value at "
+                                              "flat index ", bad));
+    }
+
+    const Trajectory trajectory = schedule.trajectory(options.steps);
+    if (trajectory.steps() != options.steps)
+      throw runtime_error(detail::concat("tstitch: the schedule returned ", trajectory.steps(),
+                                         " steps for steps = ", options.steps));
+    prepare(x.batch(), shape, raw_output_channels(denoiser), uncond != nullptr);
+    solver.begin(backend_, trajectory, x.batch(), shape);
+
+    SampleResult result;
+    result.records.reserve(static_cast<std::size_t>(options.steps - options.start_step));
+    std::optional<std::size_t> serving;
+    for (int i = options.start_step; i < options.steps; ++i) {
+      const auto started = std::chrono::steady_clock::now();
+      StepContext ctx{i, options.steps, 0, trajectory[i]};
+      const Route route = route_of(denoiser, ctx);
+      if (serving && *serving != route.model) {
+        ++result.switches;
+        if constexpr (requires { solver.on_model_switch(); })
+          solver.on_model_switch();
+      }
+      serving = route.model;
+
+      StepRecord record;
+      record.step = i;
+      record.model = route.model;
+      record.timestep = ctx.point.timestep;
+      record.sigma = ctx.point.sigma;
+      record.alpha = ctx.point.alpha;
+      record.guidance_scale = route.guidance_scale.value_or(options.guidance.scale);
+      if (route.guidance_scale)
+        check_guidance(options.guidance, record.guidance_scale, shape, uncond);
+
+      SolverStep step{i, 0, &trajectory,
+                      NoiseKey{options.seed, options.first_sample, static_cast<std::uint32_t>(i),
+                               stream_solver}};
+      const int evaluations = evaluations_of(solver, i);
+      for (int e = 0; e < evaluations; ++e) {
+        step.evaluation = e;
+        ctx.evaluation = e;
+        ctx.point = evaluation_point(solver, step);
+        const ConstView input = evaluation_input(solver, step, x);
+        const ModelOutput output = evaluate(denoiser, ctx, route, input, cond, uncond,
+                                            options.guidance, record);
+        if (e == 0 && options.on_preview)
+          options.on_preview(record, output.x0);
+        solver.update(backend_, step, output, x);
+      }
+      if (options.check_finite) {
+        const std::int64_t bad = backend_.find_nonfinite(x);
+        if (bad >= 0)
+          throw numerical_error(detail::concat(
+              "tstitch: NaN or Inf in the latents after step ", i, " of ", options.steps,
+              " (served by ", model_name_of(denoiser, route.model), ", timestep ",
+              ctx.point.timestep, ", sigma ", ctx.point.sigma, "), first at flat index ", bad));
+      }
+      record.seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      result.records.push_back(record);
+      if (options.on_step && !options.on_step(record)) {
+        result.cancelled = true;
+        break;
+      }
+    }
+    return result;
+  }
+
+  [[nodiscard]] Backend& backend() { return backend_; }
+
+private:
+  using tensor_type = typename Backend::tensor_type;
+
+  template <class V> static TimePoint evaluation_point(const V& solver, const SolverStep& step) {
+    if constexpr (requires { { solver.evaluation_point(step) } -> std::same_as<TimePoint>; })
+      return solver.evaluation_point(step);
+    else
+      return step.from();
+  }
+  template <class V>
+  static ConstView evaluation_input(const V& solver, const SolverStep& step, ConstView x) {
+    if constexpr (requires { { solver.evaluation_input(step, x) } -> std::same_as<ConstView>; })
+      return solver.evaluation_input(step, x);
+    else
+      return x;
+  }
+
+  static void check_guidance(const Guidance& guidance, double scale, Shape shape,
+                             const void* uncond) {
+    if (!std::isfinite(scale))
+      throw_invalid_argument("guidance scale", scale, "must be finite");
+    if (guidance.guided_channels < 0 || guidance.guided_channels > shape.channels)
+      throw_invalid_argument("guidance.guided_channels", guidance.guided_channels,
+                             detail::concat("must be in [0, ", shape.channels, "]"));
+    if (scale != 1.0 && uncond == nullptr)
+      throw_invalid_argument("guidance scale", scale,
+                             "needs an unconditional condition: pass uncond to sample() or give "
+                             "the denoiser an unconditional(cond) member");
+  }
+
+  void prepare(std::int64_t batch, Shape shape, std::int64_t raw_channels, bool guided) {
+    const Shape raw_shape{raw_channels, shape.height, shape.width};
+    auto ensure = [&](tensor_type& t, Shape s) {
+      if (t.batch() != batch || t.shape() != s)
+        t = backend_.allocate(batch, s);
+    };
+    ensure(raw_, raw_shape);
+    if (guided)
+      ensure(raw_uncond_, raw_shape);
+    ensure(x0_, shape);
+    ensure(eps_, shape);
+  }
+
+  template <Denoiser D>
+  ModelOutput evaluate(D& denoiser, const StepContext& ctx, const Route& route, ConstView x,
+                       const condition_of<D>& cond, const condition_of<D>* uncond,
+                       const Guidance& guidance, StepRecord& record) {
+    const Shape shape = x.shape();
+    const std::int64_t channels = output_channels(route.prediction, shape.channels);
+    const View raw = View(raw_.view()).channels(0, channels);
+    denoiser.predict(x, ctx, cond, raw);
+    ++record.evaluations;
+    if (record.guidance_scale != 1.0) {
+      const View raw_uncond = View(raw_uncond_.view()).channels(0, channels);
+      denoiser.predict(x, ctx, *uncond, raw_uncond);
+      ++record.evaluations;
+      const std::int64_t guided =
+          guidance.guided_channels == 0 ? shape.channels : guidance.guided_channels;
+      backend_.map(raw.channels(0, guided), Guide{static_cast<float>(record.guidance_scale)},
+                   ConstView(raw.channels(0, guided)), ConstView(raw_uncond.channels(0, guided)));
+    }
+
+    // x0 and eps from (x, m); when one of them *is* m, use m itself rather than a copy.
+    const ConstView m = raw.channels(0, shape.channels);
+    const PredictionConversion k = conversion(route.prediction, ctx.point.alpha, ctx.point.sigma);
+    ModelOutput out{m, m, raw, route.prediction};
+    if (!(k.x0_from_x == 0 && k.x0_from_m == 1)) {
+      backend_.combine(x0_.view(), Term{static_cast<float>(k.x0_from_x), x},
+                       Term{static_cast<float>(k.x0_from_m), m});
+      out.x0 = x0_.view();
+    }
+    if (!(k.eps_from_x == 0 && k.eps_from_m == 1)) {
+      backend_.combine(eps_.view(), Term{static_cast<float>(k.eps_from_x), x},
+                       Term{static_cast<float>(k.eps_from_m), m});
+      out.eps = eps_.view();
+    }
+    return out;
+  }
+
+  /// DiT's arithmetic, u + s * (c - u), for bit-exact parity with its reference sampler.
+  struct Guide {
+    float scale;
+    TSTITCH_HOST_DEVICE float operator()(float c, float u) const { return u + scale * (c - u); }
+  };
+
+  Backend backend_;
+  tensor_type raw_, raw_uncond_, x0_, eps_;
+};
+
+/// The unconditional condition for guidance: the denoiser's `unconditional(cond)` if it has one.
+template <Denoiser D>
+[[nodiscard]] std::optional<condition_of<D>> unconditional_of(const D& d,
+                                                              const condition_of<D>& cond) {
+  if constexpr (requires { { d.unconditional(cond) } -> std::convertible_to<condition_of<D>>; })
+    return d.unconditional(cond);
+  else
+    return std::nullopt;
+}
+
+/// Samples in place with the host backend: x holds x_T on entry (see fill_initial_noise) and
+/// the result on return. Guidance uses the denoiser's unconditional(cond) member.
+template <Denoiser D, NoiseSchedule S, Solver V>
+SampleResult sample(D& denoiser, const S& schedule, V& solver, View x, const condition_of<D>& cond,
+                    const SampleOptions& options = {}) {
+  const std::optional<condition_of<D>> uncond = unconditional_of(denoiser, cond);
+  Sampler<> sampler;
+  return sampler.run(denoiser, schedule, solver, x, cond, uncond ? &*uncond : nullptr, options);
+}
+
+/// As above, with an explicit unconditional condition for classifier-free guidance.
+template <Denoiser D, NoiseSchedule S, Solver V>
+SampleResult sample(D& denoiser, const S& schedule, V& solver, View x, const condition_of<D>& cond,
+                    const condition_of<D>& uncond, const SampleOptions& options) {
+  Sampler<> sampler;
+  return sampler.run(denoiser, schedule, solver, x, cond, &uncond, options);
+}
+
+} // namespace tstitch

@@ -1,0 +1,81 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+
+#include "tstitch/core/config.hpp"
+#include "tstitch/core/error.hpp"
+#include "tstitch/solver/concept.hpp"
+#include "tstitch/solver/posterior.hpp"
+
+namespace tstitch {
+
+struct DDIMOptions {
+  /// 0: deterministic DDIM; 1: the DDPM posterior variance (Song et al. eq. 16).
+  double eta = 0.0;
+  /// Clip x0 to [-r, r] before stepping (diffusers' clip_sample / clip_sample_range). As in
+  /// diffusers, eps is not recomputed from the clipped x0.
+  std::optional<float> clip_sample;
+};
+
+/// DDIM (Song et al. 2021): x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z, with
+/// c = eta * sqrt(posterior variance). Matches diffusers' DDIMScheduler on the same trajectory.
+class DDIM {
+public:
+  explicit DDIM(DDIMOptions options = {}) : options_(options) {
+    require(std::isfinite(options.eta) && options.eta >= 0, "DDIMOptions::eta", options.eta,
+            "must be finite and >= 0");
+    if (options.clip_sample)
+      require(*options.clip_sample > 0, "DDIMOptions::clip_sample", *options.clip_sample,
+              "must be > 0");
+  }
+
+  [[nodiscard]] const DDIMOptions& options() const { return options_; }
+
+  template <class Backend>
+  void begin(Backend& backend, const Trajectory&, std::int64_t batch, Shape shape) {
+    if (options_.eta > 0 && (noise_.batch() != batch || noise_.shape() != shape))
+      noise_ = backend.allocate(batch, shape);
+  }
+
+  template <class Backend>
+  void update(Backend& backend, const SolverStep& step, const ModelOutput& out, View x) {
+    const TimePoint& t = step.from();
+    const TimePoint& s = step.to();
+    const double noise_std = options_.eta * std::sqrt(std::max(0.0, posterior_variance(t, s)));
+    const auto x0_coeff = static_cast<float>(s.alpha);
+    const auto eps_coeff =
+        static_cast<float>(std::sqrt(std::max(0.0, s.sigma * s.sigma - noise_std * noise_std)));
+    const float clip = options_.clip_sample.value_or(0.0f);
+    if (noise_std > 0) {
+      backend.fill_normal(noise_.view(), step.noise);
+      backend.map(x, Step{x0_coeff, eps_coeff, static_cast<float>(noise_std), clip}, out.x0,
+                  out.eps, ConstView(noise_.view()));
+    } else if (clip > 0) {
+      backend.map(x, Step{x0_coeff, eps_coeff, 0.0f, clip}, out.x0, out.eps);
+    } else {
+      backend.combine(x, Term{x0_coeff, out.x0}, Term{eps_coeff, out.eps});
+    }
+  }
+
+private:
+  struct Step {
+    float x0_coeff, eps_coeff, noise_coeff, clip;
+    TSTITCH_HOST_DEVICE float clip_x0(float x0) const {
+      return clip > 0 ? (x0 < -clip ? -clip : (x0 > clip ? clip : x0)) : x0;
+    }
+    TSTITCH_HOST_DEVICE float operator()(float x0, float eps) const {
+      return x0_coeff * clip_x0(x0) + eps_coeff * eps;
+    }
+    TSTITCH_HOST_DEVICE float operator()(float x0, float eps, float z) const {
+      return x0_coeff * clip_x0(x0) + eps_coeff * eps + noise_coeff * z;
+    }
+  };
+
+  DDIMOptions options_;
+  Tensor noise_;
+};
+
+} // namespace tstitch

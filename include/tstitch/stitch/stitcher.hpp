@@ -1,0 +1,228 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <functional>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "tstitch/core/denoiser.hpp"
+#include "tstitch/core/error.hpp"
+#include "tstitch/schedule/trajectory.hpp"
+#include "tstitch/stitch/policy.hpp"
+
+namespace tstitch {
+
+/// What the switch observer is told: the step at which `to` takes over from `from`.
+struct SwitchEvent {
+  std::size_t from = 0;
+  std::size_t to = 0;
+  StepContext context{};
+};
+
+namespace detail {
+
+// Instantiated once per stitched model; a mismatch fails here, and the compiler's note
+// "required from condition_types_match<A, B>" names both condition types.
+template <class First, class Other> struct condition_types_match {
+  static_assert(std::is_same_v<First, Other>,
+                "stitched denoisers must share one condition_type; the two types differ in this "
+                "instantiation of tstitch::detail::condition_types_match<First, Other>");
+  static constexpr bool value = std::is_same_v<First, Other>;
+};
+
+} // namespace detail
+
+/// Runs a trajectory with k denoisers trained on the same data and latent space: a policy picks
+/// the model for each step (model 0 first, the noisiest steps). The stitcher is itself a
+/// Denoiser, so it plugs into every solver and into sample() unchanged.
+///
+/// It holds references: the models must outlive it. Models may predict different things
+/// (epsilon, v, ...): route(ctx) reports each step's prediction and sample() converts every output
+/// into the solver's space.
+template <StitchPolicy Policy, Denoiser... Ds> class BasicStitcher {
+  static_assert(sizeof...(Ds) >= 2, "stitching needs at least two denoisers");
+  using First = std::remove_cvref_t<std::tuple_element_t<0, std::tuple<Ds...>>>;
+  static_assert((detail::condition_types_match<condition_of<First>, condition_of<Ds>>::value && ...));
+
+public:
+  using condition_type = condition_of<First>;
+  using policy_type = Policy;
+  static constexpr std::size_t num_models = sizeof...(Ds);
+
+  BasicStitcher(Policy policy, Ds&... models) : policy_(std::move(policy)), models_(&models...) {
+    if constexpr (requires { policy_.check(num_models); })
+      policy_.check(num_models);
+    const Shape shape = std::get<0>(models_)->latent_shape();
+    for_each_model([&](std::size_t k, const auto& model) {
+      if (model.latent_shape() != shape)
+        throw invalid_argument(detail::concat(
+            "tstitch: stitched models disagree on latent shape: ", model_name(0), " has ", shape,
+            ", ", model_name(k), " has ", model.latent_shape()));
+    });
+  }
+
+  // --- configuration --------------------------------------------------------------------------
+
+  /// Names used in records and errors (default "model k").
+  BasicStitcher& set_names(std::vector<std::string> names) {
+    require(names.size() == num_models, "names.size()", names.size(),
+            detail::concat("must equal the number of models, ", num_models));
+    names_ = std::move(names);
+    return *this;
+  }
+  /// A classifier-free guidance scale per model (nullopt: the sampling options' scale).
+  BasicStitcher& set_guidance_scales(std::vector<std::optional<double>> scales) {
+    require(scales.size() == num_models, "guidance_scales.size()", scales.size(),
+            detail::concat("must equal the number of models, ", num_models));
+    for (std::size_t k = 0; k < scales.size(); ++k)
+      if (scales[k] && !std::isfinite(*scales[k]))
+        throw_invalid_argument(detail::concat("guidance_scales[", k, "]"), *scales[k],
+                               "must be finite");
+    guidance_scales_ = std::move(scales);
+    return *this;
+  }
+  /// Called once at each switch, when route() sees the serving model change.
+  BasicStitcher& on_switch(std::function<void(const SwitchEvent&)> observer) {
+    observer_ = std::move(observer);
+    return *this;
+  }
+
+  // --- the Denoiser interface -----------------------------------------------------------------
+
+  /// The common prediction type. When the models differ there is none: use route(ctx).
+  [[nodiscard]] Prediction prediction() const {
+    const Prediction first = std::get<0>(models_)->prediction();
+    for_each_model([&](std::size_t k, const auto& model) {
+      if (model.prediction() != first)
+        throw invalid_argument(detail::concat(
+            "tstitch: stitched models predict different things (", model_name(0), ": ", first,
+            ", ", model_name(k), ": ", model.prediction(), "); ask route(ctx) per step"));
+    });
+    return first;
+  }
+  [[nodiscard]] Shape latent_shape() const { return std::get<0>(models_)->latent_shape(); }
+  [[nodiscard]] std::int64_t output_channels() const {
+    std::int64_t channels = 0;
+    for_each_model([&](std::size_t, const auto& model) {
+      channels = std::max(channels, raw_output_channels(model));
+    });
+    return channels;
+  }
+
+  /// The unconditional condition for guidance, from the first model (all share the type).
+  [[nodiscard]] condition_type unconditional(const condition_type& c) const
+    requires requires(const First& m) {
+      { m.unconditional(c) } -> std::convertible_to<condition_type>;
+    }
+  {
+    return std::get<0>(models_)->unconditional(c);
+  }
+
+  void predict(ConstView x, const StepContext& ctx, const condition_type& c, View out) {
+    visit(model_index(ctx), [&](auto& model) { model.predict(x, ctx, c, out); });
+  }
+
+  /// The model serving step ctx, its prediction and guidance scale. The sampling loop calls this
+  /// once per step, in step order; the switch observer fires from here.
+  [[nodiscard]] Route route(const StepContext& ctx) {
+    const std::size_t k = model_index(ctx);
+    if (ctx.step > 0 && serving_ && *serving_ != k && observer_)
+      observer_(SwitchEvent{*serving_, k, ctx});
+    serving_ = k;
+    Route r{k, Prediction::epsilon, std::nullopt};
+    visit(k, [&](auto& model) { r.prediction = model.prediction(); });
+    if (!guidance_scales_.empty())
+      r.guidance_scale = guidance_scales_[k];
+    return r;
+  }
+
+  // --- queries --------------------------------------------------------------------------------
+
+  [[nodiscard]] std::size_t model_index(const StepContext& ctx) const {
+    const std::size_t k = static_cast<std::size_t>(policy_.model_for(ctx, num_models));
+    if (k >= num_models)
+      throw invalid_argument(detail::concat("tstitch: stitch policy chose model ", k, " at step ",
+                                            ctx.step, "; there are ", num_models, " models"));
+    return k;
+  }
+  /// The model serving each step of a trajectory.
+  [[nodiscard]] std::vector<std::size_t> assignment(const Trajectory& trajectory) const {
+    std::vector<std::size_t> models;
+    for (int i = 0; i < trajectory.steps(); ++i)
+      models.push_back(model_index(StepContext{i, trajectory.steps(), 0, trajectory[i]}));
+    return models;
+  }
+  /// How many steps of a trajectory each model serves.
+  [[nodiscard]] std::vector<int> steps_per_model(const Trajectory& trajectory) const {
+    std::vector<int> counts(num_models, 0);
+    for (std::size_t k : assignment(trajectory))
+      ++counts[k];
+    return counts;
+  }
+  [[nodiscard]] std::string model_name(std::size_t k) const {
+    return names_.empty() ? "model " + std::to_string(k) : names_[k];
+  }
+  [[nodiscard]] const Policy& policy() const { return policy_; }
+
+private:
+  template <class F> void visit(std::size_t k, F&& f) {
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      (void)((k == I ? (f(*std::get<I>(models_)), true) : false) || ...);
+    }(std::index_sequence_for<Ds...>{});
+  }
+  template <class F> void visit(std::size_t k, F&& f) const {
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      (void)((k == I ? (f(std::as_const(*std::get<I>(models_))), true) : false) || ...);
+    }(std::index_sequence_for<Ds...>{});
+  }
+  template <class F> void for_each_model(F&& f) const {
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      (f(I, std::as_const(*std::get<I>(models_))), ...);
+    }(std::index_sequence_for<Ds...>{});
+  }
+
+  Policy policy_;
+  std::tuple<Ds*...> models_;
+  std::vector<std::string> names_;
+  std::vector<std::optional<double>> guidance_scales_;
+  std::function<void(const SwitchEvent&)> observer_;
+  std::optional<std::size_t> serving_;
+};
+
+/// T-Stitch with two models: `small` serves the first, noisiest part of the trajectory and
+/// `large` finishes it. With the default StepFraction policy, pass the small model's fraction:
+///     TrajectoryStitcher stitcher(dit_s, dit_xl, 0.4);   // DiT-S serves 40% of the steps
+template <Denoiser Small, Denoiser Large, StitchPolicy Policy = StepFraction>
+class TrajectoryStitcher : public BasicStitcher<Policy, Small, Large> {
+public:
+  TrajectoryStitcher(Small& small, Large& large, Policy policy)
+      : BasicStitcher<Policy, Small, Large>(std::move(policy), small, large) {}
+
+  TrajectoryStitcher(Small& small, Large& large, double small_fraction)
+    requires std::is_same_v<Policy, StepFraction>
+      : BasicStitcher<Policy, Small, Large>(StepFraction::small_fraction(small_fraction), small,
+                                            large) {}
+};
+
+template <class Small, class Large>
+TrajectoryStitcher(Small&, Large&, double) -> TrajectoryStitcher<Small, Large, StepFraction>;
+template <class Small, class Large, StitchPolicy Policy>
+TrajectoryStitcher(Small&, Large&, Policy) -> TrajectoryStitcher<Small, Large, Policy>;
+
+/// k models by fraction of steps (the paper's S -> B -> XL setting):
+///     Stitcher stitcher({0.3, 0.3, 0.4}, dit_s, dit_b, dit_xl);
+template <Denoiser... Ds> class Stitcher : public BasicStitcher<StepFraction, Ds...> {
+public:
+  Stitcher(std::vector<double> fractions, Ds&... models)
+      : BasicStitcher<StepFraction, Ds...>(StepFraction(std::move(fractions)), models...) {}
+};
+
+template <class... Ds> Stitcher(std::vector<double>, Ds&...) -> Stitcher<Ds...>;
+
+} // namespace tstitch

@@ -1,0 +1,32 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+// The umbrella header: every CPU part of tstitch. CUDA backends live under tstitch/cuda/ and are
+// included separately.
+
+#include "tstitch/core/config.hpp"
+#include "tstitch/core/denoiser.hpp"
+#include "tstitch/core/error.hpp"
+#include "tstitch/core/host_backend.hpp"
+#include "tstitch/core/philox.hpp"
+#include "tstitch/core/prediction.hpp"
+#include "tstitch/core/step.hpp"
+#include "tstitch/core/tensor.hpp"
+
+#include "tstitch/schedule/continuous.hpp"
+#include "tstitch/schedule/discrete.hpp"
+#include "tstitch/schedule/flow.hpp"
+#include "tstitch/schedule/trajectory.hpp"
+
+#include "tstitch/solver/concept.hpp"
+#include "tstitch/solver/ddim.hpp"
+#include "tstitch/solver/ddpm.hpp"
+#include "tstitch/solver/euler.hpp"
+#include "tstitch/solver/posterior.hpp"
+
+#include "tstitch/stitch/policy.hpp"
+#include "tstitch/stitch/stitcher.hpp"
+
+#include "tstitch/sample.hpp"
+
+#include "tstitch/analytic/gaussian_mixture.hpp"
