@@ -696,3 +696,28 @@ TEST_CASE("ContinuousSchedule rejects bad arguments, naming them", "[schedule]")
   CHECK_INVALID(ContinuousSchedule(negative, 1.0, 0.0), "sigma(t)");
   CHECK_INVALID(ContinuousSchedule(ContinuousSchedule::Function{}, 1.0, 0.0), "function");
 }
+
+TEST_CASE("linspace_multistep spacing: DPM-Solver/UniPC timesteps (parity §4.5 [R])",
+          "[schedule]") {
+  tstitch::DiscreteScheduleOptions o;
+  o.spacing = tstitch::TimestepSpacing::linspace_multistep;
+  const tstitch::DiscreteSchedule schedule(o);
+  CHECK(schedule.timesteps(10) ==
+        std::vector<double>{999, 899, 799, 699, 599, 500, 400, 300, 200, 100});
+}
+
+TEST_CASE("trajectory_through: custom timesteps give the default schedule's points",
+          "[schedule]") {
+  const tstitch::DiscreteSchedule schedule;
+  const tstitch::Trajectory by_n = schedule.trajectory(10);
+  const tstitch::Trajectory custom = schedule.trajectory_through(schedule.timesteps(10));
+  REQUIRE(custom.steps() == 10);
+  for (int i = 0; i <= 10; ++i) {
+    CHECK(custom[i].timestep == by_n[i].timestep);
+    CHECK(custom[i].alpha == by_n[i].alpha);
+    CHECK(custom[i].sigma == by_n[i].sigma);
+  }
+  CHECK_THROWS_WITH(schedule.trajectory_through({500, 600}), Catch::Contains("timesteps[1] = 600"));
+  CHECK_THROWS_WITH(schedule.trajectory_through({1000}), Catch::Contains("t = 1000"));
+  CHECK_THROWS_AS(schedule.trajectory_through({}), tstitch::invalid_argument);
+}

@@ -33,7 +33,10 @@ enum class BetaSchedule {
 enum class TimestepSpacing {
   leading,  ///< (arange(n) * (N // n))[::-1] + steps_offset: 900, 800, ..., 0 for N=1000, n=10
   trailing, ///< round(arange(N, 0, -N/n)) - 1: 999, 899, ..., 99; starts at the noisiest step
-  linspace  ///< round(linspace(0, N-1, n))[::-1]: 999, 888, ..., 0; both ends included
+  linspace, ///< round(linspace(0, N-1, n))[::-1]: 999, 888, ..., 0; both ends included
+  /// DPM-Solver, UniPC and DEIS call this "linspace": round(linspace(0, N-1, n+1))[::-1][:-1],
+  /// i.e. n + 1 points with the cleanest (t = 0) dropped: 999, 899, ..., 100 for n = 10.
+  linspace_multistep
 };
 
 /// Where the sigmas of the n points come from.
@@ -242,6 +245,23 @@ public:
     return traj;
   }
 
+  /// The trajectory through user-chosen timesteps (diffusers' `set_timesteps(timesteps=[...])`),
+  /// noisiest first, then the final point. Each must lie in [0, N-1] and they must decrease.
+  [[nodiscard]] Trajectory trajectory_through(const std::vector<double> &timesteps) const {
+    require(!timesteps.empty(), "timesteps.size()", 0, "must be at least 1");
+    Trajectory traj;
+    traj.num_train_timesteps = static_cast<double>(options_.num_train_timesteps);
+    for (std::size_t i = 0; i < timesteps.size(); ++i) {
+      if (i > 0 && !(timesteps[i] < timesteps[i - 1]))
+        throw_invalid_argument(indexed("timesteps", i), timesteps[i],
+                               detail::concat("must be below timesteps[", i - 1, "] = ",
+                                              timesteps[i - 1]));
+      traj.points.push_back(point(timesteps[i]));
+    }
+    traj.points.push_back(final_point());
+    return traj;
+  }
+
   // ---- accessors -----------------------------------------------------------------------------
 
   [[nodiscard]] const std::vector<float> &betas() const { return betas_; }
@@ -424,6 +444,12 @@ private:
                                                ? spacing::round_half_even(v)
                                                : static_cast<double>(static_cast<float>(v));
       }
+      break;
+    }
+    case TimestepSpacing::linspace_multistep: {
+      const auto lin = spacing::numpy_linspace(0.0, static_cast<double>(n_train - 1), n + 1);
+      for (int i = 0; i < n; ++i)
+        out[static_cast<std::size_t>(i)] = spacing::round_half_even(lin[static_cast<std::size_t>(n - i)]);
       break;
     }
     }

@@ -1,0 +1,121 @@
+// SPDX-License-Identifier: Apache-2.0
+// The cost of stitching itself. Denoisers here cost nothing (they leave a zero output), so every
+// nanosecond measured is the sampling loop, the solver's element-wise update and the stitcher.
+//   step/bare      one DDIM step with a plain denoiser
+//   step/stitched  the same through TrajectoryStitcher (fraction 0.5, one switch in the run)
+//   step/switching a run in which every other step switches models (worst case)
+// Counters: allocations per run, and allocations after the end of the first step (the goal is 0).
+#include <benchmark/benchmark.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+
+#include "tstitch/tstitch.hpp"
+
+namespace {
+std::atomic<long> allocations{0};
+}
+
+// Count every heap allocation in this program. (g++ cannot see that the replaced operator new
+// below allocates with malloc, and flags the matching free.)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+void* operator new(std::size_t size) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(size == 0 ? 1 : size))
+    return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+using namespace tstitch;
+
+namespace {
+
+/// Costs nothing: the raw output buffer keeps whatever it held (zeros).
+struct FreeDenoiser {
+  using condition_type = NoCondition;
+  Shape shape;
+  [[nodiscard]] Prediction prediction() const { return Prediction::epsilon; }
+  [[nodiscard]] Shape latent_shape() const { return shape; }
+  void predict(ConstView, const StepContext&, const NoCondition&, View) const {}
+};
+
+enum class Mode { bare, stitched, switching };
+
+void run_steps(benchmark::State& state, Mode mode) {
+  const Shape shape{4, 32, 32}; // DiT-XL/2's latent at 256x256
+  const auto batch = state.range(0);
+  const int steps = static_cast<int>(state.range(1));
+  const bool check_finite = state.range(2) != 0;
+  FreeDenoiser small{shape}, large{shape};
+  // "switching": StepFraction cannot switch more than k-1 times, so alternate with a user policy.
+  struct Alternate {
+    std::size_t model_for(const StepContext& ctx, std::size_t) const {
+      return static_cast<std::size_t>(ctx.step % 2);
+    }
+  };
+  TrajectoryStitcher stitched(small, large, 0.5);
+  TrajectoryStitcher switching(small, large, Alternate{});
+  const DiscreteSchedule schedule;
+  Tensor x(batch, shape);
+  DDIM ddim;
+  Sampler<> sampler;
+  SampleOptions options;
+  options.steps = steps;
+  options.check_finite = check_finite;
+  long after_first_step = 0, at_first_step = 0;
+  options.on_step = [&](const StepRecord& r) {
+    if (r.step == 0)
+      at_first_step = allocations.load();
+    return true;
+  };
+  auto run = [&] {
+    switch (mode) {
+    case Mode::bare: return sampler.run(small, schedule, ddim, x, {}, nullptr, options);
+    case Mode::stitched: return sampler.run(stitched, schedule, ddim, x, {}, nullptr, options);
+    case Mode::switching: return sampler.run(switching, schedule, ddim, x, {}, nullptr, options);
+    }
+    return SampleResult{};
+  };
+  run(); // warm-up: the sampler and solver allocate their workspace once
+  const long before = allocations.load();
+  long runs = 0;
+  for (auto _ : state) {
+    SampleResult result = run();
+    after_first_step += allocations.load() - at_first_step;
+    benchmark::DoNotOptimize(result);
+    benchmark::DoNotOptimize(x.data());
+    ++runs;
+  }
+  const double total_steps = static_cast<double>(runs) * steps;
+  state.counters["ns_per_step"] =
+      benchmark::Counter(total_steps, benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  state.counters["allocs_per_run"] =
+      static_cast<double>(allocations.load() - before) / static_cast<double>(runs);
+  state.counters["allocs_after_step0"] =
+      static_cast<double>(after_first_step) / static_cast<double>(runs);
+}
+
+void BM_step_bare(benchmark::State& s) { run_steps(s, Mode::bare); }
+void BM_step_stitched(benchmark::State& s) { run_steps(s, Mode::stitched); }
+void BM_step_switching(benchmark::State& s) { run_steps(s, Mode::switching); }
+
+// Args: batch, steps, check_finite.
+#define TSTITCH_STEP_ARGS                                                                          \
+  ArgNames({"batch", "steps", "check"})                                                            \
+      ->Args({4, 100, 1})                                                                          \
+      ->Args({4, 100, 0})                                                                          \
+      ->Args({1, 100, 0})                                                                          \
+      ->Unit(benchmark::kMicrosecond)
+
+BENCHMARK(BM_step_bare)->TSTITCH_STEP_ARGS;
+BENCHMARK(BM_step_stitched)->TSTITCH_STEP_ARGS;
+BENCHMARK(BM_step_switching)->TSTITCH_STEP_ARGS;
+
+} // namespace
+
+BENCHMARK_MAIN();
