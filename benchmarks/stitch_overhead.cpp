@@ -75,9 +75,12 @@ void run_steps(benchmark::State& state, Mode mode) {
   };
   auto run = [&] {
     switch (mode) {
-    case Mode::bare: return sampler.run(small, schedule, ddim, x, {}, nullptr, options);
-    case Mode::stitched: return sampler.run(stitched, schedule, ddim, x, {}, nullptr, options);
-    case Mode::switching: return sampler.run(switching, schedule, ddim, x, {}, nullptr, options);
+    case Mode::bare:
+      return sampler.run(small, schedule, ddim, x, {}, nullptr, options);
+    case Mode::stitched:
+      return sampler.run(stitched, schedule, ddim, x, {}, nullptr, options);
+    case Mode::switching:
+      return sampler.run(switching, schedule, ddim, x, {}, nullptr, options);
     }
     return SampleResult{};
   };
@@ -111,6 +114,33 @@ void BM_step_switching(benchmark::State& s) { run_steps(s, Mode::switching); }
       ->Args({4, 100, 0})                                                                          \
       ->Args({1, 100, 0})                                                                          \
       ->Unit(benchmark::kMicrosecond)
+
+// What the stitcher adds to a step by itself: route() (policy, switch bookkeeping) and the
+// dispatch of predict() to the serving model, against the same calls on the bare denoiser.
+template <class D> void route_and_predict(benchmark::State& state, D& denoiser) {
+  const Shape shape{4, 32, 32};
+  Tensor x(1, shape), out(1, shape);
+  const Trajectory trajectory = DiscreteSchedule{}.trajectory(100);
+  int i = 0;
+  for (auto _ : state) {
+    const StepContext ctx{i, 100, 0, trajectory[i]};
+    const Route r = route_of(denoiser, ctx);
+    denoiser.predict(x, ctx, NoCondition{}, out);
+    benchmark::DoNotOptimize(r);
+    i = i == 99 ? 0 : i + 1;
+  }
+}
+void BM_route_bare(benchmark::State& s) {
+  FreeDenoiser model{{4, 32, 32}};
+  route_and_predict(s, model);
+}
+void BM_route_stitched(benchmark::State& s) {
+  FreeDenoiser small{{4, 32, 32}}, large{{4, 32, 32}};
+  TrajectoryStitcher stitcher(small, large, 0.4);
+  route_and_predict(s, stitcher);
+}
+BENCHMARK(BM_route_bare);
+BENCHMARK(BM_route_stitched);
 
 BENCHMARK(BM_step_bare)->TSTITCH_STEP_ARGS;
 BENCHMARK(BM_step_stitched)->TSTITCH_STEP_ARGS;

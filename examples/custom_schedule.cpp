@@ -17,15 +17,15 @@
 
 namespace {
 
-void print_trajectory(const char *name, const tstitch::Trajectory &traj, int count) {
+void print_trajectory(const char* name, const tstitch::Trajectory& traj, int count) {
   std::printf("%s: %d steps, horizon T = %g\n", name, traj.steps(), traj.num_train_timesteps);
   std::printf("  %4s %12s %12s %12s %14s\n", "i", "timestep", "alpha", "sigma", "sigma/alpha");
   for (int i = 0; i < count && i <= traj.steps(); ++i) {
-    const tstitch::TimePoint &p = traj[i];
+    const tstitch::TimePoint& p = traj[i];
     std::printf("  %4d %12.4f %12.8f %12.8f %14.6f\n", i, p.timestep, p.alpha, p.sigma,
                 p.ve_sigma());
   }
-  const tstitch::TimePoint &last = traj[traj.steps()];
+  const tstitch::TimePoint& last = traj[traj.steps()];
   std::printf("  ...  end: timestep %g, alpha %g, sigma %g\n\n", last.timestep, last.alpha,
               last.sigma);
 }

@@ -119,8 +119,7 @@ double frechet_distance(const Tensor& x, const std::vector<int>& labels, const D
   return total / num_classes;
 }
 
-template <class SolverT>
-void run_table(const Args& args, SolverT solver, const Data& data) {
+template <class SolverT> void run_table(const Args& args, SolverT solver, const Data& data) {
   const std::vector<double> weights(num_classes, 1.0);
   analytic::ExactDenoiser large(latent, data.exact, weights);
   analytic::ExactDenoiser small(latent, data.blurred, weights);
@@ -154,8 +153,8 @@ void run_table(const Args& args, SolverT solver, const Data& data) {
     const double fd = frechet_distance(x, labels, data);
     if (tenth == 0)
       large_only_fd = fd;
-    std::printf("  %.1f     %4d   %4d     %.3f     %5.2fx   %.5f     %6.2f      %8.1f\n",
-                fraction, counts[0], counts[1], cost, 1.0 / cost, fd, fd / large_only_fd, ms);
+    std::printf("  %.1f     %4d   %4d     %.3f     %5.2fx   %.5f     %6.2f      %8.1f\n", fraction,
+                counts[0], counts[1], cost, 1.0 / cost, fd, fd / large_only_fd, ms);
   }
 }
 
@@ -170,10 +169,10 @@ int main(int argc, char** argv) {
                 num_classes);
     std::printf("%s, %d steps, guidance %.2g, %d samples per class; small model cost = %.4f of "
                 "the large (DiT-S/2 : DiT-XL/2 GMACs)\n",
-                args.solver.c_str(), args.steps, args.guidance, args.samples_per_class,
-                small_cost);
+                args.solver.c_str(), args.steps, args.guidance, args.samples_per_class, small_cost);
     std::printf("rel. cost and speedup count model cost only; FD is per latent element, averaged "
-                "over classes (lower is better)\n\n");
+                "over classes (lower is better);\nwall ms is this run's measured time, in which "
+                "both analytic models cost the same\n\n");
     if (args.solver == "ddim")
       run_table(args, DDIM{}, data);
     else if (args.solver == "ddpm")

@@ -68,8 +68,8 @@ static_assert(!Denoiser<int>);
 static_assert(Denoiser<TrajectoryStitcher<GoodModel, GoodModel>>);
 static_assert(Denoiser<Stitcher<GoodModel, GoodModel, GoodModel>>);
 static_assert(Denoiser<decltype(make_denoiser(Prediction::epsilon, Shape{},
-                                              [](ConstView, const StepContext&,
-                                                 const NoCondition&, View) {}))>);
+                                              [](ConstView, const StepContext&, const NoCondition&,
+                                                 View) {}))>);
 // Policies and solvers.
 static_assert(StitchPolicy<StepFraction> && StitchPolicy<PaperTimestep> &&
               StitchPolicy<TimestepThreshold> && StitchPolicy<SigmaThreshold> &&
@@ -125,7 +125,8 @@ TEST_CASE("Host backend element-wise operations", "[core]") {
   CHECK(out.at(1, 0, 2, 0) == c.at(1, 1, 2, 0));
   CHECK(out.at(1, 1, 2, 0) == Approx(2.0 * 11 + 3.0 - 0.5 * 11 - 2.0)); // untouched
 
-  backend.map(out, [](float x, float y) { return x * y; }, ConstView(b), ConstView(d));
+  backend.map(
+      out, [](float x, float y) { return x * y; }, ConstView(b), ConstView(d));
   CHECK(out[3] == 0.5f);
 
   CHECK_THROWS_WITH(backend.combine(out, Term{1.0f, ConstView(View(a).channels(0, 1))}),
@@ -163,9 +164,10 @@ TEST_CASE("Prediction conversions recover x0 and eps exactly", "[core]") {
       Prediction p;
       double raw;
     };
-    for (const Case& c : {Case{Prediction::epsilon, eps}, Case{Prediction::epsilon_learned_sigma, eps},
-                          Case{Prediction::v, alpha * eps - sigma * x0}, Case{Prediction::sample, x0},
-                          Case{Prediction::flow, eps - x0}}) {
+    for (const Case& c :
+         {Case{Prediction::epsilon, eps}, Case{Prediction::epsilon_learned_sigma, eps},
+          Case{Prediction::v, alpha * eps - sigma * x0}, Case{Prediction::sample, x0},
+          Case{Prediction::flow, eps - x0}}) {
       const PredictionConversion k = conversion(c.p, alpha, sigma);
       INFO(c.p << " at alpha " << alpha << ", sigma " << sigma);
       CHECK(k.x0_from_x * x + k.x0_from_m * c.raw == Approx(x0).epsilon(1e-12));

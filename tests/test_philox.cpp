@@ -16,7 +16,7 @@ using tstitch::Uint4;
 
 namespace {
 
-constexpr bool same(const Uint4 &a, const Uint4 &b) {
+constexpr bool same(const Uint4& a, const Uint4& b) {
   return a.v[0] == b.v[0] && a.v[1] == b.v[1] && a.v[2] == b.v[2] && a.v[3] == b.v[3];
 }
 
@@ -43,7 +43,7 @@ constexpr Kat kats[] = {
 static_assert(same(tstitch::philox4x32_10(kats[2].counter, kats[2].key0, kats[2].key1),
                    kats[2].expected));
 
-std::vector<float> fill(std::size_t count, const NoiseKey &key) {
+std::vector<float> fill(std::size_t count, const NoiseKey& key) {
   std::vector<float> out(count);
   tstitch::fill_normal(out.data(), count, key);
   return out;
@@ -53,7 +53,7 @@ bool bit_equal(float a, float b) {
   return std::bit_cast<std::uint32_t>(a) == std::bit_cast<std::uint32_t>(b);
 }
 
-std::size_t count_bit_equal(const std::vector<float> &a, const std::vector<float> &b) {
+std::size_t count_bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
   std::size_t n = 0;
   for (std::size_t i = 0; i < std::min(a.size(), b.size()); ++i)
     n += bit_equal(a[i], b[i]) ? 1 : 0;
@@ -63,7 +63,7 @@ std::size_t count_bit_equal(const std::vector<float> &a, const std::vector<float
 } // namespace
 
 TEST_CASE("philox4x32_10 reproduces Random123 known answers", "[philox]") {
-  for (const Kat &k : kats) {
+  for (const Kat& k : kats) {
     const Uint4 out = tstitch::philox4x32_10(k.counter, k.key0, k.key1);
     for (int i = 0; i < 4; ++i)
       CHECK(out.v[i] == k.expected.v[i]);
@@ -114,7 +114,7 @@ TEST_CASE("sincos_2pi matches double-precision sin/cos", "[philox]") {
   const auto check = [&](float u) {
     const tstitch::detail::SinCos sc = tstitch::detail::sincos_2pi(u);
     const double a = 2.0 * 3.14159265358979323846 * static_cast<double>(u);
-    for (const auto &[got, ref] :
+    for (const auto& [got, ref] :
          {std::pair{sc.sin, std::sin(a)}, std::pair{sc.cos, std::cos(a)}}) {
       const double err = std::fabs(static_cast<double>(got) - ref);
       max_abs = std::max(max_abs, err);
@@ -192,7 +192,7 @@ TEST_CASE("noise is keyed by (seed, sample, step, stream, element) only", "[phil
         {key.seed, key.sample, key.step + 1, key.stream},
         {key.seed, key.sample, key.step, tstitch::stream_initial_latents},
     };
-    for (const NoiseKey &other : others)
+    for (const NoiseKey& other : others)
       CHECK(count_bit_equal(base, fill(256, other)) == 0);
     // Blocks within one stream differ too.
     const std::vector<float> shifted(base.begin() + 4, base.end());

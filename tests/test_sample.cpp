@@ -51,8 +51,8 @@ struct ConstantModel {
     for (std::int64_t n = 0; n < out.batch(); ++n)
       for (std::int64_t c = 0; c < out.shape().channels; ++c)
         for (std::int64_t p = 0; p < out.shape().plane(); ++p)
-          out.at(n, c, 0, p) = (labels[static_cast<std::size_t>(n)] >= 0 ? 10.0f : 2.0f) +
-                               static_cast<float>(c);
+          out.at(n, c, 0, p) =
+              (labels[static_cast<std::size_t>(n)] >= 0 ? 10.0f : 2.0f) + static_cast<float>(c);
   }
 };
 
@@ -140,9 +140,9 @@ TEST_CASE("The loop converts every prediction type into x0 and eps", "[sample]")
 }
 
 TEST_CASE("Callbacks: progress can cancel, preview sees x0, records say what ran", "[sample]") {
-  analytic::ExactDenoiser model(small_shape, analytic::DiagonalGaussian{
-                                                 std::vector<double>(16, 1.0),
-                                                 std::vector<double>(16, 0.0)}); // x0 is 1
+  analytic::ExactDenoiser model(
+      small_shape, analytic::DiagonalGaussian{std::vector<double>(16, 1.0),
+                                              std::vector<double>(16, 0.0)}); // x0 is 1
   const DiscreteSchedule schedule;
   Tensor x(3, small_shape);
   fill_initial_noise(x, 4);
@@ -168,9 +168,9 @@ TEST_CASE("Callbacks: progress can cancel, preview sees x0, records say what ran
 }
 
 TEST_CASE("Bad input raises clear errors", "[sample][errors]") {
-  analytic::ExactDenoiser model(small_shape, analytic::DiagonalGaussian{
-                                                 std::vector<double>(16, 0.0),
-                                                 std::vector<double>(16, 1.0)});
+  analytic::ExactDenoiser model(
+      small_shape,
+      analytic::DiagonalGaussian{std::vector<double>(16, 0.0), std::vector<double>(16, 1.0)});
   const DiscreteSchedule schedule;
   DDIM ddim;
   SampleOptions options;
@@ -200,10 +200,11 @@ TEST_CASE("Bad input raises clear errors", "[sample][errors]") {
                     Catch::Contains("flat index 5"));
 
   // A model that breaks down at step 3: numerical_error naming the step.
-  auto breaking = make_denoiser(Prediction::epsilon, small_shape,
-                                [](ConstView, const StepContext& ctx, const NoCondition&, View out) {
-                                  HostBackend{}.fill(out, ctx.step == 3 ? INFINITY : 0.1f);
-                                });
+  auto breaking =
+      make_denoiser(Prediction::epsilon, small_shape,
+                    [](ConstView, const StepContext& ctx, const NoCondition&, View out) {
+                      HostBackend{}.fill(out, ctx.step == 3 ? INFINITY : 0.1f);
+                    });
   Tensor y(1, small_shape);
   CHECK_THROWS_AS(sample(breaking, schedule, ddim, y, NoCondition{}, options),
                   tstitch::numerical_error);
@@ -220,9 +221,9 @@ TEST_CASE("Bad input raises clear errors", "[sample][errors]") {
 
 TEST_CASE("A sample's noise does not depend on its batch or position", "[sample]") {
   // DDPM draws noise at every step; sample k must come out the same alone or in a batch.
-  analytic::ExactDenoiser model(small_shape, analytic::DiagonalGaussian{
-                                                 std::vector<double>(16, 0.2),
-                                                 std::vector<double>(16, 0.7)});
+  analytic::ExactDenoiser model(
+      small_shape,
+      analytic::DiagonalGaussian{std::vector<double>(16, 0.2), std::vector<double>(16, 0.7)});
   const DiscreteSchedule schedule;
   SampleOptions options;
   options.steps = 30;
@@ -245,9 +246,9 @@ TEST_CASE("A sample's noise does not depend on its batch or position", "[sample]
 TEST_CASE("start_step continues a trajectory from noised latents", "[sample]") {
   // Running steps [4, 10) after add_noise at trajectory[4] equals the last six steps of a full
   // run that passed through the same latents.
-  analytic::ExactDenoiser model(small_shape, analytic::DiagonalGaussian{
-                                                 std::vector<double>(16, -0.2),
-                                                 std::vector<double>(16, 0.3)});
+  analytic::ExactDenoiser model(
+      small_shape,
+      analytic::DiagonalGaussian{std::vector<double>(16, -0.2), std::vector<double>(16, 0.3)});
   const DiscreteSchedule schedule;
   const Trajectory trajectory = schedule.trajectory(10);
   Tensor clean(2, small_shape), noise(2, small_shape);

@@ -706,8 +706,7 @@ TEST_CASE("linspace_multistep spacing: DPM-Solver/UniPC timesteps (parity §4.5 
         std::vector<double>{999, 899, 799, 699, 599, 500, 400, 300, 200, 100});
 }
 
-TEST_CASE("trajectory_through: custom timesteps give the default schedule's points",
-          "[schedule]") {
+TEST_CASE("trajectory_through: custom timesteps give the default schedule's points", "[schedule]") {
   const tstitch::DiscreteSchedule schedule;
   const tstitch::Trajectory by_n = schedule.trajectory(10);
   const tstitch::Trajectory custom = schedule.trajectory_through(schedule.timesteps(10));

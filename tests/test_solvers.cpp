@@ -125,10 +125,9 @@ void check_distribution(const Schedule& schedule, SolverT solver, Prediction pre
   const TimePoint start = schedule.trajectory(steps)[0];
   for (std::int64_t i = 0; i < x.numel(); ++i) { // x_T from the exact marginal
     const auto e = static_cast<std::size_t>(i % shape2.numel());
-    x[i] = static_cast<float>(start.alpha * data.mean[e] +
-                              std::sqrt(start.alpha * start.alpha * data.variance[e] +
-                                        start.sigma * start.sigma) *
-                                  x[i]);
+    x[i] = static_cast<float>(
+        start.alpha * data.mean[e] +
+        std::sqrt(start.alpha * start.alpha * data.variance[e] + start.sigma * start.sigma) * x[i]);
   }
   SampleOptions options;
   options.steps = steps;
@@ -201,7 +200,9 @@ TEST_CASE("DDPM ancestral sampling reproduces the data's mean and variance", "[s
   DiscreteScheduleOptions o;
   o.spacing = TimestepSpacing::linspace; // DiT's DDPM respacing
   const DiscreteSchedule schedule(o);
-  SECTION("fixed small variance") { check_distribution(schedule, DDPM{}, Prediction::epsilon, 1000); }
+  SECTION("fixed small variance") {
+    check_distribution(schedule, DDPM{}, Prediction::epsilon, 1000);
+  }
   SECTION("fixed large variance") {
     check_distribution(schedule, DDPM{DDPMOptions{DDPMVariance::fixed_large, {}}},
                        Prediction::epsilon, 1000);

@@ -87,8 +87,8 @@ TEST_CASE("StepFraction with three models uses cumulative boundaries", "[stitch]
 
 TEST_CASE("StepFraction rejects bad fractions, naming them", "[stitch][errors]") {
   CHECK_THROWS_AS(StepFraction({0.5, 0.6}), tstitch::invalid_argument);
-  CHECK_THROWS_WITH(StepFraction({0.5, 0.6}), Catch::Contains("sum of fractions") &&
-                                                  Catch::Contains("1.1"));
+  CHECK_THROWS_WITH(StepFraction({0.5, 0.6}),
+                    Catch::Contains("sum of fractions") && Catch::Contains("1.1"));
   CHECK_THROWS_WITH(StepFraction({-0.1, 1.1}), Catch::Contains("fractions[0]"));
   CHECK_THROWS_WITH(StepFraction({0.5, NAN}), Catch::Contains("fractions[1]"));
   CHECK_THROWS_WITH(StepFraction::small_fraction(1.5), Catch::Contains("small_fraction"));

@@ -105,7 +105,8 @@ public:
       if (bad >= 0)
         throw_invalid_argument("x", "NaN or Inf",
                                detail::concat("the initial latents hold a non-finite value at "
-                                              "flat index ", bad));
+                                              "flat index ",
+                                              bad));
     }
 
     const Trajectory trajectory = schedule.trajectory(options.steps);
@@ -148,8 +149,8 @@ public:
         ctx.evaluation = e;
         ctx.point = evaluation_point(solver, step);
         const ConstView input = evaluation_input(solver, step, x);
-        const ModelOutput output = evaluate(denoiser, ctx, route, input, cond, uncond,
-                                            options.guidance, record);
+        const ModelOutput output =
+            evaluate(denoiser, ctx, route, input, cond, uncond, options.guidance, record);
         if (e == 0 && options.on_preview)
           options.on_preview(record, output.x0);
         solver.update(backend_, step, output, x);
@@ -179,14 +180,18 @@ private:
   using tensor_type = typename Backend::tensor_type;
 
   template <class V> static TimePoint evaluation_point(const V& solver, const SolverStep& step) {
-    if constexpr (requires { { solver.evaluation_point(step) } -> std::same_as<TimePoint>; })
+    if constexpr (requires {
+                    { solver.evaluation_point(step) } -> std::same_as<TimePoint>;
+                  })
       return solver.evaluation_point(step);
     else
       return step.from();
   }
   template <class V>
   static ConstView evaluation_input(const V& solver, const SolverStep& step, ConstView x) {
-    if constexpr (requires { { solver.evaluation_input(step, x) } -> std::same_as<ConstView>; })
+    if constexpr (requires {
+                    { solver.evaluation_input(step, x) } -> std::same_as<ConstView>;
+                  })
       return solver.evaluation_input(step, x);
     else
       return x;
@@ -268,7 +273,9 @@ private:
 template <Denoiser D>
 [[nodiscard]] std::optional<condition_of<D>> unconditional_of(const D& d,
                                                               const condition_of<D>& cond) {
-  if constexpr (requires { { d.unconditional(cond) } -> std::convertible_to<condition_of<D>>; })
+  if constexpr (requires {
+                  { d.unconditional(cond) } -> std::convertible_to<condition_of<D>>;
+                })
     return d.unconditional(cond);
   else
     return std::nullopt;

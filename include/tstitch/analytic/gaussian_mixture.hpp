@@ -88,8 +88,8 @@ public:
     require(out.batch() == x.batch() &&
                 out.shape().channels == output_channels(prediction_, shape_.channels),
             "out shape", shape_string(out), "must match the batch and the raw output channels");
-    require(labels.empty() || labels.size() == static_cast<std::size_t>(x.batch()),
-            "labels.size()", labels.size(), detail::concat("must be 0 or the batch, ", x.batch()));
+    require(labels.empty() || labels.size() == static_cast<std::size_t>(x.batch()), "labels.size()",
+            labels.size(), detail::concat("must be 0 or the batch, ", x.batch()));
     const double alpha = ctx.point.alpha, sigma = ctx.point.sigma;
     std::vector<double> responsibility(components_.size());
     for (std::int64_t row = 0; row < x.batch(); ++row) {
@@ -144,10 +144,18 @@ private:
   void write_prediction(float* out, std::size_t e, std::size_t n, double x0, double eps,
                         double alpha, double sigma) const {
     switch (prediction_) {
-    case Prediction::epsilon: out[e] = static_cast<float>(eps); break;
-    case Prediction::v: out[e] = static_cast<float>(alpha * eps - sigma * x0); break;
-    case Prediction::sample: out[e] = static_cast<float>(x0); break;
-    case Prediction::flow: out[e] = static_cast<float>(eps - x0); break;
+    case Prediction::epsilon:
+      out[e] = static_cast<float>(eps);
+      break;
+    case Prediction::v:
+      out[e] = static_cast<float>(alpha * eps - sigma * x0);
+      break;
+    case Prediction::sample:
+      out[e] = static_cast<float>(x0);
+      break;
+    case Prediction::flow:
+      out[e] = static_cast<float>(eps - x0);
+      break;
     case Prediction::epsilon_learned_sigma:
       out[e] = static_cast<float>(eps);
       out[n + e] = 0.0f; // the geometric mean of beta_t and the posterior variance

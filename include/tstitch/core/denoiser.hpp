@@ -18,7 +18,9 @@ struct NoCondition {};
 
 /// 1. A denoiser names the type of its condition (class labels, text embeddings, NoCondition).
 template <class D>
-concept has_condition_type = requires { typename std::remove_cvref_t<D>::condition_type; };
+concept has_condition_type = requires {
+  typename std::remove_cvref_t<D>::condition_type;
+};
 
 /// 2. It declares what its raw output means.
 template <class D>
@@ -36,10 +38,10 @@ concept declares_latent_shape = requires(const D& d) {
 ///    out (N, output_channels(prediction, C), H, W).
 template <class D>
 concept predicts = has_condition_type<D> &&
-                   requires(D& d, ConstView x, const StepContext& ctx,
-                            const typename std::remove_cvref_t<D>::condition_type& c, View out) {
-                     d.predict(x, ctx, c, out);
-                   };
+    requires(D& d, ConstView x, const StepContext& ctx,
+             const typename std::remove_cvref_t<D>::condition_type& c, View out) {
+  d.predict(x, ctx, c, out);
+};
 
 /// A denoiser: anything with these four members. No base class, no virtual functions: a user's
 /// TensorRT engine, a lambda wrapper (make_denoiser) and the stitcher itself all qualify.
@@ -59,14 +61,16 @@ template <Denoiser D> using condition_of = typename std::remove_cvref_t<D>::cond
 
 /// Which model serves a step and how: the answer of a denoiser's optional `route` member.
 struct Route {
-  std::size_t model = 0;                ///< index of the serving model (0 for a plain denoiser)
+  std::size_t model = 0; ///< index of the serving model (0 for a plain denoiser)
   Prediction prediction = Prediction::epsilon; ///< what that model's raw output means
-  std::optional<double> guidance_scale; ///< overrides the sampling options' scale when set
+  std::optional<double> guidance_scale;        ///< overrides the sampling options' scale when set
 };
 
 /// The route of step ctx: the denoiser's own answer, or model 0 with its declared prediction.
 template <Denoiser D> [[nodiscard]] Route route_of(D& d, const StepContext& ctx) {
-  if constexpr (requires { { d.route(ctx) } -> std::same_as<Route>; })
+  if constexpr (requires {
+                  { d.route(ctx) } -> std::same_as<Route>;
+                })
     return d.route(ctx);
   else
     return Route{0, d.prediction(), std::nullopt};
@@ -74,7 +78,9 @@ template <Denoiser D> [[nodiscard]] Route route_of(D& d, const StepContext& ctx)
 
 /// Channels of the raw output buffer a denoiser needs.
 template <Denoiser D> [[nodiscard]] std::int64_t raw_output_channels(const D& d) {
-  if constexpr (requires { { d.output_channels() } -> std::convertible_to<std::int64_t>; })
+  if constexpr (requires {
+                  { d.output_channels() } -> std::convertible_to<std::int64_t>;
+                })
     return d.output_channels();
   else
     return output_channels(d.prediction(), d.latent_shape().channels);
@@ -82,7 +88,9 @@ template <Denoiser D> [[nodiscard]] std::int64_t raw_output_channels(const D& d)
 
 /// The display name of model k of a denoiser ("model k" unless it names its models).
 template <Denoiser D> [[nodiscard]] std::string model_name_of(const D& d, std::size_t k) {
-  if constexpr (requires { { d.model_name(k) } -> std::convertible_to<std::string>; })
+  if constexpr (requires {
+                  { d.model_name(k) } -> std::convertible_to<std::string>;
+                })
     return d.model_name(k);
   else
     return "model " + std::to_string(k);

@@ -230,7 +230,7 @@ TSTITCH_HOST_DEVICE TSTITCH_INLINE Float2 box_muller(std::uint32_t a, std::uint3
 // Four standard normals for elements 4*block .. 4*block+3 of one sample.
 // counter = {block, sample, step, stream}, key = {low, high 32 bits of seed};
 // Box-Muller pairs (u0, u1) -> v[0], v[1] and (u2, u3) -> v[2], v[3].
-TSTITCH_HOST_DEVICE TSTITCH_INLINE Float4 normal4(const NoiseKey &key, std::uint32_t block) {
+TSTITCH_HOST_DEVICE TSTITCH_INLINE Float4 normal4(const NoiseKey& key, std::uint32_t block) {
   const Uint4 u = philox4x32_10(Uint4{{block, key.sample, key.step, key.stream}},
                                 static_cast<std::uint32_t>(key.seed),
                                 static_cast<std::uint32_t>(key.seed >> 32));
@@ -239,9 +239,9 @@ TSTITCH_HOST_DEVICE TSTITCH_INLINE Float4 normal4(const NoiseKey &key, std::uint
   return Float4{{p.v[0], p.v[1], q.v[0], q.v[1]}};
 }
 
-// dst[e] = normal4(key, e / 4).v[e % 4] for e < count, so any prefix is independent of count.
-// Host only. Blocks are 32-bit, so a sample holds at most 2^34 elements.
-TSTITCH_INLINE void fill_normal(float *dst, std::size_t count, const NoiseKey &key) {
+namespace detail {
+
+TSTITCH_INLINE void fill_normal_portable(float* dst, std::size_t count, const NoiseKey& key) {
   std::size_t e = 0;
   for (; e + 4 <= count; e += 4) {
     const Float4 n = normal4(key, static_cast<std::uint32_t>(e / 4));
@@ -253,6 +253,31 @@ TSTITCH_INLINE void fill_normal(float *dst, std::size_t count, const NoiseKey &k
     for (std::size_t i = 0; e + i < count; ++i)
       dst[e + i] = n.v[i];
   }
+}
+
+// x86-64 builds without -mfma turn every explicit fma into a call to libm's fmaf. The same loop
+// compiled for FMA hardware (and flattened, so the fmas inline as instructions) is about twice
+// as fast and, fma being exactly rounded either way, gives bit-identical values.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__FMA__) && !defined(__CUDACC__)
+#define TSTITCH_PHILOX_FMA_DISPATCH 1
+__attribute__((target("fma"), flatten)) inline void fill_normal_fma(float* dst, std::size_t count,
+                                                                    const NoiseKey& key) {
+  fill_normal_portable(dst, count, key);
+}
+#endif
+
+} // namespace detail
+
+// dst[e] = normal4(key, e / 4).v[e % 4] for e < count, so any prefix is independent of count.
+// Host only. Blocks are 32-bit, so a sample holds at most 2^34 elements.
+TSTITCH_INLINE void fill_normal(float* dst, std::size_t count, const NoiseKey& key) {
+#ifdef TSTITCH_PHILOX_FMA_DISPATCH
+  if (__builtin_cpu_supports("fma")) {
+    detail::fill_normal_fma(dst, count, key);
+    return;
+  }
+#endif
+  detail::fill_normal_portable(dst, count, key);
 }
 
 } // namespace tstitch

@@ -20,11 +20,16 @@ enum class Prediction : std::uint8_t {
 
 [[nodiscard]] constexpr std::string_view to_string(Prediction p) {
   switch (p) {
-  case Prediction::epsilon: return "epsilon";
-  case Prediction::v: return "v";
-  case Prediction::sample: return "sample";
-  case Prediction::flow: return "flow";
-  case Prediction::epsilon_learned_sigma: return "epsilon_learned_sigma";
+  case Prediction::epsilon:
+    return "epsilon";
+  case Prediction::v:
+    return "v";
+  case Prediction::sample:
+    return "sample";
+  case Prediction::flow:
+    return "flow";
+  case Prediction::epsilon_learned_sigma:
+    return "epsilon_learned_sigma";
   }
   return "unknown";
 }

@@ -46,8 +46,8 @@ public:
 
   /// A view of mutable data converts to a view of const data.
   template <class U>
-    requires(std::is_const_v<T> && std::is_same_v<U, float>)
-  BasicView(const BasicView<U>& other) // NOLINT(google-explicit-constructor)
+  requires(std::is_const_v<T>&& std::is_same_v<U, float>)
+      BasicView(const BasicView<U>& other) // NOLINT(google-explicit-constructor)
       : BasicView(other.data(), other.batch(), other.shape(), other.batch_stride()) {}
 
   [[nodiscard]] T* data() const { return data_; }
@@ -74,8 +74,9 @@ public:
   /// Channels [first, first + count) of every sample.
   [[nodiscard]] BasicView channels(std::int64_t first, std::int64_t count) const {
     if (first < 0 || count < 0 || first + count > shape_.channels)
-      throw_invalid_argument("channels(first, count)", detail::concat(first, ", ", count),
-                             detail::concat("outside a tensor with ", shape_.channels, " channels"));
+      throw_invalid_argument(
+          "channels(first, count)", detail::concat(first, ", ", count),
+          detail::concat("outside a tensor with ", shape_.channels, " channels"));
     return BasicView(data_ + first * shape_.plane(), batch_, {count, shape_.height, shape_.width},
                      batch_stride_);
   }
@@ -109,7 +110,7 @@ public:
 
   [[nodiscard]] View view() { return {values_.data(), batch_, shape_}; }
   [[nodiscard]] ConstView view() const { return {values_.data(), batch_, shape_}; }
-  operator View() { return view(); }             // NOLINT(google-explicit-constructor)
+  operator View() { return view(); }            // NOLINT(google-explicit-constructor)
   operator ConstView() const { return view(); } // NOLINT(google-explicit-constructor)
 
   [[nodiscard]] float* data() { return values_.data(); }

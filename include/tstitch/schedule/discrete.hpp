@@ -102,7 +102,7 @@ public:
   /// A schedule from the user's own training betas (diffusers `trained_betas`). N becomes
   /// betas.size(); options.num_train_timesteps, beta_start, beta_end and beta_schedule are not
   /// used. Each beta must lie in (0, 1).
-  [[nodiscard]] static DiscreteSchedule from_betas(const std::vector<double> &betas,
+  [[nodiscard]] static DiscreteSchedule from_betas(const std::vector<double>& betas,
                                                    DiscreteScheduleOptions options = {}) {
     require(!betas.empty(), "betas.size()", betas.size(), "needs at least one beta");
     std::vector<float> rounded(betas.size());
@@ -121,7 +121,7 @@ public:
   /// float32 like every table here). N becomes the table size; the beta fields of `options` are
   /// not used. betas() and alphas() are derived from the table (alpha_i = abar_i / abar_{i-1}).
   [[nodiscard]] static DiscreteSchedule
-  from_alphas_cumprod(const std::vector<double> &alphas_cumprod,
+  from_alphas_cumprod(const std::vector<double>& alphas_cumprod,
                       DiscreteScheduleOptions options = {}) {
     require(!alphas_cumprod.empty(), "alphas_cumprod.size()", alphas_cumprod.size(),
             "needs at least one value");
@@ -247,15 +247,15 @@ public:
 
   /// The trajectory through user-chosen timesteps (diffusers' `set_timesteps(timesteps=[...])`),
   /// noisiest first, then the final point. Each must lie in [0, N-1] and they must decrease.
-  [[nodiscard]] Trajectory trajectory_through(const std::vector<double> &timesteps) const {
+  [[nodiscard]] Trajectory trajectory_through(const std::vector<double>& timesteps) const {
     require(!timesteps.empty(), "timesteps.size()", 0, "must be at least 1");
     Trajectory traj;
     traj.num_train_timesteps = static_cast<double>(options_.num_train_timesteps);
     for (std::size_t i = 0; i < timesteps.size(); ++i) {
       if (i > 0 && !(timesteps[i] < timesteps[i - 1]))
-        throw_invalid_argument(indexed("timesteps", i), timesteps[i],
-                               detail::concat("must be below timesteps[", i - 1, "] = ",
-                                              timesteps[i - 1]));
+        throw_invalid_argument(
+            indexed("timesteps", i), timesteps[i],
+            detail::concat("must be below timesteps[", i - 1, "] = ", timesteps[i - 1]));
       traj.points.push_back(point(timesteps[i]));
     }
     traj.points.push_back(final_point());
@@ -264,21 +264,21 @@ public:
 
   // ---- accessors -----------------------------------------------------------------------------
 
-  [[nodiscard]] const std::vector<float> &betas() const { return betas_; }
-  [[nodiscard]] const std::vector<float> &alphas() const { return alphas_; }
-  [[nodiscard]] const std::vector<float> &alphas_cumprod() const { return alphas_cumprod_; }
+  [[nodiscard]] const std::vector<float>& betas() const { return betas_; }
+  [[nodiscard]] const std::vector<float>& alphas() const { return alphas_; }
+  [[nodiscard]] const std::vector<float>& alphas_cumprod() const { return alphas_cumprod_; }
   /// VE sigmas sqrt((1 - abar) / abar) of the training timesteps, float32 as diffusers builds them.
-  [[nodiscard]] const std::vector<float> &train_sigmas() const { return train_sigmas_; }
+  [[nodiscard]] const std::vector<float>& train_sigmas() const { return train_sigmas_; }
   /// float32(log(train_sigmas)), the table timestep_at interpolates in.
-  [[nodiscard]] const std::vector<float> &log_sigmas() const { return log_sigmas_; }
+  [[nodiscard]] const std::vector<float>& log_sigmas() const { return log_sigmas_; }
   [[nodiscard]] int num_train_timesteps() const { return options_.num_train_timesteps; }
-  [[nodiscard]] const DiscreteScheduleOptions &options() const { return options_; }
+  [[nodiscard]] const DiscreteScheduleOptions& options() const { return options_; }
 
 private:
   struct table_tag {};
   DiscreteSchedule(DiscreteScheduleOptions options, table_tag) : options_(std::move(options)) {}
 
-  static std::string indexed(const char *name, std::size_t i) {
+  static std::string indexed(const char* name, std::size_t i) {
     return detail::concat(name, "[", i, "]");
   }
 
@@ -449,7 +449,8 @@ private:
     case TimestepSpacing::linspace_multistep: {
       const auto lin = spacing::numpy_linspace(0.0, static_cast<double>(n_train - 1), n + 1);
       for (int i = 0; i < n; ++i)
-        out[static_cast<std::size_t>(i)] = spacing::round_half_even(lin[static_cast<std::size_t>(n - i)]);
+        out[static_cast<std::size_t>(i)] =
+            spacing::round_half_even(lin[static_cast<std::size_t>(n - i)]);
       break;
     }
     }

@@ -72,7 +72,7 @@ public:
   /// A schedule with the user's own sigmas s_0 > s_1 > ... in (0, 1], one per step; s = 0 is
   /// appended as the end (FlowMapEuler's custom sigmas). The shift is applied to them unless it is
   /// 1, where they are kept bit for bit. trajectory(n) then needs n == sigmas.size().
-  [[nodiscard]] static FlowMatchSchedule from_sigmas(const std::vector<double> &sigmas,
+  [[nodiscard]] static FlowMatchSchedule from_sigmas(const std::vector<double>& sigmas,
                                                      FlowMatchScheduleOptions options = {}) {
     FlowMatchSchedule s(std::move(options));
     s.check_custom_list(sigmas, "sigmas", 1.0);
@@ -90,7 +90,7 @@ public:
   /// s = t / N (shifted unless the shift is 1), then s = 0 at the end. At shift 1 the model is
   /// given the user's timesteps unchanged (diffusers recomputes them as (t / N) * N, which can
   /// move them by one ulp).
-  [[nodiscard]] static FlowMatchSchedule from_timesteps(const std::vector<double> &timesteps,
+  [[nodiscard]] static FlowMatchSchedule from_timesteps(const std::vector<double>& timesteps,
                                                         FlowMatchScheduleOptions options = {}) {
     FlowMatchSchedule s(std::move(options));
     s.check_custom_list(timesteps, "timesteps", s.horizon());
@@ -158,7 +158,7 @@ public:
   /// The number of steps of a custom list (0 without one).
   [[nodiscard]] int custom_steps() const { return static_cast<int>(custom_sigmas_.size()); }
   [[nodiscard]] int num_train_timesteps() const { return options_.num_train_timesteps; }
-  [[nodiscard]] const FlowMatchScheduleOptions &options() const { return options_; }
+  [[nodiscard]] const FlowMatchScheduleOptions& options() const { return options_; }
 
 private:
   struct Plan {
@@ -168,7 +168,7 @@ private:
 
   [[nodiscard]] double horizon() const { return static_cast<double>(options_.num_train_timesteps); }
 
-  void check_custom_list(const std::vector<double> &values, const char *name, double top) const {
+  void check_custom_list(const std::vector<double>& values, const char* name, double top) const {
     require(options_.spacing == FlowSigmaSpacing::uniform, "spacing",
             static_cast<int>(options_.spacing),
             "a custom list brings its own spacing; leave spacing at uniform");

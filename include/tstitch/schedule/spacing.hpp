@@ -70,7 +70,7 @@ namespace tstitch::spacing {
   const double min_inv_rho = std::pow(sigma_min, 1.0 / rho);
   const double max_inv_rho = std::pow(sigma_max, 1.0 / rho);
   std::vector<double> out = numpy_linspace(0.0, 1.0, n);
-  for (double &r : out)
+  for (double& r : out)
     r = std::pow(max_inv_rho + r * (min_inv_rho - max_inv_rho), rho);
   return out;
 }
@@ -86,7 +86,7 @@ namespace tstitch::spacing {
   require(sigma_max > sigma_min && std::isfinite(sigma_max), "sigma_max", sigma_max,
           "must be finite and above sigma_min");
   std::vector<double> out = numpy_linspace(std::log(sigma_max), std::log(sigma_min), n);
-  for (double &l : out)
+  for (double& l : out)
     l = std::exp(l);
   return out;
 }

@@ -20,12 +20,19 @@ struct ModelOutput {
   Prediction prediction; ///< what `raw` means
 };
 
+/// What a multistep solver does with its history of model outputs when the serving model changes
+/// in the middle of a trajectory (the sampling loop calls `solver.on_model_switch()` then).
+enum class HistoryPolicy {
+  keep, ///< the next model continues from the previous model's outputs (the T-Stitch paper)
+  reset ///< restart at first order, as if the trajectory began at the switch
+};
+
 /// Where a solver stands: step i of the trajectory, moving from points[i] to points[i + 1].
 struct SolverStep {
   int step = 0;
   int evaluation = 0; ///< model evaluation within the step (0 unless a solver takes several)
   const Trajectory* trajectory = nullptr;
-  NoiseKey noise{};   ///< the solver's noise for this step: (seed, first sample, step, solver)
+  NoiseKey noise{}; ///< the solver's noise for this step: (seed, first sample, step, solver)
 
   [[nodiscard]] const TimePoint& from() const { return (*trajectory)[step]; }
   [[nodiscard]] const TimePoint& to() const { return (*trajectory)[step + 1]; }
@@ -49,7 +56,11 @@ concept advances_latents = requires(S& s, Backend& backend, const SolverStep& st
 
 /// A solver of the sampling ODE/SDE. It never knows which model produced an output.
 ///
-/// Optional members, for solvers that evaluate the model more than once per step (Heun):
+/// Optional members:
+///   void on_model_switch();   called before the first evaluation of a step served by a different
+///                             model than the step before (multistep solvers apply their
+///                             HistoryPolicy here)
+/// and, for solvers that evaluate the model more than once per step (Heun):
 ///   int evaluations(int step) const;                      default 1
 ///   TimePoint evaluation_point(const SolverStep&) const;  default step.from()
 ///   ConstView evaluation_input(const SolverStep&, ConstView x) const;  default x
@@ -58,7 +69,9 @@ concept Solver = prepares_for_a_run<S, Backend> && advances_latents<S, Backend>;
 
 /// The number of model evaluations a solver needs at step i.
 template <class S> [[nodiscard]] int evaluations_of(const S& solver, int step) {
-  if constexpr (requires { { solver.evaluations(step) } -> std::convertible_to<int>; })
+  if constexpr (requires {
+                  { solver.evaluations(step) } -> std::convertible_to<int>;
+                })
     return solver.evaluations(step);
   else
     return 1;

@@ -100,8 +100,8 @@ inline void check_thresholds(const std::vector<double>& thresholds, const char* 
   for (std::size_t j = 0; j < thresholds.size(); ++j) {
     if (std::isnan(thresholds[j]))
       throw_invalid_argument(detail::concat(name, "[", j, "]"), thresholds[j], "must not be NaN");
-    if (j > 0 && (non_increasing ? thresholds[j] > thresholds[j - 1]
-                                 : thresholds[j] < thresholds[j - 1]))
+    if (j > 0 &&
+        (non_increasing ? thresholds[j] > thresholds[j - 1] : thresholds[j] < thresholds[j - 1]))
       throw_invalid_argument(detail::concat(name, "[", j, "]"), thresholds[j],
                              non_increasing ? "thresholds must not increase"
                                             : "thresholds must not decrease");
@@ -122,7 +122,8 @@ public:
   explicit TimestepThreshold(std::vector<double> thresholds) : thresholds_(std::move(thresholds)) {
     detail::check_thresholds(thresholds_, "timestep thresholds", true);
   }
-  explicit TimestepThreshold(double threshold) : TimestepThreshold(std::vector<double>{threshold}) {}
+  explicit TimestepThreshold(double threshold)
+      : TimestepThreshold(std::vector<double>{threshold}) {}
   void check(std::size_t num_models) const {
     detail::check_threshold_count(thresholds_.size(), num_models);
   }

@@ -48,7 +48,8 @@ template <class First, class Other> struct condition_types_match {
 template <StitchPolicy Policy, Denoiser... Ds> class BasicStitcher {
   static_assert(sizeof...(Ds) >= 2, "stitching needs at least two denoisers");
   using First = std::remove_cvref_t<std::tuple_element_t<0, std::tuple<Ds...>>>;
-  static_assert((detail::condition_types_match<condition_of<First>, condition_of<Ds>>::value && ...));
+  static_assert((detail::condition_types_match<condition_of<First>, condition_of<Ds>>::value &&
+                 ...));
 
 public:
   using condition_type = condition_of<First>;
@@ -61,9 +62,9 @@ public:
     const Shape shape = std::get<0>(models_)->latent_shape();
     for_each_model([&](std::size_t k, const auto& model) {
       if (model.latent_shape() != shape)
-        throw invalid_argument(detail::concat(
-            "tstitch: stitched models disagree on latent shape: ", model_name(0), " has ", shape,
-            ", ", model_name(k), " has ", model.latent_shape()));
+        throw invalid_argument(
+            detail::concat("tstitch: stitched models disagree on latent shape: ", model_name(0),
+                           " has ", shape, ", ", model_name(k), " has ", model.latent_shape()));
     });
   }
 
@@ -100,9 +101,9 @@ public:
     const Prediction first = std::get<0>(models_)->prediction();
     for_each_model([&](std::size_t k, const auto& model) {
       if (model.prediction() != first)
-        throw invalid_argument(detail::concat(
-            "tstitch: stitched models predict different things (", model_name(0), ": ", first,
-            ", ", model_name(k), ": ", model.prediction(), "); ask route(ctx) per step"));
+        throw invalid_argument(detail::concat("tstitch: stitched models predict different things (",
+                                              model_name(0), ": ", first, ", ", model_name(k), ": ",
+                                              model.prediction(), "); ask route(ctx) per step"));
     });
     return first;
   }
@@ -116,13 +117,11 @@ public:
   }
 
   /// The unconditional condition for guidance, from the first model (all share the type).
-  [[nodiscard]] condition_type unconditional(const condition_type& c) const
-    requires requires(const First& m) {
-      { m.unconditional(c) } -> std::convertible_to<condition_type>;
-    }
-  {
-    return std::get<0>(models_)->unconditional(c);
+  [[nodiscard]] condition_type unconditional(const condition_type& c) const requires
+      requires(const First& m) {
+    { m.unconditional(c) } -> std::convertible_to<condition_type>;
   }
+  { return std::get<0>(models_)->unconditional(c); }
 
   void predict(ConstView x, const StepContext& ctx, const condition_type& c, View out) {
     visit(model_index(ctx), [&](auto& model) { model.predict(x, ctx, c, out); });
@@ -174,17 +173,20 @@ private:
   template <class F> void visit(std::size_t k, F&& f) {
     [&]<std::size_t... I>(std::index_sequence<I...>) {
       (void)((k == I ? (f(*std::get<I>(models_)), true) : false) || ...);
-    }(std::index_sequence_for<Ds...>{});
+    }
+    (std::index_sequence_for<Ds...>{});
   }
   template <class F> void visit(std::size_t k, F&& f) const {
     [&]<std::size_t... I>(std::index_sequence<I...>) {
       (void)((k == I ? (f(std::as_const(*std::get<I>(models_))), true) : false) || ...);
-    }(std::index_sequence_for<Ds...>{});
+    }
+    (std::index_sequence_for<Ds...>{});
   }
   template <class F> void for_each_model(F&& f) const {
     [&]<std::size_t... I>(std::index_sequence<I...>) {
       (f(I, std::as_const(*std::get<I>(models_))), ...);
-    }(std::index_sequence_for<Ds...>{});
+    }
+    (std::index_sequence_for<Ds...>{});
   }
 
   Policy policy_;
@@ -204,8 +206,8 @@ public:
   TrajectoryStitcher(Small& small, Large& large, Policy policy)
       : BasicStitcher<Policy, Small, Large>(std::move(policy), small, large) {}
 
-  TrajectoryStitcher(Small& small, Large& large, double small_fraction)
-    requires std::is_same_v<Policy, StepFraction>
+  TrajectoryStitcher(Small& small, Large& large,
+                     double small_fraction) requires std::is_same_v<Policy, StepFraction>
       : BasicStitcher<Policy, Small, Large>(StepFraction::small_fraction(small_fraction), small,
                                             large) {}
 };
