@@ -2,11 +2,11 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
-#include <numbers>
 #include <vector>
 
 #include "tstitch/analytic/gaussian_mixture.hpp"
 #include "tstitch/sample.hpp"
+#include "tstitch/schedule/continuous.hpp"
 #include "tstitch/schedule/discrete.hpp"
 #include "tstitch/solver/ddim.hpp"
 #include "tstitch/solver/ddpm.hpp"
@@ -19,36 +19,10 @@ using analytic::Labels;
 
 namespace {
 
-// Two continuous schedules written as plain user types: uniform steps in model time t, ending
-// exactly at sigma = 0, so the step size halves when n doubles.
-
-/// Variance-preserving cosine schedule: alpha = cos(pi t / 2), sigma = sin(pi t / 2).
-struct CosineSchedule {
-  double t_max = 0.98;
-  TimePoint point(double t) const {
-    return {t, std::cos(std::numbers::pi / 2 * t), std::sin(std::numbers::pi / 2 * t)};
-  }
-  double timestep_at(double ve_sigma) const { return std::atan(ve_sigma) * 2 / std::numbers::pi; }
-  Trajectory trajectory(int n) const {
-    Trajectory trajectory{{}, 1.0};
-    for (int i = 0; i <= n; ++i)
-      trajectory.points.push_back(point(t_max * (1.0 - static_cast<double>(i) / n)));
-    return trajectory;
-  }
-};
-
-/// Rectified flow: alpha = 1 - t, sigma = t, from pure noise (t = 1) to data.
-struct LinearFlowSchedule {
-  TimePoint point(double t) const { return {t, 1 - t, t}; }
-  double timestep_at(double ve_sigma) const { return ve_sigma / (1 + ve_sigma); }
-  Trajectory trajectory(int n) const {
-    Trajectory trajectory{{}, 1.0};
-    for (int i = 0; i <= n; ++i)
-      trajectory.points.push_back(point(1.0 - static_cast<double>(i) / n));
-    return trajectory;
-  }
-};
-static_assert(NoiseSchedule<CosineSchedule> && NoiseSchedule<LinearFlowSchedule>);
+// Schedules with steps uniform in t that end exactly at sigma = 0, so the step size halves when n
+// doubles. The cosine one starts just short of pure noise, where epsilon models are singular.
+const ContinuousSchedule cosine = ContinuousSchedule::cosine(0.98, 0.0);
+const ContinuousSchedule flow = ContinuousSchedule::linear_flow();
 
 const Shape shape{3, 4, 4};
 
@@ -159,19 +133,19 @@ void check_distribution(const Schedule& schedule, SolverT solver, Prediction pre
 
 TEST_CASE("DDIM and Euler follow the exact probability-flow solution at order 1", "[solver]") {
   SECTION("DDIM, VP cosine, epsilon") {
-    const double order = measured_order(CosineSchedule{}, DDIM{}, Prediction::epsilon);
+    const double order = measured_order(cosine, DDIM{}, Prediction::epsilon);
     CHECK(order == Approx(1.0).margin(0.2));
   }
   SECTION("Euler, VP cosine, v") {
-    const double order = measured_order(CosineSchedule{}, Euler{}, Prediction::v);
+    const double order = measured_order(cosine, Euler{}, Prediction::v);
     CHECK(order == Approx(1.0).margin(0.2));
   }
   SECTION("DDIM, rectified flow, flow velocity") {
-    const double order = measured_order(LinearFlowSchedule{}, DDIM{}, Prediction::flow);
+    const double order = measured_order(flow, DDIM{}, Prediction::flow);
     CHECK(order == Approx(1.0).margin(0.2));
   }
   SECTION("Euler, rectified flow, flow velocity") {
-    const double order = measured_order(LinearFlowSchedule{}, Euler{}, Prediction::flow);
+    const double order = measured_order(flow, Euler{}, Prediction::flow);
     CHECK(order == Approx(1.0).margin(0.2));
   }
   SECTION("Euler, DDPM discrete schedule, epsilon") {
@@ -184,8 +158,8 @@ TEST_CASE("DDIM and Euler follow the exact probability-flow solution at order 1"
 }
 
 TEST_CASE("DDIM with eta = 0 is deterministic and equals Euler up to rounding", "[solver]") {
-  const double ddim = ode_error(CosineSchedule{}, DDIM{}, Prediction::epsilon, 40);
-  const double euler = ode_error(CosineSchedule{}, Euler{}, Prediction::epsilon, 40);
+  const double ddim = ode_error(cosine, DDIM{}, Prediction::epsilon, 40);
+  const double euler = ode_error(cosine, Euler{}, Prediction::epsilon, 40);
   CHECK(ddim == Approx(euler).epsilon(1e-3));
 }
 
