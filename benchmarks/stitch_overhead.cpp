@@ -7,42 +7,17 @@
 // Counters: allocations per run, and allocations after the end of the first step (the goal is 0).
 #include <benchmark/benchmark.h>
 
-#include <atomic>
-#include <cstdlib>
-#include <new>
-
+#include "bench_support.hpp"
 #include "tstitch/tstitch.hpp"
 
-namespace {
-std::atomic<long> allocations{0};
-}
-
-// Count every heap allocation in this program. (g++ cannot see that the replaced operator new
-// below allocates with malloc, and flags the matching free.)
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-void* operator new(std::size_t size) {
-  allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(size == 0 ? 1 : size))
-    return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+TSTITCH_BENCH_COUNT_ALLOCATIONS()
 
 using namespace tstitch;
 
 namespace {
 
-/// Costs nothing: the raw output buffer keeps whatever it held (zeros).
-struct FreeDenoiser {
-  using condition_type = NoCondition;
-  Shape shape;
-  [[nodiscard]] Prediction prediction() const { return Prediction::epsilon; }
-  [[nodiscard]] Shape latent_shape() const { return shape; }
-  void predict(ConstView, const StepContext&, const NoCondition&, View) const {}
-};
+using bench::allocations;
+using bench::FreeDenoiser;
 
 enum class Mode { bare, stitched, switching };
 
@@ -95,7 +70,7 @@ void run_steps(benchmark::State& state, Mode mode) {
     ++runs;
   }
   const double total_steps = static_cast<double>(runs) * steps;
-  state.counters["ns_per_step"] =
+  state.counters["per_step"] =
       benchmark::Counter(total_steps, benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
   state.counters["allocs_per_run"] =
       static_cast<double>(allocations.load() - before) / static_cast<double>(runs);
