@@ -68,12 +68,40 @@ void BM_DDPM_learned_range(benchmark::State& s) {
                Prediction::epsilon_learned_sigma);
 }
 void BM_Euler(benchmark::State& s) { solver_steps(s, Euler{}); }
+void BM_EulerAncestral(benchmark::State& s) { solver_steps(s, EulerAncestral{}); }
+void BM_Heun(benchmark::State& s) { solver_steps(s, Heun{}); }
+void BM_DPMSolverPP_2M(benchmark::State& s) { solver_steps(s, DPMSolverMultistep{}); }
+void BM_DPMSolverPP_3M(benchmark::State& s) {
+  DPMSolverMultistepOptions o;
+  o.solver_order = 3;
+  solver_steps(s, DPMSolverMultistep{o});
+}
+void BM_DPMSolverPP_2M_SDE(benchmark::State& s) {
+  DPMSolverMultistepOptions o;
+  o.algorithm = DPMSolverAlgorithm::sde_dpmsolver_pp;
+  solver_steps(s, DPMSolverMultistep{o});
+}
+void BM_UniPC_2(benchmark::State& s) { solver_steps(s, UniPC{}); }
+void BM_UniPC_3(benchmark::State& s) {
+  UniPCOptions o;
+  o.solver_order = 3;
+  solver_steps(s, UniPC{o});
+}
+void BM_LCM(benchmark::State& s) { solver_steps(s, LCM{}); }
 BENCHMARK(BM_DDIM)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_DDIM_eta1)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_DDIM_v)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_DDPM)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_DDPM_learned_range)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Euler)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_EulerAncestral)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Heun)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_DPMSolverPP_2M)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_DPMSolverPP_3M)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_DPMSolverPP_2M_SDE)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_UniPC_2)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_UniPC_3)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_LCM)->Unit(benchmark::kMillisecond);
 
 } // namespace
 

@@ -720,3 +720,23 @@ TEST_CASE("trajectory_through: custom timesteps give the default schedule's poin
   CHECK_THROWS_WITH(schedule.trajectory_through({1000}), Catch::Contains("t = 1000"));
   CHECK_THROWS_AS(schedule.trajectory_through({}), tstitch::invalid_argument);
 }
+
+TEST_CASE("lu_lambdas: DPM-Solver's uniform-lambda timesteps (parity §4.5 [R])", "[schedule]") {
+  tstitch::DiscreteScheduleOptions o;
+  o.spacing = tstitch::TimestepSpacing::linspace_multistep;
+  o.sigma_spacing = tstitch::SigmaSpacing::lu_lambdas;
+  o.final_point = tstitch::FinalPoint::first_train_step;
+  const tstitch::DiscreteSchedule schedule(o);
+  CHECK(schedule.timesteps(10) == std::vector<double>{999, 886, 757, 603, 410, 202, 73, 22, 5, 0});
+  const tstitch::Trajectory trajectory = schedule.trajectory(10);
+  // Uniform in lambda = log(alpha / sigma) = -log(ve sigma) from the last training sigma to the
+  // first; with final_sigmas_type = "sigma_min" the last step has zero length (§2.5).
+  const double first = -std::log(trajectory[0].ve_sigma());
+  const double last = -std::log(trajectory[9].ve_sigma());
+  CHECK(first == Approx(-std::log(schedule.train_sigmas().back())).epsilon(1e-6));
+  CHECK(last == Approx(-std::log(schedule.train_sigmas().front())).epsilon(1e-6));
+  for (int i = 0; i < 9; ++i)
+    CHECK(-std::log(trajectory[i + 1].ve_sigma()) + std::log(trajectory[i].ve_sigma()) ==
+          Approx((last - first) / 9).epsilon(1e-5));
+  CHECK(trajectory[10].sigma == trajectory[9].sigma);
+}

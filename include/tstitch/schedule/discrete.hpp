@@ -43,7 +43,11 @@ enum class TimestepSpacing {
 enum class SigmaSpacing {
   timesteps,  ///< the schedule's own value at each spaced timestep (DDIM, DDPM, Euler)
   karras,     ///< Karras et al. rho-ramp between sigma_max and sigma_min (use_karras_sigmas)
-  exponential ///< log-uniform between sigma_max and sigma_min (use_exponential_sigmas)
+  exponential, ///< log-uniform between sigma_max and sigma_min (use_exponential_sigmas)
+  /// Uniform in lambda = log(alpha / sigma), i.e. log-uniform in sigma, between the ends of the
+  /// float32 log-sigma table (DPM-Solver's use_lu_lambdas; Lu et al. 2022). Differs from
+  /// `exponential` only in how the ramp is rounded, which is diffusers' own.
+  lu_lambdas
 };
 
 /// Where the last step lands.
@@ -471,7 +475,24 @@ private:
   [[nodiscard]] std::vector<double> ramp_sigmas(int n) const {
     if (options_.sigma_spacing == SigmaSpacing::karras)
       return spacing::karras_sigmas(ramp_sigma_min(), ramp_sigma_max(), n, options_.karras_rho);
+    if (options_.sigma_spacing == SigmaSpacing::lu_lambdas)
+      return lu_sigmas(n);
     return spacing::exponential_sigmas(ramp_sigma_min(), ramp_sigma_max(), n);
+  }
+
+  /// diffusers' _convert_to_lu: exp(l_max + ramp * (l_min - l_max)) with ramp = np.linspace(0, 1,
+  /// n) and the ends taken from the float32 log-sigma table (its rho = 1 powers are exact). A
+  /// sigma_min / sigma_max override (which diffusers does not offer here) replaces an end by its
+  /// log.
+  [[nodiscard]] std::vector<double> lu_sigmas(int n) const {
+    const double l_min = options_.sigma_min ? std::log(*options_.sigma_min)
+                                            : static_cast<double>(log_sigmas_.front());
+    const double l_max = options_.sigma_max ? std::log(*options_.sigma_max)
+                                            : static_cast<double>(log_sigmas_.back());
+    std::vector<double> out = spacing::numpy_linspace(0.0, 1.0, n);
+    for (double& r : out)
+      r = std::exp(l_max + r * (l_min - l_max));
+    return out;
   }
 
   /// The timestep diffusers gives a ramp sigma: sigma_to_t of the double sigma, then rounded

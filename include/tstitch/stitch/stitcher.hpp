@@ -123,8 +123,12 @@ public:
   }
   { return std::get<0>(models_)->unconditional(c); }
 
+  /// Runs the model serving ctx.step. Every evaluation of a step goes to the model route() chose
+  /// for it, even where a solver evaluates at another point (Heun's second evaluation sits at the
+  /// next step's point, which a threshold policy may give to the next model).
   void predict(ConstView x, const StepContext& ctx, const condition_type& c, View out) {
-    visit(model_index(ctx), [&](auto& model) { model.predict(x, ctx, c, out); });
+    const std::size_t k = serving_ && routed_step_ == ctx.step ? *serving_ : model_index(ctx);
+    visit(k, [&](auto& model) { model.predict(x, ctx, c, out); });
   }
 
   /// The model serving step ctx, its prediction and guidance scale. The sampling loop calls this
@@ -134,6 +138,7 @@ public:
     if (ctx.step > 0 && serving_ && *serving_ != k && observer_)
       observer_(SwitchEvent{*serving_, k, ctx});
     serving_ = k;
+    routed_step_ = ctx.step;
     Route r{k, Prediction::epsilon, std::nullopt};
     visit(k, [&](auto& model) { r.prediction = model.prediction(); });
     if (!guidance_scales_.empty())
@@ -194,7 +199,8 @@ private:
   std::vector<std::string> names_;
   std::vector<std::optional<double>> guidance_scales_;
   std::function<void(const SwitchEvent&)> observer_;
-  std::optional<std::size_t> serving_;
+  std::optional<std::size_t> serving_; // the model route() chose for step routed_step_
+  int routed_step_ = -1;
 };
 
 /// T-Stitch with two models: `small` serves the first, noisiest part of the trajectory and

@@ -1,0 +1,149 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <string_view>
+
+#include "tstitch/core/error.hpp"
+#include "tstitch/core/tensor.hpp"
+
+namespace tstitch::dit {
+
+/// The hyper-parameters of a DiT (Peebles & Xie 2023, facebookresearch/DiT models.py).
+struct Config {
+  std::int64_t input_size = 32;    ///< latent height = width
+  std::int64_t patch_size = 2;     ///< p: tokens are p x p patches
+  std::int64_t in_channels = 4;    ///< latent channels C
+  std::int64_t hidden_size = 1152; ///< D
+  std::int64_t depth = 28;         ///< number of DiT blocks
+  std::int64_t num_heads = 16;
+  std::int64_t mlp_ratio = 4;      ///< MLP hidden = mlp_ratio * D
+  std::int64_t num_classes = 1000; ///< class labels 0..num_classes-1; num_classes is the null class
+  bool learn_sigma = true;         ///< 2C output channels: eps and the variance interpolation value
+
+  static constexpr std::int64_t frequency_embedding_size = 256;
+
+  [[nodiscard]] std::int64_t grid() const { return input_size / patch_size; }
+  [[nodiscard]] std::int64_t tokens() const { return grid() * grid(); }
+  [[nodiscard]] std::int64_t head_dim() const { return hidden_size / num_heads; }
+  [[nodiscard]] std::int64_t mlp_hidden() const { return mlp_ratio * hidden_size; }
+  [[nodiscard]] std::int64_t out_channels() const {
+    return learn_sigma ? 2 * in_channels : in_channels;
+  }
+  [[nodiscard]] Shape latent_shape() const { return {in_channels, input_size, input_size}; }
+
+  /// Multiply-accumulates of one image forward (the figure papers quote as "GFLOPs"): the linear
+  /// layers, patch embedding and attention products; element-wise work is not counted.
+  [[nodiscard]] double macs() const {
+    const double t = static_cast<double>(tokens()), d = static_cast<double>(hidden_size);
+    const double patch = t * static_cast<double>(in_channels * patch_size * patch_size) * d;
+    const double per_block = t * d * 3 * d   // qkv
+                             + 2 * t * t * d // q k^T and attention v
+                             + t * d * d     // proj
+                             + 2 * t * d * static_cast<double>(mlp_hidden()) // fc1, fc2
+                             + 6 * d * d;                                    // adaLN modulation
+    const double final_layer =
+        t * d * static_cast<double>(patch_size * patch_size * out_channels()) + 2 * d * d;
+    const double embed = static_cast<double>(frequency_embedding_size) * d + d * d;
+    return patch + static_cast<double>(depth) * per_block + final_layer + embed;
+  }
+
+  /// Throws tstitch::invalid_argument naming the first inconsistent field.
+  void validate() const {
+    auto positive = [](std::string_view name, std::int64_t v) {
+      require(v >= 1, detail::concat("dit config ", name), v, "must be at least 1");
+    };
+    positive("input_size", input_size);
+    positive("patch_size", patch_size);
+    positive("in_channels", in_channels);
+    positive("hidden_size", hidden_size);
+    positive("depth", depth);
+    positive("num_heads", num_heads);
+    positive("mlp_ratio", mlp_ratio);
+    positive("num_classes", num_classes);
+    require(input_size % patch_size == 0, "dit config input_size", input_size,
+            detail::concat("must be a multiple of patch_size ", patch_size));
+    require(hidden_size % num_heads == 0, "dit config hidden_size", hidden_size,
+            detail::concat("must be a multiple of num_heads ", num_heads));
+    require(hidden_size % 4 == 0, "dit config hidden_size", hidden_size,
+            "must be a multiple of 4 (2-D sin-cos position embedding)");
+  }
+
+  /// The published configurations "DiT-S/2" ... "DiT-XL/8" (input 32, 4 channels, 1000 classes).
+  [[nodiscard]] static Config preset(std::string_view name) {
+    const std::map<std::string, std::array<std::int64_t, 3>, std::less<>> sizes{
+        {"S", {12, 384, 6}}, {"B", {12, 768, 12}}, {"L", {24, 1024, 16}}, {"XL", {28, 1152, 16}}};
+    const auto slash = name.find('/');
+    if (name.substr(0, 4) != "DiT-" || slash == std::string_view::npos)
+      throw_invalid_argument("dit preset", name, "must look like DiT-S/2 (S, B, L, XL; 2, 4, 8)");
+    const auto size = sizes.find(name.substr(4, slash - 4));
+    const std::string_view patch = name.substr(slash + 1);
+    if (size == sizes.end() || (patch != "2" && patch != "4" && patch != "8"))
+      throw_invalid_argument("dit preset", name, "must look like DiT-S/2 (S, B, L, XL; 2, 4, 8)");
+    Config c;
+    c.depth = size->second[0];
+    c.hidden_size = size->second[1];
+    c.num_heads = size->second[2];
+    c.patch_size = patch[0] - '0';
+    return c;
+  }
+
+  /// Reads a config from safetensors metadata strings (as written by
+  /// tools/convert_dit_checkpoint.py): depth, hidden_size, num_heads, patch_size, input_size,
+  /// in_channels, num_classes, learn_sigma, mlp_ratio (optional, default 4).
+  [[nodiscard]] static Config from_metadata(const std::map<std::string, std::string>& metadata,
+                                            std::string_view source) {
+    auto integer = [&](const std::string& key, std::optional<std::int64_t> fallback) {
+      const auto found = metadata.find(key);
+      if (found == metadata.end()) {
+        if (fallback)
+          return *fallback;
+        throw invalid_argument(
+            detail::concat("tstitch: ", source, ": DiT metadata lacks '", key, "'"));
+      }
+      std::size_t used = 0;
+      std::int64_t value = 0;
+      try {
+        value = std::stoll(found->second, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used == 0 || used != found->second.size())
+        throw invalid_argument(detail::concat("tstitch: ", source, ": DiT metadata '", key, "' = '",
+                                              found->second, "' is not an integer"));
+      return value;
+    };
+    Config c;
+    c.depth = integer("depth", std::nullopt);
+    c.hidden_size = integer("hidden_size", std::nullopt);
+    c.num_heads = integer("num_heads", std::nullopt);
+    c.patch_size = integer("patch_size", std::nullopt);
+    c.input_size = integer("input_size", std::nullopt);
+    c.in_channels = integer("in_channels", std::nullopt);
+    c.num_classes = integer("num_classes", std::nullopt);
+    c.mlp_ratio = integer("mlp_ratio", 4);
+    const auto sigma = metadata.find("learn_sigma");
+    if (sigma == metadata.end() || (sigma->second != "true" && sigma->second != "false"))
+      throw invalid_argument(detail::concat("tstitch: ", source,
+                                            ": DiT metadata 'learn_sigma' must be true or false"));
+    c.learn_sigma = sigma->second == "true";
+    c.validate();
+    return c;
+  }
+
+  friend bool operator==(const Config&, const Config&) = default;
+  friend std::ostream& operator<<(std::ostream& out, const Config& c) {
+    return out << "DiT(depth " << c.depth << ", hidden " << c.hidden_size << ", heads "
+               << c.num_heads << ", patch " << c.patch_size << ", input " << c.input_size << "x"
+               << c.input_size << "x" << c.in_channels << ", classes " << c.num_classes
+               << (c.learn_sigma ? ", learn_sigma)" : ")");
+  }
+};
+
+} // namespace tstitch::dit

@@ -1,0 +1,315 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "tstitch/core/denoiser.hpp"
+#include "tstitch/core/error.hpp"
+#include "tstitch/models/dit/weights.hpp"
+
+namespace tstitch::dit {
+
+/// DiT on the CPU in float32 with Eigen: the reference the CUDA backend is tested against, and a
+/// Denoiser in its own right (prediction epsilon_learned_sigma, or epsilon without learn_sigma;
+/// condition: one class label per batch row, num_classes meaning "no class" for guidance).
+///
+/// Activation buffers are allocated once per batch size and reused, so sampling allocates nothing
+/// per step. Build with OpenMP (-fopenmp) to use several cores: Eigen's GEMMs and the attention
+/// loop over (sample, head) then run in parallel.
+class CpuModel {
+public:
+  using condition_type = std::vector<int>;
+  using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Vector = Eigen::Matrix<float, 1, Eigen::Dynamic, Eigen::RowMajor>;
+
+  explicit CpuModel(Weights weights, std::string name = "DiT")
+      : weights_(std::move(weights)), name_(std::move(name)) {}
+
+  [[nodiscard]] Prediction prediction() const {
+    return config().learn_sigma ? Prediction::epsilon_learned_sigma : Prediction::epsilon;
+  }
+  [[nodiscard]] Shape latent_shape() const { return config().latent_shape(); }
+  [[nodiscard]] std::string model_name(std::size_t) const { return name_; }
+  /// The null class of classifier-free guidance, for every row.
+  [[nodiscard]] condition_type unconditional(const condition_type& labels) const {
+    return condition_type(labels.size(), static_cast<int>(config().num_classes));
+  }
+  [[nodiscard]] const Config& config() const { return weights_.config(); }
+  [[nodiscard]] const Weights& weights() const { return weights_; }
+
+  /// Bytes of activation buffers currently allocated (they grow with the largest batch seen).
+  [[nodiscard]] std::int64_t activation_bytes() const {
+    return static_cast<std::int64_t>(sizeof(float)) *
+           (tokens_.size() + h_.size() + qkv_.size() + attn_.size() + mlp_.size() + scores_.size() +
+            out_.size() + cond_.size() + silu_.size() + mod_.size() + patches_.size() +
+            freq_.size() + temb_.size());
+  }
+
+  /// Writes the raw output (N, out_channels, H, W) for latents x (N, C, H, W) at model time
+  /// ctx.point.timestep and labels (one per row, in [0, num_classes]).
+  void predict(ConstView x, const StepContext& ctx, const condition_type& labels, View out) {
+    const Config& c = config();
+    const std::int64_t n = x.batch();
+    if (x.shape() != c.latent_shape())
+      throw_invalid_argument("DiT input shape", shape_string(x),
+                             detail::concat("must be [N, ", c.in_channels, ", ", c.input_size, ", ",
+                                            c.input_size, "] for ", c));
+    if (out.batch() != n || out.shape() != Shape{c.out_channels(), c.input_size, c.input_size})
+      throw_invalid_argument("DiT output shape", shape_string(out),
+                             detail::concat("must be [", n, ", ", c.out_channels(), ", ",
+                                            c.input_size, ", ", c.input_size, "]"));
+    if (static_cast<std::int64_t>(labels.size()) != n)
+      throw_invalid_argument("labels.size()", labels.size(),
+                             detail::concat("must equal the batch, ", n));
+    for (std::size_t i = 0; i < labels.size(); ++i)
+      if (labels[i] < 0 || labels[i] > c.num_classes)
+        throw_invalid_argument(
+            detail::concat("labels[", i, "]"), labels[i],
+            detail::concat("must be in [0, ", c.num_classes, "] (", c.num_classes, ": no class)"));
+    reserve(n);
+    embed_condition(static_cast<float>(ctx.point.timestep), labels);
+    embed_patches(x);
+    for (const BlockWeights& block : weights_.blocks)
+      run_block(block, n);
+    final_layer(n);
+    unpatchify(out);
+  }
+
+private:
+  using ConstMap = Eigen::Map<const Matrix>;
+  using Map = Eigen::Map<Matrix>;
+  using ConstVectorMap = Eigen::Map<const Vector>;
+
+  static ConstMap matrix(const Param& p) { return ConstMap(p.data, p.rows, p.cols); }
+  static ConstVectorMap vector(const Param& p) { return ConstVectorMap(p.data, p.cols); }
+
+  static void resize(std::vector<float>& buffer, std::int64_t size) {
+    if (static_cast<std::int64_t>(buffer.size()) < size)
+      buffer.resize(static_cast<std::size_t>(size));
+  }
+
+  void reserve(std::int64_t n) {
+    const Config& c = config();
+    const std::int64_t rows = n * c.tokens(), d = c.hidden_size;
+    resize(tokens_, rows * d);
+    resize(h_, rows * d);
+    resize(qkv_, rows * 3 * d);
+    resize(attn_, rows * d);
+    resize(mlp_, rows * c.mlp_hidden());
+    resize(out_, rows * c.patch_size * c.patch_size * c.out_channels());
+    resize(patches_, rows * c.in_channels * c.patch_size * c.patch_size);
+    resize(cond_, n * d);
+    resize(silu_, n * d);
+    resize(mod_, n * 6 * d);
+    resize(freq_, n * Config::frequency_embedding_size);
+    resize(temb_, n * d);
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    resize(scores_, static_cast<std::int64_t>(threads) * c.tokens() * c.tokens());
+  }
+
+  /// y = x W^T + b for the first `rows` rows.
+  static void linear(const float* x, std::int64_t rows, const Param& weight, const Param& bias,
+                     float* y) {
+    ConstMap in(x, rows, weight.cols);
+    Map result(y, rows, weight.rows);
+    result.noalias() = in * matrix(weight).transpose();
+    result.rowwise() += vector(bias);
+  }
+
+  /// c = t_embedder(t) + y_embedder(labels): the conditioning vector of every row (N, D).
+  void embed_condition(float t, const std::vector<int>& labels) {
+    const Config& c = config();
+    const std::int64_t n = static_cast<std::int64_t>(labels.size()), d = c.hidden_size;
+    const std::int64_t half = Config::frequency_embedding_size / 2;
+    // Sinusoidal timestep features [cos(t f_k), sin(t f_k)], f_k = exp(-ln(10000) k / half), in
+    // float32 as the reference computes them.
+    const auto log_period = static_cast<float>(-std::log(10000.0));
+    for (std::int64_t k = 0; k < half; ++k) {
+      const float f = std::exp(log_period * static_cast<float>(k) / static_cast<float>(half));
+      const float arg = t * f;
+      for (std::int64_t row = 0; row < n; ++row) {
+        freq_[static_cast<std::size_t>(row * 2 * half + k)] = std::cos(arg);
+        freq_[static_cast<std::size_t>(row * 2 * half + half + k)] = std::sin(arg);
+      }
+    }
+    linear(freq_.data(), n, weights_.t_fc1_weight, weights_.t_fc1_bias, temb_.data());
+    Map hidden(temb_.data(), n, d);
+    hidden = hidden.unaryExpr([](float v) { return silu(v); });
+    linear(temb_.data(), n, weights_.t_fc2_weight, weights_.t_fc2_bias, cond_.data());
+    Map cond(cond_.data(), n, d);
+    const ConstMap table = matrix(weights_.class_table);
+    for (std::int64_t row = 0; row < n; ++row)
+      cond.row(row) += table.row(labels[static_cast<std::size_t>(row)]);
+    Map(silu_.data(), n, d) = cond.unaryExpr([](float v) { return silu(v); });
+  }
+
+  /// Tokens (N*T, D) = patches x W^T + b + pos_embed: the stride-p convolution as a GEMM.
+  void embed_patches(ConstView x) {
+    const Config& c = config();
+    const std::int64_t p = c.patch_size, g = c.grid(), t = c.tokens(), d = c.hidden_size;
+    const std::int64_t patch_len = c.in_channels * p * p;
+    for (std::int64_t n = 0; n < x.batch(); ++n)
+      for (std::int64_t gy = 0; gy < g; ++gy)
+        for (std::int64_t gx = 0; gx < g; ++gx) {
+          float* patch = &patches_[static_cast<std::size_t>(((n * g + gy) * g + gx) * patch_len)];
+          for (std::int64_t ch = 0; ch < c.in_channels; ++ch) // kernel order (C, p, p)
+            for (std::int64_t i = 0; i < p; ++i)
+              for (std::int64_t j = 0; j < p; ++j)
+                *patch++ = x.at(n, ch, gy * p + i, gx * p + j);
+        }
+    const std::int64_t rows = x.batch() * t;
+    linear(patches_.data(), rows, weights_.patch_weight, weights_.patch_bias, tokens_.data());
+    Map tokens(tokens_.data(), rows, d);
+    const ConstMap pos = matrix(weights_.pos_embed);
+    for (std::int64_t n = 0; n < x.batch(); ++n)
+      tokens.middleRows(n * t, t) += pos;
+  }
+
+  /// h = LayerNorm(x) * (1 + scale) + shift, per sample's shift/scale rows (eps 1e-6, no affine).
+  void modulated_norm(std::int64_t n, const float* shift, const float* scale,
+                      std::int64_t mod_stride) {
+    const Config& c = config();
+    const std::int64_t t = c.tokens(), d = c.hidden_size;
+#ifdef _OPENMP
+#pragma omp parallel for
+#endif
+    for (std::int64_t row = 0; row < n * t; ++row) {
+      const float* in = &tokens_[static_cast<std::size_t>(row * d)];
+      float* out = &h_[static_cast<std::size_t>(row * d)];
+      double sum = 0, sum2 = 0;
+      for (std::int64_t k = 0; k < d; ++k)
+        sum += in[k];
+      const double mean = sum / static_cast<double>(d);
+      for (std::int64_t k = 0; k < d; ++k)
+        sum2 += (in[k] - mean) * (in[k] - mean);
+      const auto inv = static_cast<float>(1.0 / std::sqrt(sum2 / static_cast<double>(d) + 1e-6));
+      const auto m = static_cast<float>(mean);
+      const float* sh = shift + (row / t) * mod_stride;
+      const float* sc = scale + (row / t) * mod_stride;
+      for (std::int64_t k = 0; k < d; ++k)
+        out[k] = (in[k] - m) * inv * (1.0f + sc[k]) + sh[k];
+    }
+  }
+
+  /// x += gate * y, per sample's gate row.
+  void gated_residual(std::int64_t n, const float* y, const float* gate, std::int64_t mod_stride) {
+    const std::int64_t t = config().tokens(), d = config().hidden_size;
+    for (std::int64_t row = 0; row < n * t; ++row) {
+      float* x = &tokens_[static_cast<std::size_t>(row * d)];
+      const float* g = gate + (row / t) * mod_stride;
+      const float* in = y + row * d;
+      for (std::int64_t k = 0; k < d; ++k)
+        x[k] += g[k] * in[k];
+    }
+  }
+
+  void run_block(const BlockWeights& b, std::int64_t n) {
+    const Config& c = config();
+    const std::int64_t t = c.tokens(), d = c.hidden_size, rows = n * t;
+    // adaLN modulation (N, 6D): shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp.
+    linear(silu_.data(), n, b.ada_weight, b.ada_bias, mod_.data());
+    const float* mod = mod_.data();
+    const std::int64_t stride = 6 * d;
+
+    modulated_norm(n, mod, mod + d, stride);
+    linear(h_.data(), rows, b.qkv_weight, b.qkv_bias, qkv_.data()); // (N*T, 3D)
+    attention(n);
+    linear(attn_.data(), rows, b.proj_weight, b.proj_bias, h_.data());
+    gated_residual(n, h_.data(), mod + 2 * d, stride);
+
+    modulated_norm(n, mod + 3 * d, mod + 4 * d, stride);
+    linear(h_.data(), rows, b.fc1_weight, b.fc1_bias, mlp_.data()); // (N*T, 4D)
+    gelu_tanh(Map(mlp_.data(), rows, c.mlp_hidden()));
+    linear(mlp_.data(), rows, b.fc2_weight, b.fc2_bias, h_.data());
+    gated_residual(n, h_.data(), mod + 5 * d, stride);
+  }
+
+  /// Multi-head self-attention softmax(q k^T / sqrt(head_dim)) v for every (sample, head), from
+  /// qkv (N*T, 3D) laid out [q heads | k heads | v heads] into attn (N*T, D).
+  void attention(std::int64_t n) {
+    const Config& c = config();
+    const std::int64_t t = c.tokens(), d = c.hidden_size, hd = c.head_dim(), heads = c.num_heads;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    using Strided = Eigen::Map<const Matrix, 0, Eigen::OuterStride<>>;
+    using StridedOut = Eigen::Map<Matrix, 0, Eigen::OuterStride<>>;
+#ifdef _OPENMP
+#pragma omp parallel for
+#endif
+    for (std::int64_t job = 0; job < n * heads; ++job) {
+      int thread = 0;
+#ifdef _OPENMP
+      thread = omp_get_thread_num();
+#endif
+      const std::int64_t sample = job / heads, head = job % heads;
+      const float* base = &qkv_[static_cast<std::size_t>(sample * t * 3 * d + head * hd)];
+      const Strided q(base, t, hd, Eigen::OuterStride<>(3 * d));
+      const Strided k(base + d, t, hd, Eigen::OuterStride<>(3 * d));
+      const Strided v(base + 2 * d, t, hd, Eigen::OuterStride<>(3 * d));
+      Map scores(&scores_[static_cast<std::size_t>(thread * t * t)], t, t);
+      scores.noalias() = (q * k.transpose()) * scale;
+      for (std::int64_t i = 0; i < t; ++i) {
+        auto row = scores.row(i);
+        const float top = row.maxCoeff();
+        row = (row.array() - top).exp();
+        row /= row.sum();
+      }
+      StridedOut o(&attn_[static_cast<std::size_t>(sample * t * d + head * hd)], t, hd,
+                   Eigen::OuterStride<>(d));
+      o.noalias() = scores * v;
+    }
+  }
+
+  /// The final adaLN layer and linear projection to (N*T, p*p*out_channels).
+  void final_layer(std::int64_t n) {
+    const Config& c = config();
+    const std::int64_t d = c.hidden_size;
+    linear(silu_.data(), n, weights_.final_ada_weight, weights_.final_ada_bias, mod_.data());
+    modulated_norm(n, mod_.data(), mod_.data() + d, 2 * d); // shift, scale
+    linear(h_.data(), n * c.tokens(), weights_.final_weight, weights_.final_bias, out_.data());
+  }
+
+  /// Token (r, c) holds its p x p patch as [i][j][channel]; scatter back to (N, C', H, W).
+  void unpatchify(View out) const {
+    const Config& c = config();
+    const std::int64_t p = c.patch_size, g = c.grid(), co = c.out_channels();
+    for (std::int64_t n = 0; n < out.batch(); ++n)
+      for (std::int64_t gy = 0; gy < g; ++gy)
+        for (std::int64_t gx = 0; gx < g; ++gx) {
+          const float* token =
+              &out_[static_cast<std::size_t>(((n * g + gy) * g + gx) * p * p * co)];
+          for (std::int64_t i = 0; i < p; ++i)
+            for (std::int64_t j = 0; j < p; ++j)
+              for (std::int64_t ch = 0; ch < co; ++ch)
+                out.at(n, ch, gy * p + i, gx * p + j) = token[(i * p + j) * co + ch];
+        }
+  }
+
+  static float silu(float v) { return v / (1.0f + std::exp(-v)); }
+  /// GELU, tanh approximation, in place; Eigen's vectorised tanh (a few ulp) keeps this from
+  /// costing as much as the GEMM around it.
+  static void gelu_tanh(Map values) {
+    constexpr float k = 0.7978845608028654f; // sqrt(2 / pi)
+    auto v = values.array();
+    values.array() = 0.5f * v * (1.0f + (k * (v + 0.044715f * v.cube())).tanh());
+  }
+
+  Weights weights_;
+  std::string name_;
+  std::vector<float> tokens_, h_, qkv_, attn_, mlp_, scores_, out_, cond_, silu_, mod_, patches_,
+      freq_, temb_;
+};
+
+} // namespace tstitch::dit

@@ -1,0 +1,252 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "tstitch/core/error.hpp"
+#include "tstitch/solver/concept.hpp"
+#include "tstitch/solver/multistep.hpp"
+
+namespace tstitch {
+
+/// UniPC's B(h) (diffusers' `solver_type`): B(h) = h ("bh1", the paper's choice for few steps
+/// and unconditional models) or e^h - 1 ("bh2", for guided sampling; diffusers' default).
+enum class UniPCVariant { bh1, bh2 };
+
+/// Options of UniPC; the defaults are those of diffusers' UniPCMultistepScheduler (data
+/// prediction, predict_x0 = True; the noise-prediction variant and solver_p are not offered).
+struct UniPCOptions {
+  int solver_order = 2; ///< p of UniP-p: 1, 2 or 3
+  UniPCVariant solver_type = UniPCVariant::bh2;
+  /// Lower the predictor's order near the end: at step i of n it is at most n - i.
+  bool lower_order_final = true;
+  /// Steps i whose *following* corrector is skipped: the corrector that runs at step i + 1 and
+  /// refines the result of step i (diffusers' indexing).
+  std::vector<int> disable_corrector{};
+  /// Dynamic thresholding of each data prediction (diffusers' thresholding=True); unset: off.
+  std::optional<DynamicThresholding> thresholding;
+  /// At a model switch: keep the previous model's outputs, or restart at first order.
+  HistoryPolicy history = HistoryPolicy::keep;
+};
+
+/// UniPC (Zhao et al. 2023): diffusers' UniPCMultistepScheduler on the same trajectory. Step i
+/// first corrects the latents at point i with the new model output (UniC, using the latents
+/// before the previous predictor and that predictor's order), then predicts point i + 1 (UniP).
+/// One model evaluation per step; the corrector raises the order of UniP-p to p + 1.
+///
+/// Predictor order at step i of n: min(solver_order, number of stored outputs), and at most
+/// n - i with lower_order_final. A step into a clean point (sigma = 0, lambda = +inf) is always
+/// first order and returns the data prediction: what diffusers computes with its default
+/// lower_order_final (without it diffusers' higher orders divide by the infinite step there, and
+/// bh1 multiplies B(h) = -inf by a zero residual, giving NaN). A zero-length step (diffusers'
+/// karras final step with "sigma_min") leaves x as it is, as diffusers does.
+///
+/// HistoryPolicy::reset forgets the stored outputs *and* the latents kept for the corrector: the
+/// step after a switch runs no corrector (which would mix the two models' outputs) and a
+/// first-order predictor, exactly as a run that starts there (SampleOptions::start_step).
+/// HistoryPolicy::keep runs the corrector across the switch.
+class UniPC {
+public:
+  explicit UniPC(UniPCOptions options = {}) : options_(std::move(options)) {
+    multistep::validate("UniPCOptions", options_.solver_order, options_.thresholding);
+    for (std::size_t k = 0; k < options_.disable_corrector.size(); ++k)
+      require(options_.disable_corrector[k] >= 0,
+              detail::concat("UniPCOptions::disable_corrector[", k, "]"),
+              options_.disable_corrector[k], "must be a step index (>= 0)");
+  }
+
+  [[nodiscard]] const UniPCOptions& options() const { return options_; }
+  /// The predictor order of the latest update (0: a zero-length step, x unchanged).
+  [[nodiscard]] int last_order() const { return last_order_; }
+  /// The order of the corrector the latest update ran (0: none).
+  [[nodiscard]] int last_corrector_order() const { return last_corrector_order_; }
+
+  template <class Backend>
+  void begin(Backend& backend, const Trajectory&, std::int64_t batch, Shape shape) {
+    // One slot more than the order: the corrector reads the new output next to all
+    // solver_order earlier ones before the new one displaces the oldest.
+    history_.reserve(backend, options_.solver_order + 1, batch, shape);
+    if (options_.thresholding)
+      thresholder_.reserve(shape.numel());
+    if (last_sample_.batch() != batch || last_sample_.shape() != shape)
+      last_sample_ = backend.allocate(batch, shape);
+    has_last_sample_ = false;
+    last_order_ = 0;
+    last_corrector_order_ = 0;
+  }
+
+  void on_model_switch() {
+    if (options_.history == HistoryPolicy::reset) {
+      history_.clear();
+      has_last_sample_ = false;
+    }
+  }
+
+  template <class Backend>
+  void update(Backend& backend, const SolverStep& step, const ModelOutput& out, View x) {
+    const View model_t = history_.incoming();
+    if (options_.thresholding)
+      thresholder_.apply(backend, *options_.thresholding, out.x0, model_t);
+    else
+      backend.copy(model_t, out.x0);
+
+    last_corrector_order_ = 0;
+    if (has_last_sample_ && !corrector_disabled(step.step - 1))
+      correct(backend, step.from(), ConstView(model_t), x);
+    history_.push(step.from());
+
+    const double h = multistep::lambda(step.to()) - multistep::lambda(step.from());
+    last_order_ = h == 0 ? 0 : predictor_order(step, h);
+    backend.copy(last_sample_.view(), ConstView(x));
+    has_last_sample_ = true;
+    if (h != 0)
+      predict(backend, step.from(), step.to(), h, x);
+  }
+
+private:
+  [[nodiscard]] bool corrector_disabled(int step) const {
+    const auto& d = options_.disable_corrector;
+    return std::find(d.begin(), d.end(), step) != d.end();
+  }
+
+  [[nodiscard]] int predictor_order(const SolverStep& step, double h) const {
+    if (!std::isfinite(h)) // into a clean point, or out of pure noise
+      return 1;
+    int order = options_.solver_order;
+    if (options_.lower_order_final)
+      order = std::min(order, step.trajectory->steps() - step.step);
+    order = std::min(order, history_.size());
+    return usable_order(order, h);
+  }
+
+  /// The largest order <= `order` whose nodes r_j = (lambda_j - lambda_0) / h over the history
+  /// entries j = 1, 2 are finite, non-zero and distinct: a singular or infinite node would leak
+  /// NaN into the step through unused or divided coefficients. (Only a trajectory with repeated
+  /// or infinite lambdas before its last step has such nodes.)
+  [[nodiscard]] int usable_order(int order, double h) const {
+    double previous = 0;
+    for (int j = 1; j < order; ++j) {
+      const double r = (history_.lambda(j) - history_.lambda(0)) / h;
+      if (!(std::isfinite(r) && r != 0 && r != previous))
+        return j;
+      previous = r;
+    }
+    return order;
+  }
+
+  /// The weights of UniPC: B(h), h*phi_1 = e^hh - 1 with hh = -h, the nodes r_1..r_{k-1}, 1 and
+  /// the right-hand side b_p = h*phi_{p+1}(hh) * (p+1)! / B(h) of its order conditions.
+  struct Weights {
+    double b_h = 0;
+    double h_phi_1 = 0;
+    std::array<double, 3> r{};
+    std::array<double, 3> b{};
+  };
+
+  [[nodiscard]] Weights weights(int order, double h) const {
+    Weights wt;
+    const double hh = -h;
+    wt.h_phi_1 = std::expm1(hh);
+    wt.b_h = options_.solver_type == UniPCVariant::bh1 ? hh : std::expm1(hh);
+    for (int j = 1; j < order; ++j)
+      wt.r[static_cast<std::size_t>(j - 1)] = (history_.lambda(j) - history_.lambda(0)) / h;
+    wt.r[static_cast<std::size_t>(order - 1)] = 1.0;
+    double h_phi_k = wt.h_phi_1 / hh - 1.0;
+    double factorial = 1.0;
+    for (int p = 1; p <= order; ++p) {
+      wt.b[static_cast<std::size_t>(p - 1)] = h_phi_k * factorial / wt.b_h;
+      factorial *= p + 1;
+      h_phi_k = h_phi_k / hh - 1.0 / factorial;
+    }
+    return wt;
+  }
+
+  /// rho solving sum_q r_q^p rho_q = b_p for p < k (the Vandermonde system of the order
+  /// conditions).
+  [[nodiscard]] static std::array<double, 3> rhos(const Weights& wt, int k) {
+    std::array<std::array<double, 3>, 3> vandermonde{};
+    for (int p = 0; p < k; ++p)
+      for (int q = 0; q < k; ++q)
+        vandermonde[static_cast<std::size_t>(p)][static_cast<std::size_t>(q)] =
+            std::pow(wt.r[static_cast<std::size_t>(q)], p);
+    return multistep::solve(vandermonde, wt.b, static_cast<std::size_t>(k));
+  }
+
+  /// UniP-k from s0 (history entry 0) to t, in place:
+  /// x' = (sigma_t/sigma_s0) x - alpha_t h_phi_1 m0 - alpha_t B(h) sum_j rho_j (m_j - m0) / r_j.
+  template <class Backend>
+  void predict(Backend& backend, const TimePoint& s0, const TimePoint& t, double h, View x) {
+    const int k = last_order_;
+    const Weights wt = weights(k, h);
+    std::array<double, 3> rho{};
+    if (k == 2)
+      rho[0] = 0.5; // diffusers' simplification for order 2
+    else if (k == 3)
+      rho = rhos(wt, 2); // the first k - 1 order conditions on the first k - 1 nodes
+    std::array<Term, 5> terms{};
+    terms[0] = Term{static_cast<float>(t.sigma / s0.sigma), ConstView(x)};
+    double m0 = -t.alpha * wt.h_phi_1;
+    for (int j = 1; j < k; ++j) {
+      const double c = t.alpha * wt.b_h * rho[static_cast<std::size_t>(j - 1)] /
+                       wt.r[static_cast<std::size_t>(j - 1)];
+      m0 += c;
+      terms[static_cast<std::size_t>(1 + j)] = Term{static_cast<float>(-c), history_[j]};
+    }
+    terms[1] = Term{static_cast<float>(m0), history_[0]};
+    multistep::combine(backend, x, terms, k + 1);
+  }
+
+  /// UniC at point t (this step's start): replaces x, the predictor's result, by
+  /// (sigma_t/sigma_s0) x_last - alpha_t h_phi_1 m0
+  ///   - alpha_t B(h) (sum_j rho_j (m_j - m0) / r_j + rho_k (model_t - m0)),
+  /// where s0 is the previous step's start, m0.. the outputs stored before this step and k the
+  /// previous predictor's order.
+  template <class Backend>
+  void correct(Backend& backend, const TimePoint& t, ConstView model_t, View x) {
+    const TimePoint& s0 = history_.point(0);
+    const double h = multistep::lambda(t) - multistep::lambda(s0);
+    if (!(std::isfinite(h) && h != 0))
+      return;
+    const int k = usable_order(std::min(last_order_, history_.size()), h);
+    if (k < 1)
+      return;
+    const Weights wt = weights(k, h);
+    std::array<double, 3> rho{};
+    if (k == 1)
+      rho[0] = 0.5; // diffusers' simplification for order 1
+    else
+      rho = rhos(wt, k);
+    const double scale = t.alpha * wt.b_h;
+    std::array<Term, 5> terms{};
+    terms[0] = Term{static_cast<float>(t.sigma / s0.sigma), ConstView(last_sample_.view())};
+    double m0 = -t.alpha * wt.h_phi_1 + scale * rho[static_cast<std::size_t>(k - 1)];
+    for (int j = 1; j < k; ++j) {
+      const double c =
+          scale * rho[static_cast<std::size_t>(j - 1)] / wt.r[static_cast<std::size_t>(j - 1)];
+      m0 += c;
+      terms[static_cast<std::size_t>(1 + j)] = Term{static_cast<float>(-c), history_[j]};
+    }
+    terms[1] = Term{static_cast<float>(m0), history_[0]};
+    terms[static_cast<std::size_t>(k + 1)] =
+        Term{static_cast<float>(-scale * rho[static_cast<std::size_t>(k - 1)]), model_t};
+    multistep::combine(backend, x, terms, k + 2);
+    last_corrector_order_ = k;
+  }
+
+  UniPCOptions options_;
+  multistep::History history_;
+  multistep::Thresholder thresholder_;
+  Tensor last_sample_;
+  bool has_last_sample_ = false;
+  int last_order_ = 0;
+  int last_corrector_order_ = 0;
+};
+
+} // namespace tstitch

@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: Apache-2.0
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <vector>
+
+#include "tstitch/core/host_backend.hpp"
+#include "tstitch/io/half.hpp"
+#include "tstitch/io/safetensors.hpp"
+#include "tstitch/models/dit/cpu_model.hpp"
+#include "tstitch/sample.hpp"
+#include "tstitch/schedule/discrete.hpp"
+#include "tstitch/solver/ddim.hpp"
+#include "tstitch/stitch/stitcher.hpp"
+
+using namespace tstitch;
+
+namespace {
+
+dit::Config tiny_config() {
+  dit::Config c;
+  c.input_size = 8;
+  c.patch_size = 2;
+  c.in_channels = 4;
+  c.hidden_size = 64;
+  c.depth = 2;
+  c.num_heads = 4;
+  c.num_classes = 10;
+  c.learn_sigma = true;
+  return c;
+}
+
+std::filesystem::path temp_file(const std::string& name) {
+  return std::filesystem::temp_directory_path() / ("tstitch_test_dit_" + name + ".safetensors");
+}
+
+double relative_l2(const float* a, const float* b, std::int64_t n) {
+  double diff = 0, norm = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    diff += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+    norm += static_cast<double>(b[i]) * b[i];
+  }
+  return std::sqrt(diff / norm);
+}
+
+Tensor forward(dit::CpuModel& model, std::int64_t batch, double t, std::vector<int> labels) {
+  const dit::Config& c = model.config();
+  Tensor x(batch, c.latent_shape());
+  HostBackend{}.fill_normal(x, NoiseKey{5, 0, 0, 0});
+  Tensor out(batch, Shape{c.out_channels(), c.input_size, c.input_size});
+  StepContext ctx;
+  ctx.point.timestep = t;
+  model.predict(x, ctx, labels, out);
+  return out;
+}
+
+/// Rewrites a weight file with `edit` applied to its tensor list.
+template <class Edit>
+std::filesystem::path edited_copy(const std::filesystem::path& source, const std::string& name,
+                                  Edit edit, std::map<std::string, std::string> metadata = {}) {
+  io::SafetensorsFile file(source);
+  std::vector<io::TensorData> tensors;
+  for (const std::string& tensor : file.names()) {
+    const io::TensorInfo& info = file.info(tensor);
+    tensors.push_back({tensor, info.dtype, info.shape,
+                       std::vector<std::byte>(info.bytes.begin(), info.bytes.end())});
+  }
+  edit(tensors);
+  if (metadata.empty())
+    metadata = file.metadata();
+  const std::filesystem::path path = temp_file(name);
+  io::write_safetensors(path, tensors, metadata);
+  return path;
+}
+
+} // namespace
+
+static_assert(Denoiser<dit::CpuModel>);
+
+TEST_CASE("DiT presets and their cost", "[dit]") {
+  const dit::Config s = dit::Config::preset("DiT-S/2"), xl = dit::Config::preset("DiT-XL/2");
+  CHECK(s.depth == 12);
+  CHECK(s.hidden_size == 384);
+  CHECK(xl.num_heads == 16);
+  // The paper's figures: DiT-S/2 6.06 GFLOPs (MACs), DiT-XL/2 118.6 at 256x256.
+  CHECK(s.macs() / 1e9 == Approx(6.06).margin(0.01));
+  CHECK(xl.macs() / 1e9 == Approx(118.6).margin(0.1));
+  CHECK(dit::Config::preset("DiT-B/4").patch_size == 4);
+  CHECK_THROWS_WITH(dit::Config::preset("DiT-M/2"), Catch::Contains("DiT-M/2"));
+  dit::Config bad = s;
+  bad.num_heads = 5;
+  CHECK_THROWS_WITH(bad.validate(), Catch::Contains("hidden_size = 384"));
+}
+
+TEST_CASE("DiT sin-cos position embedding", "[dit]") {
+  // Token (row 1, column 2) of a 4x4 grid, D = 8: [sin(2 w), cos(2 w), sin(1 w), cos(1 w)] with
+  // w = (1, 1/100).
+  const std::vector<float> table = dit::sincos_position_embedding(8, 4);
+  const float* token = &table[(1 * 4 + 2) * 8];
+  CHECK(token[0] == Approx(std::sin(2.0)));
+  CHECK(token[1] == Approx(std::sin(0.02)));
+  CHECK(token[2] == Approx(std::cos(2.0)));
+  CHECK(token[4] == Approx(std::sin(1.0)));
+  CHECK(token[7] == Approx(std::cos(0.01)));
+}
+
+TEST_CASE("DiT weights round-trip through safetensors and load mapped", "[dit]") {
+  const dit::Config c = tiny_config();
+  dit::CpuModel random(dit::Weights::random(c, 11));
+  const std::filesystem::path path = temp_file("roundtrip");
+  random.weights().save(path);
+
+  dit::CpuModel loaded(dit::Weights::load(path));
+  CHECK(loaded.config() == c);
+  CHECK(loaded.weights().copied_parameters() == 0); // every F32 tensor is used in place
+  CHECK(loaded.weights().parameter_count() == random.weights().parameter_count());
+  const Tensor a = forward(random, 3, 500.5, {0, 4, 10});
+  const Tensor b = forward(loaded, 3, 500.5, {0, 4, 10});
+  CHECK(std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.numel())) == 0);
+
+  // The output really depends on the inputs it is given.
+  const Tensor other_t = forward(random, 3, 20, {0, 4, 10});
+  const Tensor other_y = forward(random, 3, 500.5, {1, 4, 10});
+  CHECK(relative_l2(a.data(), other_t.data(), a.numel()) > 1e-3);
+  CHECK(relative_l2(a.data(), other_y.data(), a.numel() / 3) > 1e-3);
+}
+
+TEST_CASE("DiT loads F16 and BF16 weights", "[dit]") {
+  const dit::Config c = tiny_config();
+  dit::CpuModel reference(dit::Weights::random(c, 12));
+  const std::filesystem::path path = temp_file("f32");
+  reference.weights().save(path);
+  for (io::DType dtype : {io::DType::F16, io::DType::BF16}) {
+    const auto converted = edited_copy(path, "half", [&](std::vector<io::TensorData>& tensors) {
+      for (io::TensorData& t : tensors) {
+        std::vector<float> values(t.bytes.size() / 4);
+        std::memcpy(values.data(), t.bytes.data(), t.bytes.size());
+        t = dtype == io::DType::F16 ? io::f16_tensor(t.name, t.shape, values)
+                                    : io::bf16_tensor(t.name, t.shape, values);
+      }
+    });
+    dit::CpuModel half(dit::Weights::load(converted));
+    CHECK(half.weights().copied_parameters() == half.weights().parameter_count());
+    const Tensor a = forward(reference, 2, 999, {3, 10});
+    const Tensor b = forward(half, 2, 999, {3, 10});
+    INFO("dtype " << dtype);
+    CHECK(relative_l2(b.data(), a.data(), a.numel()) < (dtype == io::DType::F16 ? 5e-3 : 3e-2));
+  }
+}
+
+TEST_CASE("DiT weight files that do not match are rejected, naming file and tensor",
+          "[dit][errors]") {
+  const dit::Config c = tiny_config();
+  const std::filesystem::path path = temp_file("good");
+  dit::Weights::random(c, 13).save(path);
+
+  const auto missing = edited_copy(path, "missing", [](std::vector<io::TensorData>& t) {
+    std::erase_if(t, [](const io::TensorData& d) { return d.name == "blocks.1.mlp.fc2.bias"; });
+  });
+  CHECK_THROWS_AS(dit::Weights::load(missing), tstitch::runtime_error);
+  CHECK_THROWS_WITH(dit::Weights::load(missing),
+                    Catch::Contains("blocks.1.mlp.fc2.bias") && Catch::Contains(missing.string()));
+
+  const auto unexpected = edited_copy(path, "unexpected", [](std::vector<io::TensorData>& t) {
+    t.push_back(io::f32_tensor("blocks.2.attn.qkv.weight", {1}, std::vector<float>{1.0f}));
+  });
+  CHECK_THROWS_WITH(dit::Weights::load(unexpected),
+                    Catch::Contains("blocks.2.attn.qkv.weight") && Catch::Contains("unexpected"));
+
+  const auto wrong_shape = edited_copy(path, "shape", [](std::vector<io::TensorData>& t) {
+    for (io::TensorData& d : t)
+      if (d.name == "blocks.0.attn.proj.weight")
+        d.shape = {32, 128};
+  });
+  CHECK_THROWS_WITH(dit::Weights::load(wrong_shape), Catch::Contains("blocks.0.attn.proj.weight") &&
+                                                         Catch::Contains("[64, 64]") &&
+                                                         Catch::Contains("[32, 128]"));
+
+  // Metadata that disagrees with the tensors: 3 blocks announced, 2 present.
+  io::SafetensorsFile file(path);
+  auto metadata = file.metadata();
+  metadata["depth"] = "3";
+  const auto deeper = edited_copy(
+      path, "depth", [](auto&) {}, metadata);
+  CHECK_THROWS_WITH(dit::Weights::load(deeper), Catch::Contains("blocks.2."));
+  metadata["depth"] = "two";
+  const auto garbled = edited_copy(
+      path, "garbled", [](auto&) {}, metadata);
+  CHECK_THROWS_WITH(dit::Weights::load(garbled), Catch::Contains("'depth' = 'two'"));
+  metadata.erase("depth");
+  const auto no_depth = edited_copy(
+      path, "nodepth", [](auto&) {}, metadata);
+  CHECK_THROWS_WITH(dit::Weights::load(no_depth), Catch::Contains("lacks 'depth'"));
+
+  // An explicit config that disagrees with the file.
+  dit::Config wider = c;
+  wider.hidden_size = 128;
+  CHECK_THROWS_WITH(dit::Weights::load(path, wider), Catch::Contains("x_embedder.proj.weight"));
+}
+
+TEST_CASE("DiT rejects bad inputs", "[dit][errors]") {
+  dit::CpuModel model(dit::Weights::random(tiny_config(), 14));
+  Tensor x(2, Shape{4, 8, 8}), out(2, Shape{8, 8, 8});
+  StepContext ctx;
+  CHECK_THROWS_WITH(model.predict(x, ctx, {1, 11}, out), Catch::Contains("labels[1] = 11"));
+  CHECK_THROWS_WITH(model.predict(x, ctx, {1}, out), Catch::Contains("labels.size() = 1"));
+  Tensor small(2, Shape{4, 4, 4});
+  CHECK_THROWS_WITH(model.predict(small, ctx, {1, 2}, out), Catch::Contains("[2, 4, 4, 4]"));
+  Tensor narrow(2, Shape{4, 8, 8});
+  CHECK_THROWS_WITH(model.predict(x, ctx, {1, 2}, narrow), Catch::Contains("DiT output shape"));
+}
+
+TEST_CASE("Two DiTs stitch and sample with DiT's guidance", "[dit]") {
+  dit::CpuModel small(dit::Weights::random(tiny_config(), 21), "DiT-S");
+  dit::Config large_config = tiny_config();
+  large_config.depth = 3;
+  dit::CpuModel large(dit::Weights::random(large_config, 22), "DiT-L");
+  TrajectoryStitcher stitcher(small, large, 0.4);
+  Tensor x(2, small.latent_shape());
+  fill_initial_noise(x, 1);
+  DDIM ddim;
+  SampleOptions options;
+  options.steps = 10;
+  options.guidance = Guidance::dit(4.0);
+  const SampleResult result = sample(stitcher, DiscreteSchedule{}, ddim, x, {3, 7}, options);
+  CHECK(result.records.size() == 10);
+  CHECK(result.records[3].model == 0);
+  CHECK(result.records[4].model == 1);
+  CHECK(result.records[4].evaluations == 2);
+  CHECK(HostBackend{}.find_nonfinite(x) == -1);
+  // The activation buffers were sized once, for the batch: no growth during sampling.
+  CHECK(small.activation_bytes() > 0);
+}
+
+namespace {
+
+/// Runs a converted checkpoint on the inputs of a golden file written by tools/make_dit_golden.py
+/// (diffusers' DiTTransformer2DModel with the same weights) and returns the relative L2 error.
+double golden_error(const std::string& weights_file, const std::string& golden_file) {
+  const std::filesystem::path dir = std::filesystem::path(TSTITCH_TEST_DATA_DIR) / "dit";
+  dit::CpuModel model(dit::Weights::load(dir / weights_file));
+  const io::SafetensorsFile golden(dir / golden_file);
+  const dit::Config& c = model.config();
+  const std::vector<float> x = golden.read_f32("x"), t = golden.read_f32("t"),
+                           y = golden.read_f32("y"), expected = golden.read_f32("out");
+  const auto batch = static_cast<std::int64_t>(t.size());
+  golden.expect("x", {batch, c.in_channels, c.input_size, c.input_size});
+  golden.expect("out", {batch, c.out_channels(), c.input_size, c.input_size});
+  // The model takes one timestep per call (a sampling step); the golden rows have their own.
+  std::vector<float> output(expected.size());
+  const std::int64_t in_numel = c.latent_shape().numel();
+  const std::int64_t out_numel = c.out_channels() * c.input_size * c.input_size;
+  for (std::int64_t row = 0; row < batch; ++row) {
+    ConstView xin(x.data() + row * in_numel, 1, c.latent_shape());
+    View out(output.data() + row * out_numel, 1,
+             Shape{c.out_channels(), c.input_size, c.input_size});
+    StepContext ctx;
+    ctx.point.timestep = t[static_cast<std::size_t>(row)];
+    model.predict(xin, ctx, {static_cast<int>(y[static_cast<std::size_t>(row)])}, out);
+  }
+  return relative_l2(output.data(), expected.data(), static_cast<std::int64_t>(expected.size()));
+}
+
+} // namespace
+
+TEST_CASE("DiT matches diffusers' DiTTransformer2DModel on golden files", "[dit][parity]") {
+  // Random non-zero values in every tensor, several timesteps (one fractional) and labels (one
+  // the null class); tools/make_dit_golden.py regenerates them.
+  SECTION("depth 2, hidden 64, 4 heads, patch 2, 8x8x4, 10 classes, learn_sigma") {
+    CHECK(golden_error("tiny_dit.safetensors", "tiny_dit_golden.safetensors") < 1e-5);
+  }
+  SECTION("depth 1, hidden 48, 3 heads, patch 4, 16x16x3, 7 classes, no learn_sigma") {
+    CHECK(golden_error("tiny_dit_p4.safetensors", "tiny_dit_p4_golden.safetensors") < 1e-5);
+  }
+}

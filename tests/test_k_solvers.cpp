@@ -1,0 +1,850 @@
+// SPDX-License-Identifier: Apache-2.0
+// The k-diffusion family: Euler, Heun and Euler ancestral.
+//  - diffusers parity (../shared/reference/diffusers-parity.md §4.10 Euler, §4.11 Heun, §6) with
+//    diffusers' own harness (§1) and tolerances;
+//  - convergence order and sampling statistics on exactly solvable Gaussian data;
+//  - Heun's two evaluations per step inside the sampling loop and the trajectory stitcher.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "tstitch/analytic/gaussian_mixture.hpp"
+#include "tstitch/sample.hpp"
+#include "tstitch/schedule/continuous.hpp"
+#include "tstitch/schedule/discrete.hpp"
+#include "tstitch/solver/euler.hpp"
+#include "tstitch/solver/euler_ancestral.hpp"
+#include "tstitch/solver/heun.hpp"
+#include "tstitch/stitch/stitcher.hpp"
+
+using namespace tstitch;
+using analytic::DiagonalGaussian;
+using analytic::ExactDenoiser;
+using analytic::Labels;
+
+static_assert(Solver<Heun> && Solver<EulerAncestral>);
+
+namespace {
+
+// ---- diffusers' harness (parity doc §1) -------------------------------------------------------
+
+const Shape harness_shape{3, 8, 8};
+
+/// diffusers' deterministic harness sample (4, 3, 8, 8): element (b, c, h, w) holds k / 768 with
+/// k = ((c*8 + h)*8 + w)*4 + b; the noise holds (767 - k) / 768.
+Tensor harness_tensor(bool reversed) {
+  Tensor t(4, harness_shape);
+  for (int b = 0; b < 4; ++b)
+    for (int c = 0; c < 3; ++c)
+      for (int h = 0; h < 8; ++h)
+        for (int w = 0; w < 8; ++w) {
+          const int k = ((c * 8 + h) * 8 + w) * 4 + b;
+          t.at(b, c, h, w) = static_cast<float>(reversed ? 767 - k : k) / 768.0f;
+        }
+  return t;
+}
+
+/// diffusers' dummy model: sample * t / (t + 1), in float32, t cast to float32 first.
+void harness_model(double timestep, ConstView x, View out) {
+  const auto t = static_cast<float>(timestep);
+  HostBackend{}.map(
+      out, [t](float v) { return v * t / (t + 1.0f); }, x);
+}
+
+struct Result {
+  double sum, mean;
+};
+
+Result summarise(const Tensor& x) {
+  double sum = 0; // accumulated in double (§2.3)
+  for (std::int64_t i = 0; i < x.numel(); ++i)
+    sum += std::abs(static_cast<double>(x[i]));
+  return {sum, sum / static_cast<double>(x.numel())};
+}
+
+double abs_difference(const Tensor& a, const Tensor& b) {
+  double sum = 0;
+  for (std::int64_t i = 0; i < a.numel(); ++i)
+    sum += std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i]));
+  return sum;
+}
+
+/// The schedule options of test_scheduler_euler.py / test_scheduler_heun.py: N = 1100, linear
+/// betas 1e-4 .. 0.02, linspace spacing with Euler's float32 timesteps.
+DiscreteScheduleOptions k_config() {
+  DiscreteScheduleOptions o;
+  o.num_train_timesteps = 1100;
+  o.spacing = TimestepSpacing::linspace;
+  o.round_timesteps = false;
+  return o;
+}
+
+/// `torch.linspace(start, end, n, dtype=torch.float32)` as torch's CPU kernel evaluates it
+/// element by element: float32 start, end and step; the first half counted up from start, the
+/// second half down from end.
+std::vector<double> torch_linspace_f32(double start, double end, int n) {
+  const auto a = static_cast<float>(start), b = static_cast<float>(end);
+  const float step = (b - a) / static_cast<float>(n - 1);
+  std::vector<double> out(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i)
+    out[static_cast<std::size_t>(i)] =
+        i < n / 2 ? a + step * static_cast<float>(i) : b - step * static_cast<float>(n - 1 - i);
+  return out;
+}
+
+/// The k_config() schedule with the training table exactly as torch builds it for diffusers'
+/// `beta_schedule="linear"`. DiscreteSchedule's built-in linear betas round a double linspace
+/// instead, which differs by one ulp in 369 of the 1100 betas and puts the noisiest sigma at
+/// 261.05560 instead of 261.05557: harmless elsewhere, but the with_noise sums (57062.93 and
+/// 75074.89, tolerance 0.01) move by 0.009 with it. With this table the loops below reproduce
+/// diffusers' float32 results (summed in torch's order they give the asserted 57062.9297 and
+/// 75074.8906 exactly).
+DiscreteSchedule k_schedule(const DiscreteScheduleOptions& options) {
+  return DiscreteSchedule::from_betas(
+      torch_linspace_f32(options.beta_start, options.beta_end, options.num_train_timesteps),
+      options);
+}
+
+/// diffusers' k-diffusion schedulers work on y = x / alpha with sigma = sigma / alpha, which in
+/// tstitch is the trajectory of points (t, alpha = 1, sigma = ve_sigma): the same solvers, on a
+/// variance-exploding schedule. Sigmas are stored as float32, as diffusers stores `self.sigmas`.
+Trajectory ve_trajectory(const Trajectory& vp) {
+  Trajectory ve{{}, vp.num_train_timesteps};
+  for (const TimePoint& p : vp.points)
+    ve.points.push_back(TimePoint{static_cast<double>(static_cast<float>(p.timestep)), 1.0,
+                                  static_cast<double>(static_cast<float>(p.ve_sigma()))});
+  return ve;
+}
+
+template <class V> TimePoint point_of(const V& solver, const SolverStep& step) {
+  if constexpr (requires { solver.evaluation_point(step); })
+    return solver.evaluation_point(step);
+  else
+    return step.from();
+}
+
+template <class V> ConstView input_of(const V& solver, const SolverStep& step, ConstView x) {
+  if constexpr (requires { solver.evaluation_input(step, x); })
+    return solver.evaluation_input(step, x);
+  else
+    return x;
+}
+
+/// x0 and the ODE derivative eps = (x - x0) / sigma exactly as diffusers' Euler and Heun step()
+/// compute them from the sample they are handed (VE sigma), in float32 like torch.
+void diffusers_outputs(Prediction prediction, double ve_sigma, const Tensor& x, const Tensor& m,
+                       Tensor& x0, Tensor& eps) {
+  const auto s = static_cast<float>(ve_sigma);
+  for (std::int64_t i = 0; i < x.numel(); ++i) {
+    switch (prediction) {
+    case Prediction::epsilon:
+      x0[i] = x[i] - s * m[i];
+      break;
+    case Prediction::v: {
+      const float root = std::sqrt(s * s + 1.0f);
+      x0[i] = m[i] * (-s / root) + x[i] / (s * s + 1.0f);
+      break;
+    }
+    case Prediction::sample:
+      x0[i] = m[i];
+      break;
+    default:
+      FAIL("the harness has no formula for this prediction");
+    }
+    eps[i] = (x[i] - x0[i]) / s;
+  }
+}
+
+/// diffusers' loop pattern K (§1.2), with a tstitch solver as step():
+///   x = sample * init_noise_sigma
+///   with_noise: x = add_noise(x, noise, ts[0]) = x + noise * sigma
+///   for each evaluation: x = scale_model_input(x) (stored back!), x = step(model(x, t), t, x)
+/// For Heun's second evaluation diffusers' step() output is the Euler predictor, which the loop
+/// scales and hands back to the model and to step(); here that predictor is the solver's
+/// evaluation_input, scaled into a scratch tensor, while x keeps the step's (scaled) start, which
+/// is what diffusers stores in `self.sample`.
+template <class SolverT>
+Tensor k_loop(SolverT solver, const Trajectory& vp, Prediction prediction, int first_step = 0,
+              bool leading_init_sigma = false) {
+  const Trajectory ve = ve_trajectory(vp);
+  HostBackend backend;
+  Tensor x = harness_tensor(false);
+  double max_sigma = 0;
+  for (const TimePoint& p : ve.points)
+    max_sigma = std::max(max_sigma, p.sigma);
+  // init_noise_sigma: max sigma (linspace, trailing) or sqrt(max^2 + 1) (leading).
+  const double init_noise_sigma =
+      leading_init_sigma ? std::sqrt(max_sigma * max_sigma + 1.0) : max_sigma;
+  backend.combine(x, Term{static_cast<float>(init_noise_sigma), ConstView(x)});
+  if (first_step > 0)
+    backend.combine(x, Term{1.0f, ConstView(x)},
+                    Term{static_cast<float>(ve[first_step].sigma), harness_tensor(true)});
+
+  solver.begin(backend, ve, x.batch(), harness_shape);
+  Tensor scaled(4, harness_shape), m(4, harness_shape), x0(4, harness_shape), eps(4, harness_shape);
+  for (int i = first_step; i < ve.steps(); ++i) {
+    SolverStep step{i, 0, &ve, NoiseKey{}};
+    for (int e = 0; e < evaluations_of(solver, i); ++e) {
+      step.evaluation = e;
+      const TimePoint p = point_of(solver, step);
+      // sample / (sigma**2 + 1) ** 0.5 in float32, as torch evaluates it
+      const auto s = static_cast<float>(p.sigma);
+      const float root = std::sqrt(s * s + 1.0f);
+      Tensor& in = e == 0 ? x : scaled;
+      backend.map(
+          in, [root](float v) { return v / root; }, input_of(solver, step, x));
+      harness_model(p.timestep, in, m);
+      diffusers_outputs(prediction, p.sigma, in, m, x0, eps);
+      solver.update(backend, step, ModelOutput{x0, eps, m, prediction}, x);
+    }
+  }
+  return x;
+}
+
+bool bit_identical(const Tensor& a, const Tensor& b) {
+  return a.numel() == b.numel() &&
+         std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.numel())) == 0;
+}
+
+// ---- exactly solvable problems (as tests/test_solvers.cpp) --------------------------------------
+
+// Schedules with steps uniform in t that end exactly at sigma = 0, so the step size halves when n
+// doubles. The cosine one starts just short of pure noise (alpha > 0); the flow one at alpha = 0.
+const ContinuousSchedule cosine = ContinuousSchedule::cosine(0.98, 0.0);
+const ContinuousSchedule flow = ContinuousSchedule::linear_flow();
+
+const Shape shape{3, 4, 4};
+
+DiagonalGaussian curved_data() {
+  // Variances far from 1 bend the probability-flow trajectories.
+  DiagonalGaussian g;
+  for (std::int64_t e = 0; e < shape.numel(); ++e) {
+    g.mean.push_back(0.8 * std::sin(1.3 * static_cast<double>(e)));
+    g.variance.push_back(0.02 + 0.08 * static_cast<double>(e % 6));
+  }
+  return g;
+}
+
+/// RMS distance of a solver's result to the exact probability-flow solution from the same x_T.
+template <class Schedule, class SolverT>
+double ode_error(const Schedule& schedule, SolverT solver, Prediction prediction, int n) {
+  const DiagonalGaussian data = curved_data();
+  ExactDenoiser model(shape, data, prediction);
+  Tensor x(8, shape);
+  fill_initial_noise(x, 17);
+  const Tensor x_start = x;
+  SampleOptions options;
+  options.steps = n;
+  sample(model, schedule, solver, x, Labels{}, options);
+  const Trajectory trajectory = schedule.trajectory(n);
+  double sum = 0;
+  for (std::int64_t i = 0; i < x.numel(); ++i) {
+    const auto e = static_cast<std::size_t>(i % shape.numel());
+    const double exact = data.flow(e, x_start[i], trajectory[0], trajectory[n]);
+    sum += (x[i] - exact) * (x[i] - exact);
+  }
+  return std::sqrt(sum / static_cast<double>(x.numel()));
+}
+
+/// Least-squares slope of log(error) against log(n), negated: the measured order.
+template <class Schedule, class SolverT>
+double measured_order(const Schedule& schedule, SolverT solver, Prediction prediction,
+                      const std::vector<int>& steps) {
+  std::vector<double> log_n, log_err;
+  for (int n : steps) {
+    const double err = ode_error(schedule, solver, prediction, n);
+    UNSCOPED_INFO("n = " << n << ": RMS error " << err);
+    CHECK(err > 0);
+    log_n.push_back(std::log(n));
+    log_err.push_back(std::log(err));
+  }
+  double mean_x = 0, mean_y = 0;
+  for (std::size_t i = 0; i < log_n.size(); ++i) {
+    mean_x += log_n[i] / static_cast<double>(log_n.size());
+    mean_y += log_err[i] / static_cast<double>(log_n.size());
+  }
+  double sxy = 0, sxx = 0;
+  for (std::size_t i = 0; i < log_n.size(); ++i) {
+    sxy += (log_n[i] - mean_x) * (log_err[i] - mean_y);
+    sxx += (log_n[i] - mean_x) * (log_n[i] - mean_x);
+  }
+  return -sxy / sxx;
+}
+
+/// Samples with a stochastic solver from the exact marginal at the first point and checks the
+/// final mean and variance against the data, within 3 standard errors. The data are two channels
+/// of 50x50 elements, each channel one 1-D Gaussian; elements are independent, so a batch of 8
+/// gives 20000 independent samples per channel.
+template <class SolverT, class Schedule>
+void check_distribution(const Schedule& schedule, SolverT solver, Prediction prediction,
+                        int steps) {
+  const Shape shape2{2, 50, 50};
+  const double mean[] = {-0.6, 0.5}, variance[] = {0.5, 2.0};
+  DiagonalGaussian data;
+  for (int c = 0; c < 2; ++c)
+    for (std::int64_t p = 0; p < shape2.plane(); ++p) {
+      data.mean.push_back(mean[c]);
+      data.variance.push_back(variance[c]);
+    }
+  ExactDenoiser model(shape2, data, prediction);
+  Tensor x(8, shape2);
+  fill_initial_noise(x, 31);
+  const TimePoint start = schedule.trajectory(steps)[0];
+  for (std::int64_t i = 0; i < x.numel(); ++i) { // x_T from the exact marginal
+    const auto e = static_cast<std::size_t>(i % shape2.numel());
+    x[i] = static_cast<float>(
+        start.alpha * data.mean[e] +
+        std::sqrt(start.alpha * start.alpha * data.variance[e] + start.sigma * start.sigma) * x[i]);
+  }
+  SampleOptions options;
+  options.steps = steps;
+  options.seed = 5;
+  sample(model, schedule, solver, x, Labels{}, options);
+  for (int c = 0; c < 2; ++c) {
+    double sum = 0, sum2 = 0, count = 0;
+    for (std::int64_t n = 0; n < x.batch(); ++n)
+      for (std::int64_t p = 0; p < shape2.plane(); ++p) {
+        const double v = x.at(n, c, 0, p);
+        sum += v;
+        sum2 += v * v;
+        count += 1;
+      }
+    const double sample_mean = sum / count;
+    const double sample_variance = (sum2 - sum * sum / count) / (count - 1);
+    const double mean_se = std::sqrt(variance[c] / count);
+    const double var_se = variance[c] * std::sqrt(2.0 / (count - 1));
+    INFO("channel " << c << " (" << count << " samples): mean " << sample_mean << " (data "
+                    << mean[c] << "), variance " << sample_variance << " (data " << variance[c]
+                    << ")");
+    CHECK(count >= 20000);
+    CHECK(std::abs(sample_mean - mean[c]) < 3 * mean_se);
+    CHECK(std::abs(sample_variance - variance[c]) < 3 * var_se);
+  }
+}
+
+/// The relative bias of Euler ancestral's final variance for Gaussian data of variance v, exact
+/// in the step count: every step is linear, so the variance V of y = x / alpha propagates as
+///   V' = V (1 + (s_down - s) s / (v + s^2))^2 + s_up^2,   starting from V = v + s_0^2.
+double ancestral_variance_bias(const Trajectory& trajectory, double v, double eta) {
+  double var = v + trajectory[0].ve_sigma() * trajectory[0].ve_sigma();
+  for (int i = 0; i < trajectory.steps(); ++i) {
+    const double s = trajectory[i].ve_sigma(), sn = trajectory[i + 1].ve_sigma();
+    const double up = std::min(sn, eta * std::sqrt(sn * sn * (s * s - sn * sn) / (s * s)));
+    const double down = std::sqrt(sn * sn - up * up);
+    const double gain = 1 + (down - s) * s / (v + s * s);
+    var = var * gain * gain + up * up;
+  }
+  return var / v - 1;
+}
+
+} // namespace
+
+// ---- diffusers parity ---------------------------------------------------------------------------
+
+TEST_CASE("Euler full loops match diffusers' EulerDiscreteSchedulerTest (§4.10)",
+          "[parity][euler]") {
+  DiscreteScheduleOptions config = k_config();
+  SECTION("test_full_loop_no_noise (and test_full_loop_device)") {
+    const Result r =
+        summarise(k_loop(Euler{}, k_schedule(config).trajectory(10), Prediction::epsilon));
+    CHECK(std::abs(r.sum - 10.0807) < 1e-2);
+    CHECK(std::abs(r.mean - 0.0131) < 1e-3);
+  }
+  SECTION("test_full_loop_with_v_prediction") {
+    const Result r = summarise(k_loop(Euler{}, k_schedule(config).trajectory(10), Prediction::v));
+    CHECK(std::abs(r.sum - 0.0002) < 1e-2);
+    CHECK(std::abs(r.mean - 2.2676e-06) < 1e-3);
+  }
+  SECTION("test_full_loop_device_karras_sigmas") {
+    config.sigma_spacing = SigmaSpacing::karras;
+    const Result r =
+        summarise(k_loop(Euler{}, k_schedule(config).trajectory(10), Prediction::epsilon));
+    CHECK(std::abs(r.sum - 124.52299499511719) < 1e-2);
+    CHECK(std::abs(r.mean - 0.16213932633399963) < 1e-3);
+  }
+  SECTION("test_full_loop_with_noise (t_start = 8: timesteps [122.1111, 0])") {
+    const Trajectory trajectory = k_schedule(config).trajectory(10);
+    CHECK(static_cast<float>(trajectory[8].ve_sigma()) == Approx(0.40016323f));
+    const Result r = summarise(k_loop(Euler{}, trajectory, Prediction::epsilon, 8));
+    CHECK(std::abs(r.sum - 57062.9297) < 1e-2);
+    CHECK(std::abs(r.mean - 74.3007) < 1e-3);
+  }
+}
+
+TEST_CASE("Heun full loops match diffusers' HeunDiscreteSchedulerTest (§4.11)", "[parity][heun]") {
+  DiscreteScheduleOptions config = k_config();
+  SECTION("test_full_loop_no_noise (and test_full_loop_device)") {
+    const Result r =
+        summarise(k_loop(Heun{}, k_schedule(config).trajectory(10), Prediction::epsilon));
+    CHECK(std::abs(r.sum - 0.1233) < 1e-2);
+    CHECK(std::abs(r.mean - 0.0002) < 1e-3);
+  }
+  SECTION("test_full_loop_with_v_prediction") {
+    const Result r = summarise(k_loop(Heun{}, k_schedule(config).trajectory(10), Prediction::v));
+    CHECK(std::abs(r.sum - 4.6934e-07) < 1e-2);
+    CHECK(std::abs(r.mean - 6.1112e-10) < 1e-3);
+  }
+  SECTION("test_full_loop_device_karras_sigmas") {
+    config.sigma_spacing = SigmaSpacing::karras;
+    const Result r =
+        summarise(k_loop(Heun{}, k_schedule(config).trajectory(10), Prediction::epsilon));
+    CHECK(std::abs(r.sum - 0.00015) < 1e-2);
+    CHECK(std::abs(r.mean - 1.9869554535034695e-07) < 1e-2);
+  }
+  SECTION("test_full_loop_with_noise (timesteps[16:] = [122.1111, 0, 0]: steps 8 and 9)") {
+    // t_start * order = 16 is the first evaluation of step 8; add_noise uses sigmas[16] = s_8.
+    const Result r =
+        summarise(k_loop(Heun{}, k_schedule(config).trajectory(10), Prediction::epsilon, 8));
+    CHECK(std::abs(r.sum - 75074.8906) < 1e-2);
+    CHECK(std::abs(r.mean - 97.7538) < 1e-3);
+  }
+}
+
+TEST_CASE("Euler: custom timesteps and custom sigmas reproduce the default loop (§6)",
+          "[parity][euler]") {
+  // diffusers' test_custom_timesteps / test_custom_sigmas. Its interpolation_type = "log_linear"
+  // has no tstitch counterpart and is not covered.
+  for (Prediction prediction : {Prediction::epsilon, Prediction::sample, Prediction::v}) {
+    for (FinalPoint final_point : {FinalPoint::first_train_step, FinalPoint::clean}) {
+      DiscreteScheduleOptions config = k_config();
+      config.final_point = final_point;
+      const DiscreteSchedule schedule = k_schedule(config);
+      const Trajectory standard = schedule.trajectory(10);
+      const Tensor a = k_loop(Euler{}, standard, prediction);
+
+      // set_timesteps(timesteps=<the default timesteps>)
+      const Tensor b =
+          k_loop(Euler{}, schedule.trajectory_through(schedule.timesteps(10)), prediction);
+      // set_timesteps(sigmas=<the default sigmas>): timesteps = sigma_to_t of the float32
+      // sigmas, the final sigma as given.
+      Trajectory by_sigma{{}, standard.num_train_timesteps};
+      for (int i = 0; i <= standard.steps(); ++i) {
+        const double s = static_cast<float>(standard[i].ve_sigma());
+        const double t = i < standard.steps() ? static_cast<float>(schedule.timestep_at(s)) : 0.0;
+        const double alpha = 1.0 / std::sqrt(s * s + 1.0);
+        by_sigma.points.push_back(TimePoint{t, alpha, s * alpha});
+      }
+      const Tensor c = k_loop(Euler{}, by_sigma, prediction);
+
+      INFO("prediction " << prediction << ", final point "
+                         << (final_point == FinalPoint::clean ? "zero" : "sigma_min"));
+      CHECK(abs_difference(a, b) < 1e-5);
+      CHECK(abs_difference(a, c) < 1e-5);
+    }
+  }
+}
+
+TEST_CASE("Heun: custom timesteps (the de-duplicated list) reproduce the default loop (§6)",
+          "[parity][heun]") {
+  for (Prediction prediction : {Prediction::epsilon, Prediction::sample, Prediction::v}) {
+    for (TimestepSpacing spacing : {TimestepSpacing::linspace, TimestepSpacing::leading}) {
+      DiscreteScheduleOptions config = k_config();
+      config.spacing = spacing;
+      const DiscreteSchedule schedule = k_schedule(config);
+      const bool leading = spacing == TimestepSpacing::leading;
+      const Tensor a = k_loop(Heun{}, schedule.trajectory(10), prediction, 0, leading);
+      const Tensor b = k_loop(Heun{}, schedule.trajectory_through(schedule.timesteps(10)),
+                              prediction, 0, leading);
+      INFO("prediction " << prediction << (leading ? ", leading" : ", linspace"));
+      CHECK(abs_difference(a, b) < 1e-5);
+    }
+  }
+}
+
+// ---- Heun in the sampling loop ------------------------------------------------------------------
+
+TEST_CASE("Heun evaluates twice per step, once into sigma = 0: 2n - 1 evaluations as diffusers",
+          "[solver][heun]") {
+  const DiagonalGaussian data = curved_data();
+  ExactDenoiser exact(shape, data, Prediction::epsilon);
+  std::vector<StepContext> seen;
+  auto model = make_denoiser<Labels>(
+      Prediction::epsilon, shape,
+      [&](ConstView x, const StepContext& ctx, const Labels& labels, View out) {
+        seen.push_back(ctx);
+        exact.predict(x, ctx, labels, out);
+      });
+  const ContinuousSchedule& schedule = cosine;
+  Heun heun;
+  Tensor x(2, shape);
+  fill_initial_noise(x, 3);
+  SampleOptions options;
+  options.steps = 6;
+  const SampleResult result = sample(model, schedule, heun, x, Labels{}, options);
+  const Trajectory trajectory = schedule.trajectory(6);
+
+  REQUIRE(seen.size() == 11);
+  REQUIRE(result.records.size() == 6);
+  std::size_t k = 0;
+  for (int i = 0; i < 6; ++i) {
+    const int expected = i < 5 ? 2 : 1;
+    CHECK(result.records[static_cast<std::size_t>(i)].evaluations == expected);
+    CHECK(heun.evaluations(i) == expected);
+    for (int e = 0; e < expected; ++e, ++k) {
+      CHECK(seen[k].step == i);
+      CHECK(seen[k].evaluation == e);
+      // evaluation 1 runs at the next point (where diffusers' second stage computes x0)
+      CHECK(seen[k].point.timestep == trajectory[i + e].timestep);
+    }
+  }
+}
+
+TEST_CASE("Heun's second evaluation sees the Euler predictor; its step combines both slopes",
+          "[solver][heun]") {
+  // One second-order step by hand: y* = y + (s1 - s0) d0, y1 = y + (s1 - s0)(d0 + d1)/2 on
+  // y = x / alpha, compared with Euler's step for the predictor.
+  const ContinuousSchedule& schedule = cosine;
+  const Trajectory trajectory = schedule.trajectory(4);
+  HostBackend backend;
+  Heun heun;
+  heun.begin(backend, trajectory, 1, shape);
+  Tensor x(1, shape), x0(1, shape), eps0(1, shape), eps1(1, shape);
+  fill_initial_noise(x, 9);
+  fill_initial_noise(eps0, 10);
+  fill_initial_noise(eps1, 11);
+  const Tensor x_start = x;
+
+  SolverStep step{1, 0, &trajectory, NoiseKey{}};
+  heun.update(backend, step, ModelOutput{x0, eps0, eps0, Prediction::epsilon}, x);
+  CHECK(bit_identical(x, x_start)); // x is kept until the step completes
+  Tensor euler_x = x_start;
+  Euler{}.update(backend, step, ModelOutput{x0, eps0, eps0, Prediction::epsilon}, euler_x);
+  step.evaluation = 1;
+  CHECK(heun.evaluation_point(step).timestep == trajectory[2].timestep);
+  const ConstView predictor = heun.evaluation_input(step, x);
+  CHECK(predictor.data() != x.data());
+  for (std::int64_t i = 0; i < x.numel(); ++i)
+    CHECK(predictor.data()[i] == euler_x[i]);
+
+  heun.update(backend, step, ModelOutput{x0, eps1, eps1, Prediction::epsilon}, x);
+  const TimePoint a = trajectory[1], b = trajectory[2];
+  for (std::int64_t i = 0; i < x.numel(); ++i) {
+    const double y = x_start[i] / a.alpha;
+    const double y1 = y + (b.ve_sigma() - a.ve_sigma()) * 0.5 * (eps0[i] + eps1[i]);
+    CHECK(x[i] == Approx(b.alpha * y1).margin(1e-5));
+  }
+}
+
+TEST_CASE("Heun's single-evaluation steps are Euler's, bit for bit", "[solver][heun]") {
+  const DiagonalGaussian data = curved_data();
+  ExactDenoiser model(shape, data, Prediction::v);
+  SECTION("a one-step run into sigma = 0") {
+    Tensor a(2, shape);
+    fill_initial_noise(a, 4);
+    Tensor b = a;
+    SampleOptions options;
+    options.steps = 1;
+    Heun heun;
+    Euler euler;
+    sample(model, cosine, heun, a, Labels{}, options);
+    sample(model, cosine, euler, b, Labels{}, options);
+    CHECK(bit_identical(a, b));
+  }
+  SECTION("the first step of a flow schedule (alpha = 0)") {
+    const Trajectory trajectory = flow.trajectory(5);
+    Heun heun;
+    HostBackend backend;
+    heun.begin(backend, trajectory, 1, shape);
+    CHECK(heun.evaluations(0) == 1);
+    CHECK(heun.evaluations(1) == 2);
+    CHECK(heun.evaluations(4) == 1);
+  }
+}
+
+TEST_CASE("Heun converges at order 2 on the exact probability-flow solution", "[solver][heun]") {
+  // RMS errors run from 2e-2 (n = 10) down to 1e-4 (n = 160), far above float32 rounding (~1e-6
+  // here). Measured slopes: 1.90 (cosine, epsilon and v), 1.98 (flow); pairwise 1.68, 1.91, 1.98,
+  // 2.00 on cosine as n doubles from 10, so the fit is pulled below 2 by the coarsest pair only.
+  const std::vector<int> steps{10, 20, 40, 80, 160};
+  SECTION("VP cosine, epsilon") {
+    const double order = measured_order(cosine, Heun{}, Prediction::epsilon, steps);
+    UNSCOPED_INFO("measured order " << order);
+    CHECK(order == Approx(2.0).margin(0.25));
+  }
+  SECTION("VP cosine, v") {
+    const double order = measured_order(cosine, Heun{}, Prediction::v, steps);
+    UNSCOPED_INFO("measured order " << order);
+    CHECK(order == Approx(2.0).margin(0.25));
+  }
+  SECTION("rectified flow, flow velocity (first step Euler from alpha = 0)") {
+    const double order = measured_order(flow, Heun{}, Prediction::flow, steps);
+    UNSCOPED_INFO("measured order " << order);
+    CHECK(order == Approx(2.0).margin(0.25));
+  }
+  SECTION("Euler on the same problem stays first order") {
+    const double order = measured_order(cosine, Euler{}, Prediction::epsilon, steps);
+    UNSCOPED_INFO("measured order " << order);
+    CHECK(order == Approx(1.0).margin(0.25));
+  }
+}
+
+TEST_CASE("Heun with clip_sample clips x0 before forming each slope", "[solver][heun]") {
+  // With a clip far outside the data, clipping changes nothing but the arithmetic path.
+  const DiagonalGaussian data = curved_data();
+  ExactDenoiser model(shape, data, Prediction::epsilon);
+  Tensor a(2, shape);
+  fill_initial_noise(a, 6);
+  Tensor b = a, c = a;
+  SampleOptions options;
+  options.steps = 8;
+  Heun plain, loose(HeunOptions{1000.0f}), tight(HeunOptions{0.05f});
+  sample(model, cosine, plain, a, Labels{}, options);
+  sample(model, cosine, loose, b, Labels{}, options);
+  sample(model, cosine, tight, c, Labels{}, options);
+  double max_loose = 0, max_tight = 0;
+  for (std::int64_t i = 0; i < a.numel(); ++i) {
+    max_loose = std::max(max_loose, std::abs(static_cast<double>(a[i]) - b[i]));
+    max_tight = std::max(max_tight, static_cast<double>(std::abs(c[i])));
+  }
+  CHECK(max_loose < 1e-4);
+  // The last step returns alpha_next clip(x0) with alpha_next = 1.
+  CHECK(max_tight <= 0.05 + 1e-6);
+}
+
+// ---- Euler ancestral ----------------------------------------------------------------------------
+
+TEST_CASE("Euler ancestral with eta = 0 is Euler, bit for bit", "[solver][euler_ancestral]") {
+  const DiagonalGaussian data = curved_data();
+  ExactDenoiser model(shape, data, Prediction::epsilon);
+  for (int on_flow = 0; on_flow < 2; ++on_flow) {
+    Tensor a(2, shape);
+    fill_initial_noise(a, 12);
+    Tensor b = a;
+    SampleOptions options;
+    options.steps = 7;
+    EulerAncestral ancestral(EulerAncestralOptions{0.0});
+    Euler euler;
+    if (on_flow) {
+      ExactDenoiser flow_model(shape, data, Prediction::flow);
+      sample(flow_model, flow, ancestral, a, Labels{}, options);
+      sample(flow_model, flow, euler, b, Labels{}, options);
+    } else {
+      sample(model, cosine, ancestral, a, Labels{}, options);
+      sample(model, cosine, euler, b, Labels{}, options);
+    }
+    INFO((on_flow ? "rectified flow" : "VP cosine"));
+    CHECK(bit_identical(a, b));
+  }
+}
+
+TEST_CASE("Euler ancestral: the step's sigma_up / sigma_down split, noise from step.noise",
+          "[solver][euler_ancestral]") {
+  const ContinuousSchedule& schedule = cosine;
+  const Trajectory trajectory = schedule.trajectory(5);
+  HostBackend backend;
+  for (double eta : {1.0, 0.5, 3.0}) {
+    EulerAncestral solver(EulerAncestralOptions{eta});
+    solver.begin(backend, trajectory, 2, shape);
+    Tensor x(2, shape), eps(2, shape), z(2, shape);
+    fill_initial_noise(x, 1);
+    fill_initial_noise(eps, 2);
+    const Tensor x_start = x;
+    const NoiseKey key{77, 3, 2, stream_solver};
+    backend.fill_normal(z, key);
+    const SolverStep step{2, 0, &trajectory, key};
+    solver.update(backend, step, ModelOutput{eps, eps, eps, Prediction::epsilon}, x);
+    const double s = trajectory[2].ve_sigma(), sn = trajectory[3].ve_sigma();
+    const double up = std::min(sn, eta * std::sqrt(sn * sn * (s * s - sn * sn) / (s * s)));
+    const double down = std::sqrt(sn * sn - up * up);
+    const double a = trajectory[2].alpha, an = trajectory[3].alpha;
+    INFO("eta = " << eta << ", sigma_up = " << up << ", sigma_down = " << down);
+    if (eta == 3.0)
+      CHECK(up == sn); // capped: all of sigma_next is fresh noise
+    for (std::int64_t i = 0; i < x.numel(); ++i) {
+      const double y = x_start[i] / a + (down - s) * eps[i] + up * z[i];
+      CHECK(x[i] == Approx(an * y).margin(1e-5));
+    }
+  }
+}
+
+TEST_CASE("Euler ancestral is reproducible per seed and draws different noise per seed",
+          "[solver][euler_ancestral]") {
+  const DiagonalGaussian data = curved_data();
+  ExactDenoiser model(shape, data, Prediction::epsilon);
+  auto run = [&](std::uint64_t seed) {
+    Tensor x(2, shape);
+    fill_initial_noise(x, 1);
+    SampleOptions options;
+    options.steps = 10;
+    options.seed = seed;
+    EulerAncestral solver;
+    sample(model, cosine, solver, x, Labels{}, options);
+    return x;
+  };
+  CHECK(bit_identical(run(4), run(4)));
+  CHECK_FALSE(bit_identical(run(4), run(5)));
+}
+
+// Finite-step bias: ancestral sampling with the exact denoiser loses variance at every step
+// (ancestral_variance_bias gives it exactly). On the VP cosine schedule with 1000 steps it is
+// -0.59% (data variance 0.5) and -0.42% (2.0) at eta = 1, -0.32% / -0.28% at eta = 0.5: below one
+// standard error of the variance at 20000 samples (1.0%). The discrete DDPM schedule (N = 1000)
+// cannot take more than 1000 steps and is biased by -1.16% there, so it is not used.
+TEST_CASE("Euler ancestral reproduces the data's mean and variance", "[solver][stat]") {
+  const ContinuousSchedule& schedule = cosine;
+  const int steps = 1000;
+  for (double eta : {1.0, 0.5})
+    for (double v : {0.5, 2.0}) {
+      const double bias = ancestral_variance_bias(schedule.trajectory(steps), v, eta);
+      INFO("eta " << eta << ", data variance " << v << ": relative bias " << bias);
+      CHECK(std::abs(bias) < std::sqrt(2.0 / 19999.0));
+    }
+  SECTION("eta = 1 (diffusers)") {
+    check_distribution(schedule, EulerAncestral{}, Prediction::epsilon, steps);
+  }
+  SECTION("eta = 0.5, v prediction") {
+    check_distribution(schedule, EulerAncestral{EulerAncestralOptions{0.5}}, Prediction::v, steps);
+  }
+}
+
+// ---- stitching ----------------------------------------------------------------------------------
+
+namespace {
+
+struct Call {
+  std::string model;
+  int step, evaluation;
+  double timestep;
+};
+
+/// An exact denoiser that logs every call it serves.
+class Recording {
+public:
+  using condition_type = Labels;
+  Recording(std::string name, const DiagonalGaussian& data, std::vector<Call>& log)
+      : name_(std::move(name)), model_(shape, data, Prediction::epsilon), log_(&log) {}
+  [[nodiscard]] Prediction prediction() const { return model_.prediction(); }
+  [[nodiscard]] Shape latent_shape() const { return model_.latent_shape(); }
+  [[nodiscard]] Labels unconditional(const Labels& labels) const {
+    return model_.unconditional(labels);
+  }
+  void predict(ConstView x, const StepContext& ctx, const Labels& labels, View out) {
+    log_->push_back(Call{name_, ctx.step, ctx.evaluation, ctx.point.timestep});
+    model_.predict(x, ctx, labels, out);
+  }
+
+private:
+  std::string name_;
+  ExactDenoiser model_;
+  std::vector<Call>* log_;
+};
+
+} // namespace
+
+TEST_CASE("Stitched Heun: both evaluations of a step are served by the same model",
+          "[solver][heun][stitch]") {
+  const int n = 10;
+  const DiagonalGaussian data = curved_data();
+  std::vector<Call> log;
+  Recording small("small", data, log), large("large", data, log);
+  const ContinuousSchedule& schedule = cosine;
+  const Trajectory trajectory = schedule.trajectory(n);
+  // By fraction, and by a timestep threshold between points 3 and 4: there Heun's second
+  // evaluation of step 3 sits at point 4, on the large model's side of the threshold, yet it
+  // belongs to step 3 and so to the small model.
+  const double between = 0.5 * (trajectory[3].timestep + trajectory[4].timestep);
+  TrajectoryStitcher by_fraction(small, large, 0.4);
+  TrajectoryStitcher by_threshold(small, large, TimestepThreshold(between));
+
+  auto run = [&](auto& stitcher) {
+    for (double guidance : {1.0, 3.0}) {
+      log.clear();
+      Heun heun;
+      Tensor x(2, shape);
+      fill_initial_noise(x, 8);
+      SampleOptions options;
+      options.steps = n;
+      options.guidance = Guidance::standard(guidance);
+      const SampleResult result = sample(stitcher, schedule, heun, x, Labels{0, 0}, options);
+      const int per_evaluation = guidance == 1.0 ? 1 : 2; // guided: conditional + unconditional
+      INFO("guidance " << guidance);
+      REQUIRE(result.records.size() == static_cast<std::size_t>(n));
+      CHECK(result.switches == 1);
+      std::size_t k = 0;
+      for (int i = 0; i < n; ++i) {
+        const std::string expected = i < 4 ? "small" : "large";
+        const int evaluations = i + 1 < n ? 2 : 1; // the step into sigma = 0 is Euler's
+        const StepRecord& record = result.records[static_cast<std::size_t>(i)];
+        CHECK(record.model == (i < 4 ? 0u : 1u));
+        CHECK(record.evaluations == evaluations * per_evaluation);
+        for (int e = 0; e < evaluations; ++e)
+          for (int g = 0; g < per_evaluation; ++g, ++k) {
+            REQUIRE(k < log.size());
+            INFO("step " << i << ", evaluation " << e);
+            CHECK(log[k].model == expected);
+            CHECK(log[k].step == i);
+            CHECK(log[k].evaluation == e);
+            CHECK(log[k].timestep == trajectory[i + e].timestep);
+          }
+      }
+      CHECK(k == log.size());
+    }
+  };
+  SECTION("StepFraction") { run(by_fraction); }
+  SECTION("TimestepThreshold") { run(by_threshold); }
+}
+
+// ---- resources and errors -----------------------------------------------------------------------
+
+namespace {
+
+/// The host backend, counting workspace allocations.
+struct CountingBackend : HostBackend {
+  int* allocations;
+  [[nodiscard]] Tensor allocate(std::int64_t batch, Shape s) const {
+    ++*allocations;
+    return HostBackend::allocate(batch, s);
+  }
+};
+
+template <class SolverT> int allocations_after_begin(SolverT solver, const Trajectory& trajectory) {
+  int count = 0;
+  CountingBackend backend{{}, &count};
+  solver.begin(backend, trajectory, 2, shape);
+  const int at_begin = count;
+  Tensor x(2, shape), x0(2, shape), eps(2, shape);
+  fill_initial_noise(x, 1);
+  fill_initial_noise(eps, 2);
+  for (int i = 0; i < trajectory.steps(); ++i) {
+    SolverStep step{i, 0, &trajectory, NoiseKey{1, 0, static_cast<std::uint32_t>(i), 1}};
+    for (int e = 0; e < evaluations_of(solver, i); ++e) {
+      step.evaluation = e;
+      solver.update(backend, step, ModelOutput{x0, eps, eps, Prediction::epsilon}, x);
+    }
+  }
+  solver.begin(backend, trajectory, 2, shape); // a second run of the same shape reuses it
+  return count - at_begin;
+}
+
+} // namespace
+
+TEST_CASE("Heun and Euler ancestral allocate their workspace in begin() only", "[solver]") {
+  const Trajectory trajectory = cosine.trajectory(6);
+  CHECK(allocations_after_begin(Heun{}, trajectory) == 0);
+  CHECK(allocations_after_begin(Heun{HeunOptions{1.0f}}, trajectory) == 0);
+  CHECK(allocations_after_begin(EulerAncestral{}, trajectory) == 0);
+}
+
+TEST_CASE("k-solver options are validated, naming option and value", "[solver][errors]") {
+  CHECK_THROWS_AS(Heun(HeunOptions{0.0f}), tstitch::invalid_argument);
+  CHECK_THROWS_WITH(Heun(HeunOptions{-2.0f}), Catch::Contains("HeunOptions::clip_sample = -2"));
+  CHECK_THROWS_AS(EulerAncestral(EulerAncestralOptions{-0.5}), tstitch::invalid_argument);
+  CHECK_THROWS_WITH(EulerAncestral(EulerAncestralOptions{-0.5}),
+                    Catch::Contains("EulerAncestralOptions::eta = -0.5"));
+  CHECK_THROWS_WITH(EulerAncestral(EulerAncestralOptions{NAN}),
+                    Catch::Contains("EulerAncestralOptions::eta"));
+  CHECK_THROWS_WITH(EulerAncestral(EulerAncestralOptions{std::numeric_limits<double>::infinity()}),
+                    Catch::Contains("EulerAncestralOptions::eta = inf"));
+  // evaluations() answers for the trajectory passed to begin()
+  Heun heun;
+  CHECK_THROWS_WITH(heun.evaluations(0), Catch::Contains("step = 0"));
+  HostBackend backend;
+  heun.begin(backend, cosine.trajectory(3), 1, shape);
+  CHECK(heun.evaluations(2) == 1);
+  CHECK_THROWS_WITH(heun.evaluations(3), Catch::Contains("step = 3"));
+}
