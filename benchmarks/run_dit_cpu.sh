@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# DiT-S/2 and DiT-B/2 forward on the CPU: tstitch (Eigen, float32) against PyTorch eager and ONNX
+# Runtime on the same machine, in the same run, with the same thread count. Prints one table with
+# the ratios (peer time / tstitch time: above 1 means tstitch is faster).
+#
+#   benchmarks/run_dit_cpu.sh [threads]        # default 2
+#
+# tstitch is built for this CPU (-march=native) in build/native, as PyTorch and ONNX Runtime pick
+# their kernels for it at run time.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+threads="${1:-2}"
+
+./scripts/install-deps.sh
+./scripts/setup-python.sh >/dev/null
+cmake -S . -B build/native -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS="-march=native" \
+  -DTSTITCH_BUILD_TESTS=OFF -DTSTITCH_BUILD_EXAMPLES=OFF -DTSTITCH_ENABLE_CUDA=OFF >/dev/null
+cmake --build build/native -j 2 --target dit_cpu >/dev/null
+
+out="$(mktemp -d)"
+OMP_NUM_THREADS="$threads" build/native/benchmarks/dit_cpu --benchmark_repetitions=5 \
+  --benchmark_report_aggregates_only=true --benchmark_out="$out/tstitch.json" \
+  --benchmark_out_format=json >/dev/null
+.venv/bin/python tools/bench_dit_cpu.py --threads "$threads" --runs 10 --json "$out/peers.json" >/dev/null
+
+.venv/bin/python - "$out/tstitch.json" "$out/peers.json" <<'PY'
+import json, sys
+ours = json.load(open(sys.argv[1]))
+peers = json.load(open(sys.argv[2]))
+ms = {}
+for b in ours["benchmarks"]:
+    if b.get("aggregate_name") != "median":
+        continue
+    # BM_dit_forward/DiT_S_2/batch:8/real_time_median
+    parts = b["run_name"].split("/")
+    model = parts[1].replace("DiT_", "DiT-").replace("_2", "/2")
+    batch = int(parts[2].split(":")[1])
+    ms[(model, batch, "tstitch")] = b["real_time"]
+for r in peers["results"]:
+    ms[(r["model"], r["batch"], r["backend"])] = r["median_ms"]
+env = peers["environment"]
+print(f"# {env['cpu']}, {env['threads']} threads; torch {env['torch']}, "
+      f"onnxruntime {env['onnxruntime']}; medians in ms")
+print("model      batch  tstitch   pytorch   onnxruntime   pytorch/tstitch   ort/tstitch")
+for model in ("DiT-S/2", "DiT-B/2"):
+    for batch in (1, 8):
+        t = ms.get((model, batch, "tstitch"))
+        p = ms.get((model, batch, "pytorch"))
+        o = ms.get((model, batch, "onnxruntime"))
+        if t is None:
+            continue
+        fmt = lambda v: f"{v:8.1f}" if v is not None else "       -"
+        ratio = lambda v: f"{v / t:10.2f}" if v is not None else "         -"
+        print(f"{model:9s}  {batch:5d}  {fmt(t)}  {fmt(p)}  {fmt(o)}     {ratio(p)}        {ratio(o)}")
+PY
