@@ -6,21 +6,23 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <iomanip>
-#include <numbers>
 #include <vector>
 
 #include "tstitch/analytic/gaussian_mixture.hpp"
 #include "tstitch/sample.hpp"
-#include "tstitch/schedule/continuous.hpp"
 #include "tstitch/schedule/discrete.hpp"
 #include "tstitch/solver/dpm_solver.hpp"
 #include "tstitch/stitch/stitcher.hpp"
 
+#include "support/diffusers_harness.hpp"
+#include "support/gaussian_problems.hpp"
+#include "support/tensor_checks.hpp"
+
 using namespace tstitch;
+using namespace tstitch::testing;
 using analytic::DiagonalGaussian;
 using analytic::ExactDenoiser;
 using analytic::Labels;
@@ -28,45 +30,6 @@ using analytic::Labels;
 static_assert(Solver<DPMSolverMultistep>);
 
 namespace {
-
-// ---- diffusers' harness (copied from test_ddim_parity.cpp) ----------------------------------
-
-const Shape harness_shape{3, 8, 8};
-
-/// diffusers' deterministic harness sample (4, 3, 8, 8): element (b, c, h, w) holds k / 768 with
-/// k = ((c*8 + h)*8 + w)*4 + b; the noise holds (767 - k) / 768.
-Tensor harness_tensor(bool reversed) {
-  Tensor t(4, harness_shape);
-  for (int b = 0; b < 4; ++b)
-    for (int c = 0; c < 3; ++c)
-      for (int h = 0; h < 8; ++h)
-        for (int w = 0; w < 8; ++w) {
-          const int k = ((c * 8 + h) * 8 + w) * 4 + b;
-          t.at(b, c, h, w) = static_cast<float>(reversed ? 767 - k : k) / 768.0f;
-        }
-  return t;
-}
-
-/// diffusers' dummy model: sample * t / (t + 1), in float32, t cast to float32 first.
-auto harness_model(Prediction prediction) {
-  return make_denoiser(prediction, harness_shape,
-                       [](ConstView x, const StepContext& ctx, const NoCondition&, View out) {
-                         const auto t = static_cast<float>(ctx.point.timestep);
-                         HostBackend{}.map(
-                             out, [t](float v) { return v * t / (t + 1.0f); }, x);
-                       });
-}
-
-struct Result {
-  double sum, mean;
-};
-
-Result abs_sum(const Tensor& x) {
-  double sum = 0; // accumulated in double (§2.3)
-  for (std::int64_t i = 0; i < x.numel(); ++i)
-    sum += std::abs(static_cast<double>(x[i]));
-  return {sum, sum / static_cast<double>(x.numel())};
-}
 
 /// The §4.5 test config: linspace spacing, final_sigmas_type = "sigma_min".
 DiscreteScheduleOptions dpm_config() {
@@ -81,163 +44,6 @@ DPMSolverMultistepOptions dpm_solver_config() {
   DPMSolverMultistepOptions o;
   o.lower_order_final = false;
   return o;
-}
-
-/// A schedule whose n-step trajectory runs through given timesteps (diffusers'
-/// set_timesteps(timesteps=[...])).
-struct CustomTimesteps {
-  const DiscreteSchedule* schedule;
-  std::vector<double> timesteps;
-  TimePoint point(double t) const { return schedule->point(t); }
-  double timestep_at(double ve_sigma) const { return schedule->timestep_at(ve_sigma); }
-  Trajectory trajectory(int) const { return schedule->trajectory_through(timesteps); }
-};
-
-/// Loop P (or N from start_step, §1.2) with n = 10, returning the final latents.
-template <class Schedule>
-Tensor full_loop_latents(const Schedule& schedule, DPMSolverMultistepOptions solver_options,
-                         Prediction prediction, int start_step = -1) {
-  auto model = harness_model(prediction);
-  DPMSolverMultistep solver(solver_options);
-  Tensor x = harness_tensor(false);
-  SampleOptions options;
-  options.steps = 10;
-  if (start_step >= 0) { // "with_noise": add_noise at the first remaining timestep
-    add_noise(x, harness_tensor(true), schedule.trajectory(10)[start_step]);
-    options.start_step = start_step;
-  }
-  sample(model, schedule, solver, x, NoCondition{}, options);
-  return x;
-}
-
-Result full_loop(DiscreteScheduleOptions schedule_options, DPMSolverMultistepOptions solver_options,
-                 Prediction prediction, int start_step = -1) {
-  return abs_sum(full_loop_latents(DiscreteSchedule(schedule_options), solver_options, prediction,
-                                   start_step));
-}
-
-bool all_finite(const Tensor& x) {
-  for (std::int64_t i = 0; i < x.numel(); ++i)
-    if (!std::isfinite(x[i]))
-      return false;
-  return true;
-}
-
-// ---- analytic Gaussian data (after test_solvers.cpp) ----------------------------------------
-
-/// Variance-preserving cosine schedule, alpha = cos(pi t / 2), sigma = sin(pi t / 2), uniform in
-/// t from t_max down to 0 (sigma = 0). t_max = 0.8 keeps alpha >= 0.31 at the start, so the
-/// steps in lambda stay comparable along the way (near t = 1 they grow like 1 / (1 - t)).
-struct CosineSchedule {
-  double t_max = 0.8;
-  TimePoint point(double t) const {
-    return {t, std::cos(std::numbers::pi / 2 * t), std::sin(std::numbers::pi / 2 * t)};
-  }
-  double timestep_at(double ve_sigma) const { return std::atan(ve_sigma) * 2 / std::numbers::pi; }
-  Trajectory trajectory(int n) const {
-    Trajectory trajectory{{}, 1.0};
-    for (int i = 0; i <= n; ++i)
-      trajectory.points.push_back(point(t_max * (1.0 - static_cast<double>(i) / n)));
-    return trajectory;
-  }
-};
-
-const Shape shape{3, 4, 4};
-
-DiagonalGaussian curved_data() {
-  // Variances far from 1 bend the probability-flow trajectories.
-  DiagonalGaussian g;
-  for (std::int64_t e = 0; e < shape.numel(); ++e) {
-    g.mean.push_back(0.8 * std::sin(1.3 * static_cast<double>(e)));
-    g.variance.push_back(0.02 + 0.08 * static_cast<double>(e % 6));
-  }
-  return g;
-}
-
-/// The exact probability-flow solution at trajectory point k from x_start at point 0.
-Tensor exact_flow(const DiagonalGaussian& data, const Tensor& x_start, const Trajectory& trajectory,
-                  int k) {
-  Tensor exact(x_start.batch(), shape);
-  for (std::int64_t i = 0; i < exact.numel(); ++i)
-    exact[i] = static_cast<float>(data.flow(static_cast<std::size_t>(i % shape.numel()), x_start[i],
-                                            trajectory[0], trajectory[k]));
-  return exact;
-}
-
-double rms_distance(const Tensor& a, const Tensor& b) {
-  double sum = 0;
-  for (std::int64_t i = 0; i < a.numel(); ++i)
-    sum += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-  return std::sqrt(sum / static_cast<double>(a.numel()));
-}
-
-/// RMS error against the exact flow at the middle of an n-step run (n even): the lower-order
-/// final steps and the first-order step into sigma = 0 (whose O(sigma^2) error is second order
-/// by construction) lie beyond it. sample() is stopped there through on_step.
-template <class SolverT> double midpoint_error(SolverT solver, int n) {
-  const CosineSchedule schedule;
-  const DiagonalGaussian data = curved_data();
-  ExactDenoiser model(shape, data, Prediction::epsilon);
-  Tensor x(8, shape);
-  fill_initial_noise(x, 17);
-  const Tensor x_start = x;
-  SampleOptions options;
-  options.steps = n;
-  options.on_step = [n](const StepRecord& r) { return r.step + 1 < n / 2; };
-  sample(model, schedule, solver, x, Labels{}, options);
-  return rms_distance(x, exact_flow(data, x_start, schedule.trajectory(n), n / 2));
-}
-
-/// As midpoint_error, but with exact starting values, the setting in which a multistep method's
-/// order is defined: after each of the first `warm_up` steps the latents are replaced by the
-/// exact flow, so the stored outputs are those of the exact solution. (With the solver's own
-/// first-order start, a method of order >= 3 is second order wherever x0 varies at the start.)
-template <class SolverT> double exact_start_error(SolverT solver, int n, int warm_up) {
-  const CosineSchedule schedule;
-  const DiagonalGaussian data = curved_data();
-  ExactDenoiser model(shape, data, Prediction::sample);
-  const Trajectory trajectory = schedule.trajectory(n);
-  Tensor x(8, shape);
-  fill_initial_noise(x, 17);
-  const Tensor x_start = x;
-  Tensor x0(8, shape), eps(8, shape);
-  HostBackend backend;
-  solver.begin(backend, trajectory, x.batch(), shape);
-  for (int i = 0; i < n / 2; ++i) {
-    const TimePoint& p = trajectory[i];
-    model.predict(x, StepContext{i, n, 0, p}, Labels{}, x0);
-    for (std::int64_t e = 0; e < x.numel(); ++e)
-      eps[e] = static_cast<float>((x[e] - p.alpha * x0[e]) / p.sigma);
-    const ModelOutput out{x0.view(), eps.view(), x0.view(), Prediction::sample};
-    solver.update(backend, SolverStep{i, 0, &trajectory, NoiseKey{}}, out, x.view());
-    if (i + 1 < warm_up)
-      x = exact_flow(data, x_start, trajectory, i + 1);
-  }
-  return rms_distance(x, exact_flow(data, x_start, trajectory, n / 2));
-}
-
-/// Least-squares slope of log(error) against log(n), negated: the measured order.
-template <class Error> double measured_order(Error error, const std::vector<int>& steps) {
-  std::vector<double> log_n, log_err;
-  for (int n : steps) {
-    const double err = error(n);
-    INFO("n = " << n << ": RMS error " << err);
-    CHECK(err > 0);
-    log_n.push_back(std::log(n));
-    log_err.push_back(std::log(err));
-  }
-  const auto count = static_cast<double>(steps.size());
-  double mean_x = 0, mean_y = 0;
-  for (std::size_t i = 0; i < log_n.size(); ++i) {
-    mean_x += log_n[i] / count;
-    mean_y += log_err[i] / count;
-  }
-  double sxy = 0, sxx = 0;
-  for (std::size_t i = 0; i < log_n.size(); ++i) {
-    sxy += (log_n[i] - mean_x) * (log_err[i] - mean_y);
-    sxx += (log_n[i] - mean_x) * (log_n[i] - mean_x);
-  }
-  return -sxy / sxx;
 }
 
 DPMSolverMultistepOptions dpm(int order, DPMSolverType type = DPMSolverType::midpoint,
@@ -255,37 +61,38 @@ DPMSolverMultistepOptions dpm(int order, DPMSolverType type = DPMSolverType::mid
 TEST_CASE("DPM-Solver++ full loops match diffusers' DPMSolverMultistepSchedulerTest",
           "[parity][dpm_solver]") {
   DiscreteScheduleOptions schedule = dpm_config();
-  DPMSolverMultistepOptions solver = dpm_solver_config();
+  DPMSolverMultistepOptions solver_options = dpm_solver_config();
   SECTION("test_full_loop_no_noise") {
-    const Result r = full_loop(schedule, solver, Prediction::epsilon);
+    const Result r = full_loop(schedule, DPMSolverMultistep(solver_options), Prediction::epsilon);
     INFO("mean " << std::setprecision(8) << r.mean);
     CHECK(std::abs(r.mean - 0.3301) < 1e-3);
   }
   SECTION("test_full_loop_no_noise_thres") {
-    solver.thresholding = DynamicThresholding{0.87, 0.5};
-    const Result r = full_loop(schedule, solver, Prediction::epsilon);
+    solver_options.thresholding = DynamicThresholding{0.87, 0.5};
+    const Result r = full_loop(schedule, DPMSolverMultistep(solver_options), Prediction::epsilon);
     INFO("mean " << std::setprecision(8) << r.mean);
     CHECK(std::abs(r.mean - 1.1364) < 1e-3);
   }
   SECTION("test_full_loop_with_v_prediction") {
-    const Result r = full_loop(schedule, solver, Prediction::v);
+    const Result r = full_loop(schedule, DPMSolverMultistep(solver_options), Prediction::v);
     INFO("mean " << std::setprecision(8) << r.mean);
     CHECK(std::abs(r.mean - 0.2251) < 1e-3);
   }
   SECTION("test_full_loop_with_karras_and_v_prediction") {
     schedule.sigma_spacing = SigmaSpacing::karras;
-    const Result r = full_loop(schedule, solver, Prediction::v);
+    const Result r = full_loop(schedule, DPMSolverMultistep(solver_options), Prediction::v);
     INFO("mean " << std::setprecision(8) << r.mean);
     CHECK(std::abs(r.mean - 0.2096) < 1e-3);
   }
   SECTION("test_full_loop_with_lu_and_v_prediction") {
     schedule.sigma_spacing = SigmaSpacing::lu_lambdas;
-    const Result r = full_loop(schedule, solver, Prediction::v);
+    const Result r = full_loop(schedule, DPMSolverMultistep(solver_options), Prediction::v);
     INFO("mean " << std::setprecision(8) << r.mean);
     CHECK(std::abs(r.mean - 0.1554) < 1e-3);
   }
   SECTION("test_full_loop_with_noise (t_start = 5: timesteps [500, ..., 100])") {
-    const Result r = full_loop(schedule, solver, Prediction::epsilon, 5);
+    const Result r =
+        full_loop(schedule, DPMSolverMultistep(solver_options), Prediction::epsilon, 5);
     INFO(std::setprecision(8) << "sum " << r.sum << ", mean " << r.mean);
     CHECK(std::abs(r.sum - 318.4111) < 1e-2);
     CHECK(std::abs(r.mean - 0.4146) < 1e-3);
@@ -299,12 +106,11 @@ TEST_CASE("DPM-Solver++ on custom timesteps equals the default schedule (§6)",
       DiscreteScheduleOptions o = dpm_config();
       o.final_point = final_point;
       const DiscreteSchedule schedule(o);
-      const Tensor a = full_loop_latents(schedule, dpm_solver_config(), prediction);
+      const Tensor a =
+          full_loop_latents(schedule, DPMSolverMultistep(dpm_solver_config()), prediction);
       const Tensor b = full_loop_latents(CustomTimesteps{&schedule, schedule.timesteps(10)},
-                                         dpm_solver_config(), prediction);
-      double difference = 0;
-      for (std::int64_t i = 0; i < a.numel(); ++i)
-        difference += std::abs(static_cast<double>(a[i]) - b[i]);
+                                         DPMSolverMultistep(dpm_solver_config()), prediction);
+      const double difference = abs_difference(a, b);
       INFO("prediction " << to_string(prediction) << ", final point "
                          << (final_point == FinalPoint::clean ? "zero" : "sigma_min"));
       CHECK(difference < 1e-5);
@@ -327,7 +133,8 @@ TEST_CASE("DPM-Solver++ never produces NaN over orders, solver types and predict
           INFO("sde " << (algorithm == DPMSolverAlgorithm::sde_dpmsolver_pp) << ", heun "
                       << (type == DPMSolverType::heun) << ", order " << order << ", "
                       << to_string(prediction));
-          CHECK(all_finite(full_loop_latents(DiscreteSchedule(dpm_config()), o, prediction)));
+          CHECK(all_finite(full_loop_latents(DiscreteSchedule(dpm_config()), DPMSolverMultistep(o),
+                                             prediction)));
         }
 }
 
@@ -364,27 +171,16 @@ TEST_CASE("DPM-Solver++ handles degenerate and infinite steps without NaN", "[dp
     o.final_point = FinalPoint::clean;
     for (int order : {1, 2, 3}) {
       DPMSolverMultistep solver(dpm(order));
-      auto model = harness_model(Prediction::sample); // x0 = x * t / (t + 1)
-      Tensor x = harness_tensor(false);
-      SampleOptions so;
-      so.steps = 10;
-      sample(model, DiscreteSchedule(o), solver, x, NoCondition{}, so);
+      // The sample model: x0 = x * t / (t + 1).
+      const Tensor x = full_loop_latents(DiscreteSchedule(o), solver, Prediction::sample);
       CHECK(solver.last_order() == 1);
       CHECK(all_finite(x));
     }
   }
   SECTION("pure noise at the start (alpha = 0, lambda = -inf): a flow-matching trajectory") {
-    for (int order : {1, 2, 3}) {
-      DPMSolverMultistep solver(dpm(order, DPMSolverType::heun, DPMSolverThirdOrder::taylor));
-      ExactDenoiser model(shape, curved_data(), Prediction::flow);
-      const auto schedule = ContinuousSchedule::linear_flow(1.0, 0.0);
-      Tensor x(2, shape);
-      fill_initial_noise(x, 3);
-      SampleOptions so;
-      so.steps = 12;
-      sample(model, schedule, solver, x, Labels{}, so);
-      CHECK(all_finite(x));
-    }
+    for (int order : {1, 2, 3})
+      CHECK(all_finite(sample_from_pure_noise(
+          DPMSolverMultistep(dpm(order, DPMSolverType::heun, DPMSolverThirdOrder::taylor)))));
   }
 }
 
@@ -510,37 +306,12 @@ TEST_CASE("DPM-Solver++ 3M from exact starting values: taylor order 3, diffusers
   }
 }
 
-namespace {
-
-bool bit_identical(const Tensor& a, const Tensor& b) {
-  if (a.numel() != b.numel())
-    return false;
-  for (std::int64_t i = 0; i < a.numel(); ++i)
-    if (std::bit_cast<std::uint32_t>(a[i]) != std::bit_cast<std::uint32_t>(b[i]))
-      return false;
-  return true;
-}
-
-/// Samples n = 10 steps of the harness from x, with `model` (a denoiser or a stitcher).
-template <class Model>
-SampleResult run_harness(Model& model, DPMSolverMultistep& solver, Tensor& x, int start_step = 0,
-                         int stop_after = -1) {
-  DiscreteScheduleOptions o = dpm_config();
-  o.final_point = FinalPoint::clean;
-  SampleOptions options;
-  options.steps = 10;
-  options.seed = 11;
-  options.start_step = start_step;
-  if (stop_after >= 0)
-    options.on_step = [stop_after](const StepRecord& r) { return r.step < stop_after; };
-  return sample(model, DiscreteSchedule(o), solver, x, NoCondition{}, options);
-}
-
-} // namespace
-
 TEST_CASE("DPM-Solver++ history at a model switch: keep and reset", "[dpm_solver][stitch]") {
   auto model = harness_model(Prediction::epsilon);
   TrajectoryStitcher stitcher(model, model, 0.5); // two identical models, switch before step 5
+  SampleOptions options; // the harness' n = 10; the seed of the SDE's noise
+  options.steps = 10;
+  options.seed = 11;
   for (DPMSolverAlgorithm algorithm :
        {DPMSolverAlgorithm::dpmsolver_pp, DPMSolverAlgorithm::sde_dpmsolver_pp})
     for (int order : {2, 3}) {
@@ -549,74 +320,24 @@ TEST_CASE("DPM-Solver++ history at a model switch: keep and reset", "[dpm_solver
       o.solver_order = order;
       o.third_order = DPMSolverThirdOrder::taylor;
       INFO("sde " << (algorithm == DPMSolverAlgorithm::sde_dpmsolver_pp) << ", order " << order);
-
-      Tensor alone = harness_tensor(false);
-      DPMSolverMultistep solver_alone(o);
-      run_harness(model, solver_alone, alone);
+      const auto runs = switch_runs<DPMSolverMultistep>(
+          model, stitcher, o, dpm_config(), options, 5,
+          [](const DPMSolverMultistep& s) { return s.last_order(); });
 
       // keep: the switch between identical models changes nothing, bit for bit.
-      o.history = HistoryPolicy::keep;
-      Tensor kept = harness_tensor(false);
-      DPMSolverMultistep solver_keep(o);
-      CHECK(run_harness(stitcher, solver_keep, kept).switches == 1);
-      CHECK(bit_identical(kept, alone));
+      CHECK(runs.kept_switches == 1);
+      CHECK(bit_identical(runs.kept, runs.alone));
 
       // reset: step 5 is a first-order step, exactly as in a run that starts at step 5 from the
       // same latents.
-      o.history = HistoryPolicy::reset;
-      Tensor reset = harness_tensor(false);
-      DPMSolverMultistep solver_reset(o);
-      int order_after_switch = -1;
-      {
-        DiscreteScheduleOptions so = dpm_config();
-        so.final_point = FinalPoint::clean;
-        SampleOptions options;
-        options.steps = 10;
-        options.seed = 11;
-        options.on_step = [&](const StepRecord& r) {
-          if (r.step == 5)
-            order_after_switch = solver_reset.last_order();
-          return true;
-        };
-        CHECK(sample(stitcher, DiscreteSchedule(so), solver_reset, reset, NoCondition{}, options)
-                  .switches == 1);
-      }
-      CHECK(order_after_switch == 1);
-      Tensor restarted = harness_tensor(false);
-      DPMSolverMultistep first_half(o);
-      run_harness(model, first_half, restarted, 0, 4); // steps 0..4, then stop
-      DPMSolverMultistep second_half(o);
-      run_harness(model, second_half, restarted, 5);
-      CHECK(bit_identical(reset, restarted));
-      CHECK_FALSE(bit_identical(reset, alone));
+      CHECK(runs.reset_switches == 1);
+      CHECK(runs.reset_after_step.at(5) == 1);
+      CHECK(bit_identical(runs.reset, runs.restarted));
+      CHECK_FALSE(bit_identical(runs.reset, runs.alone));
     }
 }
 
 namespace {
-
-/// The data of the distribution checks: two channels, each one 1-D Gaussian.
-const double stat_mean[] = {-0.6, 0.5}, stat_variance[] = {0.5, 2.0};
-
-DiagonalGaussian channel_gaussians(Shape s) {
-  DiagonalGaussian data;
-  for (int c = 0; c < 2; ++c)
-    for (std::int64_t p = 0; p < s.plane(); ++p) {
-      data.mean.push_back(stat_mean[c]);
-      data.variance.push_back(stat_variance[c]);
-    }
-  return data;
-}
-
-/// x_T from the exact marginal at `start`, given standard normal x.
-void to_marginal(Tensor& x, const DiagonalGaussian& data, const TimePoint& start) {
-  const std::int64_t per_sample = x.shape().numel();
-  for (std::int64_t i = 0; i < x.numel(); ++i) {
-    const auto e = static_cast<std::size_t>(i % per_sample);
-    x[i] = static_cast<float>(
-        start.alpha * data.mean[e] +
-        std::sqrt(start.alpha * start.alpha * data.variance[e] + start.sigma * start.sigma) * x[i]);
-  }
-}
 
 /// The host backend with the solver's noise replaced by a probe: 1 at step `probe` (every
 /// element), 0 at every other step.
@@ -704,37 +425,7 @@ TEST_CASE("DPM-Solver++ 2M SDE reproduces the data's mean and variance", "[dpm_s
   }
 
   // 8 x [2, 50, 50]: 20000 independent samples per channel.
-  const Shape shape2{2, 50, 50};
-  const DiagonalGaussian data = channel_gaussians(shape2);
-  ExactDenoiser model(shape2, data, Prediction::epsilon);
-  Tensor x(8, shape2);
-  fill_initial_noise(x, 31);
-  to_marginal(x, data, schedule.trajectory(steps)[0]);
-  DPMSolverMultistep solver(o);
-  SampleOptions options;
-  options.steps = steps;
-  options.seed = 5;
-  sample(model, schedule, solver, x, Labels{}, options);
-  for (int c = 0; c < 2; ++c) {
-    double sum = 0, sum2 = 0, n = 0;
-    for (std::int64_t b = 0; b < x.batch(); ++b)
-      for (std::int64_t p = 0; p < shape2.plane(); ++p) {
-        const double v = x.at(b, c, 0, p);
-        sum += v;
-        sum2 += v * v;
-        n += 1;
-      }
-    const double sample_mean = sum / n;
-    const double sample_variance = (sum2 - sum * sum / n) / (n - 1);
-    const double mean_se = std::sqrt(stat_variance[c] / n);
-    const double var_se = stat_variance[c] * std::sqrt(2.0 / (n - 1));
-    INFO("channel " << c << " (" << n << " samples): mean " << sample_mean << " (data "
-                    << stat_mean[c] << ", SE " << mean_se << "), variance " << sample_variance
-                    << " (data " << stat_variance[c] << ", SE " << var_se << ")");
-    CHECK(n >= count);
-    CHECK(std::abs(sample_mean - stat_mean[c]) < 3 * mean_se);
-    CHECK(std::abs(sample_variance - stat_variance[c]) < 3 * var_se);
-  }
+  check_distribution(schedule, DPMSolverMultistep(o), Prediction::epsilon, steps);
 }
 
 TEST_CASE("DPM-Solver++ options are validated, naming the option and value",
@@ -781,19 +472,6 @@ TEST_CASE("DPM-Solver++ options are validated, naming the option and value",
   }));
   CHECK_NOTHROW(make([](auto& o) { o.thresholding = DynamicThresholding{0.87, 0.5}; }));
 }
-
-namespace {
-
-/// The host backend, counting allocations.
-struct CountingBackend : HostBackend {
-  int* allocations;
-  [[nodiscard]] Tensor allocate(std::int64_t batch, Shape s) const {
-    ++*allocations;
-    return HostBackend::allocate(batch, s);
-  }
-};
-
-} // namespace
 
 TEST_CASE("DPM-Solver++ allocates in begin() only", "[dpm_solver]") {
   // Every buffer (history ring, noise, thresholding scratch) is sized in begin(); update() only

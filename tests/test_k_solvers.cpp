@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -22,7 +21,12 @@
 #include "tstitch/solver/heun.hpp"
 #include "tstitch/stitch/stitcher.hpp"
 
+#include "support/diffusers_harness.hpp"
+#include "support/gaussian_problems.hpp"
+#include "support/tensor_checks.hpp"
+
 using namespace tstitch;
+using namespace tstitch::testing;
 using analytic::DiagonalGaussian;
 using analytic::ExactDenoiser;
 using analytic::Labels;
@@ -31,48 +35,7 @@ static_assert(Solver<Heun> && Solver<EulerAncestral>);
 
 namespace {
 
-// ---- diffusers' harness (parity doc §1) -------------------------------------------------------
-
-const Shape harness_shape{3, 8, 8};
-
-/// diffusers' deterministic harness sample (4, 3, 8, 8): element (b, c, h, w) holds k / 768 with
-/// k = ((c*8 + h)*8 + w)*4 + b; the noise holds (767 - k) / 768.
-Tensor harness_tensor(bool reversed) {
-  Tensor t(4, harness_shape);
-  for (int b = 0; b < 4; ++b)
-    for (int c = 0; c < 3; ++c)
-      for (int h = 0; h < 8; ++h)
-        for (int w = 0; w < 8; ++w) {
-          const int k = ((c * 8 + h) * 8 + w) * 4 + b;
-          t.at(b, c, h, w) = static_cast<float>(reversed ? 767 - k : k) / 768.0f;
-        }
-  return t;
-}
-
-/// diffusers' dummy model: sample * t / (t + 1), in float32, t cast to float32 first.
-void harness_model(double timestep, ConstView x, View out) {
-  const auto t = static_cast<float>(timestep);
-  HostBackend{}.map(
-      out, [t](float v) { return v * t / (t + 1.0f); }, x);
-}
-
-struct Result {
-  double sum, mean;
-};
-
-Result summarise(const Tensor& x) {
-  double sum = 0; // accumulated in double (§2.3)
-  for (std::int64_t i = 0; i < x.numel(); ++i)
-    sum += std::abs(static_cast<double>(x[i]));
-  return {sum, sum / static_cast<double>(x.numel())};
-}
-
-double abs_difference(const Tensor& a, const Tensor& b) {
-  double sum = 0;
-  for (std::int64_t i = 0; i < a.numel(); ++i)
-    sum += std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i]));
-  return sum;
-}
+// ---- diffusers' harness (parity doc §1): the k-diffusion loop pattern ---------------------------
 
 /// The schedule options of test_scheduler_euler.py / test_scheduler_heun.py: N = 1100, linear
 /// betas 1e-4 .. 0.02, linspace spacing with Euler's float32 timesteps.
@@ -198,133 +161,12 @@ Tensor k_loop(SolverT solver, const Trajectory& vp, Prediction prediction, int f
       Tensor& in = e == 0 ? x : scaled;
       backend.map(
           in, [root](float v) { return v / root; }, input_of(solver, step, x));
-      harness_model(p.timestep, in, m);
+      dummy_model(p.timestep, in, m);
       diffusers_outputs(prediction, p.sigma, in, m, x0, eps);
       solver.update(backend, step, ModelOutput{x0, eps, m, prediction}, x);
     }
   }
   return x;
-}
-
-bool bit_identical(const Tensor& a, const Tensor& b) {
-  return a.numel() == b.numel() &&
-         std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.numel())) == 0;
-}
-
-// ---- exactly solvable problems (as tests/test_solvers.cpp) --------------------------------------
-
-// Schedules with steps uniform in t that end exactly at sigma = 0, so the step size halves when n
-// doubles. The cosine one starts just short of pure noise (alpha > 0); the flow one at alpha = 0.
-const ContinuousSchedule cosine = ContinuousSchedule::cosine(0.98, 0.0);
-const ContinuousSchedule flow = ContinuousSchedule::linear_flow();
-
-const Shape shape{3, 4, 4};
-
-DiagonalGaussian curved_data() {
-  // Variances far from 1 bend the probability-flow trajectories.
-  DiagonalGaussian g;
-  for (std::int64_t e = 0; e < shape.numel(); ++e) {
-    g.mean.push_back(0.8 * std::sin(1.3 * static_cast<double>(e)));
-    g.variance.push_back(0.02 + 0.08 * static_cast<double>(e % 6));
-  }
-  return g;
-}
-
-/// RMS distance of a solver's result to the exact probability-flow solution from the same x_T.
-template <class Schedule, class SolverT>
-double ode_error(const Schedule& schedule, SolverT solver, Prediction prediction, int n) {
-  const DiagonalGaussian data = curved_data();
-  ExactDenoiser model(shape, data, prediction);
-  Tensor x(8, shape);
-  fill_initial_noise(x, 17);
-  const Tensor x_start = x;
-  SampleOptions options;
-  options.steps = n;
-  sample(model, schedule, solver, x, Labels{}, options);
-  const Trajectory trajectory = schedule.trajectory(n);
-  double sum = 0;
-  for (std::int64_t i = 0; i < x.numel(); ++i) {
-    const auto e = static_cast<std::size_t>(i % shape.numel());
-    const double exact = data.flow(e, x_start[i], trajectory[0], trajectory[n]);
-    sum += (x[i] - exact) * (x[i] - exact);
-  }
-  return std::sqrt(sum / static_cast<double>(x.numel()));
-}
-
-/// Least-squares slope of log(error) against log(n), negated: the measured order.
-template <class Schedule, class SolverT>
-double measured_order(const Schedule& schedule, SolverT solver, Prediction prediction,
-                      const std::vector<int>& steps) {
-  std::vector<double> log_n, log_err;
-  for (int n : steps) {
-    const double err = ode_error(schedule, solver, prediction, n);
-    UNSCOPED_INFO("n = " << n << ": RMS error " << err);
-    CHECK(err > 0);
-    log_n.push_back(std::log(n));
-    log_err.push_back(std::log(err));
-  }
-  double mean_x = 0, mean_y = 0;
-  for (std::size_t i = 0; i < log_n.size(); ++i) {
-    mean_x += log_n[i] / static_cast<double>(log_n.size());
-    mean_y += log_err[i] / static_cast<double>(log_n.size());
-  }
-  double sxy = 0, sxx = 0;
-  for (std::size_t i = 0; i < log_n.size(); ++i) {
-    sxy += (log_n[i] - mean_x) * (log_err[i] - mean_y);
-    sxx += (log_n[i] - mean_x) * (log_n[i] - mean_x);
-  }
-  return -sxy / sxx;
-}
-
-/// Samples with a stochastic solver from the exact marginal at the first point and checks the
-/// final mean and variance against the data, within 3 standard errors. The data are two channels
-/// of 50x50 elements, each channel one 1-D Gaussian; elements are independent, so a batch of 8
-/// gives 20000 independent samples per channel.
-template <class SolverT, class Schedule>
-void check_distribution(const Schedule& schedule, SolverT solver, Prediction prediction,
-                        int steps) {
-  const Shape shape2{2, 50, 50};
-  const double mean[] = {-0.6, 0.5}, variance[] = {0.5, 2.0};
-  DiagonalGaussian data;
-  for (int c = 0; c < 2; ++c)
-    for (std::int64_t p = 0; p < shape2.plane(); ++p) {
-      data.mean.push_back(mean[c]);
-      data.variance.push_back(variance[c]);
-    }
-  ExactDenoiser model(shape2, data, prediction);
-  Tensor x(8, shape2);
-  fill_initial_noise(x, 31);
-  const TimePoint start = schedule.trajectory(steps)[0];
-  for (std::int64_t i = 0; i < x.numel(); ++i) { // x_T from the exact marginal
-    const auto e = static_cast<std::size_t>(i % shape2.numel());
-    x[i] = static_cast<float>(
-        start.alpha * data.mean[e] +
-        std::sqrt(start.alpha * start.alpha * data.variance[e] + start.sigma * start.sigma) * x[i]);
-  }
-  SampleOptions options;
-  options.steps = steps;
-  options.seed = 5;
-  sample(model, schedule, solver, x, Labels{}, options);
-  for (int c = 0; c < 2; ++c) {
-    double sum = 0, sum2 = 0, count = 0;
-    for (std::int64_t n = 0; n < x.batch(); ++n)
-      for (std::int64_t p = 0; p < shape2.plane(); ++p) {
-        const double v = x.at(n, c, 0, p);
-        sum += v;
-        sum2 += v * v;
-        count += 1;
-      }
-    const double sample_mean = sum / count;
-    const double sample_variance = (sum2 - sum * sum / count) / (count - 1);
-    const double mean_se = std::sqrt(variance[c] / count);
-    const double var_se = variance[c] * std::sqrt(2.0 / (count - 1));
-    INFO("channel " << c << " (" << count << " samples): mean " << sample_mean << " (data "
-                    << mean[c] << "), variance " << sample_variance << " (data " << variance[c]
-                    << ")");
-    CHECK(count >= 20000);
-    CHECK(std::abs(sample_mean - mean[c]) < 3 * mean_se);
-    CHECK(std::abs(sample_variance - variance[c]) < 3 * var_se);
-  }
 }
 
 /// The relative bias of Euler ancestral's final variance for Gaussian data of variance v, exact
@@ -351,26 +193,26 @@ TEST_CASE("Euler full loops match diffusers' EulerDiscreteSchedulerTest (§4.10)
   DiscreteScheduleOptions config = k_config();
   SECTION("test_full_loop_no_noise (and test_full_loop_device)") {
     const Result r =
-        summarise(k_loop(Euler{}, k_schedule(config).trajectory(10), Prediction::epsilon));
+        abs_sum(k_loop(Euler{}, k_schedule(config).trajectory(10), Prediction::epsilon));
     CHECK(std::abs(r.sum - 10.0807) < 1e-2);
     CHECK(std::abs(r.mean - 0.0131) < 1e-3);
   }
   SECTION("test_full_loop_with_v_prediction") {
-    const Result r = summarise(k_loop(Euler{}, k_schedule(config).trajectory(10), Prediction::v));
+    const Result r = abs_sum(k_loop(Euler{}, k_schedule(config).trajectory(10), Prediction::v));
     CHECK(std::abs(r.sum - 0.0002) < 1e-2);
     CHECK(std::abs(r.mean - 2.2676e-06) < 1e-3);
   }
   SECTION("test_full_loop_device_karras_sigmas") {
     config.sigma_spacing = SigmaSpacing::karras;
     const Result r =
-        summarise(k_loop(Euler{}, k_schedule(config).trajectory(10), Prediction::epsilon));
+        abs_sum(k_loop(Euler{}, k_schedule(config).trajectory(10), Prediction::epsilon));
     CHECK(std::abs(r.sum - 124.52299499511719) < 1e-2);
     CHECK(std::abs(r.mean - 0.16213932633399963) < 1e-3);
   }
   SECTION("test_full_loop_with_noise (t_start = 8: timesteps [122.1111, 0])") {
     const Trajectory trajectory = k_schedule(config).trajectory(10);
     CHECK(static_cast<float>(trajectory[8].ve_sigma()) == Approx(0.40016323f));
-    const Result r = summarise(k_loop(Euler{}, trajectory, Prediction::epsilon, 8));
+    const Result r = abs_sum(k_loop(Euler{}, trajectory, Prediction::epsilon, 8));
     CHECK(std::abs(r.sum - 57062.9297) < 1e-2);
     CHECK(std::abs(r.mean - 74.3007) < 1e-3);
   }
@@ -380,26 +222,26 @@ TEST_CASE("Heun full loops match diffusers' HeunDiscreteSchedulerTest (§4.11)",
   DiscreteScheduleOptions config = k_config();
   SECTION("test_full_loop_no_noise (and test_full_loop_device)") {
     const Result r =
-        summarise(k_loop(Heun{}, k_schedule(config).trajectory(10), Prediction::epsilon));
+        abs_sum(k_loop(Heun{}, k_schedule(config).trajectory(10), Prediction::epsilon));
     CHECK(std::abs(r.sum - 0.1233) < 1e-2);
     CHECK(std::abs(r.mean - 0.0002) < 1e-3);
   }
   SECTION("test_full_loop_with_v_prediction") {
-    const Result r = summarise(k_loop(Heun{}, k_schedule(config).trajectory(10), Prediction::v));
+    const Result r = abs_sum(k_loop(Heun{}, k_schedule(config).trajectory(10), Prediction::v));
     CHECK(std::abs(r.sum - 4.6934e-07) < 1e-2);
     CHECK(std::abs(r.mean - 6.1112e-10) < 1e-3);
   }
   SECTION("test_full_loop_device_karras_sigmas") {
     config.sigma_spacing = SigmaSpacing::karras;
     const Result r =
-        summarise(k_loop(Heun{}, k_schedule(config).trajectory(10), Prediction::epsilon));
+        abs_sum(k_loop(Heun{}, k_schedule(config).trajectory(10), Prediction::epsilon));
     CHECK(std::abs(r.sum - 0.00015) < 1e-2);
     CHECK(std::abs(r.mean - 1.9869554535034695e-07) < 1e-2);
   }
   SECTION("test_full_loop_with_noise (timesteps[16:] = [122.1111, 0, 0]: steps 8 and 9)") {
     // t_start * order = 16 is the first evaluation of step 8; add_noise uses sigmas[16] = s_8.
     const Result r =
-        summarise(k_loop(Heun{}, k_schedule(config).trajectory(10), Prediction::epsilon, 8));
+        abs_sum(k_loop(Heun{}, k_schedule(config).trajectory(10), Prediction::epsilon, 8));
     CHECK(std::abs(r.sum - 75074.8906) < 1e-2);
     CHECK(std::abs(r.mean - 97.7538) < 1e-3);
   }
@@ -461,17 +303,17 @@ TEST_CASE("Heun: custom timesteps (the de-duplicated list) reproduce the default
 TEST_CASE("Heun evaluates twice per step, once into sigma = 0: 2n - 1 evaluations as diffusers",
           "[solver][heun]") {
   const DiagonalGaussian data = curved_data();
-  ExactDenoiser exact(shape, data, Prediction::epsilon);
+  ExactDenoiser exact(curved_shape, data, Prediction::epsilon);
   std::vector<StepContext> seen;
   auto model = make_denoiser<Labels>(
-      Prediction::epsilon, shape,
+      Prediction::epsilon, curved_shape,
       [&](ConstView x, const StepContext& ctx, const Labels& labels, View out) {
         seen.push_back(ctx);
         exact.predict(x, ctx, labels, out);
       });
   const ContinuousSchedule& schedule = cosine;
   Heun heun;
-  Tensor x(2, shape);
+  Tensor x(2, curved_shape);
   fill_initial_noise(x, 3);
   SampleOptions options;
   options.steps = 6;
@@ -502,8 +344,8 @@ TEST_CASE("Heun's second evaluation sees the Euler predictor; its step combines 
   const Trajectory trajectory = schedule.trajectory(4);
   HostBackend backend;
   Heun heun;
-  heun.begin(backend, trajectory, 1, shape);
-  Tensor x(1, shape), x0(1, shape), eps0(1, shape), eps1(1, shape);
+  heun.begin(backend, trajectory, 1, curved_shape);
+  Tensor x(1, curved_shape), x0(1, curved_shape), eps0(1, curved_shape), eps1(1, curved_shape);
   fill_initial_noise(x, 9);
   fill_initial_noise(eps0, 10);
   fill_initial_noise(eps1, 11);
@@ -532,9 +374,9 @@ TEST_CASE("Heun's second evaluation sees the Euler predictor; its step combines 
 
 TEST_CASE("Heun's single-evaluation steps are Euler's, bit for bit", "[solver][heun]") {
   const DiagonalGaussian data = curved_data();
-  ExactDenoiser model(shape, data, Prediction::v);
+  ExactDenoiser model(curved_shape, data, Prediction::v);
   SECTION("a one-step run into sigma = 0") {
-    Tensor a(2, shape);
+    Tensor a(2, curved_shape);
     fill_initial_noise(a, 4);
     Tensor b = a;
     SampleOptions options;
@@ -549,7 +391,7 @@ TEST_CASE("Heun's single-evaluation steps are Euler's, bit for bit", "[solver][h
     const Trajectory trajectory = flow.trajectory(5);
     Heun heun;
     HostBackend backend;
-    heun.begin(backend, trajectory, 1, shape);
+    heun.begin(backend, trajectory, 1, curved_shape);
     CHECK(heun.evaluations(0) == 1);
     CHECK(heun.evaluations(1) == 2);
     CHECK(heun.evaluations(4) == 1);
@@ -586,8 +428,8 @@ TEST_CASE("Heun converges at order 2 on the exact probability-flow solution", "[
 TEST_CASE("Heun with clip_sample clips x0 before forming each slope", "[solver][heun]") {
   // With a clip far outside the data, clipping changes nothing but the arithmetic path.
   const DiagonalGaussian data = curved_data();
-  ExactDenoiser model(shape, data, Prediction::epsilon);
-  Tensor a(2, shape);
+  ExactDenoiser model(curved_shape, data, Prediction::epsilon);
+  Tensor a(2, curved_shape);
   fill_initial_noise(a, 6);
   Tensor b = a, c = a;
   SampleOptions options;
@@ -610,9 +452,9 @@ TEST_CASE("Heun with clip_sample clips x0 before forming each slope", "[solver][
 
 TEST_CASE("Euler ancestral with eta = 0 is Euler, bit for bit", "[solver][euler_ancestral]") {
   const DiagonalGaussian data = curved_data();
-  ExactDenoiser model(shape, data, Prediction::epsilon);
+  ExactDenoiser model(curved_shape, data, Prediction::epsilon);
   for (int on_flow = 0; on_flow < 2; ++on_flow) {
-    Tensor a(2, shape);
+    Tensor a(2, curved_shape);
     fill_initial_noise(a, 12);
     Tensor b = a;
     SampleOptions options;
@@ -620,7 +462,7 @@ TEST_CASE("Euler ancestral with eta = 0 is Euler, bit for bit", "[solver][euler_
     EulerAncestral ancestral(EulerAncestralOptions{0.0});
     Euler euler;
     if (on_flow) {
-      ExactDenoiser flow_model(shape, data, Prediction::flow);
+      ExactDenoiser flow_model(curved_shape, data, Prediction::flow);
       sample(flow_model, flow, ancestral, a, Labels{}, options);
       sample(flow_model, flow, euler, b, Labels{}, options);
     } else {
@@ -639,8 +481,8 @@ TEST_CASE("Euler ancestral: the step's sigma_up / sigma_down split, noise from s
   HostBackend backend;
   for (double eta : {1.0, 0.5, 3.0}) {
     EulerAncestral solver(EulerAncestralOptions{eta});
-    solver.begin(backend, trajectory, 2, shape);
-    Tensor x(2, shape), eps(2, shape), z(2, shape);
+    solver.begin(backend, trajectory, 2, curved_shape);
+    Tensor x(2, curved_shape), eps(2, curved_shape), z(2, curved_shape);
     fill_initial_noise(x, 1);
     fill_initial_noise(eps, 2);
     const Tensor x_start = x;
@@ -665,9 +507,9 @@ TEST_CASE("Euler ancestral: the step's sigma_up / sigma_down split, noise from s
 TEST_CASE("Euler ancestral is reproducible per seed and draws different noise per seed",
           "[solver][euler_ancestral]") {
   const DiagonalGaussian data = curved_data();
-  ExactDenoiser model(shape, data, Prediction::epsilon);
+  ExactDenoiser model(curved_shape, data, Prediction::epsilon);
   auto run = [&](std::uint64_t seed) {
-    Tensor x(2, shape);
+    Tensor x(2, curved_shape);
     fill_initial_noise(x, 1);
     SampleOptions options;
     options.steps = 10;
@@ -717,7 +559,7 @@ class Recording {
 public:
   using condition_type = Labels;
   Recording(std::string name, const DiagonalGaussian& data, std::vector<Call>& log)
-      : name_(std::move(name)), model_(shape, data, Prediction::epsilon), log_(&log) {}
+      : name_(std::move(name)), model_(curved_shape, data, Prediction::epsilon), log_(&log) {}
   [[nodiscard]] Prediction prediction() const { return model_.prediction(); }
   [[nodiscard]] Shape latent_shape() const { return model_.latent_shape(); }
   [[nodiscard]] Labels unconditional(const Labels& labels) const {
@@ -755,7 +597,7 @@ TEST_CASE("Stitched Heun: both evaluations of a step are served by the same mode
     for (double guidance : {1.0, 3.0}) {
       log.clear();
       Heun heun;
-      Tensor x(2, shape);
+      Tensor x(2, curved_shape);
       fill_initial_noise(x, 8);
       SampleOptions options;
       options.steps = n;
@@ -793,21 +635,12 @@ TEST_CASE("Stitched Heun: both evaluations of a step are served by the same mode
 
 namespace {
 
-/// The host backend, counting workspace allocations.
-struct CountingBackend : HostBackend {
-  int* allocations;
-  [[nodiscard]] Tensor allocate(std::int64_t batch, Shape s) const {
-    ++*allocations;
-    return HostBackend::allocate(batch, s);
-  }
-};
-
 template <class SolverT> int allocations_after_begin(SolverT solver, const Trajectory& trajectory) {
   int count = 0;
   CountingBackend backend{{}, &count};
-  solver.begin(backend, trajectory, 2, shape);
+  solver.begin(backend, trajectory, 2, curved_shape);
   const int at_begin = count;
-  Tensor x(2, shape), x0(2, shape), eps(2, shape);
+  Tensor x(2, curved_shape), x0(2, curved_shape), eps(2, curved_shape);
   fill_initial_noise(x, 1);
   fill_initial_noise(eps, 2);
   for (int i = 0; i < trajectory.steps(); ++i) {
@@ -817,7 +650,8 @@ template <class SolverT> int allocations_after_begin(SolverT solver, const Traje
       solver.update(backend, step, ModelOutput{x0, eps, eps, Prediction::epsilon}, x);
     }
   }
-  solver.begin(backend, trajectory, 2, shape); // a second run of the same shape reuses it
+  solver.begin(backend, trajectory, 2,
+               curved_shape); // a second run of the same curved_shape reuses it
   return count - at_begin;
 }
 
@@ -844,7 +678,7 @@ TEST_CASE("k-solver options are validated, naming option and value", "[solver][e
   Heun heun;
   CHECK_THROWS_WITH(heun.evaluations(0), Catch::Contains("step = 0"));
   HostBackend backend;
-  heun.begin(backend, cosine.trajectory(3), 1, shape);
+  heun.begin(backend, cosine.trajectory(3), 1, curved_shape);
   CHECK(heun.evaluations(2) == 1);
   CHECK_THROWS_WITH(heun.evaluations(3), Catch::Contains("step = 3"));
 }

@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <iomanip>
 #include <vector>
 
@@ -14,40 +13,15 @@
 #include "tstitch/schedule/discrete.hpp"
 #include "tstitch/solver/lcm.hpp"
 
+#include "support/diffusers_harness.hpp"
+#include "support/tensor_checks.hpp"
+
 using namespace tstitch;
+using namespace tstitch::testing;
 
 static_assert(Solver<LCM>);
 
 namespace {
-
-const Shape harness_shape{3, 8, 8};
-
-/// diffusers' deterministic harness sample (4, 3, 8, 8): element (b, c, h, w) holds k / 768 with
-/// k = ((c*8 + h)*8 + w)*4 + b.
-Tensor harness_tensor() {
-  Tensor t(4, harness_shape);
-  for (int b = 0; b < 4; ++b)
-    for (int c = 0; c < 3; ++c)
-      for (int h = 0; h < 8; ++h)
-        for (int w = 0; w < 8; ++w)
-          t.at(b, c, h, w) = static_cast<float>(((c * 8 + h) * 8 + w) * 4 + b) / 768.0f;
-  return t;
-}
-
-/// diffusers' dummy model: sample * t / (t + 1), in float32, t cast to float32 first.
-auto harness_model(Prediction prediction) {
-  return make_denoiser(prediction, harness_shape,
-                       [](ConstView x, const StepContext& ctx, const NoCondition&, View out) {
-                         const auto t = static_cast<float>(ctx.point.timestep);
-                         HostBackend{}.map(
-                             out, [t](float v) { return v * t / (t + 1.0f); }, x);
-                       });
-}
-
-bool bit_identical(const Tensor& a, const Tensor& b) {
-  return a.numel() == b.numel() &&
-         std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.numel())) == 0;
-}
 
 const Shape shape{2, 4, 4};
 
@@ -63,13 +37,10 @@ TEST_CASE("LCM one-step loop matches diffusers' LCMSchedulerTest (§4.16)", "[pa
   SampleOptions options;
   options.steps = 1;
   sample(model, schedule, lcm, x, NoCondition{}, options);
-  double sum = 0; // accumulated in double (§2.3)
-  for (std::int64_t i = 0; i < x.numel(); ++i)
-    sum += std::abs(static_cast<double>(x[i]));
-  const double mean = sum / static_cast<double>(x.numel());
-  INFO(std::setprecision(10) << "sum " << sum << ", mean " << mean);
-  CHECK(std::abs(sum - 18.7097) < 1e-3);
-  CHECK(std::abs(mean - 0.0244) < 1e-3);
+  const Result r = abs_sum(x);
+  INFO(std::setprecision(10) << "sum " << r.sum << ", mean " << r.mean);
+  CHECK(std::abs(r.sum - 18.7097) < 1e-3);
+  CHECK(std::abs(r.mean - 0.0244) < 1e-3);
   // test_full_loop_multistep (n = 10: sum 197.7616) is not reproducible: diffusers draws
   // torch.randn noise at 9 of its 10 steps, and tstitch's noise is its own Philox stream.
 }
@@ -217,13 +188,6 @@ TEST_CASE("Multistep LCM is reproducible per seed; one step draws no noise", "[l
 }
 
 TEST_CASE("LCM allocates its workspace in begin() only", "[lcm]") {
-  struct CountingBackend : HostBackend {
-    int* allocations;
-    [[nodiscard]] Tensor allocate(std::int64_t batch, Shape s) const {
-      ++*allocations;
-      return HostBackend::allocate(batch, s);
-    }
-  };
   int count = 0;
   CountingBackend backend{{}, &count};
   const Trajectory trajectory = LCMSchedule{}.trajectory(4);

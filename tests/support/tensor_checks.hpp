@@ -1,0 +1,47 @@
+// SPDX-License-Identifier: Apache-2.0
+// Small helpers shared by the solver tests: comparing and inspecting host tensors, and a host
+// backend that counts its allocations (for the "allocates in begin() only" tests).
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "tstitch/core/host_backend.hpp"
+#include "tstitch/core/tensor.hpp"
+
+namespace tstitch::testing {
+
+/// Whether a and b hold the same floats, bit for bit.
+inline bool bit_identical(const Tensor& a, const Tensor& b) {
+  return a.numel() == b.numel() &&
+         std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.numel())) == 0;
+}
+
+/// Whether no element of x is NaN or infinite.
+inline bool all_finite(const Tensor& x) {
+  for (std::int64_t i = 0; i < x.numel(); ++i)
+    if (!std::isfinite(x[i]))
+      return false;
+  return true;
+}
+
+/// The sum of |a - b| over all elements, in double.
+inline double abs_difference(const Tensor& a, const Tensor& b) {
+  double sum = 0;
+  for (std::int64_t i = 0; i < a.numel(); ++i)
+    sum += std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i]));
+  return sum;
+}
+
+/// The host backend, counting allocations in *allocations.
+struct CountingBackend : HostBackend {
+  int* allocations;
+  [[nodiscard]] Tensor allocate(std::int64_t batch, Shape s) const {
+    ++*allocations;
+    return HostBackend::allocate(batch, s);
+  }
+};
+
+} // namespace tstitch::testing
