@@ -271,7 +271,7 @@ TEST_CASE("DiT matches diffusers' DiTTransformer2DModel on golden files", "[dit]
   SECTION("depth 2, hidden 64, 4 heads, patch 2, 8x8x4, 10 classes, learn_sigma") {
     CHECK(golden_error("tiny_dit.safetensors", "tiny_dit_golden.safetensors") < 1e-5);
   }
-  SECTION("depth 1, hidden 48, 3 heads, patch 4, 16x16x3, 7 classes, no learn_sigma") {
+  SECTION("depth 1, hidden 40, 5 heads, patch 4, 16x16x3, 7 classes, no learn_sigma") {
     CHECK(golden_error("tiny_dit_p4.safetensors", "tiny_dit_p4_golden.safetensors") < 1e-5);
   }
 }
