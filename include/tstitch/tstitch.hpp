@@ -18,6 +18,7 @@
 #include "tstitch/schedule/flow.hpp"
 #include "tstitch/schedule/trajectory.hpp"
 
+#include "tstitch/solver/clip.hpp"
 #include "tstitch/solver/concept.hpp"
 #include "tstitch/solver/ddim.hpp"
 #include "tstitch/solver/ddpm.hpp"

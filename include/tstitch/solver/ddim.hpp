@@ -7,6 +7,7 @@
 
 #include "tstitch/core/config.hpp"
 #include "tstitch/core/error.hpp"
+#include "tstitch/solver/clip.hpp"
 #include "tstitch/solver/concept.hpp"
 #include "tstitch/solver/posterior.hpp"
 
@@ -51,29 +52,16 @@ public:
     const float clip = options_.clip_sample.value_or(0.0f);
     if (noise_std > 0) {
       backend.fill_normal(noise_.view(), step.noise);
-      backend.map(x, Step{x0_coeff, eps_coeff, static_cast<float>(noise_std), clip}, out.x0,
-                  out.eps, ConstView(noise_.view()));
+      backend.map(x, ClippedCombination{x0_coeff, eps_coeff, static_cast<float>(noise_std), clip},
+                  out.x0, out.eps, ConstView(noise_.view()));
     } else if (clip > 0) {
-      backend.map(x, Step{x0_coeff, eps_coeff, 0.0f, clip}, out.x0, out.eps);
+      backend.map(x, ClippedCombination{x0_coeff, eps_coeff, 0.0f, clip}, out.x0, out.eps);
     } else {
       backend.combine(x, Term{x0_coeff, out.x0}, Term{eps_coeff, out.eps});
     }
   }
 
 private:
-  struct Step {
-    float x0_coeff, eps_coeff, noise_coeff, clip;
-    TSTITCH_HOST_DEVICE float clip_x0(float x0) const {
-      return clip > 0 ? (x0 < -clip ? -clip : (x0 > clip ? clip : x0)) : x0;
-    }
-    TSTITCH_HOST_DEVICE float operator()(float x0, float eps) const {
-      return x0_coeff * clip_x0(x0) + eps_coeff * eps;
-    }
-    TSTITCH_HOST_DEVICE float operator()(float x0, float eps, float z) const {
-      return x0_coeff * clip_x0(x0) + eps_coeff * eps + noise_coeff * z;
-    }
-  };
-
   DDIMOptions options_;
   Tensor noise_;
 };

@@ -7,6 +7,7 @@
 
 #include "tstitch/core/config.hpp"
 #include "tstitch/core/error.hpp"
+#include "tstitch/solver/clip.hpp"
 #include "tstitch/solver/concept.hpp"
 #include "tstitch/solver/posterior.hpp"
 
@@ -51,8 +52,9 @@ public:
     const PosteriorMean mean = posterior_mean(t, s);
     const double beta = transition_variance(t, s);
     const double posterior = posterior_variance(t, s);
-    const Mean mean_step{static_cast<float>(mean.x0_coeff), static_cast<float>(mean.xt_coeff),
-                         options_.clip_sample.value_or(0.0f)};
+    const ClippedCombination mean_step{static_cast<float>(mean.x0_coeff),
+                                       static_cast<float>(mean.xt_coeff), 0.0f,
+                                       options_.clip_sample.value_or(0.0f)};
     const ConstView x_in = x;
 
     if (s.sigma == 0 || posterior <= 0) { // into a clean point: the mean, no noise
@@ -65,8 +67,9 @@ public:
     case DDPMVariance::fixed_small:
     case DDPMVariance::fixed_large: {
       const double variance = options_.variance == DDPMVariance::fixed_small ? posterior : beta;
-      backend.map(x, FixedVariance{mean_step, static_cast<float>(std::sqrt(variance))}, out.x0,
-                  x_in, z);
+      ClippedCombination with_noise = mean_step;
+      with_noise.noise_coeff = static_cast<float>(std::sqrt(variance));
+      backend.map(x, with_noise, out.x0, x_in, z);
       return;
     }
     case DDPMVariance::learned_range: {
@@ -85,24 +88,9 @@ public:
   }
 
 private:
-  struct Mean {
-    float x0_coeff, xt_coeff, clip;
-    TSTITCH_HOST_DEVICE float operator()(float x0, float xt) const {
-      if (clip > 0)
-        x0 = x0 < -clip ? -clip : (x0 > clip ? clip : x0);
-      return x0_coeff * x0 + xt_coeff * xt;
-    }
-  };
-  struct FixedVariance {
-    Mean mean;
-    float noise_std;
-    TSTITCH_HOST_DEVICE float operator()(float x0, float xt, float z) const {
-      return mean(x0, xt) + noise_std * z;
-    }
-  };
   struct LearnedRange {
-    Mean mean;
-    float min_log, max_log; // log posterior variance, log beta
+    ClippedCombination mean; // its two-argument form: the posterior mean
+    float min_log, max_log;  // log posterior variance, log beta
     TSTITCH_HOST_DEVICE float operator()(float x0, float xt, float z, float v) const {
       const float frac = (v + 1.0f) * 0.5f;
       const float log_variance = frac * max_log + (1.0f - frac) * min_log;

@@ -10,6 +10,7 @@
 #include "tstitch/core/config.hpp"
 #include "tstitch/core/error.hpp"
 #include "tstitch/schedule/discrete.hpp"
+#include "tstitch/solver/clip.hpp"
 #include "tstitch/solver/concept.hpp"
 
 namespace tstitch {
@@ -145,10 +146,10 @@ public:
     const auto noise_coeff = static_cast<float>(noisy ? s.sigma : 0.0);
     if (clip > 0) {
       if (noisy)
-        backend.map(x, Clipped{x0_coeff, x_coeff, noise_coeff, clip}, out.x0, x_in,
+        backend.map(x, ClippedCombination{x0_coeff, x_coeff, noise_coeff, clip}, out.x0, x_in,
                     ConstView(noise_.view()));
       else
-        backend.map(x, Clipped{x0_coeff, x_coeff, 0.0f, clip}, out.x0, x_in);
+        backend.map(x, ClippedCombination{x0_coeff, x_coeff, 0.0f, clip}, out.x0, x_in);
     } else if (noisy) {
       backend.combine(x, Term{x0_coeff, out.x0}, Term{x_coeff, x_in},
                       Term{noise_coeff, ConstView(noise_.view())});
@@ -158,19 +159,6 @@ public:
   }
 
 private:
-  struct Clipped {
-    float x0_coeff, x_coeff, noise_coeff, clip;
-    TSTITCH_HOST_DEVICE float clip_x0(float x0) const {
-      return x0 < -clip ? -clip : (x0 > clip ? clip : x0);
-    }
-    TSTITCH_HOST_DEVICE float operator()(float x0, float x) const {
-      return x0_coeff * clip_x0(x0) + x_coeff * x;
-    }
-    TSTITCH_HOST_DEVICE float operator()(float x0, float x, float z) const {
-      return x0_coeff * clip_x0(x0) + x_coeff * x + noise_coeff * z;
-    }
-  };
-
   LCMOptions options_;
   Tensor noise_;
 };
