@@ -1,0 +1,455 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+// The definitions of cuda::DitModel (declared in dit.hpp), compiled by nvcc in tstitch_cuda.cu.
+//
+// One forward, for a batch of n samples and rows = n * tokens:
+//   prepare_inputs        x -> x_in, timestep, labels (the only per-call data; see predict)
+//   conditioning          freq(t) -> fc1 -> SiLU -> fc2 (+ table[y]) -> SiLU(c) -> all adaLN
+//                         modulations of every block and the final layer in one GEMM
+//   patch embedding       patchify -> GEMM -> + position
+//   per block             LN-modulate -> qkv GEMM (bf16 out) -> attention -> proj GEMM ->
+//                         h += gate (y + b); LN-modulate -> fc1 GEMM (bf16) -> GELU -> fc2 GEMM
+//                         -> h += gate (y + b)
+//   final layer           LN-modulate -> GEMM -> unpatchify
+// Biases of layers whose input the kernels write are folded into the GEMM (dit_kernels.cuh).
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "tstitch/cuda/attention.cuh"
+#include "tstitch/cuda/dit.hpp"
+#include "tstitch/cuda/dit_kernels.cuh"
+#include "tstitch/cuda/gemm.cuh"
+
+namespace tstitch::cuda {
+
+namespace dit_detail {
+
+using kernels::bf16;
+using kernels::bias_columns;
+
+inline std::uint16_t bf16_bits(float v) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu) != 0)
+    return 0x7fc0; // NaN stays NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u); // round to nearest even
+  return static_cast<std::uint16_t>(bits >> 16);
+}
+
+/// A linear layer's weight on the device: bf16 [out, ld], ld = in (+ bias_columns when the bias
+/// is folded into column `in`), or an fp32 bias of its own for the gated-residual kernel.
+struct Linear {
+  DeviceBuffer<bf16> weight;
+  DeviceBuffer<float> bias; // only when not folded
+  int out = 0;
+  int in = 0;
+  int ld = 0;
+
+  [[nodiscard]] std::int64_t bytes() const { return weight.bytes() + bias.bytes(); }
+};
+
+inline void upload_bits(bf16* device, const std::vector<std::uint16_t>& host) {
+  TSTITCH_CUDA_CHECK(cudaMemcpy(device, host.data(), host.size() * sizeof(std::uint16_t),
+                                cudaMemcpyHostToDevice));
+}
+
+inline DeviceBuffer<float> upload_floats(std::span<const float> values) {
+  DeviceBuffer<float> buffer(static_cast<std::int64_t>(values.size()));
+  TSTITCH_CUDA_CHECK(cudaMemcpy(buffer.data(), values.data(), values.size() * sizeof(float),
+                                cudaMemcpyHostToDevice));
+  return buffer;
+}
+
+/// Stacks the weights (and biases) of several layers with the same input into one [sum out, ld]
+/// matrix: all adaLN modulations of a model become one GEMM.
+inline Linear make_linear(std::span<const std::pair<dit::Param, dit::Param>> parts, bool fold) {
+  Linear l;
+  l.in = static_cast<int>(parts.front().first.cols);
+  for (const auto& [w, b] : parts) {
+    require(w.cols == l.in, "stacked linear input size", w.cols,
+            detail::concat("must equal ", l.in));
+    l.out += static_cast<int>(w.rows);
+  }
+  l.ld = fold ? l.in + bias_columns : l.in;
+  std::vector<std::uint16_t> host(static_cast<std::size_t>(l.out) * static_cast<std::size_t>(l.ld),
+                                  0);
+  std::vector<float> bias;
+  std::int64_t row0 = 0;
+  for (const auto& [w, b] : parts) {
+    for (std::int64_t r = 0; r < w.rows; ++r) {
+      std::uint16_t* dst = &host[static_cast<std::size_t>((row0 + r) * l.ld)];
+      for (std::int64_t c = 0; c < w.cols; ++c)
+        dst[c] = bf16_bits(w.data[r * w.cols + c]);
+      if (fold)
+        dst[l.in] = bf16_bits(b.data[r]);
+      else
+        bias.push_back(b.data[r]);
+    }
+    row0 += w.rows;
+  }
+  l.weight = DeviceBuffer<bf16>(static_cast<std::int64_t>(host.size()));
+  upload_bits(l.weight.data(), host);
+  if (!fold)
+    l.bias = upload_floats(bias);
+  return l;
+}
+
+inline Linear make_linear(const dit::Param& w, const dit::Param& b, bool fold) {
+  const std::pair<dit::Param, dit::Param> part{w, b};
+  return make_linear(std::span<const std::pair<dit::Param, dit::Param>>(&part, 1), fold);
+}
+
+struct Block {
+  Linear qkv, proj, fc1, fc2;
+};
+
+/// The activation buffers of one batch size, and its captured forward.
+struct Activations {
+  int batch = 0;
+  std::int64_t rows = 0;
+  DeviceBuffer<float> x_in, t, temb_hidden, temb, mod, h, y, final_out, out;
+  DeviceBuffer<int> labels;
+  DeviceBuffer<bf16> freq, temb_hidden_bf16, cond, patches, a, qkv, attn, mlp;
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+
+  Activations() = default;
+  Activations(const Activations&) = delete;
+  Activations& operator=(const Activations&) = delete;
+  ~Activations() {
+    if (exec != nullptr)
+      (void)cudaGraphExecDestroy(exec);
+    if (graph != nullptr)
+      (void)cudaGraphDestroy(graph);
+  }
+
+  [[nodiscard]] std::int64_t bytes() const {
+    return x_in.bytes() + t.bytes() + temb_hidden.bytes() + temb.bytes() + mod.bytes() +
+           h.bytes() + y.bytes() + final_out.bytes() + out.bytes() + labels.bytes() +
+           freq.bytes() + temb_hidden_bf16.bytes() + cond.bytes() + patches.bytes() + a.bytes() +
+           qkv.bytes() + attn.bytes() + mlp.bytes();
+  }
+};
+
+/// A label vector's device copy, uploaded once from pinned memory (asynchronously: no host wait).
+struct LabelSet {
+  std::vector<int> key;
+  DeviceBuffer<int> device;
+  int* pinned = nullptr;
+
+  LabelSet() = default;
+  LabelSet(const LabelSet&) = delete;
+  LabelSet& operator=(const LabelSet&) = delete;
+  ~LabelSet() {
+    if (pinned != nullptr)
+      (void)cudaFreeHost(pinned);
+  }
+};
+
+} // namespace dit_detail
+
+struct DitModel::Impl {
+  dit::Config config;
+  std::string name;
+  cudaStream_t stream;
+  Blas blas;
+  AttentionPath attention = AttentionPath::flash;
+  bool graphs = true;
+
+  dit_detail::Linear patch, t_fc1, t_fc2, modulation, final_linear;
+  std::vector<dit_detail::Block> blocks;
+  DeviceBuffer<float> class_table, position;
+  std::map<int, std::unique_ptr<dit_detail::Activations>> activations;
+  std::vector<std::unique_ptr<dit_detail::LabelSet>> label_sets;
+
+  Impl(const dit::Weights& w, std::string model_name, cudaStream_t s)
+      : config(w.config()), name(std::move(model_name)), stream(s), blas(s) {
+    using dit_detail::make_linear;
+    const std::int64_t d = config.hidden_size;
+    patch = make_linear(w.patch_weight, w.patch_bias, true);
+    t_fc1 = make_linear(w.t_fc1_weight, w.t_fc1_bias, true);
+    t_fc2 = make_linear(w.t_fc2_weight, w.t_fc2_bias, true);
+    std::vector<std::pair<dit::Param, dit::Param>> ada;
+    for (const dit::BlockWeights& b : w.blocks) {
+      ada.emplace_back(b.ada_weight, b.ada_bias);
+      blocks.push_back({make_linear(b.qkv_weight, b.qkv_bias, true),
+                        make_linear(b.proj_weight, b.proj_bias, false),
+                        make_linear(b.fc1_weight, b.fc1_bias, true),
+                        make_linear(b.fc2_weight, b.fc2_bias, false)});
+    }
+    ada.emplace_back(w.final_ada_weight, w.final_ada_bias);
+    modulation = make_linear(ada, true);
+    final_linear = make_linear(w.final_weight, w.final_bias, true);
+    class_table = dit_detail::upload_floats(
+        {w.class_table.data, static_cast<std::size_t>(w.class_table.rows * w.class_table.cols)});
+    position = dit_detail::upload_floats(
+        {w.pos_embed.data, static_cast<std::size_t>(config.tokens() * d)});
+    if (!kernels::attention_supported(attention, static_cast<int>(config.head_dim())))
+      attention = AttentionPath::reference;
+  }
+
+  [[nodiscard]] std::int64_t weight_bytes() const {
+    std::int64_t bytes = patch.bytes() + t_fc1.bytes() + t_fc2.bytes() + modulation.bytes() +
+                         final_linear.bytes() + class_table.bytes() + position.bytes();
+    for (const dit_detail::Block& b : blocks)
+      bytes += b.qkv.bytes() + b.proj.bytes() + b.fc1.bytes() + b.fc2.bytes();
+    return bytes;
+  }
+
+  dit_detail::Activations& activations_for(int n) {
+    auto& slot = activations[n];
+    if (slot)
+      return *slot;
+    using kernels::bias_columns;
+    const dit::Config& c = config;
+    const int d = static_cast<int>(c.hidden_size);
+    const std::int64_t rows = n * c.tokens();
+    const int patch_k = static_cast<int>(c.in_channels * c.patch_size * c.patch_size);
+    auto act = std::make_unique<dit_detail::Activations>();
+    act->batch = n;
+    act->rows = rows;
+    act->x_in = DeviceBuffer<float>(n * c.latent_shape().numel());
+    act->t = DeviceBuffer<float>(1);
+    act->labels = DeviceBuffer<int>(n);
+    act->freq = DeviceBuffer<kernels::bf16>(n * t_fc1.ld);
+    act->temb_hidden = DeviceBuffer<float>(static_cast<std::int64_t>(n) * d);
+    act->temb_hidden_bf16 = DeviceBuffer<kernels::bf16>(static_cast<std::int64_t>(n) * t_fc2.ld);
+    act->temb = DeviceBuffer<float>(static_cast<std::int64_t>(n) * d);
+    act->cond = DeviceBuffer<kernels::bf16>(static_cast<std::int64_t>(n) * modulation.ld);
+    act->mod = DeviceBuffer<float>(static_cast<std::int64_t>(n) * modulation.out);
+    act->patches = DeviceBuffer<kernels::bf16>(rows * patch.ld);
+    act->h = DeviceBuffer<float>(rows * d);
+    act->a = DeviceBuffer<kernels::bf16>(rows * (d + bias_columns));
+    act->qkv = DeviceBuffer<kernels::bf16>(rows * 3 * d);
+    act->attn = DeviceBuffer<kernels::bf16>(rows * d);
+    act->y = DeviceBuffer<float>(rows * d);
+    act->mlp = DeviceBuffer<kernels::bf16>(rows * c.mlp_hidden());
+    act->final_out = DeviceBuffer<float>(rows * final_linear.out);
+    act->out = DeviceBuffer<float>(n * c.out_channels() * c.input_size * c.input_size);
+    kernels::fill_bias_columns(act->freq.data(), t_fc1.ld, t_fc1.in, n, stream);
+    kernels::fill_bias_columns(act->temb_hidden_bf16.data(), t_fc2.ld, t_fc2.in, n, stream);
+    kernels::fill_bias_columns(act->cond.data(), modulation.ld, modulation.in, n, stream);
+    kernels::fill_bias_columns(act->patches.data(), patch.ld, patch_k, rows, stream);
+    kernels::fill_bias_columns(act->a.data(), d + bias_columns, d, rows, stream);
+    slot = std::move(act);
+    return *slot;
+  }
+
+  /// The device copy of a label vector; uploaded (asynchronously, from pinned memory) the first
+  /// time it is seen. Sampling sees two label vectors (the classes and the null class).
+  const int* labels_on_device(const std::vector<int>& labels) {
+    for (const auto& set : label_sets)
+      if (set->key == labels)
+        return set->device.data();
+    constexpr std::size_t max_sets = 64; // bound the cache for callers cycling through labels
+    if (label_sets.size() >= max_sets) {
+      TSTITCH_CUDA_CHECK(cudaStreamSynchronize(stream)); // the evicted copy may still be in use
+      label_sets.erase(label_sets.begin());
+    }
+    auto set = std::make_unique<dit_detail::LabelSet>();
+    set->key = labels;
+    set->device = DeviceBuffer<int>(static_cast<std::int64_t>(labels.size()));
+    TSTITCH_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&set->pinned),
+                                      labels.size() * sizeof(int)));
+    std::memcpy(set->pinned, labels.data(), labels.size() * sizeof(int));
+    TSTITCH_CUDA_CHECK(cudaMemcpyAsync(set->device.data(), set->pinned,
+                                       labels.size() * sizeof(int), cudaMemcpyHostToDevice,
+                                       stream));
+    label_sets.push_back(std::move(set));
+    return label_sets.back()->device.data();
+  }
+
+  /// Everything after prepare_inputs: reads x_in, t, labels of `act`, writes act.out.
+  void forward(dit_detail::Activations& act) {
+    using kernels::bias_columns;
+    const dit::Config& c = config;
+    const int n = act.batch;
+    const int d = static_cast<int>(c.hidden_size);
+    const int tokens = static_cast<int>(c.tokens());
+    const std::int64_t rows = act.rows;
+    const int ld_a = d + bias_columns;
+    const int mod_ld = modulation.out;
+    cudaStream_t s = stream;
+
+    // Conditioning: SiLU(t_embedder(t) + table[y]), then every modulation at once.
+    kernels::timestep_frequencies(act.t.data(), act.freq.data(), t_fc1.ld, n, s);
+    blas.linear(act.freq.data(), t_fc1.ld, t_fc1.weight.data(), t_fc1.ld, act.temb_hidden.data(),
+                CUDA_R_32F, d, n, t_fc1.out, t_fc1.ld);
+    kernels::silu_to_bf16(act.temb_hidden.data(), d, act.temb_hidden_bf16.data(), t_fc2.ld, d, n,
+                          s);
+    blas.linear(act.temb_hidden_bf16.data(), t_fc2.ld, t_fc2.weight.data(), t_fc2.ld,
+                act.temb.data(), CUDA_R_32F, d, n, t_fc2.out, t_fc2.ld);
+    kernels::condition(act.temb.data(), class_table.data(), act.labels.data(), act.cond.data(),
+                       modulation.ld, d, n, s);
+    blas.linear(act.cond.data(), modulation.ld, modulation.weight.data(), modulation.ld,
+                act.mod.data(), CUDA_R_32F, mod_ld, n, modulation.out, modulation.ld);
+
+    // Patch embedding.
+    kernels::patchify(act.x_in.data(), act.patches.data(), patch.ld,
+                      static_cast<int>(c.in_channels), static_cast<int>(c.input_size),
+                      static_cast<int>(c.patch_size), n, s);
+    blas.linear(act.patches.data(), patch.ld, patch.weight.data(), patch.ld, act.h.data(),
+                CUDA_R_32F, d, rows, patch.out, patch.ld);
+    kernels::add_position(act.h.data(), position.data(), tokens, d, rows, s);
+
+    const int mlp = static_cast<int>(c.mlp_hidden());
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+      const dit_detail::Block& b = blocks[i];
+      const int base = static_cast<int>(i) * 6 * d; // shift1 scale1 gate1 shift2 scale2 gate2
+      kernels::layernorm_modulate(act.h.data(), act.mod.data(), mod_ld, base, base + d,
+                                  act.a.data(), ld_a, tokens, d, rows, s);
+      blas.linear(act.a.data(), ld_a, b.qkv.weight.data(), b.qkv.ld, act.qkv.data(), CUDA_R_16BF,
+                  3 * d, rows, b.qkv.out, b.qkv.ld);
+      kernels::attention(reinterpret_cast<const std::uint16_t*>(act.qkv.data()),
+                         reinterpret_cast<std::uint16_t*>(act.attn.data()), n, tokens,
+                         static_cast<int>(c.num_heads), static_cast<int>(c.head_dim()), attention,
+                         s);
+      blas.linear(act.attn.data(), d, b.proj.weight.data(), b.proj.ld, act.y.data(), CUDA_R_32F, d,
+                  rows, d, d);
+      kernels::gated_residual(act.h.data(), act.y.data(), b.proj.bias.data(), act.mod.data(),
+                              mod_ld, base + 2 * d, tokens, d, rows, s);
+      kernels::layernorm_modulate(act.h.data(), act.mod.data(), mod_ld, base + 3 * d, base + 4 * d,
+                                  act.a.data(), ld_a, tokens, d, rows, s);
+      blas.linear(act.a.data(), ld_a, b.fc1.weight.data(), b.fc1.ld, act.mlp.data(), CUDA_R_16BF,
+                  mlp, rows, mlp, b.fc1.ld);
+      kernels::bias_gelu(act.mlp.data(), mlp, nullptr, mlp, rows, s);
+      blas.linear(act.mlp.data(), mlp, b.fc2.weight.data(), b.fc2.ld, act.y.data(), CUDA_R_32F, d,
+                  rows, d, mlp);
+      kernels::gated_residual(act.h.data(), act.y.data(), b.fc2.bias.data(), act.mod.data(),
+                              mod_ld, base + 5 * d, tokens, d, rows, s);
+    }
+
+    const int final_base = static_cast<int>(blocks.size()) * 6 * d; // shift, scale
+    kernels::layernorm_modulate(act.h.data(), act.mod.data(), mod_ld, final_base, final_base + d,
+                                act.a.data(), ld_a, tokens, d, rows, s);
+    blas.linear(act.a.data(), ld_a, final_linear.weight.data(), final_linear.ld,
+                act.final_out.data(), CUDA_R_32F, final_linear.out, rows, final_linear.out,
+                final_linear.ld);
+    kernels::unpatchify(act.final_out.data(), act.out.data(), static_cast<int>(c.out_channels()),
+                        static_cast<int>(c.input_size), static_cast<int>(c.patch_size), n, s);
+  }
+
+  void capture(dit_detail::Activations& act) {
+    TSTITCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    try {
+      forward(act);
+    } catch (...) {
+      cudaGraph_t broken = nullptr;
+      (void)cudaStreamEndCapture(stream, &broken);
+      if (broken != nullptr)
+        (void)cudaGraphDestroy(broken);
+      throw;
+    }
+    TSTITCH_CUDA_CHECK(cudaStreamEndCapture(stream, &act.graph));
+    TSTITCH_CUDA_CHECK(cudaGraphInstantiate(&act.exec, act.graph, 0));
+  }
+
+  void predict(ConstView x, const StepContext& ctx, const std::vector<int>& labels, View out) {
+    const dit::Config& c = config;
+    const std::int64_t n = x.batch();
+    if (x.shape() != c.latent_shape() || n < 1)
+      throw_invalid_argument("CUDA DiT input shape", shape_string(x),
+                             detail::concat("must be [N >= 1, ", c.in_channels, ", ", c.input_size,
+                                            ", ", c.input_size, "] for ", name));
+    const Shape out_shape{c.out_channels(), c.input_size, c.input_size};
+    if (out.batch() != n || out.shape() != out_shape)
+      throw_invalid_argument("CUDA DiT output shape", shape_string(out),
+                             detail::concat("must be [", n, ", ", out_shape.channels, ", ",
+                                            c.input_size, ", ", c.input_size, "] for ", name));
+    if (static_cast<std::int64_t>(labels.size()) != n)
+      throw_invalid_argument("labels.size()", labels.size(),
+                             detail::concat("must equal the batch, ", n));
+    for (std::size_t i = 0; i < labels.size(); ++i)
+      if (labels[i] < 0 || labels[i] > c.num_classes)
+        throw_invalid_argument(
+            detail::concat("labels[", i, "]"), labels[i],
+            detail::concat("must be in [0, ", c.num_classes, "] (", c.num_classes, ": no class)"));
+    if (!std::isfinite(ctx.point.timestep))
+      throw_invalid_argument("timestep", ctx.point.timestep, "must be finite");
+
+    dit_detail::Activations& act = activations_for(static_cast<int>(n));
+    const int* device_labels = labels_on_device(labels);
+    kernels::prepare_inputs(x, act.x_in.data(), static_cast<float>(ctx.point.timestep),
+                            act.t.data(), device_labels, act.labels.data(), stream);
+    if (graphs) {
+      if (act.exec == nullptr)
+        capture(act);
+      TSTITCH_CUDA_CHECK(cudaGraphLaunch(act.exec, stream));
+    } else {
+      forward(act);
+    }
+    const std::size_t row_bytes = static_cast<std::size_t>(out_shape.numel()) * sizeof(float);
+    TSTITCH_CUDA_CHECK(cudaMemcpy2DAsync(out.data(),
+                                         static_cast<std::size_t>(out.batch_stride()) *
+                                             sizeof(float),
+                                         act.out.data(), row_bytes, row_bytes,
+                                         static_cast<std::size_t>(n), cudaMemcpyDeviceToDevice,
+                                         stream));
+  }
+};
+
+// ---- DitModel ------------------------------------------------------------------------------
+
+inline DitModel::DitModel(const dit::Weights& weights, std::string name, cudaStream_t stream)
+    : impl_(std::make_unique<Impl>(weights, std::move(name),
+                                   stream != nullptr ? stream : default_stream())) {}
+inline DitModel::~DitModel() = default;
+inline DitModel::DitModel(DitModel&&) noexcept = default;
+inline DitModel& DitModel::operator=(DitModel&&) noexcept = default;
+
+inline Prediction DitModel::prediction() const {
+  return impl_->config.learn_sigma ? Prediction::epsilon_learned_sigma : Prediction::epsilon;
+}
+inline Shape DitModel::latent_shape() const { return impl_->config.latent_shape(); }
+inline std::string DitModel::model_name(std::size_t) const { return impl_->name; }
+inline DitModel::condition_type DitModel::unconditional(const condition_type& labels) const {
+  return condition_type(labels.size(), static_cast<int>(impl_->config.num_classes));
+}
+inline const dit::Config& DitModel::config() const { return impl_->config; }
+
+inline void DitModel::predict(ConstView x, const StepContext& ctx, const condition_type& labels,
+                              View out) {
+  impl_->predict(x, ctx, labels, out);
+}
+
+inline void DitModel::set_attention(AttentionPath path) {
+  const int head_dim = static_cast<int>(impl_->config.head_dim());
+  if (!kernels::attention_supported(path, head_dim))
+    throw_invalid_argument("attention path", to_string(path),
+                           detail::concat("is not available for head dimension ", head_dim,
+                                          " in this build"));
+  if (path != impl_->attention) {
+    impl_->attention = path;
+    for (auto& [batch, act] : impl_->activations) { // recapture with the new kernels
+      if (act->exec != nullptr)
+        TSTITCH_CUDA_CHECK(cudaGraphExecDestroy(act->exec));
+      if (act->graph != nullptr)
+        TSTITCH_CUDA_CHECK(cudaGraphDestroy(act->graph));
+      act->exec = nullptr;
+      act->graph = nullptr;
+    }
+  }
+}
+inline AttentionPath DitModel::attention() const { return impl_->attention; }
+inline void DitModel::set_graphs(bool enabled) { impl_->graphs = enabled; }
+inline bool DitModel::graphs() const { return impl_->graphs; }
+
+inline MemoryReport DitModel::memory() const {
+  MemoryReport report;
+  report.weights = impl_->weight_bytes();
+  for (const auto& [batch, act] : impl_->activations)
+    report.activations += act->bytes();
+  report.workspace = impl_->blas.workspace_bytes();
+  return report;
+}
+inline cudaStream_t DitModel::stream() const { return impl_->stream; }
+
+} // namespace tstitch::cuda

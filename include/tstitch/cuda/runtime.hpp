@@ -1,0 +1,161 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+// The CUDA backend's plain C++ side: error checks, the stream the backend runs on, and an owning
+// device tensor. Only the CUDA runtime's C API header is needed, which any C++ compiler reads:
+// a renderer's own translation units include this (and cuda/dit.hpp) without nvcc, and the
+// kernels are compiled once, in tstitch/cuda/tstitch_cuda.cu.
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+
+#include "tstitch/core/error.hpp"
+#include "tstitch/core/tensor.hpp"
+
+namespace tstitch::cuda {
+
+/// Throws tstitch::runtime_error naming the call, the CUDA error and where it happened.
+inline void check(cudaError_t status, const char* what, const char* file, int line) {
+  if (status != cudaSuccess)
+    throw runtime_error(detail::concat("tstitch: CUDA error in ", what, " (", file, ":", line,
+                                       "): ", cudaGetErrorName(status), ": ",
+                                       cudaGetErrorString(status)));
+}
+
+#define TSTITCH_CUDA_CHECK(call) ::tstitch::cuda::check((call), #call, __FILE__, __LINE__)
+
+/// Whether a CUDA device can be used (driver present and at least one device).
+[[nodiscard]] inline bool device_available() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError(); // clear the sticky "no driver" error for later calls
+    return false;
+  }
+  return count > 0;
+}
+
+/// The name and size of the current device, for reports.
+struct DeviceInfo {
+  std::string name;
+  int multiprocessors = 0;
+  int compute_major = 0;
+  int compute_minor = 0;
+  std::int64_t memory_bytes = 0;
+};
+
+[[nodiscard]] inline DeviceInfo device_info() {
+  int device = 0;
+  TSTITCH_CUDA_CHECK(cudaGetDevice(&device));
+  cudaDeviceProp prop{};
+  TSTITCH_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  return {prop.name, prop.multiProcessorCount, prop.major, prop.minor,
+          static_cast<std::int64_t>(prop.totalGlobalMem)};
+}
+
+/// The stream tstitch's CUDA work runs on unless told otherwise: one non-blocking stream per
+/// process, created on first use. Models and the sampling backend share it, so their work is
+/// ordered without events; graph capture needs a non-default stream anyway.
+[[nodiscard]] inline cudaStream_t default_stream() {
+  static const cudaStream_t stream = [] {
+    cudaStream_t s = nullptr;
+    TSTITCH_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    return s;
+  }();
+  return stream;
+}
+
+/// Owning device memory for `count` values of T (no construction: device memory is raw).
+template <class T> class DeviceBuffer {
+public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(std::int64_t count) : count_(count) {
+    require(count >= 0, "device buffer size", count, "must not be negative");
+    if (count > 0)
+      TSTITCH_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&data_),
+                                    static_cast<std::size_t>(count) * sizeof(T)));
+  }
+  DeviceBuffer(DeviceBuffer&& other) noexcept
+      : data_(std::exchange(other.data_, nullptr)), count_(std::exchange(other.count_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
+    if (this != &other) {
+      release();
+      data_ = std::exchange(other.data_, nullptr);
+      count_ = std::exchange(other.count_, 0);
+    }
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { release(); }
+
+  [[nodiscard]] T* data() const { return data_; }
+  [[nodiscard]] std::int64_t size() const { return count_; }
+  [[nodiscard]] std::int64_t bytes() const { return count_ * static_cast<std::int64_t>(sizeof(T)); }
+
+private:
+  void release() noexcept {
+    if (data_ != nullptr)
+      (void)cudaFree(data_); // never throw from a destructor; a failed free leaks
+    data_ = nullptr;
+    count_ = 0;
+  }
+  T* data_ = nullptr;
+  std::int64_t count_ = 0;
+};
+
+/// A float32 batch [N, C, H, W] in device memory: what the CUDA backend samples in place.
+class DeviceTensor {
+public:
+  DeviceTensor() = default;
+  DeviceTensor(std::int64_t batch, Shape shape)
+      : batch_(batch), shape_(shape), memory_(batch * shape.numel()) {
+    require(batch >= 0, "device tensor batch", batch, "must not be negative");
+  }
+
+  [[nodiscard]] View view() { return {memory_.data(), batch_, shape_}; }
+  [[nodiscard]] ConstView view() const { return {memory_.data(), batch_, shape_}; }
+  [[nodiscard]] std::int64_t batch() const { return batch_; }
+  [[nodiscard]] Shape shape() const { return shape_; }
+  [[nodiscard]] std::int64_t numel() const { return batch_ * shape_.numel(); }
+  [[nodiscard]] float* data() { return memory_.data(); }
+  [[nodiscard]] const float* data() const { return memory_.data(); }
+
+private:
+  std::int64_t batch_ = 0;
+  Shape shape_{};
+  DeviceBuffer<float> memory_;
+};
+
+namespace transfer_detail {
+inline void check_extent(ConstView device, ConstView host, const char* what) {
+  if (device.batch() != host.batch() || device.shape() != host.shape())
+    throw_invalid_argument(detail::concat(what, " host shape"), shape_string(host),
+                           detail::concat("must equal the device shape ", shape_string(device)));
+}
+} // namespace transfer_detail
+
+/// Host -> device copy of a whole batch (synchronous: for set-up, never inside the loop).
+inline void upload(View device, ConstView host, cudaStream_t stream = default_stream()) {
+  transfer_detail::check_extent(device, host, "upload");
+  for (std::int64_t n = 0; n < host.batch(); ++n)
+    TSTITCH_CUDA_CHECK(cudaMemcpyAsync(device.data() + n * device.batch_stride(),
+                                       host.data() + n * host.batch_stride(),
+                                       static_cast<std::size_t>(host.sample_numel()) * sizeof(float),
+                                       cudaMemcpyHostToDevice, stream));
+  TSTITCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+/// Device -> host copy of a whole batch; waits for the stream's work first.
+inline void download(View host, ConstView device, cudaStream_t stream = default_stream()) {
+  transfer_detail::check_extent(device, host, "download");
+  for (std::int64_t n = 0; n < host.batch(); ++n)
+    TSTITCH_CUDA_CHECK(cudaMemcpyAsync(host.data() + n * host.batch_stride(),
+                                       device.data() + n * device.batch_stride(),
+                                       static_cast<std::size_t>(host.sample_numel()) * sizeof(float),
+                                       cudaMemcpyDeviceToHost, stream));
+  TSTITCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+} // namespace tstitch::cuda
