@@ -1,0 +1,405 @@
+// SPDX-License-Identifier: Apache-2.0
+// tstitch-sample: samples class-conditional DiT checkpoints (safetensors, tstitch-dit format) with
+// trajectory stitching on the CPU and writes a PNG grid and/or a .npy array.
+//
+//   tstitch-sample models/fashion_dit_s.safetensors models/fashion_dit_l.safetensors
+//       --fraction 0.4 --steps 50 --guidance 2 --count 20 --png out.png
+//
+// Every error (bad argument, unreadable or mismatched model, unwritable output) ends the program
+// with exit code 1 and a message naming the argument or file and the offending value.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include <unistd.h>
+
+#include "tstitch/io/png.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include "tstitch/io/npy.hpp"
+#include "tstitch/models/dit/cpu_model.hpp"
+#include "tstitch/tstitch.hpp"
+
+using namespace tstitch;
+
+namespace {
+
+/// Thrown for a bad command-line value: the message names the option and the value.
+struct usage_error : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+template <class... Parts> [[noreturn]] void bad(const Parts&... parts) {
+  throw usage_error(detail::concat(parts...));
+}
+
+struct Options {
+  std::vector<std::string> models;
+  std::optional<double> fraction;
+  std::vector<double> fractions;
+  std::string rule = "fraction";
+  std::string solver = "ddim";
+  int steps = 50;
+  double guidance = 1.0;
+  std::uint64_t seed = 0;
+  int count = 8;
+  int batch = 16;
+  std::string labels;
+  std::string png;
+  std::string npy;
+  int columns = 0;
+  bool quiet = false;
+  std::vector<std::string> names;
+};
+
+/// The stitch rule with its run-time choice; a StitchPolicy itself.
+class RuleChoice {
+public:
+  explicit RuleChoice(std::variant<StepFraction, PaperTimestep> rule) : rule_(std::move(rule)) {}
+  void check(std::size_t k) const {
+    std::visit([&](const auto& r) { r.check(k); }, rule_);
+  }
+  [[nodiscard]] std::size_t model_for(const StepContext& ctx, std::size_t k) const {
+    return std::visit([&](const auto& r) { return r.model_for(ctx, k); }, rule_);
+  }
+
+private:
+  std::variant<StepFraction, PaperTimestep> rule_;
+};
+
+/// A Denoiser behind std::function members: one instantiation of the sampling loop per solver,
+/// whatever the number of stitched models.
+struct ErasedStitcher {
+  using condition_type = std::vector<int>;
+  Prediction prediction_value = Prediction::epsilon;
+  Shape shape{};
+  std::int64_t raw_channels = 0;
+  int null_class = 0;
+  std::function<void(ConstView, const StepContext&, const condition_type&, View)> predict_fn;
+  std::function<Route(const StepContext&)> route_fn;
+  std::function<std::vector<int>(const Trajectory&)> counts_fn;
+  std::vector<std::string> names;
+
+  [[nodiscard]] Prediction prediction() const { return prediction_value; }
+  [[nodiscard]] Shape latent_shape() const { return shape; }
+  [[nodiscard]] std::int64_t output_channels() const { return raw_channels; }
+  [[nodiscard]] std::string model_name(std::size_t k) const { return names.at(k); }
+  [[nodiscard]] condition_type unconditional(const condition_type& c) const {
+    return condition_type(c.size(), null_class);
+  }
+  void predict(ConstView x, const StepContext& ctx, const condition_type& c, View out) {
+    predict_fn(x, ctx, c, out);
+  }
+  [[nodiscard]] Route route(const StepContext& ctx) { return route_fn(ctx); }
+};
+
+template <std::size_t... I>
+std::shared_ptr<void> make_stitcher(std::index_sequence<I...>, RuleChoice rule,
+                                    std::vector<dit::CpuModel>& models, ErasedStitcher& erased) {
+  using S = BasicStitcher<RuleChoice, std::remove_reference_t<decltype((void(I), models[0]))>...>;
+  auto stitcher = std::make_shared<S>(std::move(rule), models[I]...);
+  stitcher->set_names(erased.names);
+  erased.raw_channels = stitcher->output_channels();
+  erased.predict_fn = [s = stitcher.get()](ConstView x, const StepContext& ctx,
+                                           const std::vector<int>& c, View out) {
+    s->predict(x, ctx, c, out);
+  };
+  erased.route_fn = [s = stitcher.get()](const StepContext& ctx) { return s->route(ctx); };
+  erased.counts_fn = [s = stitcher.get()](const Trajectory& t) { return s->steps_per_model(t); };
+  return stitcher;
+}
+
+std::vector<int> parse_labels(const std::string& text, int num_classes) {
+  std::vector<int> labels;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    std::size_t used = 0;
+    int v = 0;
+    try {
+      v = std::stoi(item, &used);
+    } catch (const std::exception&) {
+      bad("--labels = '", text, "': '", item, "' is not an integer");
+    }
+    if (used != item.size())
+      bad("--labels = '", text, "': '", item, "' is not an integer");
+    if (v < 0 || v > num_classes)
+      bad("--labels = '", text, "': label ", v, " must be in [0, ", num_classes, "] (",
+          num_classes, " = no class)");
+    labels.push_back(v);
+  }
+  if (labels.empty())
+    bad("--labels = '", text, "': no labels");
+  return labels;
+}
+
+dit::CpuModel load_model(const std::string& path, std::size_t index) {
+  if (!std::filesystem::exists(path))
+    bad("model ", index + 1, " '", path, "': no such file");
+  try {
+    return dit::CpuModel(dit::Weights::load(path), std::filesystem::path(path).stem().string());
+  } catch (const std::exception& e) {
+    throw tstitch::runtime_error(
+        detail::concat("model ", index + 1, " '", path, "' is not a readable DiT: ", e.what()));
+  }
+}
+
+void check_output_path(const std::string& option, const std::string& path) {
+  if (path.empty())
+    return;
+  const std::filesystem::path parent = std::filesystem::absolute(path).parent_path();
+  if (!std::filesystem::is_directory(parent))
+    bad(option, " = '", path, "': directory '", parent.string(), "' does not exist");
+}
+
+template <class SolverT>
+void sample_all(ErasedStitcher& denoiser, SolverT solver, const Options& o,
+                const std::vector<int>& labels, Tensor& x) {
+  const DiscreteSchedule schedule;
+  const std::vector<int> counts = denoiser.counts_fn(schedule.trajectory(o.steps));
+  std::string per_model;
+  for (std::size_t k = 0; k < counts.size(); ++k)
+    per_model += (k ? ", " : "") + std::to_string(counts[k]);
+  std::fprintf(stderr, "steps per model: %s (%s)\n", per_model.c_str(),
+               [&] {
+                 std::string s;
+                 for (std::size_t k = 0; k < denoiser.names.size(); ++k)
+                   s += (k ? ", " : "") + denoiser.names[k];
+                 return s;
+               }()
+                   .c_str());
+
+  const bool tty = isatty(fileno(stderr)) != 0;
+  const int batches = (o.count + o.batch - 1) / o.batch;
+  const auto started = std::chrono::steady_clock::now();
+  long long done_steps = 0;
+  Sampler<> sampler;
+  for (int b = 0; b < batches; ++b) {
+    const int first = b * o.batch, size = std::min(o.batch, o.count - first);
+    const View part = View(x.view()).samples(first, size);
+    fill_initial_noise(part, o.seed, static_cast<std::uint32_t>(first));
+    const std::vector<int> cond(labels.begin() + first, labels.begin() + first + size);
+    const std::vector<int> uncond = denoiser.unconditional(cond);
+    SampleOptions options;
+    options.steps = o.steps;
+    options.seed = o.seed;
+    options.first_sample = static_cast<std::uint32_t>(first);
+    options.guidance = Guidance::standard(o.guidance);
+    options.on_step = [&](const StepRecord& r) {
+      ++done_steps;
+      if (o.quiet || (!tty && r.step + 1 != o.steps))
+        return true;
+      const double elapsed =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      constexpr int width = 30;
+      const int filled = (r.step + 1) * width / o.steps;
+      std::fprintf(stderr, "%s[%s%s] batch %d/%d step %d/%d  %.1f steps/s  serving: %s%s",
+                   tty ? "\r" : "", std::string(static_cast<std::size_t>(filled), '#').c_str(),
+                   std::string(static_cast<std::size_t>(width - filled), '.').c_str(), b + 1,
+                   batches, r.step + 1, o.steps, static_cast<double>(done_steps) / elapsed,
+                   denoiser.names[r.model].c_str(), tty ? "   " : "\n");
+      return true;
+    };
+    sampler.run(denoiser, schedule, solver, part, cond, o.guidance != 1.0 ? &uncond : nullptr,
+                options);
+  }
+  if (tty && !o.quiet)
+    std::fprintf(stderr, "\n");
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  std::fprintf(stderr, "sampled %d images in %.2f s\n", o.count, seconds);
+}
+
+int run(const Options& o) {
+  // --- arguments that need no model ---------------------------------------------------------
+  if (o.models.size() < 2)
+    bad("model files: got ", o.models.size(), "; stitching needs at least 2 (small first)");
+  if (o.models.size() > 4)
+    bad("model files: got ", o.models.size(), "; at most 4 are supported");
+  if (o.png.empty() && o.npy.empty())
+    bad("no output: give --png or --npy (or both)");
+  if (o.steps < 1 || o.steps > 1000)
+    bad("--steps = ", o.steps, ": must be in [1, 1000] (the training schedule has 1000 steps)");
+  if (o.count < 1)
+    bad("--count = ", o.count, ": must be at least 1");
+  if (o.batch < 1)
+    bad("--batch = ", o.batch, ": must be at least 1");
+  if (!std::isfinite(o.guidance))
+    bad("--guidance = ", o.guidance, ": must be finite");
+  if (o.columns < 0)
+    bad("--columns = ", o.columns, ": must be >= 0 (0: one row per 10 images)");
+  const std::size_t k = o.models.size();
+  std::vector<double> fractions;
+  if (!o.fractions.empty()) {
+    if (o.fractions.size() != k)
+      bad("--fractions: got ", o.fractions.size(), " values for ", k,
+          " models; give one fraction per model");
+    fractions = o.fractions;
+  } else {
+    const double r = o.fraction.value_or(0.5);
+    if (!(r >= 0.0 && r <= 1.0))
+      bad("--fraction = ", r, ": must be in [0, 1]");
+    if (k != 2)
+      bad("--fraction: one fraction stitches 2 models; with ", k, " models use --fractions");
+    fractions = {r, 1.0 - r};
+  }
+  std::optional<RuleChoice> rule;
+  try {
+    if (o.rule == "fraction")
+      rule.emplace(StepFraction(fractions));
+    else if (o.rule == "paper") {
+      if (k != 2)
+        bad("--rule = paper: the paper's timestep rule stitches exactly 2 models, got ", k);
+      rule.emplace(PaperTimestep(fractions[0]));
+    } else
+      bad("--rule = '", o.rule, "': must be fraction or paper");
+  } catch (const tstitch::invalid_argument& e) {
+    bad(o.fractions.empty() ? "--fraction" : "--fractions", ": ", e.what());
+  }
+  const std::vector<std::string> solvers{"ddim", "ddpm", "euler", "heun", "dpm++2m", "unipc"};
+  if (std::find(solvers.begin(), solvers.end(), o.solver) == solvers.end())
+    bad("--solver = '", o.solver, "': must be one of ddim, ddpm, euler, heun, dpm++2m, unipc");
+  check_output_path("--png", o.png);
+  check_output_path("--npy", o.npy);
+
+  // --- models ---------------------------------------------------------------------------------
+  std::vector<dit::CpuModel> models;
+  models.reserve(k);
+  for (std::size_t i = 0; i < k; ++i)
+    models.push_back(load_model(o.models[i], i));
+  const dit::Config& first = models[0].config();
+  for (std::size_t i = 1; i < k; ++i) {
+    const dit::Config& c = models[i].config();
+    if (c.latent_shape() != first.latent_shape())
+      bad("models disagree on latent shape: '", o.models[0], "' has ", first.latent_shape(),
+          ", '", o.models[i], "' has ", c.latent_shape());
+    if (c.num_classes != first.num_classes)
+      bad("models disagree on the class count: '", o.models[0], "' has ", first.num_classes,
+          ", '", o.models[i], "' has ", c.num_classes);
+  }
+  const Shape shape = first.latent_shape();
+  if (!o.png.empty() && shape.channels != 1 && shape.channels != 3)
+    bad("--png = '", o.png, "': the models make ", shape.channels,
+        " channels images; a PNG needs 1 or 3 (use --npy for latents)");
+
+  std::vector<int> labels;
+  const int classes = static_cast<int>(first.num_classes);
+  const std::vector<int> cycle =
+      o.labels.empty() ? std::vector<int>{} : parse_labels(o.labels, classes);
+  for (int i = 0; i < o.count; ++i)
+    labels.push_back(cycle.empty() ? i % classes
+                                   : cycle[static_cast<std::size_t>(i) % cycle.size()]);
+
+  ErasedStitcher denoiser;
+  denoiser.prediction_value = models[0].prediction();
+  denoiser.shape = shape;
+  denoiser.null_class = classes;
+  for (std::size_t i = 0; i < k; ++i)
+    denoiser.names.push_back(o.names.empty() ? models[i].model_name(0) : o.names[i]);
+  if (!o.names.empty() && o.names.size() != k)
+    bad("--names: got ", o.names.size(), " names for ", k, " models");
+  std::shared_ptr<void> keep;
+  switch (k) {
+  case 2:
+    keep = make_stitcher(std::make_index_sequence<2>{}, *rule, models, denoiser);
+    break;
+  case 3:
+    keep = make_stitcher(std::make_index_sequence<3>{}, *rule, models, denoiser);
+    break;
+  default:
+    keep = make_stitcher(std::make_index_sequence<4>{}, *rule, models, denoiser);
+    break;
+  }
+
+  Tensor x(o.count, shape);
+  if (o.solver == "ddim")
+    sample_all(denoiser, DDIM{}, o, labels, x);
+  else if (o.solver == "ddpm")
+    sample_all(denoiser, DDPM{}, o, labels, x);
+  else if (o.solver == "euler")
+    sample_all(denoiser, Euler{}, o, labels, x);
+  else if (o.solver == "heun")
+    sample_all(denoiser, Heun{}, o, labels, x);
+  else if (o.solver == "dpm++2m")
+    sample_all(denoiser, DPMSolverMultistep{}, o, labels, x);
+  else
+    sample_all(denoiser, UniPC{}, o, labels, x);
+
+  std::string wrote = detail::concat("wrote ", o.count, " samples");
+  if (!o.png.empty()) {
+    io::GridOptions grid;
+    grid.columns = o.columns > 0 ? o.columns : std::min(o.count, 10);
+    grid.scale = shape.height < 64 ? 2 : 1;
+    io::write_png_grid(o.png, x, grid);
+    wrote += " to " + o.png;
+  }
+  if (!o.npy.empty()) {
+    io::write_npy(o.npy, x);
+    wrote += (o.png.empty() ? " to " : " and ") + o.npy;
+  }
+  std::printf("%s\n", wrote.c_str());
+  return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{"tstitch-sample: sample class-conditional DiTs (tstitch-dit safetensors) with "
+               "trajectory stitching on the CPU. The first model serves the first, noisiest "
+               "steps."};
+  app.add_option("models", o.models, "model files, small first (2 to 4)")->check(CLI::ExistingFile);
+  auto* fraction = app.add_option("--fraction", o.fraction,
+                                  "two models: the first (small) model's fraction of the steps, "
+                                  "in [0, 1] (default 0.5)");
+  app.add_option("--fractions", o.fractions, "k models: one fraction per model, summing to 1")
+      ->delimiter(',')
+      ->excludes(fraction);
+  app.add_option("--rule", o.rule,
+                 "switch rule: fraction (floor(c n) steps, exact) or paper (t/T >= 1 - r, the "
+                 "official T-Stitch code, 2 models)")
+      ->capture_default_str();
+  app.add_option("--solver", o.solver, "ddim, ddpm, euler, heun, dpm++2m or unipc")
+      ->capture_default_str();
+  app.add_option("--steps", o.steps, "sampling steps")->capture_default_str();
+  app.add_option("--guidance", o.guidance, "classifier-free guidance scale (1: off)")
+      ->capture_default_str();
+  app.add_option("--seed", o.seed, "noise seed; image i gets the same noise in any batch")
+      ->capture_default_str();
+  app.add_option("--count", o.count, "number of images")->capture_default_str();
+  app.add_option("--batch", o.batch, "images per model call")->capture_default_str();
+  app.add_option("--labels", o.labels,
+                 "class labels, comma-separated, cycled over the images (default 0, 1, ..., "
+                 "num_classes - 1 cycling)");
+  app.add_option("--png", o.png, "write a PNG grid (1- or 3-channel models)");
+  app.add_option("--npy", o.npy, "write the samples as float32 .npy [N, C, H, W]");
+  app.add_option("--columns", o.columns, "PNG grid columns (default min(count, 10))");
+  app.add_option("--names", o.names, "display names of the models, comma-separated")
+      ->delimiter(',');
+  app.add_flag("--quiet,-q", o.quiet, "no progress bar");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // CLI11 names the option and value itself ("--steps: Value x not in range ...").
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 1;
+  }
+  try {
+    return run(o);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "tstitch-sample: error: %s\n", e.what());
+    return 1;
+  }
+}
