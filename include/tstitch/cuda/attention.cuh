@@ -1,0 +1,596 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+// Multi-head self-attention of DiT on the GPU: the launchers declared in tstitch/cuda/kernels.hpp
+// (attention, attention_supported) and their kernels. Compiled by nvcc in exactly one translation
+// unit (tstitch/cuda/tstitch_cuda.cu). Helper host functions are `inline`; the two public
+// launchers are ordinary external definitions (see the note above attention_supported).
+//
+// Two paths:
+//   flash      FlashAttention-2 style. One CTA per (sample, head, 128-query tile), 8 warps, each
+//              warp owning 16 query rows for the whole kernel. The CTA walks the keys in 64-key
+//              tiles: S = Q K^T and O += P V on tensor cores (mma.sync m16n8k16 bf16 -> fp32),
+//              online softmax in fp32 registers (running row max and row sum), P never leaves
+//              registers (the S accumulator fragment is, after bf16 packing, exactly the A
+//              fragment of the P V mma). K and V each have one shared-memory buffer and their
+//              cp.async loads ping-pong: V(i) is fetched while S(i) is computed, K(i+1) while
+//              P(i) V(i) is computed.
+//   reference  Plain fp32 math, one CTA per (sample, query, head), two passes over the keys
+//              (row max, then exp-weighted V). Slow, obviously correct, any head_dim <= 256: the
+//              GPU-side check of `flash`.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "tstitch/core/error.hpp"
+#include "tstitch/cuda/kernels.hpp"
+#include "tstitch/cuda/runtime.hpp"
+
+namespace tstitch::cuda::kernels {
+namespace attention_detail {
+
+// ---------------------------------------------------------------------------------------------
+// Flash kernel: compile-time shape of one CTA for a head dimension HD (a multiple of 8, <= 128).
+// ---------------------------------------------------------------------------------------------
+inline constexpr int kFlashMinHeadDim = 8;
+inline constexpr int kFlashMaxHeadDim = 128;
+inline constexpr int kReferenceMaxHeadDim = 256;
+
+template <int HD> struct FlashShape {
+  static_assert(HD % 8 == 0 && HD >= kFlashMinHeadDim && HD <= kFlashMaxHeadDim);
+  // The Q K^T contraction runs in k16 steps, so it is padded to a multiple of 16 (72 -> 80) with
+  // zero columns in shared memory; P V's output dimension runs in n8 tiles and needs no padding.
+  static constexpr int kPadDim = (HD + 15) / 16 * 16;
+  // Shared-memory row stride in elements. kPadDim / 8 is even, so the stride is an odd number of
+  // 16-byte chunks: the 8 row addresses of one ldmatrix 8x8 matrix fall in 8 different bank
+  // groups (no conflicts), and every row start stays 16-byte aligned for cp.async.
+  static constexpr int kStride = kPadDim + 8;
+  static constexpr int kWarps = 8;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kBlockM = 16 * kWarps; // queries per CTA (16 per warp: one mma M tile)
+  static constexpr int kBlockN = 64;          // keys per iteration
+  static constexpr int kChunks = HD / 8;      // 16-byte chunks per q/k/v row in global memory
+  static constexpr int kQkSteps = kPadDim / 16; // k16 steps of Q K^T
+  static constexpr int kSTiles = kBlockN / 8;   // n8 tiles of S per warp
+  static constexpr int kPvSteps = kBlockN / 16; // k16 steps of P V
+  static constexpr int kOTiles = HD / 8;        // n8 tiles of O per warp
+  static constexpr int kSmemBytes = (kBlockM + 2 * kBlockN) * kStride * 2; // Q, K, V (bf16)
+  // Q's A fragments (kQkSteps * 4 registers) stay in registers across the key loop only while
+  // they fit beside S (32) and O (HD / 2) under the 128-register cap that two CTAs per SM impose;
+  // above HD 64 they are re-read from shared memory every key tile (+25% ldmatrix in Q K^T),
+  // which beats spilling (ptxas: HD 72 spilled 32 bytes with Q in registers).
+  static constexpr bool kQInRegisters = HD <= 64;
+};
+
+// ---------------------------------------------------------------------------------------------
+// PTX wrappers. `volatile` keeps them ordered with respect to __syncthreads and each other.
+// ---------------------------------------------------------------------------------------------
+__device__ __forceinline__ std::uint32_t smem_address(const void* pointer) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(pointer));
+}
+
+// 16-byte global -> shared copy that bypasses L1. With `valid` false nothing is read and the 16
+// destination bytes are zero-filled (src-size 0): rows past the sequence end become zeros, so
+// masked keys never multiply garbage (possibly NaN) V rows.
+__device__ __forceinline__ void cp_async_16(std::uint32_t dst, const void* src, bool valid) {
+  const int src_size = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(src_size));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], std::uint32_t address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], std::uint32_t address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+__device__ __forceinline__ void ldmatrix_x2_trans(std::uint32_t (&r)[2], std::uint32_t address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(address));
+}
+
+// D = A B + D for one 16x8x16 tile; A row-major (4 regs), B column-major (2 regs), D fp32.
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const std::uint32_t (&a)[4],
+                                               std::uint32_t b0, std::uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+               "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats -> bf16x2 (round to nearest even); `lo` lands in the low half, which mma fragments
+// read as the lower column index.
+__device__ __forceinline__ std::uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const std::uint32_t*>(&v);
+}
+
+// 2^x with the SFU instruction (ex2.approx: ~2 ulp, 2^-inf = +0), independent of -use_fast_math.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ unsigned fresh_block_index() {
+  unsigned index;
+  asm volatile("mov.u32 %0, %%ctaid.x;\n" : "=r"(index));
+  return index;
+}
+
+// Enqueues cp.async copies of rows [row0, row0 + ROWS) of one head's q, k or v (global row t at
+// `base + t * row_stride`) into a shared tile; rows at or past `tokens` are zero-filled.
+template <int HD, int ROWS>
+__device__ __forceinline__ void load_tile_async(std::uint32_t tile, const __nv_bfloat16* base,
+                                                int row0, int tokens, int row_stride) {
+  using S = FlashShape<HD>;
+  constexpr int kTotal = ROWS * S::kChunks;
+  constexpr int kIterations = (kTotal + S::kThreads - 1) / S::kThreads; // compile-time trip count
+#pragma unroll
+  for (int i = 0; i < kIterations; ++i) {
+    const int c = static_cast<int>(threadIdx.x) + i * S::kThreads;
+    if (kTotal % S::kThreads != 0 && c >= kTotal)
+      break;
+    const int r = c / S::kChunks;
+    const int chunk = c % S::kChunks;
+    const int t = row0 + r;
+    const bool valid = t < tokens;
+    // 32-bit offset within one sample (the launcher checks tokens * row_stride < 2^31): the
+    // per-chunk offsets the compiler hoists out of the key loop then cost one register each.
+    const __nv_bfloat16* src = base + ((valid ? t : 0) * row_stride + chunk * 8);
+    cp_async_16(tile + static_cast<std::uint32_t>((r * S::kStride + chunk * 8) * 2), src, valid);
+  }
+}
+
+// grid.x = batch * heads * q_tiles (q tiles of one (sample, head) adjacent, so they share K/V in
+// L2); block = 256 threads; dynamic shared memory FlashShape<HD>::kSmemBytes.
+template <int HD>
+__global__ void __launch_bounds__(FlashShape<HD>::kThreads, 2)
+    flash_attention_kernel(const __nv_bfloat16* __restrict__ qkv, __nv_bfloat16* __restrict__ out,
+                           int tokens, int heads, int q_tiles, float scale_log2) {
+  using S = FlashShape<HD>;
+  extern __shared__ __align__(16) unsigned char flash_smem[];
+  __nv_bfloat16* const sQ = reinterpret_cast<__nv_bfloat16*>(flash_smem);
+  __nv_bfloat16* const sK = sQ + S::kBlockM * S::kStride;
+  __nv_bfloat16* const sV = sK + S::kBlockN * S::kStride;
+  const std::uint32_t sQ_addr = smem_address(sQ);
+  const std::uint32_t sK_addr = smem_address(sK);
+  const std::uint32_t sV_addr = smem_address(sV);
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const int q_tile = static_cast<int>(blockIdx.x % static_cast<unsigned>(q_tiles));
+  const std::int64_t bh = blockIdx.x / static_cast<unsigned>(q_tiles);
+  const int h = static_cast<int>(bh % heads);
+  const std::int64_t b = bh / heads;
+  const int row_stride = 3 * heads * HD;
+  const __nv_bfloat16* const q_base =
+      qkv + b * tokens * row_stride + static_cast<std::int64_t>(h) * HD;
+  const __nv_bfloat16* const k_base = q_base + static_cast<std::int64_t>(heads) * HD;
+  const __nv_bfloat16* const v_base = k_base + static_cast<std::int64_t>(heads) * HD;
+  const int q0 = q_tile * S::kBlockM;
+
+  // Zero the contraction padding (columns HD..kPadDim-1, exactly one 16-byte chunk when present)
+  // of every Q and K row once; cp.async never writes there afterwards. sK follows sQ directly.
+  if constexpr (S::kPadDim != HD) {
+    for (int r = tid; r < S::kBlockM + S::kBlockN; r += S::kThreads)
+      *reinterpret_cast<uint4*>(sQ + r * S::kStride + HD) = make_uint4(0u, 0u, 0u, 0u);
+  }
+
+  // Prologue: Q tile and the first K tile in one group.
+  load_tile_async<HD, S::kBlockM>(sQ_addr, q_base, q0, tokens, row_stride);
+  load_tile_async<HD, S::kBlockN>(sK_addr, k_base, 0, tokens, row_stride);
+  cp_async_commit();
+  cp_async_wait_all();
+  __syncthreads();
+
+  // This warp's 16 query rows as A fragments (rows lane % 16, column half lane / 16 of each
+  // k16 step), in registers for the whole key loop when they fit (see kQInRegisters).
+  const int warp_row0 = warp * 16;
+  const std::uint32_t q_frag_addr =
+      sQ_addr + static_cast<std::uint32_t>(((warp_row0 + (lane & 15)) * S::kStride + (lane >> 4) * 8) * 2);
+  std::uint32_t qf[S::kQInRegisters ? S::kQkSteps : 1][4];
+  if constexpr (S::kQInRegisters) {
+#pragma unroll
+    for (int ks = 0; ks < S::kQkSteps; ++ks)
+      ldmatrix_x4(qf[ks], q_frag_addr + ks * 32);
+  }
+
+  // Accumulator fragment layout (m16n8): this thread owns rows g = lane/4 and g + 8, columns
+  // 2 * (lane % 4) + {0, 1} of each n8 tile; elements [0..1] are row g, [2..3] row g + 8.
+  float o[S::kOTiles][4];
+#pragma unroll
+  for (int j = 0; j < S::kOTiles; ++j)
+    o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  const float kNegInf = -INFINITY; // std::numeric_limits is host-only without relaxed constexpr
+  float row_max[2] = {kNegInf, kNegInf}; // raw (unscaled) scores
+  float row_sum[2] = {0.f, 0.f};         // this thread's partial sum; the quad reduces at the end
+
+  const int kv_tiles = (tokens + S::kBlockN - 1) / S::kBlockN;
+  for (int it = 0; it < kv_tiles; ++it) {
+    const int kv0 = it * S::kBlockN;
+    if (it > 0) {
+      cp_async_wait_all(); // K(it) landed (this thread's part) ...
+      __syncthreads();     // ... everyone's part, and every warp is done reading V(it-1)
+    }
+    load_tile_async<HD, S::kBlockN>(sV_addr, v_base, kv0, tokens, row_stride);
+    cp_async_commit();
+
+    // S = Q K^T for 16 rows x 64 keys. K is stored [key][dim], which is B = K^T "col" layout:
+    // non-transposed ldmatrix gives B fragments directly; one x4 covers two n8 key tiles.
+    float s[S::kSTiles][4];
+#pragma unroll
+    for (int j = 0; j < S::kSTiles; ++j)
+      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < S::kQkSteps; ++ks) {
+      const int qi = S::kQInRegisters ? ks : 0;
+      if constexpr (!S::kQInRegisters)
+        ldmatrix_x4(qf[0], q_frag_addr + ks * 32);
+#pragma unroll
+      for (int jp = 0; jp < S::kSTiles / 2; ++jp) {
+        std::uint32_t kb[4];
+        const int key = jp * 16 + (lane & 7) + ((lane >> 4) << 3);
+        const int col = ks * 16 + ((lane >> 3) & 1) * 8;
+        ldmatrix_x4(kb, sK_addr + static_cast<std::uint32_t>((key * S::kStride + col) * 2));
+        mma_bf16_16816(s[2 * jp], qf[qi], kb[0], kb[1]);
+        mma_bf16_16816(s[2 * jp + 1], qf[qi], kb[2], kb[3]);
+      }
+    }
+
+    // Keys past the sequence end (only in the last tile) get -inf: exp2 turns them into 0.
+    if (kv0 + S::kBlockN > tokens) {
+#pragma unroll
+      for (int j = 0; j < S::kSTiles; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (kv0 + j * 8 + 2 * (lane & 3) + (e & 1) >= tokens)
+            s[j][e] = kNegInf;
+    }
+
+    // Online softmax. The scale 1/sqrt(HD) and log2(e) are folded into one fma before exp2.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float m = row_max[r];
+#pragma unroll
+      for (int j = 0; j < S::kSTiles; ++j)
+        m = fmaxf(m, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
+      // The 4 threads of a quad share the row.
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+      // Key 0 is always valid, so m is finite from the first tile on; the guard keeps a fully
+      // masked row from computing (-inf) - (-inf) = NaN should that ever change.
+      const float m_scaled = (m == kNegInf) ? 0.f : m * scale_log2;
+      const float correction = fast_exp2(row_max[r] * scale_log2 - m_scaled);
+      row_max[r] = m;
+      float sum = row_sum[r] * correction;
+#pragma unroll
+      for (int j = 0; j < S::kOTiles; ++j) {
+        o[j][2 * r] *= correction;
+        o[j][2 * r + 1] *= correction;
+      }
+#pragma unroll
+      for (int j = 0; j < S::kSTiles; ++j) {
+        const float p0 = fast_exp2(fmaf(s[j][2 * r], scale_log2, -m_scaled));
+        const float p1 = fast_exp2(fmaf(s[j][2 * r + 1], scale_log2, -m_scaled));
+        s[j][2 * r] = p0;
+        s[j][2 * r + 1] = p1;
+        sum += p0 + p1;
+      }
+      row_sum[r] = sum;
+    }
+
+    cp_async_wait_all(); // V(it) landed ...
+    __syncthreads();     // ... everywhere, and every warp is done reading K(it)
+    if (it + 1 < kv_tiles) {
+      load_tile_async<HD, S::kBlockN>(sK_addr, k_base, kv0 + S::kBlockN, tokens, row_stride);
+      cp_async_commit();
+    }
+
+    // O += P V. The S accumulators of n8 tiles 2kk and 2kk+1, packed to bf16, are the A fragment
+    // of k16 step kk. V is stored [key][dim] (row-major k x n), so B comes from ldmatrix.trans.
+#pragma unroll
+    for (int kk = 0; kk < S::kPvSteps; ++kk) {
+      const std::uint32_t pa[4] = {
+          pack_bf16x2(s[2 * kk][0], s[2 * kk][1]), pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
+          pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+          pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int jp = 0; jp < S::kOTiles / 2; ++jp) {
+        std::uint32_t vb[4];
+        const int key = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+        const int col = jp * 16 + (lane >> 4) * 8;
+        ldmatrix_x4_trans(vb, sV_addr + static_cast<std::uint32_t>((key * S::kStride + col) * 2));
+        mma_bf16_16816(o[2 * jp], pa, vb[0], vb[1]);
+        mma_bf16_16816(o[2 * jp + 1], pa, vb[2], vb[3]);
+      }
+      if constexpr (S::kOTiles % 2 != 0) { // HD = 72 etc.: the last n8 tile alone
+        std::uint32_t vb[2];
+        const int key = kk * 16 + (lane & 15);
+        const int col = (S::kOTiles - 1) * 8;
+        ldmatrix_x2_trans(vb, sV_addr + static_cast<std::uint32_t>((key * S::kStride + col) * 2));
+        mma_bf16_16816(o[S::kOTiles - 1], pa, vb[0], vb[1]);
+      }
+    }
+  }
+
+  // Epilogue: finish the row sums across the quad, normalise, and stage the bf16 rows in this
+  // warp's own 16 rows of sQ (no other warp ever reads them), so the global stores are whole
+  // 16-byte chunks of each output row.
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float sum = row_sum[r];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    inv[r] = sum > 0.f ? 1.f / sum : 0.f;
+  }
+  __nv_bfloat16* const sO = sQ + warp_row0 * S::kStride;
+  const int g = lane >> 2;
+  const int tq = lane & 3;
+#pragma unroll
+  for (int j = 0; j < S::kOTiles; ++j) {
+    *reinterpret_cast<std::uint32_t*>(sO + g * S::kStride + j * 8 + 2 * tq) =
+        pack_bf16x2(o[j][0] * inv[0], o[j][1] * inv[0]);
+    *reinterpret_cast<std::uint32_t*>(sO + (g + 8) * S::kStride + j * 8 + 2 * tq) =
+        pack_bf16x2(o[j][2] * inv[1], o[j][3] * inv[1]);
+  }
+  __syncwarp();
+  // The output position is recomputed from a fresh (volatile, so not CSE'd) read of the block
+  // index instead of keeping b, h and q0 live across the key loop: at HD 72 those few registers
+  // were what ptxas spilled.
+  const unsigned block = fresh_block_index();
+  const unsigned bh_e = block / static_cast<unsigned>(q_tiles);
+  const int q_first = static_cast<int>(block % static_cast<unsigned>(q_tiles)) * S::kBlockM + warp_row0;
+  const std::int64_t b_e = bh_e / static_cast<unsigned>(heads);
+  const int h_e = static_cast<int>(bh_e % static_cast<unsigned>(heads));
+  const auto tokens_e = static_cast<std::int64_t>(static_cast<unsigned>(tokens)); // tokens >= 1
+  __nv_bfloat16* const out_rows = out + ((b_e * tokens_e + q_first) * heads + h_e) * HD;
+#pragma unroll
+  for (int c = lane; c < 16 * S::kChunks; c += 32) {
+    const int r = c / S::kChunks;
+    const int chunk = c % S::kChunks;
+    if (q_first + r < tokens)
+      *reinterpret_cast<uint4*>(out_rows + static_cast<std::int64_t>(r) * heads * HD + chunk * 8) =
+          *reinterpret_cast<const uint4*>(sO + r * S::kStride + chunk * 8);
+  }
+}
+
+// Raises the dynamic shared memory limit of flash_attention_kernel<HD> above the default 48 KB,
+// once per device (the attribute is per device; a bit per ordinal remembers it was done).
+template <int HD> void configure_flash_kernel() {
+  using S = FlashShape<HD>;
+  if constexpr (S::kSmemBytes > 48 * 1024) {
+    static std::atomic<std::uint64_t> done{0};
+    int device = 0;
+    TSTITCH_CUDA_CHECK(cudaGetDevice(&device));
+    const std::uint64_t bit = device < 64 ? (std::uint64_t{1} << device) : 0;
+    if (bit == 0 || (done.load(std::memory_order_acquire) & bit) == 0) {
+      TSTITCH_CUDA_CHECK(cudaFuncSetAttribute(flash_attention_kernel<HD>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              S::kSmemBytes));
+      done.fetch_or(bit, std::memory_order_acq_rel);
+    }
+  }
+}
+
+template <int HD>
+void launch_flash(const __nv_bfloat16* qkv, __nv_bfloat16* out, int batch, int tokens, int heads,
+                  cudaStream_t stream) {
+  using S = FlashShape<HD>;
+  configure_flash_kernel<HD>();
+  const std::int64_t q_tiles = (tokens + S::kBlockM - 1) / S::kBlockM;
+  const std::int64_t blocks = q_tiles * batch * heads;
+  if (static_cast<std::int64_t>(tokens) * 3 * heads * HD > std::numeric_limits<int>::max())
+    throw_invalid_argument("attention tokens * 3 * heads * head_dim", static_cast<std::int64_t>(tokens) * 3 * heads * HD,
+                           "must be below 2^31 for the flash path (32-bit offsets within a sample)");
+  if (blocks > std::numeric_limits<int>::max())
+    throw_invalid_argument("attention batch * heads * ceil(tokens / 128)", blocks,
+                           "must fit the grid (at most 2^31 - 1 blocks)");
+  const float scale_log2 = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(HD)));
+  flash_attention_kernel<HD><<<static_cast<unsigned>(blocks), S::kThreads, S::kSmemBytes, stream>>>(
+      qkv, out, tokens, heads, static_cast<int>(q_tiles), scale_log2);
+  TSTITCH_CUDA_CHECK(cudaGetLastError());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reference kernel: one CTA of 256 threads per (sample, query, head); blockIdx.x enumerates
+// (b, t, h) in the output's order, so out row = blockIdx.x.
+// ---------------------------------------------------------------------------------------------
+inline constexpr int kReferenceThreads = 256;
+
+__device__ __forceinline__ float block_reduce(float value, bool is_max, float* scratch) {
+  // scratch: 32 floats. Warp reduce, then warp 0 reduces the warp results; everyone gets it.
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const float other = __shfl_xor_sync(0xffffffffu, value, offset);
+    value = is_max ? fmaxf(value, other) : value + other;
+  }
+  const int warp = static_cast<int>(threadIdx.x) >> 5;
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const int warps = static_cast<int>(blockDim.x) >> 5;
+  __syncthreads(); // scratch may still be read from a previous reduction
+  if (lane == 0)
+    scratch[warp] = value;
+  __syncthreads();
+  if (warp == 0) {
+    value = lane < warps ? scratch[lane] : (is_max ? -INFINITY : 0.f);
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      const float other = __shfl_xor_sync(0xffffffffu, value, offset);
+      value = is_max ? fmaxf(value, other) : value + other;
+    }
+    if (lane == 0)
+      scratch[0] = value;
+  }
+  __syncthreads();
+  return scratch[0];
+}
+
+__global__ void __launch_bounds__(kReferenceThreads)
+    reference_attention_kernel(const __nv_bfloat16* __restrict__ qkv,
+                               __nv_bfloat16* __restrict__ out, int tokens, int heads,
+                               int head_dim, float scale) {
+  __shared__ float q_row[kReferenceMaxHeadDim];
+  __shared__ float p_chunk[kReferenceThreads];
+  __shared__ float scratch[32];
+  const int tid = static_cast<int>(threadIdx.x);
+  const std::int64_t row = blockIdx.x;
+  const int h = static_cast<int>(row % heads);
+  const std::int64_t bt = row / heads;
+  const std::int64_t t = bt % tokens;
+  const std::int64_t b = bt / tokens;
+  const std::int64_t row_stride = 3LL * heads * head_dim;
+  const __nv_bfloat16* const base = qkv + b * tokens * row_stride + static_cast<std::int64_t>(h) * head_dim;
+  const std::int64_t k_offset = static_cast<std::int64_t>(heads) * head_dim;
+  const std::int64_t v_offset = 2 * k_offset;
+
+  for (int d = tid; d < head_dim; d += kReferenceThreads)
+    q_row[d] = __bfloat162float(base[t * row_stride + d]);
+  __syncthreads();
+
+  auto score = [&](int key) {
+    const __nv_bfloat16* k = base + key * row_stride + k_offset;
+    float acc = 0.f;
+    for (int d = 0; d < head_dim; ++d)
+      acc = fmaf(q_row[d], __bfloat162float(k[d]), acc);
+    return acc * scale;
+  };
+
+  // Pass 1: the row max.
+  float m = -INFINITY;
+  for (int key = tid; key < tokens; key += kReferenceThreads)
+    m = fmaxf(m, score(key));
+  m = block_reduce(m, true, scratch);
+
+  // Pass 2: chunks of 256 keys; each thread computes one p = exp(s - m), then thread d sums
+  // p * v[d] over the chunk.
+  float sum = 0.f;
+  float acc = 0.f;
+  for (int key0 = 0; key0 < tokens; key0 += kReferenceThreads) {
+    const int key = key0 + tid;
+    const float p = key < tokens ? expf(score(key) - m) : 0.f;
+    sum += p;
+    p_chunk[tid] = p;
+    __syncthreads();
+    if (tid < head_dim) {
+      const int count = min(kReferenceThreads, tokens - key0);
+      for (int j = 0; j < count; ++j)
+        acc = fmaf(p_chunk[j],
+                   __bfloat162float(base[(key0 + j) * row_stride + v_offset + tid]), acc);
+    }
+    __syncthreads();
+  }
+  sum = block_reduce(sum, false, scratch);
+  if (tid < head_dim)
+    out[row * head_dim + tid] = __float2bfloat16_rn(acc / sum);
+}
+
+inline void launch_reference(const __nv_bfloat16* qkv, __nv_bfloat16* out, int batch, int tokens,
+                             int heads, int head_dim, cudaStream_t stream) {
+  const std::int64_t blocks = static_cast<std::int64_t>(batch) * tokens * heads;
+  if (blocks > std::numeric_limits<int>::max())
+    throw_invalid_argument("attention batch * tokens * heads (reference path)", blocks,
+                           "must be at most 2^31 - 1");
+  reference_attention_kernel<<<static_cast<unsigned>(blocks), kReferenceThreads, 0, stream>>>(
+      qkv, out, tokens, heads, head_dim,
+      static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim))));
+  TSTITCH_CUDA_CHECK(cudaGetLastError());
+}
+
+inline bool flash_head_dim_ok(int head_dim) {
+  return head_dim % 8 == 0 && head_dim >= kFlashMinHeadDim && head_dim <= kFlashMaxHeadDim;
+}
+
+} // namespace attention_detail
+
+// The two launchers declared in kernels.hpp are deliberately NOT `inline`: an inline definition
+// emits no symbol in a translation unit that does not call it, and the plain C++ callers (tests,
+// benchmarks, the DiT) link against the one TU, tstitch_cuda.cu, that includes this header. Being
+// included by exactly that one TU keeps these external definitions ODR-safe.
+bool attention_supported(AttentionPath path, int head_dim) {
+  switch (path) {
+  case AttentionPath::flash:
+    return attention_detail::flash_head_dim_ok(head_dim);
+  case AttentionPath::reference:
+    return head_dim >= 1 && head_dim <= attention_detail::kReferenceMaxHeadDim;
+  case AttentionPath::cudnn:
+    return false; // not built in (yet)
+  }
+  return false;
+}
+
+void attention(const std::uint16_t* qkv, std::uint16_t* out, int batch, int tokens,
+               int heads, int head_dim, AttentionPath path, cudaStream_t stream) {
+  namespace ad = attention_detail;
+  require(batch >= 1, "attention batch", batch, "must be at least 1");
+  require(tokens >= 1, "attention tokens", tokens, "must be at least 1");
+  require(heads >= 1, "attention heads", heads, "must be at least 1");
+  require(qkv != nullptr, "attention qkv", "nullptr", "must be a device pointer");
+  require(out != nullptr, "attention out", "nullptr", "must be a device pointer");
+  const auto* in = reinterpret_cast<const __nv_bfloat16*>(qkv);
+  auto* dst = reinterpret_cast<__nv_bfloat16*>(out);
+  switch (path) {
+  case AttentionPath::cudnn:
+    throw_invalid_argument("attention path", to_string(path),
+                           "cuDNN attention is not built into this tstitch build");
+  case AttentionPath::reference:
+    require(attention_supported(path, head_dim), "attention head_dim", head_dim,
+            "the reference path supports 1..256");
+    ad::launch_reference(in, dst, batch, tokens, heads, head_dim, stream);
+    return;
+  case AttentionPath::flash:
+    break;
+  }
+  require(path == AttentionPath::flash, "attention path", static_cast<int>(path), "is unknown");
+  require(attention_supported(path, head_dim), "attention head_dim", head_dim,
+          "the flash path supports multiples of 8 from 8 to 128");
+  // cp.async and the output stores move 16-byte chunks; with head_dim % 8 == 0 every row offset
+  // is a multiple of 16 bytes, so only the base pointers need checking.
+  require(reinterpret_cast<std::uintptr_t>(qkv) % 16 == 0, "attention qkv address",
+          reinterpret_cast<std::uintptr_t>(qkv), "must be 16-byte aligned for the flash path");
+  require(reinterpret_cast<std::uintptr_t>(out) % 16 == 0, "attention out address",
+          reinterpret_cast<std::uintptr_t>(out), "must be 16-byte aligned for the flash path");
+  switch (head_dim / 8) {
+#define TSTITCH_FLASH_CASE(N)                                                                      \
+  case N:                                                                                          \
+    ad::launch_flash<8 * (N)>(in, dst, batch, tokens, heads, stream);                              \
+    return;
+    TSTITCH_FLASH_CASE(1)
+    TSTITCH_FLASH_CASE(2)
+    TSTITCH_FLASH_CASE(3)
+    TSTITCH_FLASH_CASE(4)
+    TSTITCH_FLASH_CASE(5)
+    TSTITCH_FLASH_CASE(6)
+    TSTITCH_FLASH_CASE(7)
+    TSTITCH_FLASH_CASE(8)
+    TSTITCH_FLASH_CASE(9)
+    TSTITCH_FLASH_CASE(10)
+    TSTITCH_FLASH_CASE(11)
+    TSTITCH_FLASH_CASE(12)
+    TSTITCH_FLASH_CASE(13)
+    TSTITCH_FLASH_CASE(14)
+    TSTITCH_FLASH_CASE(15)
+    TSTITCH_FLASH_CASE(16)
+#undef TSTITCH_FLASH_CASE
+  default:
+    break;
+  }
+  throw_invalid_argument("attention head_dim", head_dim, "is not supported by the flash path");
+}
+
+} // namespace tstitch::cuda::kernels

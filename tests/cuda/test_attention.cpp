@@ -1,0 +1,312 @@
+// SPDX-License-Identifier: Apache-2.0
+// The CUDA attention kernels (flash and reference paths) against a CPU fp64 reference computed
+// from the same bf16-rounded inputs. Every case prints one line (path, shape, rel L2, max error)
+// so a single GPU run gives enough to fix a failure; a failing case also names the first output
+// index whose error exceeds 5% of max |reference|, as (sample, token, head, dim).
+#include <catch2/catch.hpp>
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "tstitch/core/error.hpp"
+#include "tstitch/cuda/kernels.hpp"
+#include "tstitch/cuda/runtime.hpp"
+
+namespace {
+
+using tstitch::cuda::AttentionPath;
+using tstitch::cuda::DeviceBuffer;
+
+// --- bf16 <-> float on the host (round to nearest even, NaN kept quiet) --------------------------
+std::uint16_t to_bf16(float value) {
+  std::uint32_t bits = 0;
+  std::memcpy(&bits, &value, sizeof bits);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) // NaN: keep it a NaN after truncation
+    return static_cast<std::uint16_t>((bits >> 16) | 0x0040u);
+  const std::uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<std::uint16_t>((bits + rounding) >> 16);
+}
+
+float from_bf16(std::uint16_t value) {
+  const std::uint32_t bits = static_cast<std::uint32_t>(value) << 16;
+  float result = 0.f;
+  std::memcpy(&result, &bits, sizeof result);
+  return result;
+}
+
+constexpr std::uint16_t kPoison = 0xffffu; // a bf16 NaN: cudaMemset(0xff) writes it everywhere
+constexpr std::int64_t kGuard = 64;        // poisoned elements before and after the output
+
+struct Case {
+  int batch;
+  int tokens;
+  int heads;
+  int head_dim;
+  float q_scale; // q ~ N(0, q_scale^2): larger values make the softmax sharper
+};
+
+std::string describe(AttentionPath path, const Case& c) {
+  std::ostringstream out;
+  out << tstitch::cuda::to_string(path) << " batch=" << c.batch << " tokens=" << c.tokens
+      << " heads=" << c.heads << " head_dim=" << c.head_dim << " q_scale=" << c.q_scale;
+  return out.str();
+}
+
+// qkv [batch, tokens, 3, heads, head_dim], already rounded to bf16.
+std::vector<std::uint16_t> random_qkv(const Case& c, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const std::int64_t per_part = static_cast<std::int64_t>(c.heads) * c.head_dim;
+  std::vector<std::uint16_t> qkv(static_cast<std::size_t>(c.batch) * c.tokens * 3 * per_part);
+  for (std::size_t i = 0; i < qkv.size(); ++i) {
+    const bool is_q = (static_cast<std::int64_t>(i) / per_part) % 3 == 0;
+    qkv[i] = to_bf16(normal(rng) * (is_q ? c.q_scale : 1.f));
+  }
+  return qkv;
+}
+
+// out [batch, tokens, heads, head_dim] in fp64.
+std::vector<double> cpu_attention(const std::vector<std::uint16_t>& qkv, const Case& c) {
+  const std::int64_t row = 3LL * c.heads * c.head_dim;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+  std::vector<double> out(static_cast<std::size_t>(c.batch) * c.tokens * c.heads * c.head_dim);
+  std::vector<double> p(static_cast<std::size_t>(c.tokens));
+  for (int b = 0; b < c.batch; ++b)
+    for (int h = 0; h < c.heads; ++h) {
+      const std::int64_t base = static_cast<std::int64_t>(b) * c.tokens * row +
+                                static_cast<std::int64_t>(h) * c.head_dim;
+      const std::int64_t k_off = static_cast<std::int64_t>(c.heads) * c.head_dim;
+      for (int i = 0; i < c.tokens; ++i) {
+        double m = -INFINITY;
+        for (int j = 0; j < c.tokens; ++j) {
+          double s = 0.0;
+          for (int d = 0; d < c.head_dim; ++d)
+            s += static_cast<double>(from_bf16(qkv[static_cast<std::size_t>(base + i * row + d)])) *
+                 from_bf16(qkv[static_cast<std::size_t>(base + j * row + k_off + d)]);
+          p[static_cast<std::size_t>(j)] = s * scale;
+          m = std::max(m, s * scale);
+        }
+        double sum = 0.0;
+        for (double& v : p) {
+          v = std::exp(v - m);
+          sum += v;
+        }
+        for (int d = 0; d < c.head_dim; ++d) {
+          double acc = 0.0;
+          for (int j = 0; j < c.tokens; ++j)
+            acc += p[static_cast<std::size_t>(j)] *
+                   from_bf16(qkv[static_cast<std::size_t>(base + j * row + 2 * k_off + d)]);
+          out[static_cast<std::size_t>(((static_cast<std::int64_t>(b) * c.tokens + i) * c.heads +
+                                        h) * c.head_dim + d)] = acc / sum;
+        }
+      }
+    }
+  return out;
+}
+
+struct Comparison {
+  double rel_l2 = 0.0;
+  double max_abs_err = 0.0;
+  double max_abs_ref = 0.0;
+  std::int64_t non_finite = 0;      // outputs left NaN (never written) or Inf
+  std::int64_t first_non_finite = -1;
+  std::int64_t first_bad = -1;      // first index with |err| > 5e-2 * max|ref|
+  std::int64_t guard_overwritten = 0; // poisoned guard elements before/after the output changed
+  std::string first_bad_text;
+};
+
+std::string index_text(std::int64_t index, const Case& c) {
+  const std::int64_t d = index % c.head_dim;
+  const std::int64_t h = (index / c.head_dim) % c.heads;
+  const std::int64_t t = (index / c.head_dim / c.heads) % c.tokens;
+  const std::int64_t b = index / c.head_dim / c.heads / c.tokens;
+  std::ostringstream out;
+  out << index << " (sample " << b << ", token " << t << ", head " << h << ", dim " << d << ")";
+  return out.str();
+}
+
+// Runs one path on the GPU and compares with `expected`.
+Comparison run_and_compare(AttentionPath path, const Case& c,
+                           const std::vector<std::uint16_t>& qkv,
+                           const std::vector<double>& expected) {
+  const auto out_count = static_cast<std::int64_t>(expected.size());
+  DeviceBuffer<std::uint16_t> d_qkv(static_cast<std::int64_t>(qkv.size()));
+  DeviceBuffer<std::uint16_t> d_out(out_count + 2 * kGuard);
+  TSTITCH_CUDA_CHECK(cudaMemcpy(d_qkv.data(), qkv.data(), qkv.size() * sizeof(std::uint16_t),
+                                cudaMemcpyHostToDevice));
+  TSTITCH_CUDA_CHECK(cudaMemset(d_out.data(), 0xff, static_cast<std::size_t>(d_out.bytes())));
+  const cudaStream_t stream = tstitch::cuda::default_stream();
+  tstitch::cuda::kernels::attention(d_qkv.data(), d_out.data() + kGuard, c.batch, c.tokens, c.heads,
+                                    c.head_dim, path, stream);
+  TSTITCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+  std::vector<std::uint16_t> got(static_cast<std::size_t>(d_out.size()));
+  TSTITCH_CUDA_CHECK(cudaMemcpy(got.data(), d_out.data(), got.size() * sizeof(std::uint16_t),
+                                cudaMemcpyDeviceToHost));
+
+  Comparison r;
+  for (std::int64_t i = 0; i < kGuard; ++i) {
+    r.guard_overwritten += got[static_cast<std::size_t>(i)] != kPoison;
+    r.guard_overwritten += got[static_cast<std::size_t>(kGuard + out_count + i)] != kPoison;
+  }
+  for (double v : expected)
+    r.max_abs_ref = std::max(r.max_abs_ref, std::abs(v));
+  double err2 = 0.0;
+  double ref2 = 0.0;
+  for (std::int64_t i = 0; i < out_count; ++i) {
+    const double ref = expected[static_cast<std::size_t>(i)];
+    const double value = from_bf16(got[static_cast<std::size_t>(kGuard + i)]);
+    if (!std::isfinite(value)) {
+      if (r.non_finite++ == 0)
+        r.first_non_finite = i;
+      continue;
+    }
+    const double err = std::abs(value - ref);
+    err2 += err * err;
+    ref2 += ref * ref;
+    r.max_abs_err = std::max(r.max_abs_err, err);
+    if (r.first_bad < 0 && err > 5e-2 * r.max_abs_ref) {
+      r.first_bad = i;
+      std::ostringstream text;
+      text << index_text(i, c) << ": got " << value << ", expected " << ref;
+      r.first_bad_text = text.str();
+    }
+  }
+  r.rel_l2 = ref2 > 0.0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
+  return r;
+}
+
+void check_case(AttentionPath path, const Case& c, std::uint32_t seed) {
+  const auto qkv = random_qkv(c, seed);
+  const auto expected = cpu_attention(qkv, c);
+  const Comparison r = run_and_compare(path, c, qkv, expected);
+  const std::string name = describe(path, c);
+  std::printf("attention %-70s rel_l2=%.3e max_err=%.3e max_ref=%.3e non_finite=%lld guard=%lld%s\n",
+              name.c_str(), r.rel_l2, r.max_abs_err, r.max_abs_ref,
+              static_cast<long long>(r.non_finite), static_cast<long long>(r.guard_overwritten),
+              r.first_bad >= 0 ? " FIRST-BAD" : "");
+  std::fflush(stdout);
+  INFO(name);
+  INFO("rel L2 " << r.rel_l2 << ", max |err| " << r.max_abs_err << ", max |ref| " << r.max_abs_ref);
+  INFO("first |err| > 5e-2 max|ref|: " << (r.first_bad >= 0 ? r.first_bad_text : "none"));
+  INFO("non-finite outputs (unwritten or NaN): " << r.non_finite << ", first at "
+       << (r.first_non_finite >= 0 ? index_text(r.first_non_finite, c) : "none"));
+  INFO("guard elements around the output overwritten: " << r.guard_overwritten);
+  CHECK(r.non_finite == 0);
+  CHECK(r.guard_overwritten == 0);
+  CHECK(r.first_bad < 0);
+  CHECK(r.rel_l2 < 1e-2);
+}
+
+bool have_gpu() {
+  if (tstitch::cuda::device_available())
+    return true;
+  WARN("no CUDA device: attention test not run");
+  return false;
+}
+
+} // namespace
+
+TEST_CASE("cuda attention: flash and reference match the CPU (DiT head dims)", "[cuda][attention]") {
+  if (!have_gpu())
+    return;
+  const int head_dims[] = {16, 32, 64, 72};
+  const int token_counts[] = {1, 7, 64, 100, 256};
+  struct BatchHeads {
+    int batch;
+    int heads;
+  };
+  const BatchHeads shapes[] = {{1, 1}, {2, 3}};
+  std::uint32_t seed = 1;
+  for (int head_dim : head_dims)
+    for (int tokens : token_counts)
+      for (const BatchHeads& bh : shapes) {
+        const Case c{bh.batch, tokens, bh.heads, head_dim, 2.f};
+        for (AttentionPath path : {AttentionPath::flash, AttentionPath::reference}) {
+          DYNAMIC_SECTION(describe(path, c)) { check_case(path, c, seed); }
+        }
+        ++seed;
+      }
+}
+
+TEST_CASE("cuda attention: long sequences, sharp softmax, other head dims", "[cuda][attention]") {
+  if (!have_gpu())
+    return;
+  const Case cases[] = {
+      {1, 1024, 2, 64, 1.f},  // 16 key tiles, 8 query tiles: the online rescaling over many tiles
+      {2, 300, 1, 72, 1.f},   // odd length across several query and key tiles
+      {1, 256, 2, 64, 8.f},   // scores with std ~8: large running-max corrections
+      {1, 129, 1, 72, 8.f},   // one query row in the second tile, one key in the last key tile
+      {1, 100, 2, 8, 2.f},    // other multiples of 8 (template instantiations)
+      {1, 100, 2, 40, 2.f},
+      {1, 100, 2, 96, 2.f},
+      {1, 100, 2, 128, 2.f},
+      {3, 65, 2, 120, 2.f},
+  };
+  std::uint32_t seed = 1000;
+  for (const Case& c : cases) {
+    for (AttentionPath path : {AttentionPath::flash, AttentionPath::reference}) {
+      DYNAMIC_SECTION(describe(path, c)) { check_case(path, c, seed); }
+    }
+    ++seed;
+  }
+}
+
+TEST_CASE("cuda attention: reference path handles head dims flash does not", "[cuda][attention]") {
+  if (!have_gpu())
+    return;
+  for (const Case& c : {Case{2, 33, 3, 12, 2.f}, Case{1, 17, 1, 1, 2.f}, Case{1, 40, 1, 200, 1.f}}) {
+    DYNAMIC_SECTION(describe(AttentionPath::reference, c)) {
+      check_case(AttentionPath::reference, c, 77);
+    }
+  }
+}
+
+TEST_CASE("cuda attention: supported paths and invalid arguments", "[cuda][attention]") {
+  if (!have_gpu())
+    return;
+  namespace k = tstitch::cuda::kernels;
+  CHECK(k::attention_supported(AttentionPath::flash, 64));
+  CHECK(k::attention_supported(AttentionPath::flash, 72));
+  CHECK(k::attention_supported(AttentionPath::flash, 128));
+  CHECK_FALSE(k::attention_supported(AttentionPath::flash, 12));
+  CHECK_FALSE(k::attention_supported(AttentionPath::flash, 136));
+  CHECK_FALSE(k::attention_supported(AttentionPath::flash, 0));
+  CHECK(k::attention_supported(AttentionPath::reference, 12));
+  CHECK(k::attention_supported(AttentionPath::reference, 256));
+  CHECK_FALSE(k::attention_supported(AttentionPath::reference, 257));
+  CHECK_FALSE(k::attention_supported(AttentionPath::cudnn, 64));
+
+  DeviceBuffer<std::uint16_t> qkv(3 * 4 * 2 * 64);
+  DeviceBuffer<std::uint16_t> out(4 * 2 * 64);
+  const cudaStream_t stream = tstitch::cuda::default_stream();
+  auto run = [&](int batch, int tokens, int heads, int head_dim, AttentionPath path) {
+    k::attention(qkv.data(), out.data(), batch, tokens, heads, head_dim, path, stream);
+  };
+  CHECK_THROWS_AS(run(1, 4, 2, 12, AttentionPath::flash), tstitch::invalid_argument);
+  CHECK_THROWS_WITH(run(1, 4, 2, 12, AttentionPath::flash), Catch::Contains("head_dim = 12"));
+  CHECK_THROWS_AS(run(1, 4, 1, 136, AttentionPath::flash), tstitch::invalid_argument);
+  CHECK_THROWS_AS(run(1, 1, 1, 300, AttentionPath::reference), tstitch::invalid_argument);
+  for (AttentionPath path : {AttentionPath::flash, AttentionPath::reference}) {
+    CHECK_THROWS_AS(run(1, 0, 2, 64, path), tstitch::invalid_argument);
+    CHECK_THROWS_WITH(run(1, 0, 2, 64, path), Catch::Contains("tokens = 0"));
+    CHECK_THROWS_AS(run(0, 4, 2, 64, path), tstitch::invalid_argument);
+    CHECK_THROWS_AS(run(1, 4, 0, 64, path), tstitch::invalid_argument);
+  }
+  CHECK_THROWS_AS(run(1, 4, 2, 64, AttentionPath::cudnn), tstitch::invalid_argument);
+  CHECK_THROWS_WITH(run(1, 4, 2, 64, AttentionPath::cudnn), Catch::Contains("cuDNN"));
+  // A misaligned pointer is refused by the flash path (its loads move 16-byte chunks).
+  CHECK_THROWS_AS(k::attention(qkv.data() + 1, out.data(), 1, 4, 2, 64, AttentionPath::flash, stream),
+                  tstitch::invalid_argument);
+  // Nothing above was launched: the stream is clean.
+  TSTITCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+  CHECK(cudaGetLastError() == cudaSuccess);
+}
