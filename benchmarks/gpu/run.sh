@@ -1,0 +1,402 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# The GPU run of issue 5, on a machine with an NVIDIA GPU, nvcc, CMake and python3 + torch and
+# nothing else prepared (header-only dependencies from .deps/: benchmarks/gpu/pack_deps.sh):
+#
+#   benchmarks/gpu/run.sh [stage...]     # default: all stages, in this order
+#     build      configure build/gpu (Release, sm_90 on Hopper, else native) and build
+#                tstitch_cuda_tests, bench_dit_cuda, bench_attention
+#     tests      the CUDA tests (the Catch2 binary once; TESTS_VIA_CTEST=1: ctest -L cuda)
+#     sanitize   compute-sanitizer memcheck and racecheck on a fast subset of the CUDA tests
+#     attention  bench_attention (hand-written and cuDNN attention)
+#     bench      bench_dit_cuda (GEMM peak, DiT forward, switch cost, stitched sampling)
+#     torch      tools/bench_dit_gpu_torch.py (PyTorch eager and torch.compile on the same card)
+#     summary    the combined table and the goals of issue 5 (always runs last)
+#
+# Every stage may fail without stopping the others; each prints its time and status. Logs and
+# JSON go to ${OUT:-build/gpu/out} (7 files, the device tool returns at most 8: run.log,
+# summary.txt, stages.tsv, tests.log, sanitize.log and the benchmarks' JSON); the build log and the
+# rest stay in build/gpu/logs/. The whole run keeps to
+# TOTAL_BUDGET_S seconds (default 540): a stage gets at most what is left, so the summary prints.
+# Knobs (environment): CUDA_ARCH, REPEATS (10), TORCH_COMPILE (S/2:8,XL/2:8,XL/2:64 | all |
+# none), SANITIZE_SPEC (a Catch2 test spec), TESTS_VIA_CTEST, PYTHON (python3), TOTAL_BUDGET_S.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT" || exit 1
+BUILD="${BUILD_DIR:-$ROOT/build/gpu}"
+OUT="${OUT:-$BUILD/out}"
+mkdir -p "$OUT" "$BUILD/logs"
+OUT="$(cd "$OUT" && pwd)"
+RUN_LOG="$OUT/run.log"
+STAGES_TSV="$OUT/stages.tsv"
+PYTHON="${PYTHON:-python3}"
+REPEATS="${REPEATS:-10}"
+TOTAL_BUDGET_S="${TOTAL_BUDGET_S:-540}"
+START_S=$SECONDS
+: >"$RUN_LOG"
+printf 'stage\trc\tseconds\tnote\n' >"$STAGES_TSV"
+
+log() { echo "$*" | tee -a "$RUN_LOG"; }
+
+# nvcc and compute-sanitizer live in /usr/local/cuda/bin on most images, not always on PATH.
+if ! command -v nvcc >/dev/null 2>&1 && [[ -x /usr/local/cuda/bin/nvcc ]]; then
+  export PATH="/usr/local/cuda/bin:$PATH"
+fi
+if command -v nvcc >/dev/null 2>&1; then
+  export CUDACXX="${CUDACXX:-$(command -v nvcc)}"
+fi
+
+ALL_STAGES=(build tests sanitize attention bench torch)
+if [[ $# -eq 0 || "$*" == "all" ]]; then
+  STAGES=("${ALL_STAGES[@]}")
+else
+  STAGES=("$@")
+fi
+
+# Seconds a stage may still use: its own cap, but never past the run's budget (20 s are kept
+# for the summary).
+budget() {
+  local cap="$1" left=$((TOTAL_BUDGET_S - (SECONDS - START_S) - 20))
+  ((left < cap)) && cap=$left
+  echo "$cap"
+}
+
+NOTE=""
+run_stage() {
+  local name="$1" cap="$2" t0=$SECONDS rc
+  local limit
+  limit="$(budget "$cap")"
+  if ((limit < 15)); then
+    log "== $name: SKIPPED (run budget of ${TOTAL_BUDGET_S}s spent)"
+    printf '%s\t%s\t%s\t%s\n' "$name" skipped 0 "budget spent" >>"$STAGES_TSV"
+    return
+  fi
+  log ""
+  log "== $name (limit ${limit}s) =="
+  NOTE=""
+  STAGE_LIMIT="$limit"
+  "stage_$name" 2>&1 | tee -a "$RUN_LOG"
+  rc=${PIPESTATUS[0]}
+  # Notes are written by the stage into a file: it runs in a pipeline's subshell.
+  [[ -f "$BUILD/logs/$name.note" ]] && NOTE="$(cat "$BUILD/logs/$name.note")"
+  rm -f "$BUILD/logs/$name.note"
+  local status=ok
+  ((rc == 124 || rc == 137)) && status="TIMED OUT"
+  ((rc == 77)) && status="skipped (no CUDA device)"
+  ((rc != 0 && rc != 77 && rc != 124 && rc != 137)) && status="FAILED (rc $rc)"
+  log "== $name: $status in $((SECONDS - t0))s${NOTE:+ ($NOTE)}"
+  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - t0))" "$NOTE" >>"$STAGES_TSV"
+}
+note() { echo "$*" >"$BUILD/logs/${CURRENT_STAGE:-x}.note"; }
+
+have_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+
+# ---------------------------------------------------------------------------------------------
+stage_build() {
+  CURRENT_STAGE=build
+  local t0=$SECONDS
+  local arch="${CUDA_ARCH:-}" cap=""
+  if [[ -z "$arch" ]]; then
+    if have_gpu; then
+      cap="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1 | tr -d ' ')"
+      # Hopper (H100, H200): exactly sm_90; anything else: whatever the card is.
+      if [[ "$cap" == "9.0" ]]; then arch=90; else arch=native; fi
+    else
+      arch=90 # no GPU: still compile, for the device the benchmarks are written for
+    fi
+  fi
+  local gen=() prefix=() keep_going=(-k)
+  if command -v ninja >/dev/null 2>&1; then
+    gen=(-G Ninja)
+    keep_going=(-k 0)
+  fi
+  [[ -d "$ROOT/.deps" ]] && prefix=(-DCMAKE_PREFIX_PATH="$ROOT/.deps")
+  echo "cmake $(cmake --version | head -n 1 | cut -d' ' -f3), nvcc $(nvcc --version 2>/dev/null | grep -o 'release [0-9.]*' || echo '?'), arch $arch (compute_cap ${cap:-?}), ${gen[*]:-make}, .deps: ${prefix[*]:-none}"
+  # A generator change needs a fresh build directory.
+  if [[ -f "$BUILD/CMakeCache.txt" ]] && ! grep -q "CMAKE_GENERATOR:INTERNAL=${gen[1]:-Unix Makefiles}" "$BUILD/CMakeCache.txt"; then
+    rm -rf "$BUILD/CMakeCache.txt" "$BUILD/CMakeFiles"
+  fi
+  timeout -k 5 "$STAGE_LIMIT" cmake -S "$ROOT" -B "$BUILD" "${gen[@]}" "${prefix[@]}" \
+    -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$arch" -DTSTITCH_ENABLE_CUDA=ON \
+    -DTSTITCH_BUILD_TESTS=ON -DTSTITCH_BUILD_BENCHMARKS=OFF -DTSTITCH_BUILD_EXAMPLES=OFF \
+    -DTSTITCH_WARNINGS_AS_ERRORS=OFF >"$BUILD/logs/configure.log" 2>&1
+  local rc=$?
+  grep -E '^-- tstitch|Error|error' "$BUILD/logs/configure.log" | head -n 30
+  if ((rc != 0)); then
+    tail -n 40 "$BUILD/logs/configure.log"
+    note "configure failed"
+    return "$rc"
+  fi
+  local targets=(bench_dit_cuda)
+  [[ -d "$ROOT/tests/cuda" ]] && targets=(tstitch_cuda_tests "${targets[@]}")
+  [[ -f "$ROOT/benchmarks/gpu/bench_attention.cpp" ]] && targets+=(bench_attention)
+  echo "building ${targets[*]} with $(nproc) jobs"
+  # Keep going past a failing target: the others may still run.
+  timeout -k 5 "$((STAGE_LIMIT - (SECONDS - t0)))" cmake --build "$BUILD" -j "$(nproc)" \
+    --target "${targets[@]}" -- "${keep_going[@]}" >"$BUILD/logs/build.log" 2>&1
+  rc=$?
+  if ((rc != 0)); then
+    grep -E 'error|Error' "$BUILD/logs/build.log" | head -n 40
+    tail -n 20 "$BUILD/logs/build.log"
+  else
+    tail -n 3 "$BUILD/logs/build.log"
+  fi
+  local built=()
+  for t in "${targets[@]}"; do
+    [[ -n "$(find "$BUILD" -name "$t" -type f -perm -u+x 2>/dev/null | head -n 1)" ]] && built+=("$t")
+  done
+  note "built: ${built[*]:-nothing}"
+  return "$rc"
+}
+
+binary() { find "$BUILD" -name "$1" -type f -perm -u+x 2>/dev/null | head -n 1; }
+
+stage_tests() {
+  CURRENT_STAGE=tests
+  local bin
+  bin="$(binary tstitch_cuda_tests)"
+  [[ -z "$bin" ]] && { echo "tstitch_cuda_tests not built"; note "not built"; return 1; }
+  local rc
+  if [[ -n "${TESTS_VIA_CTEST:-}" ]]; then
+    (cd "$BUILD" && timeout -k 5 "$STAGE_LIMIT" ctest -L cuda --output-on-failure)
+    rc=$?
+  else
+    # One process for all tests: ctest starts one per test case, each paying CUDA's start-up.
+    timeout -k 5 "$STAGE_LIMIT" "$bin" --durations yes >"$BUILD/logs/tests.log" 2>&1
+    rc=$?
+    # Per-test durations are long; keep failures and the totals.
+    grep -vE '^[0-9.]+ s: ' "$BUILD/logs/tests.log" | tail -n 60
+    grep -E '^[0-9.]+ s: ' "$BUILD/logs/tests.log" | sort -rn | head -n 5 | sed 's/^/slowest: /'
+  fi
+  note "$(grep -E '^(All tests passed|test cases:)' "$BUILD/logs/tests.log" 2>/dev/null | tail -n 1)"
+  [[ -f "$BUILD/logs/tests.log" ]] && cp "$BUILD/logs/tests.log" "$OUT/tests.log"
+  return "$rc"
+}
+
+stage_sanitize() {
+  CURRENT_STAGE=sanitize
+  local bin sanitizer
+  bin="$(binary tstitch_cuda_tests)"
+  [[ -z "$bin" ]] && { echo "tstitch_cuda_tests not built"; note "not built"; return 1; }
+  sanitizer="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
+  [[ -x "$sanitizer" ]] || { echo "compute-sanitizer not found"; note "no compute-sanitizer"; return 1; }
+  local spec="${SANITIZE_SPEC:-}"
+  if [[ -z "$spec" ]]; then
+    # The kernel-level tests: small shapes, every hand-written kernel. Whole-model forwards are
+    # left out (memcheck slows kernels 10-100x); their kernels are the same ones.
+    local tags want=() t
+    tags="$("$bin" --list-tags 2>/dev/null)"
+    for t in attention kernels backend layernorm gelu residual embedding patchify solver philox gemm; do
+      grep -q "\[$t\]" <<<"$tags" && want+=("[$t]")
+    done
+    spec="$(
+      IFS=,
+      echo "${want[*]}"
+    )"
+    [[ -z "$spec" ]] && spec="~[dit]~[model]~[sampling]~[slow]~[forward]"
+  fi
+  echo "test spec: $spec"
+  local rc=0 tool half
+  half=$(((STAGE_LIMIT - 5) / 2))
+  local summary=()
+  for tool in memcheck racecheck; do
+    timeout -k 5 "$half" "$sanitizer" --tool "$tool" --error-exitcode 99 --print-limit 20 \
+      "$bin" "$spec" >"$BUILD/logs/sanitize_$tool.log" 2>&1
+    local r=$?
+    grep -E '========= (ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Race|Error)' \
+      "$BUILD/logs/sanitize_$tool.log" | head -n 20
+    grep -E '^(All tests passed|test cases:)' "$BUILD/logs/sanitize_$tool.log" | tail -n 1
+    ((r == 124 || r == 137)) && summary+=("$tool timed out after ${half}s")
+    ((r == 0)) && summary+=("$tool $(grep -oE '(ERROR|RACECHECK) SUMMARY: .*' "$BUILD/logs/sanitize_$tool.log" | tail -n 1)")
+    ((r != 0 && r != 124 && r != 137)) && summary+=("$tool rc $r: $(grep -oE '(ERROR|RACECHECK) SUMMARY: .*' "$BUILD/logs/sanitize_$tool.log" | tail -n 1)")
+    ((r != 0)) && rc=$r
+  done
+  cat "$BUILD/logs/sanitize_memcheck.log" "$BUILD/logs/sanitize_racecheck.log" >"$OUT/sanitize.log" 2>/dev/null
+  note "spec $spec; $(
+    IFS=';'
+    echo "${summary[*]}"
+  )"
+  return "$rc"
+}
+
+stage_attention() {
+  CURRENT_STAGE=attention
+  local bin
+  bin="$(binary bench_attention)"
+  [[ -z "$bin" ]] && { echo "bench_attention not built"; note "not built"; return 1; }
+  # Its table, then (--csv) the same rows as CSV, which the summary reads.
+  timeout -k 5 "$STAGE_LIMIT" "$bin" --csv >"$BUILD/logs/attention.log" 2>&1
+  local rc=$?
+  sed '/^path,head_dim,/,$d' "$BUILD/logs/attention.log" | tail -n 30
+  return "$rc"
+}
+
+stage_bench() {
+  CURRENT_STAGE=bench
+  local bin
+  bin="$(binary bench_dit_cuda)"
+  [[ -z "$bin" ]] && { echo "bench_dit_cuda not built"; note "not built"; return 1; }
+  timeout -k 5 "$STAGE_LIMIT" "$bin" --repeats "$REPEATS" --json "$OUT/bench_dit_cuda.json"
+}
+
+stage_torch() {
+  CURRENT_STAGE=torch
+  # Compiled kernels are cached beside the build, so a rerun on the same machine skips most of
+  # the compilation.
+  export TORCHINDUCTOR_CACHE_DIR="$BUILD/torchinductor-cache"
+  export TRITON_CACHE_DIR="$BUILD/triton-cache"
+  timeout -k 5 "$STAGE_LIMIT" "$PYTHON" "$ROOT/tools/bench_dit_gpu_torch.py" --repeats "$REPEATS" \
+    --compile "${TORCH_COMPILE:-S/2:8,XL/2:8,XL/2:64}" --json "$OUT/bench_dit_gpu_torch.json"
+}
+
+# ---------------------------------------------------------------------------------------------
+# The combined table: tstitch against PyTorch per model x batch, attention, switch, stitching, the
+# goals of issue 5, the tests and the sanitizer. Reads what the stages left in $OUT.
+summarize() {
+  "$PYTHON" - "$OUT" "$BUILD/logs" <<'PY'
+import json, os, sys
+
+out, logs = sys.argv[1], sys.argv[2]
+
+
+def load(name):
+    try:
+        with open(os.path.join(out, name)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def fmt(v, digits=2):
+    return f"{v:.{digits}f}" if isinstance(v, (int, float)) and v == v else "-"
+
+
+stages = []
+try:
+    with open(os.path.join(out, "stages.tsv")) as f:
+        next(f)
+        stages = [line.rstrip("\n").split("\t") for line in f]
+except OSError:
+    pass
+ours, torch_ = load("bench_dit_cuda.json"), load("bench_dit_gpu_torch.json")
+
+device = (ours or {}).get("device", {}).get("name") or (torch_ or {}).get("environment", {}).get("device", "?")
+print(f"===== issue 5 GPU run: {device} =====")
+for name, rc, seconds, note in stages:
+    status = "ok" if rc == "0" else ("skipped" if rc in ("skipped", "77") else
+                                     ("TIMED OUT" if rc in ("124", "137") else f"FAILED rc {rc}"))
+    print(f"stage {name:10s} {status:12s} {seconds:>4s}s  {note}")
+
+peak = ((ours or {}).get("gemm_peak") or {}).get("tflops")
+print(f"\nbf16 GEMM peak (cublasGemmEx 8192^3, this run): {fmt(peak, 1)} TFLOP/s")
+theirs = {(r["model"], r["images"]): r for r in (torch_ or {}).get("results", [])}
+rows = (ours or {}).get("forward", [])
+keys = [(r["model"], r["images"]) for r in rows] or list(theirs)
+print("ms per forward (rows = 2 x images, guidance); ratio = PyTorch time / tstitch time")
+print(f"{'model':9s} {'images':>6s} {'rows':>4s} {'tstitch':>8s} {'TFLOP/s':>7s} {'%peak':>5s} "
+      f"{'eager':>8s} {'compile':>8s} {'eager/ts':>8s} {'comp/ts':>7s}")
+by_key = {(r["model"], r["images"]): r for r in rows}
+for key in keys:
+    o, t = by_key.get(key, {}), theirs.get(key, {})
+    ms, em, cm = o.get("ms"), t.get("eager_ms"), t.get("compile_ms")
+    frac = o.get("fraction_of_peak")
+    print(f"{key[0]:9s} {key[1]:6d} {2 * key[1]:4d} {fmt(ms, 3):>8s} {fmt(o.get('tflops'), 1):>7s} "
+          f"{fmt(100 * frac if frac is not None else None, 1):>5s} {fmt(em, 3):>8s} {fmt(cm, 3):>8s} "
+          f"{fmt(em / ms if em and ms else None):>8s} {fmt(cm / ms if cm and ms else None):>7s}")
+
+for m, mem in ((ours or {}).get("memory") or {}).items():
+    if "total" in mem:
+        print(f"memory DiT-{m}: weights {mem['weights'] / 2**20:.1f} MiB, activations "
+              f"{mem['activations'] / 2**20:.1f} MiB, workspace {mem['workspace'] / 2**20:.1f} MiB")
+
+
+# Attention: the CSV rows bench_attention --csv prints after its table.
+attention_best = None
+attention_rows = []
+try:
+    with open(os.path.join(logs, "attention.log")) as f:
+        lines = f.read().splitlines()
+    if "path,head_dim,tokens,batch,heads,ms,tflops" in lines:
+        for line in lines[lines.index("path,head_dim,tokens,batch,heads,ms,tflops") + 1:]:
+            parts = line.split(",")
+            if len(parts) == 7:
+                attention_rows.append((parts[0], int(parts[1]), int(parts[2]), int(parts[3]),
+                                       int(parts[4]), float(parts[5]), float(parts[6])))
+except (OSError, ValueError):
+    pass
+if attention_rows:
+    print("\nattention (bench_attention): TFLOP/s = 4 b h T^2 d / time")
+    print(f"{'path':10s} {'head_dim':>8s} {'tokens':>6s} {'batch':>5s} {'heads':>5s} {'ms':>9s} {'TFLOP/s':>8s}")
+    for p, d, t, b, h, ms, tf in attention_rows:
+        print(f"{p:10s} {d:8d} {t:6d} {b:5d} {h:5d} {ms:9.4f} {tf:8.1f}")
+        if p == "flash" and d == 64 and t == 1024:
+            attention_best = max(attention_best or 0.0, tf)
+else:
+    print("\nattention: no result (see build/gpu/logs/attention.log)")
+
+for s in (ours or {}).get("switch", []):
+    print(f"switch {s['pair']}, batch 2: {fmt(s.get('cost_us_per_switch'))} us per switch "
+          f"(same {fmt(s.get('same_ms_per_call'), 4)} ms, alternating {fmt(s.get('alternating_ms_per_call'), 4)} ms per call)")
+
+st = (ours or {}).get("stitched")
+worst = None
+if st:
+    print(f"\nstitched DiT-S/2 -> DiT-XL/2, {st['images']} images, {st['steps']} steps, "
+          f"{st['mode']}; c = {fmt(st.get('c'), 4)}")
+    print(f"{'r':>4s} {'ms':>9s} {'speedup':>8s} {'ideal':>7s} {'dev':>7s}")
+    for r in st["fractions"]:
+        print(f"{r['small_fraction']:4.1f} {fmt(r['ms'], 1):>9s} {fmt(r['speedup'], 3):>8s} "
+              f"{fmt(r['ideal'], 3):>7s} {fmt(100 * r['deviation'] if r['deviation'] is not None else None, 2):>6s}%")
+        if r["deviation"] is not None:
+            worst = max(worst or 0.0, abs(r["deviation"]))
+
+
+def goal(text, value, ok):
+    verdict = "not measured" if ok is None else ("MET" if ok else "NOT MET")
+    print(f"  {verdict:12s} {text}: {value}")
+
+
+print("\ngoals of issue 5 (stated for an H100; this card: " + device + "):")
+xl64 = by_key.get(("DiT-XL/2", 64), {}).get("fraction_of_peak")
+goal("DiT-XL/2 forward at batch 64 >= 60% of the measured bf16 peak",
+     f"{fmt(100 * xl64, 1)}%" if xl64 is not None else "-", None if xl64 is None else xl64 >= 0.6)
+s8, x8 = by_key.get(("DiT-S/2", 8), {}).get("ms"), by_key.get(("DiT-XL/2", 8), {}).get("ms")
+ratio = x8 / s8 if s8 and x8 else None
+goal("DiT-S/2 : DiT-XL/2 latency ratio >= 15 at batch 8", fmt(ratio), None if ratio is None else ratio >= 15)
+goal("stitched speedup within 3% of ideal" + (f" ({st['mode']})" if st else ""),
+     f"worst {fmt(100 * worst, 2)}%" if worst is not None else "-", None if worst is None else worst <= 0.03)
+goal("attention >= 300 TFLOP/s at head dim 64, sequence 1024 (hand-written)", fmt(attention_best, 1),
+     None if attention_best is None else attention_best >= 300)
+xl = [(k[1], theirs[k]["eager_ms"] / by_key[k]["ms"]) for k in by_key
+      if k[0] == "DiT-XL/2" and k in theirs and by_key[k].get("ms") and theirs[k].get("eager_ms")]
+low = min(xl, key=lambda v: v[1]) if xl else None
+goal(">= 1.3x PyTorch eager on DiT-XL/2 (every batch)",
+     f"lowest {fmt(low[1])}x at batch {low[0]}" if low else "-", None if low is None else low[1] >= 1.3)
+PY
+}
+
+# ---------------------------------------------------------------------------------------------
+log "benchmarks/gpu/run.sh: stages ${STAGES[*]}; OUT=$OUT; $(date -u +%FT%TZ)"
+if have_gpu; then
+  nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total,clocks.max.sm,power.limit \
+    --format=csv 2>&1 | tee -a "$RUN_LOG"
+else
+  log "no GPU visible (nvidia-smi): builds still run, the programs report themselves skipped"
+fi
+for s in "${STAGES[@]}"; do
+  case "$s" in
+  build) run_stage build 300 ;;
+  tests) run_stage tests 150 ;;
+  sanitize) run_stage sanitize 130 ;;
+  attention) run_stage attention 90 ;;
+  bench) run_stage bench 200 ;;
+  torch) run_stage torch 240 ;;
+  summary) ;; # always runs below
+  *) log "unknown stage '$s' (build tests sanitize attention bench torch summary)" ;;
+  esac
+done
+
+log ""
+summarize >"$OUT/summary.txt" 2>&1
+tee -a "$RUN_LOG" <"$OUT/summary.txt"
+log "run.sh: total $((SECONDS - START_S))s"
