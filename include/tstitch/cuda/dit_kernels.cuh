@@ -1,28 +1,21 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
-// The element-wise kernels of the DiT forward on CUDA, and their launchers.
-//
-// Layouts (row-major): the residual stream h is fp32 [rows = batch * tokens, D]. Every GEMM input
-// the kernels here write is bf16 with a row stride `ld` = K + 8 whose column K holds 1 and columns
-// K+1..K+7 hold 0: the matching weight matrix carries its bias in column K, so the GEMM adds the
-// bias for free and the row stride stays a multiple of 8 elements (16 bytes, as the tensor cores
-// like). Those constant columns are written once, when the buffer is allocated
-// (fill_bias_columns), and never touched again: the kernels only write columns [0, K).
+// The element-wise kernels of the DiT forward on CUDA and the definitions of their launchers
+// (declared, with the layouts, in kernels.hpp). The launchers are defined out of line: include
+// this in exactly one translation unit (tstitch_cuda.cu), which emits them for every user.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdint>
 
+#include "tstitch/cuda/kernels.hpp"
 #include "tstitch/cuda/runtime.hpp"
 
 namespace tstitch::cuda::kernels {
 
 using bf16 = __nv_bfloat16;
-
-/// Extra columns of a GEMM input buffer that carry the folded bias (see the file comment).
-inline constexpr int bias_columns = 8;
 
 namespace impl {
 
@@ -225,93 +218,96 @@ __global__ void unpatchify_kernel(const float* tokens_out, float* out, int out_c
 
 } // namespace impl
 
-// ---- launchers -------------------------------------------------------------------------------
+// ---- launchers (declared in kernels.hpp) ---------------------------------------------------
 
-inline constexpr int threads_per_block = 256;
+namespace impl {
+constexpr int threads_per_block = 256;
+inline bf16* as_bf16(std::uint16_t* p) { return reinterpret_cast<bf16*>(p); }
+inline int blocks(std::int64_t work) { return blocks_for(work, threads_per_block); }
+} // namespace impl
 
-inline void fill_bias_columns(bf16* out, int ld, int cols, std::int64_t rows, cudaStream_t s) {
-  impl::fill_bias_columns_kernel<<<impl::blocks_for(rows * bias_columns, threads_per_block),
-                                     threads_per_block, 0, s>>>(out, ld, cols, rows);
+using impl::as_bf16;
+using impl::threads_per_block;
+
+void fill_bias_columns(std::uint16_t* out, int ld, int cols, std::int64_t rows, cudaStream_t s) {
+  impl::fill_bias_columns_kernel<<<impl::blocks(rows * bias_columns), threads_per_block, 0, s>>>(
+      as_bf16(out), ld, cols, rows);
   impl::check_launch("fill_bias_columns_kernel");
 }
 
-inline void prepare_inputs(ConstView x, float* x_in, float t, float* t_out, const int* labels,
-                           int* labels_out, cudaStream_t s) {
+void prepare_inputs(ConstView x, float* x_in, float t, float* t_out, const int* labels,
+                    int* labels_out, cudaStream_t s) {
   const std::int64_t per_sample = x.sample_numel();
-  impl::prepare_inputs_kernel<<<impl::blocks_for(per_sample * x.batch(), threads_per_block),
-                                  threads_per_block, 0, s>>>(
+  impl::prepare_inputs_kernel<<<impl::blocks(per_sample * x.batch()), threads_per_block, 0, s>>>(
       x.data(), x.batch_stride(), per_sample, static_cast<int>(x.batch()), x_in, t, t_out, labels,
       labels_out);
   impl::check_launch("prepare_inputs_kernel");
 }
 
-inline void timestep_frequencies(const float* t, bf16* out, int ld, int batch, cudaStream_t s) {
-  impl::timestep_frequencies_kernel<<<1, 128, 0, s>>>(t, out, ld, batch);
+void timestep_frequencies(const float* t, std::uint16_t* out, int ld, int batch, cudaStream_t s) {
+  impl::timestep_frequencies_kernel<<<1, 128, 0, s>>>(t, as_bf16(out), ld, batch);
   impl::check_launch("timestep_frequencies_kernel");
 }
 
-inline void silu_to_bf16(const float* in, int ld_in, bf16* out, int ld_out, int cols,
-                         std::int64_t rows, cudaStream_t s) {
-  impl::silu_to_bf16_kernel<<<impl::blocks_for(rows * cols, threads_per_block),
-                                threads_per_block, 0, s>>>(in, ld_in, out, ld_out, cols, rows);
+void silu_to_bf16(const float* in, int ld_in, std::uint16_t* out, int ld_out, int cols,
+                  std::int64_t rows, cudaStream_t s) {
+  impl::silu_to_bf16_kernel<<<impl::blocks(rows * cols), threads_per_block, 0, s>>>(
+      in, ld_in, as_bf16(out), ld_out, cols, rows);
   impl::check_launch("silu_to_bf16_kernel");
 }
 
-inline void condition(const float* temb, const float* table, const int* labels, bf16* out,
-                      int ld_out, int dim, int batch, cudaStream_t s) {
-  impl::condition_kernel<<<impl::blocks_for(static_cast<std::int64_t>(batch) * dim,
-                                                threads_per_block),
-                             threads_per_block, 0, s>>>(temb, table, labels, out, ld_out, dim,
-                                                        batch);
+void condition(const float* temb, const float* table, const int* labels, std::uint16_t* out,
+               int ld_out, int dim, int batch, cudaStream_t s) {
+  impl::condition_kernel<<<impl::blocks(static_cast<std::int64_t>(batch) * dim),
+                           threads_per_block, 0, s>>>(temb, table, labels, as_bf16(out), ld_out,
+                                                      dim, batch);
   impl::check_launch("condition_kernel");
 }
 
-inline void patchify(const float* x, bf16* patches, int ld, int channels, int size, int patch,
-                     int batch, cudaStream_t s) {
+void patchify(const float* x, std::uint16_t* patches, int ld, int channels, int size, int patch,
+              int batch, cudaStream_t s) {
   const std::int64_t total = static_cast<std::int64_t>(batch) * channels * size * size;
-  impl::patchify_kernel<<<impl::blocks_for(total, threads_per_block), threads_per_block, 0,
-                            s>>>(x, patches, ld, channels, size, patch, batch);
+  impl::patchify_kernel<<<impl::blocks(total), threads_per_block, 0, s>>>(
+      x, as_bf16(patches), ld, channels, size, patch, batch);
   impl::check_launch("patchify_kernel");
 }
 
-inline void add_position(float* h, const float* pos, int tokens, int dim, std::int64_t rows,
-                         cudaStream_t s) {
-  impl::add_position_kernel<<<impl::blocks_for(rows * dim, threads_per_block),
-                                threads_per_block, 0, s>>>(h, pos, tokens, dim, rows);
+void add_position(float* h, const float* pos, int tokens, int dim, std::int64_t rows,
+                  cudaStream_t s) {
+  impl::add_position_kernel<<<impl::blocks(rows * dim), threads_per_block, 0, s>>>(h, pos, tokens,
+                                                                                   dim, rows);
   impl::check_launch("add_position_kernel");
 }
 
-inline void layernorm_modulate(const float* h, const float* mod, int mod_ld, int shift_offset,
-                               int scale_offset, bf16* out, int ld_out, int tokens, int dim,
-                               std::int64_t rows, cudaStream_t s, float eps = 1e-6f) {
+void layernorm_modulate(const float* h, const float* mod, int mod_ld, int shift_offset,
+                        int scale_offset, std::uint16_t* out, int ld_out, int tokens, int dim,
+                        std::int64_t rows, cudaStream_t s, float eps) {
   constexpr int warps = threads_per_block / 32;
   impl::layernorm_modulate_kernel<<<static_cast<unsigned>((rows + warps - 1) / warps),
-                                      threads_per_block, 0, s>>>(
-      h, mod, mod_ld, shift_offset, scale_offset, out, ld_out, tokens, dim, rows, eps);
+                                    threads_per_block, 0, s>>>(
+      h, mod, mod_ld, shift_offset, scale_offset, as_bf16(out), ld_out, tokens, dim, rows, eps);
   impl::check_launch("layernorm_modulate_kernel");
 }
 
-inline void gated_residual(float* h, const float* y, const float* bias, const float* mod,
-                           int mod_ld, int gate_offset, int tokens, int dim, std::int64_t rows,
-                           cudaStream_t s) {
-  impl::gated_residual_kernel<<<impl::blocks_for(rows * dim, threads_per_block),
-                                  threads_per_block, 0, s>>>(h, y, bias, mod, mod_ld, gate_offset,
-                                                             tokens, dim, rows);
+void gated_residual(float* h, const float* y, const float* bias, const float* mod, int mod_ld,
+                    int gate_offset, int tokens, int dim, std::int64_t rows, cudaStream_t s) {
+  impl::gated_residual_kernel<<<impl::blocks(rows * dim), threads_per_block, 0, s>>>(
+      h, y, bias, mod, mod_ld, gate_offset, tokens, dim, rows);
   impl::check_launch("gated_residual_kernel");
 }
 
-inline void bias_gelu(bf16* x, int ld, const float* bias, int cols, std::int64_t rows,
-                      cudaStream_t s) {
-  impl::bias_gelu_kernel<<<impl::blocks_for(rows * cols, threads_per_block),
-                             threads_per_block, 0, s>>>(x, ld, bias, cols, rows);
+void bias_gelu(std::uint16_t* x, int ld, const float* bias, int cols, std::int64_t rows,
+               cudaStream_t s) {
+  impl::bias_gelu_kernel<<<impl::blocks(rows * cols), threads_per_block, 0, s>>>(
+      as_bf16(x), ld, bias, cols, rows);
   impl::check_launch("bias_gelu_kernel");
 }
 
-inline void unpatchify(const float* tokens_out, float* out, int out_channels, int size, int patch,
-                       int batch, cudaStream_t s) {
+void unpatchify(const float* tokens_out, float* out, int out_channels, int size, int patch,
+                int batch, cudaStream_t s) {
   const std::int64_t total = static_cast<std::int64_t>(batch) * out_channels * size * size;
-  impl::unpatchify_kernel<<<impl::blocks_for(total, threads_per_block), threads_per_block, 0,
-                              s>>>(tokens_out, out, out_channels, size, patch, batch);
+  impl::unpatchify_kernel<<<impl::blocks(total), threads_per_block, 0, s>>>(
+      tokens_out, out, out_channels, size, patch, batch);
   impl::check_launch("unpatchify_kernel");
 }
 

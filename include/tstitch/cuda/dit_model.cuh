@@ -2,6 +2,8 @@
 #pragma once
 
 // The definitions of cuda::DitModel (declared in dit.hpp), compiled by nvcc in tstitch_cuda.cu.
+// Its members are defined out of line (not inline), so include this in exactly one translation
+// unit: that one emits them for every plain C++ user.
 //
 // One forward, for a batch of n samples and rows = n * tokens:
 //   prepare_inputs        x -> x_in, timestep, labels (the only per-call data; see predict)
@@ -23,16 +25,14 @@
 #include <span>
 #include <vector>
 
-#include "tstitch/cuda/attention.cuh"
 #include "tstitch/cuda/dit.hpp"
-#include "tstitch/cuda/dit_kernels.cuh"
 #include "tstitch/cuda/gemm.cuh"
+#include "tstitch/cuda/kernels.hpp"
 
 namespace tstitch::cuda {
 
 namespace dit_detail {
 
-using kernels::bf16;
 using kernels::bias_columns;
 
 inline std::uint16_t bf16_bits(float v) {
@@ -47,7 +47,7 @@ inline std::uint16_t bf16_bits(float v) {
 /// A linear layer's weight on the device: bf16 [out, ld], ld = in (+ bias_columns when the bias
 /// is folded into column `in`), or an fp32 bias of its own for the gated-residual kernel.
 struct Linear {
-  DeviceBuffer<bf16> weight;
+  DeviceBuffer<std::uint16_t> weight;
   DeviceBuffer<float> bias; // only when not folded
   int out = 0;
   int in = 0;
@@ -56,7 +56,7 @@ struct Linear {
   [[nodiscard]] std::int64_t bytes() const { return weight.bytes() + bias.bytes(); }
 };
 
-inline void upload_bits(bf16* device, const std::vector<std::uint16_t>& host) {
+inline void upload_bits(std::uint16_t* device, const std::vector<std::uint16_t>& host) {
   TSTITCH_CUDA_CHECK(cudaMemcpy(device, host.data(), host.size() * sizeof(std::uint16_t),
                                 cudaMemcpyHostToDevice));
 }
@@ -95,7 +95,7 @@ inline Linear make_linear(std::span<const std::pair<dit::Param, dit::Param>> par
     }
     row0 += w.rows;
   }
-  l.weight = DeviceBuffer<bf16>(static_cast<std::int64_t>(host.size()));
+  l.weight = DeviceBuffer<std::uint16_t>(static_cast<std::int64_t>(host.size()));
   upload_bits(l.weight.data(), host);
   if (!fold)
     l.bias = upload_floats(bias);
@@ -117,7 +117,7 @@ struct Activations {
   std::int64_t rows = 0;
   DeviceBuffer<float> x_in, t, temb_hidden, temb, mod, h, y, final_out, out;
   DeviceBuffer<int> labels;
-  DeviceBuffer<bf16> freq, temb_hidden_bf16, cond, patches, a, qkv, attn, mlp;
+  DeviceBuffer<std::uint16_t> freq, temb_hidden_bf16, cond, patches, a, qkv, attn, mlp; // bf16
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
 
@@ -219,19 +219,19 @@ struct DitModel::Impl {
     act->x_in = DeviceBuffer<float>(n * c.latent_shape().numel());
     act->t = DeviceBuffer<float>(1);
     act->labels = DeviceBuffer<int>(n);
-    act->freq = DeviceBuffer<kernels::bf16>(n * t_fc1.ld);
+    act->freq = DeviceBuffer<std::uint16_t>(n * t_fc1.ld);
     act->temb_hidden = DeviceBuffer<float>(static_cast<std::int64_t>(n) * d);
-    act->temb_hidden_bf16 = DeviceBuffer<kernels::bf16>(static_cast<std::int64_t>(n) * t_fc2.ld);
+    act->temb_hidden_bf16 = DeviceBuffer<std::uint16_t>(static_cast<std::int64_t>(n) * t_fc2.ld);
     act->temb = DeviceBuffer<float>(static_cast<std::int64_t>(n) * d);
-    act->cond = DeviceBuffer<kernels::bf16>(static_cast<std::int64_t>(n) * modulation.ld);
+    act->cond = DeviceBuffer<std::uint16_t>(static_cast<std::int64_t>(n) * modulation.ld);
     act->mod = DeviceBuffer<float>(static_cast<std::int64_t>(n) * modulation.out);
-    act->patches = DeviceBuffer<kernels::bf16>(rows * patch.ld);
+    act->patches = DeviceBuffer<std::uint16_t>(rows * patch.ld);
     act->h = DeviceBuffer<float>(rows * d);
-    act->a = DeviceBuffer<kernels::bf16>(rows * (d + bias_columns));
-    act->qkv = DeviceBuffer<kernels::bf16>(rows * 3 * d);
-    act->attn = DeviceBuffer<kernels::bf16>(rows * d);
+    act->a = DeviceBuffer<std::uint16_t>(rows * (d + bias_columns));
+    act->qkv = DeviceBuffer<std::uint16_t>(rows * 3 * d);
+    act->attn = DeviceBuffer<std::uint16_t>(rows * d);
     act->y = DeviceBuffer<float>(rows * d);
-    act->mlp = DeviceBuffer<kernels::bf16>(rows * c.mlp_hidden());
+    act->mlp = DeviceBuffer<std::uint16_t>(rows * c.mlp_hidden());
     act->final_out = DeviceBuffer<float>(rows * final_linear.out);
     act->out = DeviceBuffer<float>(n * c.out_channels() * c.input_size * c.input_size);
     kernels::fill_bias_columns(act->freq.data(), t_fc1.ld, t_fc1.in, n, stream);
@@ -308,8 +308,7 @@ struct DitModel::Impl {
                                   act.a.data(), ld_a, tokens, d, rows, s);
       blas.linear(act.a.data(), ld_a, b.qkv.weight.data(), b.qkv.ld, act.qkv.data(), CUDA_R_16BF,
                   3 * d, rows, b.qkv.out, b.qkv.ld);
-      kernels::attention(reinterpret_cast<const std::uint16_t*>(act.qkv.data()),
-                         reinterpret_cast<std::uint16_t*>(act.attn.data()), n, tokens,
+      kernels::attention(act.qkv.data(), act.attn.data(), n, tokens,
                          static_cast<int>(c.num_heads), static_cast<int>(c.head_dim()), attention,
                          s);
       blas.linear(act.attn.data(), d, b.proj.weight.data(), b.proj.ld, act.y.data(), CUDA_R_32F, d,
@@ -398,29 +397,29 @@ struct DitModel::Impl {
 
 // ---- DitModel ------------------------------------------------------------------------------
 
-inline DitModel::DitModel(const dit::Weights& weights, std::string name, cudaStream_t stream)
+DitModel::DitModel(const dit::Weights& weights, std::string name, cudaStream_t stream)
     : impl_(std::make_unique<Impl>(weights, std::move(name),
                                    stream != nullptr ? stream : default_stream())) {}
-inline DitModel::~DitModel() = default;
-inline DitModel::DitModel(DitModel&&) noexcept = default;
-inline DitModel& DitModel::operator=(DitModel&&) noexcept = default;
+DitModel::~DitModel() = default;
+DitModel::DitModel(DitModel&&) noexcept = default;
+DitModel& DitModel::operator=(DitModel&&) noexcept = default;
 
-inline Prediction DitModel::prediction() const {
+Prediction DitModel::prediction() const {
   return impl_->config.learn_sigma ? Prediction::epsilon_learned_sigma : Prediction::epsilon;
 }
-inline Shape DitModel::latent_shape() const { return impl_->config.latent_shape(); }
-inline std::string DitModel::model_name(std::size_t) const { return impl_->name; }
-inline DitModel::condition_type DitModel::unconditional(const condition_type& labels) const {
+Shape DitModel::latent_shape() const { return impl_->config.latent_shape(); }
+std::string DitModel::model_name(std::size_t) const { return impl_->name; }
+DitModel::condition_type DitModel::unconditional(const condition_type& labels) const {
   return condition_type(labels.size(), static_cast<int>(impl_->config.num_classes));
 }
-inline const dit::Config& DitModel::config() const { return impl_->config; }
+const dit::Config& DitModel::config() const { return impl_->config; }
 
-inline void DitModel::predict(ConstView x, const StepContext& ctx, const condition_type& labels,
+void DitModel::predict(ConstView x, const StepContext& ctx, const condition_type& labels,
                               View out) {
   impl_->predict(x, ctx, labels, out);
 }
 
-inline void DitModel::set_attention(AttentionPath path) {
+void DitModel::set_attention(AttentionPath path) {
   const int head_dim = static_cast<int>(impl_->config.head_dim());
   if (!kernels::attention_supported(path, head_dim))
     throw_invalid_argument("attention path", to_string(path),
@@ -438,11 +437,11 @@ inline void DitModel::set_attention(AttentionPath path) {
     }
   }
 }
-inline AttentionPath DitModel::attention() const { return impl_->attention; }
-inline void DitModel::set_graphs(bool enabled) { impl_->graphs = enabled; }
-inline bool DitModel::graphs() const { return impl_->graphs; }
+AttentionPath DitModel::attention() const { return impl_->attention; }
+void DitModel::set_graphs(bool enabled) { impl_->graphs = enabled; }
+bool DitModel::graphs() const { return impl_->graphs; }
 
-inline MemoryReport DitModel::memory() const {
+MemoryReport DitModel::memory() const {
   MemoryReport report;
   report.weights = impl_->weight_bytes();
   for (const auto& [batch, act] : impl_->activations)
@@ -450,6 +449,6 @@ inline MemoryReport DitModel::memory() const {
   report.workspace = impl_->blas.workspace_bytes();
   return report;
 }
-inline cudaStream_t DitModel::stream() const { return impl_->stream; }
+cudaStream_t DitModel::stream() const { return impl_->stream; }
 
 } // namespace tstitch::cuda

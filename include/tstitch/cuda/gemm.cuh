@@ -46,9 +46,9 @@ public:
 
   [[nodiscard]] std::int64_t workspace_bytes() const { return workspace_.bytes(); }
 
-  /// Y[M, N] (row stride ldy, fp32 or bf16) = X[M, K] (bf16, row stride ldx) W[N, K]^T (bf16,
-  /// row stride ldw). In cuBLAS's column-major terms: Y^T = op_T(W^T) X^T.
-  void linear(const __nv_bfloat16* x, int ldx, const __nv_bfloat16* w, int ldw, void* y,
+  /// Y[M, N] (row stride ldy, fp32 or bf16) = X[M, K] (bf16 bits, row stride ldx) W[N, K]^T
+  /// (bf16 bits, row stride ldw). In cuBLAS's column-major terms: Y^T = op_T(W^T) X^T.
+  void linear(const std::uint16_t* x, int ldx, const std::uint16_t* w, int ldw, void* y,
               cudaDataType_t y_type, int ldy, std::int64_t m, int n, int k) const {
     const float alpha = 1.0f, beta = 0.0f;
     TSTITCH_CUBLAS_CHECK(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, n, static_cast<int>(m),

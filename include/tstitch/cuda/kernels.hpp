@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <string_view>
 
+#include "tstitch/core/tensor.hpp"
+
 namespace tstitch::cuda {
 
 /// Which attention implementation a model or a launch uses.
@@ -47,6 +49,49 @@ void attention(const std::uint16_t* qkv, std::uint16_t* out, int batch, int toke
 
 /// Whether `attention` supports this path and head dimension in this build.
 [[nodiscard]] bool attention_supported(AttentionPath path, int head_dim);
+
+// ---- the element-wise kernels of the DiT forward (definitions: dit_kernels.cuh) -------------
+//
+// Row-major layouts: the residual stream h is fp32 [rows = batch * tokens, D]. GEMM inputs
+// written here are bf16 with a row stride ld = K + bias_columns whose column K holds 1 and columns
+// K+1.. hold 0: the weight carries its bias in column K, so the GEMM adds it for free, and ld
+// stays a multiple of 8 elements (16 bytes, as the tensor cores like). fill_bias_columns writes
+// those constant columns once per buffer; the other kernels only write columns [0, K).
+
+/// Extra columns of a GEMM input buffer that carry the folded bias.
+inline constexpr int bias_columns = 8;
+
+void fill_bias_columns(std::uint16_t* out, int ld, int cols, std::int64_t rows, cudaStream_t s);
+/// x (batch-strided) -> x_in (dense); *t_out = t; labels_out[n] = labels[n]: the per-call inputs
+/// of a captured forward, in one launch.
+void prepare_inputs(ConstView x, float* x_in, float t, float* t_out, const int* labels,
+                    int* labels_out, cudaStream_t s);
+/// out[n] = [cos(t f_k), sin(t f_k)], f_k = exp(-ln(10000) k / 128), k < 128 (fp32 math).
+void timestep_frequencies(const float* t, std::uint16_t* out, int ld, int batch, cudaStream_t s);
+void silu_to_bf16(const float* in, int ld_in, std::uint16_t* out, int ld_out, int cols,
+                  std::int64_t rows, cudaStream_t s);
+/// out = SiLU(temb + table[labels[n]]) (every consumer of DiT's c starts with SiLU).
+void condition(const float* temb, const float* table, const int* labels, std::uint16_t* out,
+               int ld_out, int dim, int batch, cudaStream_t s);
+/// x [batch, C, S, S] -> patches [batch * T, C*p*p] in the conv weight's (c, i, j) order.
+void patchify(const float* x, std::uint16_t* patches, int ld, int channels, int size, int patch,
+              int batch, cudaStream_t s);
+/// h[r] += pos[r % tokens].
+void add_position(float* h, const float* pos, int tokens, int dim, std::int64_t rows,
+                  cudaStream_t s);
+/// out = LayerNorm(h) * (1 + mod[scale]) + mod[shift] (no affine, eps 1e-6), per sample's mod row.
+void layernorm_modulate(const float* h, const float* mod, int mod_ld, int shift_offset,
+                        int scale_offset, std::uint16_t* out, int ld_out, int tokens, int dim,
+                        std::int64_t rows, cudaStream_t s, float eps = 1e-6f);
+/// h += mod[gate] * (y + bias).
+void gated_residual(float* h, const float* y, const float* bias, const float* mod, int mod_ld,
+                    int gate_offset, int tokens, int dim, std::int64_t rows, cudaStream_t s);
+/// x = GELU_tanh(x + bias) in place (bias may be null when the GEMM added it).
+void bias_gelu(std::uint16_t* x, int ld, const float* bias, int cols, std::int64_t rows,
+               cudaStream_t s);
+/// tokens [batch * T, p*p*Co] -> out [batch, Co, S, S].
+void unpatchify(const float* tokens_out, float* out, int out_channels, int size, int patch,
+                int batch, cudaStream_t s);
 
 } // namespace kernels
 } // namespace tstitch::cuda

@@ -4,4 +4,5 @@
 // program (CMake: link tstitch::cuda_dit), then use those plain C++ headers from any C++ compiler:
 //   nvcc -std=c++20 --expt-relaxed-constexpr -arch=sm_90 -I<tstitch>/include -c tstitch_cuda.cu
 #include "tstitch/cuda/attention.cuh"
+#include "tstitch/cuda/dit_kernels.cuh"
 #include "tstitch/cuda/dit_model.cuh"

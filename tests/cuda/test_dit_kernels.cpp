@@ -10,7 +10,8 @@
 #include <vector>
 
 #include "tstitch/core/philox.hpp"
-#include "tstitch/cuda/dit_kernels.cuh"
+#include "tstitch/cuda/kernels.hpp"
+#include "tstitch/cuda/runtime.hpp"
 
 using namespace tstitch;
 namespace k = tstitch::cuda::kernels;
@@ -23,6 +24,14 @@ std::vector<float> randn(std::size_t count, std::uint64_t seed, float scale = 1.
   for (float& x : v)
     x *= scale;
   return v;
+}
+
+/// bf16 bits of a float, round to nearest even (finite inputs).
+std::uint16_t to_bf16(float v) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<std::uint16_t>(bits >> 16);
 }
 
 float from_bf16(std::uint16_t bits) {
@@ -47,13 +56,10 @@ template <class T> std::vector<T> to_host(const cuda::DeviceBuffer<T>& d) {
   return host;
 }
 
-std::vector<float> bf16_to_float(const std::vector<k::bf16>& v) {
+std::vector<float> bf16_to_float(const std::vector<std::uint16_t>& v) {
   std::vector<float> out(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) {
-    std::uint16_t bits;
-    std::memcpy(&bits, &v[i], sizeof bits);
-    out[i] = from_bf16(bits);
-  }
+  for (std::size_t i = 0; i < v.size(); ++i)
+    out[i] = from_bf16(v[i]);
   return out;
 }
 
@@ -100,7 +106,7 @@ TEST_CASE("CUDA layernorm_modulate matches LayerNorm * (1 + scale) + shift", "[c
   const std::vector<float> mod = randn(static_cast<std::size_t>(batch * mod_ld), 2, 0.3f);
   auto dh = to_device(h);
   auto dmod = to_device(mod);
-  cuda::DeviceBuffer<k::bf16> out(rows * ld);
+  cuda::DeviceBuffer<std::uint16_t> out(rows * ld);
   k::fill_bias_columns(out.data(), ld, dim, rows, nullptr);
   k::layernorm_modulate(dh.data(), dmod.data(), mod_ld, dim, 3 * dim, out.data(), ld, tokens, dim,
                         rows, nullptr);
@@ -157,9 +163,9 @@ TEST_CASE("CUDA bias_gelu applies tanh-GELU", "[cuda][kernels]") {
   const std::int64_t rows = 9;
   const std::vector<float> x = randn(static_cast<std::size_t>(rows * ld), 7, 2.0f);
   const std::vector<float> bias = randn(static_cast<std::size_t>(cols), 8);
-  std::vector<k::bf16> xb(x.size());
+  std::vector<std::uint16_t> xb(x.size());
   for (std::size_t i = 0; i < x.size(); ++i)
-    xb[i] = __float2bfloat16(x[i]);
+    xb[i] = to_bf16(x[i]);
   const std::vector<float> xr = bf16_to_float(xb); // the kernel's input, as rounded
   auto dx = to_device(xb);
   auto dbias = to_device(bias);
@@ -184,7 +190,7 @@ TEST_CASE("CUDA patchify and unpatchify follow DiT's token and channel order", "
   const int tokens = grid * grid;
   const std::vector<float> x = randn(static_cast<std::size_t>(batch * channels * size * size), 9);
   auto dx = to_device(x);
-  cuda::DeviceBuffer<k::bf16> patches(static_cast<std::int64_t>(batch) * tokens * ld);
+  cuda::DeviceBuffer<std::uint16_t> patches(static_cast<std::int64_t>(batch) * tokens * ld);
   k::fill_bias_columns(patches.data(), ld, kp, static_cast<std::int64_t>(batch) * tokens, nullptr);
   k::patchify(dx.data(), patches.data(), ld, channels, size, patch, batch, nullptr);
   const std::vector<float> got = bf16_to_float(to_host(patches));
@@ -231,7 +237,7 @@ TEST_CASE("CUDA conditioning kernels: timestep sinusoid, SiLU, class table", "[c
   const float t = 637.25f;
   cuda::DeviceBuffer<float> dt(1);
   TSTITCH_CUDA_CHECK(cudaMemcpy(dt.data(), &t, sizeof t, cudaMemcpyHostToDevice));
-  cuda::DeviceBuffer<k::bf16> freq(static_cast<std::int64_t>(batch) * ld);
+  cuda::DeviceBuffer<std::uint16_t> freq(static_cast<std::int64_t>(batch) * ld);
   k::fill_bias_columns(freq.data(), ld, 256, batch, nullptr);
   k::timestep_frequencies(dt.data(), freq.data(), ld, batch, nullptr);
   const std::vector<float> got = bf16_to_float(to_host(freq));
@@ -254,7 +260,7 @@ TEST_CASE("CUDA conditioning kernels: timestep sinusoid, SiLU, class table", "[c
   auto dtemb = to_device(temb);
   auto dtable = to_device(table);
   auto dlabels = to_device(labels);
-  cuda::DeviceBuffer<k::bf16> cond(static_cast<std::int64_t>(batch) * cld);
+  cuda::DeviceBuffer<std::uint16_t> cond(static_cast<std::int64_t>(batch) * cld);
   k::fill_bias_columns(cond.data(), cld, dim, batch, nullptr);
   k::condition(dtemb.data(), dtable.data(), dlabels.data(), cond.data(), cld, dim, batch, nullptr);
   const std::vector<float> got_c = bf16_to_float(to_host(cond));
@@ -271,7 +277,7 @@ TEST_CASE("CUDA conditioning kernels: timestep sinusoid, SiLU, class table", "[c
 
   const std::vector<float> hidden = randn(static_cast<std::size_t>(batch * dim), 13, 3.0f);
   auto dhidden = to_device(hidden);
-  cuda::DeviceBuffer<k::bf16> silu(static_cast<std::int64_t>(batch) * cld);
+  cuda::DeviceBuffer<std::uint16_t> silu(static_cast<std::int64_t>(batch) * cld);
   k::fill_bias_columns(silu.data(), cld, dim, batch, nullptr);
   k::silu_to_bf16(dhidden.data(), dim, silu.data(), cld, dim, batch, nullptr);
   const std::vector<float> got_s = bf16_to_float(to_host(silu));
