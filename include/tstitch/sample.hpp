@@ -259,12 +259,16 @@ private:
     return out;
   }
 
+public:
+  // Public only because nvcc cannot instantiate a kernel template (cuda::Backend::map) with a
+  // private nested type; not part of the API.
   /// DiT's arithmetic, u + s * (c - u), for bit-exact parity with its reference sampler.
   struct Guide {
     float scale;
     TSTITCH_HOST_DEVICE float operator()(float c, float u) const { return u + scale * (c - u); }
   };
 
+private:
   Backend backend_;
   tensor_type raw_, raw_uncond_, x0_, eps_;
 };

@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <ostream>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "tstitch/core/config.hpp"
@@ -133,6 +136,77 @@ private:
   std::int64_t batch_ = 0;
   Shape shape_{};
   std::vector<float> values_;
+};
+
+/// An owning tensor of any backend (Tensor, cuda::DeviceTensor, ...), type-erased so that one
+/// solver type keeps its workspace on whatever backend it runs with: solvers assign
+/// `backend.allocate(batch, shape)` to AnyTensor members and use view(), batch(), shape().
+///
+/// Any type with `View view()`, `batch()` and `shape()` converts implicitly. The held tensor lives
+/// on the heap, so its view (cached at construction) stays valid when the AnyTensor moves.
+/// Copying copies the held tensor when its type is copyable (Tensor); a move-only tensor (device
+/// memory) copies as an empty AnyTensor, which a solver's next begin() re-allocates - workspace
+/// is never shared between two copies. holds<T>() tells which type is held, so a solver reused
+/// with another backend re-allocates instead of handing host memory to device kernels.
+class AnyTensor {
+public:
+  AnyTensor() = default;
+
+  template <class T>
+  requires(!std::is_same_v<std::remove_cvref_t<T>, AnyTensor> &&
+           requires(std::remove_cvref_t<T> & t) {
+             { t.view() } -> std::same_as<View>;
+             { t.batch() } -> std::convertible_to<std::int64_t>;
+             { t.shape() } -> std::same_as<Shape>;
+           }) AnyTensor(T&& tensor) // NOLINT(google-explicit-constructor)
+      : tag_(&tag_of<std::remove_cvref_t<T>>) {
+    using Held = std::remove_cvref_t<T>;
+    auto held = std::make_unique<Held>(std::forward<T>(tensor));
+    view_ = held->view();
+    if constexpr (std::is_copy_constructible_v<Held>)
+      clone_ = [](const AnyTensor& from) {
+        return AnyTensor(Held(*static_cast<const Held*>(from.owner_.get())));
+      };
+    owner_ = std::shared_ptr<void>(std::move(held));
+  }
+
+  AnyTensor(const AnyTensor& other) : AnyTensor(other.clone_ ? other.clone_(other) : AnyTensor()) {}
+  AnyTensor& operator=(const AnyTensor& other) {
+    if (this != &other)
+      *this = AnyTensor(other);
+    return *this;
+  }
+  AnyTensor(AnyTensor&& other) noexcept
+      : owner_(std::move(other.owner_)), view_(std::exchange(other.view_, View{})),
+        tag_(std::exchange(other.tag_, nullptr)), clone_(std::exchange(other.clone_, nullptr)) {}
+  AnyTensor& operator=(AnyTensor&& other) noexcept {
+    owner_ = std::move(other.owner_);
+    view_ = std::exchange(other.view_, View{});
+    tag_ = std::exchange(other.tag_, nullptr);
+    clone_ = std::exchange(other.clone_, nullptr);
+    return *this;
+  }
+  ~AnyTensor() = default;
+
+  [[nodiscard]] View view() { return view_; }
+  [[nodiscard]] ConstView view() const { return view_; }
+  [[nodiscard]] std::int64_t batch() const { return view_.batch(); }
+  [[nodiscard]] Shape shape() const { return view_.shape(); }
+  [[nodiscard]] bool empty() const { return owner_ == nullptr; }
+
+  /// Whether the held tensor is a T (false when empty).
+  template <class T> [[nodiscard]] bool holds() const { return tag_ == &tag_of<T>; }
+
+private:
+  // One address per held type: an inline variable template is one object across translation
+  // units, so comparing addresses identifies the type without RTTI.
+  template <class T> static constexpr char tag_of = 0;
+
+  // shared_ptr<void> for its type-erased deleter; it is never shared (see the copy constructor).
+  std::shared_ptr<void> owner_;
+  View view_{};
+  const void* tag_ = nullptr;
+  AnyTensor (*clone_)(const AnyTensor&) = nullptr;
 };
 
 } // namespace tstitch

@@ -3,6 +3,7 @@
 
 #include <concepts>
 #include <cstdint>
+#include <type_traits>
 
 #include "tstitch/core/host_backend.hpp"
 #include "tstitch/core/philox.hpp"
@@ -66,6 +67,17 @@ concept advances_latents = requires(S& s, Backend& backend, const SolverStep& st
 ///   ConstView evaluation_input(const SolverStep&, ConstView x) const;  default x
 template <class S, class Backend = HostBackend>
 concept Solver = prepares_for_a_run<S, Backend> && advances_latents<S, Backend>;
+
+/// Makes `t` a workspace tensor of `backend` for (batch, shape): allocated by the backend on the
+/// first run, kept while batch, shape and backend stay the same (so later runs allocate nothing),
+/// re-allocated when one changes - including a solver moving from the host backend to a device
+/// backend, whose kernels must never see host memory.
+template <class Backend>
+void ensure_workspace(Backend& backend, AnyTensor& t, std::int64_t batch, Shape shape) {
+  using Held = std::remove_cvref_t<decltype(backend.allocate(batch, shape))>;
+  if (!t.holds<Held>() || t.batch() != batch || t.shape() != shape)
+    t = backend.allocate(batch, shape);
+}
 
 /// The number of model evaluations a solver needs at step i.
 template <class S> [[nodiscard]] int evaluations_of(const S& solver, int step) {

@@ -37,8 +37,8 @@ public:
 
   template <class Backend>
   void begin(Backend& backend, const Trajectory&, std::int64_t batch, Shape shape) {
-    if (options_.eta > 0 && (noise_.batch() != batch || noise_.shape() != shape))
-      noise_ = backend.allocate(batch, shape);
+    if (options_.eta > 0)
+      ensure_workspace(backend, noise_, batch, shape);
   }
 
   template <class Backend>
@@ -63,7 +63,7 @@ public:
 
 private:
   DDIMOptions options_;
-  Tensor noise_;
+  AnyTensor noise_;
 };
 
 } // namespace tstitch

@@ -41,8 +41,7 @@ public:
 
   template <class Backend>
   void begin(Backend& backend, const Trajectory&, std::int64_t batch, Shape shape) {
-    if (noise_.batch() != batch || noise_.shape() != shape)
-      noise_ = backend.allocate(batch, shape);
+    ensure_workspace(backend, noise_, batch, shape);
   }
 
   template <class Backend>
@@ -87,7 +86,8 @@ public:
     }
   }
 
-private:
+  // Element-wise functors passed to backend.map. Public only because nvcc cannot instantiate a
+  // kernel template (cuda::Backend::map) with a private nested type; not part of the API.
   struct LearnedRange {
     ClippedCombination mean; // its two-argument form: the posterior mean
     float min_log, max_log;  // log posterior variance, log beta
@@ -98,8 +98,9 @@ private:
     }
   };
 
+private:
   DDPMOptions options_;
-  Tensor noise_;
+  AnyTensor noise_;
 };
 
 } // namespace tstitch

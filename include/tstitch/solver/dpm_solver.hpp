@@ -86,8 +86,8 @@ public:
     history_.reserve(backend, options_.solver_order, batch, shape);
     if (options_.thresholding)
       thresholder_.reserve(shape.numel());
-    if (sde() && (noise_.batch() != batch || noise_.shape() != shape))
-      noise_ = backend.allocate(batch, shape);
+    if (sde())
+      ensure_workspace(backend, noise_, batch, shape);
     last_order_ = 0;
   }
 
@@ -221,7 +221,7 @@ private:
   DPMSolverMultistepOptions options_;
   multistep::History history_;
   multistep::Thresholder thresholder_;
-  Tensor noise_;
+  AnyTensor noise_;
   int last_order_ = 0;
 };
 

@@ -56,10 +56,7 @@ public:
         evaluations_[static_cast<std::size_t>(i)] = 2;
         any_second = true;
       }
-    auto ensure = [&](Tensor& t) {
-      if (t.batch() != batch || t.shape() != shape)
-        t = backend.allocate(batch, shape);
-    };
+    auto ensure = [&](AnyTensor& t) { ensure_workspace(backend, t, batch, shape); };
     if (any_second || options_.clip_sample)
       ensure(derivative_);
     if (any_second)
@@ -145,6 +142,9 @@ private:
 
   TSTITCH_HOST_DEVICE static float clamp(float v, float r) { return v < -r ? -r : (v > r ? r : v); }
 
+public:
+  // Element-wise functors passed to backend.map. Public only because nvcc cannot instantiate a
+  // kernel template (cuda::Backend::map) with a private nested type; not part of the API.
   /// The ODE derivative (y - clip(x0)) / s in VP terms: (x - alpha clip(x0)) / sigma.
   struct Derivative {
     float alpha, sigma, clip;
@@ -160,10 +160,11 @@ private:
     }
   };
 
+private:
   HeunOptions options_;
   std::vector<unsigned char> evaluations_;
-  Tensor derivative_; ///< d0 of the current step
-  Tensor predictor_;  ///< the Euler predictor, evaluation 1's input
+  AnyTensor derivative_; ///< d0 of the current step
+  AnyTensor predictor_;  ///< the Euler predictor, evaluation 1's input
 };
 
 } // namespace tstitch

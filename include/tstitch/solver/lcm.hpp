@@ -127,8 +127,8 @@ public:
 
   template <class Backend>
   void begin(Backend& backend, const Trajectory& trajectory, std::int64_t batch, Shape shape) {
-    if (trajectory.steps() > 1 && (noise_.batch() != batch || noise_.shape() != shape))
-      noise_ = backend.allocate(batch, shape);
+    if (trajectory.steps() > 1)
+      ensure_workspace(backend, noise_, batch, shape);
   }
 
   template <class Backend>
@@ -160,7 +160,7 @@ public:
 
 private:
   LCMOptions options_;
-  Tensor noise_;
+  AnyTensor noise_;
 };
 
 } // namespace tstitch

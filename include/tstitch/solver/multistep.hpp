@@ -19,6 +19,7 @@
 #include "tstitch/core/host_backend.hpp"
 #include "tstitch/core/step.hpp"
 #include "tstitch/core/tensor.hpp"
+#include "tstitch/solver/concept.hpp"
 
 namespace tstitch {
 
@@ -70,11 +71,8 @@ public:
   void reserve(Backend& backend, int capacity, std::int64_t batch, Shape shape) {
     require(capacity >= 1 && capacity <= max_capacity, "history capacity", capacity,
             "must lie in [1, 4]");
-    for (int k = 0; k < capacity; ++k) {
-      Tensor& slot = slots_[static_cast<std::size_t>(k)];
-      if (slot.batch() != batch || slot.shape() != shape)
-        slot = backend.allocate(batch, shape);
-    }
+    for (int k = 0; k < capacity; ++k)
+      ensure_workspace(backend, slots_[static_cast<std::size_t>(k)], batch, shape);
     capacity_ = capacity;
     clear();
   }
@@ -108,7 +106,7 @@ private:
     return static_cast<std::size_t>(((newest_ - k) % capacity_ + capacity_) % capacity_);
   }
 
-  std::array<Tensor, max_capacity> slots_{};
+  std::array<AnyTensor, max_capacity> slots_{};
   std::array<TimePoint, max_capacity> points_{};
   int capacity_ = 1;
   int size_ = 0;
@@ -133,7 +131,8 @@ public:
     }
   }
 
-private:
+  // Element-wise functors passed to backend.map. Public only because nvcc cannot instantiate a
+  // kernel template (cuda::Backend::map) with a private nested type; not part of the API.
   struct ClampScale {
     float s;
     TSTITCH_HOST_DEVICE float operator()(float v) const {
@@ -141,6 +140,7 @@ private:
     }
   };
 
+private:
   /// s for one sample: torch.quantile's linear interpolation between order statistics, then
   /// torch.clamp(q, min=1, max=sample_max_value).
   float threshold(const DynamicThresholding& options, ConstView row) {

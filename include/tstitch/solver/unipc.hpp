@@ -75,8 +75,7 @@ public:
     history_.reserve(backend, options_.solver_order + 1, batch, shape);
     if (options_.thresholding)
       thresholder_.reserve(shape.numel());
-    if (last_sample_.batch() != batch || last_sample_.shape() != shape)
-      last_sample_ = backend.allocate(batch, shape);
+    ensure_workspace(backend, last_sample_, batch, shape);
     has_last_sample_ = false;
     last_order_ = 0;
     last_corrector_order_ = 0;
@@ -243,7 +242,7 @@ private:
   UniPCOptions options_;
   multistep::History history_;
   multistep::Thresholder thresholder_;
-  Tensor last_sample_;
+  AnyTensor last_sample_;
   bool has_last_sample_ = false;
   int last_order_ = 0;
   int last_corrector_order_ = 0;
