@@ -1,0 +1,177 @@
+// SPDX-License-Identifier: Apache-2.0
+// PNG grids (stb_image_write) and .npy files.
+#include <catch2/catch.hpp>
+
+#include "tstitch/io/png.hpp" // first: it compiles stb_image_write's implementation
+
+// The reader, for round trips: compiled here only, with internal linkage.
+#define STB_IMAGE_STATIC
+#define STB_IMAGE_IMPLEMENTATION
+#include <stb/stb_image.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "tstitch/io/npy.hpp"
+
+using namespace tstitch;
+
+namespace {
+
+std::filesystem::path temp_path(const std::string& name) {
+  return std::filesystem::temp_directory_path() / ("tstitch_test_io_" + name);
+}
+
+std::string read_all(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+} // namespace
+
+TEST_CASE("to_byte maps [min, max] to 0..255 with rounding and clamping", "[png]") {
+  CHECK(io::to_byte(-1.0f, -1.0f, 1.0f) == 0);
+  CHECK(io::to_byte(1.0f, -1.0f, 1.0f) == 255);
+  CHECK(io::to_byte(0.0f, -1.0f, 1.0f) == 128); // 127.5 rounds away from zero
+  CHECK(io::to_byte(-0.5f, -1.0f, 1.0f) == 64); // 63.75
+  CHECK(io::to_byte(7.0f, -1.0f, 1.0f) == 255);
+  CHECK(io::to_byte(-7.0f, -1.0f, 1.0f) == 0);
+  CHECK(io::to_byte(std::nanf(""), -1.0f, 1.0f) == 0);
+}
+
+TEST_CASE("A grey PNG grid reads back pixel for pixel", "[png]") {
+  // Three 2x3 images in a grid of 2 columns, padding 1, scale 2: tiles 4x6 (h x w).
+  Tensor images(3, Shape{1, 2, 3});
+  for (std::int64_t i = 0; i < images.numel(); ++i)
+    images[i] = -1.0f + 2.0f * static_cast<float>(i) / static_cast<float>(images.numel() - 1);
+  io::GridOptions options;
+  options.columns = 2;
+  options.padding = 1;
+  options.padding_value = 7;
+  options.scale = 2;
+  const auto path = temp_path("grid.png");
+  io::write_png_grid(path, images, options);
+
+  int w = 0, h = 0, c = 0;
+  unsigned char* pixels = stbi_load(path.string().c_str(), &w, &h, &c, 0);
+  REQUIRE(pixels != nullptr);
+  CHECK(c == 1);
+  REQUIRE(w == 2 * 6 + 3 * 1);
+  REQUIRE(h == 2 * 4 + 3 * 1);
+  auto at = [&](int y, int x) { return static_cast<int>(pixels[y * w + x]); };
+  int mismatches = 0;
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x) {
+      int expected = 7; // padding, and the empty fourth tile
+      const int col = (x - 1) / 7, row = (y - 1) / 5;
+      const int tx = (x - 1) % 7, ty = (y - 1) % 5;
+      const int image = row * 2 + col;
+      if (x >= 1 && y >= 1 && tx < 6 && ty < 4 && image < 3)
+        expected = io::to_byte(images.view().at(image, 0, ty / 2, tx / 2), -1.0f, 1.0f);
+      if (at(y, x) != expected && ++mismatches <= 3)
+        FAIL_CHECK("pixel (" << y << ", " << x << ") = " << at(y, x) << ", expected " << expected);
+    }
+  CHECK(mismatches == 0);
+  // Spot checks independent of to_byte: the first pixel of image 0 is -1 -> 0, the last pixel
+  // of image 2 is +1 -> 255.
+  CHECK(at(1, 1) == 0);
+  CHECK(at(1 + 5 + 3, 1 + 5) == 255);
+  stbi_image_free(pixels);
+}
+
+TEST_CASE("An RGB PNG keeps the channels apart", "[png]") {
+  Tensor image(1, Shape{3, 1, 2});
+  const float values[] = {1.0f, -1.0f, /*G*/ -1.0f, 0.0f, /*B*/ 0.5f, 1.0f};
+  std::copy(std::begin(values), std::end(values), image.data());
+  io::GridOptions options;
+  options.padding = 0;
+  const auto path = temp_path("rgb.png");
+  io::write_png_grid(path, image, options);
+  int w = 0, h = 0, c = 0;
+  unsigned char* pixels = stbi_load(path.string().c_str(), &w, &h, &c, 0);
+  REQUIRE(pixels != nullptr);
+  REQUIRE((w == 2 && h == 1 && c == 3));
+  const std::vector<int> got(pixels, pixels + 6);
+  CHECK(got == std::vector<int>{255, 0, 191, 0, 128, 255});
+  stbi_image_free(pixels);
+}
+
+TEST_CASE("PNG errors name the problem", "[png]") {
+  Tensor four(1, Shape{4, 2, 2});
+  CHECK_THROWS_WITH(io::write_png_grid(temp_path("x.png"), four),
+                    Catch::Contains("image channels = 4"));
+  Tensor grey(1, Shape{1, 2, 2});
+  const auto bad = temp_path("no_such_dir") / "x.png";
+  CHECK_THROWS_WITH(io::write_png_grid(bad, grey), Catch::Contains("no_such_dir"));
+  io::GridOptions options;
+  options.columns = 0;
+  CHECK_THROWS_WITH(io::image_grid(grey, options), Catch::Contains("grid columns = 0"));
+}
+
+TEST_CASE("npy header follows NumPy format 1.0 with 64-byte alignment", "[npy]") {
+  const std::vector<std::int64_t> shape{2, 1, 3, 4};
+  const std::string header = io::npy_header(shape);
+  CHECK(header.size() % 64 == 0);
+  // NumPy's own bytes (numpy 2.4.6):
+  //   b = io.BytesIO(); np.save(b, np.zeros((2, 1, 3, 4), np.float32)); b.getvalue()[:128]
+  //   == b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False, 'shape': (2, 1, 3, 4), }"
+  //      + 52 spaces + b"\n"
+  const std::string numpy_bytes =
+      std::string("\x93NUMPY\x01\x00v\x00", 10) +
+      "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 1, 3, 4), }" + std::string(52, ' ') +
+      "\n";
+  CHECK(header == numpy_bytes);
+  CHECK(header.substr(0, 8) == std::string("\x93NUMPY\x01\x00", 8));
+  const auto length = static_cast<std::size_t>(static_cast<unsigned char>(header[8]) |
+                                               (static_cast<unsigned char>(header[9]) << 8));
+  CHECK(length + 10 == header.size());
+  const std::string dict = header.substr(10);
+  CHECK(dict.rfind("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 1, 3, 4), }", 0) == 0);
+  CHECK(dict.back() == '\n');
+  CHECK(dict.find_first_not_of(' ', dict.find('}') + 1) == dict.size() - 1);
+  // One dimension needs the tuple comma; zero dimensions are a scalar "()".
+  const std::vector<std::int64_t> one{5}, none{};
+  CHECK(io::npy_header(one).find("'shape': (5,), }") != std::string::npos);
+  CHECK(io::npy_header(none).find("'shape': (), }") != std::string::npos);
+}
+
+TEST_CASE("write_npy writes the header then the little-endian floats", "[npy]") {
+  Tensor batch(2, Shape{1, 1, 3});
+  for (std::int64_t i = 0; i < 6; ++i)
+    batch[i] = 0.25f * static_cast<float>(i) - 1.0f;
+  const auto path = temp_path("batch.npy");
+  io::write_npy(path, batch);
+  const std::string bytes = read_all(path);
+  // 10 bytes of preamble + the 65-character dictionary + '\n' = 76: padded to 128.
+  REQUIRE(bytes.size() == 128 + 6 * 4);
+  CHECK(bytes.substr(0, 128) == io::npy_header(std::vector<std::int64_t>{2, 1, 1, 3}));
+  CHECK(bytes.substr(10, 65).find("'shape': (2, 1, 1, 3)") != std::string::npos);
+  // -1.0f is 0xBF800000: little-endian 00 00 80 BF.
+  CHECK(bytes.substr(128, 4) == std::string("\x00\x00\x80\xBF", 4));
+  float back[6];
+  std::memcpy(back, bytes.data() + 128, sizeof back);
+  for (int i = 0; i < 6; ++i)
+    CHECK(back[i] == batch[i]);
+
+  // A channel slice (batch stride != C*H*W) is written compactly.
+  Tensor wide(2, Shape{2, 1, 2});
+  for (std::int64_t i = 0; i < 8; ++i)
+    wide[i] = static_cast<float>(i);
+  io::write_npy(path, ConstView(wide.view()).channels(1, 1));
+  const std::string sliced = read_all(path);
+  REQUIRE(sliced.size() == 128 + 4 * 4); // shape (2, 1, 1, 2): the same header length
+  float slice[4];
+  std::memcpy(slice, sliced.data() + 128, sizeof slice);
+  CHECK(std::vector<float>(slice, slice + 4) == std::vector<float>{2, 3, 6, 7});
+
+  const std::vector<float> three{1, 2, 3};
+  const std::vector<std::int64_t> four{4};
+  CHECK_THROWS_WITH(io::write_npy(path, three, four), Catch::Contains("npy value count = 3"));
+  CHECK_THROWS_WITH(io::write_npy(temp_path("no_such_dir") / "a.npy", three,
+                                  std::vector<std::int64_t>{3}),
+                    Catch::Contains("no_such_dir"));
+}
