@@ -6,3 +6,4 @@
 #include "tstitch/cuda/attention.cuh"
 #include "tstitch/cuda/dit_kernels.cuh"
 #include "tstitch/cuda/dit_model.cuh"
+#include "tstitch/cuda/sampling_dit.cuh"
