@@ -40,9 +40,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_dit_golden import official_pos_embed, official_shapes, timestep_embedding, metadata  # noqa: E402
+from make_dit_golden import official_pos_embed, official_shapes, metadata  # noqa: E402
 
-DATA_DIR = "/usr/share/datasets/fashion-mnist"
+# Debian package dataset-fashion-mnist; TSTITCH_FASHION_MNIST overrides (a machine without it).
+DATA_DIR = os.environ.get("TSTITCH_FASHION_MNIST", "/usr/share/datasets/fashion-mnist")
 NUM_TRAIN_TIMESTEPS = 1000
 
 PRESETS = {
@@ -132,7 +133,7 @@ class DiT(torch.nn.Module):
         g = cfg["input_size"] // p
         B, T, hd = x.shape[0], g * g, D // H
         h = self.x_embedder.proj(x).flatten(2).transpose(1, 2) + self.pos_embed
-        c = self.t_embedder.mlp(timestep_embedding(t, torch.float32)) + self.y_embedder.embedding_table(y)
+        c = self.t_embedder.mlp(sinusoid(t)) + self.y_embedder.embedding_table(y)
         for b in self.blocks:
             sh1, sc1, g1, sh2, sc2, g2 = (m[:, None, :] for m in b.adaLN_modulation(c).chunk(6, dim=1))
             a = F.layer_norm(h, (D,), eps=1e-6) * (1 + sc1) + sh1
@@ -146,6 +147,14 @@ class DiT(torch.nn.Module):
         co = h.shape[-1] // (p * p)
         h = h.reshape(B, g, g, p, p, co).permute(0, 5, 1, 3, 2, 4)
         return h.reshape(B, co, g * p, g * p)
+
+
+def sinusoid(t):
+    """DiT's timestep features [cos(t f), sin(t f)], f_i = exp(-ln(10000) i / 128), in float32 on
+    t's device (make_dit_golden.timestep_embedding computes the same on the CPU)."""
+    freqs = torch.exp(-math.log(10000) * torch.arange(128, dtype=torch.float32, device=t.device) / 128)
+    args = t.float()[:, None] * freqs[None, :]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
 def alphas_cumprod():
@@ -197,6 +206,9 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--checkpoint", help="resumable training state (.pt); default: <out>.ckpt.pt")
     ap.add_argument("--checkpoint-every", type=int, default=500)
+    ap.add_argument("--max-minutes", type=float,
+                    help="stop early (checkpoint and export) after this much training time; the "
+                         "exported metadata records the steps actually done")
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--info", action="store_true", help="print the configurations and MACs, then exit")
     args = ap.parse_args()
@@ -254,7 +266,10 @@ def main():
     model.train()
     perm, perm_pos = None, n_data
     t0 = time.time()
-    while step < steps:
+    def minutes():
+        return (elapsed + time.time() - t0) / 60
+
+    while step < steps and not (args.max_minutes and minutes() >= args.max_minutes):
         # Data order: a fresh permutation per epoch, drawn from the one generator. The epoch's
         # permutation is re-drawn on resume from the saved generator state, so a resumed run
         # sees a different order than an uninterrupted one (both are deterministic).
@@ -281,9 +296,11 @@ def main():
         step += 1
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for k, v in model.state_dict().items():
-                if v.dtype.is_floating_point:
-                    ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+            live = model.state_dict()
+            keys = [k for k, v in live.items() if v.dtype.is_floating_point]
+            targets, sources = [ema[k] for k in keys], [live[k] for k in keys]
+            torch._foreach_mul_(targets, decay)  # one fused launch per op on a GPU
+            torch._foreach_add_(targets, sources, alpha=1 - decay)
         loss_avg = float(loss) if loss_avg is None else 0.99 * loss_avg + 0.01 * float(loss)
         if step % args.log_every == 0 or step == steps:
             now = elapsed + time.time() - t0
@@ -293,6 +310,9 @@ def main():
             elapsed += time.time() - t0
             t0 = time.time()
             save_checkpoint()
+    elapsed += time.time() - t0
+    t0 = time.time()
+    save_checkpoint()
 
     facts = {"training_steps": step, "training_batch": batch, "training_lr": lr,
              "training_minutes": f"{elapsed / 60:.1f}", "training_loss_ema100": f"{loss_avg:.4f}",
