@@ -159,7 +159,7 @@ TEST_CASE("CUDA gated_residual adds gate * (y + bias) in fp32", "[cuda][kernels]
 }
 
 TEST_CASE("CUDA bias_gelu applies tanh-GELU", "[cuda][kernels]") {
-  const int cols = 33, ld = 40;
+  const int cols = 36, ld = 40;
   const std::int64_t rows = 9;
   const std::vector<float> x = randn(static_cast<std::size_t>(rows * ld), 7, 2.0f);
   const std::vector<float> bias = randn(static_cast<std::size_t>(cols), 8);
@@ -182,6 +182,8 @@ TEST_CASE("CUDA bias_gelu applies tanh-GELU", "[cuda][kernels]") {
     want[i] = 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
   }
   CHECK(compare(got, want, 2e-2, "bias_gelu") < 1e-2);
+  // The row kernels read 4 values at a time.
+  CHECK_THROWS_AS(k::bias_gelu(dx.data(), ld, nullptr, 33, rows, nullptr), invalid_argument);
 }
 
 TEST_CASE("CUDA patchify and unpatchify follow DiT's token and channel order", "[cuda][kernels]") {

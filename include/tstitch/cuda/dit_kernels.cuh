@@ -7,8 +7,10 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "tstitch/cuda/kernels.hpp"
 #include "tstitch/cuda/runtime.hpp"
@@ -133,18 +135,48 @@ __global__ void patchify_kernel(const float* x, bf16* patches, int ld, int chann
   }
 }
 
-__global__ void add_position_kernel(float* h, const float* pos, int tokens, int dim,
-                                    std::int64_t rows) {
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-       i < rows * dim; i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t r = i / dim;
-    h[i] += pos[(r % tokens) * dim + (i - r * dim)];
+// The row kernels below run one thread block per row (blockIdx.x = row), threads striding over
+// 4-column groups: 16-byte loads and stores, and no 64-bit division per element (a first version
+// with a flat index spent more time dividing than moving bytes). D and 4D are multiples of 4 (the
+// config requires D % 4 == 0), so every row and offset is 16-byte aligned for fp32 and 8-byte
+// aligned for bf16.
+
+__device__ inline void store_bf16x4(bf16* out, float4 v) {
+  __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y);
+  __nv_bfloat162 hi = __floats2bfloat162_rn(v.z, v.w);
+  uint2 bits;
+  memcpy(&bits.x, &lo, 4);
+  memcpy(&bits.y, &hi, 4);
+  *reinterpret_cast<uint2*>(out) = bits;
+}
+
+__device__ inline float4 load_bf16x4(const bf16* in) {
+  const uint2 bits = *reinterpret_cast<const uint2*>(in);
+  __nv_bfloat162 lo, hi;
+  memcpy(&lo, &bits.x, 4);
+  memcpy(&hi, &bits.y, 4);
+  const float2 a = __bfloat1622float2(lo), b = __bfloat1622float2(hi);
+  return make_float4(a.x, a.y, b.x, b.y);
+}
+
+__global__ void add_position_kernel(float* h, const float* pos, int tokens, int dim) {
+  const std::int64_t row = blockIdx.x;
+  float4* x = reinterpret_cast<float4*>(h + row * dim);
+  const float4* p = reinterpret_cast<const float4*>(pos + (row % tokens) * dim);
+  for (int c = static_cast<int>(threadIdx.x); c < dim / 4; c += static_cast<int>(blockDim.x)) {
+    float4 v = x[c];
+    const float4 q = p[c];
+    v.x += q.x;
+    v.y += q.y;
+    v.z += q.z;
+    v.w += q.w;
+    x[c] = v;
   }
 }
 
 // out = LayerNorm(h) * (1 + scale) + shift, LayerNorm without affine (eps 1e-6), shift and scale
 // of the row's sample. One warp per row; the row is read three times (mean, variance, output),
-// the second and third times from L1/L2. Two passes keep the variance accurate when |mean| is
+// the second and third times from L1. Two passes keep the variance accurate when |mean| is
 // large, as it can be in the residual stream.
 __global__ void layernorm_modulate_kernel(const float* h, const float* mod, int mod_ld,
                                           int shift_offset, int scale_offset, bf16* out,
@@ -155,47 +187,68 @@ __global__ void layernorm_modulate_kernel(const float* h, const float* mod, int 
       blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + (threadIdx.x >> 5);
   if (row >= rows)
     return;
-  const float* x = h + row * dim;
+  const int groups = dim / 4;
+  const float4* x = reinterpret_cast<const float4*>(h + row * dim);
   float sum = 0.0f;
-  for (int c = lane; c < dim; c += 32)
-    sum += x[c];
+  for (int c = lane; c < groups; c += 32) {
+    const float4 v = x[c];
+    sum += (v.x + v.y) + (v.z + v.w);
+  }
   const float mean = warp_sum(sum) / static_cast<float>(dim);
   float sq = 0.0f;
-  for (int c = lane; c < dim; c += 32) {
-    const float d = x[c] - mean;
-    sq += d * d;
+  for (int c = lane; c < groups; c += 32) {
+    const float4 v = x[c];
+    const float a = v.x - mean, b = v.y - mean, d = v.z - mean, e = v.w - mean;
+    sq += (a * a + b * b) + (d * d + e * e);
   }
   const float rstd = rsqrtf(warp_sum(sq) / static_cast<float>(dim) + eps);
   const float* m = mod + (row / tokens) * mod_ld;
+  const float4* shift = reinterpret_cast<const float4*>(m + shift_offset);
+  const float4* scale = reinterpret_cast<const float4*>(m + scale_offset);
   bf16* o = out + row * ld_out;
-  for (int c = lane; c < dim; c += 32)
-    o[c] = __float2bfloat16((x[c] - mean) * rstd * (1.0f + m[scale_offset + c]) +
-                            m[shift_offset + c]);
+  for (int c = lane; c < groups; c += 32) {
+    const float4 v = x[c], sh = shift[c], sc = scale[c];
+    store_bf16x4(o + 4 * c, make_float4((v.x - mean) * rstd * (1.0f + sc.x) + sh.x,
+                                        (v.y - mean) * rstd * (1.0f + sc.y) + sh.y,
+                                        (v.z - mean) * rstd * (1.0f + sc.z) + sh.z,
+                                        (v.w - mean) * rstd * (1.0f + sc.w) + sh.w));
+  }
 }
 
 // h += gate * (y + bias): a block's output joins the residual stream (the gate of adaLN-Zero).
 __global__ void gated_residual_kernel(float* h, const float* y, const float* bias,
                                       const float* mod, int mod_ld, int gate_offset, int tokens,
-                                      int dim, std::int64_t rows) {
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-       i < rows * dim; i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t r = i / dim;
-    const std::int64_t c = i - r * dim;
-    const float gate = mod[(r / tokens) * mod_ld + gate_offset + c];
-    h[i] += gate * (y[i] + bias[c]);
+                                      int dim) {
+  const std::int64_t row = blockIdx.x;
+  float4* x = reinterpret_cast<float4*>(h + row * dim);
+  const float4* in = reinterpret_cast<const float4*>(y + row * dim);
+  const float4* b = reinterpret_cast<const float4*>(bias);
+  const float4* g = reinterpret_cast<const float4*>(mod + (row / tokens) * mod_ld + gate_offset);
+  for (int c = static_cast<int>(threadIdx.x); c < dim / 4; c += static_cast<int>(blockDim.x)) {
+    float4 v = x[c];
+    const float4 u = in[c], bb = b[c], gg = g[c];
+    v.x += gg.x * (u.x + bb.x);
+    v.y += gg.y * (u.y + bb.y);
+    v.z += gg.z * (u.z + bb.z);
+    v.w += gg.w * (u.w + bb.w);
+    x[c] = v;
   }
 }
 
 // In place on the fc1 output (bias already added by the GEMM), or with a bias when given.
-__global__ void bias_gelu_kernel(bf16* x, int ld, const float* bias, int cols, std::int64_t rows) {
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-       i < rows * cols; i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t r = i / cols;
-    const std::int64_t c = i - r * cols;
-    float v = __bfloat162float(x[r * ld + c]);
-    if (bias != nullptr)
-      v += bias[c];
-    x[r * ld + c] = __float2bfloat16(gelu_tanh(v));
+__global__ void bias_gelu_kernel(bf16* x, int ld, const float* bias, int cols) {
+  bf16* r = x + static_cast<std::int64_t>(blockIdx.x) * ld;
+  for (int c = static_cast<int>(threadIdx.x); c < cols / 4; c += static_cast<int>(blockDim.x)) {
+    float4 v = load_bf16x4(r + 4 * c);
+    if (bias != nullptr) {
+      const float4 bb = reinterpret_cast<const float4*>(bias)[c];
+      v.x += bb.x;
+      v.y += bb.y;
+      v.z += bb.z;
+      v.w += bb.w;
+    }
+    store_bf16x4(r + 4 * c,
+                 make_float4(gelu_tanh(v.x), gelu_tanh(v.y), gelu_tanh(v.z), gelu_tanh(v.w)));
   }
 }
 
@@ -224,6 +277,17 @@ namespace impl {
 constexpr int threads_per_block = 256;
 inline bf16* as_bf16(std::uint16_t* p) { return reinterpret_cast<bf16*>(p); }
 inline int blocks(std::int64_t work) { return blocks_for(work, threads_per_block); }
+// One block per row (grid x allows 2^31 - 1 rows); as many threads as 4-column groups, in whole
+// warps, at most 256.
+inline unsigned row_blocks(std::int64_t rows) {
+  require(rows >= 1 && rows < (std::int64_t{1} << 31), "rows", rows, "must be in [1, 2^31)");
+  return static_cast<unsigned>(rows);
+}
+inline void require_groups_of_4(const char* what, std::int64_t value) {
+  if (value % 4 != 0)
+    throw_invalid_argument(what, value, "must be a multiple of 4 (16-byte vector access)");
+}
+inline int row_threads(int groups) { return std::min(256, std::max(32, (groups + 31) / 32 * 32)); }
 } // namespace impl
 
 using impl::as_bf16;
@@ -274,14 +338,20 @@ void patchify(const float* x, std::uint16_t* patches, int ld, int channels, int 
 
 void add_position(float* h, const float* pos, int tokens, int dim, std::int64_t rows,
                   cudaStream_t s) {
-  impl::add_position_kernel<<<impl::blocks(rows * dim), threads_per_block, 0, s>>>(h, pos, tokens,
-                                                                                   dim, rows);
+  impl::require_groups_of_4("add_position dim", dim);
+  impl::add_position_kernel<<<impl::row_blocks(rows), impl::row_threads(dim / 4), 0, s>>>(
+      h, pos, tokens, dim);
   impl::check_launch("add_position_kernel");
 }
 
 void layernorm_modulate(const float* h, const float* mod, int mod_ld, int shift_offset,
                         int scale_offset, std::uint16_t* out, int ld_out, int tokens, int dim,
                         std::int64_t rows, cudaStream_t s, float eps) {
+  impl::require_groups_of_4("layernorm_modulate dim", dim);
+  impl::require_groups_of_4("layernorm_modulate ld_out", ld_out);
+  impl::require_groups_of_4("layernorm_modulate mod_ld", mod_ld);
+  impl::require_groups_of_4("layernorm_modulate shift_offset", shift_offset);
+  impl::require_groups_of_4("layernorm_modulate scale_offset", scale_offset);
   constexpr int warps = threads_per_block / 32;
   impl::layernorm_modulate_kernel<<<static_cast<unsigned>((rows + warps - 1) / warps),
                                     threads_per_block, 0, s>>>(
@@ -291,15 +361,20 @@ void layernorm_modulate(const float* h, const float* mod, int mod_ld, int shift_
 
 void gated_residual(float* h, const float* y, const float* bias, const float* mod, int mod_ld,
                     int gate_offset, int tokens, int dim, std::int64_t rows, cudaStream_t s) {
-  impl::gated_residual_kernel<<<impl::blocks(rows * dim), threads_per_block, 0, s>>>(
-      h, y, bias, mod, mod_ld, gate_offset, tokens, dim, rows);
+  impl::require_groups_of_4("gated_residual dim", dim);
+  impl::require_groups_of_4("gated_residual mod_ld", mod_ld);
+  impl::require_groups_of_4("gated_residual gate_offset", gate_offset);
+  impl::gated_residual_kernel<<<impl::row_blocks(rows), impl::row_threads(dim / 4), 0, s>>>(
+      h, y, bias, mod, mod_ld, gate_offset, tokens, dim);
   impl::check_launch("gated_residual_kernel");
 }
 
 void bias_gelu(std::uint16_t* x, int ld, const float* bias, int cols, std::int64_t rows,
                cudaStream_t s) {
-  impl::bias_gelu_kernel<<<impl::blocks(rows * cols), threads_per_block, 0, s>>>(
-      as_bf16(x), ld, bias, cols, rows);
+  impl::require_groups_of_4("bias_gelu cols", cols);
+  impl::require_groups_of_4("bias_gelu ld", ld);
+  impl::bias_gelu_kernel<<<impl::row_blocks(rows), impl::row_threads(cols / 4), 0, s>>>(
+      as_bf16(x), ld, bias, cols);
   impl::check_launch("bias_gelu_kernel");
 }
 

@@ -57,6 +57,8 @@ void attention(const std::uint16_t* qkv, std::uint16_t* out, int batch, int toke
 // K+1.. hold 0: the weight carries its bias in column K, so the GEMM adds it for free, and ld
 // stays a multiple of 8 elements (16 bytes, as the tensor cores like). fill_bias_columns writes
 // those constant columns once per buffer; the other kernels only write columns [0, K).
+// The row kernels (add_position, layernorm_modulate, gated_residual, bias_gelu) access 4 values at
+// a time: their dims, row strides and offsets must be multiples of 4 (else invalid_argument).
 
 /// Extra columns of a GEMM input buffer that carry the folded bias.
 inline constexpr int bias_columns = 8;
