@@ -141,10 +141,16 @@ Comparison run_and_compare(AttentionPath path, const Case& c,
   const auto out_count = static_cast<std::int64_t>(expected.size());
   DeviceBuffer<std::uint16_t> d_qkv(static_cast<std::int64_t>(qkv.size()));
   DeviceBuffer<std::uint16_t> d_out(out_count + 2 * kGuard);
-  TSTITCH_CUDA_CHECK(cudaMemcpy(d_qkv.data(), qkv.data(), qkv.size() * sizeof(std::uint16_t),
-                                cudaMemcpyHostToDevice));
-  TSTITCH_CUDA_CHECK(cudaMemset(d_out.data(), 0xff, static_cast<std::size_t>(d_out.bytes())));
+  // Input copy and poison on the kernel's own stream: tstitch's stream is non-blocking, so a
+  // plain cudaMemset/cudaMemcpy (legacy default stream) is NOT ordered before the kernel. With
+  // the GPU idle the race never showed; with other processes on the GPU the memset landed after
+  // the kernel and the output read back as all poison.
   const cudaStream_t stream = tstitch::cuda::default_stream();
+  TSTITCH_CUDA_CHECK(cudaMemcpyAsync(d_qkv.data(), qkv.data(),
+                                     qkv.size() * sizeof(std::uint16_t), cudaMemcpyHostToDevice,
+                                     stream));
+  TSTITCH_CUDA_CHECK(
+      cudaMemsetAsync(d_out.data(), 0xff, static_cast<std::size_t>(d_out.bytes()), stream));
   tstitch::cuda::kernels::attention(d_qkv.data(), d_out.data() + kGuard, c.batch, c.tokens, c.heads,
                                     c.head_dim, path, stream);
   TSTITCH_CUDA_CHECK(cudaStreamSynchronize(stream));

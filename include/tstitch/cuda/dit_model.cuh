@@ -194,6 +194,9 @@ struct DitModel::Impl {
         {w.pos_embed.data, static_cast<std::size_t>(config.tokens() * d)});
     if (!kernels::attention_supported(attention, static_cast<int>(config.head_dim())))
       attention = AttentionPath::reference;
+    // cudaMemcpy from pageable memory may return before its DMA lands, and the model's stream is
+    // non-blocking (not ordered after the legacy stream): wait once, here, for the uploads.
+    TSTITCH_CUDA_CHECK(cudaDeviceSynchronize());
   }
 
   [[nodiscard]] std::int64_t weight_bytes() const {
