@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "tstitch/io/png.hpp"
+#include "tstitch/metrics/classifier.hpp"
 #include "tstitch/metrics/frechet.hpp"
 #include "tstitch/models/dit/cpu_model.hpp"
 #include "tstitch/tstitch.hpp"
@@ -35,19 +36,20 @@ namespace {
 
 struct Args {
   std::filesystem::path models_dir = TSTITCH_MODELS_DIR;
-  std::filesystem::path small, large, stats; // default: files in models_dir
+  std::filesystem::path small, large, stats, classifier; // default: files in models_dir
   std::filesystem::path png = "fashion_stitch.png";
   int count = 80;
   int steps = 50;
   int batch = 80;
   double guidance = 1.25;
   std::uint64_t seed = 1;
-  int bootstrap = 100;
+  int bootstrap = 50;
 };
 
 [[noreturn]] void usage(int code) {
   std::printf(
       "usage: fashion_demo [--models DIR] [--small FILE] [--large FILE] [--stats FILE]\n"
+      "                    [--classifier FILE]\n"
       "                    [--count N] [--steps S] [--guidance G] [--batch B] [--seed K]\n"
       "                    [--png FILE] [--bootstrap R]\n"
       "  --models DIR    where fashion_dit_s/_l.safetensors and fashion_fd_stats.safetensors\n"
@@ -57,7 +59,7 @@ struct Args {
       "  --guidance G    classifier-free guidance scale (default 1.25: the large model's best FD)\n"
       "  --png FILE      grid of the first 10 images of every fraction (default "
       "fashion_stitch.png)\n"
-      "  --bootstrap R   bootstrap resamples for FD's standard error (default 100; 0: off)\n");
+      "  --bootstrap R   bootstrap resamples for FD's standard error (default 50; 0: off)\n");
   std::exit(code);
 }
 
@@ -85,6 +87,8 @@ Args parse(int argc, char** argv) {
       args.large = value();
     else if (a == "--stats")
       args.stats = value();
+    else if (a == "--classifier")
+      args.classifier = value();
     else if (a == "--png")
       args.png = value();
     else if (a == "--count")
@@ -114,6 +118,8 @@ Args parse(int argc, char** argv) {
     args.large = args.models_dir / "fashion_dit_l.safetensors";
   if (args.stats.empty())
     args.stats = args.models_dir / "fashion_fd_stats.safetensors";
+  if (args.classifier.empty())
+    args.classifier = args.models_dir / "fashion_classifier.safetensors";
   return args;
 }
 
@@ -163,6 +169,7 @@ int run(const Args& args) {
   dit::CpuModel small = load_model(args.small, "DiT-S");
   dit::CpuModel large = load_model(args.large, "DiT-L");
   const metrics::PcaFeatures features = metrics::PcaFeatures::load(args.stats);
+  const metrics::MlpClassifier classifier = metrics::MlpClassifier::load(args.classifier);
   const Shape shape = large.latent_shape();
   if (small.latent_shape() != shape)
     throw tstitch::invalid_argument(detail::concat("fashion_demo: the models' image shapes differ: ",
@@ -173,6 +180,11 @@ int run(const Args& args) {
     throw tstitch::invalid_argument(detail::concat(
         "fashion_demo: the models' class counts differ: ", small.config().num_classes, " vs ",
         large.config().num_classes));
+  if (shape.numel() != classifier.pixels())
+    throw tstitch::invalid_argument(detail::concat("fashion_demo: classifier '",
+                                                   args.classifier.string(), "' is for ",
+                                                   classifier.pixels(), " pixels; the models make ",
+                                                   shape));
   if (shape.numel() != features.pixels())
     throw tstitch::invalid_argument(detail::concat("fashion_demo: FD stats '", args.stats.string(),
                                                    "' are for ", features.pixels(),
@@ -202,9 +214,13 @@ int run(const Args& args) {
               "per fraction (labels 0..%d cycling, seed %llu)\n",
               args.steps, args.guidance, n, classes - 1,
               static_cast<unsigned long long>(args.seed));
-  std::printf("  FD: Frechet distance to the training images in a %lld-d PCA space (%s); lower "
-              "is better; +- is the bootstrap standard deviation at this N\n\n",
+  std::printf("  FD-pca: Frechet distance to the training images in a %lld-d PCA space (%s)\n",
               static_cast<long long>(features.dims()), args.stats.filename().string().c_str());
+  std::printf("  FD-cls: the same in the %lld-d penultimate features of an MLP classifier (%s); "
+              "acc: how many images it assigns to their conditioning class\n",
+              static_cast<long long>(classifier.dims()),
+              args.classifier.filename().string().c_str());
+  std::printf("  lower FD is better; +- is the bootstrap standard deviation at this N\n\n");
 
   // The noise floor: real held-out images scored the same way, at the same N.
   const Eigen::MatrixXd& test = features.test_features();
@@ -213,14 +229,25 @@ int run(const Args& args) {
     const double floor = metrics::frechet_distance(metrics::feature_stats(real_rows),
                                                    features.real_stats());
     const double floor_sd = bootstrap_sd(real_rows, features.real_stats(), args.bootstrap);
-    std::printf("noise floor: FD of %d real test images (t10k) = %.3f%s\n\n", n, floor,
+    std::printf("noise floor: FD-pca of %d real test images (t10k) = %.3f%s\n", n, floor,
                 (" " + plus_minus(floor_sd)).c_str());
   }
+  const Eigen::MatrixXd& test_cls = classifier.test_features();
+  if (test_cls.rows() >= n) {
+    const Eigen::MatrixXd real_rows = test_cls.topRows(n);
+    const double floor = metrics::frechet_distance(metrics::feature_stats(real_rows),
+                                                   classifier.real_stats());
+    const double floor_sd = bootstrap_sd(real_rows, classifier.real_stats(), args.bootstrap);
+    std::printf("noise floor: FD-cls of %d real test images (t10k) = %.3f%s\n", n, floor,
+                (" " + plus_minus(floor_sd)).c_str());
+  }
+  std::printf("\n");
 
   const int columns = std::min(n, classes);
   Tensor grid(11 * columns, shape);
-  std::printf("fraction  small  large   wall s  speedup  MAC speedup      FD        (x large-only)\n");
-  double large_seconds = 0, large_fd = 0;
+  std::printf("fraction  small  large   wall s  speedup  MAC speedup     FD-pca (x large)"
+              "          FD-cls (x large)    acc\n");
+  double large_seconds = 0, large_fd = 0, large_fd_cls = 0;
   Sampler<> sampler;
   for (int tenth = 0; tenth <= 10; ++tenth) {
     const double fraction = tenth / 10.0;
@@ -246,15 +273,25 @@ int run(const Args& args) {
     const Eigen::MatrixXd f = features.project(x);
     const double fd = metrics::frechet_distance(metrics::feature_stats(f), features.real_stats());
     const double sd = bootstrap_sd(f, features.real_stats(), args.bootstrap);
+    const Eigen::MatrixXd fc = classifier.features(x);
+    const double fd_cls =
+        metrics::frechet_distance(metrics::feature_stats(fc), classifier.real_stats());
+    const double sd_cls = bootstrap_sd(fc, classifier.real_stats(), args.bootstrap);
+    const std::vector<int> predicted = classifier.predict(x);
+    int correct = 0;
+    for (std::size_t i = 0; i < predicted.size(); ++i)
+      correct += predicted[i] == labels[i];
     if (tenth == 0) {
       large_seconds = seconds;
       large_fd = fd;
+      large_fd_cls = fd_cls;
     }
     const double mac_cost = (counts[1] + cost_ratio * counts[0]) / args.steps;
-    std::printf("  %.1f     %4d   %4d   %6.1f   %5.2fx     %5.2fx     %7.3f %-10s %5.2f\n",
+    std::printf("  %.1f     %4d   %4d   %6.1f   %5.2fx     %5.2fx   %7.2f %-9s %4.2f   %7.2f %-9s"
+                " %4.2f   %3.0f%%\n",
                 fraction, counts[0], counts[1], seconds, large_seconds / seconds, 1.0 / mac_cost,
-                fd, plus_minus(sd).c_str(),
-                fd / large_fd);
+                fd, plus_minus(sd).c_str(), fd / large_fd, fd_cls, plus_minus(sd_cls).c_str(),
+                fd_cls / large_fd_cls, 100.0 * correct / n);
     std::fflush(stdout);
     std::copy(x.data(), x.data() + columns * shape.numel(),
               grid.data() + tenth * columns * shape.numel());

@@ -51,6 +51,8 @@ PRESETS = {
     # Step counts fit both into 90 minutes on a 2-core CPU (see models/README.md).
     "small": dict(depth=4, hidden_size=48, num_heads=3, steps=3000, batch=64, lr=1e-3),
     "large": dict(depth=6, hidden_size=128, num_heads=4, steps=4000, batch=64, lr=5e-4),
+    # A much smaller partner (2.3 M MACs, 1/36 of large), for a wider capacity gap.
+    "tiny": dict(depth=2, hidden_size=32, num_heads=2, steps=6000, batch=64, lr=1e-3),
 }
 COMMON = dict(patch_size=4, input_size=32, in_channels=1, num_classes=10, learn_sigma=False)
 
@@ -206,6 +208,8 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--checkpoint", help="resumable training state (.pt); default: <out>.ckpt.pt")
     ap.add_argument("--checkpoint-every", type=int, default=500)
+    ap.add_argument("--init", help="start from these weights (a safetensors file this script "
+                    "exported, e.g. to continue training on another machine); fresh optimiser")
     ap.add_argument("--max-minutes", type=float,
                     help="stop early (checkpoint and export) after this much training time; the "
                          "exported metadata records the steps actually done")
@@ -242,6 +246,15 @@ def main():
     model = DiT(cfg)
     model.initialize(gen)
     model.to(device)
+    if args.init:
+        from safetensors.torch import load_file
+        loaded = load_file(args.init)
+        state = model.state_dict()
+        missing = [k for k in state if k not in loaded]
+        if missing:
+            raise SystemExit(f"{args.init}: missing tensors {missing[:3]}")
+        model.load_state_dict({k: loaded[k].to(state[k].dtype) for k in state})
+        print(f"initialised from {args.init}")
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
     step, elapsed, loss_avg = 0, 0.0, None
@@ -317,6 +330,7 @@ def main():
     facts = {"training_steps": step, "training_batch": batch, "training_lr": lr,
              "training_minutes": f"{elapsed / 60:.1f}", "training_loss_ema100": f"{loss_avg:.4f}",
              "training_seed": args.seed, "training_device": args.device,
+             "training_init": args.init or "scratch",
              "training_threads": args.threads, "ema_decay": args.ema,
              "dataset": "fashion-mnist train (60000), 28x28 padded to 32x32 with -1, [-1, 1]",
              "objective": "epsilon MSE, linear betas 1e-4..0.02, 1000 steps, fixed variance",
