@@ -31,8 +31,9 @@ struct MemoryReport {
 /// writes out in device memory and returns without waiting for the GPU.
 ///
 /// Each batch size's forward is captured once as a CUDA graph and replayed: a call costs one
-/// graph launch plus a parameter update of the nodes that read x, the timestep and the labels
-/// and write out; no allocation, no host synchronisation. Weights are uploaded once (bf16, from
+/// small kernel that copies x, the timestep and the labels to where the graph reads them, the
+/// graph launch, and a device-to-device copy of the output; no allocation, no host
+/// synchronisation (after the first call of a batch size and of a label vector). Weights are uploaded once (bf16, from
 /// F32/F16/BF16 files); the host copy is not kept.
 class DitModel {
 public:
