@@ -355,27 +355,9 @@ struct DitModel::Impl {
   }
 
   void predict(ConstView x, const StepContext& ctx, const std::vector<int>& labels, View out) {
-    const dit::Config& c = config;
+    dit::check_forward(config, x, out, labels, ctx.point.timestep, "CUDA DiT");
     const std::int64_t n = x.batch();
-    if (x.shape() != c.latent_shape() || n < 1)
-      throw_invalid_argument("CUDA DiT input shape", shape_string(x),
-                             detail::concat("must be [N >= 1, ", c.in_channels, ", ", c.input_size,
-                                            ", ", c.input_size, "] for ", name));
-    const Shape out_shape{c.out_channels(), c.input_size, c.input_size};
-    if (out.batch() != n || out.shape() != out_shape)
-      throw_invalid_argument("CUDA DiT output shape", shape_string(out),
-                             detail::concat("must be [", n, ", ", out_shape.channels, ", ",
-                                            c.input_size, ", ", c.input_size, "] for ", name));
-    if (static_cast<std::int64_t>(labels.size()) != n)
-      throw_invalid_argument("labels.size()", labels.size(),
-                             detail::concat("must equal the batch, ", n));
-    for (std::size_t i = 0; i < labels.size(); ++i)
-      if (labels[i] < 0 || labels[i] > c.num_classes)
-        throw_invalid_argument(
-            detail::concat("labels[", i, "]"), labels[i],
-            detail::concat("must be in [0, ", c.num_classes, "] (", c.num_classes, ": no class)"));
-    if (!std::isfinite(ctx.point.timestep))
-      throw_invalid_argument("timestep", ctx.point.timestep, "must be finite");
+    const Shape out_shape{config.out_channels(), config.input_size, config.input_size};
 
     dit_detail::Activations& act = activations_for(static_cast<int>(n));
     const int* device_labels = labels_on_device(labels);

@@ -100,20 +100,7 @@ private:
   using Vector = Eigen::VectorXf;
 
   Matrix hidden(ConstView images) const {
-    if (images.sample_numel() != pixels())
-      throw_invalid_argument("image shape", shape_string(images),
-                             tstitch::detail::concat("must have C*H*W = ", pixels(),
-                                                     " values per image, as the classifier"));
-    Matrix x(images.batch(), pixels());
-    for (std::int64_t n = 0; n < images.batch(); ++n) {
-      const float* row = images.data() + n * images.batch_stride();
-      for (std::int64_t p = 0; p < pixels(); ++p) {
-        if (!std::isfinite(row[p]))
-          throw_invalid_argument(tstitch::detail::concat("image ", n, " pixel ", p), row[p],
-                                 "must be finite");
-        x(n, p) = row[p];
-      }
-    }
+    const Matrix x = detail::flatten_images<float>(images, pixels(), "the classifier");
     const Matrix h1 = ((x * w1_.transpose()).rowwise() + b1_.transpose()).cwiseMax(0.0f);
     return ((h1 * w2_.transpose()).rowwise() + b2_.transpose()).cwiseMax(0.0f);
   }

@@ -57,6 +57,29 @@ inline void check_stats(const FeatureStats& s, const char* name) {
                            "a covariance must be symmetric");
 }
 
+/// Images (N, C, H, W) as an N x pixels matrix of T, one flattened image per row; throws naming
+/// the image and pixel of a NaN or Inf, or the shape when C*H*W != pixels (`consumer`: whose
+/// input size that is, for the message).
+template <class T>
+Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>
+flatten_images(ConstView images, std::int64_t pixels, const char* consumer) {
+  if (images.sample_numel() != pixels)
+    throw_invalid_argument("image shape", shape_string(images),
+                           tstitch::detail::concat("must have C*H*W = ", pixels,
+                                                   " values per image, as ", consumer));
+  Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> x(images.batch(), pixels);
+  for (std::int64_t n = 0; n < images.batch(); ++n) {
+    const float* row = images.data() + n * images.batch_stride();
+    for (std::int64_t p = 0; p < pixels; ++p) {
+      if (!std::isfinite(row[p]))
+        throw_invalid_argument(tstitch::detail::concat("image ", n, " pixel ", p), row[p],
+                               "must be finite");
+      x(n, p) = static_cast<T>(row[p]);
+    }
+  }
+  return x;
+}
+
 /// The symmetric positive semi-definite square root, via the eigendecomposition; eigenvalues
 /// below zero (rounding of a PSD matrix) are taken as zero.
 inline Eigen::MatrixXd psd_sqrt(const Eigen::MatrixXd& m) {
@@ -177,21 +200,8 @@ public:
 
   /// Features of a batch of images (N, C, H, W) with C * H * W = pixels(): an N x k matrix.
   [[nodiscard]] Eigen::MatrixXd project(ConstView images) const {
-    if (images.sample_numel() != pixels())
-      throw_invalid_argument("image shape", shape_string(images),
-                             tstitch::detail::concat("must have C*H*W = ", pixels(),
-                                                     " values per image, as the PCA components"));
-    Eigen::MatrixXd x(images.batch(), pixels());
-    for (std::int64_t n = 0; n < images.batch(); ++n) {
-      const float* row = images.data() + n * images.batch_stride();
-      for (std::int64_t p = 0; p < pixels(); ++p) {
-        if (!std::isfinite(row[p]))
-          throw_invalid_argument(tstitch::detail::concat("image ", n, " pixel ", p), row[p],
-                                 "must be finite");
-        x(n, p) = static_cast<double>(row[p]) - pixel_mean_(p);
-      }
-    }
-    return x * components_.transpose();
+    const Eigen::MatrixXd x = detail::flatten_images<double>(images, pixels(), "the PCA components");
+    return (x.rowwise() - pixel_mean_.transpose()) * components_.transpose();
   }
 
   /// FD of a batch of images (at least 2) against the real statistics.

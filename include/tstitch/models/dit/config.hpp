@@ -2,6 +2,7 @@
 #pragma once
 
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -9,6 +10,7 @@
 #include <ostream>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "tstitch/core/error.hpp"
 #include "tstitch/core/tensor.hpp"
@@ -145,5 +147,32 @@ struct Config {
                << (c.learn_sigma ? ", learn_sigma)" : ")");
   }
 };
+
+/// Checks the arguments of a forward against a config, naming the first bad one: latents x
+/// [N >= 1, C, S, S], output out [N, out_channels, S, S], one label per row in [0, num_classes]
+/// (num_classes: the null class), a finite timestep. `model` names the model in the messages.
+inline void check_forward(const Config& c, ConstView x, ConstView out,
+                          const std::vector<int>& labels, double timestep,
+                          std::string_view model) {
+  const std::int64_t n = x.batch();
+  if (x.shape() != c.latent_shape() || n < 1)
+    throw_invalid_argument(detail::concat(model, " input shape"), shape_string(x),
+                           detail::concat("must be [N >= 1, ", c.in_channels, ", ", c.input_size,
+                                          ", ", c.input_size, "] for ", c));
+  if (out.batch() != n || out.shape() != Shape{c.out_channels(), c.input_size, c.input_size})
+    throw_invalid_argument(detail::concat(model, " output shape"), shape_string(out),
+                           detail::concat("must be [", n, ", ", c.out_channels(), ", ",
+                                          c.input_size, ", ", c.input_size, "]"));
+  if (static_cast<std::int64_t>(labels.size()) != n)
+    throw_invalid_argument("labels.size()", labels.size(),
+                           detail::concat("must equal the batch, ", n));
+  for (std::size_t i = 0; i < labels.size(); ++i)
+    if (labels[i] < 0 || labels[i] > c.num_classes)
+      throw_invalid_argument(
+          detail::concat("labels[", i, "]"), labels[i],
+          detail::concat("must be in [0, ", c.num_classes, "] (", c.num_classes, ": no class)"));
+  if (!std::isfinite(timestep))
+    throw_invalid_argument("timestep", timestep, "must be finite");
+}
 
 } // namespace tstitch::dit

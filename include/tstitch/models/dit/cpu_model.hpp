@@ -58,24 +58,8 @@ public:
   /// Writes the raw output (N, out_channels, H, W) for latents x (N, C, H, W) at model time
   /// ctx.point.timestep and labels (one per row, in [0, num_classes]).
   void predict(ConstView x, const StepContext& ctx, const condition_type& labels, View out) {
-    const Config& c = config();
+    check_forward(config(), x, out, labels, ctx.point.timestep, "DiT");
     const std::int64_t n = x.batch();
-    if (x.shape() != c.latent_shape())
-      throw_invalid_argument("DiT input shape", shape_string(x),
-                             detail::concat("must be [N, ", c.in_channels, ", ", c.input_size, ", ",
-                                            c.input_size, "] for ", c));
-    if (out.batch() != n || out.shape() != Shape{c.out_channels(), c.input_size, c.input_size})
-      throw_invalid_argument("DiT output shape", shape_string(out),
-                             detail::concat("must be [", n, ", ", c.out_channels(), ", ",
-                                            c.input_size, ", ", c.input_size, "]"));
-    if (static_cast<std::int64_t>(labels.size()) != n)
-      throw_invalid_argument("labels.size()", labels.size(),
-                             detail::concat("must equal the batch, ", n));
-    for (std::size_t i = 0; i < labels.size(); ++i)
-      if (labels[i] < 0 || labels[i] > c.num_classes)
-        throw_invalid_argument(
-            detail::concat("labels[", i, "]"), labels[i],
-            detail::concat("must be in [0, ", c.num_classes, "] (", c.num_classes, ": no class)"));
     reserve(n);
     embed_condition(static_cast<float>(ctx.point.timestep), labels);
     embed_patches(x);
