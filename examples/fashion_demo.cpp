@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include <CLI/CLI.hpp>
+
 #include "tstitch/io/png.hpp"
 #include "tstitch/metrics/classifier.hpp"
 #include "tstitch/metrics/frechet.hpp"
@@ -46,67 +48,37 @@ struct Args {
   int bootstrap = 50;
 };
 
-[[noreturn]] void usage(int code) {
-  std::printf(
-      "usage: fashion_demo [--models DIR] [--small FILE] [--large FILE] [--stats FILE]\n"
-      "                    [--classifier FILE]\n"
-      "                    [--count N] [--steps S] [--guidance G] [--batch B] [--seed K]\n"
-      "                    [--png FILE] [--bootstrap R]\n"
-      "  --models DIR    where fashion_dit_s/_l.safetensors and fashion_fd_stats.safetensors\n"
-      "                  live (default " TSTITCH_MODELS_DIR ")\n"
-      "  --count N       images per fraction (default 80: the demo takes ~2.5 min on 2 cores)\n"
-      "  --steps S       DDIM steps (default 50)\n"
-      "  --guidance G    classifier-free guidance scale (default 1.25: the large model's best FD)\n"
-      "  --png FILE      grid of the first 10 images of every fraction (default "
-      "fashion_stitch.png)\n"
-      "  --bootstrap R   bootstrap resamples for FD's standard error (default 50; 0: off)\n");
-  std::exit(code);
-}
-
+/// Command-line options (CLI11, as tstitch-sample); --help lists them with their defaults.
 Args parse(int argc, char** argv) {
   Args args;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc)
-        throw tstitch::invalid_argument("fashion_demo: " + a + " needs a value");
-      return argv[++i];
-    };
-    auto integer = [&](const std::string& v) {
-      std::size_t used = 0;
-      const long long x = std::stoll(v, &used);
-      if (used != v.size())
-        throw tstitch::invalid_argument("fashion_demo: " + a + " = '" + v + "': not an integer");
-      return x;
-    };
-    if (a == "--models")
-      args.models_dir = value();
-    else if (a == "--small")
-      args.small = value();
-    else if (a == "--large")
-      args.large = value();
-    else if (a == "--stats")
-      args.stats = value();
-    else if (a == "--classifier")
-      args.classifier = value();
-    else if (a == "--png")
-      args.png = value();
-    else if (a == "--count")
-      args.count = static_cast<int>(integer(value()));
-    else if (a == "--steps")
-      args.steps = static_cast<int>(integer(value()));
-    else if (a == "--batch")
-      args.batch = static_cast<int>(integer(value()));
-    else if (a == "--seed")
-      args.seed = static_cast<std::uint64_t>(integer(value()));
-    else if (a == "--bootstrap")
-      args.bootstrap = static_cast<int>(integer(value()));
-    else if (a == "--guidance")
-      args.guidance = std::stod(value());
-    else if (a == "--help" || a == "-h")
-      usage(0);
-    else
-      throw tstitch::invalid_argument("fashion_demo: unknown argument '" + a + "' (see --help)");
+  CLI::App app{"fashion_demo: T-Stitch on the DiT pair trained on Fashion-MNIST (models/): time "
+               "and quality of every small-model fraction 0.0, 0.1, ..., 1.0"};
+  app.add_option("--models", args.models_dir,
+                 "where fashion_dit_s/_l, fashion_fd_stats and fashion_classifier .safetensors live")
+      ->capture_default_str();
+  app.add_option("--small", args.small, "small model (default: <models>/fashion_dit_s.safetensors)");
+  app.add_option("--large", args.large, "large model (default: <models>/fashion_dit_l.safetensors)");
+  app.add_option("--stats", args.stats,
+                 "PCA FD statistics (default: <models>/fashion_fd_stats.safetensors)");
+  app.add_option("--classifier", args.classifier,
+                 "classifier (default: <models>/fashion_classifier.safetensors)");
+  app.add_option("--count", args.count, "images per fraction (80: about 3 min on 2 cores)")
+      ->capture_default_str();
+  app.add_option("--steps", args.steps, "DDIM steps")->capture_default_str();
+  app.add_option("--guidance", args.guidance,
+                 "classifier-free guidance scale (1.25: the large model's best FD)")
+      ->capture_default_str();
+  app.add_option("--batch", args.batch, "images per model call")->capture_default_str();
+  app.add_option("--seed", args.seed, "noise seed")->capture_default_str();
+  app.add_option("--png", args.png, "grid of the first 10 images of every fraction")
+      ->capture_default_str();
+  app.add_option("--bootstrap", args.bootstrap,
+                 "bootstrap resamples for FD's standard error (0: off)")
+      ->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::exit(app.exit(e));
   }
   require(args.count >= 2, "--count", args.count, "must be at least 2 (FD needs a covariance)");
   require(args.steps >= 1, "--steps", args.steps, "must be at least 1");
