@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // One forward of DiT-S/2 and DiT-B/2 on the CPU (random weights, 32x32x4 latents as at 256x256,
-// batch 1 and 8), float32. Threads: OMP_NUM_THREADS (OpenMP builds). The PyTorch and ONNX Runtime
-// peers run the same configurations in tools/bench_dit_cpu.py; benchmarks/run_dit_cpu.sh runs both
-// and prints the ratios.
+// batch 1 and 8), float32, with each GEMM library built in (dit::Gemm: Eigen, and oneDNN when
+// found). Threads: OMP_NUM_THREADS (OpenMP builds). The PyTorch and ONNX Runtime peers run the
+// same configurations in tools/bench_dit_cpu.py; benchmarks/run_dit_cpu.sh runs both and prints
+// the ratios.
 #include <benchmark/benchmark.h>
 
 #include <string>
@@ -18,9 +19,9 @@ using namespace tstitch;
 
 namespace {
 
-void BM_dit_forward(benchmark::State& state, const std::string& preset) {
+void BM_dit_forward(benchmark::State& state, const std::string& preset, dit::Gemm gemm) {
   const dit::Config config = dit::Config::preset(preset);
-  dit::CpuModel model(dit::Weights::random(config, 1));
+  dit::CpuModel model(dit::Weights::random(config, 1), preset, gemm);
   const std::int64_t batch = state.range(0);
   Tensor x(batch, config.latent_shape());
   HostBackend{}.fill_normal(x, NoiseKey{2, 0, 0, 0});
@@ -28,7 +29,7 @@ void BM_dit_forward(benchmark::State& state, const std::string& preset) {
   const std::vector<int> labels(static_cast<std::size_t>(batch), 207);
   StepContext ctx;
   ctx.point.timestep = 500;
-  model.predict(x, ctx, labels, out); // sizes the activation buffers
+  model.predict(x, ctx, labels, out); // sizes the activation buffers, builds the primitives
   for (auto _ : state) {
     model.predict(x, ctx, labels, out);
     benchmark::DoNotOptimize(out.data());
@@ -44,18 +45,27 @@ void BM_dit_forward(benchmark::State& state, const std::string& preset) {
   state.counters["activation_MB"] = static_cast<double>(model.activation_bytes()) / 1e6;
 }
 
-BENCHMARK_CAPTURE(BM_dit_forward, DiT_S_2, std::string("DiT-S/2"))
-    ->ArgName("batch")
-    ->Arg(1)
-    ->Arg(8)
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime();
-BENCHMARK_CAPTURE(BM_dit_forward, DiT_B_2, std::string("DiT-B/2"))
-    ->ArgName("batch")
-    ->Arg(1)
-    ->Arg(8)
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime();
+// Names: dit_forward/<model>/<gemm>/batch:<n>, e.g. dit_forward/DiT-S_2/onednn/batch:8.
+const bool registered = [] {
+  for (const char* preset : {"DiT-S/2", "DiT-B/2"})
+    for (const dit::Gemm gemm : {dit::Gemm::onednn, dit::Gemm::eigen}) {
+      if (!dit::gemm_available(gemm))
+        continue;
+      std::string model = preset;
+      model.replace(model.find('/'), 1, "_");
+      benchmark::RegisterBenchmark(
+          ("dit_forward/" + model + "/" + dit::to_string(gemm)).c_str(),
+          [preset = std::string(preset), gemm](benchmark::State& state) {
+            BM_dit_forward(state, preset, gemm);
+          })
+          ->ArgName("batch")
+          ->Arg(1)
+          ->Arg(8)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+    }
+  return true;
+}();
 
 } // namespace
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# DiT-S/2 and DiT-B/2 forward on the CPU: tstitch (Eigen, float32) against PyTorch eager and ONNX
+# DiT-S/2 and DiT-B/2 forward on the CPU: tstitch (float32; oneDNN GEMMs, and Eigen for reference) against PyTorch eager and ONNX
 # Runtime on the same machine, in the same run, with the same thread count. Prints one table with
 # the ratios (peer time / tstitch time: above 1 means tstitch is faster).
 #
@@ -33,25 +33,24 @@ ms = {}
 for b in ours["benchmarks"]:
     if b.get("aggregate_name") != "median":
         continue
-    # BM_dit_forward/DiT_S_2/batch:8/real_time_median
-    parts = b["run_name"].split("/")
-    model = parts[1].replace("DiT_", "DiT-").replace("_2", "/2")
-    batch = int(parts[2].split(":")[1])
-    ms[(model, batch, "tstitch")] = b["real_time"]
+    # dit_forward/DiT-S_2/onednn/batch:8/real_time_median
+    _, model, gemm, batch = b["run_name"].split("/")[:4]
+    ms[(model.replace("_", "/"), int(batch.split(":")[1]), gemm)] = b["real_time"]
 for r in peers["results"]:
     ms[(r["model"], r["batch"], r["backend"])] = r["median_ms"]
 env = peers["environment"]
 print(f"# {env['cpu']}, {env['threads']} threads; torch {env['torch']}, "
-      f"onnxruntime {env['onnxruntime']}; medians in ms")
-print("model      batch  tstitch   pytorch   onnxruntime   pytorch/tstitch   ort/tstitch")
+      f"onnxruntime {env['onnxruntime']}; medians in ms; ratios = peer / tstitch (oneDNN GEMMs)")
+print("model      batch  tstitch  (Eigen)   pytorch   onnxruntime   pytorch/tstitch   ort/tstitch")
+fmt = lambda v: f"{v:8.1f}" if v is not None else "       -"
 for model in ("DiT-S/2", "DiT-B/2"):
     for batch in (1, 8):
-        t = ms.get((model, batch, "tstitch"))
+        t = ms.get((model, batch, "onednn")) or ms.get((model, batch, "eigen"))
+        e = ms.get((model, batch, "eigen"))
         p = ms.get((model, batch, "pytorch"))
         o = ms.get((model, batch, "onnxruntime"))
         if t is None:
             continue
-        fmt = lambda v: f"{v:8.1f}" if v is not None else "       -"
         ratio = lambda v: f"{v / t:10.2f}" if v is not None else "         -"
-        print(f"{model:9s}  {batch:5d}  {fmt(t)}  {fmt(p)}  {fmt(o)}     {ratio(p)}        {ratio(o)}")
+        print(f"{model:9s}  {batch:5d}  {fmt(t)} {fmt(e)}  {fmt(p)}  {fmt(o)}     {ratio(p)}        {ratio(o)}")
 PY

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -43,6 +44,13 @@ double relative_l2(const float* a, const float* b, std::int64_t n) {
     norm += static_cast<double>(b[i]) * b[i];
   }
   return std::sqrt(diff / norm);
+}
+
+std::vector<dit::Gemm> available_gemms() {
+  std::vector<dit::Gemm> gemms{dit::Gemm::eigen};
+  if (dit::gemm_available(dit::Gemm::onednn))
+    gemms.push_back(dit::Gemm::onednn);
+  return gemms;
 }
 
 Tensor forward(dit::CpuModel& model, std::int64_t batch, double t, std::vector<int> labels) {
@@ -238,9 +246,10 @@ namespace {
 
 /// Runs a converted checkpoint on the inputs of a golden file written by tools/make_dit_golden.py
 /// (diffusers' DiTTransformer2DModel with the same weights) and returns the relative L2 error.
-double golden_error(const std::string& weights_file, const std::string& golden_file) {
+double golden_error(const std::string& weights_file, const std::string& golden_file,
+                    dit::Gemm gemm) {
   const std::filesystem::path dir = std::filesystem::path(TSTITCH_TEST_DATA_DIR) / "dit";
-  dit::CpuModel model(dit::Weights::load(dir / weights_file));
+  dit::CpuModel model(dit::Weights::load(dir / weights_file), "DiT", gemm);
   const io::SafetensorsFile golden(dir / golden_file);
   const dit::Config& c = model.config();
   const std::vector<float> x = golden.read_f32("x"), t = golden.read_f32("t"),
@@ -267,11 +276,90 @@ double golden_error(const std::string& weights_file, const std::string& golden_f
 
 TEST_CASE("DiT matches diffusers' DiTTransformer2DModel on golden files", "[dit][parity]") {
   // Random non-zero values in every tensor, several timesteps (one fractional) and labels (one
-  // the null class); tools/make_dit_golden.py regenerates them.
-  SECTION("depth 2, hidden 64, 4 heads, patch 2, 8x8x4, 10 classes, learn_sigma") {
-    CHECK(golden_error("tiny_dit.safetensors", "tiny_dit_golden.safetensors") < 1e-5);
+  // the null class); tools/make_dit_golden.py regenerates them. Every GEMM library built in.
+  for (const dit::Gemm gemm : available_gemms()) {
+    INFO("gemm " << dit::to_string(gemm));
+    // depth 2, hidden 64, 4 heads, patch 2, 8x8x4, 10 classes, learn_sigma
+    CHECK(golden_error("tiny_dit.safetensors", "tiny_dit_golden.safetensors", gemm) < 1e-5);
+    // depth 1, hidden 40, 5 heads, patch 4, 16x16x3, 7 classes, no learn_sigma
+    CHECK(golden_error("tiny_dit_p4.safetensors", "tiny_dit_p4_golden.safetensors", gemm) < 1e-5);
   }
-  SECTION("depth 1, hidden 40, 5 heads, patch 4, 16x16x3, 7 classes, no learn_sigma") {
-    CHECK(golden_error("tiny_dit_p4.safetensors", "tiny_dit_p4_golden.safetensors") < 1e-5);
+}
+
+TEST_CASE("DiT linear layers: every epilogue of every GEMM library against a double loop",
+          "[dit][linear]") {
+  // Odd sizes (no multiple of a vector width), 3 samples of 5 rows, gate rows 2 * out apart.
+  const std::int64_t samples = 3, per_sample = 5, rows = samples * per_sample, in = 13, out = 9;
+  const std::int64_t gate_stride = 2 * out;
+  auto values = [](std::int64_t count, float scale, std::uint64_t seed) {
+    std::vector<float> v(static_cast<std::size_t>(count));
+    Tensor noise(1, Shape{count, 1, 1});
+    HostBackend{}.fill_normal(noise, NoiseKey{seed, 0, 0, 0});
+    for (std::int64_t i = 0; i < count; ++i)
+      v[static_cast<std::size_t>(i)] = scale * noise.data()[i];
+    return v;
+  };
+  const std::vector<float> x = values(rows * in, 1.0f, 1), w = values(out * in, 0.5f, 2),
+                           b = values(out, 1.0f, 3), gate = values(samples * gate_stride, 1.0f, 4),
+                           residual = values(rows * out, 1.0f, 5);
+  const dit::Param weight{w.data(), out, in}, bias{b.data(), 1, out};
+  auto reference = [&](std::int64_t r, std::int64_t o) {
+    double acc = b[static_cast<std::size_t>(o)];
+    for (std::int64_t k = 0; k < in; ++k)
+      acc += static_cast<double>(x[static_cast<std::size_t>(r * in + k)]) *
+             w[static_cast<std::size_t>(o * in + k)];
+    return acc;
+  };
+  for (const dit::Gemm gemm : available_gemms()) {
+    INFO("gemm " << dit::to_string(gemm));
+    dit::LinearLayers linear(gemm);
+    std::vector<float> y(static_cast<std::size_t>(rows * out)), scratch(y.size());
+    for (const auto kind : {dit::Epilogue::Kind::store, dit::Epilogue::Kind::gelu_tanh,
+                            dit::Epilogue::Kind::gated_residual}) {
+      INFO("epilogue " << static_cast<int>(kind));
+      dit::Epilogue epilogue{kind};
+      if (kind == dit::Epilogue::Kind::gated_residual) {
+        epilogue = dit::Epilogue::gated(gate.data() + 1, gate_stride, per_sample);
+        y = residual;
+      }
+      for (int call = 0; call < 2; ++call) { // the second call reuses the cached primitive
+        if (kind == dit::Epilogue::Kind::gated_residual)
+          y = residual;
+        linear.run(x.data(), rows, weight, bias, y.data(), epilogue, scratch.data());
+        double worst = 0;
+        for (std::int64_t r = 0; r < rows; ++r)
+          for (std::int64_t o = 0; o < out; ++o) {
+            const double v = reference(r, o);
+            double expected = v;
+            if (kind == dit::Epilogue::Kind::gelu_tanh)
+              expected = 0.5 * v * (1 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+            if (kind == dit::Epilogue::Kind::gated_residual)
+              expected = residual[static_cast<std::size_t>(r * out + o)] +
+                         gate[static_cast<std::size_t>(1 + (r / per_sample) * gate_stride + o)] * v;
+            worst = std::max(worst, std::abs(y[static_cast<std::size_t>(r * out + o)] - expected) /
+                                        (1 + std::abs(expected)));
+          }
+        CHECK(worst < 2e-6);
+      }
+    }
   }
+}
+
+TEST_CASE("DiT: oneDNN and Eigen give the same model; an unbuilt GEMM is refused",
+          "[dit][linear]") {
+  if (!dit::gemm_available(dit::Gemm::onednn)) {
+    CHECK_THROWS_WITH(dit::LinearLayers(dit::Gemm::onednn), Catch::Contains("oneDNN"));
+    return;
+  }
+  // Batch 3 (the golden files run one row per call): gates broadcast per sample; a moved model
+  // keeps its primitives.
+  dit::CpuModel eigen(dit::Weights::random(tiny_config(), 31), "DiT", dit::Gemm::eigen);
+  dit::CpuModel onednn(dit::Weights::random(tiny_config(), 31), "DiT", dit::Gemm::onednn);
+  CHECK(onednn.gemm() == dit::Gemm::onednn);
+  const Tensor a = forward(eigen, 3, 321, {0, 9, 10});
+  const Tensor b = forward(onednn, 3, 321, {0, 9, 10});
+  CHECK(relative_l2(b.data(), a.data(), a.numel()) < 1e-6);
+  dit::CpuModel moved = std::move(onednn);
+  const Tensor c = forward(moved, 3, 321, {0, 9, 10});
+  CHECK(std::memcmp(b.data(), c.data(), sizeof(float) * static_cast<std::size_t>(b.numel())) == 0);
 }

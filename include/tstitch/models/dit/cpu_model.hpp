@@ -15,25 +15,30 @@
 
 #include "tstitch/core/denoiser.hpp"
 #include "tstitch/core/error.hpp"
+#include "tstitch/models/dit/attention.hpp"
+#include "tstitch/models/dit/linear.hpp"
 #include "tstitch/models/dit/weights.hpp"
 
 namespace tstitch::dit {
 
-/// DiT on the CPU in float32 with Eigen: the reference the CUDA backend is tested against, and a
-/// Denoiser in its own right (prediction epsilon_learned_sigma, or epsilon without learn_sigma;
-/// condition: one class label per batch row, num_classes meaning "no class" for guidance).
+/// DiT on the CPU in float32: the reference the CUDA backend is tested against, and a Denoiser in
+/// its own right (prediction epsilon_learned_sigma, or epsilon without learn_sigma; condition: one
+/// class label per batch row, num_classes meaning "no class" for guidance). Eigen for attention
+/// and the row operations; the linear layers in oneDNN or Eigen (`Gemm`, linear.hpp).
 ///
 /// Activation buffers are allocated once per batch size and reused, so sampling allocates nothing
-/// per step. Build with OpenMP (-fopenmp) to use several cores: Eigen's GEMMs and the attention
-/// loop over (sample, head) then run in parallel.
+/// per step. Build with OpenMP (-fopenmp) to use several cores: the GEMMs, the attention loop over
+/// (sample, head) and the row operations then run in parallel.
 class CpuModel {
 public:
   using condition_type = std::vector<int>;
   using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Vector = Eigen::Matrix<float, 1, Eigen::Dynamic, Eigen::RowMajor>;
 
-  explicit CpuModel(Weights weights, std::string name = "DiT")
-      : weights_(std::move(weights)), name_(std::move(name)) {}
+  /// `gemm` picks the library of the linear layers (linear.hpp); both give the same model to
+  /// float32 rounding.
+  explicit CpuModel(Weights weights, std::string name = "DiT", Gemm gemm = default_gemm())
+      : weights_(std::move(weights)), name_(std::move(name)), linear_(gemm), attention_(gemm) {}
 
   [[nodiscard]] Prediction prediction() const {
     return config().learn_sigma ? Prediction::epsilon_learned_sigma : Prediction::epsilon;
@@ -46,13 +51,15 @@ public:
   }
   [[nodiscard]] const Config& config() const { return weights_.config(); }
   [[nodiscard]] const Weights& weights() const { return weights_; }
+  [[nodiscard]] Gemm gemm() const { return linear_.gemm(); }
 
   /// Bytes of activation buffers currently allocated (they grow with the largest batch seen).
   [[nodiscard]] std::int64_t activation_bytes() const {
     return static_cast<std::int64_t>(sizeof(float)) *
-           (tokens_.size() + h_.size() + qkv_.size() + attn_.size() + mlp_.size() + scores_.size() +
+           (tokens_.size() + h_.size() + qkv_.size() + attn_.size() + mlp_.size() +
             out_.size() + cond_.size() + silu_.size() + mod_.size() + patches_.size() +
-            freq_.size() + temb_.size());
+            freq_.size() + temb_.size()) +
+           attention_.scratch_bytes();
   }
 
   /// Writes the raw output (N, out_channels, H, W) for latents x (N, C, H, W) at model time
@@ -97,45 +104,11 @@ private:
     resize(mod_, n * 6 * d);
     resize(freq_, n * Config::frequency_embedding_size);
     resize(temb_, n * d);
-    int threads = 1;
-#ifdef _OPENMP
-    threads = omp_get_max_threads();
-#endif
-    resize(scores_, static_cast<std::int64_t>(threads) * c.tokens() * c.tokens());
   }
 
-  /// y = x W^T + b for the first `rows` rows. With OpenMP the output columns are split between
-  /// the threads, each running a single-threaded GEMM on its slice of W: at DiT's sizes (a few
-  /// hundred rows) this scales better than Eigen's own parallel GEMM, and the bias is added
-  /// while the slice is still in cache.
-  static void linear(const float* x, std::int64_t rows, const Param& weight, const Param& bias,
-                     float* y) {
-    const ConstMap in(x, rows, weight.cols);
-    Map result(y, rows, weight.rows);
-    const ConstMap w = matrix(weight);
-    const ConstVectorMap b = vector(bias);
-    int threads = 1;
-#ifdef _OPENMP
-    // Below ~1 MMAC per thread the fork costs more than it saves.
-    if (rows * weight.rows * weight.cols >= (std::int64_t{1} << 21))
-      threads = omp_get_max_threads();
-#pragma omp parallel num_threads(threads)
-#endif
-    {
-      int thread = 0;
-#ifdef _OPENMP
-      thread = omp_get_thread_num();
-#endif
-      // Column slices in multiples of 16 floats (one AVX-512 register).
-      const std::int64_t chunk = (weight.rows / threads + 15) / 16 * 16;
-      const std::int64_t first = std::min<std::int64_t>(thread * chunk, weight.rows);
-      const std::int64_t count = std::min<std::int64_t>(chunk, weight.rows - first);
-      if (count > 0) {
-        auto slice = result.middleCols(first, count);
-        slice.noalias() = in * w.middleRows(first, count).transpose();
-        slice.rowwise() += b.segment(first, count);
-      }
-    }
+  /// y = x W^T + b for the first `rows` rows.
+  void linear(const float* x, std::int64_t rows, const Param& weight, const Param& bias, float* y) {
+    linear_.run(x, rows, weight, bias, y, Epilogue{});
   }
 
   /// c = t_embedder(t) + y_embedder(labels): the conditioning vector of every row (N, D).
@@ -213,21 +186,6 @@ private:
     }
   }
 
-  /// x += gate * y, per sample's gate row.
-  void gated_residual(std::int64_t n, const float* y, const float* gate, std::int64_t mod_stride) {
-    const std::int64_t t = config().tokens(), d = config().hidden_size;
-#ifdef _OPENMP
-#pragma omp parallel for
-#endif
-    for (std::int64_t row = 0; row < n * t; ++row) {
-      float* x = &tokens_[static_cast<std::size_t>(row * d)];
-      const float* g = gate + (row / t) * mod_stride;
-      const float* in = y + row * d;
-      for (std::int64_t k = 0; k < d; ++k)
-        x[k] += g[k] * in[k];
-    }
-  }
-
   void run_block(const BlockWeights& b, std::int64_t n) {
     const Config& c = config();
     const std::int64_t t = c.tokens(), d = c.hidden_size, rows = n * t;
@@ -238,50 +196,16 @@ private:
 
     modulated_norm(n, mod, mod + d, stride);
     linear(h_.data(), rows, b.qkv_weight, b.qkv_bias, qkv_.data()); // (N*T, 3D)
-    attention(n);
-    linear(attn_.data(), rows, b.proj_weight, b.proj_bias, h_.data());
-    gated_residual(n, h_.data(), mod + 2 * d, stride);
+    attention_.run(qkv_.data(), n, t, c.num_heads, c.head_dim(), attn_.data());
+    // tokens += gate_msa * proj(attn); h_ is free again and is the Eigen path's scratch.
+    linear_.run(attn_.data(), rows, b.proj_weight, b.proj_bias, tokens_.data(),
+                Epilogue::gated(mod + 2 * d, stride, t), h_.data());
 
     modulated_norm(n, mod + 3 * d, mod + 4 * d, stride);
-    linear(h_.data(), rows, b.fc1_weight, b.fc1_bias, mlp_.data()); // (N*T, 4D)
-    gelu_tanh(Map(mlp_.data(), rows, c.mlp_hidden()));
-    linear(mlp_.data(), rows, b.fc2_weight, b.fc2_bias, h_.data());
-    gated_residual(n, h_.data(), mod + 5 * d, stride);
-  }
-
-  /// Multi-head self-attention softmax(q k^T / sqrt(head_dim)) v for every (sample, head), from
-  /// qkv (N*T, 3D) laid out [q heads | k heads | v heads] into attn (N*T, D).
-  void attention(std::int64_t n) {
-    const Config& c = config();
-    const std::int64_t t = c.tokens(), d = c.hidden_size, hd = c.head_dim(), heads = c.num_heads;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    using Strided = Eigen::Map<const Matrix, 0, Eigen::OuterStride<>>;
-    using StridedOut = Eigen::Map<Matrix, 0, Eigen::OuterStride<>>;
-#ifdef _OPENMP
-#pragma omp parallel for
-#endif
-    for (std::int64_t job = 0; job < n * heads; ++job) {
-      int thread = 0;
-#ifdef _OPENMP
-      thread = omp_get_thread_num();
-#endif
-      const std::int64_t sample = job / heads, head = job % heads;
-      const float* base = &qkv_[static_cast<std::size_t>(sample * t * 3 * d + head * hd)];
-      const Strided q(base, t, hd, Eigen::OuterStride<>(3 * d));
-      const Strided k(base + d, t, hd, Eigen::OuterStride<>(3 * d));
-      const Strided v(base + 2 * d, t, hd, Eigen::OuterStride<>(3 * d));
-      Map scores(&scores_[static_cast<std::size_t>(thread * t * t)], t, t);
-      scores.noalias() = (q * k.transpose()) * scale;
-      for (std::int64_t i = 0; i < t; ++i) {
-        auto row = scores.row(i);
-        const float top = row.maxCoeff();
-        row = (row.array() - top).exp();
-        row /= row.sum();
-      }
-      StridedOut o(&attn_[static_cast<std::size_t>(sample * t * d + head * hd)], t, hd,
-                   Eigen::OuterStride<>(d));
-      o.noalias() = scores * v;
-    }
+    linear_.run(h_.data(), rows, b.fc1_weight, b.fc1_bias, mlp_.data(),
+                Epilogue{Epilogue::Kind::gelu_tanh}); // (N*T, 4D)
+    linear_.run(mlp_.data(), rows, b.fc2_weight, b.fc2_bias, tokens_.data(),
+                Epilogue::gated(mod + 5 * d, stride, t), h_.data());
   }
 
   /// The final adaLN layer and linear projection to (N*T, p*p*out_channels).
@@ -310,24 +234,12 @@ private:
   }
 
   static float silu(float v) { return v / (1.0f + std::exp(-v)); }
-  /// GELU, tanh approximation, in place; Eigen's vectorised tanh (a few ulp) keeps this from
-  /// costing as much as the GEMM around it.
-  static void gelu_tanh(Map values) {
-    constexpr float k = 0.7978845608028654f; // sqrt(2 / pi)
-    constexpr std::int64_t block = 64;       // rows per task
-    const std::int64_t rows = values.rows();
-#ifdef _OPENMP
-#pragma omp parallel for
-#endif
-    for (std::int64_t first = 0; first < rows; first += block) {
-      auto v = values.middleRows(first, std::min(block, rows - first)).array();
-      v = 0.5f * v * (1.0f + (k * (v + 0.044715f * v.cube())).tanh());
-    }
-  }
 
   Weights weights_;
   std::string name_;
-  std::vector<float> tokens_, h_, qkv_, attn_, mlp_, scores_, out_, cond_, silu_, mod_, patches_,
+  LinearLayers linear_;
+  SelfAttention attention_;
+  std::vector<float> tokens_, h_, qkv_, attn_, mlp_, out_, cond_, silu_, mod_, patches_,
       freq_, temb_;
 };
 

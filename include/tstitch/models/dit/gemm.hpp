@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <string>
+
+#ifdef TSTITCH_HAS_ONEDNN
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
+
+#include "tstitch/core/error.hpp"
+
+namespace tstitch::dit {
+
+/// Which library runs the CPU DiT's matrix products: its linear layers (linear.hpp) and the two
+/// products of attention (attention.hpp).
+///
+/// - `eigen`: Eigen's GEMM, the output columns split between the OpenMP threads. Always built.
+/// - `onednn`: oneDNN's matmul (its AVX-512/AVX2 "brgemm" kernels, chosen at run time for the CPU)
+///   with the bias, the tanh-GELU and the gated residual fused into the GEMM's epilogue, and
+///   attention as two batched matmuls over all (sample, head) pairs around oneDNN's softmax. Built when
+///   TSTITCH_HAS_ONEDNN is defined (CMake defines it for tstitch::dit when it finds oneDNN; Debian:
+///   libdnnl-dev). The weights are read in place, in their PyTorch [out, in] layout: nothing is
+///   repacked or copied, so memory-mapped checkpoints stay mapped.
+enum class Gemm { eigen, onednn };
+
+[[nodiscard]] constexpr bool gemm_available(Gemm gemm) {
+#ifdef TSTITCH_HAS_ONEDNN
+  return gemm == Gemm::eigen || gemm == Gemm::onednn;
+#else
+  return gemm == Gemm::eigen;
+#endif
+}
+
+/// oneDNN when it was built in (it is 1.3-1.6x faster per GEMM on AVX-512; benchmarks/README.md),
+/// Eigen otherwise.
+[[nodiscard]] constexpr Gemm default_gemm() {
+  return gemm_available(Gemm::onednn) ? Gemm::onednn : Gemm::eigen;
+}
+
+[[nodiscard]] inline const char* to_string(Gemm gemm) {
+  return gemm == Gemm::onednn ? "onednn" : "eigen";
+}
+
+} // namespace tstitch::dit
+
+#ifdef TSTITCH_HAS_ONEDNN
+namespace tstitch::detail {
+
+/// Throws naming what `describe()` returns when a oneDNN C call fails (the message is only built
+/// then).
+template <class Describe> void check_dnnl(dnnl_status_t status, Describe&& describe) {
+  if (status != dnnl_success)
+    throw runtime_error("oneDNN " + std::string(describe()) + " failed (status " +
+                        std::to_string(static_cast<int>(status)) + ")");
+}
+
+/// Runs a primitive through the C API with its arguments on the stack (the C++ API builds a
+/// std::unordered_map per call) and waits for it.
+template <std::size_t N, class Describe>
+void execute(const dnnl::primitive& primitive, const dnnl::stream& stream,
+             const dnnl_exec_arg_t (&args)[N], int count, Describe&& describe) {
+  check_dnnl(dnnl_primitive_execute(primitive.get(), stream.get(), count, args), describe);
+  check_dnnl(dnnl_stream_wait(stream.get()), describe);
+}
+
+} // namespace tstitch::detail
+#endif
