@@ -169,20 +169,17 @@ private:
 #pragma omp parallel for
 #endif
     for (std::int64_t row = 0; row < n * t; ++row) {
-      const float* in = &tokens_[static_cast<std::size_t>(row * d)];
-      float* out = &h_[static_cast<std::size_t>(row * d)];
-      double sum = 0, sum2 = 0;
-      for (std::int64_t k = 0; k < d; ++k)
-        sum += in[k];
-      const double mean = sum / static_cast<double>(d);
-      for (std::int64_t k = 0; k < d; ++k)
-        sum2 += (in[k] - mean) * (in[k] - mean);
-      const auto inv = static_cast<float>(1.0 / std::sqrt(sum2 / static_cast<double>(d) + 1e-6));
-      const auto m = static_cast<float>(mean);
-      const float* sh = shift + (row / t) * mod_stride;
-      const float* sc = scale + (row / t) * mod_stride;
-      for (std::int64_t k = 0; k < d; ++k)
-        out[k] = (in[k] - m) * inv * (1.0f + sc[k]) + sh[k];
+      // float32 with Eigen's vectorised (multi-accumulator) sums, as PyTorch's LayerNorm; two
+      // passes, so the variance is of centred values.
+      using Row = Eigen::Array<float, 1, Eigen::Dynamic>;
+      const Eigen::Map<const Row> in(&tokens_[static_cast<std::size_t>(row * d)], d);
+      const Eigen::Map<const Row> sh(shift + (row / t) * mod_stride, d);
+      const Eigen::Map<const Row> sc(scale + (row / t) * mod_stride, d);
+      const float mean = in.mean();
+      const float variance = (in - mean).square().mean();
+      const float inv = 1.0f / std::sqrt(variance + 1e-6f);
+      Eigen::Map<Row>(&h_[static_cast<std::size_t>(row * d)], d) =
+          (in - mean) * inv * (1.0f + sc) + sh;
     }
   }
 
