@@ -6,6 +6,7 @@
 // the ratios.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <string>
 
 #include "tstitch/core/host_backend.hpp"
@@ -52,9 +53,9 @@ const bool registered = [] {
       if (!dit::gemm_available(gemm))
         continue;
       std::string model = preset;
-      model.replace(model.find('/'), 1, "_");
+      std::replace(model.begin(), model.end(), '/', '_');
       benchmark::RegisterBenchmark(
-          ("dit_forward/" + model + "/" + dit::to_string(gemm)).c_str(),
+          tstitch::detail::concat("dit_forward/", model, "/", dit::to_string(gemm)).c_str(),
           [preset = std::string(preset), gemm](benchmark::State& state) {
             BM_dit_forward(state, preset, gemm);
           })

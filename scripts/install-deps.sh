@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   cmake g++ clang make
   libeigen3-dev catch2 libbenchmark-dev nlohmann-json3-dev libcli11-dev libstb-dev
+  libdnnl-dev  # oneDNN: the CPU DiT's GEMMs and attention (optional: Eigen is the fallback)
   libopenblas0-pthread
 )
 

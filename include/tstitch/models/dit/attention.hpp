@@ -32,9 +32,9 @@ class SelfAttention {
 public:
   explicit SelfAttention(Gemm gemm = default_gemm()) : gemm_(gemm) {
     if (!gemm_available(gemm))
-      throw invalid_argument(std::string("DiT GEMM '") + to_string(gemm) +
-                             "' is not built in: tstitch::dit was compiled without oneDNN "
-                             "(TSTITCH_HAS_ONEDNN undefined)");
+      throw invalid_argument(detail::concat("DiT GEMM '", to_string(gemm),
+                                            "' is not built in: tstitch::dit was compiled "
+                                            "without oneDNN (TSTITCH_HAS_ONEDNN undefined)"));
   }
 
   [[nodiscard]] Gemm gemm() const { return gemm_; }
@@ -121,7 +121,7 @@ private:
         e.k.set_data_handle(input + d);
         e.v.set_data_handle(input + 2 * d);
         e.out.set_data_handle(out + sample * t * d);
-        const auto describe = [&] { return "attention " + shape(t, heads, hd); };
+        const auto describe = [&] { return detail::concat("attention ", shape(t, heads, hd)); };
         const dnnl_exec_arg_t products[3] = {{DNNL_ARG_SRC, e.q.get()},
                                              {DNNL_ARG_WEIGHTS, e.k.get()},
                                              {DNNL_ARG_DST, e.scores.get()}};
@@ -145,8 +145,7 @@ private:
     };
 
     static std::string shape(std::int64_t t, std::int64_t heads, std::int64_t hd) {
-      return "over " + std::to_string(heads) + " heads of [" + std::to_string(t) + ", " +
-             std::to_string(hd) + "]";
+      return detail::concat("over ", heads, " heads of [", t, ", ", hd, "]");
     }
 
     /// The primitives of one sample: [heads, T, hd] x [heads, hd, T] and so on.
@@ -172,8 +171,8 @@ private:
         e.value_product =
             dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(s, v, o), engine_));
       } catch (const dnnl::error& failure) {
-        throw runtime_error("oneDNN could not create the attention primitives " +
-                            shape(t, heads, hd) + ": " + failure.what());
+        throw runtime_error(detail::concat("oneDNN could not create the attention primitives ",
+                                           shape(t, heads, hd), ": ", failure.what()));
       }
       e.q = dnnl::memory(q, engine_, nullptr);
       e.k = dnnl::memory(k_transposed, engine_, nullptr);

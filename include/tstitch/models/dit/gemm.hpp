@@ -50,8 +50,8 @@ namespace tstitch::detail {
 /// then).
 template <class Describe> void check_dnnl(dnnl_status_t status, Describe&& describe) {
   if (status != dnnl_success)
-    throw runtime_error("oneDNN " + std::string(describe()) + " failed (status " +
-                        std::to_string(static_cast<int>(status)) + ")");
+    throw runtime_error(concat("oneDNN ", describe(), " failed (status ", static_cast<int>(status),
+                               ")"));
 }
 
 /// Runs a primitive through the C API with its arguments on the stack (the C++ API builds a

@@ -49,9 +49,9 @@ public:
 
   explicit LinearLayers(Gemm gemm = default_gemm()) : gemm_(gemm) {
     if (!gemm_available(gemm))
-      throw invalid_argument(std::string("DiT GEMM '") + to_string(gemm) +
-                             "' is not built in: tstitch::dit was compiled without oneDNN "
-                             "(TSTITCH_HAS_ONEDNN undefined)");
+      throw invalid_argument(detail::concat("DiT GEMM '", to_string(gemm),
+                                            "' is not built in: tstitch::dit was compiled "
+                                            "without oneDNN (TSTITCH_HAS_ONEDNN undefined)"));
   }
 
   [[nodiscard]] Gemm gemm() const { return gemm_; }
@@ -180,7 +180,7 @@ private:
         args[count++] = {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, entry.gate.get()};
       }
       detail::execute(entry.primitive, stream_, args, count,
-                      [&] { return "matmul " + describe(rows, weight, e); });
+                      [&] { return detail::concat("matmul ", describe(rows, weight, e)); });
     }
 
   private:
@@ -195,12 +195,13 @@ private:
     using Key = std::tuple<std::int64_t, std::int64_t, std::int64_t, Epilogue::Kind, std::int64_t>;
 
     static std::string describe(std::int64_t rows, const Param& weight, const Epilogue& e) {
-      return "[" + std::to_string(rows) + ", " + std::to_string(weight.cols) + "] x [" +
-             std::to_string(weight.rows) + ", " + std::to_string(weight.cols) + "]^T" +
-             (e.kind == Epilogue::Kind::gelu_tanh        ? " + GELU"
-              : e.kind == Epilogue::Kind::gated_residual ? " gated residual"
-                                                         : "");
+      const char* epilogue = e.kind == Epilogue::Kind::gelu_tanh        ? " + GELU"
+                             : e.kind == Epilogue::Kind::gated_residual ? " gated residual"
+                                                                        : "";
+      return detail::concat("[", rows, ", ", weight.cols, "] x [", weight.rows, ", ", weight.cols,
+                            "]^T", epilogue);
     }
+
     Entry& find(std::int64_t rows, std::int64_t in, std::int64_t out, const Epilogue& e) {
       const bool gated = e.kind == Epilogue::Kind::gated_residual;
       const Key key{rows, in, out, e.kind, gated ? e.rows_per_sample : 0};
@@ -209,8 +210,9 @@ private:
       try {
         return entries_.emplace(key, create(rows, in, out, e)).first->second;
       } catch (const dnnl::error& failure) {
-        throw runtime_error("oneDNN could not create a matmul for " +
-                            describe(rows, Param{nullptr, out, in}, e) + ": " + failure.what());
+        throw runtime_error(detail::concat("oneDNN could not create a matmul for ",
+                                           describe(rows, Param{nullptr, out, in}, e), ": ",
+                                           failure.what()));
       }
     }
 
