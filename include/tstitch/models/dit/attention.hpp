@@ -27,15 +27,11 @@ namespace tstitch::dit {
 /// - oneDNN: per sample, all heads at once, as two batched matmuls reading q, k and v where they
 ///   lie (strided views of qkv) around oneDNN's softmax, the scores in one buffer [heads, T, T].
 ///
-/// Buffers and primitives are built for the largest batch seen and reused. Not thread-safe.
+/// The scores buffer and the oneDNN primitives are built on the first call and reused (the
+/// primitives do not depend on the batch size). Not thread-safe.
 class SelfAttention {
 public:
-  explicit SelfAttention(Gemm gemm = default_gemm()) : gemm_(gemm) {
-    if (!gemm_available(gemm))
-      throw invalid_argument(detail::concat("DiT GEMM '", to_string(gemm),
-                                            "' is not built in: tstitch::dit was compiled "
-                                            "without oneDNN (TSTITCH_HAS_ONEDNN undefined)"));
-  }
+  explicit SelfAttention(Gemm gemm = default_gemm()) : gemm_(require_available(gemm)) {}
 
   [[nodiscard]] Gemm gemm() const { return gemm_; }
   /// Bytes of the scores buffer.

@@ -44,15 +44,7 @@ struct Epilogue {
 /// and reused.
 class LinearLayers {
 public:
-  using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  using Map = Eigen::Map<Matrix>;
-
-  explicit LinearLayers(Gemm gemm = default_gemm()) : gemm_(gemm) {
-    if (!gemm_available(gemm))
-      throw invalid_argument(detail::concat("DiT GEMM '", to_string(gemm),
-                                            "' is not built in: tstitch::dit was compiled "
-                                            "without oneDNN (TSTITCH_HAS_ONEDNN undefined)"));
-  }
+  explicit LinearLayers(Gemm gemm = default_gemm()) : gemm_(require_available(gemm)) {}
 
   [[nodiscard]] Gemm gemm() const { return gemm_; }
 
@@ -83,6 +75,13 @@ public:
     }
   }
 
+private:
+  using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Map = Eigen::Map<Matrix>;
+  using ConstMap = Eigen::Map<const Matrix>;
+  using Vector = Eigen::Matrix<float, 1, Eigen::Dynamic, Eigen::RowMajor>;
+  using ConstVectorMap = Eigen::Map<const Vector>;
+
   /// GELU, tanh approximation, in place; Eigen's vectorised tanh (a few ulp) keeps this from
   /// costing as much as the GEMM around it.
   static void gelu_tanh(Map values) {
@@ -97,11 +96,6 @@ public:
       v = 0.5f * v * (1.0f + (k * (v + 0.044715f * v.cube())).tanh());
     }
   }
-
-private:
-  using ConstMap = Eigen::Map<const Matrix>;
-  using Vector = Eigen::Matrix<float, 1, Eigen::Dynamic, Eigen::RowMajor>;
-  using ConstVectorMap = Eigen::Map<const Vector>;
 
   /// y = x W^T + b. With OpenMP the output columns are split between the threads, each running a
   /// single-threaded GEMM on its slice of W: at DiT's sizes (a few hundred rows) this scales
