@@ -389,6 +389,19 @@ TEST_CASE("DiT: oneDNN and Eigen give the same model; an unbuilt GEMM is refused
   dit::CpuModel moved = std::move(onednn);
   const Tensor c = forward(moved, 3, 321, {0, 9, 10});
   CHECK(std::memcmp(b.data(), c.data(), sizeof(float) * static_cast<std::size_t>(b.numel())) == 0);
+
+  // 256 tokens and 2 heads: 512 KiB of attention scores per sample, so oneDNN's attention takes
+  // the batch of 3 in chunks of 2 and 1 (attention.hpp).
+  dit::Config wide = tiny_config();
+  wide.input_size = 32;
+  wide.hidden_size = 32;
+  wide.num_heads = 2;
+  wide.depth = 1;
+  dit::CpuModel wide_eigen(dit::Weights::random(wide, 32), "DiT", dit::Gemm::eigen);
+  dit::CpuModel wide_onednn(dit::Weights::random(wide, 32), "DiT", dit::Gemm::onednn);
+  const Tensor d = forward(wide_eigen, 3, 40, {2, 5, 10});
+  const Tensor e = forward(wide_onednn, 3, 40, {2, 5, 10});
+  CHECK(relative_l2(e.data(), d.data(), d.numel()) < 1e-6);
 }
 
 TEST_CASE("DiT forward: no heap allocation after the first call with a batch size", "[dit]") {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -24,11 +25,12 @@ namespace tstitch::dit {
 /// output) into out [samples, T, D] (heads side by side, the proj layer's input).
 ///
 /// - Eigen: one (sample, head) pair per OpenMP task, its T x T scores in a per-thread buffer.
-/// - oneDNN: per sample, all heads at once, as two batched matmuls reading q, k and v where they
-///   lie (strided views of qkv) around oneDNN's softmax, the scores in one buffer [heads, T, T].
+/// - oneDNN: a chunk of samples at a time, all their heads at once, as two batched matmuls reading
+///   q, k and v where they lie (strided views of qkv) around oneDNN's softmax, the chunk's scores
+///   in one buffer [samples, heads, T, T] of about 1 MiB.
 ///
-/// The scores buffer and the oneDNN primitives are built on the first call and reused (the
-/// primitives do not depend on the batch size). Not thread-safe.
+/// The scores buffer and the oneDNN primitives (one per chunk size) are built on the first call
+/// and reused. Not thread-safe.
 class SelfAttention {
 public:
   explicit SelfAttention(Gemm gemm = default_gemm()) : gemm_(require_available(gemm)) {}
@@ -93,31 +95,37 @@ private:
   }
 
 #ifdef TSTITCH_HAS_ONEDNN
-  /// scores = (q k^T) * scale as a matmul [heads, T, hd] x [heads, hd, T] (k^T is k's view with
-  /// swapped strides), the softmax over the last axis in place, then out = scores v,
-  /// [heads, T, T] x [heads, T, hd], written with out's strides.
+  /// scores = (q k^T) * scale as a matmul [samples, heads, T, hd] x [samples, heads, hd, T]
+  /// (k^T is k's view with swapped strides), the softmax over the last axis in place, then
+  /// out = scores v, [samples, heads, T, T] x [samples, heads, T, hd], written with out's strides.
   class OneDnn {
   public:
+    /// Samples go through in chunks whose scores fit in about 1 MiB, so that they stay in cache
+    /// between the three steps: a whole batch's scores would not (12.6 MB for DiT-S/2 at batch 8;
+    /// measured 1.2x slower), and one sample per call is all overhead for small models (64
+    /// tokens: 48 KB of scores per sample).
+    static constexpr std::int64_t chunk_bytes = std::int64_t{1} << 20;
+
     void run(const float* qkv, std::int64_t samples, std::int64_t t, std::int64_t heads,
              std::int64_t hd, float* out, std::vector<float>& scores) {
-      const Key key{t, heads, hd};
-      auto it = entries_.find(key);
-      if (it == entries_.end())
-        it = entries_.emplace(key, create(t, heads, hd)).first;
-      Entry& e = it->second;
-      if (static_cast<std::int64_t>(scores.size()) < heads * t * t)
-        scores.resize(static_cast<std::size_t>(heads * t * t));
-      e.scores.set_data_handle(scores.data());
+      const std::int64_t per_sample = heads * t * t;
+      const std::int64_t chunk = std::clamp<std::int64_t>(
+          chunk_bytes / (per_sample * static_cast<std::int64_t>(sizeof(float))), 1, samples);
+      if (static_cast<std::int64_t>(scores.size()) < chunk * per_sample)
+        scores.resize(static_cast<std::size_t>(chunk * per_sample));
       const std::int64_t d = heads * hd;
-      // One sample at a time: its scores (heads x T x T) stay in cache between the three steps,
-      // where a whole batch's would not (12.6 MB for DiT-S/2 at batch 8; measured 1.3x slower).
-      for (std::int64_t sample = 0; sample < samples; ++sample) {
-        auto* input = const_cast<float*>(qkv + sample * t * 3 * d);
+      for (std::int64_t first = 0; first < samples; first += chunk) {
+        const std::int64_t count = std::min(chunk, samples - first);
+        Entry& e = find(count, t, heads, hd);
+        auto* input = const_cast<float*>(qkv + first * t * 3 * d);
         e.q.set_data_handle(input);
         e.k.set_data_handle(input + d);
         e.v.set_data_handle(input + 2 * d);
-        e.out.set_data_handle(out + sample * t * d);
-        const auto describe = [&] { return detail::concat("attention ", shape(t, heads, hd)); };
+        e.scores.set_data_handle(scores.data());
+        e.out.set_data_handle(out + first * t * d);
+        const auto describe = [&] {
+          return detail::concat("attention ", shape(count, t, heads, hd));
+        };
         const dnnl_exec_arg_t products[3] = {{DNNL_ARG_SRC, e.q.get()},
                                              {DNNL_ARG_WEIGHTS, e.k.get()},
                                              {DNNL_ARG_DST, e.scores.get()}};
@@ -133,29 +141,38 @@ private:
     }
 
   private:
-    using Key = std::tuple<std::int64_t, std::int64_t, std::int64_t>;
+    using Key = std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t>;
     struct Entry {
       dnnl::matmul scores_product, value_product;
       dnnl::softmax_forward softmax;
       dnnl::memory q, k, v, scores, out;
     };
 
-    static std::string shape(std::int64_t t, std::int64_t heads, std::int64_t hd) {
-      return detail::concat("over ", heads, " heads of [", t, ", ", hd, "]");
+    static std::string shape(std::int64_t samples, std::int64_t t, std::int64_t heads,
+                             std::int64_t hd) {
+      return detail::concat("over ", samples, " x ", heads, " heads of [", t, ", ", hd, "]");
     }
 
-    /// The primitives of one sample: [heads, T, hd] x [heads, hd, T] and so on.
-    Entry create(std::int64_t t, std::int64_t heads, std::int64_t hd) {
+    Entry& find(std::int64_t samples, std::int64_t t, std::int64_t heads, std::int64_t hd) {
+      const Key key{samples, t, heads, hd};
+      auto it = entries_.find(key);
+      if (it == entries_.end())
+        it = entries_.emplace(key, create(samples, t, heads, hd)).first;
+      return it->second;
+    }
+
+    Entry create(std::int64_t samples, std::int64_t t, std::int64_t heads, std::int64_t hd) {
       using dims = dnnl::memory::dims;
       using tag = dnnl::memory::format_tag;
       constexpr auto f32 = dnnl::memory::data_type::f32;
       const std::int64_t d = heads * hd;
-      const dims shape_of_heads{heads, t, hd};
-      const dnnl::memory::desc q(shape_of_heads, f32, dims{hd, 3 * d, 1});
-      const dnnl::memory::desc k_transposed(dims{heads, hd, t}, f32, dims{hd, 1, 3 * d});
-      const dnnl::memory::desc v(shape_of_heads, f32, dims{hd, 3 * d, 1});
-      const dnnl::memory::desc s(dims{heads, t, t}, f32, tag::abc);
-      const dnnl::memory::desc o(shape_of_heads, f32, dims{hd, d, 1});
+      const dims shape_of_heads{samples, heads, t, hd};
+      const dnnl::memory::desc q(shape_of_heads, f32, dims{t * 3 * d, hd, 3 * d, 1});
+      const dnnl::memory::desc k_transposed(dims{samples, heads, hd, t}, f32,
+                                            dims{t * 3 * d, hd, 1, 3 * d});
+      const dnnl::memory::desc v(shape_of_heads, f32, dims{t * 3 * d, hd, 3 * d, 1});
+      const dnnl::memory::desc s(dims{samples, heads, t, t}, f32, tag::abcd);
+      const dnnl::memory::desc o(shape_of_heads, f32, dims{t * d, hd, d, 1});
       Entry e;
       try {
         dnnl::primitive_attr scaled;
@@ -163,12 +180,12 @@ private:
         e.scores_product = dnnl::matmul(
             dnnl::matmul::primitive_desc(dnnl::matmul::desc(q, k_transposed, s), scaled, engine_));
         e.softmax = dnnl::softmax_forward(dnnl::softmax_forward::primitive_desc(
-            dnnl::softmax_forward::desc(dnnl::prop_kind::forward_inference, s, 2), engine_));
+            dnnl::softmax_forward::desc(dnnl::prop_kind::forward_inference, s, 3), engine_));
         e.value_product =
             dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(s, v, o), engine_));
       } catch (const dnnl::error& failure) {
         throw runtime_error(detail::concat("oneDNN could not create the attention primitives ",
-                                           shape(t, heads, hd), ": ", failure.what()));
+                                           shape(samples, t, heads, hd), ": ", failure.what()));
       }
       e.q = dnnl::memory(q, engine_, nullptr);
       e.k = dnnl::memory(k_transposed, engine_, nullptr);
