@@ -38,9 +38,9 @@ void BM_linear(benchmark::State& state, Layer layer, dit::Gemm gemm) {
     linear.run(x.data(), rows, weight, bias, y.data(), epilogue, scratch.data());
     benchmark::DoNotOptimize(y.data());
   }
-  state.counters["GFLOP/s"] = benchmark::Counter(
-      2e-9 * static_cast<double>(rows * layer.in * layer.out),
-      benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2e-9 * static_cast<double>(rows * layer.in * layer.out),
+                         benchmark::Counter::kIsIterationInvariantRate);
 }
 
 const bool registered = [] {

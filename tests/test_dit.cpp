@@ -3,11 +3,11 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
-#include <new>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <new>
 #include <vector>
 
 #include "tstitch/core/host_backend.hpp"
@@ -369,6 +369,10 @@ TEST_CASE("DiT linear layers: every epilogue of every GEMM library against a dou
         CHECK(worst < 2e-6);
       }
     }
+    // A gate row per 4 rows does not divide 15 rows.
+    CHECK_THROWS_WITH(linear.run(x.data(), rows, weight, bias, y.data(),
+                                 dit::Epilogue::gated(gate.data(), gate_stride, 4), scratch.data()),
+                      Catch::Contains("rows = 15") && Catch::Contains("rows_per_sample = 4"));
   }
 }
 

@@ -17,10 +17,10 @@ namespace tstitch::dit {
 /// - `eigen`: Eigen's GEMM, the output columns split between the OpenMP threads. Always built.
 /// - `onednn`: oneDNN's matmul (its AVX-512/AVX2 "brgemm" kernels, chosen at run time for the CPU)
 ///   with the bias, the tanh-GELU and the gated residual fused into the GEMM's epilogue, and
-///   attention as two batched matmuls over all (sample, head) pairs around oneDNN's softmax. Built when
-///   TSTITCH_HAS_ONEDNN is defined (CMake defines it for tstitch::dit when it finds oneDNN; Debian:
-///   libdnnl-dev). The weights are read in place, in their PyTorch [out, in] layout: nothing is
-///   repacked or copied, so memory-mapped checkpoints stay mapped.
+///   attention as two batched matmuls over chunks of (sample, head) pairs around oneDNN's softmax.
+///   Built when TSTITCH_HAS_ONEDNN is defined (CMake defines it for tstitch::dit when it finds
+///   oneDNN; Debian: libdnnl-dev). The weights are read in place, in their PyTorch [out, in]
+///   layout: nothing is repacked or copied, so memory-mapped checkpoints stay mapped.
 ///
 /// Neither path makes tstitch allocate per forward once a batch size has been seen. oneDNN's own
 /// per-call bookkeeping does allocate: about 90 small blocks per forward per DiT block (measured:
@@ -64,8 +64,8 @@ namespace tstitch::detail {
 /// then).
 template <class Describe> void check_dnnl(dnnl_status_t status, Describe&& describe) {
   if (status != dnnl_success)
-    throw runtime_error(concat("oneDNN ", describe(), " failed (status ", static_cast<int>(status),
-                               ")"));
+    throw runtime_error(
+        concat("oneDNN ", describe(), " failed (status ", static_cast<int>(status), ")"));
 }
 
 /// Runs a primitive through the C API with its arguments on the stack (the C++ API builds a

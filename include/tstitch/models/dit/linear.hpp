@@ -32,8 +32,7 @@ struct Epilogue {
   std::int64_t gate_stride = 0;     // floats from one sample's gate row to the next
   std::int64_t rows_per_sample = 1; // rows of x (tokens) that share a gate row
 
-  static Epilogue gated(const float* gate, std::int64_t gate_stride,
-                        std::int64_t rows_per_sample) {
+  static Epilogue gated(const float* gate, std::int64_t gate_stride, std::int64_t rows_per_sample) {
     return {Kind::gated_residual, gate, gate_stride, rows_per_sample};
   }
 };
@@ -52,6 +51,11 @@ public:
   /// holds the residual stream it adds to; `scratch` (rows x out floats) is used by the Eigen path.
   void run(const float* x, std::int64_t rows, const Param& weight, const Param& bias, float* out,
            const Epilogue& epilogue, float* scratch = nullptr) {
+    if (epilogue.kind == Epilogue::Kind::gated_residual &&
+        (epilogue.rows_per_sample <= 0 || rows % epilogue.rows_per_sample != 0))
+      throw invalid_argument(detail::concat(
+          "LinearLayers::run: rows = ", rows,
+          " is not a whole number of samples of rows_per_sample = ", epilogue.rows_per_sample));
 #ifdef TSTITCH_HAS_ONEDNN
     if (gemm_ == Gemm::onednn) {
       onednn_.run(x, rows, weight, bias, out, epilogue);
@@ -68,7 +72,8 @@ public:
       break;
     case Epilogue::Kind::gated_residual:
       if (scratch == nullptr)
-        throw invalid_argument("LinearLayers::run: the Eigen gated residual needs a scratch buffer");
+        throw invalid_argument(
+            "LinearLayers::run: the Eigen gated residual needs a scratch buffer");
       eigen_linear(x, rows, weight, bias, scratch);
       gated_residual(scratch, rows, weight.rows, epilogue, out);
       break;
@@ -151,8 +156,8 @@ private:
   /// so a call allocates nothing on tstitch's side (oneDNN's own bookkeeping may).
   class OneDnn {
   public:
-    void run(const float* x, std::int64_t rows, const Param& weight, const Param& bias,
-             float* out, const Epilogue& e) {
+    void run(const float* x, std::int64_t rows, const Param& weight, const Param& bias, float* out,
+             const Epilogue& e) {
       Entry& entry = find(rows, weight.cols, weight.rows, e);
       entry.src.set_data_handle(const_cast<float*>(x));
       entry.weights.set_data_handle(const_cast<float*>(weight.data));
