@@ -56,9 +56,9 @@ public:
   /// Bytes of activation buffers currently allocated (they grow with the largest batch seen).
   [[nodiscard]] std::int64_t activation_bytes() const {
     return static_cast<std::int64_t>(sizeof(float)) *
-           (tokens_.size() + h_.size() + qkv_.size() + attn_.size() + mlp_.size() +
-            out_.size() + cond_.size() + silu_.size() + mod_.size() + patches_.size() +
-            freq_.size() + temb_.size()) +
+               (tokens_.size() + h_.size() + qkv_.size() + attn_.size() + mlp_.size() +
+                out_.size() + cond_.size() + silu_.size() + mod_.size() + patches_.size() +
+                freq_.size() + temb_.size()) +
            attention_.scratch_bytes();
   }
 
@@ -236,8 +236,8 @@ private:
   std::string name_;
   LinearLayers linear_;
   SelfAttention attention_;
-  std::vector<float> tokens_, h_, qkv_, attn_, mlp_, out_, cond_, silu_, mod_, patches_,
-      freq_, temb_;
+  std::vector<float> tokens_, h_, qkv_, attn_, mlp_, out_, cond_, silu_, mod_, patches_, freq_,
+      temb_;
 };
 
 } // namespace tstitch::dit
