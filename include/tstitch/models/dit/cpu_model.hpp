@@ -23,8 +23,9 @@ namespace tstitch::dit {
 
 /// DiT on the CPU in float32: the reference the CUDA backend is tested against, and a Denoiser in
 /// its own right (prediction epsilon_learned_sigma, or epsilon without learn_sigma; condition: one
-/// class label per batch row, num_classes meaning "no class" for guidance). Eigen for attention
-/// and the row operations; the linear layers in oneDNN or Eigen (`Gemm`, linear.hpp).
+/// class label per batch row, num_classes meaning "no class" for guidance). The linear layers
+/// (linear.hpp) and attention (attention.hpp) in oneDNN or Eigen (`Gemm`, gemm.hpp); the row
+/// operations (LayerNorm, embeddings) in Eigen.
 ///
 /// Activation buffers are allocated once per batch size and reused, so sampling allocates nothing
 /// per step. Build with OpenMP (-fopenmp) to use several cores: the GEMMs, the attention loop over
@@ -35,7 +36,7 @@ public:
   using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Vector = Eigen::Matrix<float, 1, Eigen::Dynamic, Eigen::RowMajor>;
 
-  /// `gemm` picks the library of the linear layers (linear.hpp); both give the same model to
+  /// `gemm` picks the library of the linear layers and attention; both give the same model to
   /// float32 rounding.
   explicit CpuModel(Weights weights, std::string name = "DiT", Gemm gemm = default_gemm())
       : weights_(std::move(weights)), name_(std::move(name)), linear_(gemm), attention_(gemm) {}

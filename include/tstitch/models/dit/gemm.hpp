@@ -36,7 +36,7 @@ enum class Gemm { eigen, onednn };
 #endif
 }
 
-/// oneDNN when it was built in (it is 1.3-1.6x faster per GEMM on AVX-512; benchmarks/README.md),
+/// oneDNN when it was built in (1.0-1.5x faster per forward on AVX-512; benchmarks/README.md),
 /// Eigen otherwise.
 [[nodiscard]] constexpr Gemm default_gemm() {
   return gemm_available(Gemm::onednn) ? Gemm::onednn : Gemm::eigen;
