@@ -13,12 +13,16 @@
 //
 //   bench_dit_cuda [--models S/2,B/2,XL/2] [--batches 1,8,32,64] [--repeats 10] [--json path]
 //                  [--steps 50] [--sample-batch 8] [--gemm 8192] [--no-switch] [--no-stitch]
+//   bench_dit_cuda --profile XL/2:64   one forward without graphs between cudaProfilerStart and
+//                  cudaProfilerStop, nothing else: for `ncu --profile-from-start off` (run.sh's
+//                  profile stage), which times each kernel of exactly that forward
 //
 // Timing: CUDA events on the models' stream; warm-up calls first (the first predict of a batch
 // size captures its graph and is never timed); each repeat times a block of back-to-back calls
 // (as a sampling loop issues them, without host synchronisation), and the median over repeats is
 // reported. Exits 0 with a message when no CUDA device is present.
 #include <cublas_v2.h>
+#include <cuda_profiler_api.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -72,6 +76,7 @@ struct Options {
   int gemm = 8192;
   bool switch_cost = true;
   bool stitch = true;
+  std::string profile; // "MODEL:IMAGES": one profiled forward only
 };
 
 std::vector<std::string> split(std::string_view text) {
@@ -103,6 +108,7 @@ void usage() {
   std::puts("usage: bench_dit_cuda [--models S/2,B/2,XL/2] [--batches 1,8,32,64] [--repeats N]\n"
             "                      [--json path] [--steps 50] [--sample-batch 8] [--gemm 8192]\n"
             "                      [--no-switch] [--no-stitch]\n"
+            "       bench_dit_cuda --profile MODEL:IMAGES   (one forward for ncu)\n"
             "batches count images; each forward runs twice as many rows (guidance).");
 }
 
@@ -141,6 +147,8 @@ Options parse(int argc, char** argv) {
       o.switch_cost = false;
     } else if (arg == "--no-stitch") {
       o.stitch = false;
+    } else if (arg == "--profile") {
+      o.profile = value();
     } else if (arg == "--help" || arg == "-h") {
       usage();
       std::exit(0);
@@ -537,11 +545,43 @@ StitchResult measure_stitch(DitModel& small, DitModel& large, int images, int st
 }
 
 // ------------------------------------------------------------------------------------------
+// --profile: one forward of MODEL at IMAGES images (2 x IMAGES rows), graphs off so that a
+// profiler sees each kernel, after two warm-up forwards (algorithm choice, buffers).
+// ------------------------------------------------------------------------------------------
+int profile_one(const std::string& spec) {
+  const std::size_t colon = spec.find(':');
+  if (colon == std::string::npos)
+    throw std::invalid_argument("--profile: '" + spec + "' is not MODEL:IMAGES (e.g. XL/2:64)");
+  std::string m = spec.substr(0, colon);
+  if (m.starts_with("DiT-"))
+    m = m.substr(4);
+  const int images = to_int(spec.substr(colon + 1), "--profile images");
+  const tstitch::dit::Config cfg = tstitch::dit::Config::preset("DiT-" + m);
+  DitModel model(tstitch::dit::Weights::random(cfg, 2026), "DiT-" + m);
+  model.set_graphs(false);
+  const std::int64_t rows = 2 * static_cast<std::int64_t>(images);
+  Batch b = make_batch(cfg, rows, 7, model.stream());
+  const tstitch::DiscreteSchedule schedule;
+  const tstitch::Trajectory trajectory = schedule.trajectory(50);
+  for (int i = 0; i < 2; ++i)
+    model.predict(b.x.view(), context(trajectory, i), b.labels, b.out.view());
+  TSTITCH_CUDA_CHECK(cudaDeviceSynchronize());
+  TSTITCH_CUDA_CHECK(cudaProfilerStart());
+  model.predict(b.x.view(), context(trajectory, 2), b.labels, b.out.view());
+  TSTITCH_CUDA_CHECK(cudaDeviceSynchronize());
+  TSTITCH_CUDA_CHECK(cudaProfilerStop());
+  std::printf("profiled one forward of DiT-%s at %d images (%lld rows)\n", m.c_str(), images,
+              static_cast<long long>(rows));
+  return 0;
+}
+
 int run(const Options& opt) {
   if (!tstitch::cuda::device_available()) {
     std::puts("bench_dit_cuda: no CUDA device; nothing measured");
     return 0;
   }
+  if (!opt.profile.empty())
+    return profile_one(opt.profile);
   const tstitch::cuda::DeviceInfo info = tstitch::cuda::device_info();
   int cublas_version = 0;
   {

@@ -4,6 +4,7 @@
 // outputs: < 1e-2. A failure prints the first mismatching index.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -43,16 +44,16 @@ float from_bf16(std::uint16_t bits) {
 
 template <class T> cuda::DeviceBuffer<T> to_device(const std::vector<T>& host) {
   cuda::DeviceBuffer<T> d(static_cast<std::int64_t>(host.size()));
-  TSTITCH_CUDA_CHECK(cudaMemcpy(d.data(), host.data(), host.size() * sizeof(T),
-                                cudaMemcpyHostToDevice));
+  TSTITCH_CUDA_CHECK(
+      cudaMemcpy(d.data(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
   return d;
 }
 
 template <class T> std::vector<T> to_host(const cuda::DeviceBuffer<T>& d) {
   TSTITCH_CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<T> host(static_cast<std::size_t>(d.size()));
-  TSTITCH_CUDA_CHECK(cudaMemcpy(host.data(), d.data(), host.size() * sizeof(T),
-                                cudaMemcpyDeviceToHost));
+  TSTITCH_CUDA_CHECK(
+      cudaMemcpy(host.data(), d.data(), host.size() * sizeof(T), cudaMemcpyDeviceToHost));
   return host;
 }
 
@@ -156,6 +157,77 @@ TEST_CASE("CUDA gated_residual adds gate * (y + bias) in fp32", "[cuda][kernels]
                          (static_cast<double>(y[i]) + bias[c]);
   }
   CHECK(compare(got, want, 1e-5, "gated_residual") < 1e-5);
+}
+
+TEST_CASE("CUDA residual_layernorm_modulate: gated residual then LayerNorm-modulate",
+          "[cuda][kernels]") {
+  // Dims covering each register-cache size of the kernel (1, 3, 9 and 32 float4 per lane), the
+  // last with a partial final group of lanes; row outputs written with a wider stride.
+  for (const int dim : {40, 384, 1152, 4092}) {
+    DYNAMIC_SECTION("dim " << dim) {
+      const int tokens = 3, batch = 2, mod_ld = 12 * dim, ld = dim + 8;
+      const int gate = 2 * dim, shift = 7 * dim, scale = 8 * dim; // as for block i -> block i + 1
+      const std::int64_t rows = static_cast<std::int64_t>(batch) * tokens;
+      std::vector<float> h = randn(static_cast<std::size_t>(rows * dim), 11);
+      for (float& v : h)
+        v += 20.0f; // a large mean: the variance must be taken around it
+      const std::vector<float> y = randn(h.size(), 12, 3.0f);
+      std::vector<std::uint16_t> yb(y.size());
+      std::transform(y.begin(), y.end(), yb.begin(), to_bf16);
+      const std::vector<float> yr = bf16_to_float(yb); // the kernel's input, as rounded
+      const std::vector<float> bias = randn(static_cast<std::size_t>(dim), 13);
+      const std::vector<float> mod = randn(static_cast<std::size_t>(batch * mod_ld), 14, 0.5f);
+      auto dh = to_device(h);
+      auto dy = to_device(yb);
+      auto db = to_device(bias);
+      auto dm = to_device(mod);
+      cuda::DeviceBuffer<std::uint16_t> out(rows * ld);
+      TSTITCH_CUDA_CHECK(cudaMemset(out.data(), 0xff, static_cast<std::size_t>(out.bytes())));
+      k::residual_layernorm_modulate(dh.data(), dy.data(), db.data(), dm.data(), mod_ld, gate,
+                                     shift, scale, out.data(), ld, tokens, dim, rows, nullptr);
+      const std::vector<float> got_h = to_host(dh);
+      const std::vector<std::uint16_t> got_bits = to_host(out);
+      const std::vector<float> got = bf16_to_float(got_bits);
+      std::vector<double> want_h(h.size()), want(got.size(), 0.0);
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const float* m = &mod[static_cast<std::size_t>((r / tokens) * mod_ld)];
+        double mean = 0, var = 0;
+        for (int c = 0; c < dim; ++c) {
+          const std::size_t i = static_cast<std::size_t>(r * dim + c);
+          want_h[i] = h[i] + static_cast<double>(m[gate + c]) *
+                                 (static_cast<double>(yr[i]) + bias[static_cast<std::size_t>(c)]);
+          mean += want_h[i];
+        }
+        mean /= dim;
+        for (int c = 0; c < dim; ++c)
+          var += std::pow(want_h[static_cast<std::size_t>(r * dim + c)] - mean, 2);
+        var /= dim;
+        for (int c = 0; c < dim; ++c)
+          want[static_cast<std::size_t>(r * ld + c)] =
+              (want_h[static_cast<std::size_t>(r * dim + c)] - mean) / std::sqrt(var + 1e-6) *
+                  (1.0 + m[scale + c]) +
+              m[shift + c];
+      }
+      CHECK(compare(got_h, want_h, 1e-5, "residual_layernorm_modulate h") < 1e-5);
+      CHECK(compare(got, want, 2e-2, "residual_layernorm_modulate out",
+                    [&](std::size_t i) { return static_cast<int>(i % ld) < dim; }) < 1e-2);
+      for (std::int64_t r = 0; r < rows; ++r) // the columns past dim are left alone
+        for (int c = dim; c < ld; ++c)
+          REQUIRE(got_bits[static_cast<std::size_t>(r * ld + c)] == 0xffff);
+    }
+  }
+  SECTION("bad dims are rejected, naming them") {
+    cuda::DeviceBuffer<float> h(8 * 4100);
+    cuda::DeviceBuffer<std::uint16_t> y(8 * 4100), out(8 * 4100);
+    cuda::DeviceBuffer<float> bias(4100), mod(8 * 4100);
+    CHECK_THROWS_WITH(k::residual_layernorm_modulate(h.data(), y.data(), bias.data(), mod.data(), 8,
+                                                     0, 0, 0, out.data(), 8, 1, 6, 1, nullptr),
+                      Catch::Contains("residual_layernorm_modulate dim"));
+    CHECK_THROWS_WITH(k::residual_layernorm_modulate(h.data(), y.data(), bias.data(), mod.data(),
+                                                     4100, 0, 0, 0, out.data(), 4100, 1, 4100, 1,
+                                                     nullptr),
+                      Catch::Contains("at most 4096"));
+  }
 }
 
 TEST_CASE("CUDA bias_gelu applies tanh-GELU", "[cuda][kernels]") {
@@ -269,8 +341,9 @@ TEST_CASE("CUDA conditioning kernels: timestep sinusoid, SiLU, class table", "[c
   std::vector<double> want_c(got_c.size(), 0.0);
   for (int n = 0; n < batch; ++n) {
     for (int c = 0; c < dim; ++c) {
-      const double v = static_cast<double>(temb[static_cast<std::size_t>(n * dim + c)]) +
-                       table[static_cast<std::size_t>(labels[static_cast<std::size_t>(n)] * dim + c)];
+      const double v =
+          static_cast<double>(temb[static_cast<std::size_t>(n * dim + c)]) +
+          table[static_cast<std::size_t>(labels[static_cast<std::size_t>(n)] * dim + c)];
       want_c[static_cast<std::size_t>(n * cld + c)] = v / (1 + std::exp(-v));
     }
     want_c[static_cast<std::size_t>(n * cld + dim)] = 1.0;

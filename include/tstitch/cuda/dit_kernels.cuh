@@ -93,8 +93,8 @@ __global__ void timestep_frequencies_kernel(const float* t, bf16* out, int ld, i
   }
 }
 
-__global__ void silu_to_bf16_kernel(const float* in, int ld_in, bf16* out, int ld_out,
-                                    int cols, std::int64_t rows) {
+__global__ void silu_to_bf16_kernel(const float* in, int ld_in, bf16* out, int ld_out, int cols,
+                                    std::int64_t rows) {
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
        i < rows * cols; i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const std::int64_t r = i / cols;
@@ -123,8 +123,8 @@ __global__ void patchify_kernel(const float* x, bf16* patches, int ld, int chann
                                 int patch, int batch) {
   const int grid = size / patch;
   const std::int64_t total = static_cast<std::int64_t>(batch) * channels * size * size;
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-       i < total; i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const int col = static_cast<int>(i % size);
     const int row = static_cast<int>((i / size) % size);
     const int ch = static_cast<int>((i / (static_cast<std::int64_t>(size) * size)) % channels);
@@ -179,9 +179,8 @@ __global__ void add_position_kernel(float* h, const float* pos, int tokens, int 
 // the second and third times from L1. Two passes keep the variance accurate when |mean| is
 // large, as it can be in the residual stream.
 __global__ void layernorm_modulate_kernel(const float* h, const float* mod, int mod_ld,
-                                          int shift_offset, int scale_offset, bf16* out,
-                                          int ld_out, int tokens, int dim, std::int64_t rows,
-                                          float eps) {
+                                          int shift_offset, int scale_offset, bf16* out, int ld_out,
+                                          int tokens, int dim, std::int64_t rows, float eps) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const std::int64_t row =
       blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + (threadIdx.x >> 5);
@@ -216,9 +215,8 @@ __global__ void layernorm_modulate_kernel(const float* h, const float* mod, int 
 }
 
 // h += gate * (y + bias): a block's output joins the residual stream (the gate of adaLN-Zero).
-__global__ void gated_residual_kernel(float* h, const float* y, const float* bias,
-                                      const float* mod, int mod_ld, int gate_offset, int tokens,
-                                      int dim) {
+__global__ void gated_residual_kernel(float* h, const float* y, const float* bias, const float* mod,
+                                      int mod_ld, int gate_offset, int tokens, int dim) {
   const std::int64_t row = blockIdx.x;
   float4* x = reinterpret_cast<float4*>(h + row * dim);
   const float4* in = reinterpret_cast<const float4*>(y + row * dim);
@@ -232,6 +230,69 @@ __global__ void gated_residual_kernel(float* h, const float* y, const float* bia
     v.z += gg.z * (u.z + bb.z);
     v.w += gg.w * (u.w + bb.w);
     x[c] = v;
+  }
+}
+
+// The gated residual of one sublayer and the LayerNorm-modulate of the next, one warp per row:
+// h + gate * (y + bias) stays in registers (kGroups float4 per lane, enough for the row) for the
+// two LayerNorm passes, so h is read and written once instead of three reads and a write.
+template <int kGroups>
+__global__ void residual_layernorm_modulate_kernel(float* h, const bf16* y, const float* bias,
+                                                   const float* mod, int mod_ld, int gate_offset,
+                                                   int shift_offset, int scale_offset, bf16* out,
+                                                   int ld_out, int tokens, int dim,
+                                                   std::int64_t rows, float eps) {
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const std::int64_t row =
+      blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + (threadIdx.x >> 5);
+  if (row >= rows)
+    return;
+  const int groups = dim / 4;
+  float4* x = reinterpret_cast<float4*>(h + row * dim);
+  const bf16* in = y + row * dim;
+  const float* m = mod + (row / tokens) * mod_ld;
+  const float4* b = reinterpret_cast<const float4*>(bias);
+  const float4* gate = reinterpret_cast<const float4*>(m + gate_offset);
+  float4 v[kGroups];
+  float sum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kGroups; ++j) {
+    const int c = lane + 32 * j;
+    if (c < groups) {
+      float4 r = x[c];
+      const float4 u = load_bf16x4(in + 4 * c), bb = b[c], g = gate[c];
+      r.x += g.x * (u.x + bb.x);
+      r.y += g.y * (u.y + bb.y);
+      r.z += g.z * (u.z + bb.z);
+      r.w += g.w * (u.w + bb.w);
+      x[c] = r;
+      v[j] = r;
+      sum += (r.x + r.y) + (r.z + r.w);
+    }
+  }
+  const float mean = warp_sum(sum) / static_cast<float>(dim);
+  float sq = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kGroups; ++j) {
+    if (lane + 32 * j < groups) {
+      const float a = v[j].x - mean, bq = v[j].y - mean, d = v[j].z - mean, e = v[j].w - mean;
+      sq += (a * a + bq * bq) + (d * d + e * e);
+    }
+  }
+  const float rstd = rsqrtf(warp_sum(sq) / static_cast<float>(dim) + eps);
+  const float4* shift = reinterpret_cast<const float4*>(m + shift_offset);
+  const float4* scale = reinterpret_cast<const float4*>(m + scale_offset);
+  bf16* o = out + row * ld_out;
+#pragma unroll
+  for (int j = 0; j < kGroups; ++j) {
+    const int c = lane + 32 * j;
+    if (c < groups) {
+      const float4 sh = shift[c], sc = scale[c];
+      store_bf16x4(o + 4 * c, make_float4((v[j].x - mean) * rstd * (1.0f + sc.x) + sh.x,
+                                          (v[j].y - mean) * rstd * (1.0f + sc.y) + sh.y,
+                                          (v[j].z - mean) * rstd * (1.0f + sc.z) + sh.z,
+                                          (v[j].w - mean) * rstd * (1.0f + sc.w) + sh.w));
+    }
   }
 }
 
@@ -257,8 +318,8 @@ __global__ void unpatchify_kernel(const float* tokens_out, float* out, int out_c
                                   int patch, int batch) {
   const int grid = size / patch;
   const std::int64_t total = static_cast<std::int64_t>(batch) * out_channels * size * size;
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-       i < total; i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const int col = static_cast<int>(i % size);
     const int row = static_cast<int>((i / size) % size);
     const int o = static_cast<int>((i / (static_cast<std::int64_t>(size) * size)) % out_channels);
@@ -322,9 +383,8 @@ void silu_to_bf16(const float* in, int ld_in, std::uint16_t* out, int ld_out, in
 
 void condition(const float* temb, const float* table, const int* labels, std::uint16_t* out,
                int ld_out, int dim, int batch, cudaStream_t s) {
-  impl::condition_kernel<<<impl::blocks(static_cast<std::int64_t>(batch) * dim),
-                           threads_per_block, 0, s>>>(temb, table, labels, as_bf16(out), ld_out,
-                                                      dim, batch);
+  impl::condition_kernel<<<impl::blocks(static_cast<std::int64_t>(batch) * dim), threads_per_block,
+                           0, s>>>(temb, table, labels, as_bf16(out), ld_out, dim, batch);
   impl::check_launch("condition_kernel");
 }
 
@@ -367,6 +427,44 @@ void gated_residual(float* h, const float* y, const float* bias, const float* mo
   impl::gated_residual_kernel<<<impl::row_blocks(rows), impl::row_threads(dim / 4), 0, s>>>(
       h, y, bias, mod, mod_ld, gate_offset, tokens, dim);
   impl::check_launch("gated_residual_kernel");
+}
+
+void residual_layernorm_modulate(float* h, const std::uint16_t* y, const float* bias,
+                                 const float* mod, int mod_ld, int gate_offset, int shift_offset,
+                                 int scale_offset, std::uint16_t* out, int ld_out, int tokens,
+                                 int dim, std::int64_t rows, cudaStream_t s, float eps) {
+  impl::require_groups_of_4("residual_layernorm_modulate dim", dim);
+  impl::require_groups_of_4("residual_layernorm_modulate ld_out", ld_out);
+  impl::require_groups_of_4("residual_layernorm_modulate mod_ld", mod_ld);
+  impl::require_groups_of_4("residual_layernorm_modulate gate_offset", gate_offset);
+  impl::require_groups_of_4("residual_layernorm_modulate shift_offset", shift_offset);
+  impl::require_groups_of_4("residual_layernorm_modulate scale_offset", scale_offset);
+  // The row lives in registers: at most 32 float4 per lane (dim <= 4096; DiT-XL has 1152).
+  constexpr int max_dim = 4 * 32 * 32;
+  require(dim <= max_dim, "residual_layernorm_modulate dim", dim,
+          detail::concat("must be at most ", max_dim, " (the row is held in registers)"));
+  require(rows >= 1, "residual_layernorm_modulate rows", rows, "must be at least 1");
+  constexpr int warps = threads_per_block / 32;
+  const auto grid = static_cast<unsigned>((rows + warps - 1) / warps);
+  const int per_lane = (dim / 4 + 31) / 32;
+  auto launch = [&](auto kernel) {
+    kernel<<<grid, threads_per_block, 0, s>>>(h, reinterpret_cast<const bf16*>(y), bias, mod,
+                                              mod_ld, gate_offset, shift_offset, scale_offset,
+                                              as_bf16(out), ld_out, tokens, dim, rows, eps);
+  };
+  if (per_lane <= 1)
+    launch(impl::residual_layernorm_modulate_kernel<1>);
+  else if (per_lane <= 3)
+    launch(impl::residual_layernorm_modulate_kernel<3>);
+  else if (per_lane <= 6)
+    launch(impl::residual_layernorm_modulate_kernel<6>);
+  else if (per_lane <= 9)
+    launch(impl::residual_layernorm_modulate_kernel<9>);
+  else if (per_lane <= 16)
+    launch(impl::residual_layernorm_modulate_kernel<16>);
+  else
+    launch(impl::residual_layernorm_modulate_kernel<32>);
+  impl::check_launch("residual_layernorm_modulate_kernel");
 }
 
 void bias_gelu(std::uint16_t* x, int ld, const float* bias, int cols, std::int64_t rows,

@@ -10,11 +10,15 @@
 //   conditioning          freq(t) -> fc1 -> SiLU -> fc2 (+ table[y]) -> SiLU(c) -> all adaLN
 //                         modulations of every block and the final layer in one GEMM
 //   patch embedding       patchify -> GEMM -> + position
-//   per block             LN-modulate -> qkv GEMM (bf16 out) -> attention -> proj GEMM ->
-//                         h += gate (y + b); LN-modulate -> fc1 GEMM (bf16) -> GELU -> fc2 GEMM
-//                         -> h += gate (y + b)
-//   final layer           LN-modulate -> GEMM -> unpatchify
-// Biases of layers whose input the kernels write are folded into the GEMM (dit_kernels.cuh).
+//   first block's input   LN-modulate
+//   per block             qkv GEMM (+ bias, bf16 out) -> attention -> proj GEMM (bf16 out) ->
+//                         [h += gate (y + b); LN-modulate] -> fc1 GEMM (+ bias, GELU, bf16 out)
+//                         -> fc2 GEMM (bf16 out) -> [h += gate (y + b); LN-modulate of the next
+//                         block or of the final layer]
+//   final layer           GEMM (+ bias, fp32 out) -> unpatchify
+// The block GEMMs run in cuBLASLt with their bias (and fc1's GELU) as epilogues; the bracketed
+// pairs are one kernel (residual_layernorm_modulate). The conditioning GEMMs are tiny: their
+// biases are folded into the weight as an extra input column (dit_kernels.cuh).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -39,26 +43,36 @@ inline std::uint16_t bf16_bits(float v) {
   std::uint32_t bits;
   std::memcpy(&bits, &v, sizeof bits);
   if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu) != 0)
-    return 0x7fc0; // NaN stays NaN
+    return 0x7fc0;                       // NaN stays NaN
   bits += 0x7fffu + ((bits >> 16) & 1u); // round to nearest even
   return static_cast<std::uint16_t>(bits >> 16);
 }
 
+/// Where a linear layer keeps its bias on the device.
+enum class BiasStorage {
+  folded, ///< bf16, in weight column `in` (the input carries a 1 there: bias_columns)
+  fp32,   ///< a float vector (the fp32 GEMM epilogue, the residual kernel)
+  bf16,   ///< a bf16 vector (the epilogue of a GEMM with bf16 output)
+};
+
 /// A linear layer's weight on the device: bf16 [out, ld], ld = in (+ bias_columns when the bias
-/// is folded into column `in`), or an fp32 bias of its own for the gated-residual kernel.
+/// is folded into column `in`), and its bias vector when not folded.
 struct Linear {
   DeviceBuffer<std::uint16_t> weight;
-  DeviceBuffer<float> bias; // only when not folded
+  DeviceBuffer<float> bias;              // BiasStorage::fp32
+  DeviceBuffer<std::uint16_t> bias_bf16; // BiasStorage::bf16
   int out = 0;
   int in = 0;
   int ld = 0;
 
-  [[nodiscard]] std::int64_t bytes() const { return weight.bytes() + bias.bytes(); }
+  [[nodiscard]] std::int64_t bytes() const {
+    return weight.bytes() + bias.bytes() + bias_bf16.bytes();
+  }
 };
 
 inline void upload_bits(std::uint16_t* device, const std::vector<std::uint16_t>& host) {
-  TSTITCH_CUDA_CHECK(cudaMemcpy(device, host.data(), host.size() * sizeof(std::uint16_t),
-                                cudaMemcpyHostToDevice));
+  TSTITCH_CUDA_CHECK(
+      cudaMemcpy(device, host.data(), host.size() * sizeof(std::uint16_t), cudaMemcpyHostToDevice));
 }
 
 inline DeviceBuffer<float> upload_floats(std::span<const float> values) {
@@ -70,7 +84,9 @@ inline DeviceBuffer<float> upload_floats(std::span<const float> values) {
 
 /// Stacks the weights (and biases) of several layers with the same input into one [sum out, ld]
 /// matrix: all adaLN modulations of a model become one GEMM.
-inline Linear make_linear(std::span<const std::pair<dit::Param, dit::Param>> parts, bool fold) {
+inline Linear make_linear(std::span<const std::pair<dit::Param, dit::Param>> parts,
+                          BiasStorage storage) {
+  const bool fold = storage == BiasStorage::folded;
   Linear l;
   l.in = static_cast<int>(parts.front().first.cols);
   for (const auto& [w, b] : parts) {
@@ -97,14 +113,20 @@ inline Linear make_linear(std::span<const std::pair<dit::Param, dit::Param>> par
   }
   l.weight = DeviceBuffer<std::uint16_t>(static_cast<std::int64_t>(host.size()));
   upload_bits(l.weight.data(), host);
-  if (!fold)
+  if (storage == BiasStorage::fp32)
     l.bias = upload_floats(bias);
+  if (storage == BiasStorage::bf16) {
+    std::vector<std::uint16_t> bits(bias.size());
+    std::transform(bias.begin(), bias.end(), bits.begin(), bf16_bits);
+    l.bias_bf16 = DeviceBuffer<std::uint16_t>(static_cast<std::int64_t>(bits.size()));
+    upload_bits(l.bias_bf16.data(), bits);
+  }
   return l;
 }
 
-inline Linear make_linear(const dit::Param& w, const dit::Param& b, bool fold) {
+inline Linear make_linear(const dit::Param& w, const dit::Param& b, BiasStorage storage) {
   const std::pair<dit::Param, dit::Param> part{w, b};
-  return make_linear(std::span<const std::pair<dit::Param, dit::Param>>(&part, 1), fold);
+  return make_linear(std::span<const std::pair<dit::Param, dit::Param>>(&part, 1), storage);
 }
 
 struct Block {
@@ -115,9 +137,9 @@ struct Block {
 struct Activations {
   int batch = 0;
   std::int64_t rows = 0;
-  DeviceBuffer<float> x_in, t, temb_hidden, temb, mod, h, y, final_out, out;
+  DeviceBuffer<float> x_in, t, temb_hidden, temb, mod, h, final_out, out;
   DeviceBuffer<int> labels;
-  DeviceBuffer<std::uint16_t> freq, temb_hidden_bf16, cond, patches, a, qkv, attn, mlp; // bf16
+  DeviceBuffer<std::uint16_t> freq, temb_hidden_bf16, cond, patches, a, qkv, attn, y, mlp; // bf16
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
 
@@ -132,10 +154,10 @@ struct Activations {
   }
 
   [[nodiscard]] std::int64_t bytes() const {
-    return x_in.bytes() + t.bytes() + temb_hidden.bytes() + temb.bytes() + mod.bytes() +
-           h.bytes() + y.bytes() + final_out.bytes() + out.bytes() + labels.bytes() +
-           freq.bytes() + temb_hidden_bf16.bytes() + cond.bytes() + patches.bytes() + a.bytes() +
-           qkv.bytes() + attn.bytes() + mlp.bytes();
+    return x_in.bytes() + t.bytes() + temb_hidden.bytes() + temb.bytes() + mod.bytes() + h.bytes() +
+           y.bytes() + final_out.bytes() + out.bytes() + labels.bytes() + freq.bytes() +
+           temb_hidden_bf16.bytes() + cond.bytes() + patches.bytes() + a.bytes() + qkv.bytes() +
+           attn.bytes() + mlp.bytes();
   }
 };
 
@@ -172,22 +194,23 @@ struct DitModel::Impl {
 
   Impl(const dit::Weights& w, std::string model_name, cudaStream_t s)
       : config(w.config()), name(std::move(model_name)), stream(s), blas(s) {
+    using dit_detail::BiasStorage;
     using dit_detail::make_linear;
     const std::int64_t d = config.hidden_size;
-    patch = make_linear(w.patch_weight, w.patch_bias, true);
-    t_fc1 = make_linear(w.t_fc1_weight, w.t_fc1_bias, true);
-    t_fc2 = make_linear(w.t_fc2_weight, w.t_fc2_bias, true);
+    patch = make_linear(w.patch_weight, w.patch_bias, BiasStorage::folded);
+    t_fc1 = make_linear(w.t_fc1_weight, w.t_fc1_bias, BiasStorage::folded);
+    t_fc2 = make_linear(w.t_fc2_weight, w.t_fc2_bias, BiasStorage::folded);
     std::vector<std::pair<dit::Param, dit::Param>> ada;
     for (const dit::BlockWeights& b : w.blocks) {
       ada.emplace_back(b.ada_weight, b.ada_bias);
-      blocks.push_back({make_linear(b.qkv_weight, b.qkv_bias, true),
-                        make_linear(b.proj_weight, b.proj_bias, false),
-                        make_linear(b.fc1_weight, b.fc1_bias, true),
-                        make_linear(b.fc2_weight, b.fc2_bias, false)});
+      blocks.push_back({make_linear(b.qkv_weight, b.qkv_bias, BiasStorage::bf16),
+                        make_linear(b.proj_weight, b.proj_bias, BiasStorage::fp32),
+                        make_linear(b.fc1_weight, b.fc1_bias, BiasStorage::bf16),
+                        make_linear(b.fc2_weight, b.fc2_bias, BiasStorage::fp32)});
     }
     ada.emplace_back(w.final_ada_weight, w.final_ada_bias);
-    modulation = make_linear(ada, true);
-    final_linear = make_linear(w.final_weight, w.final_bias, true);
+    modulation = make_linear(ada, BiasStorage::folded);
+    final_linear = make_linear(w.final_weight, w.final_bias, BiasStorage::fp32);
     class_table = dit_detail::upload_floats(
         {w.class_table.data, static_cast<std::size_t>(w.class_table.rows * w.class_table.cols)});
     position = dit_detail::upload_floats(
@@ -211,7 +234,6 @@ struct DitModel::Impl {
     auto& slot = activations[n];
     if (slot)
       return *slot;
-    using kernels::bias_columns;
     const dit::Config& c = config;
     const int d = static_cast<int>(c.hidden_size);
     const std::int64_t rows = n * c.tokens();
@@ -230,10 +252,10 @@ struct DitModel::Impl {
     act->mod = DeviceBuffer<float>(static_cast<std::int64_t>(n) * modulation.out);
     act->patches = DeviceBuffer<std::uint16_t>(rows * patch.ld);
     act->h = DeviceBuffer<float>(rows * d);
-    act->a = DeviceBuffer<std::uint16_t>(rows * (d + bias_columns));
+    act->a = DeviceBuffer<std::uint16_t>(rows * d);
     act->qkv = DeviceBuffer<std::uint16_t>(rows * 3 * d);
     act->attn = DeviceBuffer<std::uint16_t>(rows * d);
-    act->y = DeviceBuffer<float>(rows * d);
+    act->y = DeviceBuffer<std::uint16_t>(rows * d);
     act->mlp = DeviceBuffer<std::uint16_t>(rows * c.mlp_hidden());
     act->final_out = DeviceBuffer<float>(rows * final_linear.out);
     act->out = DeviceBuffer<float>(n * c.out_channels() * c.input_size * c.input_size);
@@ -241,7 +263,6 @@ struct DitModel::Impl {
     kernels::fill_bias_columns(act->temb_hidden_bf16.data(), t_fc2.ld, t_fc2.in, n, stream);
     kernels::fill_bias_columns(act->cond.data(), modulation.ld, modulation.in, n, stream);
     kernels::fill_bias_columns(act->patches.data(), patch.ld, patch_k, rows, stream);
-    kernels::fill_bias_columns(act->a.data(), d + bias_columns, d, rows, stream);
     slot = std::move(act);
     return *slot;
   }
@@ -260,25 +281,22 @@ struct DitModel::Impl {
     auto set = std::make_unique<dit_detail::LabelSet>();
     set->key = labels;
     set->device = DeviceBuffer<int>(static_cast<std::int64_t>(labels.size()));
-    TSTITCH_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&set->pinned),
-                                      labels.size() * sizeof(int)));
+    TSTITCH_CUDA_CHECK(
+        cudaMallocHost(reinterpret_cast<void**>(&set->pinned), labels.size() * sizeof(int)));
     std::memcpy(set->pinned, labels.data(), labels.size() * sizeof(int));
-    TSTITCH_CUDA_CHECK(cudaMemcpyAsync(set->device.data(), set->pinned,
-                                       labels.size() * sizeof(int), cudaMemcpyHostToDevice,
-                                       stream));
+    TSTITCH_CUDA_CHECK(cudaMemcpyAsync(set->device.data(), set->pinned, labels.size() * sizeof(int),
+                                       cudaMemcpyHostToDevice, stream));
     label_sets.push_back(std::move(set));
     return label_sets.back()->device.data();
   }
 
   /// Everything after prepare_inputs: reads x_in, t, labels of `act`, writes act.out.
   void forward(dit_detail::Activations& act) {
-    using kernels::bias_columns;
     const dit::Config& c = config;
     const int n = act.batch;
     const int d = static_cast<int>(c.hidden_size);
     const int tokens = static_cast<int>(c.tokens());
     const std::int64_t rows = act.rows;
-    const int ld_a = d + bias_columns;
     const int mod_ld = modulation.out;
     cudaStream_t s = stream;
 
@@ -303,38 +321,36 @@ struct DitModel::Impl {
                 CUDA_R_32F, d, rows, patch.out, patch.ld);
     kernels::add_position(act.h.data(), position.data(), tokens, d, rows, s);
 
+    // Every block's input LayerNorm but the first is fused with the previous block's residual
+    // (with no blocks, offsets 0 and d are the final layer's shift and scale).
+    kernels::layernorm_modulate(act.h.data(), act.mod.data(), mod_ld, 0, d, act.a.data(), d, tokens,
+                                d, rows, s);
     const int mlp = static_cast<int>(c.mlp_hidden());
+    const int final_base = static_cast<int>(blocks.size()) * 6 * d; // shift, scale
     for (std::size_t i = 0; i < blocks.size(); ++i) {
       const dit_detail::Block& b = blocks[i];
       const int base = static_cast<int>(i) * 6 * d; // shift1 scale1 gate1 shift2 scale2 gate2
-      kernels::layernorm_modulate(act.h.data(), act.mod.data(), mod_ld, base, base + d,
-                                  act.a.data(), ld_a, tokens, d, rows, s);
-      blas.linear(act.a.data(), ld_a, b.qkv.weight.data(), b.qkv.ld, act.qkv.data(), CUDA_R_16BF,
-                  3 * d, rows, b.qkv.out, b.qkv.ld);
-      kernels::attention(act.qkv.data(), act.attn.data(), n, tokens,
-                         static_cast<int>(c.num_heads), static_cast<int>(c.head_dim()), attention,
-                         s);
-      blas.linear(act.attn.data(), d, b.proj.weight.data(), b.proj.ld, act.y.data(), CUDA_R_32F, d,
-                  rows, d, d);
-      kernels::gated_residual(act.h.data(), act.y.data(), b.proj.bias.data(), act.mod.data(),
-                              mod_ld, base + 2 * d, tokens, d, rows, s);
-      kernels::layernorm_modulate(act.h.data(), act.mod.data(), mod_ld, base + 3 * d, base + 4 * d,
-                                  act.a.data(), ld_a, tokens, d, rows, s);
-      blas.linear(act.a.data(), ld_a, b.fc1.weight.data(), b.fc1.ld, act.mlp.data(), CUDA_R_16BF,
-                  mlp, rows, mlp, b.fc1.ld);
-      kernels::bias_gelu(act.mlp.data(), mlp, nullptr, mlp, rows, s);
-      blas.linear(act.mlp.data(), mlp, b.fc2.weight.data(), b.fc2.ld, act.y.data(), CUDA_R_32F, d,
-                  rows, d, mlp);
-      kernels::gated_residual(act.h.data(), act.y.data(), b.fc2.bias.data(), act.mod.data(),
-                              mod_ld, base + 5 * d, tokens, d, rows, s);
+      const int next = i + 1 < blocks.size() ? base + 6 * d : final_base; // its shift, scale
+      blas.linear(act.a.data(), d, b.qkv.weight.data(), b.qkv.ld, act.qkv.data(), CUDA_R_16BF,
+                  3 * d, rows, b.qkv.out, d, GemmEpilogue::bias, b.qkv.bias_bf16.data());
+      kernels::attention(act.qkv.data(), act.attn.data(), n, tokens, static_cast<int>(c.num_heads),
+                         static_cast<int>(c.head_dim()), attention, s);
+      blas.linear(act.attn.data(), d, b.proj.weight.data(), b.proj.ld, act.y.data(), CUDA_R_16BF, d,
+                  rows, d, d, GemmEpilogue::none, nullptr);
+      kernels::residual_layernorm_modulate(act.h.data(), act.y.data(), b.proj.bias.data(),
+                                           act.mod.data(), mod_ld, base + 2 * d, base + 3 * d,
+                                           base + 4 * d, act.a.data(), d, tokens, d, rows, s);
+      blas.linear(act.a.data(), d, b.fc1.weight.data(), b.fc1.ld, act.mlp.data(), CUDA_R_16BF, mlp,
+                  rows, mlp, d, GemmEpilogue::bias_gelu, b.fc1.bias_bf16.data());
+      blas.linear(act.mlp.data(), mlp, b.fc2.weight.data(), b.fc2.ld, act.y.data(), CUDA_R_16BF, d,
+                  rows, d, mlp, GemmEpilogue::none, nullptr);
+      kernels::residual_layernorm_modulate(act.h.data(), act.y.data(), b.fc2.bias.data(),
+                                           act.mod.data(), mod_ld, base + 5 * d, next, next + d,
+                                           act.a.data(), d, tokens, d, rows, s);
     }
-
-    const int final_base = static_cast<int>(blocks.size()) * 6 * d; // shift, scale
-    kernels::layernorm_modulate(act.h.data(), act.mod.data(), mod_ld, final_base, final_base + d,
-                                act.a.data(), ld_a, tokens, d, rows, s);
-    blas.linear(act.a.data(), ld_a, final_linear.weight.data(), final_linear.ld,
-                act.final_out.data(), CUDA_R_32F, final_linear.out, rows, final_linear.out,
-                final_linear.ld);
+    blas.linear(act.a.data(), d, final_linear.weight.data(), final_linear.ld, act.final_out.data(),
+                CUDA_R_32F, final_linear.out, rows, final_linear.out, d, GemmEpilogue::bias,
+                final_linear.bias.data());
     kernels::unpatchify(act.final_out.data(), act.out.data(), static_cast<int>(c.out_channels()),
                         static_cast<int>(c.input_size), static_cast<int>(c.patch_size), n, s);
   }
@@ -371,12 +387,9 @@ struct DitModel::Impl {
       forward(act);
     }
     const std::size_t row_bytes = static_cast<std::size_t>(out_shape.numel()) * sizeof(float);
-    TSTITCH_CUDA_CHECK(cudaMemcpy2DAsync(out.data(),
-                                         static_cast<std::size_t>(out.batch_stride()) *
-                                             sizeof(float),
-                                         act.out.data(), row_bytes, row_bytes,
-                                         static_cast<std::size_t>(n), cudaMemcpyDeviceToDevice,
-                                         stream));
+    TSTITCH_CUDA_CHECK(cudaMemcpy2DAsync(
+        out.data(), static_cast<std::size_t>(out.batch_stride()) * sizeof(float), act.out.data(),
+        row_bytes, row_bytes, static_cast<std::size_t>(n), cudaMemcpyDeviceToDevice, stream));
   }
 };
 
@@ -400,16 +413,16 @@ DitModel::condition_type DitModel::unconditional(const condition_type& labels) c
 const dit::Config& DitModel::config() const { return impl_->config; }
 
 void DitModel::predict(ConstView x, const StepContext& ctx, const condition_type& labels,
-                              View out) {
+                       View out) {
   impl_->predict(x, ctx, labels, out);
 }
 
 void DitModel::set_attention(AttentionPath path) {
   const int head_dim = static_cast<int>(impl_->config.head_dim());
   if (!kernels::attention_supported(path, head_dim))
-    throw_invalid_argument("attention path", to_string(path),
-                           detail::concat("is not available for head dimension ", head_dim,
-                                          " in this build"));
+    throw_invalid_argument(
+        "attention path", to_string(path),
+        detail::concat("is not available for head dimension ", head_dim, " in this build"));
   if (path != impl_->attention) {
     impl_->attention = path;
     for (auto& [batch, act] : impl_->activations) { // recapture with the new kernels

@@ -88,6 +88,13 @@ void layernorm_modulate(const float* h, const float* mod, int mod_ld, int shift_
 /// h += mod[gate] * (y + bias).
 void gated_residual(float* h, const float* y, const float* bias, const float* mod, int mod_ld,
                     int gate_offset, int tokens, int dim, std::int64_t rows, cudaStream_t s);
+/// The seam between two sublayers of a DiT block, in one pass over the residual stream:
+///   h += mod[gate] * (y + bias);  out = LayerNorm(h) * (1 + mod[scale]) + mod[shift]
+/// y: the sublayer's GEMM output, bf16 [rows, dim]; h is updated in place (fp32) and read once.
+void residual_layernorm_modulate(float* h, const std::uint16_t* y, const float* bias,
+                                 const float* mod, int mod_ld, int gate_offset, int shift_offset,
+                                 int scale_offset, std::uint16_t* out, int ld_out, int tokens,
+                                 int dim, std::int64_t rows, cudaStream_t s, float eps = 1e-6f);
 /// x = GELU_tanh(x + bias) in place (bias may be null when the GEMM added it).
 void bias_gelu(std::uint16_t* x, int ld, const float* bias, int cols, std::int64_t rows,
                cudaStream_t s);
