@@ -60,6 +60,7 @@
 
 namespace {
 
+using tstitch::cuda::AttentionPath;
 using tstitch::cuda::DitModel;
 using Json = nlohmann::json;
 
@@ -336,6 +337,7 @@ struct ForwardRow {
   double ms = std::nan("");
   double tflops = std::nan("");
   double fraction_of_peak = std::nan("");
+  double ms_cudnn = std::nan(""); // the same forward with AttentionPath::cudnn, where available
   std::string error;
 };
 
@@ -360,14 +362,14 @@ ForwardRow measure_forward(DitModel& model, const std::string& name, int images,
   const double single = timer.time_ms(stream, predict);
   // Blocks of about 5 ms: long against event resolution and launch jitter, short enough that
   // a repeat of the slowest configuration stays one call.
-  row.calls_per_repeat = std::clamp(static_cast<int>(std::ceil(5.0 / std::max(single, 1e-3))), 1, 50);
+  row.calls_per_repeat =
+      std::clamp(static_cast<int>(std::ceil(5.0 / std::max(single, 1e-3))), 1, 50);
   std::vector<double> times;
   for (int r = 0; r < repeats; ++r)
     times.push_back(timer.time_ms(stream, [&] {
-                      for (int k = 0; k < row.calls_per_repeat; ++k)
-                        predict();
-                    }) /
-                    row.calls_per_repeat);
+      for (int k = 0; k < row.calls_per_repeat; ++k)
+        predict();
+    }) / row.calls_per_repeat);
   row.ms = median(times);
   row.tflops = 2.0 * cfg.macs() * static_cast<double>(row.rows) / (row.ms * 1e9);
   row.fraction_of_peak = row.tflops / peak_tflops;
@@ -380,9 +382,9 @@ ForwardRow measure_forward(DitModel& model, const std::string& name, int images,
 struct SwitchRow {
   std::string pair;
   int calls = 0;
-  double same_ms = std::nan("");      ///< per call, each model repeated on its own
+  double same_ms = std::nan("");        ///< per call, each model repeated on its own
   double alternating_ms = std::nan(""); ///< per call, models alternating (every call a switch)
-  double cost_us = std::nan("");      ///< alternating - same, per switch
+  double cost_us = std::nan("");        ///< alternating - same, per switch
 };
 
 SwitchRow measure_switch(DitModel& first, DitModel& second, const std::string& pair, int repeats,
@@ -658,10 +660,23 @@ int run(const Options& opt) {
           ForwardRow row;
           try {
             row = measure_forward(*model, m, images, opt.repeats, trajectory, peak.tflops);
+            const int head_dim = static_cast<int>(model->config().head_dim());
+            if (tstitch::cuda::kernels::attention_supported(AttentionPath::cudnn, head_dim)) {
+              const AttentionPath before = model->attention();
+              try {
+                model->set_attention(AttentionPath::cudnn);
+                row.ms_cudnn =
+                    measure_forward(*model, m, images, opt.repeats, trajectory, peak.tflops).ms;
+              } catch (const std::exception& e) {
+                std::printf("forward DiT-%s batch %d with cuDNN attention: FAILED: %s\n", m.c_str(),
+                            images, e.what());
+              }
+              model->set_attention(before);
+            }
             std::printf("forward DiT-%s batch %d (rows %lld): %.3f ms, %.1f TFLOP/s, %.1f%% of "
-                        "peak\n",
+                        "peak; with cuDNN attention %.3f ms\n",
                         m.c_str(), images, static_cast<long long>(row.rows), row.ms, row.tflops,
-                        100.0 * row.fraction_of_peak);
+                        100.0 * row.fraction_of_peak, row.ms_cudnn);
           } catch (const std::exception& e) {
             row.model = m;
             row.images = images;
@@ -686,10 +701,14 @@ int run(const Options& opt) {
   }
   Json forward_json = Json::array();
   for (const ForwardRow& r : forward) {
-    Json row = {{"model", "DiT-" + r.model},       {"images", r.images},
-                {"rows", r.rows},                   {"calls_per_repeat", r.calls_per_repeat},
-                {"ms", number(r.ms)},               {"tflops", number(r.tflops)},
+    Json row = {{"model", "DiT-" + r.model},
+                {"images", r.images},
+                {"rows", r.rows},
+                {"calls_per_repeat", r.calls_per_repeat},
+                {"ms", number(r.ms)},
+                {"tflops", number(r.tflops)},
                 {"fraction_of_peak", number(r.fraction_of_peak)},
+                {"ms_cudnn_attention", number(r.ms_cudnn)},
                 {"flops", 2.0 * tstitch::dit::Config::preset("DiT-" + r.model).macs() *
                               static_cast<double>(r.rows)}};
     if (!r.error.empty())
@@ -758,12 +777,15 @@ int run(const Options& opt) {
                       {"speedup", number(r.speedup)},
                       {"ideal", number(r.ideal)},
                       {"deviation", number(r.deviation)}});
-    report["stitched"] = {{"mode", stitch.mode},       {"steps", stitch.steps},
+    report["stitched"] = {{"mode", stitch.mode},
+                          {"steps", stitch.steps},
                           {"images", stitch.images},
-                          {"small", "DiT-S/2"},        {"large", "DiT-XL/2"},
+                          {"small", "DiT-S/2"},
+                          {"large", "DiT-XL/2"},
                           {"small_ms", number(stitch.small_ms)},
                           {"large_ms", number(stitch.large_ms)},
-                          {"c", number(stitch.c)},     {"fractions", rows}};
+                          {"c", number(stitch.c)},
+                          {"fractions", rows}};
   }
 
   // The table, last, so it survives a truncated log.

@@ -18,6 +18,9 @@
 #   include/{eigen3,nlohmann,catch2,CLI,stb}
 #   share/eigen3/cmake  share/cmake/nlohmann_json  share/cmake/CLI11  lib/cmake/Catch2
 #   lib/libCatch2WithMain.a   (Catch2's targets file checks that it exists)
+#   cudnn/include/cudnn*.h    (cuDNN 9's headers, when this machine has them: the cudnn attention
+#                             path is compiled against them and opens libcudnn at run time;
+#                             CMake looks in <prefix>/cudnn/include of each CMAKE_PREFIX_PATH)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
@@ -79,6 +82,27 @@ if [[ $verify_only == 0 ]]; then
     "$prefix"/lib/cmake/Catch2/Catch2Targets.cmake
   sed -i 's|"/usr/lib/cmake/Catch2"|"${CMAKE_CURRENT_LIST_DIR}/.never-relocated"|' \
     "$prefix"/lib/cmake/Catch2/Catch2Config.cmake "$prefix"/lib/cmake/Catch2/Catch2Targets.cmake
+
+  # cuDNN's headers only (about 1 MB): the GPU machines may have cuDNN as a Python wheel, which
+  # ships no headers. Optional: without them the cudnn attention path is simply not compiled.
+  rm -rf "$prefix/cudnn"
+  cudnn_include=""
+  for d in "${CUDNN_INCLUDE_DIR:-}" "${CUDA_HOME:-/usr/local/cuda}/include" /usr/local/cuda/include \
+    /usr/include /usr/include/x86_64-linux-gnu; do
+    if [[ -n "$d" && -f "$d/cudnn_graph.h" ]]; then
+      cudnn_include="$d"
+      break
+    fi
+  done
+  if [[ -n "$cudnn_include" ]]; then
+    mkdir -p "$prefix/cudnn/include"
+    cp -L "$cudnn_include"/cudnn*.h "$prefix/cudnn/include/"
+    echo "pack_deps: cuDNN headers from $cudnn_include ($(grep -E '^#define CUDNN_(MAJOR|MINOR|PATCHLEVEL) ' \
+      "$cudnn_include/cudnn_version.h" | awk '{print $3}' | paste -sd. -))"
+  else
+    echo "pack_deps: no cudnn_graph.h here (CUDNN_INCLUDE_DIR, \$CUDA_HOME/include, /usr/include):" \
+      "the cudnn attention path will not be compiled from this prefix" >&2
+  fi
   echo "pack_deps: copied into $prefix ($(du -sh "$prefix" | cut -f1))"
 fi
 
@@ -118,11 +142,23 @@ if(NOT STB_DIR MATCHES "^${DEPS_PREFIX}/")
 endif()
 message(STATUS "stb: ${STB_DIR}")
 message(STATUS "Catch2_DIR: ${Catch2_DIR}")
+# cuDNN headers, when packed: found the way tstitch's CMakeLists.txt looks for them.
+if(EXISTS "${DEPS_PREFIX}/cudnn")
+  set(_hints "")
+  foreach(_p IN LISTS CMAKE_PREFIX_PATH)
+    list(APPEND _hints "${_p}/cudnn/include")
+  endforeach()
+  find_path(CUDNN_DIR cudnn_graph.h HINTS ${_hints} REQUIRED)
+  if(NOT CUDNN_DIR MATCHES "^${DEPS_PREFIX}/" OR NOT EXISTS "${CUDNN_DIR}/cudnn_version.h")
+    message(FATAL_ERROR "cuDNN headers found at ${CUDNN_DIR}, not complete inside ${DEPS_PREFIX}")
+  endif()
+  message(STATUS "cudnn: ${CUDNN_DIR}")
+endif()
 EOF
 if cmake -S "$scratch" -B "$scratch/build" -DCMAKE_PREFIX_PATH="$prefix" -DDEPS_PREFIX="$prefix" \
   -DCMAKE_FIND_USE_CMAKE_SYSTEM_PATH=OFF -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF \
   >"$scratch/log" 2>&1; then
-  grep -- '-- .*::\|-- stb\|-- Catch2_DIR' "$scratch/log" | sed 's/^/pack_deps: /'
+  grep -- '-- .*::\|-- stb\|-- Catch2_DIR\|-- cudnn' "$scratch/log" | sed 's/^/pack_deps: /'
   echo "pack_deps: OK: every package is found inside $prefix with the system paths switched off"
 else
   cat "$scratch/log" >&2

@@ -11,6 +11,8 @@
 #     attention  bench_attention (hand-written and cuDNN attention)
 #     bench      bench_dit_cuda (GEMM peak, DiT forward, switch cost, stitched sampling)
 #     torch      tools/bench_dit_gpu_torch.py (PyTorch eager and torch.compile on the same card)
+#     profile    per-kernel times of one forward under ncu (benchmarks/gpu/profile.sh; PROFILE,
+#                default XL/2:64,S/2:8); not in the default set
 #     summary    the combined table and the goals of issue 5 (always runs last)
 #
 # Every stage may fail without stopping the others; each prints its time and status. Logs and
@@ -19,7 +21,9 @@
 # rest stay in build/gpu/logs/. The whole run keeps to
 # TOTAL_BUDGET_S seconds (default 540): a stage gets at most what is left, so the summary prints.
 # Knobs (environment): CUDA_ARCH, REPEATS (10), TORCH_COMPILE (S/2:8,XL/2:8,XL/2:64 | all |
-# none), SANITIZE_SPEC (a Catch2 test spec), TESTS_VIA_CTEST, PYTHON (python3), TOTAL_BUDGET_S.
+# none), SANITIZE_SPEC (a Catch2 test spec), TESTS_VIA_CTEST, PYTHON (python3), TOTAL_BUDGET_S,
+# TSTITCH_CUDNN_LIBRARY (libcudnn for the cudnn attention path; default: libcudnn.so.9, else the
+# nvidia-cudnn wheel of $PYTHON).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT" || exit 1
@@ -187,7 +191,7 @@ stage_sanitize() {
     local tags want=() t
     tags="$("$bin" --list-tags 2>/dev/null)"
     for t in attention kernels backend layernorm gelu residual embedding patchify solver philox gemm; do
-      grep -q "\[$t\]" <<<"$tags" && want+=("[$t]")
+      grep -q "\[$t\]" <<<"$tags" && want+=("[$t]~[cudnn]") # cuDNN's own kernels: not ours
     done
     spec="$(
       IFS=,
@@ -249,6 +253,16 @@ stage_torch() {
     --compile "${TORCH_COMPILE:-S/2:8,XL/2:8,XL/2:64}" --json "$OUT/bench_dit_gpu_torch.json"
 }
 
+stage_profile() {
+  CURRENT_STAGE=profile
+  local bin
+  bin="$(binary bench_dit_cuda)"
+  [[ -z "$bin" ]] && { echo "bench_dit_cuda not built"; note "not built"; return 1; }
+  local specs
+  IFS=, read -r -a specs <<<"${PROFILE:-XL/2:64,S/2:8}"
+  timeout -k 5 "$STAGE_LIMIT" "$ROOT/benchmarks/gpu/profile.sh" "$bin" "$OUT" "${specs[@]}"
+}
+
 # ---------------------------------------------------------------------------------------------
 # The combined table: tstitch against PyTorch per model x batch, attention, switch, stitching, the
 # goals of issue 5, the tests and the sanitizer. Reads what the stages left in $OUT.
@@ -294,7 +308,7 @@ rows = (ours or {}).get("forward", [])
 keys = [(r["model"], r["images"]) for r in rows] or list(theirs)
 print("ms per forward (rows = 2 x images, guidance); ratio = PyTorch time / tstitch time")
 print(f"{'model':9s} {'images':>6s} {'rows':>4s} {'tstitch':>8s} {'TFLOP/s':>7s} {'%peak':>5s} "
-      f"{'eager':>8s} {'compile':>8s} {'eager/ts':>8s} {'comp/ts':>7s}")
+      f"{'eager':>8s} {'compile':>8s} {'eager/ts':>8s} {'comp/ts':>7s} {'cudnn-attn':>10s} {'%peak':>5s}")
 by_key = {(r["model"], r["images"]): r for r in rows}
 for key in keys:
     o, t = by_key.get(key, {}), theirs.get(key, {})
@@ -302,7 +316,9 @@ for key in keys:
     frac = o.get("fraction_of_peak")
     print(f"{key[0]:9s} {key[1]:6d} {2 * key[1]:4d} {fmt(ms, 3):>8s} {fmt(o.get('tflops'), 1):>7s} "
           f"{fmt(100 * frac if frac is not None else None, 1):>5s} {fmt(em, 3):>8s} {fmt(cm, 3):>8s} "
-          f"{fmt(em / ms if em and ms else None):>8s} {fmt(cm / ms if cm and ms else None):>7s}")
+          f"{fmt(em / ms if em and ms else None):>8s} {fmt(cm / ms if cm and ms else None):>7s} "
+          f"{fmt(o.get('ms_cudnn_attention'), 3):>10s} "
+          f"{fmt(100 * frac * ms / o['ms_cudnn_attention'] if frac and ms and o.get('ms_cudnn_attention') else None, 1):>5s}")
 
 for m, mem in ((ours or {}).get("memory") or {}).items():
     if "total" in mem:
@@ -358,8 +374,12 @@ def goal(text, value, ok):
 
 print("\ngoals of issue 5 (stated for an H100; this card: " + device + "):")
 xl64 = by_key.get(("DiT-XL/2", 64), {}).get("fraction_of_peak")
+xl64_cudnn = by_key.get(("DiT-XL/2", 64), {}).get("ms_cudnn_attention")
+xl64_ms = by_key.get(("DiT-XL/2", 64), {}).get("ms")
 goal("DiT-XL/2 forward at batch 64 >= 60% of the measured bf16 peak",
-     f"{fmt(100 * xl64, 1)}%" if xl64 is not None else "-", None if xl64 is None else xl64 >= 0.6)
+     (f"{fmt(100 * xl64, 1)}%" if xl64 is not None else "-") +
+     (f" (with cuDNN attention {fmt(100 * xl64 * xl64_ms / xl64_cudnn, 1)}%)" if xl64 and xl64_cudnn else ""),
+     None if xl64 is None else xl64 >= 0.6)
 s8, x8 = by_key.get(("DiT-S/2", 8), {}).get("ms"), by_key.get(("DiT-XL/2", 8), {}).get("ms")
 ratio = x8 / s8 if s8 and x8 else None
 goal("DiT-S/2 : DiT-XL/2 latency ratio >= 15 at batch 8", fmt(ratio), None if ratio is None else ratio >= 15)
@@ -383,6 +403,26 @@ if have_gpu; then
 else
   log "no GPU visible (nvidia-smi): builds still run, the programs report themselves skipped"
 fi
+# AttentionPath::cudnn opens libcudnn at run time ($TSTITCH_CUDNN_LIBRARY, else libcudnn.so.9).
+# Where libcudnn.so.9 is not on the loader's path, use PyTorch's nvidia-cudnn wheel if there is
+# one (its sub-libraries are found through the library's own RUNPATH).
+cudnn_loadable() {
+  "$PYTHON" -c 'import ctypes; ctypes.CDLL("libcudnn.so.9")' >/dev/null 2>&1 ||
+    ldconfig -p 2>/dev/null | grep -q 'libcudnn\.so\.9 '
+}
+if [[ -n "${TSTITCH_CUDNN_LIBRARY:-}" ]]; then
+  log "cuDNN: TSTITCH_CUDNN_LIBRARY=$TSTITCH_CUDNN_LIBRARY (given)"
+elif cudnn_loadable; then
+  log "cuDNN: libcudnn.so.9 from the loader's default path"
+else
+  CUDNN_WHEEL="$("$PYTHON" -c 'import nvidia.cudnn, os; print(os.path.join(nvidia.cudnn.__path__[0], "lib", "libcudnn.so.9"))' 2>/dev/null || true)"
+  if [[ -n "$CUDNN_WHEEL" && -f "$CUDNN_WHEEL" ]]; then
+    export TSTITCH_CUDNN_LIBRARY="$CUDNN_WHEEL"
+    log "cuDNN: TSTITCH_CUDNN_LIBRARY=$CUDNN_WHEEL (the nvidia-cudnn wheel of $PYTHON)"
+  else
+    log "cuDNN: no libcudnn.so.9 found: the cudnn attention path reports itself unsupported"
+  fi
+fi
 for s in "${STAGES[@]}"; do
   case "$s" in
   build) run_stage build 300 ;;
@@ -391,8 +431,9 @@ for s in "${STAGES[@]}"; do
   attention) run_stage attention 90 ;;
   bench) run_stage bench 200 ;;
   torch) run_stage torch 240 ;;
+  profile) run_stage profile 120 ;;
   summary) ;; # always runs below
-  *) log "unknown stage '$s' (build tests sanitize attention bench torch summary)" ;;
+  *) log "unknown stage '$s' (build tests sanitize attention bench torch profile summary)" ;;
   esac
 done
 

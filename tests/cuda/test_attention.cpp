@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
-// The CUDA attention kernels (flash and reference paths) against a CPU fp64 reference computed
-// from the same bf16-rounded inputs. Every case prints one line (path, shape, rel L2, max error)
-// so a single GPU run gives enough to fix a failure; a failing case also names the first output
-// index whose error exceeds 5% of max |reference|, as (sample, token, head, dim).
+// The CUDA attention kernels (flash and reference paths, and the cuDNN path where cuDNN can be
+// loaded) against a CPU fp64 reference computed from the same bf16-rounded inputs. Every case
+// prints one line (path, shape, rel L2, max error) so a single GPU run gives enough to fix a
+// failure; a failing case also names the first output index whose error exceeds 5% of max
+// |reference|, as (sample, token, head, dim).
 #include <catch2/catch.hpp>
 
 #include <cuda_runtime_api.h>
@@ -134,10 +135,10 @@ std::string index_text(std::int64_t index, const Case& c) {
   return out.str();
 }
 
-// Runs one path on the GPU and compares with `expected`.
-Comparison run_and_compare(AttentionPath path, const Case& c,
-                           const std::vector<std::uint16_t>& qkv,
-                           const std::vector<double>& expected) {
+// Runs one path on the GPU and compares with `expected`. in_graph: the launch is captured into a
+// CUDA graph (as DitModel captures its forward) and the graph replayed once.
+Comparison run_and_compare(AttentionPath path, const Case& c, const std::vector<std::uint16_t>& qkv,
+                           const std::vector<double>& expected, bool in_graph = false) {
   const auto out_count = static_cast<std::int64_t>(expected.size());
   DeviceBuffer<std::uint16_t> d_qkv(static_cast<std::int64_t>(qkv.size()));
   DeviceBuffer<std::uint16_t> d_out(out_count + 2 * kGuard);
@@ -151,8 +152,31 @@ Comparison run_and_compare(AttentionPath path, const Case& c,
                                      stream));
   TSTITCH_CUDA_CHECK(
       cudaMemsetAsync(d_out.data(), 0xff, static_cast<std::size_t>(d_out.bytes()), stream));
-  tstitch::cuda::kernels::attention(d_qkv.data(), d_out.data() + kGuard, c.batch, c.tokens, c.heads,
-                                    c.head_dim, path, stream);
+  const auto launch = [&] {
+    tstitch::cuda::kernels::attention(d_qkv.data(), d_out.data() + kGuard, c.batch, c.tokens,
+                                      c.heads, c.head_dim, path, stream);
+  };
+  if (in_graph) {
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    TSTITCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    try {
+      launch();
+    } catch (...) {
+      (void)cudaStreamEndCapture(stream, &graph);
+      if (graph != nullptr)
+        (void)cudaGraphDestroy(graph);
+      throw;
+    }
+    TSTITCH_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    TSTITCH_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    TSTITCH_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    TSTITCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+    TSTITCH_CUDA_CHECK(cudaGraphExecDestroy(exec));
+    TSTITCH_CUDA_CHECK(cudaGraphDestroy(graph));
+  } else {
+    launch();
+  }
   TSTITCH_CUDA_CHECK(cudaStreamSynchronize(stream));
   std::vector<std::uint16_t> got(static_cast<std::size_t>(d_out.size()));
   TSTITCH_CUDA_CHECK(cudaMemcpy(got.data(), d_out.data(), got.size() * sizeof(std::uint16_t),
@@ -190,11 +214,11 @@ Comparison run_and_compare(AttentionPath path, const Case& c,
   return r;
 }
 
-void check_case(AttentionPath path, const Case& c, std::uint32_t seed) {
+void check_case(AttentionPath path, const Case& c, std::uint32_t seed, bool in_graph = false) {
   const auto qkv = random_qkv(c, seed);
   const auto expected = cpu_attention(qkv, c);
-  const Comparison r = run_and_compare(path, c, qkv, expected);
-  const std::string name = describe(path, c);
+  const Comparison r = run_and_compare(path, c, qkv, expected, in_graph);
+  const std::string name = describe(path, c) + (in_graph ? " (captured in a CUDA graph)" : "");
   std::printf("attention %-70s rel_l2=%.3e max_err=%.3e max_ref=%.3e non_finite=%lld guard=%lld%s\n",
               name.c_str(), r.rel_l2, r.max_abs_err, r.max_abs_ref,
               static_cast<long long>(r.non_finite), static_cast<long long>(r.guard_overwritten),
@@ -276,6 +300,49 @@ TEST_CASE("cuda attention: reference path handles head dims flash does not", "[c
   }
 }
 
+TEST_CASE("cuda attention: the cudnn path matches the CPU where cuDNN is available",
+          "[cuda][attention][cudnn]") {
+  if (!have_gpu())
+    return;
+  if (!tstitch::cuda::kernels::attention_supported(AttentionPath::cudnn, 64)) {
+    // Not loadable here (or not built): the refusal itself is checked in the test below.
+    WARN("cuDNN attention is not available here: cudnn path not compared");
+    return;
+  }
+  // DiT's head dims, the token count of DiT-S/XL at 256 px (256) and of smaller latents (64),
+  // and one that is no multiple of the engines' tiles (77). A shape cuDNN rejects fails its
+  // section with cuDNN's message (tstitch::invalid_argument naming the shape).
+  const int head_dims[] = {64, 72};
+  const int token_counts[] = {64, 256, 77};
+  std::uint32_t seed = 2000;
+  for (int head_dim : head_dims)
+    for (int tokens : token_counts) {
+      const Case c{2, tokens, 3, head_dim, 2.f};
+      DYNAMIC_SECTION(describe(AttentionPath::cudnn, c)) {
+        check_case(AttentionPath::cudnn, c, seed);
+      }
+      ++seed;
+    }
+  const Case more[] = {
+      {1, 1024, 2, 64, 1.f}, // long sequence
+      {1, 256, 2, 64, 8.f},  // sharp softmax
+      {4, 100, 1, 128, 2.f}, // the largest head dim the path accepts
+      {3, 65, 2, 16, 2.f},   // a small head dim (the tiny test DiTs have 16)
+  };
+  for (const Case& c : more) {
+    DYNAMIC_SECTION(describe(AttentionPath::cudnn, c)) {
+      check_case(AttentionPath::cudnn, c, seed);
+    }
+    ++seed;
+  }
+  // A shape seen for the first time while the stream is being captured: the plan is built (and
+  // its workspace allocated) inside the capture, then the graph replays the cuDNN launch.
+  const Case captured{2, 96, 3, 72, 2.f};
+  DYNAMIC_SECTION(describe(AttentionPath::cudnn, captured) << " in a CUDA graph") {
+    check_case(AttentionPath::cudnn, captured, seed, true);
+  }
+}
+
 TEST_CASE("cuda attention: supported paths and invalid arguments", "[cuda][attention]") {
   if (!have_gpu())
     return;
@@ -289,7 +356,14 @@ TEST_CASE("cuda attention: supported paths and invalid arguments", "[cuda][atten
   CHECK(k::attention_supported(AttentionPath::reference, 12));
   CHECK(k::attention_supported(AttentionPath::reference, 256));
   CHECK_FALSE(k::attention_supported(AttentionPath::reference, 257));
-  CHECK_FALSE(k::attention_supported(AttentionPath::cudnn, 64));
+  const bool cudnn = k::attention_supported(AttentionPath::cudnn, 64);
+  if (cudnn) {
+    CHECK(k::attention_supported(AttentionPath::cudnn, 72));
+    CHECK(k::attention_supported(AttentionPath::cudnn, 128));
+    CHECK_FALSE(k::attention_supported(AttentionPath::cudnn, 12));
+    CHECK_FALSE(k::attention_supported(AttentionPath::cudnn, 136));
+    CHECK_FALSE(k::attention_supported(AttentionPath::cudnn, 0));
+  }
 
   DeviceBuffer<std::uint16_t> qkv(3 * 4 * 2 * 64);
   DeviceBuffer<std::uint16_t> out(4 * 2 * 64);
@@ -301,14 +375,28 @@ TEST_CASE("cuda attention: supported paths and invalid arguments", "[cuda][atten
   CHECK_THROWS_WITH(run(1, 4, 2, 12, AttentionPath::flash), Catch::Contains("head_dim = 12"));
   CHECK_THROWS_AS(run(1, 4, 1, 136, AttentionPath::flash), tstitch::invalid_argument);
   CHECK_THROWS_AS(run(1, 1, 1, 300, AttentionPath::reference), tstitch::invalid_argument);
-  for (AttentionPath path : {AttentionPath::flash, AttentionPath::reference}) {
+  for (AttentionPath path :
+       {AttentionPath::flash, AttentionPath::reference, AttentionPath::cudnn}) {
     CHECK_THROWS_AS(run(1, 0, 2, 64, path), tstitch::invalid_argument);
     CHECK_THROWS_WITH(run(1, 0, 2, 64, path), Catch::Contains("tokens = 0"));
     CHECK_THROWS_AS(run(0, 4, 2, 64, path), tstitch::invalid_argument);
     CHECK_THROWS_AS(run(1, 4, 0, 64, path), tstitch::invalid_argument);
   }
-  CHECK_THROWS_AS(run(1, 4, 2, 64, AttentionPath::cudnn), tstitch::invalid_argument);
-  CHECK_THROWS_WITH(run(1, 4, 2, 64, AttentionPath::cudnn), Catch::Contains("cuDNN"));
+  if (cudnn) {
+    CHECK_THROWS_AS(run(1, 4, 2, 12, AttentionPath::cudnn), tstitch::invalid_argument);
+    CHECK_THROWS_WITH(run(1, 4, 2, 12, AttentionPath::cudnn),
+                      Catch::Contains("head_dim = 12") && Catch::Contains("cuDNN"));
+    CHECK_THROWS_AS(run(1, 4, 1, 136, AttentionPath::cudnn), tstitch::invalid_argument);
+    CHECK_THROWS_AS(
+        k::attention(qkv.data() + 1, out.data(), 1, 4, 2, 64, AttentionPath::cudnn, stream),
+        tstitch::invalid_argument);
+  } else {
+    // Where cuDNN cannot be loaded (or the build has no cuDNN headers) the path refuses, saying
+    // why and naming both the path and cuDNN.
+    CHECK_THROWS_AS(run(1, 4, 2, 64, AttentionPath::cudnn), tstitch::invalid_argument);
+    CHECK_THROWS_WITH(run(1, 4, 2, 64, AttentionPath::cudnn),
+                      Catch::Contains("cuDNN") && Catch::Contains("cudnn"));
+  }
   // A misaligned pointer is refused by the flash path (its loads move 16-byte chunks).
   CHECK_THROWS_AS(k::attention(qkv.data() + 1, out.data(), 1, 4, 2, 64, AttentionPath::flash, stream),
                   tstitch::invalid_argument);

@@ -142,6 +142,17 @@ TEST_CASE("CUDA DiT-S/2 with random weights matches the CPU DiT", "[cuda][dit]")
     CHECK(relative_l2(reference.gpu, reference.cpu, "reference path vs CPU") < 1e-2);
     CHECK(relative_l2(flash.gpu, reference.gpu, "flash vs reference path") < 1e-2);
   }
+  SECTION("the cuDNN attention path (where available) agrees with the CPU and flash") {
+    if (cuda::kernels::attention_supported(cuda::AttentionPath::cudnn, 64)) {
+      const Outputs flash = compare_batch(cpu, gpu, 600.0, labels, 8);
+      gpu.set_attention(cuda::AttentionPath::cudnn);
+      const Outputs cudnn = compare_batch(cpu, gpu, 600.0, labels, 8);
+      CHECK(relative_l2(cudnn.gpu, cudnn.cpu, "cudnn path vs CPU") < 1e-2);
+      CHECK(relative_l2(flash.gpu, cudnn.gpu, "flash vs cudnn path") < 1e-2);
+    } else {
+      CHECK_THROWS_WITH(gpu.set_attention(cuda::AttentionPath::cudnn), Catch::Contains("cudnn"));
+    }
+  }
   SECTION("memory report") {
     const cuda::MemoryReport m = gpu.memory();
     std::printf("DiT-S/2 memory: weights %lld B, activations %lld B, workspace %lld B\n",
@@ -171,7 +182,8 @@ TEST_CASE("CUDA DiT writes into a channel slice of a wider output", "[cuda][dit]
   std::vector<float> a(static_cast<std::size_t>(2 * out_shape.numel()));
   std::vector<float> b(a.size());
   cuda::download(View(a.data(), 2, out_shape), dense.view());
-  cuda::download(View(b.data(), 2, out_shape), ConstView(wide_dev.view()).channels(1, c.out_channels()));
+  cuda::download(View(b.data(), 2, out_shape),
+                 ConstView(wide_dev.view()).channels(1, c.out_channels()));
   CHECK(a == b);
 }
 
@@ -185,11 +197,31 @@ TEST_CASE("CUDA DiT rejects bad inputs, naming them", "[cuda][dit][errors]") {
   ctx.point.timestep = 10;
   CHECK_THROWS_WITH(gpu.predict(wrong.view(), ctx, {1, 2}, out.view()),
                     Catch::Contains("CUDA DiT input shape"));
-  CHECK_THROWS_WITH(gpu.predict(x.view(), ctx, {1}, out.view()),
-                    Catch::Contains("labels.size()"));
+  CHECK_THROWS_WITH(gpu.predict(x.view(), ctx, {1}, out.view()), Catch::Contains("labels.size()"));
   CHECK_THROWS_WITH(gpu.predict(x.view(), ctx, {1, 11}, out.view()),
                     Catch::Contains("labels[1] = 11"));
   ctx.point.timestep = NAN;
   CHECK_THROWS_WITH(gpu.predict(x.view(), ctx, {1, 2}, out.view()), Catch::Contains("timestep"));
-  CHECK_THROWS_AS(gpu.set_attention(cuda::AttentionPath::cudnn), invalid_argument);
+  // The cuDNN path: refused where it cannot run, else it gives the numbers of the default path
+  // through a freshly captured graph (its plan is built inside the capture).
+  const int head_dim = static_cast<int>(c.head_dim());
+  if (!cuda::kernels::attention_supported(cuda::AttentionPath::cudnn, head_dim)) {
+    CHECK_THROWS_AS(gpu.set_attention(cuda::AttentionPath::cudnn), invalid_argument);
+    CHECK_THROWS_WITH(gpu.set_attention(cuda::AttentionPath::cudnn), Catch::Contains("cudnn"));
+  } else {
+    const std::vector<float> xs = random_latents(2 * c.latent_shape().numel(), 17);
+    cuda::upload(x.view(), ConstView(xs.data(), 2, c.latent_shape()));
+    ctx.point.timestep = 10;
+    const cuda::AttentionPath before = gpu.attention(); // flash (reference if flash cannot)
+    std::vector<float> want(static_cast<std::size_t>(2 * out_shape.numel()));
+    std::vector<float> got(want.size());
+    gpu.predict(x.view(), ctx, {1, 2}, out.view());
+    cuda::download(View(want.data(), 2, out_shape), out.view());
+    gpu.set_attention(cuda::AttentionPath::cudnn);
+    CHECK(gpu.attention() == cuda::AttentionPath::cudnn);
+    gpu.predict(x.view(), ctx, {1, 2}, out.view());
+    cuda::download(View(got.data(), 2, out_shape), out.view());
+    const std::string what = "cudnn vs " + std::string(to_string(before)) + " attention";
+    CHECK(relative_l2(got, want, what.c_str()) < 1e-2);
+  }
 }

@@ -18,6 +18,8 @@
 //   reference  Plain fp32 math, one CTA per (sample, query, head), two passes over the keys
 //              (row max, then exp-weighted V). Slow, obviously correct, any head_dim <= 256: the
 //              GPU-side check of `flash`.
+//   cudnn      cuDNN's fused flash attention through its graph API, libcudnn opened at run time
+//              (tstitch/cuda/cudnn_attention.cuh; built when CMake found the cuDNN 9 headers).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -27,6 +29,7 @@
 #include <limits>
 
 #include "tstitch/core/error.hpp"
+#include "tstitch/cuda/cudnn_attention.cuh"
 #include "tstitch/cuda/kernels.hpp"
 #include "tstitch/cuda/runtime.hpp"
 
@@ -529,7 +532,7 @@ bool attention_supported(AttentionPath path, int head_dim) {
   case AttentionPath::reference:
     return head_dim >= 1 && head_dim <= attention_detail::kReferenceMaxHeadDim;
   case AttentionPath::cudnn:
-    return false; // not built in (yet)
+    return attention_detail::cudnn_attention_supported(head_dim);
   }
   return false;
 }
@@ -546,8 +549,8 @@ void attention(const std::uint16_t* qkv, std::uint16_t* out, int batch, int toke
   auto* dst = reinterpret_cast<__nv_bfloat16*>(out);
   switch (path) {
   case AttentionPath::cudnn:
-    throw_invalid_argument("attention path", to_string(path),
-                           "cuDNN attention is not built into this tstitch build");
+    ad::cudnn_attention(qkv, out, batch, tokens, heads, head_dim, stream);
+    return;
   case AttentionPath::reference:
     require(attention_supported(path, head_dim), "attention head_dim", head_dim,
             "the reference path supports 1..256");
