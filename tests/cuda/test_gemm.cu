@@ -177,3 +177,28 @@ TEST_CASE("cuda::Blas rejects what cuBLASLt cannot be given, naming it", "[cuda]
                                 GemmEpilogue::none, nullptr),
                     Catch::Contains("GEMM shape"));
 }
+
+TEST_CASE("cuda::Blas with and without autotune agree", "[cuda][gemm]") {
+  const Problem p{512, 384, 256, 256, 256, 384};
+  const auto x = random_bf16(static_cast<std::size_t>(p.m) * p.ldx, 4, 1.0f);
+  const auto w = random_bf16(static_cast<std::size_t>(p.n) * p.ldw, 5, 0.1f);
+  const auto b = random_bf16(static_cast<std::size_t>(p.n), 6, 1.0f);
+  auto dx = upload(x);
+  auto dw = upload(w);
+  auto db = upload(b);
+  std::vector<std::vector<double>> outputs;
+  for (const bool autotune : {true, false}) {
+    cuda::Blas blas(nullptr);
+    blas.set_autotune(autotune);
+    CHECK(blas.autotune() == autotune);
+    cuda::DeviceBuffer<std::uint16_t> y(static_cast<std::int64_t>(p.m) * p.ldy);
+    blas.linear(dx.data(), p.ldx, dw.data(), p.ldw, y.data(), CUDA_R_16BF, p.ldy, p.m, p.n, p.k,
+                GemmEpilogue::bias_gelu, db.data());
+    const auto bits = download(y);
+    outputs.emplace_back(bits.size());
+    for (std::size_t i = 0; i < bits.size(); ++i)
+      outputs.back()[i] = value_of(bits[i]);
+  }
+  // Different algorithms may round differently; both are bf16 roundings of the same product.
+  CHECK(rel_l2(outputs[0], outputs[1], p, 1e-2, "autotuned vs heuristic choice") < 1e-2);
+}

@@ -33,8 +33,10 @@ struct MemoryReport {
 /// Each batch size's forward is captured once as a CUDA graph and replayed: a call costs one
 /// small kernel that copies x, the timestep and the labels to where the graph reads them, the
 /// graph launch, and a device-to-device copy of the output; no allocation, no host
-/// synchronisation (after the first call of a batch size and of a label vector). Weights are uploaded once (bf16, from
-/// F32/F16/BF16 files); the host copy is not kept.
+/// synchronisation. The first call of a batch size is the exception: it runs the forward once
+/// directly (timing the candidate GEMM algorithms of its shapes, which waits for the GPU), then
+/// captures; so is the first call with a new label vector (one upload). Weights are uploaded once
+/// (bf16, from F32/F16/BF16 files); the host copy is not kept.
 class DitModel {
 public:
   using condition_type = std::vector<int>;

@@ -236,12 +236,14 @@ __global__ void gated_residual_kernel(float* h, const float* y, const float* bia
 // The gated residual of one sublayer and the LayerNorm-modulate of the next, one warp per row:
 // h + gate * (y + bias) stays in registers (kGroups float4 per lane, enough for the row) for the
 // two LayerNorm passes, so h is read and written once instead of three reads and a write.
+// Every load of a phase is issued before the first store (all pointers __restrict__): with a
+// store between loads the compiler must keep them in order, and the warp then waits for one
+// memory round trip per 512-byte piece of the row instead of one per phase.
 template <int kGroups>
-__global__ void residual_layernorm_modulate_kernel(float* h, const bf16* y, const float* bias,
-                                                   const float* mod, int mod_ld, int gate_offset,
-                                                   int shift_offset, int scale_offset, bf16* out,
-                                                   int ld_out, int tokens, int dim,
-                                                   std::int64_t rows, float eps) {
+__global__ void residual_layernorm_modulate_kernel(
+    float* __restrict__ h, const bf16* __restrict__ y, const float* __restrict__ bias,
+    const float* __restrict__ mod, int mod_ld, int gate_offset, int shift_offset, int scale_offset,
+    bf16* __restrict__ out, int ld_out, int tokens, int dim, std::int64_t rows, float eps) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const std::int64_t row =
       blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + (threadIdx.x >> 5);
@@ -254,21 +256,33 @@ __global__ void residual_layernorm_modulate_kernel(float* h, const bf16* y, cons
   const float4* b = reinterpret_cast<const float4*>(bias);
   const float4* gate = reinterpret_cast<const float4*>(m + gate_offset);
   float4 v[kGroups];
+  float4 u[kGroups];
+#pragma unroll
+  for (int j = 0; j < kGroups; ++j) {
+    const int c = lane + 32 * j;
+    if (c < groups) {
+      v[j] = x[c];
+      u[j] = load_bf16x4(in + 4 * c);
+    }
+  }
   float sum = 0.0f;
 #pragma unroll
   for (int j = 0; j < kGroups; ++j) {
     const int c = lane + 32 * j;
     if (c < groups) {
-      float4 r = x[c];
-      const float4 u = load_bf16x4(in + 4 * c), bb = b[c], g = gate[c];
-      r.x += g.x * (u.x + bb.x);
-      r.y += g.y * (u.y + bb.y);
-      r.z += g.z * (u.z + bb.z);
-      r.w += g.w * (u.w + bb.w);
-      x[c] = r;
-      v[j] = r;
-      sum += (r.x + r.y) + (r.z + r.w);
+      const float4 bb = b[c], g = gate[c];
+      v[j].x += g.x * (u[j].x + bb.x);
+      v[j].y += g.y * (u[j].y + bb.y);
+      v[j].z += g.z * (u[j].z + bb.z);
+      v[j].w += g.w * (u[j].w + bb.w);
+      sum += (v[j].x + v[j].y) + (v[j].z + v[j].w);
     }
+  }
+#pragma unroll
+  for (int j = 0; j < kGroups; ++j) {
+    const int c = lane + 32 * j;
+    if (c < groups)
+      x[c] = v[j];
   }
   const float mean = warp_sum(sum) / static_cast<float>(dim);
   float sq = 0.0f;

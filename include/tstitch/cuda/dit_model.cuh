@@ -356,6 +356,10 @@ struct DitModel::Impl {
   }
 
   void capture(dit_detail::Activations& act) {
+    // One forward outside the capture first: the GEMMs of new shapes time their candidate
+    // algorithms (Blas::linear) and cuDNN builds its plans, neither of which a capture allows
+    // (both wait for the GPU or allocate). The captured forward then only reuses their choices.
+    forward(act);
     TSTITCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
     try {
       forward(act);

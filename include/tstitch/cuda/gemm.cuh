@@ -68,6 +68,15 @@ struct LtPlan {
   }
 };
 
+/// A CUDA event that is destroyed with its scope (timing the autotune candidates).
+struct Event {
+  cudaEvent_t event = nullptr;
+  Event() { TSTITCH_CUDA_CHECK(cudaEventCreate(&event)); }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  ~Event() { (void)cudaEventDestroy(event); }
+};
+
 } // namespace gemm_detail
 
 /// cuBLAS and cuBLASLt handles bound to a stream, with one workspace of their own: cuBLAS must
@@ -87,7 +96,7 @@ public:
   Blas(Blas&& other) noexcept
       : handle_(std::exchange(other.handle_, nullptr)), lt_(std::exchange(other.lt_, nullptr)),
         stream_(other.stream_), workspace_(std::move(other.workspace_)),
-        plans_(std::move(other.plans_)) {}
+        plans_(std::move(other.plans_)), autotune_(other.autotune_) {}
   Blas& operator=(Blas&&) = delete;
   Blas(const Blas&) = delete;
   Blas& operator=(const Blas&) = delete;
@@ -113,8 +122,10 @@ public:
 
   /// The same product through cuBLASLt with an epilogue. `bias` (N values of y_type: bf16 bits
   /// for a bf16 output, floats for fp32) is read when the epilogue has one. The first call of a
-  /// shape asks cuBLASLt's heuristics for an algorithm (host only, also inside graph capture);
-  /// later calls reuse it.
+  /// shape picks the algorithm: cuBLASLt's heuristics propose up to 8, and unless the stream is
+  /// being captured into a graph (or autotune is off) each is run on these operands and timed,
+  /// and the fastest is kept (this first call waits for the GPU); under capture the heuristics'
+  /// first choice is taken. Later calls reuse the choice.
   void linear(const std::uint16_t* x, int ldx, const std::uint16_t* w, int ldw, void* y,
               cudaDataType_t y_type, int ldy, std::int64_t m, int n, int k, GemmEpilogue epilogue,
               const void* bias) {
@@ -130,22 +141,70 @@ public:
     }
     const gemm_detail::LtPlan& plan = plan_for(
         {m, n, k, ldx, ldw, ldy, static_cast<int>(y_type), static_cast<int>(epilogue),
-         gemm_detail::alignment_of(x), gemm_detail::alignment_of(w), gemm_detail::alignment_of(y)});
+         gemm_detail::alignment_of(x), gemm_detail::alignment_of(w), gemm_detail::alignment_of(y)},
+        {x, w, y, bias});
     if (epilogue != GemmEpilogue::none)
       TSTITCH_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
           plan.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-    const float alpha = 1.0f, beta = 0.0f;
-    TSTITCH_CUBLAS_CHECK(cublasLtMatmul(lt_, plan.op, &alpha, w, plan.w, x, plan.x, &beta, y,
-                                        plan.y, y, plan.y, &plan.algo, workspace_.data(),
-                                        static_cast<std::size_t>(workspace_.bytes()), stream_));
+    TSTITCH_CUBLAS_CHECK(run(plan, plan.algo, {x, w, y, bias}));
   }
 
+  /// Whether the first call of a shape times the heuristics' candidates (default on).
+  void set_autotune(bool enabled) { autotune_ = enabled; }
+  [[nodiscard]] bool autotune() const { return autotune_; }
+
 private:
+  struct Operands {
+    const void* x;
+    const void* w;
+    void* y;
+    const void* bias;
+  };
+
+  cublasStatus_t run(const gemm_detail::LtPlan& plan, const cublasLtMatmulAlgo_t& algo,
+                     const Operands& o) const {
+    const float alpha = 1.0f, beta = 0.0f;
+    return cublasLtMatmul(lt_, plan.op, &alpha, o.w, plan.w, o.x, plan.x, &beta, o.y, plan.y, o.y,
+                          plan.y, &algo, workspace_.data(),
+                          static_cast<std::size_t>(workspace_.bytes()), stream_);
+  }
+
+  /// Index of the fastest candidate on these operands: each runs once to warm up, then three
+  /// times back to back (as the forward issues GEMMs) between two events. Candidates cuBLASLt
+  /// refuses for these operands are skipped; if all are, the first is returned (and its call
+  /// then reports the error).
+  int fastest(const gemm_detail::LtPlan& plan, const cublasLtMatmulHeuristicResult_t* candidates,
+              int count, const Operands& o) const {
+    if (o.bias != nullptr)
+      TSTITCH_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
+          plan.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &o.bias, sizeof o.bias));
+    const gemm_detail::Event start, stop;
+    int best = -1;
+    float best_ms = 0.0f;
+    for (int i = 0; i < count; ++i) {
+      if (run(plan, candidates[i].algo, o) != CUBLAS_STATUS_SUCCESS)
+        continue;
+      TSTITCH_CUDA_CHECK(cudaEventRecord(start.event, stream_));
+      bool ran = true;
+      for (int r = 0; r < 3 && ran; ++r)
+        ran = run(plan, candidates[i].algo, o) == CUBLAS_STATUS_SUCCESS;
+      TSTITCH_CUDA_CHECK(cudaEventRecord(stop.event, stream_));
+      TSTITCH_CUDA_CHECK(cudaEventSynchronize(stop.event));
+      float ms = 0.0f;
+      TSTITCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start.event, stop.event));
+      if (ran && (best < 0 || ms < best_ms)) {
+        best = i;
+        best_ms = ms;
+      }
+    }
+    return best < 0 ? 0 : best;
+  }
+
   // m, n, k, ldx, ldw, ldy, output type, epilogue, alignments of x, w, y.
   using PlanKey = std::tuple<std::int64_t, int, int, int, int, int, int, int, std::uint32_t,
                              std::uint32_t, std::uint32_t>;
 
-  const gemm_detail::LtPlan& plan_for(const PlanKey& key) {
+  const gemm_detail::LtPlan& plan_for(const PlanKey& key, const Operands& operands) {
     if (auto it = plans_.find(key); it != plans_.end())
       return it->second;
     const auto [m, n, k, ldx, ldw, ldy, y_type_int, epilogue_int, align_x, align_w, align_y] = key;
@@ -187,18 +246,23 @@ private:
         if (status == CUBLAS_STATUS_SUCCESS)
           status =
               cublasLtMatmulPreferenceSetAttribute(preference, attribute, &value, sizeof value);
-      cublasLtMatmulHeuristicResult_t result{};
+      constexpr int max_candidates = 8;
+      cublasLtMatmulHeuristicResult_t results[max_candidates] = {};
       int found = 0;
       if (status == CUBLAS_STATUS_SUCCESS)
-        status = cublasLtMatmulAlgoGetHeuristic(lt_, plan.op, plan.w, plan.x, plan.y, plan.y,
-                                                preference, 1, &result, &found);
+        status =
+            cublasLtMatmulAlgoGetHeuristic(lt_, plan.op, plan.w, plan.x, plan.y, plan.y, preference,
+                                           autotune_ ? max_candidates : 1, results, &found);
       (void)cublasLtMatmulPreferenceDestroy(preference);
       TSTITCH_CUBLAS_CHECK(status);
       if (found < 1)
         throw runtime_error(detail::concat(
             "tstitch: cuBLASLt has no algorithm for the GEMM m = ", m, ", n = ", n, ", k = ", k,
             ", ldx = ", ldx, ", ldw = ", ldw, ", ldy = ", ldy, ", epilogue ", epilogue_int));
-      plan.algo = result.algo;
+      cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+      TSTITCH_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
+      const bool time_them = autotune_ && found > 1 && capture == cudaStreamCaptureStatusNone;
+      plan.algo = results[time_them ? fastest(plan, results, found, operands) : 0].algo;
     } catch (...) {
       plans_.erase(key);
       throw;
@@ -211,6 +275,7 @@ private:
   cudaStream_t stream_ = nullptr;
   DeviceBuffer<std::uint8_t> workspace_;
   std::map<PlanKey, gemm_detail::LtPlan> plans_;
+  bool autotune_ = true;
 };
 
 } // namespace tstitch::cuda
