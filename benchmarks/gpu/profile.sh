@@ -6,7 +6,7 @@
 #
 #   benchmarks/gpu/profile.sh BENCH_BIN OUT_DIR SPEC...      e.g. ... build/gpu/out XL/2:64 S/2:8
 #
-# ncu replays each kernel (gpu__time_duration only, clocks left alone): kernel times are those
+# ncu serialises the kernels (gpu__time_duration only; clocks and caches left alone): times are those
 # of kernels run one at a time, without the overlap or launch gaps of graph replay, so their sum
 # is below the forward's time in bench_dit_cuda; the difference is launch and gap time.
 set -uo pipefail
@@ -25,7 +25,7 @@ for spec in "$@"; do
   tag="${tag//:/_b}"
   csv="$out/../logs/ncu_$tag.csv"
   mkdir -p "$(dirname "$csv")"
-  "$ncu" --profile-from-start off --clock-control none --metrics gpu__time_duration.sum --csv \
+  "$ncu" --profile-from-start off --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv \
     --print-units base "$bin" --profile "$spec" >"$csv" 2>&1
   r=$?
   ((r != 0)) && {

@@ -290,6 +290,30 @@ TEST_CASE("cuda attention: long sequences, sharp softmax, other head dims", "[cu
   }
 }
 
+TEST_CASE("cuda attention: both CTA shapes of the flash path (4 and 8 warps) match the CPU",
+          "[cuda][attention]") {
+  if (!have_gpu())
+    return;
+  namespace k = tstitch::cuda::kernels;
+  // Few CTAs (short sequences, small batch): 4-warp CTAs; enough for 1.5 waves of two 8-warp
+  // CTAs per multiprocessor: 8 warps. The batch for the latter follows the device's SM count.
+  const int sms = tstitch::cuda::device_info().multiprocessors;
+  const int heads = 16, tokens = 256;
+  const int wide_batch = (3 * sms + 2 * heads * 2 - 1) / (2 * heads * 2) + 1;
+  REQUIRE(k::flash_warps_per_cta(2, tokens, 6) == 4);
+  REQUIRE(k::flash_warps_per_cta(wide_batch, tokens, heads) == 8);
+  std::uint32_t seed = 3000;
+  for (const int head_dim : {64, 72}) {
+    for (const Case& c : {Case{2, tokens, 6, head_dim, 2.f}, Case{wide_batch, tokens, heads, head_dim, 2.f}}) {
+      const int warps = k::flash_warps_per_cta(c.batch, c.tokens, c.heads);
+      DYNAMIC_SECTION(describe(AttentionPath::flash, c) << " warps=" << warps) {
+        check_case(AttentionPath::flash, c, seed);
+      }
+      ++seed;
+    }
+  }
+}
+
 TEST_CASE("cuda attention: reference path handles head dims flash does not", "[cuda][attention]") {
   if (!have_gpu())
     return;

@@ -43,8 +43,12 @@ inline constexpr int kFlashMinHeadDim = 8;
 inline constexpr int kFlashMaxHeadDim = 128;
 inline constexpr int kReferenceMaxHeadDim = 256;
 
-template <int HD> struct FlashShape {
+// W warps per CTA: 8 (128 queries) normally, 4 (64 queries) where 8-warp CTAs would leave
+// multiprocessors idle (short sequences at small batch: DiT-S/2 at 8 images has 192 of them for
+// 132 SMs); see flash_warps_per_cta.
+template <int HD, int W = 8> struct FlashShape {
   static_assert(HD % 8 == 0 && HD >= kFlashMinHeadDim && HD <= kFlashMaxHeadDim);
+  static_assert(W == 4 || W == 8);
   // The Q K^T contraction runs in k16 steps, so it is padded to a multiple of 16 (72 -> 80) with
   // zero columns in shared memory; P V's output dimension runs in n8 tiles and needs no padding.
   static constexpr int kPadDim = (HD + 15) / 16 * 16;
@@ -52,15 +56,16 @@ template <int HD> struct FlashShape {
   // 16-byte chunks: the 8 row addresses of one ldmatrix 8x8 matrix fall in 8 different bank
   // groups (no conflicts), and every row start stays 16-byte aligned for cp.async.
   static constexpr int kStride = kPadDim + 8;
-  static constexpr int kWarps = 8;
+  static constexpr int kWarps = W;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kBlockM = 16 * kWarps; // queries per CTA (16 per warp: one mma M tile)
-  static constexpr int kBlockN = 64;          // keys per iteration
-  static constexpr int kChunks = HD / 8;      // 16-byte chunks per q/k/v row in global memory
-  static constexpr int kQkSteps = kPadDim / 16; // k16 steps of Q K^T
-  static constexpr int kSTiles = kBlockN / 8;   // n8 tiles of S per warp
-  static constexpr int kPvSteps = kBlockN / 16; // k16 steps of P V
-  static constexpr int kOTiles = HD / 8;        // n8 tiles of O per warp
+  static constexpr int kMinBlocksPerSm = 16 / W; // 256 threads per SM at least: 128 registers
+  static constexpr int kBlockM = 16 * kWarps;    // queries per CTA (16 per warp: one mma M tile)
+  static constexpr int kBlockN = 64;             // keys per iteration
+  static constexpr int kChunks = HD / 8;         // 16-byte chunks per q/k/v row in global memory
+  static constexpr int kQkSteps = kPadDim / 16;  // k16 steps of Q K^T
+  static constexpr int kSTiles = kBlockN / 8;    // n8 tiles of S per warp
+  static constexpr int kPvSteps = kBlockN / 16;  // k16 steps of P V
+  static constexpr int kOTiles = HD / 8;         // n8 tiles of O per warp
   static constexpr int kSmemBytes = (kBlockM + 2 * kBlockN) * kStride * 2; // Q, K, V (bf16)
   // Q's A fragments (kQkSteps * 4 registers) stay in registers across the key loop only while
   // they fit beside S (32) and O (HD / 2) under the 128-register cap that two CTAs per SM impose;
@@ -84,9 +89,7 @@ __device__ __forceinline__ void cp_async_16(std::uint32_t dst, const void* src, 
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
                "r"(src_size));
 }
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::);
-}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.wait_group 0;\n" ::: "memory");
 }
@@ -138,10 +141,10 @@ __device__ __forceinline__ unsigned fresh_block_index() {
 
 // Enqueues cp.async copies of rows [row0, row0 + ROWS) of one head's q, k or v (global row t at
 // `base + t * row_stride`) into a shared tile; rows at or past `tokens` are zero-filled.
-template <int HD, int ROWS>
+template <int HD, int ROWS, int W>
 __device__ __forceinline__ void load_tile_async(std::uint32_t tile, const __nv_bfloat16* base,
                                                 int row0, int tokens, int row_stride) {
-  using S = FlashShape<HD>;
+  using S = FlashShape<HD, W>;
   constexpr int kTotal = ROWS * S::kChunks;
   constexpr int kIterations = (kTotal + S::kThreads - 1) / S::kThreads; // compile-time trip count
 #pragma unroll
@@ -161,12 +164,12 @@ __device__ __forceinline__ void load_tile_async(std::uint32_t tile, const __nv_b
 }
 
 // grid.x = batch * heads * q_tiles (q tiles of one (sample, head) adjacent, so they share K/V in
-// L2); block = 256 threads; dynamic shared memory FlashShape<HD>::kSmemBytes.
-template <int HD>
-__global__ void __launch_bounds__(FlashShape<HD>::kThreads, 2)
+// L2); block = 32 W threads; dynamic shared memory FlashShape<HD, W>::kSmemBytes.
+template <int HD, int W>
+__global__ void __launch_bounds__(FlashShape<HD, W>::kThreads, FlashShape<HD, W>::kMinBlocksPerSm)
     flash_attention_kernel(const __nv_bfloat16* __restrict__ qkv, __nv_bfloat16* __restrict__ out,
                            int tokens, int heads, int q_tiles, float scale_log2) {
-  using S = FlashShape<HD>;
+  using S = FlashShape<HD, W>;
   extern __shared__ __align__(16) unsigned char flash_smem[];
   __nv_bfloat16* const sQ = reinterpret_cast<__nv_bfloat16*>(flash_smem);
   __nv_bfloat16* const sK = sQ + S::kBlockM * S::kStride;
@@ -197,8 +200,8 @@ __global__ void __launch_bounds__(FlashShape<HD>::kThreads, 2)
   }
 
   // Prologue: Q tile and the first K tile in one group.
-  load_tile_async<HD, S::kBlockM>(sQ_addr, q_base, q0, tokens, row_stride);
-  load_tile_async<HD, S::kBlockN>(sK_addr, k_base, 0, tokens, row_stride);
+  load_tile_async<HD, S::kBlockM, W>(sQ_addr, q_base, q0, tokens, row_stride);
+  load_tile_async<HD, S::kBlockN, W>(sK_addr, k_base, 0, tokens, row_stride);
   cp_async_commit();
   cp_async_wait_all();
   __syncthreads();
@@ -207,7 +210,8 @@ __global__ void __launch_bounds__(FlashShape<HD>::kThreads, 2)
   // k16 step), in registers for the whole key loop when they fit (see kQInRegisters).
   const int warp_row0 = warp * 16;
   const std::uint32_t q_frag_addr =
-      sQ_addr + static_cast<std::uint32_t>(((warp_row0 + (lane & 15)) * S::kStride + (lane >> 4) * 8) * 2);
+      sQ_addr +
+      static_cast<std::uint32_t>(((warp_row0 + (lane & 15)) * S::kStride + (lane >> 4) * 8) * 2);
   std::uint32_t qf[S::kQInRegisters ? S::kQkSteps : 1][4];
   if constexpr (S::kQInRegisters) {
 #pragma unroll
@@ -232,7 +236,7 @@ __global__ void __launch_bounds__(FlashShape<HD>::kThreads, 2)
       cp_async_wait_all(); // K(it) landed (this thread's part) ...
       __syncthreads();     // ... everyone's part, and every warp is done reading V(it-1)
     }
-    load_tile_async<HD, S::kBlockN>(sV_addr, v_base, kv0, tokens, row_stride);
+    load_tile_async<HD, S::kBlockN, W>(sV_addr, v_base, kv0, tokens, row_stride);
     cp_async_commit();
 
     // S = Q K^T for 16 rows x 64 keys. K is stored [key][dim], which is B = K^T "col" layout:
@@ -302,7 +306,7 @@ __global__ void __launch_bounds__(FlashShape<HD>::kThreads, 2)
     cp_async_wait_all(); // V(it) landed ...
     __syncthreads();     // ... everywhere, and every warp is done reading K(it)
     if (it + 1 < kv_tiles) {
-      load_tile_async<HD, S::kBlockN>(sK_addr, k_base, kv0 + S::kBlockN, tokens, row_stride);
+      load_tile_async<HD, S::kBlockN, W>(sK_addr, k_base, kv0 + S::kBlockN, tokens, row_stride);
       cp_async_commit();
     }
 
@@ -310,10 +314,10 @@ __global__ void __launch_bounds__(FlashShape<HD>::kThreads, 2)
     // of k16 step kk. V is stored [key][dim] (row-major k x n), so B comes from ldmatrix.trans.
 #pragma unroll
     for (int kk = 0; kk < S::kPvSteps; ++kk) {
-      const std::uint32_t pa[4] = {
-          pack_bf16x2(s[2 * kk][0], s[2 * kk][1]), pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
-          pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-          pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      const std::uint32_t pa[4] = {pack_bf16x2(s[2 * kk][0], s[2 * kk][1]),
+                                   pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
+                                   pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                   pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
       for (int jp = 0; jp < S::kOTiles / 2; ++jp) {
         std::uint32_t vb[4];
@@ -360,7 +364,8 @@ __global__ void __launch_bounds__(FlashShape<HD>::kThreads, 2)
   // were what ptxas spilled.
   const unsigned block = fresh_block_index();
   const unsigned bh_e = block / static_cast<unsigned>(q_tiles);
-  const int q_first = static_cast<int>(block % static_cast<unsigned>(q_tiles)) * S::kBlockM + warp_row0;
+  const int q_first =
+      static_cast<int>(block % static_cast<unsigned>(q_tiles)) * S::kBlockM + warp_row0;
   const std::int64_t b_e = bh_e / static_cast<unsigned>(heads);
   const int h_e = static_cast<int>(bh_e % static_cast<unsigned>(heads));
   const auto tokens_e = static_cast<std::int64_t>(static_cast<unsigned>(tokens)); // tokens >= 1
@@ -375,17 +380,17 @@ __global__ void __launch_bounds__(FlashShape<HD>::kThreads, 2)
   }
 }
 
-// Raises the dynamic shared memory limit of flash_attention_kernel<HD> above the default 48 KB,
-// once per device (the attribute is per device; a bit per ordinal remembers it was done).
-template <int HD> void configure_flash_kernel() {
-  using S = FlashShape<HD>;
+// Raises the dynamic shared memory limit of flash_attention_kernel<HD, W> above the default
+// 48 KB, once per device (the attribute is per device; a bit per ordinal remembers it was done).
+template <int HD, int W> void configure_flash_kernel() {
+  using S = FlashShape<HD, W>;
   if constexpr (S::kSmemBytes > 48 * 1024) {
     static std::atomic<std::uint64_t> done{0};
     int device = 0;
     TSTITCH_CUDA_CHECK(cudaGetDevice(&device));
     const std::uint64_t bit = device < 64 ? (std::uint64_t{1} << device) : 0;
     if (bit == 0 || (done.load(std::memory_order_acquire) & bit) == 0) {
-      TSTITCH_CUDA_CHECK(cudaFuncSetAttribute(flash_attention_kernel<HD>,
+      TSTITCH_CUDA_CHECK(cudaFuncSetAttribute(flash_attention_kernel<HD, W>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               S::kSmemBytes));
       done.fetch_or(bit, std::memory_order_acq_rel);
@@ -393,23 +398,36 @@ template <int HD> void configure_flash_kernel() {
   }
 }
 
-template <int HD>
-void launch_flash(const __nv_bfloat16* qkv, __nv_bfloat16* out, int batch, int tokens, int heads,
-                  cudaStream_t stream) {
-  using S = FlashShape<HD>;
-  configure_flash_kernel<HD>();
+template <int HD, int W>
+void launch_flash_warps(const __nv_bfloat16* qkv, __nv_bfloat16* out, int batch, int tokens,
+                        int heads, cudaStream_t stream) {
+  using S = FlashShape<HD, W>;
+  configure_flash_kernel<HD, W>();
   const std::int64_t q_tiles = (tokens + S::kBlockM - 1) / S::kBlockM;
   const std::int64_t blocks = q_tiles * batch * heads;
   if (static_cast<std::int64_t>(tokens) * 3 * heads * HD > std::numeric_limits<int>::max())
-    throw_invalid_argument("attention tokens * 3 * heads * head_dim", static_cast<std::int64_t>(tokens) * 3 * heads * HD,
-                           "must be below 2^31 for the flash path (32-bit offsets within a sample)");
+    throw_invalid_argument(
+        "attention tokens * 3 * heads * head_dim",
+        static_cast<std::int64_t>(tokens) * 3 * heads * HD,
+        "must be below 2^31 for the flash path (32-bit offsets within a sample)");
   if (blocks > std::numeric_limits<int>::max())
-    throw_invalid_argument("attention batch * heads * ceil(tokens / 128)", blocks,
+    throw_invalid_argument("attention batch * heads * query tiles", blocks,
                            "must fit the grid (at most 2^31 - 1 blocks)");
-  const float scale_log2 = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(HD)));
-  flash_attention_kernel<HD><<<static_cast<unsigned>(blocks), S::kThreads, S::kSmemBytes, stream>>>(
-      qkv, out, tokens, heads, static_cast<int>(q_tiles), scale_log2);
+  const float scale_log2 =
+      static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(HD)));
+  flash_attention_kernel<HD, W>
+      <<<static_cast<unsigned>(blocks), S::kThreads, S::kSmemBytes, stream>>>(
+          qkv, out, tokens, heads, static_cast<int>(q_tiles), scale_log2);
   TSTITCH_CUDA_CHECK(cudaGetLastError());
+}
+
+template <int HD>
+void launch_flash(const __nv_bfloat16* qkv, __nv_bfloat16* out, int batch, int tokens, int heads,
+                  cudaStream_t stream) {
+  if (flash_warps_per_cta(batch, tokens, heads) == 4)
+    launch_flash_warps<HD, 4>(qkv, out, batch, tokens, heads, stream);
+  else
+    launch_flash_warps<HD, 8>(qkv, out, batch, tokens, heads, stream);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -446,8 +464,8 @@ __device__ __forceinline__ float block_reduce(float value, bool is_max, float* s
 
 __global__ void __launch_bounds__(kReferenceThreads)
     reference_attention_kernel(const __nv_bfloat16* __restrict__ qkv,
-                               __nv_bfloat16* __restrict__ out, int tokens, int heads,
-                               int head_dim, float scale) {
+                               __nv_bfloat16* __restrict__ out, int tokens, int heads, int head_dim,
+                               float scale) {
   __shared__ float q_row[kReferenceMaxHeadDim];
   __shared__ float p_chunk[kReferenceThreads];
   __shared__ float scratch[32];
@@ -458,7 +476,8 @@ __global__ void __launch_bounds__(kReferenceThreads)
   const std::int64_t t = bt % tokens;
   const std::int64_t b = bt / tokens;
   const std::int64_t row_stride = 3LL * heads * head_dim;
-  const __nv_bfloat16* const base = qkv + b * tokens * row_stride + static_cast<std::int64_t>(h) * head_dim;
+  const __nv_bfloat16* const base =
+      qkv + b * tokens * row_stride + static_cast<std::int64_t>(h) * head_dim;
   const std::int64_t k_offset = static_cast<std::int64_t>(heads) * head_dim;
   const std::int64_t v_offset = 2 * k_offset;
 
@@ -493,8 +512,8 @@ __global__ void __launch_bounds__(kReferenceThreads)
     if (tid < head_dim) {
       const int count = min(kReferenceThreads, tokens - key0);
       for (int j = 0; j < count; ++j)
-        acc = fmaf(p_chunk[j],
-                   __bfloat162float(base[(key0 + j) * row_stride + v_offset + tid]), acc);
+        acc =
+            fmaf(p_chunk[j], __bfloat162float(base[(key0 + j) * row_stride + v_offset + tid]), acc);
     }
     __syncthreads();
   }
@@ -525,6 +544,17 @@ inline bool flash_head_dim_ok(int head_dim) {
 // emits no symbol in a translation unit that does not call it, and the plain C++ callers (tests,
 // benchmarks, the DiT) link against the one TU, tstitch_cuda.cu, that includes this header. Being
 // included by exactly that one TU keeps these external definitions ODR-safe.
+int flash_warps_per_cta(int batch, int tokens, int heads) {
+  int device = 0, multiprocessors = 0;
+  TSTITCH_CUDA_CHECK(cudaGetDevice(&device));
+  TSTITCH_CUDA_CHECK(
+      cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device));
+  const std::int64_t wide_ctas = static_cast<std::int64_t>(batch) * heads * ((tokens + 127) / 128);
+  // Two 8-warp CTAs fit an SM; below 1.5 such waves, halving the CTAs evens out the SMs' loads
+  // (S/2 at 8 images: 192 CTAs = 1 or 2 per SM -> 384 = 2 or 3 half-size ones).
+  return 2 * wide_ctas < 3 * static_cast<std::int64_t>(multiprocessors) ? 4 : 8;
+}
+
 bool attention_supported(AttentionPath path, int head_dim) {
   switch (path) {
   case AttentionPath::flash:
@@ -537,8 +567,8 @@ bool attention_supported(AttentionPath path, int head_dim) {
   return false;
 }
 
-void attention(const std::uint16_t* qkv, std::uint16_t* out, int batch, int tokens,
-               int heads, int head_dim, AttentionPath path, cudaStream_t stream) {
+void attention(const std::uint16_t* qkv, std::uint16_t* out, int batch, int tokens, int heads,
+               int head_dim, AttentionPath path, cudaStream_t stream) {
   namespace ad = attention_detail;
   require(batch >= 1, "attention batch", batch, "must be at least 1");
   require(tokens >= 1, "attention tokens", tokens, "must be at least 1");

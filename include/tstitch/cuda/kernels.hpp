@@ -50,6 +50,11 @@ void attention(const std::uint16_t* qkv, std::uint16_t* out, int batch, int toke
 /// Whether `attention` supports this path and head dimension in this build.
 [[nodiscard]] bool attention_supported(AttentionPath path, int head_dim);
 
+/// Warps per CTA of the flash path for this problem on the current device: 8 (128 queries per
+/// CTA), or 4 (64 queries) when 8-warp CTAs would fill fewer than 1.5 waves of the device's
+/// multiprocessors at two CTAs each.
+[[nodiscard]] int flash_warps_per_cta(int batch, int tokens, int heads);
+
 // ---- the element-wise kernels of the DiT forward (definitions: dit_kernels.cuh) -------------
 //
 // Row-major layouts: the residual stream h is fp32 [rows = batch * tokens, D]. GEMM inputs
