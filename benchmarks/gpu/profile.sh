@@ -6,9 +6,9 @@
 #
 #   benchmarks/gpu/profile.sh BENCH_BIN OUT_DIR SPEC...      e.g. ... build/gpu/out XL/2:64 S/2:8
 #
-# ncu serialises the kernels (gpu__time_duration only; clocks and caches left alone): times are those
-# of kernels run one at a time, without the overlap or launch gaps of graph replay, so their sum
-# is below the forward's time in bench_dit_cuda; the difference is launch and gap time.
+# ncu serialises the kernels (gpu__time_duration only; clocks and caches left alone) and times
+# each one alone, without the overlap and launch gaps of graph replay: their sum is not the
+# forward's time in bench_dit_cuda (for short kernels it can be larger); read the shares.
 set -uo pipefail
 bin="$1"
 out="$2"
