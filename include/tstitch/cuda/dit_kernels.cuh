@@ -36,6 +36,19 @@ __device__ inline float warp_sum(float v) {
   return v;
 }
 
+// The row of a one-warp-per-row kernel: blockDim.x / 32 rows per block.
+__device__ inline std::int64_t warp_row() {
+  return blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + (threadIdx.x >> 5);
+}
+
+// adaLN's modulation of a normalised value: (v - mean) * rstd * (1 + scale) + shift.
+__device__ inline float4 modulate(float4 v, float mean, float rstd, float4 shift, float4 scale) {
+  return make_float4((v.x - mean) * rstd * (1.0f + scale.x) + shift.x,
+                     (v.y - mean) * rstd * (1.0f + scale.y) + shift.y,
+                     (v.z - mean) * rstd * (1.0f + scale.z) + shift.z,
+                     (v.w - mean) * rstd * (1.0f + scale.w) + shift.w);
+}
+
 __device__ inline float silu(float v) { return v / (1.0f + expf(-v)); }
 
 // DiT's MLP activation: GELU with the tanh approximation (nn.GELU(approximate="tanh")).
@@ -182,8 +195,7 @@ __global__ void layernorm_modulate_kernel(const float* h, const float* mod, int 
                                           int shift_offset, int scale_offset, bf16* out, int ld_out,
                                           int tokens, int dim, std::int64_t rows, float eps) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
-  const std::int64_t row =
-      blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + (threadIdx.x >> 5);
+  const std::int64_t row = warp_row();
   if (row >= rows)
     return;
   const int groups = dim / 4;
@@ -207,10 +219,7 @@ __global__ void layernorm_modulate_kernel(const float* h, const float* mod, int 
   bf16* o = out + row * ld_out;
   for (int c = lane; c < groups; c += 32) {
     const float4 v = x[c], sh = shift[c], sc = scale[c];
-    store_bf16x4(o + 4 * c, make_float4((v.x - mean) * rstd * (1.0f + sc.x) + sh.x,
-                                        (v.y - mean) * rstd * (1.0f + sc.y) + sh.y,
-                                        (v.z - mean) * rstd * (1.0f + sc.z) + sh.z,
-                                        (v.w - mean) * rstd * (1.0f + sc.w) + sh.w));
+    store_bf16x4(o + 4 * c, modulate(v, mean, rstd, sh, sc));
   }
 }
 
@@ -245,8 +254,7 @@ __global__ void residual_layernorm_modulate_kernel(
     const float* __restrict__ mod, int mod_ld, int gate_offset, int shift_offset, int scale_offset,
     bf16* __restrict__ out, int ld_out, int tokens, int dim, std::int64_t rows, float eps) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
-  const std::int64_t row =
-      blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + (threadIdx.x >> 5);
+  const std::int64_t row = warp_row();
   if (row >= rows)
     return;
   const int groups = dim / 4;
@@ -302,10 +310,7 @@ __global__ void residual_layernorm_modulate_kernel(
     const int c = lane + 32 * j;
     if (c < groups) {
       const float4 sh = shift[c], sc = scale[c];
-      store_bf16x4(o + 4 * c, make_float4((v[j].x - mean) * rstd * (1.0f + sc.x) + sh.x,
-                                          (v[j].y - mean) * rstd * (1.0f + sc.y) + sh.y,
-                                          (v[j].z - mean) * rstd * (1.0f + sc.z) + sh.z,
-                                          (v[j].w - mean) * rstd * (1.0f + sc.w) + sh.w));
+      store_bf16x4(o + 4 * c, modulate(v[j], mean, rstd, sh, sc));
     }
   }
 }
