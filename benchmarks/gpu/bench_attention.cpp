@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Attention kernel throughput: tstitch::cuda::kernels::attention for each path, timed with CUDA
-// events (3 warm-up launches, then the median of 20 individually timed launches).
+// events (3 warm-up launches, then the median of 20 individually timed launches). The flash path
+// is timed with its automatic tiling (kernels::flash_tiling; tiling column "auto:WxR") and with
+// every tiling it offers (kernels::flash_tilings; "WxR": W warps of R query rows per CTA).
 // FLOPs = 4 * batch * heads * tokens^2 * head_dim (Q K^T and P V, 2 FLOPs per multiply-add).
 //
 //   bench_attention [--csv] [--runs N]
@@ -15,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,6 +31,7 @@ using tstitch::cuda::AttentionPath;
 
 struct Config {
   AttentionPath path;
+  std::optional<tstitch::cuda::kernels::FlashTiling> tiling; // flash only; empty: automatic
   int head_dim;
   int tokens;
   int batch;
@@ -59,11 +63,32 @@ std::vector<std::uint16_t> fill_values(std::size_t count) {
   return values;
 }
 
+std::string tiling_text(tstitch::cuda::kernels::FlashTiling t) {
+  return std::to_string(t.warps) + "x" + std::to_string(t.rows_per_warp);
+}
+
+// "auto:4x32" for the flash path's own choice, "8x16" for a forced tiling, "-" for other paths.
+std::string tiling_column(const Config& c) {
+  namespace k = tstitch::cuda::kernels;
+  if (c.path != AttentionPath::flash)
+    return "-";
+  if (c.tiling)
+    return tiling_text(*c.tiling);
+  return "auto:" + tiling_text(k::flash_tiling(c.batch, c.tokens, c.heads, c.head_dim));
+}
+
+void launch(const Config& c, const std::uint16_t* qkv, std::uint16_t* out, cudaStream_t stream) {
+  namespace k = tstitch::cuda::kernels;
+  if (c.tiling)
+    k::attention_flash(qkv, out, c.batch, c.tokens, c.heads, c.head_dim, *c.tiling, stream);
+  else
+    k::attention(qkv, out, c.batch, c.tokens, c.heads, c.head_dim, c.path, stream);
+}
+
 Row time_config(const Config& c, const std::uint16_t* qkv, std::uint16_t* out,
                 cudaStream_t stream) {
-  namespace k = tstitch::cuda::kernels;
   for (int i = 0; i < 3; ++i)
-    k::attention(qkv, out, c.batch, c.tokens, c.heads, c.head_dim, c.path, stream);
+    launch(c, qkv, out, stream);
   cudaEvent_t start = nullptr;
   cudaEvent_t stop = nullptr;
   TSTITCH_CUDA_CHECK(cudaEventCreate(&start));
@@ -71,7 +96,7 @@ Row time_config(const Config& c, const std::uint16_t* qkv, std::uint16_t* out,
   std::vector<double> times;
   for (int i = 0; i < c.runs; ++i) {
     TSTITCH_CUDA_CHECK(cudaEventRecord(start, stream));
-    k::attention(qkv, out, c.batch, c.tokens, c.heads, c.head_dim, c.path, stream);
+    launch(c, qkv, out, stream);
     TSTITCH_CUDA_CHECK(cudaEventRecord(stop, stream));
     TSTITCH_CUDA_CHECK(cudaEventSynchronize(stop));
     float ms = 0.f;
@@ -113,20 +138,34 @@ int main(int argc, char** argv) {
     std::printf("device: %s (sm_%d%d, %d SMs)\n", info.name.c_str(), info.compute_major,
                 info.compute_minor, info.multiprocessors);
 
+    namespace k = tstitch::cuda::kernels;
     std::vector<Config> configs;
-    const int batch = 64;
-    const int heads = 16;
+    // (batch, heads, head_dim, tokens): the head dims 64 and 72 at 256 and 1024 tokens
+    // and 64 samples x 16 heads, then DiT-S/2 at 8 images with guidance (16 samples x 6 heads x
+    // 256 tokens: a grid too small for 128-query CTAs to fill the GPU).
+    struct Shape {
+      int batch, heads, head_dim, tokens;
+    };
+    std::vector<Shape> shapes;
     for (int head_dim : {64, 72})
       for (int tokens : {256, 1024})
-        configs.push_back({AttentionPath::flash, head_dim, tokens, batch, heads, runs});
+        shapes.push_back({64, 16, head_dim, tokens});
+    shapes.push_back({16, 6, 64, 256});
+    for (const Shape& s : shapes) {
+      configs.push_back({AttentionPath::flash, std::nullopt, s.head_dim, s.tokens, s.batch,
+                         s.heads, runs});
+      for (const k::FlashTiling& t : k::flash_tilings)
+        configs.push_back({AttentionPath::flash, t, s.head_dim, s.tokens, s.batch, s.heads, runs});
+    }
     // The reference kernel is only a correctness check: one size, few runs.
-    configs.push_back({AttentionPath::reference, 64, 256, batch, heads, std::min(runs, 5)});
+    configs.push_back(
+        {AttentionPath::reference, std::nullopt, 64, 256, 64, 16, std::min(runs, 5)});
     // cuDNN's fused attention where libcudnn can be loaded (TSTITCH_CUDNN_LIBRARY or
     // libcudnn.so.9), at the same shapes as the hand-written kernel.
-    for (int head_dim : {64, 72})
-      if (tstitch::cuda::kernels::attention_supported(AttentionPath::cudnn, head_dim))
-        for (int tokens : {256, 1024})
-          configs.push_back({AttentionPath::cudnn, head_dim, tokens, batch, heads, runs});
+    for (const Shape& s : shapes)
+      if (k::attention_supported(AttentionPath::cudnn, s.head_dim))
+        configs.push_back({AttentionPath::cudnn, std::nullopt, s.head_dim, s.tokens, s.batch,
+                           s.heads, runs});
 
     std::size_t max_qkv = 0;
     std::size_t max_out = 0;
@@ -143,31 +182,32 @@ int main(int argc, char** argv) {
     const cudaStream_t stream = tstitch::cuda::default_stream();
 
     std::vector<Row> rows;
-    std::printf("%-10s %8s %7s %6s %6s %10s %9s\n", "path", "head_dim", "tokens", "batch", "heads",
-                "ms", "TFLOP/s");
+    std::printf("%-10s %-10s %8s %7s %6s %6s %10s %9s\n", "path", "tiling", "head_dim", "tokens",
+                "batch", "heads", "ms", "TFLOP/s");
     for (const Config& c : configs) {
       Row r{};
       try {
         r = time_config(c, qkv.data(), out.data(), stream);
       } catch (const tstitch::invalid_argument& e) {
         // cuDNN may reject a shape at its first call; the other rows are still worth having.
-        std::printf("%-10s %8d %7d %6d %6d   rejected: %s\n",
-                    std::string(tstitch::cuda::to_string(c.path)).c_str(), c.head_dim, c.tokens,
-                    c.batch, c.heads, e.what());
+        std::printf("%-10s %-10s %8d %7d %6d %6d   rejected: %s\n",
+                    std::string(tstitch::cuda::to_string(c.path)).c_str(),
+                    tiling_column(c).c_str(), c.head_dim, c.tokens, c.batch, c.heads, e.what());
         continue;
       }
       rows.push_back(r);
-      std::printf("%-10s %8d %7d %6d %6d %10.4f %9.1f\n",
-                  std::string(tstitch::cuda::to_string(c.path)).c_str(), c.head_dim, c.tokens,
-                  c.batch, c.heads, r.ms, r.tflops);
+      std::printf("%-10s %-10s %8d %7d %6d %6d %10.4f %9.1f\n",
+                  std::string(tstitch::cuda::to_string(c.path)).c_str(), tiling_column(c).c_str(),
+                  c.head_dim, c.tokens, c.batch, c.heads, r.ms, r.tflops);
       std::fflush(stdout);
     }
     if (csv) {
-      std::printf("\npath,head_dim,tokens,batch,heads,ms,tflops\n");
+      std::printf("\npath,tiling,head_dim,tokens,batch,heads,ms,tflops\n");
       for (const Row& r : rows)
-        std::printf("%s,%d,%d,%d,%d,%.5f,%.2f\n",
-                    std::string(tstitch::cuda::to_string(r.config.path)).c_str(), r.config.head_dim,
-                    r.config.tokens, r.config.batch, r.config.heads, r.ms, r.tflops);
+        std::printf("%s,%s,%d,%d,%d,%d,%.5f,%.2f\n",
+                    std::string(tstitch::cuda::to_string(r.config.path)).c_str(),
+                    tiling_column(r.config).c_str(), r.config.head_dim, r.config.tokens,
+                    r.config.batch, r.config.heads, r.ms, r.tflops);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_attention: %s\n", e.what());

@@ -326,26 +326,29 @@ for m, mem in ((ours or {}).get("memory") or {}).items():
               f"{mem['activations'] / 2**20:.1f} MiB, workspace {mem['workspace'] / 2**20:.1f} MiB")
 
 
-# Attention: the CSV rows bench_attention --csv prints after its table.
+# Attention: the CSV rows bench_attention --csv prints after its table. The goal counts the flash
+# path's automatic tiling (what kernels::attention runs), the forced tilings are for comparison.
 attention_best = None
 attention_rows = []
+header = "path,tiling,head_dim,tokens,batch,heads,ms,tflops"
 try:
     with open(os.path.join(logs, "attention.log")) as f:
         lines = f.read().splitlines()
-    if "path,head_dim,tokens,batch,heads,ms,tflops" in lines:
-        for line in lines[lines.index("path,head_dim,tokens,batch,heads,ms,tflops") + 1:]:
+    if header in lines:
+        for line in lines[lines.index(header) + 1:]:
             parts = line.split(",")
-            if len(parts) == 7:
-                attention_rows.append((parts[0], int(parts[1]), int(parts[2]), int(parts[3]),
-                                       int(parts[4]), float(parts[5]), float(parts[6])))
+            if len(parts) == 8:
+                attention_rows.append((parts[0], parts[1], int(parts[2]), int(parts[3]),
+                                       int(parts[4]), int(parts[5]), float(parts[6]),
+                                       float(parts[7])))
 except (OSError, ValueError):
     pass
 if attention_rows:
-    print("\nattention (bench_attention): TFLOP/s = 4 b h T^2 d / time")
-    print(f"{'path':10s} {'head_dim':>8s} {'tokens':>6s} {'batch':>5s} {'heads':>5s} {'ms':>9s} {'TFLOP/s':>8s}")
-    for p, d, t, b, h, ms, tf in attention_rows:
-        print(f"{p:10s} {d:8d} {t:6d} {b:5d} {h:5d} {ms:9.4f} {tf:8.1f}")
-        if p == "flash" and d == 64 and t == 1024:
+    print("\nattention (bench_attention): TFLOP/s = 4 b h T^2 d / time; tiling = warps x rows per warp")
+    print(f"{'path':10s} {'tiling':10s} {'head_dim':>8s} {'tokens':>6s} {'batch':>5s} {'heads':>5s} {'ms':>9s} {'TFLOP/s':>8s}")
+    for p, tiling, d, t, b, h, ms, tf in attention_rows:
+        print(f"{p:10s} {tiling:10s} {d:8d} {t:6d} {b:5d} {h:5d} {ms:9.4f} {tf:8.1f}")
+        if p == "flash" and tiling.startswith("auto") and d == 64 and t == 1024 and b == 64:
             attention_best = max(attention_best or 0.0, tf)
 else:
     print("\nattention: no result (see build/gpu/logs/attention.log)")
@@ -385,7 +388,7 @@ ratio = x8 / s8 if s8 and x8 else None
 goal("DiT-S/2 : DiT-XL/2 latency ratio >= 15 at batch 8", fmt(ratio), None if ratio is None else ratio >= 15)
 goal("stitched speedup within 3% of ideal" + (f" ({st['mode']})" if st else ""),
      f"worst {fmt(100 * worst, 2)}%" if worst is not None else "-", None if worst is None else worst <= 0.03)
-goal("attention >= 300 TFLOP/s at head dim 64, sequence 1024 (hand-written)", fmt(attention_best, 1),
+goal("attention >= 300 TFLOP/s at head dim 64, sequence 1024 (hand-written, automatic tiling)", fmt(attention_best, 1),
      None if attention_best is None else attention_best >= 300)
 xl = [(k[1], theirs[k]["eager_ms"] / by_key[k]["ms"]) for k in by_key
       if k[0] == "DiT-XL/2" and k in theirs and by_key[k].get("ms") and theirs[k].get("eager_ms")]

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -137,8 +138,10 @@ std::string index_text(std::int64_t index, const Case& c) {
 
 // Runs one path on the GPU and compares with `expected`. in_graph: the launch is captured into a
 // CUDA graph (as DitModel captures its forward) and the graph replayed once.
+// tiling: forces a flash tiling (kernels::attention_flash) instead of the automatic choice.
 Comparison run_and_compare(AttentionPath path, const Case& c, const std::vector<std::uint16_t>& qkv,
-                           const std::vector<double>& expected, bool in_graph = false) {
+                           const std::vector<double>& expected, bool in_graph = false,
+                           std::optional<tstitch::cuda::kernels::FlashTiling> tiling = {}) {
   const auto out_count = static_cast<std::int64_t>(expected.size());
   DeviceBuffer<std::uint16_t> d_qkv(static_cast<std::int64_t>(qkv.size()));
   DeviceBuffer<std::uint16_t> d_out(out_count + 2 * kGuard);
@@ -153,8 +156,13 @@ Comparison run_and_compare(AttentionPath path, const Case& c, const std::vector<
   TSTITCH_CUDA_CHECK(
       cudaMemsetAsync(d_out.data(), 0xff, static_cast<std::size_t>(d_out.bytes()), stream));
   const auto launch = [&] {
-    tstitch::cuda::kernels::attention(d_qkv.data(), d_out.data() + kGuard, c.batch, c.tokens,
-                                      c.heads, c.head_dim, path, stream);
+    namespace k = tstitch::cuda::kernels;
+    if (tiling)
+      k::attention_flash(d_qkv.data(), d_out.data() + kGuard, c.batch, c.tokens, c.heads,
+                         c.head_dim, *tiling, stream);
+    else
+      k::attention(d_qkv.data(), d_out.data() + kGuard, c.batch, c.tokens, c.heads, c.head_dim,
+                   path, stream);
   };
   if (in_graph) {
     cudaGraph_t graph = nullptr;
@@ -214,11 +222,14 @@ Comparison run_and_compare(AttentionPath path, const Case& c, const std::vector<
   return r;
 }
 
-void check_case(AttentionPath path, const Case& c, std::uint32_t seed, bool in_graph = false) {
+void check_case(AttentionPath path, const Case& c, std::uint32_t seed, bool in_graph = false,
+                std::optional<tstitch::cuda::kernels::FlashTiling> tiling = {}) {
   const auto qkv = random_qkv(c, seed);
   const auto expected = cpu_attention(qkv, c);
-  const Comparison r = run_and_compare(path, c, qkv, expected, in_graph);
-  const std::string name = describe(path, c) + (in_graph ? " (captured in a CUDA graph)" : "");
+  const Comparison r = run_and_compare(path, c, qkv, expected, in_graph, tiling);
+  std::string name = describe(path, c) + (in_graph ? " (captured in a CUDA graph)" : "");
+  if (tiling)
+    name += " tiling=" + std::to_string(tiling->warps) + "x" + std::to_string(tiling->rows_per_warp);
   std::printf("attention %-70s rel_l2=%.3e max_err=%.3e max_ref=%.3e non_finite=%lld guard=%lld%s\n",
               name.c_str(), r.rel_l2, r.max_abs_err, r.max_abs_ref,
               static_cast<long long>(r.non_finite), static_cast<long long>(r.guard_overwritten),
@@ -290,28 +301,46 @@ TEST_CASE("cuda attention: long sequences, sharp softmax, other head dims", "[cu
   }
 }
 
-TEST_CASE("cuda attention: both CTA shapes of the flash path (4 and 8 warps) match the CPU",
+TEST_CASE("cuda attention: every flash tiling matches the CPU", "[cuda][attention]") {
+  if (!have_gpu())
+    return;
+  namespace k = tstitch::cuda::kernels;
+  // Each tiling (warps x query rows per warp) is its own kernel: cover partial query and key
+  // tiles, several CTAs per (sample, head), padded head dims and the DiT shapes.
+  const Case cases[] = {
+      {2, 256, 6, 64, 2.f},  // DiT-S/2, B/2 head dim
+      {1, 300, 2, 72, 2.f},  // DiT-XL/2 head dim, ragged query and key tiles
+      {1, 1024, 1, 64, 1.f}, // many key tiles
+      {1, 77, 2, 40, 8.f},   // padded contraction (40 -> 48), sharp softmax
+      {2, 33, 1, 128, 2.f},  // the largest head dim
+  };
+  std::uint32_t seed = 3000;
+  for (const Case& c : cases) {
+    for (const k::FlashTiling& t : k::flash_tilings) {
+      DYNAMIC_SECTION(describe(AttentionPath::flash, c) << " tiling=" << t.warps << "x"
+                                                        << t.rows_per_warp) {
+        check_case(AttentionPath::flash, c, seed, false, t);
+      }
+    }
+    ++seed;
+  }
+}
+
+TEST_CASE("cuda attention: the automatic flash tiling follows the grid size and head dim",
           "[cuda][attention]") {
   if (!have_gpu())
     return;
   namespace k = tstitch::cuda::kernels;
-  // Few CTAs (short sequences, small batch): 4-warp CTAs; enough for 1.5 waves of two 8-warp
-  // CTAs per multiprocessor: 8 warps. The batch for the latter follows the device's SM count.
+  // Few CTAs (short sequences, small batch): 64-query CTAs; enough for 1.5 waves of two
+  // 128-query CTAs per multiprocessor: 4 x 32, or 8 x 16 above head dim 96. The batch for the
+  // latter follows the device's SM count.
   const int sms = tstitch::cuda::device_info().multiprocessors;
   const int heads = 16, tokens = 256;
   const int wide_batch = (3 * sms + 2 * heads * 2 - 1) / (2 * heads * 2) + 1;
-  REQUIRE(k::flash_warps_per_cta(2, tokens, 6) == 4);
-  REQUIRE(k::flash_warps_per_cta(wide_batch, tokens, heads) == 8);
-  std::uint32_t seed = 3000;
-  for (const int head_dim : {64, 72}) {
-    for (const Case& c : {Case{2, tokens, 6, head_dim, 2.f}, Case{wide_batch, tokens, heads, head_dim, 2.f}}) {
-      const int warps = k::flash_warps_per_cta(c.batch, c.tokens, c.heads);
-      DYNAMIC_SECTION(describe(AttentionPath::flash, c) << " warps=" << warps) {
-        check_case(AttentionPath::flash, c, seed);
-      }
-      ++seed;
-    }
-  }
+  CHECK(k::flash_tiling(2, tokens, 6, 64) == k::FlashTiling{4, 16});
+  CHECK(k::flash_tiling(wide_batch, tokens, heads, 64) == k::FlashTiling{4, 32});
+  CHECK(k::flash_tiling(wide_batch, tokens, heads, 96) == k::FlashTiling{4, 32});
+  CHECK(k::flash_tiling(wide_batch, tokens, heads, 128) == k::FlashTiling{8, 16});
 }
 
 TEST_CASE("cuda attention: reference path handles head dims flash does not", "[cuda][attention]") {
@@ -399,6 +428,13 @@ TEST_CASE("cuda attention: supported paths and invalid arguments", "[cuda][atten
   CHECK_THROWS_WITH(run(1, 4, 2, 12, AttentionPath::flash), Catch::Contains("head_dim = 12"));
   CHECK_THROWS_AS(run(1, 4, 1, 136, AttentionPath::flash), tstitch::invalid_argument);
   CHECK_THROWS_AS(run(1, 1, 1, 300, AttentionPath::reference), tstitch::invalid_argument);
+  // A tiling the flash path is not built for, named in the message.
+  CHECK_THROWS_WITH(
+      k::attention_flash(qkv.data(), out.data(), 1, 4, 2, 64, k::FlashTiling{2, 16}, stream),
+      Catch::Contains("flash tiling") && Catch::Contains("2x16"));
+  CHECK_THROWS_WITH(
+      k::attention_flash(qkv.data(), out.data(), 1, 4, 2, 12, k::FlashTiling{4, 32}, stream),
+      Catch::Contains("head_dim = 12"));
   for (AttentionPath path :
        {AttentionPath::flash, AttentionPath::reference, AttentionPath::cudnn}) {
     CHECK_THROWS_AS(run(1, 0, 2, 64, path), tstitch::invalid_argument);

@@ -7,9 +7,9 @@
 // launchers are ordinary external definitions (see the note above attention_supported).
 //
 // Two paths:
-//   flash      FlashAttention-2 style. One CTA per (sample, head, 128-query tile), 8 warps, each
-//              warp owning 16 query rows for the whole kernel. The CTA walks the keys in 64-key
-//              tiles: S = Q K^T and O += P V on tensor cores (mma.sync m16n8k16 bf16 -> fp32),
+//   flash      FlashAttention-2 style. One CTA per (sample, head, query tile), each warp owning
+//              16 or 32 query rows (one or two mma M tiles) for the whole kernel; the CTA shape
+//              is a kernels::FlashTiling. The CTA walks the keys in 64-key tiles: S = Q K^T and O += P V on tensor cores (mma.sync m16n8k16 bf16 -> fp32),
 //              online softmax in fp32 registers (running row max and row sum), P never leaves
 //              registers (the S accumulator fragment is, after bf16 packing, exactly the A
 //              fragment of the P V mma). K and V each have one shared-memory buffer and their
@@ -43,12 +43,13 @@ inline constexpr int kFlashMinHeadDim = 8;
 inline constexpr int kFlashMaxHeadDim = 128;
 inline constexpr int kReferenceMaxHeadDim = 256;
 
-// W warps per CTA: 8 (128 queries) normally, 4 (64 queries) where 8-warp CTAs would leave
-// multiprocessors idle (short sequences at small batch: DiT-S/2 at 8 images has 192 of them for
-// 132 SMs); see flash_warps_per_cta.
-template <int HD, int W = 8> struct FlashShape {
+// W warps per CTA, each owning MT mma M tiles (16 MT query rows). The tilings offered
+// (kernels::flash_tilings, warps x rows per warp) are 4x16, 8x16 and 4x32; kernels::flash_tiling
+// says which one a problem gets.
+template <int HD, int W, int MT> struct FlashShape {
   static_assert(HD % 8 == 0 && HD >= kFlashMinHeadDim && HD <= kFlashMaxHeadDim);
   static_assert(W == 4 || W == 8);
+  static_assert(MT == 1 || MT == 2);
   // The Q K^T contraction runs in k16 steps, so it is padded to a multiple of 16 (72 -> 80) with
   // zero columns in shared memory; P V's output dimension runs in n8 tiles and needs no padding.
   static constexpr int kPadDim = (HD + 15) / 16 * 16;
@@ -58,19 +59,22 @@ template <int HD, int W = 8> struct FlashShape {
   static constexpr int kStride = kPadDim + 8;
   static constexpr int kWarps = W;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kMinBlocksPerSm = 16 / W; // 256 threads per SM at least: 128 registers
-  static constexpr int kBlockM = 16 * kWarps;    // queries per CTA (16 per warp: one mma M tile)
-  static constexpr int kBlockN = 64;             // keys per iteration
+  static constexpr int kRowsPerWarp = 16 * MT;
+  static constexpr int kBlockM = kRowsPerWarp * kWarps; // queries per CTA
+  static constexpr int kBlockN = 64;                    // keys per iteration
+  // One M tile per warp: at least 512 threads per SM, so at most 128 registers per thread. Two M
+  // tiles double the S and O accumulators; 256 threads per SM leave them up to 255 registers.
+  static constexpr int kMinBlocksPerSm = MT == 1 ? 16 / W : 8 / W;
   static constexpr int kChunks = HD / 8;         // 16-byte chunks per q/k/v row in global memory
   static constexpr int kQkSteps = kPadDim / 16;  // k16 steps of Q K^T
-  static constexpr int kSTiles = kBlockN / 8;    // n8 tiles of S per warp
+  static constexpr int kSTiles = kBlockN / 8;    // n8 tiles of S per M tile
   static constexpr int kPvSteps = kBlockN / 16;  // k16 steps of P V
-  static constexpr int kOTiles = HD / 8;         // n8 tiles of O per warp
+  static constexpr int kOTiles = HD / 8;         // n8 tiles of O per M tile
   static constexpr int kSmemBytes = (kBlockM + 2 * kBlockN) * kStride * 2; // Q, K, V (bf16)
-  // Q's A fragments (kQkSteps * 4 registers) stay in registers across the key loop only while
-  // they fit beside S (32) and O (HD / 2) under the 128-register cap that two CTAs per SM impose;
-  // above HD 64 they are re-read from shared memory every key tile (+25% ldmatrix in Q K^T),
-  // which beats spilling (ptxas: HD 72 spilled 32 bytes with Q in registers).
+  // Q's A fragments (MT * kQkSteps * 4 registers) stay in registers across the key loop only
+  // while they fit beside S (32 MT) and O (MT HD / 2) under the register cap above; above HD 64
+  // they are re-read from shared memory every key tile (+25% ldmatrix in Q K^T at MT 1), which
+  // beats spilling (ptxas: HD 72 spilled 32 bytes with Q in registers at MT 1).
   static constexpr bool kQInRegisters = HD <= 64;
 };
 
@@ -141,10 +145,9 @@ __device__ __forceinline__ unsigned fresh_block_index() {
 
 // Enqueues cp.async copies of rows [row0, row0 + ROWS) of one head's q, k or v (global row t at
 // `base + t * row_stride`) into a shared tile; rows at or past `tokens` are zero-filled.
-template <int HD, int ROWS, int W>
+template <class S, int ROWS>
 __device__ __forceinline__ void load_tile_async(std::uint32_t tile, const __nv_bfloat16* base,
                                                 int row0, int tokens, int row_stride) {
-  using S = FlashShape<HD, W>;
   constexpr int kTotal = ROWS * S::kChunks;
   constexpr int kIterations = (kTotal + S::kThreads - 1) / S::kThreads; // compile-time trip count
 #pragma unroll
@@ -164,12 +167,13 @@ __device__ __forceinline__ void load_tile_async(std::uint32_t tile, const __nv_b
 }
 
 // grid.x = batch * heads * q_tiles (q tiles of one (sample, head) adjacent, so they share K/V in
-// L2); block = 32 W threads; dynamic shared memory FlashShape<HD, W>::kSmemBytes.
-template <int HD, int W>
-__global__ void __launch_bounds__(FlashShape<HD, W>::kThreads, FlashShape<HD, W>::kMinBlocksPerSm)
+// L2); block = 32 W threads; dynamic shared memory FlashShape<HD, W, MT>::kSmemBytes.
+template <int HD, int W, int MT>
+__global__ void __launch_bounds__(FlashShape<HD, W, MT>::kThreads,
+                                  FlashShape<HD, W, MT>::kMinBlocksPerSm)
     flash_attention_kernel(const __nv_bfloat16* __restrict__ qkv, __nv_bfloat16* __restrict__ out,
                            int tokens, int heads, int q_tiles, float scale_log2) {
-  using S = FlashShape<HD, W>;
+  using S = FlashShape<HD, W, MT>;
   extern __shared__ __align__(16) unsigned char flash_smem[];
   __nv_bfloat16* const sQ = reinterpret_cast<__nv_bfloat16*>(flash_smem);
   __nv_bfloat16* const sK = sQ + S::kBlockM * S::kStride;
@@ -200,34 +204,46 @@ __global__ void __launch_bounds__(FlashShape<HD, W>::kThreads, FlashShape<HD, W>
   }
 
   // Prologue: Q tile and the first K tile in one group.
-  load_tile_async<HD, S::kBlockM, W>(sQ_addr, q_base, q0, tokens, row_stride);
-  load_tile_async<HD, S::kBlockN, W>(sK_addr, k_base, 0, tokens, row_stride);
+  load_tile_async<S, S::kBlockM>(sQ_addr, q_base, q0, tokens, row_stride);
+  load_tile_async<S, S::kBlockN>(sK_addr, k_base, 0, tokens, row_stride);
   cp_async_commit();
   cp_async_wait_all();
   __syncthreads();
 
-  // This warp's 16 query rows as A fragments (rows lane % 16, column half lane / 16 of each
-  // k16 step), in registers for the whole key loop when they fit (see kQInRegisters).
-  const int warp_row0 = warp * 16;
+  // This warp's rows [warp_row0, warp_row0 + 16 MT): M tile mt is rows warp_row0 + 16 mt + 0..15.
+  // Their A fragments (rows lane % 16, column half lane / 16 of each k16 step) stay in registers
+  // for the whole key loop when they fit (see kQInRegisters).
+  const int warp_row0 = warp * S::kRowsPerWarp;
   const std::uint32_t q_frag_addr =
       sQ_addr +
       static_cast<std::uint32_t>(((warp_row0 + (lane & 15)) * S::kStride + (lane >> 4) * 8) * 2);
-  std::uint32_t qf[S::kQInRegisters ? S::kQkSteps : 1][4];
+  constexpr std::uint32_t kMTileBytes = 16 * S::kStride * 2;
+  std::uint32_t qf[MT][S::kQInRegisters ? S::kQkSteps : 1][4];
   if constexpr (S::kQInRegisters) {
 #pragma unroll
-    for (int ks = 0; ks < S::kQkSteps; ++ks)
-      ldmatrix_x4(qf[ks], q_frag_addr + ks * 32);
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int ks = 0; ks < S::kQkSteps; ++ks)
+        ldmatrix_x4(qf[mt][ks], q_frag_addr + mt * kMTileBytes + ks * 32);
   }
 
-  // Accumulator fragment layout (m16n8): this thread owns rows g = lane/4 and g + 8, columns
-  // 2 * (lane % 4) + {0, 1} of each n8 tile; elements [0..1] are row g, [2..3] row g + 8.
-  float o[S::kOTiles][4];
+  // Accumulator fragment layout (m16n8): this thread owns rows g = lane/4 and g + 8 of each M
+  // tile, columns 2 * (lane % 4) + {0, 1} of each n8 tile; elements [0..1] are row g, [2..3]
+  // row g + 8.
+  float o[MT][S::kOTiles][4];
 #pragma unroll
-  for (int j = 0; j < S::kOTiles; ++j)
-    o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < S::kOTiles; ++j)
+      o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.f;
   const float kNegInf = -INFINITY; // std::numeric_limits is host-only without relaxed constexpr
-  float row_max[2] = {kNegInf, kNegInf}; // raw (unscaled) scores
-  float row_sum[2] = {0.f, 0.f};         // this thread's partial sum; the quad reduces at the end
+  float row_max[MT][2]; // raw (unscaled) scores
+  float row_sum[MT][2]; // this thread's partial sum; the quad reduces at the end
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    row_max[mt][0] = row_max[mt][1] = kNegInf;
+    row_sum[mt][0] = row_sum[mt][1] = 0.f;
+  }
 
   const int kv_tiles = (tokens + S::kBlockN - 1) / S::kBlockN;
   for (int it = 0; it < kv_tiles; ++it) {
@@ -236,127 +252,155 @@ __global__ void __launch_bounds__(FlashShape<HD, W>::kThreads, FlashShape<HD, W>
       cp_async_wait_all(); // K(it) landed (this thread's part) ...
       __syncthreads();     // ... everyone's part, and every warp is done reading V(it-1)
     }
-    load_tile_async<HD, S::kBlockN, W>(sV_addr, v_base, kv0, tokens, row_stride);
+    load_tile_async<S, S::kBlockN>(sV_addr, v_base, kv0, tokens, row_stride);
     cp_async_commit();
 
-    // S = Q K^T for 16 rows x 64 keys. K is stored [key][dim], which is B = K^T "col" layout:
-    // non-transposed ldmatrix gives B fragments directly; one x4 covers two n8 key tiles.
-    float s[S::kSTiles][4];
+    // S = Q K^T for 16 MT rows x 64 keys. K is stored [key][dim], which is B = K^T "col" layout:
+    // non-transposed ldmatrix gives B fragments directly; one x4 covers two n8 key tiles, and
+    // serves every M tile of the warp (with MT = 2, half the shared-memory reads per mma).
+    float s[MT][S::kSTiles][4];
 #pragma unroll
-    for (int j = 0; j < S::kSTiles; ++j)
-      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < S::kSTiles; ++j)
+        s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
 #pragma unroll
     for (int ks = 0; ks < S::kQkSteps; ++ks) {
       const int qi = S::kQInRegisters ? ks : 0;
-      if constexpr (!S::kQInRegisters)
-        ldmatrix_x4(qf[0], q_frag_addr + ks * 32);
+      if constexpr (!S::kQInRegisters) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+          ldmatrix_x4(qf[mt][0], q_frag_addr + mt * kMTileBytes + ks * 32);
+      }
 #pragma unroll
       for (int jp = 0; jp < S::kSTiles / 2; ++jp) {
         std::uint32_t kb[4];
         const int key = jp * 16 + (lane & 7) + ((lane >> 4) << 3);
         const int col = ks * 16 + ((lane >> 3) & 1) * 8;
         ldmatrix_x4(kb, sK_addr + static_cast<std::uint32_t>((key * S::kStride + col) * 2));
-        mma_bf16_16816(s[2 * jp], qf[qi], kb[0], kb[1]);
-        mma_bf16_16816(s[2 * jp + 1], qf[qi], kb[2], kb[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_bf16_16816(s[mt][2 * jp], qf[mt][qi], kb[0], kb[1]);
+          mma_bf16_16816(s[mt][2 * jp + 1], qf[mt][qi], kb[2], kb[3]);
+        }
       }
     }
 
     // Keys past the sequence end (only in the last tile) get -inf: exp2 turns them into 0.
     if (kv0 + S::kBlockN > tokens) {
 #pragma unroll
-      for (int j = 0; j < S::kSTiles; ++j)
+      for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
-          if (kv0 + j * 8 + 2 * (lane & 3) + (e & 1) >= tokens)
-            s[j][e] = kNegInf;
+        for (int j = 0; j < S::kSTiles; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            if (kv0 + j * 8 + 2 * (lane & 3) + (e & 1) >= tokens)
+              s[mt][j][e] = kNegInf;
     }
 
     // Online softmax. The scale 1/sqrt(HD) and log2(e) are folded into one fma before exp2.
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float m = row_max[r];
+    for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-      for (int j = 0; j < S::kSTiles; ++j)
-        m = fmaxf(m, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
-      // The 4 threads of a quad share the row.
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-      // Key 0 is always valid, so m is finite from the first tile on; the guard keeps a fully
-      // masked row from computing (-inf) - (-inf) = NaN should that ever change.
-      const float m_scaled = (m == kNegInf) ? 0.f : m * scale_log2;
-      const float correction = fast_exp2(row_max[r] * scale_log2 - m_scaled);
-      row_max[r] = m;
-      float sum = row_sum[r] * correction;
+      for (int r = 0; r < 2; ++r) {
+        float m = row_max[mt][r];
 #pragma unroll
-      for (int j = 0; j < S::kOTiles; ++j) {
-        o[j][2 * r] *= correction;
-        o[j][2 * r + 1] *= correction;
+        for (int j = 0; j < S::kSTiles; ++j)
+          m = fmaxf(m, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
+        // The 4 threads of a quad share the row.
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+        // Key 0 is always valid, so m is finite from the first tile on; the guard keeps a fully
+        // masked row from computing (-inf) - (-inf) = NaN should that ever change.
+        const float m_scaled = (m == kNegInf) ? 0.f : m * scale_log2;
+        const float correction = fast_exp2(row_max[mt][r] * scale_log2 - m_scaled);
+        row_max[mt][r] = m;
+        float sum = row_sum[mt][r] * correction;
+#pragma unroll
+        for (int j = 0; j < S::kOTiles; ++j) {
+          o[mt][j][2 * r] *= correction;
+          o[mt][j][2 * r + 1] *= correction;
+        }
+#pragma unroll
+        for (int j = 0; j < S::kSTiles; ++j) {
+          const float p0 = fast_exp2(fmaf(s[mt][j][2 * r], scale_log2, -m_scaled));
+          const float p1 = fast_exp2(fmaf(s[mt][j][2 * r + 1], scale_log2, -m_scaled));
+          s[mt][j][2 * r] = p0;
+          s[mt][j][2 * r + 1] = p1;
+          sum += p0 + p1;
+        }
+        row_sum[mt][r] = sum;
       }
-#pragma unroll
-      for (int j = 0; j < S::kSTiles; ++j) {
-        const float p0 = fast_exp2(fmaf(s[j][2 * r], scale_log2, -m_scaled));
-        const float p1 = fast_exp2(fmaf(s[j][2 * r + 1], scale_log2, -m_scaled));
-        s[j][2 * r] = p0;
-        s[j][2 * r + 1] = p1;
-        sum += p0 + p1;
-      }
-      row_sum[r] = sum;
     }
 
     cp_async_wait_all(); // V(it) landed ...
     __syncthreads();     // ... everywhere, and every warp is done reading K(it)
     if (it + 1 < kv_tiles) {
-      load_tile_async<HD, S::kBlockN, W>(sK_addr, k_base, kv0 + S::kBlockN, tokens, row_stride);
+      load_tile_async<S, S::kBlockN>(sK_addr, k_base, kv0 + S::kBlockN, tokens, row_stride);
       cp_async_commit();
     }
 
     // O += P V. The S accumulators of n8 tiles 2kk and 2kk+1, packed to bf16, are the A fragment
-    // of k16 step kk. V is stored [key][dim] (row-major k x n), so B comes from ldmatrix.trans.
+    // of k16 step kk. V is stored [key][dim] (row-major k x n), so B comes from ldmatrix.trans;
+    // each V fragment serves every M tile of the warp.
 #pragma unroll
     for (int kk = 0; kk < S::kPvSteps; ++kk) {
-      const std::uint32_t pa[4] = {pack_bf16x2(s[2 * kk][0], s[2 * kk][1]),
-                                   pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
-                                   pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                   pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      std::uint32_t pa[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        pa[mt][0] = pack_bf16x2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][1] = pack_bf16x2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][2] = pack_bf16x2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][3] = pack_bf16x2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int jp = 0; jp < S::kOTiles / 2; ++jp) {
         std::uint32_t vb[4];
         const int key = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
         const int col = jp * 16 + (lane >> 4) * 8;
         ldmatrix_x4_trans(vb, sV_addr + static_cast<std::uint32_t>((key * S::kStride + col) * 2));
-        mma_bf16_16816(o[2 * jp], pa, vb[0], vb[1]);
-        mma_bf16_16816(o[2 * jp + 1], pa, vb[2], vb[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_bf16_16816(o[mt][2 * jp], pa[mt], vb[0], vb[1]);
+          mma_bf16_16816(o[mt][2 * jp + 1], pa[mt], vb[2], vb[3]);
+        }
       }
       if constexpr (S::kOTiles % 2 != 0) { // HD = 72 etc.: the last n8 tile alone
         std::uint32_t vb[2];
         const int key = kk * 16 + (lane & 15);
         const int col = (S::kOTiles - 1) * 8;
         ldmatrix_x2_trans(vb, sV_addr + static_cast<std::uint32_t>((key * S::kStride + col) * 2));
-        mma_bf16_16816(o[S::kOTiles - 1], pa, vb[0], vb[1]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+          mma_bf16_16816(o[mt][S::kOTiles - 1], pa[mt], vb[0], vb[1]);
       }
     }
   }
 
   // Epilogue: finish the row sums across the quad, normalise, and stage the bf16 rows in this
-  // warp's own 16 rows of sQ (no other warp ever reads them), so the global stores are whole
+  // warp's own 16 MT rows of sQ (no other warp ever reads them), so the global stores are whole
   // 16-byte chunks of each output row.
-  float inv[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float sum = row_sum[r];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    inv[r] = sum > 0.f ? 1.f / sum : 0.f;
-  }
   __nv_bfloat16* const sO = sQ + warp_row0 * S::kStride;
   const int g = lane >> 2;
   const int tq = lane & 3;
 #pragma unroll
-  for (int j = 0; j < S::kOTiles; ++j) {
-    *reinterpret_cast<std::uint32_t*>(sO + g * S::kStride + j * 8 + 2 * tq) =
-        pack_bf16x2(o[j][0] * inv[0], o[j][1] * inv[0]);
-    *reinterpret_cast<std::uint32_t*>(sO + (g + 8) * S::kStride + j * 8 + 2 * tq) =
-        pack_bf16x2(o[j][2] * inv[1], o[j][3] * inv[1]);
+  for (int mt = 0; mt < MT; ++mt) {
+    float inv[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float sum = row_sum[mt][r];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      inv[r] = sum > 0.f ? 1.f / sum : 0.f;
+    }
+    __nv_bfloat16* const rows = sO + 16 * mt * S::kStride;
+#pragma unroll
+    for (int j = 0; j < S::kOTiles; ++j) {
+      *reinterpret_cast<std::uint32_t*>(rows + g * S::kStride + j * 8 + 2 * tq) =
+          pack_bf16x2(o[mt][j][0] * inv[0], o[mt][j][1] * inv[0]);
+      *reinterpret_cast<std::uint32_t*>(rows + (g + 8) * S::kStride + j * 8 + 2 * tq) =
+          pack_bf16x2(o[mt][j][2] * inv[1], o[mt][j][3] * inv[1]);
+    }
   }
   __syncwarp();
   // The output position is recomputed from a fresh (volatile, so not CSE'd) read of the block
@@ -371,7 +415,7 @@ __global__ void __launch_bounds__(FlashShape<HD, W>::kThreads, FlashShape<HD, W>
   const auto tokens_e = static_cast<std::int64_t>(static_cast<unsigned>(tokens)); // tokens >= 1
   __nv_bfloat16* const out_rows = out + ((b_e * tokens_e + q_first) * heads + h_e) * HD;
 #pragma unroll
-  for (int c = lane; c < 16 * S::kChunks; c += 32) {
+  for (int c = lane; c < S::kRowsPerWarp * S::kChunks; c += 32) {
     const int r = c / S::kChunks;
     const int chunk = c % S::kChunks;
     if (q_first + r < tokens)
@@ -380,17 +424,17 @@ __global__ void __launch_bounds__(FlashShape<HD, W>::kThreads, FlashShape<HD, W>
   }
 }
 
-// Raises the dynamic shared memory limit of flash_attention_kernel<HD, W> above the default
+// Raises the dynamic shared memory limit of flash_attention_kernel<HD, W, MT> above the default
 // 48 KB, once per device (the attribute is per device; a bit per ordinal remembers it was done).
-template <int HD, int W> void configure_flash_kernel() {
-  using S = FlashShape<HD, W>;
+template <int HD, int W, int MT> void configure_flash_kernel() {
+  using S = FlashShape<HD, W, MT>;
   if constexpr (S::kSmemBytes > 48 * 1024) {
     static std::atomic<std::uint64_t> done{0};
     int device = 0;
     TSTITCH_CUDA_CHECK(cudaGetDevice(&device));
     const std::uint64_t bit = device < 64 ? (std::uint64_t{1} << device) : 0;
     if (bit == 0 || (done.load(std::memory_order_acquire) & bit) == 0) {
-      TSTITCH_CUDA_CHECK(cudaFuncSetAttribute(flash_attention_kernel<HD, W>,
+      TSTITCH_CUDA_CHECK(cudaFuncSetAttribute(flash_attention_kernel<HD, W, MT>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               S::kSmemBytes));
       done.fetch_or(bit, std::memory_order_acq_rel);
@@ -398,11 +442,11 @@ template <int HD, int W> void configure_flash_kernel() {
   }
 }
 
-template <int HD, int W>
-void launch_flash_warps(const __nv_bfloat16* qkv, __nv_bfloat16* out, int batch, int tokens,
+template <int HD, int W, int MT>
+void launch_flash_shape(const __nv_bfloat16* qkv, __nv_bfloat16* out, int batch, int tokens,
                         int heads, cudaStream_t stream) {
-  using S = FlashShape<HD, W>;
-  configure_flash_kernel<HD, W>();
+  using S = FlashShape<HD, W, MT>;
+  configure_flash_kernel<HD, W, MT>();
   const std::int64_t q_tiles = (tokens + S::kBlockM - 1) / S::kBlockM;
   const std::int64_t blocks = q_tiles * batch * heads;
   if (static_cast<std::int64_t>(tokens) * 3 * heads * HD > std::numeric_limits<int>::max())
@@ -415,19 +459,26 @@ void launch_flash_warps(const __nv_bfloat16* qkv, __nv_bfloat16* out, int batch,
                            "must fit the grid (at most 2^31 - 1 blocks)");
   const float scale_log2 =
       static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(HD)));
-  flash_attention_kernel<HD, W>
+  flash_attention_kernel<HD, W, MT>
       <<<static_cast<unsigned>(blocks), S::kThreads, S::kSmemBytes, stream>>>(
           qkv, out, tokens, heads, static_cast<int>(q_tiles), scale_log2);
   TSTITCH_CUDA_CHECK(cudaGetLastError());
 }
 
+// The tilings of kernels::flash_tilings, one kernel instantiation each per head dimension.
 template <int HD>
 void launch_flash(const __nv_bfloat16* qkv, __nv_bfloat16* out, int batch, int tokens, int heads,
-                  cudaStream_t stream) {
-  if (flash_warps_per_cta(batch, tokens, heads) == 4)
-    launch_flash_warps<HD, 4>(qkv, out, batch, tokens, heads, stream);
+                  FlashTiling tiling, cudaStream_t stream) {
+  if (tiling == FlashTiling{4, 16})
+    launch_flash_shape<HD, 4, 1>(qkv, out, batch, tokens, heads, stream);
+  else if (tiling == FlashTiling{8, 16})
+    launch_flash_shape<HD, 8, 1>(qkv, out, batch, tokens, heads, stream);
+  else if (tiling == FlashTiling{4, 32})
+    launch_flash_shape<HD, 4, 2>(qkv, out, batch, tokens, heads, stream);
   else
-    launch_flash_warps<HD, 8>(qkv, out, batch, tokens, heads, stream);
+    throw_invalid_argument("attention flash tiling (warps x rows per warp)",
+                           detail::concat(tiling.warps, "x", tiling.rows_per_warp),
+                           "is not offered (kernels::flash_tilings: 4x16, 8x16, 4x32)");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -540,19 +591,23 @@ inline bool flash_head_dim_ok(int head_dim) {
 
 } // namespace attention_detail
 
-// The two launchers declared in kernels.hpp are deliberately NOT `inline`: an inline definition
+// The launchers declared in kernels.hpp are deliberately NOT `inline`: an inline definition
 // emits no symbol in a translation unit that does not call it, and the plain C++ callers (tests,
 // benchmarks, the DiT) link against the one TU, tstitch_cuda.cu, that includes this header. Being
 // included by exactly that one TU keeps these external definitions ODR-safe.
-int flash_warps_per_cta(int batch, int tokens, int heads) {
+FlashTiling flash_tiling(int batch, int tokens, int heads, int head_dim) {
   int device = 0, multiprocessors = 0;
   TSTITCH_CUDA_CHECK(cudaGetDevice(&device));
   TSTITCH_CUDA_CHECK(
       cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device));
   const std::int64_t wide_ctas = static_cast<std::int64_t>(batch) * heads * ((tokens + 127) / 128);
-  // Two 8-warp CTAs fit an SM; below 1.5 such waves, halving the CTAs evens out the SMs' loads
+  // Two 128-query CTAs fit an SM; below 1.5 such waves, halving the CTAs evens out the SMs' loads
   // (S/2 at 8 images: 192 CTAs = 1 or 2 per SM -> 384 = 2 or 3 half-size ones).
-  return 2 * wide_ctas < 3 * static_cast<std::int64_t>(multiprocessors) ? 4 : 8;
+  if (2 * wide_ctas < 3 * static_cast<std::int64_t>(multiprocessors))
+    return {4, 16};
+  // ptxas (sm_90): two M tiles per warp use 225-255 registers up to head dim 96 without spilling,
+  // and spill 8-20 bytes from 104 on.
+  return head_dim <= 96 ? FlashTiling{4, 32} : FlashTiling{8, 16};
 }
 
 bool attention_supported(AttentionPath path, int head_dim) {
@@ -567,30 +622,15 @@ bool attention_supported(AttentionPath path, int head_dim) {
   return false;
 }
 
-void attention(const std::uint16_t* qkv, std::uint16_t* out, int batch, int tokens, int heads,
-               int head_dim, AttentionPath path, cudaStream_t stream) {
+void attention_flash(const std::uint16_t* qkv, std::uint16_t* out, int batch, int tokens,
+                     int heads, int head_dim, FlashTiling tiling, cudaStream_t stream) {
   namespace ad = attention_detail;
   require(batch >= 1, "attention batch", batch, "must be at least 1");
   require(tokens >= 1, "attention tokens", tokens, "must be at least 1");
   require(heads >= 1, "attention heads", heads, "must be at least 1");
   require(qkv != nullptr, "attention qkv", "nullptr", "must be a device pointer");
   require(out != nullptr, "attention out", "nullptr", "must be a device pointer");
-  const auto* in = reinterpret_cast<const __nv_bfloat16*>(qkv);
-  auto* dst = reinterpret_cast<__nv_bfloat16*>(out);
-  switch (path) {
-  case AttentionPath::cudnn:
-    ad::cudnn_attention(qkv, out, batch, tokens, heads, head_dim, stream);
-    return;
-  case AttentionPath::reference:
-    require(attention_supported(path, head_dim), "attention head_dim", head_dim,
-            "the reference path supports 1..256");
-    ad::launch_reference(in, dst, batch, tokens, heads, head_dim, stream);
-    return;
-  case AttentionPath::flash:
-    break;
-  }
-  require(path == AttentionPath::flash, "attention path", static_cast<int>(path), "is unknown");
-  require(attention_supported(path, head_dim), "attention head_dim", head_dim,
+  require(attention_supported(AttentionPath::flash, head_dim), "attention head_dim", head_dim,
           "the flash path supports multiples of 8 from 8 to 128");
   // cp.async and the output stores move 16-byte chunks; with head_dim % 8 == 0 every row offset
   // is a multiple of 16 bytes, so only the base pointers need checking.
@@ -598,10 +638,12 @@ void attention(const std::uint16_t* qkv, std::uint16_t* out, int batch, int toke
           reinterpret_cast<std::uintptr_t>(qkv), "must be 16-byte aligned for the flash path");
   require(reinterpret_cast<std::uintptr_t>(out) % 16 == 0, "attention out address",
           reinterpret_cast<std::uintptr_t>(out), "must be 16-byte aligned for the flash path");
+  const auto* in = reinterpret_cast<const __nv_bfloat16*>(qkv);
+  auto* dst = reinterpret_cast<__nv_bfloat16*>(out);
   switch (head_dim / 8) {
 #define TSTITCH_FLASH_CASE(N)                                                                      \
   case N:                                                                                          \
-    ad::launch_flash<8 * (N)>(in, dst, batch, tokens, heads, stream);                              \
+    ad::launch_flash<8 * (N)>(in, dst, batch, tokens, heads, tiling, stream);                      \
     return;
     TSTITCH_FLASH_CASE(1)
     TSTITCH_FLASH_CASE(2)
@@ -624,6 +666,33 @@ void attention(const std::uint16_t* qkv, std::uint16_t* out, int batch, int toke
     break;
   }
   throw_invalid_argument("attention head_dim", head_dim, "is not supported by the flash path");
+}
+
+void attention(const std::uint16_t* qkv, std::uint16_t* out, int batch, int tokens, int heads,
+               int head_dim, AttentionPath path, cudaStream_t stream) {
+  namespace ad = attention_detail;
+  require(batch >= 1, "attention batch", batch, "must be at least 1");
+  require(tokens >= 1, "attention tokens", tokens, "must be at least 1");
+  require(heads >= 1, "attention heads", heads, "must be at least 1");
+  require(qkv != nullptr, "attention qkv", "nullptr", "must be a device pointer");
+  require(out != nullptr, "attention out", "nullptr", "must be a device pointer");
+  const auto* in = reinterpret_cast<const __nv_bfloat16*>(qkv);
+  auto* dst = reinterpret_cast<__nv_bfloat16*>(out);
+  switch (path) {
+  case AttentionPath::cudnn:
+    ad::cudnn_attention(qkv, out, batch, tokens, heads, head_dim, stream);
+    return;
+  case AttentionPath::reference:
+    require(attention_supported(path, head_dim), "attention head_dim", head_dim,
+            "the reference path supports 1..256");
+    ad::launch_reference(in, dst, batch, tokens, heads, head_dim, stream);
+    return;
+  case AttentionPath::flash:
+    attention_flash(qkv, out, batch, tokens, heads, head_dim,
+                    flash_tiling(batch, tokens, heads, head_dim), stream);
+    return;
+  }
+  throw_invalid_argument("attention path", static_cast<int>(path), "is unknown");
 }
 
 } // namespace tstitch::cuda::kernels

@@ -50,10 +50,28 @@ void attention(const std::uint16_t* qkv, std::uint16_t* out, int batch, int toke
 /// Whether `attention` supports this path and head dimension in this build.
 [[nodiscard]] bool attention_supported(AttentionPath path, int head_dim);
 
-/// Warps per CTA of the flash path for this problem on the current device: 8 (128 queries per
-/// CTA), or 4 (64 queries) when 8-warp CTAs would fill fewer than 1.5 waves of the device's
-/// multiprocessors at two CTAs each.
-[[nodiscard]] int flash_warps_per_cta(int batch, int tokens, int heads);
+/// The CTA shape of the flash path: `warps` warps, each owning `rows_per_warp` query rows (16 =
+/// one tensor-core M tile, or 32 = two, which halves the shared-memory reads per mma because
+/// every K and V fragment serves both tiles). A CTA covers warps * rows_per_warp queries.
+struct FlashTiling {
+  int warps = 4;
+  int rows_per_warp = 32;
+  friend constexpr bool operator==(FlashTiling, FlashTiling) = default;
+};
+
+/// The tilings the flash path is built for (each is a kernel instantiation per head dimension).
+inline constexpr FlashTiling flash_tilings[] = {{4, 16}, {8, 16}, {4, 32}};
+
+/// The tiling `attention` uses for this problem on the current device: 4 x 16 (64 queries per
+/// CTA) when 128-query CTAs would fill fewer than 1.5 waves of the multiprocessors at two per SM
+/// (short sequences at small batch); else 4 x 32 (128 queries) up to head dim 96, and 8 x 16
+/// above it (where two M tiles per warp no longer fit the registers without spilling).
+[[nodiscard]] FlashTiling flash_tiling(int batch, int tokens, int heads, int head_dim);
+
+/// `attention` on the flash path with an explicit tiling (tests and benchmarks compare them);
+/// throws tstitch::invalid_argument for a tiling not in flash_tilings.
+void attention_flash(const std::uint16_t* qkv, std::uint16_t* out, int batch, int tokens,
+                     int heads, int head_dim, FlashTiling tiling, cudaStream_t stream);
 
 // ---- the element-wise kernels of the DiT forward (definitions: dit_kernels.cuh) -------------
 //
