@@ -67,7 +67,7 @@ std::string tiling_text(tstitch::cuda::kernels::FlashTiling t) {
   return std::to_string(t.warps) + "x" + std::to_string(t.rows_per_warp);
 }
 
-// "auto:4x32" for the flash path's own choice, "8x16" for a forced tiling, "-" for other paths.
+// "auto:4x32" for the flash path's own choice, "4x16" for a forced tiling, "-" for other paths.
 std::string tiling_column(const Config& c) {
   namespace k = tstitch::cuda::kernels;
   if (c.path != AttentionPath::flash)

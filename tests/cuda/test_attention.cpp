@@ -340,7 +340,7 @@ TEST_CASE("cuda attention: the automatic flash tiling follows the grid size and 
   CHECK(k::flash_tiling(2, tokens, 6, 64) == k::FlashTiling{4, 16});
   CHECK(k::flash_tiling(wide_batch, tokens, heads, 64) == k::FlashTiling{4, 32});
   CHECK(k::flash_tiling(wide_batch, tokens, heads, 96) == k::FlashTiling{4, 32});
-  CHECK(k::flash_tiling(wide_batch, tokens, heads, 128) == k::FlashTiling{8, 16});
+  CHECK(k::flash_tiling(wide_batch, tokens, heads, 128) == k::FlashTiling{4, 16});
 }
 
 TEST_CASE("cuda attention: reference path handles head dims flash does not", "[cuda][attention]") {

@@ -2,19 +2,21 @@
 #pragma once
 
 // Multi-head self-attention of DiT on the GPU: the launchers declared in tstitch/cuda/kernels.hpp
-// (attention, attention_supported) and their kernels. Compiled by nvcc in exactly one translation
-// unit (tstitch/cuda/tstitch_cuda.cu). Helper host functions are `inline`; the two public
-// launchers are ordinary external definitions (see the note above attention_supported).
+// (attention, attention_flash, flash_tiling, attention_supported) and their kernels. Compiled by
+// nvcc in exactly one translation unit (tstitch/cuda/tstitch_cuda.cu). Helper host functions are
+// `inline`; the public ones are ordinary external definitions (see the note above flash_tiling).
 //
-// Two paths:
-//   flash      FlashAttention-2 style. One CTA per (sample, head, query tile), each warp owning
-//              16 or 32 query rows (one or two mma M tiles) for the whole kernel; the CTA shape
-//              is a kernels::FlashTiling. The CTA walks the keys in 64-key tiles: S = Q K^T and O += P V on tensor cores (mma.sync m16n8k16 bf16 -> fp32),
-//              online softmax in fp32 registers (running row max and row sum), P never leaves
-//              registers (the S accumulator fragment is, after bf16 packing, exactly the A
-//              fragment of the P V mma). K and V each have one shared-memory buffer and their
-//              cp.async loads ping-pong: V(i) is fetched while S(i) is computed, K(i+1) while
-//              P(i) V(i) is computed.
+// Three paths:
+//   flash      FlashAttention-2 style. One CTA per (sample, head, query tile) of 4 warps, each
+//              warp owning 16 or 32 query rows (one or two mma M tiles) for the whole kernel;
+//              the CTA shape is a kernels::FlashTiling. The CTA walks the keys in 64-key tiles:
+//              S = Q K^T and O += P V on tensor cores (mma.sync m16n8k16 bf16 -> fp32), online
+//              softmax in fp32 registers (running row max and row sum), P never leaves registers
+//              (the S accumulator fragment is, after bf16 packing, exactly the A fragment of the
+//              P V mma). K and V tiles are double-buffered in shared memory and requested one
+//              step ahead (one __syncthreads per key tile). At one M tile per warp the loop is
+//              software-pipelined: S(i+1) is computed on the tensor cores while the softmax of
+//              S(i) runs its exp2 on the special-function units.
 //   reference  Plain fp32 math, one CTA per (sample, query, head), two passes over the keys
 //              (row max, then exp-weighted V). Slow, obviously correct, any head_dim <= 256: the
 //              GPU-side check of `flash`.
@@ -27,6 +29,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "tstitch/core/error.hpp"
 #include "tstitch/cuda/cudnn_attention.cuh"
@@ -44,11 +47,11 @@ inline constexpr int kFlashMaxHeadDim = 128;
 inline constexpr int kReferenceMaxHeadDim = 256;
 
 // W warps per CTA, each owning MT mma M tiles (16 MT query rows). The tilings offered
-// (kernels::flash_tilings, warps x rows per warp) are 4x16, 8x16 and 4x32; kernels::flash_tiling
-// says which one a problem gets.
+// (kernels::flash_tilings, warps x rows per warp) are 4x16 and 4x32; kernels::flash_tiling says
+// which one a problem gets.
 template <int HD, int W, int MT> struct FlashShape {
   static_assert(HD % 8 == 0 && HD >= kFlashMinHeadDim && HD <= kFlashMaxHeadDim);
-  static_assert(W == 4 || W == 8);
+  static_assert(W == 4);
   static_assert(MT == 1 || MT == 2);
   // The Q K^T contraction runs in k16 steps, so it is padded to a multiple of 16 (72 -> 80) with
   // zero columns in shared memory; P V's output dimension runs in n8 tiles and needs no padding.
@@ -62,20 +65,25 @@ template <int HD, int W, int MT> struct FlashShape {
   static constexpr int kRowsPerWarp = 16 * MT;
   static constexpr int kBlockM = kRowsPerWarp * kWarps; // queries per CTA
   static constexpr int kBlockN = 64;                    // keys per iteration
-  // One M tile per warp: at least 512 threads per SM, so at most 128 registers per thread. Two M
-  // tiles double the S and O accumulators; 256 threads per SM leave them up to 255 registers.
-  static constexpr int kMinBlocksPerSm = MT == 1 ? 16 / W : 8 / W;
+  // Registers: the pipelined key loop holds two tiles of S (32 MT each) beside O (MT HD / 2).
+  // One M tile per warp: 384 threads per SM, so at most 168 registers per thread; two M tiles:
+  // 256 threads per SM, up to 255 registers.
+  static constexpr int kMinBlocksPerSm = MT == 1 ? 12 / W : 8 / W;
+  // Two live S tiles fit only at one M tile (ptxas, sm_90: 168 registers at HD 64 and 72 without
+  // spilling; with two M tiles 255 registers and spills from HD 48 on), so two M tiles compute
+  // S(it + 1) after P(it) V(it) instead of during the softmax.
+  static constexpr bool kPipelined = MT == 1;
   static constexpr int kChunks = HD / 8;         // 16-byte chunks per q/k/v row in global memory
   static constexpr int kQkSteps = kPadDim / 16;  // k16 steps of Q K^T
   static constexpr int kSTiles = kBlockN / 8;    // n8 tiles of S per M tile
   static constexpr int kPvSteps = kBlockN / 16;  // k16 steps of P V
   static constexpr int kOTiles = HD / 8;         // n8 tiles of O per M tile
-  static constexpr int kSmemBytes = (kBlockM + 2 * kBlockN) * kStride * 2; // Q, K, V (bf16)
+  // Q, then two buffers each of K and V (bf16).
+  static constexpr int kSmemBytes = (kBlockM + 4 * kBlockN) * kStride * 2;
   // Q's A fragments (MT * kQkSteps * 4 registers) stay in registers across the key loop only
-  // while they fit beside S (32 MT) and O (MT HD / 2) under the register cap above; above HD 64
-  // they are re-read from shared memory every key tile (+25% ldmatrix in Q K^T at MT 1), which
-  // beats spilling (ptxas: HD 72 spilled 32 bytes with Q in registers at MT 1).
-  static constexpr bool kQInRegisters = HD <= 64;
+  // at one M tile and HD <= 64; otherwise they are re-read from shared memory for every key tile
+  // (+25% ldmatrix in Q K^T at MT 1), which beats spilling.
+  static constexpr bool kQInRegisters = MT == 1 && HD <= 64;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -96,6 +104,10 @@ __device__ __forceinline__ void cp_async_16(std::uint32_t dst, const void* src, 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+// Waits until at most the most recently committed group is still in flight.
+__device__ __forceinline__ void cp_async_wait_one() {
+  asm volatile("cp.async.wait_group 1;\n" ::: "memory");
 }
 
 __device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], std::uint32_t address) {
@@ -174,13 +186,14 @@ __global__ void __launch_bounds__(FlashShape<HD, W, MT>::kThreads,
     flash_attention_kernel(const __nv_bfloat16* __restrict__ qkv, __nv_bfloat16* __restrict__ out,
                            int tokens, int heads, int q_tiles, float scale_log2) {
   using S = FlashShape<HD, W, MT>;
+  using Scores = float[MT][S::kSTiles][4]; // S (then P) of one key tile, as mma accumulators
+  constexpr std::uint32_t kTileBytes = S::kBlockN * S::kStride * 2; // one K or V buffer
   extern __shared__ __align__(16) unsigned char flash_smem[];
+  // Layout: Q | K buffer 0 | K buffer 1 | V buffer 0 | V buffer 1. Key tile i lives in buffer i % 2.
   __nv_bfloat16* const sQ = reinterpret_cast<__nv_bfloat16*>(flash_smem);
-  __nv_bfloat16* const sK = sQ + S::kBlockM * S::kStride;
-  __nv_bfloat16* const sV = sK + S::kBlockN * S::kStride;
   const std::uint32_t sQ_addr = smem_address(sQ);
-  const std::uint32_t sK_addr = smem_address(sK);
-  const std::uint32_t sV_addr = smem_address(sV);
+  const std::uint32_t sK_addr = sQ_addr + S::kBlockM * S::kStride * 2;
+  const std::uint32_t sV_addr = sK_addr + 2 * kTileBytes;
 
   const int tid = static_cast<int>(threadIdx.x);
   const int warp = tid >> 5;
@@ -195,20 +208,25 @@ __global__ void __launch_bounds__(FlashShape<HD, W, MT>::kThreads,
   const __nv_bfloat16* const k_base = q_base + static_cast<std::int64_t>(heads) * HD;
   const __nv_bfloat16* const v_base = k_base + static_cast<std::int64_t>(heads) * HD;
   const int q0 = q_tile * S::kBlockM;
+  const int kv_tiles = (tokens + S::kBlockN - 1) / S::kBlockN;
 
   // Zero the contraction padding (columns HD..kPadDim-1, exactly one 16-byte chunk when present)
-  // of every Q and K row once; cp.async never writes there afterwards. sK follows sQ directly.
+  // of every Q row and both K buffers once; cp.async never writes there afterwards.
   if constexpr (S::kPadDim != HD) {
-    for (int r = tid; r < S::kBlockM + S::kBlockN; r += S::kThreads)
+    for (int r = tid; r < S::kBlockM + 2 * S::kBlockN; r += S::kThreads)
       *reinterpret_cast<uint4*>(sQ + r * S::kStride + HD) = make_uint4(0u, 0u, 0u, 0u);
   }
 
-  // Prologue: Q tile and the first K tile in one group.
+  // Prologue: group 1 = Q and K(0); group 2 = V(0) and K(1).
   load_tile_async<S, S::kBlockM>(sQ_addr, q_base, q0, tokens, row_stride);
   load_tile_async<S, S::kBlockN>(sK_addr, k_base, 0, tokens, row_stride);
   cp_async_commit();
-  cp_async_wait_all();
-  __syncthreads();
+  load_tile_async<S, S::kBlockN>(sV_addr, v_base, 0, tokens, row_stride);
+  if (kv_tiles > 1)
+    load_tile_async<S, S::kBlockN>(sK_addr + kTileBytes, k_base, S::kBlockN, tokens, row_stride);
+  cp_async_commit();
+  cp_async_wait_one(); // group 1 landed (this thread's part) ...
+  __syncthreads();     // ... everyone's
 
   // This warp's rows [warp_row0, warp_row0 + 16 MT): M tile mt is rows warp_row0 + 16 mt + 0..15.
   // Their A fragments (rows lane % 16, column half lane / 16 of each k16 step) stay in registers
@@ -226,6 +244,37 @@ __global__ void __launch_bounds__(FlashShape<HD, W, MT>::kThreads,
       for (int ks = 0; ks < S::kQkSteps; ++ks)
         ldmatrix_x4(qf[mt][ks], q_frag_addr + mt * kMTileBytes + ks * 32);
   }
+
+  // k16 step ks of S = Q K^T for 16 MT rows x 64 keys, K from the buffer at k_tile. K is stored
+  // [key][dim], which is B = K^T "col" layout: non-transposed ldmatrix gives B fragments
+  // directly; one x4 covers two n8 key tiles and serves every M tile of the warp.
+  const auto qk_step = [&](Scores& s, std::uint32_t k_tile, int ks) {
+    const int qi = S::kQInRegisters ? ks : 0;
+    if constexpr (!S::kQInRegisters) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+        ldmatrix_x4(qf[mt][0], q_frag_addr + mt * kMTileBytes + ks * 32);
+    }
+#pragma unroll
+    for (int jp = 0; jp < S::kSTiles / 2; ++jp) {
+      std::uint32_t kb[4];
+      const int key = jp * 16 + (lane & 7) + ((lane >> 4) << 3);
+      const int col = ks * 16 + ((lane >> 3) & 1) * 8;
+      ldmatrix_x4(kb, k_tile + static_cast<std::uint32_t>((key * S::kStride + col) * 2));
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma_bf16_16816(s[mt][2 * jp], qf[mt][qi], kb[0], kb[1]);
+        mma_bf16_16816(s[mt][2 * jp + 1], qf[mt][qi], kb[2], kb[3]);
+      }
+    }
+  };
+  const auto clear = [](Scores& s) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < S::kSTiles; ++j)
+        s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
+  };
 
   // Accumulator fragment layout (m16n8): this thread owns rows g = lane/4 and g + 8 of each M
   // tile, columns 2 * (lane % 4) + {0, 1} of each n8 tile; elements [0..1] are row g, [2..3]
@@ -245,60 +294,42 @@ __global__ void __launch_bounds__(FlashShape<HD, W, MT>::kThreads,
     row_sum[mt][0] = row_sum[mt][1] = 0.f;
   }
 
-  const int kv_tiles = (tokens + S::kBlockN - 1) / S::kBlockN;
-  for (int it = 0; it < kv_tiles; ++it) {
+  // One key tile: S(it) (in `cur`, computed the step before) becomes P, the O accumulators are
+  // rescaled, P V(it) is added and S(it + 1) = Q K(it+1)^T is computed into `next` (not in the
+  // last step, has_next false). Software pipelining (kPipelined): the mma of S(it + 1) are issued
+  // between the softmax's exp2 instructions, so the tensor cores work while the special-function
+  // units do.
+  // Shared memory at entry: V(it) and K(it + 1) were requested one step earlier.
+  const auto step = [&](auto has_next, int it, Scores& cur, Scores& next) {
+    constexpr bool kHasNext = decltype(has_next)::value;
     const int kv0 = it * S::kBlockN;
-    if (it > 0) {
-      cp_async_wait_all(); // K(it) landed (this thread's part) ...
-      __syncthreads();     // ... everyone's part, and every warp is done reading V(it-1)
-    }
-    load_tile_async<S, S::kBlockN>(sV_addr, v_base, kv0, tokens, row_stride);
+    cp_async_wait_all(); // V(it) and K(it + 1) landed (this thread's part) ...
+    __syncthreads();     // ... everyone's, and every warp is done with step it - 1, which read
+                         // V(it - 1) and K(it): their buffers take V(it + 1) and K(it + 2).
+    if (it + 1 < kv_tiles)
+      load_tile_async<S, S::kBlockN>(sV_addr + ((it + 1) & 1) * kTileBytes, v_base,
+                                     kv0 + S::kBlockN, tokens, row_stride);
+    if (it + 2 < kv_tiles)
+      load_tile_async<S, S::kBlockN>(sK_addr + (it & 1) * kTileBytes, k_base,
+                                     kv0 + 2 * S::kBlockN, tokens, row_stride);
     cp_async_commit();
 
-    // S = Q K^T for 16 MT rows x 64 keys. K is stored [key][dim], which is B = K^T "col" layout:
-    // non-transposed ldmatrix gives B fragments directly; one x4 covers two n8 key tiles, and
-    // serves every M tile of the warp (with MT = 2, half the shared-memory reads per mma).
-    float s[MT][S::kSTiles][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int j = 0; j < S::kSTiles; ++j)
-        s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
-#pragma unroll
-    for (int ks = 0; ks < S::kQkSteps; ++ks) {
-      const int qi = S::kQInRegisters ? ks : 0;
-      if constexpr (!S::kQInRegisters) {
+    // Keys past the sequence end (only in the last tile) get -inf: exp2 turns them into 0.
+    if constexpr (!kHasNext) {
+      if (kv0 + S::kBlockN > tokens) {
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
-          ldmatrix_x4(qf[mt][0], q_frag_addr + mt * kMTileBytes + ks * 32);
-      }
 #pragma unroll
-      for (int jp = 0; jp < S::kSTiles / 2; ++jp) {
-        std::uint32_t kb[4];
-        const int key = jp * 16 + (lane & 7) + ((lane >> 4) << 3);
-        const int col = ks * 16 + ((lane >> 3) & 1) * 8;
-        ldmatrix_x4(kb, sK_addr + static_cast<std::uint32_t>((key * S::kStride + col) * 2));
+          for (int j = 0; j < S::kSTiles; ++j)
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          mma_bf16_16816(s[mt][2 * jp], qf[mt][qi], kb[0], kb[1]);
-          mma_bf16_16816(s[mt][2 * jp + 1], qf[mt][qi], kb[2], kb[3]);
-        }
+            for (int e = 0; e < 4; ++e)
+              if (kv0 + j * 8 + 2 * (lane & 3) + (e & 1) >= tokens)
+                cur[mt][j][e] = kNegInf;
       }
     }
 
-    // Keys past the sequence end (only in the last tile) get -inf: exp2 turns them into 0.
-    if (kv0 + S::kBlockN > tokens) {
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int j = 0; j < S::kSTiles; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e)
-            if (kv0 + j * 8 + 2 * (lane & 3) + (e & 1) >= tokens)
-              s[mt][j][e] = kNegInf;
-    }
-
-    // Online softmax. The scale 1/sqrt(HD) and log2(e) are folded into one fma before exp2.
+    // Online softmax, part 1: the new row max, and the old sum and O rescaled to it.
+    float m_scaled[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -306,59 +337,65 @@ __global__ void __launch_bounds__(FlashShape<HD, W, MT>::kThreads,
         float m = row_max[mt][r];
 #pragma unroll
         for (int j = 0; j < S::kSTiles; ++j)
-          m = fmaxf(m, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
+          m = fmaxf(m, fmaxf(cur[mt][j][2 * r], cur[mt][j][2 * r + 1]));
         // The 4 threads of a quad share the row.
         m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
         m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
         // Key 0 is always valid, so m is finite from the first tile on; the guard keeps a fully
         // masked row from computing (-inf) - (-inf) = NaN should that ever change.
-        const float m_scaled = (m == kNegInf) ? 0.f : m * scale_log2;
-        const float correction = fast_exp2(row_max[mt][r] * scale_log2 - m_scaled);
+        m_scaled[mt][r] = (m == kNegInf) ? 0.f : m * scale_log2;
+        const float correction = fast_exp2(row_max[mt][r] * scale_log2 - m_scaled[mt][r]);
         row_max[mt][r] = m;
-        float sum = row_sum[mt][r] * correction;
+        row_sum[mt][r] *= correction;
 #pragma unroll
         for (int j = 0; j < S::kOTiles; ++j) {
           o[mt][j][2 * r] *= correction;
           o[mt][j][2 * r + 1] *= correction;
         }
-#pragma unroll
-        for (int j = 0; j < S::kSTiles; ++j) {
-          const float p0 = fast_exp2(fmaf(s[mt][j][2 * r], scale_log2, -m_scaled));
-          const float p1 = fast_exp2(fmaf(s[mt][j][2 * r + 1], scale_log2, -m_scaled));
-          s[mt][j][2 * r] = p0;
-          s[mt][j][2 * r + 1] = p1;
-          sum += p0 + p1;
-        }
-        row_sum[mt][r] = sum;
       }
     }
 
-    cp_async_wait_all(); // V(it) landed ...
-    __syncthreads();     // ... everywhere, and every warp is done reading K(it)
-    if (it + 1 < kv_tiles) {
-      load_tile_async<S, S::kBlockN>(sK_addr, k_base, kv0 + S::kBlockN, tokens, row_stride);
-      cp_async_commit();
+    // Part 2: P = exp2(S * scale * log2(e) - max); n8 tile j is exponentiated right after k16
+    // step j % kQkSteps of the next tile's Q K^T is issued (kQkSteps <= kSTiles: HD <= 128).
+    const std::uint32_t next_k_tile = sK_addr + ((it + 1) & 1) * kTileBytes;
+    if constexpr (kHasNext && S::kPipelined)
+      clear(next);
+#pragma unroll
+    for (int ks = 0; ks < S::kQkSteps; ++ks) {
+      if constexpr (kHasNext && S::kPipelined)
+        qk_step(next, next_k_tile, ks);
+#pragma unroll
+      for (int j = ks; j < S::kSTiles; j += S::kQkSteps)
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float p = fast_exp2(fmaf(cur[mt][j][e], scale_log2, -m_scaled[mt][e >> 1]));
+            cur[mt][j][e] = p;
+            row_sum[mt][e >> 1] += p;
+          }
     }
 
-    // O += P V. The S accumulators of n8 tiles 2kk and 2kk+1, packed to bf16, are the A fragment
-    // of k16 step kk. V is stored [key][dim] (row-major k x n), so B comes from ldmatrix.trans;
-    // each V fragment serves every M tile of the warp.
+    // O += P V(it). The P accumulators of n8 tiles 2kk and 2kk+1, packed to bf16, are the A
+    // fragment of k16 step kk. V is stored [key][dim] (row-major k x n), so B comes from
+    // ldmatrix.trans; each V fragment serves every M tile of the warp.
+    const std::uint32_t v_tile = sV_addr + (it & 1) * kTileBytes;
 #pragma unroll
     for (int kk = 0; kk < S::kPvSteps; ++kk) {
       std::uint32_t pa[MT][4];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        pa[mt][0] = pack_bf16x2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-        pa[mt][1] = pack_bf16x2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-        pa[mt][2] = pack_bf16x2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-        pa[mt][3] = pack_bf16x2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        pa[mt][0] = pack_bf16x2(cur[mt][2 * kk][0], cur[mt][2 * kk][1]);
+        pa[mt][1] = pack_bf16x2(cur[mt][2 * kk][2], cur[mt][2 * kk][3]);
+        pa[mt][2] = pack_bf16x2(cur[mt][2 * kk + 1][0], cur[mt][2 * kk + 1][1]);
+        pa[mt][3] = pack_bf16x2(cur[mt][2 * kk + 1][2], cur[mt][2 * kk + 1][3]);
       }
 #pragma unroll
       for (int jp = 0; jp < S::kOTiles / 2; ++jp) {
         std::uint32_t vb[4];
         const int key = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
         const int col = jp * 16 + (lane >> 4) * 8;
-        ldmatrix_x4_trans(vb, sV_addr + static_cast<std::uint32_t>((key * S::kStride + col) * 2));
+        ldmatrix_x4_trans(vb, v_tile + static_cast<std::uint32_t>((key * S::kStride + col) * 2));
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
           mma_bf16_16816(o[mt][2 * jp], pa[mt], vb[0], vb[1]);
@@ -369,12 +406,41 @@ __global__ void __launch_bounds__(FlashShape<HD, W, MT>::kThreads,
         std::uint32_t vb[2];
         const int key = kk * 16 + (lane & 15);
         const int col = (S::kOTiles - 1) * 8;
-        ldmatrix_x2_trans(vb, sV_addr + static_cast<std::uint32_t>((key * S::kStride + col) * 2));
+        ldmatrix_x2_trans(vb, v_tile + static_cast<std::uint32_t>((key * S::kStride + col) * 2));
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
           mma_bf16_16816(o[mt][S::kOTiles - 1], pa[mt], vb[0], vb[1]);
       }
     }
+
+    // Without pipelining, S(it + 1) is computed after P(it) is dead, in the same registers.
+    if constexpr (kHasNext && !S::kPipelined) {
+      clear(next);
+#pragma unroll
+      for (int ks = 0; ks < S::kQkSteps; ++ks)
+        qk_step(next, next_k_tile, ks);
+    }
+  };
+
+  // S(0), then the key tiles two at a time so that `cur` and `next` swap roles by name, not by
+  // copying registers; the last tile is the step without a next one.
+  Scores s_a, s_b;
+  clear(s_a);
+#pragma unroll
+  for (int ks = 0; ks < S::kQkSteps; ++ks)
+    qk_step(s_a, sK_addr, ks);
+  using Next = std::true_type;
+  using Last = std::false_type;
+  int it = 0;
+  for (; it + 2 < kv_tiles; it += 2) {
+    step(Next{}, it, s_a, s_b);
+    step(Next{}, it + 1, s_b, s_a);
+  }
+  if (it + 2 == kv_tiles) {
+    step(Next{}, it, s_a, s_b);
+    step(Last{}, it + 1, s_b, s_a);
+  } else {
+    step(Last{}, it, s_a, s_b);
   }
 
   // Epilogue: finish the row sums across the quad, normalise, and stage the bf16 rows in this
@@ -471,14 +537,12 @@ void launch_flash(const __nv_bfloat16* qkv, __nv_bfloat16* out, int batch, int t
                   FlashTiling tiling, cudaStream_t stream) {
   if (tiling == FlashTiling{4, 16})
     launch_flash_shape<HD, 4, 1>(qkv, out, batch, tokens, heads, stream);
-  else if (tiling == FlashTiling{8, 16})
-    launch_flash_shape<HD, 8, 1>(qkv, out, batch, tokens, heads, stream);
   else if (tiling == FlashTiling{4, 32})
     launch_flash_shape<HD, 4, 2>(qkv, out, batch, tokens, heads, stream);
   else
     throw_invalid_argument("attention flash tiling (warps x rows per warp)",
                            detail::concat(tiling.warps, "x", tiling.rows_per_warp),
-                           "is not offered (kernels::flash_tilings: 4x16, 8x16, 4x32)");
+                           "is not offered (kernels::flash_tilings: 4x16, 4x32)");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -607,7 +671,7 @@ FlashTiling flash_tiling(int batch, int tokens, int heads, int head_dim) {
     return {4, 16};
   // ptxas (sm_90): two M tiles per warp use 225-255 registers up to head dim 96 without spilling,
   // and spill 8-20 bytes from 104 on.
-  return head_dim <= 96 ? FlashTiling{4, 32} : FlashTiling{8, 16};
+  return head_dim <= 96 ? FlashTiling{4, 32} : FlashTiling{4, 16};
 }
 
 bool attention_supported(AttentionPath path, int head_dim) {
