@@ -320,6 +320,15 @@ for key in keys:
           f"{fmt(o.get('ms_cudnn_attention'), 3):>10s} "
           f"{fmt(100 * frac * ms / o['ms_cudnn_attention'] if frac and ms and o.get('ms_cudnn_attention') else None, 1):>5s}")
 
+# The first predict of each batch size (allocation, GEMM algorithm timing, graph capture, one
+# replay; host wall time): the cost DitModel::prepare moves out of the first frame.
+first = {}
+for r in rows:
+    if r.get("first_call_ms") is not None:
+        first.setdefault(r["model"], []).append(f"{r['images']}: {fmt(r['first_call_ms'], 1)}")
+for m, items in first.items():
+    print(f"first call {m} (images: ms): " + ", ".join(items))
+
 for m, mem in ((ours or {}).get("memory") or {}).items():
     if "total" in mem:
         print(f"memory DiT-{m}: weights {mem['weights'] / 2**20:.1f} MiB, activations "

@@ -332,7 +332,7 @@ TEST_CASE("cuda attention: the automatic flash tiling follows the grid size and 
     return;
   namespace k = tstitch::cuda::kernels;
   // Few CTAs (short sequences, small batch): 64-query CTAs; enough for 1.5 waves of two
-  // 128-query CTAs per multiprocessor: 4 x 32, or 8 x 16 above head dim 96. The batch for the
+  // 128-query CTAs per multiprocessor: 4 x 32, or 4 x 16 above head dim 96. The batch for the
   // latter follows the device's SM count.
   const int sms = tstitch::cuda::device_info().multiprocessors;
   const int heads = 16, tokens = 256;

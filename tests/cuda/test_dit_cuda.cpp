@@ -153,6 +153,22 @@ TEST_CASE("CUDA DiT-S/2 with random weights matches the CPU DiT", "[cuda][dit]")
       CHECK_THROWS_WITH(gpu.set_attention(cuda::AttentionPath::cudnn), Catch::Contains("cudnn"));
     }
   }
+  SECTION("prepare() does a batch size's first-call work ahead, without changing the numbers") {
+    cuda::DitModel prepared(dit::Weights::random(c, 7), "DiT-S/2, prepared");
+    const std::int64_t before = prepared.memory().activations;
+    prepared.prepare(static_cast<int>(labels.size()));
+    const std::int64_t after = prepared.memory().activations;
+    CHECK(after > before);
+    prepared.prepare(static_cast<int>(labels.size())); // a prepared size: nothing to do
+    const Outputs o = compare_batch(cpu, prepared, 700.0, labels, 9);
+    CHECK(prepared.memory().activations == after); // predict found its batch size ready
+    CHECK(relative_l2(o.gpu, o.cpu, "prepared DiT-S/2 vs CPU") < 1e-2);
+    prepared.set_graphs(false);
+    prepared.prepare(2); // without graphs: activations and GEMM timing only
+    CHECK(prepared.memory().activations > after);
+    CHECK_THROWS_AS(prepared.prepare(0), invalid_argument);
+    CHECK_THROWS_WITH(prepared.prepare(0), Catch::Contains("prepare batch = 0"));
+  }
   SECTION("memory report") {
     const cuda::MemoryReport m = gpu.memory();
     std::printf("DiT-S/2 memory: weights %lld B, activations %lld B, workspace %lld B\n",

@@ -33,10 +33,11 @@ struct MemoryReport {
 /// Each batch size's forward is captured once as a CUDA graph and replayed: a call costs one
 /// small kernel that copies x, the timestep and the labels to where the graph reads them, the
 /// graph launch, and a device-to-device copy of the output; no allocation, no host
-/// synchronisation. The first call of a batch size is the exception: it runs the forward once
-/// directly (timing the candidate GEMM algorithms of its shapes, which waits for the GPU), then
-/// captures; so is the first call with a new label vector (one upload). Weights are uploaded once
-/// (bf16, from F32/F16/BF16 files); the host copy is not kept.
+/// synchronisation. The first call of a batch size is the exception: it allocates that batch's
+/// activations, runs the forward once directly (timing the candidate GEMM algorithms of its
+/// shapes, which waits for the GPU), then captures; prepare() does this ahead of time. A new
+/// label vector costs one asynchronous upload at its first call. Weights are uploaded once (bf16,
+/// from F32/F16/BF16 files); the host copy is not kept.
 class DitModel {
 public:
   using condition_type = std::vector<int>;
@@ -60,6 +61,13 @@ public:
   /// Raw output (N, out_channels, H, W) for latents x (N, C, H, W) at ctx.point.timestep, both
   /// in device memory; labels on the host, one per row in [0, num_classes].
   void predict(ConstView x, const StepContext& ctx, const condition_type& labels, View out);
+
+  /// Does the first-call work of batch size `batch` now (activations, GEMM algorithm timing and,
+  /// with graphs on, the graph capture) and waits for it, so that a later predict() of that
+  /// size neither allocates nor waits: for a renderer, at load time instead of in the first
+  /// frame. Calling it again for a prepared size does nothing; set_attention() keeps the
+  /// activations and timings but drops the graphs. Throws invalid_argument for batch < 1.
+  void prepare(int batch);
 
   /// Attention implementation (default flash; reference where flash lacks the head dimension).
   void set_attention(AttentionPath path);

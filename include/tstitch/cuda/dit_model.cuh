@@ -374,6 +374,26 @@ struct DitModel::Impl {
     TSTITCH_CUDA_CHECK(cudaGraphInstantiate(&act.exec, act.graph, 0));
   }
 
+  void prepare(int n) {
+    require(n >= 1, "DitModel::prepare batch", n, "must be at least 1");
+    dit_detail::Activations& act = activations_for(n);
+    if (graphs && act.exec != nullptr)
+      return;
+    // The forward needs valid inputs, whatever they are (predict overwrites them before every
+    // replay): zero latents at t = 0, class 0.
+    TSTITCH_CUDA_CHECK(
+        cudaMemsetAsync(act.x_in.data(), 0, static_cast<std::size_t>(act.x_in.bytes()), stream));
+    TSTITCH_CUDA_CHECK(
+        cudaMemsetAsync(act.t.data(), 0, static_cast<std::size_t>(act.t.bytes()), stream));
+    TSTITCH_CUDA_CHECK(cudaMemsetAsync(act.labels.data(), 0,
+                                       static_cast<std::size_t>(act.labels.bytes()), stream));
+    if (graphs)
+      capture(act);
+    else
+      forward(act); // times the GEMM algorithms of new shapes
+    TSTITCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
   void predict(ConstView x, const StepContext& ctx, const std::vector<int>& labels, View out) {
     dit::check_forward(config, x, out, labels, ctx.point.timestep, "CUDA DiT");
     const std::int64_t n = x.batch();
@@ -420,6 +440,8 @@ void DitModel::predict(ConstView x, const StepContext& ctx, const condition_type
                        View out) {
   impl_->predict(x, ctx, labels, out);
 }
+
+void DitModel::prepare(int batch) { impl_->prepare(batch); }
 
 void DitModel::set_attention(AttentionPath path) {
   const int head_dim = static_cast<int>(impl_->config.head_dim());
