@@ -649,6 +649,16 @@ inline void launch_reference(const __nv_bfloat16* qkv, __nv_bfloat16* out, int b
   TSTITCH_CUDA_CHECK(cudaGetLastError());
 }
 
+// The checks every path shares (the path-specific ones follow in each).
+inline void check_attention_arguments(const std::uint16_t* qkv, const std::uint16_t* out,
+                                      int batch, int tokens, int heads) {
+  require(batch >= 1, "attention batch", batch, "must be at least 1");
+  require(tokens >= 1, "attention tokens", tokens, "must be at least 1");
+  require(heads >= 1, "attention heads", heads, "must be at least 1");
+  require(qkv != nullptr, "attention qkv", "nullptr", "must be a device pointer");
+  require(out != nullptr, "attention out", "nullptr", "must be a device pointer");
+}
+
 inline bool flash_head_dim_ok(int head_dim) {
   return head_dim % 8 == 0 && head_dim >= kFlashMinHeadDim && head_dim <= kFlashMaxHeadDim;
 }
@@ -689,11 +699,7 @@ bool attention_supported(AttentionPath path, int head_dim) {
 void attention_flash(const std::uint16_t* qkv, std::uint16_t* out, int batch, int tokens,
                      int heads, int head_dim, FlashTiling tiling, cudaStream_t stream) {
   namespace ad = attention_detail;
-  require(batch >= 1, "attention batch", batch, "must be at least 1");
-  require(tokens >= 1, "attention tokens", tokens, "must be at least 1");
-  require(heads >= 1, "attention heads", heads, "must be at least 1");
-  require(qkv != nullptr, "attention qkv", "nullptr", "must be a device pointer");
-  require(out != nullptr, "attention out", "nullptr", "must be a device pointer");
+  ad::check_attention_arguments(qkv, out, batch, tokens, heads);
   require(attention_supported(AttentionPath::flash, head_dim), "attention head_dim", head_dim,
           "the flash path supports multiples of 8 from 8 to 128");
   // cp.async and the output stores move 16-byte chunks; with head_dim % 8 == 0 every row offset
@@ -735,11 +741,7 @@ void attention_flash(const std::uint16_t* qkv, std::uint16_t* out, int batch, in
 void attention(const std::uint16_t* qkv, std::uint16_t* out, int batch, int tokens, int heads,
                int head_dim, AttentionPath path, cudaStream_t stream) {
   namespace ad = attention_detail;
-  require(batch >= 1, "attention batch", batch, "must be at least 1");
-  require(tokens >= 1, "attention tokens", tokens, "must be at least 1");
-  require(heads >= 1, "attention heads", heads, "must be at least 1");
-  require(qkv != nullptr, "attention qkv", "nullptr", "must be a device pointer");
-  require(out != nullptr, "attention out", "nullptr", "must be a device pointer");
+  ad::check_attention_arguments(qkv, out, batch, tokens, heads);
   const auto* in = reinterpret_cast<const __nv_bfloat16*>(qkv);
   auto* dst = reinterpret_cast<__nv_bfloat16*>(out);
   switch (path) {
