@@ -50,6 +50,7 @@
 #include "tstitch/core/tensor.hpp"
 #include "tstitch/cuda/dit.hpp"
 #include "tstitch/cuda/runtime.hpp"
+#include "tstitch/io/half.hpp"
 #include "tstitch/models/dit/config.hpp"
 #include "tstitch/models/dit/weights.hpp"
 #include "tstitch/schedule/discrete.hpp"
@@ -216,15 +217,6 @@ struct XorShift {
   }
 };
 
-/// float -> bf16 bits, round to nearest even (inputs are finite).
-std::uint16_t to_bf16(float f) {
-  std::uint32_t u = 0;
-  static_assert(sizeof u == sizeof f);
-  std::memcpy(&u, &f, sizeof u);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return static_cast<std::uint16_t>(u >> 16);
-}
-
 void check_cublas(cublasStatus_t status, const char* what) {
   if (status != CUBLAS_STATUS_SUCCESS)
     throw std::runtime_error(std::string("cuBLAS error in ") + what + ": status " +
@@ -260,10 +252,10 @@ GemmPeak measure_gemm_peak(int n, int repeats, cudaStream_t stream) {
     std::vector<std::uint16_t> host(static_cast<std::size_t>(count));
     XorShift rng(42);
     for (auto& v : host)
-      v = to_bf16(rng.next());
+      v = tstitch::io::f32_to_bf16_rne(rng.next());
     TSTITCH_CUDA_CHECK(cudaMemcpy(a.data(), host.data(), host.size() * 2, cudaMemcpyHostToDevice));
     for (auto& v : host)
-      v = to_bf16(rng.next());
+      v = tstitch::io::f32_to_bf16_rne(rng.next());
     TSTITCH_CUDA_CHECK(cudaMemcpy(b.data(), host.data(), host.size() * 2, cudaMemcpyHostToDevice));
   }
   cublasHandle_t handle = nullptr;

@@ -22,28 +22,14 @@
 #include "tstitch/core/error.hpp"
 #include "tstitch/cuda/kernels.hpp"
 #include "tstitch/cuda/runtime.hpp"
+#include "tstitch/io/half.hpp"
 
 namespace {
 
 using tstitch::cuda::AttentionPath;
 using tstitch::cuda::DeviceBuffer;
-
-// --- bf16 <-> float on the host (round to nearest even, NaN kept quiet) --------------------------
-std::uint16_t to_bf16(float value) {
-  std::uint32_t bits = 0;
-  std::memcpy(&bits, &value, sizeof bits);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) // NaN: keep it a NaN after truncation
-    return static_cast<std::uint16_t>((bits >> 16) | 0x0040u);
-  const std::uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<std::uint16_t>((bits + rounding) >> 16);
-}
-
-float from_bf16(std::uint16_t value) {
-  const std::uint32_t bits = static_cast<std::uint32_t>(value) << 16;
-  float result = 0.f;
-  std::memcpy(&result, &bits, sizeof result);
-  return result;
-}
+using tstitch::io::bf16_to_f32;
+using tstitch::io::f32_to_bf16_rne;
 
 constexpr std::uint16_t kPoison = 0xffffu; // a bf16 NaN: cudaMemset(0xff) writes it everywhere
 constexpr std::int64_t kGuard = 64;        // poisoned elements before and after the output
@@ -71,7 +57,7 @@ std::vector<std::uint16_t> random_qkv(const Case& c, std::uint32_t seed) {
   std::vector<std::uint16_t> qkv(static_cast<std::size_t>(c.batch) * c.tokens * 3 * per_part);
   for (std::size_t i = 0; i < qkv.size(); ++i) {
     const bool is_q = (static_cast<std::int64_t>(i) / per_part) % 3 == 0;
-    qkv[i] = to_bf16(normal(rng) * (is_q ? c.q_scale : 1.f));
+    qkv[i] = f32_to_bf16_rne(normal(rng) * (is_q ? c.q_scale : 1.f));
   }
   return qkv;
 }
@@ -84,16 +70,17 @@ std::vector<double> cpu_attention(const std::vector<std::uint16_t>& qkv, const C
   std::vector<double> p(static_cast<std::size_t>(c.tokens));
   for (int b = 0; b < c.batch; ++b)
     for (int h = 0; h < c.heads; ++h) {
-      const std::int64_t base = static_cast<std::int64_t>(b) * c.tokens * row +
-                                static_cast<std::int64_t>(h) * c.head_dim;
+      const std::int64_t base =
+          static_cast<std::int64_t>(b) * c.tokens * row + static_cast<std::int64_t>(h) * c.head_dim;
       const std::int64_t k_off = static_cast<std::int64_t>(c.heads) * c.head_dim;
       for (int i = 0; i < c.tokens; ++i) {
         double m = -INFINITY;
         for (int j = 0; j < c.tokens; ++j) {
           double s = 0.0;
           for (int d = 0; d < c.head_dim; ++d)
-            s += static_cast<double>(from_bf16(qkv[static_cast<std::size_t>(base + i * row + d)])) *
-                 from_bf16(qkv[static_cast<std::size_t>(base + j * row + k_off + d)]);
+            s += static_cast<double>(
+                     bf16_to_f32(qkv[static_cast<std::size_t>(base + i * row + d)])) *
+                 bf16_to_f32(qkv[static_cast<std::size_t>(base + j * row + k_off + d)]);
           p[static_cast<std::size_t>(j)] = s * scale;
           m = std::max(m, s * scale);
         }
@@ -106,9 +93,10 @@ std::vector<double> cpu_attention(const std::vector<std::uint16_t>& qkv, const C
           double acc = 0.0;
           for (int j = 0; j < c.tokens; ++j)
             acc += p[static_cast<std::size_t>(j)] *
-                   from_bf16(qkv[static_cast<std::size_t>(base + j * row + 2 * k_off + d)]);
-          out[static_cast<std::size_t>(((static_cast<std::int64_t>(b) * c.tokens + i) * c.heads +
-                                        h) * c.head_dim + d)] = acc / sum;
+                   bf16_to_f32(qkv[static_cast<std::size_t>(base + j * row + 2 * k_off + d)]);
+          out[static_cast<std::size_t>(
+              ((static_cast<std::int64_t>(b) * c.tokens + i) * c.heads + h) * c.head_dim + d)] =
+              acc / sum;
         }
       }
     }
@@ -119,9 +107,9 @@ struct Comparison {
   double rel_l2 = 0.0;
   double max_abs_err = 0.0;
   double max_abs_ref = 0.0;
-  std::int64_t non_finite = 0;      // outputs left NaN (never written) or Inf
+  std::int64_t non_finite = 0; // outputs left NaN (never written) or Inf
   std::int64_t first_non_finite = -1;
-  std::int64_t first_bad = -1;      // first index with |err| > 5e-2 * max|ref|
+  std::int64_t first_bad = -1;        // first index with |err| > 5e-2 * max|ref|
   std::int64_t guard_overwritten = 0; // poisoned guard elements before/after the output changed
   std::string first_bad_text;
 };
@@ -150,9 +138,8 @@ Comparison run_and_compare(AttentionPath path, const Case& c, const std::vector<
   // the GPU idle the race never showed; with other processes on the GPU the memset landed after
   // the kernel and the output read back as all poison.
   const cudaStream_t stream = tstitch::cuda::default_stream();
-  TSTITCH_CUDA_CHECK(cudaMemcpyAsync(d_qkv.data(), qkv.data(),
-                                     qkv.size() * sizeof(std::uint16_t), cudaMemcpyHostToDevice,
-                                     stream));
+  TSTITCH_CUDA_CHECK(cudaMemcpyAsync(d_qkv.data(), qkv.data(), qkv.size() * sizeof(std::uint16_t),
+                                     cudaMemcpyHostToDevice, stream));
   TSTITCH_CUDA_CHECK(
       cudaMemsetAsync(d_out.data(), 0xff, static_cast<std::size_t>(d_out.bytes()), stream));
   const auto launch = [&] {
@@ -201,7 +188,7 @@ Comparison run_and_compare(AttentionPath path, const Case& c, const std::vector<
   double ref2 = 0.0;
   for (std::int64_t i = 0; i < out_count; ++i) {
     const double ref = expected[static_cast<std::size_t>(i)];
-    const double value = from_bf16(got[static_cast<std::size_t>(kGuard + i)]);
+    const double value = bf16_to_f32(got[static_cast<std::size_t>(kGuard + i)]);
     if (!std::isfinite(value)) {
       if (r.non_finite++ == 0)
         r.first_non_finite = i;
@@ -229,16 +216,18 @@ void check_case(AttentionPath path, const Case& c, std::uint32_t seed, bool in_g
   const Comparison r = run_and_compare(path, c, qkv, expected, in_graph, tiling);
   std::string name = describe(path, c) + (in_graph ? " (captured in a CUDA graph)" : "");
   if (tiling)
-    name += " tiling=" + std::to_string(tiling->warps) + "x" + std::to_string(tiling->rows_per_warp);
-  std::printf("attention %-70s rel_l2=%.3e max_err=%.3e max_ref=%.3e non_finite=%lld guard=%lld%s\n",
-              name.c_str(), r.rel_l2, r.max_abs_err, r.max_abs_ref,
-              static_cast<long long>(r.non_finite), static_cast<long long>(r.guard_overwritten),
-              r.first_bad >= 0 ? " FIRST-BAD" : "");
+    name +=
+        " tiling=" + std::to_string(tiling->warps) + "x" + std::to_string(tiling->rows_per_warp);
+  std::printf(
+      "attention %-70s rel_l2=%.3e max_err=%.3e max_ref=%.3e non_finite=%lld guard=%lld%s\n",
+      name.c_str(), r.rel_l2, r.max_abs_err, r.max_abs_ref, static_cast<long long>(r.non_finite),
+      static_cast<long long>(r.guard_overwritten), r.first_bad >= 0 ? " FIRST-BAD" : "");
   std::fflush(stdout);
   INFO(name);
   INFO("rel L2 " << r.rel_l2 << ", max |err| " << r.max_abs_err << ", max |ref| " << r.max_abs_ref);
   INFO("first |err| > 5e-2 max|ref|: " << (r.first_bad >= 0 ? r.first_bad_text : "none"));
-  INFO("non-finite outputs (unwritten or NaN): " << r.non_finite << ", first at "
+  INFO("non-finite outputs (unwritten or NaN): "
+       << r.non_finite << ", first at "
        << (r.first_non_finite >= 0 ? index_text(r.first_non_finite, c) : "none"));
   INFO("guard elements around the output overwritten: " << r.guard_overwritten);
   CHECK(r.non_finite == 0);
@@ -256,7 +245,8 @@ bool have_gpu() {
 
 } // namespace
 
-TEST_CASE("cuda attention: flash and reference match the CPU (DiT head dims)", "[cuda][attention]") {
+TEST_CASE("cuda attention: flash and reference match the CPU (DiT head dims)",
+          "[cuda][attention]") {
   if (!have_gpu())
     return;
   const int head_dims[] = {16, 32, 64, 72};
@@ -282,15 +272,12 @@ TEST_CASE("cuda attention: long sequences, sharp softmax, other head dims", "[cu
   if (!have_gpu())
     return;
   const Case cases[] = {
-      {1, 1024, 2, 64, 1.f},  // 16 key tiles, 8 query tiles: the online rescaling over many tiles
-      {2, 300, 1, 72, 1.f},   // odd length across several query and key tiles
-      {1, 256, 2, 64, 8.f},   // scores with std ~8: large running-max corrections
-      {1, 129, 1, 72, 8.f},   // one query row in the second tile, one key in the last key tile
-      {1, 100, 2, 8, 2.f},    // other multiples of 8 (template instantiations)
-      {1, 100, 2, 40, 2.f},
-      {1, 100, 2, 96, 2.f},
-      {1, 100, 2, 128, 2.f},
-      {3, 65, 2, 120, 2.f},
+      {1, 1024, 2, 64, 1.f}, // 16 key tiles, 8 query tiles: the online rescaling over many tiles
+      {2, 300, 1, 72, 1.f},  // odd length across several query and key tiles
+      {1, 256, 2, 64, 8.f},  // scores with std ~8: large running-max corrections
+      {1, 129, 1, 72, 8.f},  // one query row in the second tile, one key in the last key tile
+      {1, 100, 2, 8, 2.f},   // other multiples of 8 (template instantiations)
+      {1, 100, 2, 40, 2.f},  {1, 100, 2, 96, 2.f}, {1, 100, 2, 128, 2.f}, {3, 65, 2, 120, 2.f},
   };
   std::uint32_t seed = 1000;
   for (const Case& c : cases) {
@@ -317,8 +304,8 @@ TEST_CASE("cuda attention: every flash tiling matches the CPU", "[cuda][attentio
   std::uint32_t seed = 3000;
   for (const Case& c : cases) {
     for (const k::FlashTiling& t : k::flash_tilings) {
-      DYNAMIC_SECTION(describe(AttentionPath::flash, c) << " tiling=" << t.warps << "x"
-                                                        << t.rows_per_warp) {
+      DYNAMIC_SECTION(describe(AttentionPath::flash, c)
+                      << " tiling=" << t.warps << "x" << t.rows_per_warp) {
         check_case(AttentionPath::flash, c, seed, false, t);
       }
     }
@@ -346,7 +333,8 @@ TEST_CASE("cuda attention: the automatic flash tiling follows the grid size and 
 TEST_CASE("cuda attention: reference path handles head dims flash does not", "[cuda][attention]") {
   if (!have_gpu())
     return;
-  for (const Case& c : {Case{2, 33, 3, 12, 2.f}, Case{1, 17, 1, 1, 2.f}, Case{1, 40, 1, 200, 1.f}}) {
+  for (const Case& c :
+       {Case{2, 33, 3, 12, 2.f}, Case{1, 17, 1, 1, 2.f}, Case{1, 40, 1, 200, 1.f}}) {
     DYNAMIC_SECTION(describe(AttentionPath::reference, c)) {
       check_case(AttentionPath::reference, c, 77);
     }
@@ -458,8 +446,9 @@ TEST_CASE("cuda attention: supported paths and invalid arguments", "[cuda][atten
                       Catch::Contains("cuDNN") && Catch::Contains("cudnn"));
   }
   // A misaligned pointer is refused by the flash path (its loads move 16-byte chunks).
-  CHECK_THROWS_AS(k::attention(qkv.data() + 1, out.data(), 1, 4, 2, 64, AttentionPath::flash, stream),
-                  tstitch::invalid_argument);
+  CHECK_THROWS_AS(
+      k::attention(qkv.data() + 1, out.data(), 1, 4, 2, 64, AttentionPath::flash, stream),
+      tstitch::invalid_argument);
   // Nothing above was launched: the stream is clean.
   TSTITCH_CUDA_CHECK(cudaStreamSynchronize(stream));
   CHECK(cudaGetLastError() == cudaSuccess);

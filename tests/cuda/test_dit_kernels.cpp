@@ -13,8 +13,13 @@
 #include "tstitch/core/philox.hpp"
 #include "tstitch/cuda/kernels.hpp"
 #include "tstitch/cuda/runtime.hpp"
+#include "tstitch/io/half.hpp"
+
+#include "device_buffers.hpp"
 
 using namespace tstitch;
+using tstitch::test::to_device;
+using tstitch::test::to_host;
 namespace k = tstitch::cuda::kernels;
 
 namespace {
@@ -27,40 +32,10 @@ std::vector<float> randn(std::size_t count, std::uint64_t seed, float scale = 1.
   return v;
 }
 
-/// bf16 bits of a float, round to nearest even (finite inputs).
-std::uint16_t to_bf16(float v) {
-  std::uint32_t bits;
-  std::memcpy(&bits, &v, sizeof bits);
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<std::uint16_t>(bits >> 16);
-}
-
-float from_bf16(std::uint16_t bits) {
-  const std::uint32_t wide = static_cast<std::uint32_t>(bits) << 16;
-  float f;
-  std::memcpy(&f, &wide, sizeof f);
-  return f;
-}
-
-template <class T> cuda::DeviceBuffer<T> to_device(const std::vector<T>& host) {
-  cuda::DeviceBuffer<T> d(static_cast<std::int64_t>(host.size()));
-  TSTITCH_CUDA_CHECK(
-      cudaMemcpy(d.data(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return d;
-}
-
-template <class T> std::vector<T> to_host(const cuda::DeviceBuffer<T>& d) {
-  TSTITCH_CUDA_CHECK(cudaDeviceSynchronize());
-  std::vector<T> host(static_cast<std::size_t>(d.size()));
-  TSTITCH_CUDA_CHECK(
-      cudaMemcpy(host.data(), d.data(), host.size() * sizeof(T), cudaMemcpyDeviceToHost));
-  return host;
-}
-
 std::vector<float> bf16_to_float(const std::vector<std::uint16_t>& v) {
   std::vector<float> out(v.size());
   for (std::size_t i = 0; i < v.size(); ++i)
-    out[i] = from_bf16(v[i]);
+    out[i] = io::bf16_to_f32(v[i]);
   return out;
 }
 
@@ -173,7 +148,7 @@ TEST_CASE("CUDA residual_layernorm_modulate: gated residual then LayerNorm-modul
         v += 20.0f; // a large mean: the variance must be taken around it
       const std::vector<float> y = randn(h.size(), 12, 3.0f);
       std::vector<std::uint16_t> yb(y.size());
-      std::transform(y.begin(), y.end(), yb.begin(), to_bf16);
+      std::transform(y.begin(), y.end(), yb.begin(), io::f32_to_bf16_rne);
       const std::vector<float> yr = bf16_to_float(yb); // the kernel's input, as rounded
       const std::vector<float> bias = randn(static_cast<std::size_t>(dim), 13);
       const std::vector<float> mod = randn(static_cast<std::size_t>(batch * mod_ld), 14, 0.5f);
@@ -237,7 +212,7 @@ TEST_CASE("CUDA bias_gelu applies tanh-GELU", "[cuda][kernels]") {
   const std::vector<float> bias = randn(static_cast<std::size_t>(cols), 8);
   std::vector<std::uint16_t> xb(x.size());
   for (std::size_t i = 0; i < x.size(); ++i)
-    xb[i] = to_bf16(x[i]);
+    xb[i] = io::f32_to_bf16_rne(x[i]);
   const std::vector<float> xr = bf16_to_float(xb); // the kernel's input, as rounded
   auto dx = to_device(xb);
   auto dbias = to_device(bias);

@@ -12,48 +12,24 @@
 
 #include "tstitch/core/philox.hpp"
 #include "tstitch/cuda/gemm.cuh"
+#include "tstitch/io/half.hpp"
+
+#include "device_buffers.hpp"
 
 using namespace tstitch;
 using cuda::GemmEpilogue;
+using tstitch::test::to_device;
+using tstitch::test::to_host;
 
 namespace {
-
-std::uint16_t bits_of(float v) { // round to nearest even (finite inputs)
-  std::uint32_t bits;
-  std::memcpy(&bits, &v, sizeof bits);
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<std::uint16_t>(bits >> 16);
-}
-
-double value_of(std::uint16_t bits) {
-  const std::uint32_t wide = static_cast<std::uint32_t>(bits) << 16;
-  float f;
-  std::memcpy(&f, &wide, sizeof f);
-  return f;
-}
 
 std::vector<std::uint16_t> random_bf16(std::size_t count, std::uint64_t seed, float scale) {
   std::vector<float> v(count);
   fill_normal(v.data(), v.size(), NoiseKey{seed, 7, 0, 0});
   std::vector<std::uint16_t> out(count);
   for (std::size_t i = 0; i < count; ++i)
-    out[i] = bits_of(scale * v[i]);
+    out[i] = io::f32_to_bf16_rne(scale * v[i]);
   return out;
-}
-
-template <class T> cuda::DeviceBuffer<T> upload(const std::vector<T>& host) {
-  cuda::DeviceBuffer<T> d(static_cast<std::int64_t>(host.size()));
-  TSTITCH_CUDA_CHECK(
-      cudaMemcpy(d.data(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return d;
-}
-
-template <class T> std::vector<T> download(const cuda::DeviceBuffer<T>& d) {
-  TSTITCH_CUDA_CHECK(cudaDeviceSynchronize());
-  std::vector<T> host(static_cast<std::size_t>(d.size()));
-  TSTITCH_CUDA_CHECK(
-      cudaMemcpy(host.data(), d.data(), host.size() * sizeof(T), cudaMemcpyDeviceToHost));
-  return host;
 }
 
 double gelu_tanh(double v) {
@@ -101,19 +77,19 @@ TEST_CASE("cuda::Blas GEMMs and their epilogues match a double loop", "[cuda][ge
     const auto b = random_bf16(static_cast<std::size_t>(p.n), 3, 1.0f);
     std::vector<float> b_float(b.size());
     for (std::size_t i = 0; i < b.size(); ++i)
-      b_float[i] = static_cast<float>(value_of(b[i]));
-    auto dx = upload(x);
-    auto dw = upload(w);
-    auto db = upload(b);
-    auto db_float = upload(b_float);
+      b_float[i] = io::bf16_to_f32(b[i]);
+    auto dx = to_device(x);
+    auto dw = to_device(w);
+    auto db = to_device(b);
+    auto db_float = to_device(b_float);
     // Reference products of the bf16 inputs (only the first k columns of x and w count).
     std::vector<double> product(static_cast<std::size_t>(p.m) * p.ldy, 0.0);
     for (int r = 0; r < p.m; ++r)
       for (int c = 0; c < p.n; ++c) {
         double acc = 0;
         for (int i = 0; i < p.k; ++i)
-          acc += value_of(x[static_cast<std::size_t>(r) * p.ldx + i]) *
-                 value_of(w[static_cast<std::size_t>(c) * p.ldw + i]);
+          acc += static_cast<double>(io::bf16_to_f32(x[static_cast<std::size_t>(r) * p.ldx + i])) *
+                 io::bf16_to_f32(w[static_cast<std::size_t>(c) * p.ldw + i]);
         product[static_cast<std::size_t>(r) * p.ldy + c] = acc;
       }
     for (const GemmEpilogue epilogue :
@@ -131,30 +107,30 @@ TEST_CASE("cuda::Blas GEMMs and their epilogues match a double loop", "[cuda][ge
         cuda::DeviceBuffer<std::uint16_t> y16(static_cast<std::int64_t>(p.m) * p.ldy);
         blas.linear(dx.data(), p.ldx, dw.data(), p.ldw, y16.data(), CUDA_R_16BF, p.ldy, p.m, p.n,
                     p.k, epilogue, epilogue == GemmEpilogue::none ? nullptr : db.data());
-        const auto got16 = download(y16);
+        const auto got16 = to_host(y16);
         std::vector<double> got(got16.size());
         for (std::size_t i = 0; i < got.size(); ++i)
-          got[i] = value_of(got16[i]);
+          got[i] = io::bf16_to_f32(got16[i]);
         CHECK(rel_l2(got, want, p, 1e-2, "bf16 out") < 1e-2);
         // fp32 output through cuBLASLt (fp32 bias).
         if (epilogue != GemmEpilogue::bias_gelu) {
           cuda::DeviceBuffer<float> y32(static_cast<std::int64_t>(p.m) * p.ldy);
           blas.linear(dx.data(), p.ldx, dw.data(), p.ldw, y32.data(), CUDA_R_32F, p.ldy, p.m, p.n,
                       p.k, epilogue, epilogue == GemmEpilogue::none ? nullptr : db_float.data());
-          const auto got32 = download(y32);
+          const auto got32 = to_host(y32);
           std::vector<double> g(got32.begin(), got32.end());
           CHECK(rel_l2(g, want, p, 1e-5, "fp32 out") < 1e-5);
         }
         // The same plan again (cached) gives the same bits.
         blas.linear(dx.data(), p.ldx, dw.data(), p.ldw, y16.data(), CUDA_R_16BF, p.ldy, p.m, p.n,
                     p.k, epilogue, epilogue == GemmEpilogue::none ? nullptr : db.data());
-        CHECK(download(y16) == got16);
+        CHECK(to_host(y16) == got16);
       }
     }
     DYNAMIC_SECTION("cublasGemmEx path, m " << p.m) {
       cuda::DeviceBuffer<float> y32(static_cast<std::int64_t>(p.m) * p.ldy);
       blas.linear(dx.data(), p.ldx, dw.data(), p.ldw, y32.data(), CUDA_R_32F, p.ldy, p.m, p.n, p.k);
-      const auto got32 = download(y32);
+      const auto got32 = to_host(y32);
       std::vector<double> g(got32.begin(), got32.end());
       CHECK(rel_l2(g, product, p, 1e-5, "cublasGemmEx fp32 out") < 1e-5);
     }
@@ -183,9 +159,9 @@ TEST_CASE("cuda::Blas with and without autotune agree", "[cuda][gemm]") {
   const auto x = random_bf16(static_cast<std::size_t>(p.m) * p.ldx, 4, 1.0f);
   const auto w = random_bf16(static_cast<std::size_t>(p.n) * p.ldw, 5, 0.1f);
   const auto b = random_bf16(static_cast<std::size_t>(p.n), 6, 1.0f);
-  auto dx = upload(x);
-  auto dw = upload(w);
-  auto db = upload(b);
+  auto dx = to_device(x);
+  auto dw = to_device(w);
+  auto db = to_device(b);
   std::vector<std::vector<double>> outputs;
   for (const bool autotune : {true, false}) {
     cuda::Blas blas(nullptr);
@@ -194,10 +170,10 @@ TEST_CASE("cuda::Blas with and without autotune agree", "[cuda][gemm]") {
     cuda::DeviceBuffer<std::uint16_t> y(static_cast<std::int64_t>(p.m) * p.ldy);
     blas.linear(dx.data(), p.ldx, dw.data(), p.ldw, y.data(), CUDA_R_16BF, p.ldy, p.m, p.n, p.k,
                 GemmEpilogue::bias_gelu, db.data());
-    const auto bits = download(y);
+    const auto bits = to_host(y);
     outputs.emplace_back(bits.size());
     for (std::size_t i = 0; i < bits.size(); ++i)
-      outputs.back()[i] = value_of(bits[i]);
+      outputs.back()[i] = io::bf16_to_f32(bits[i]);
   }
   // Different algorithms may round differently; both are bf16 roundings of the same product.
   CHECK(rel_l2(outputs[0], outputs[1], p, 1e-2, "autotuned vs heuristic choice") < 1e-2);

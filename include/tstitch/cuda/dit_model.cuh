@@ -32,21 +32,13 @@
 #include "tstitch/cuda/dit.hpp"
 #include "tstitch/cuda/gemm.cuh"
 #include "tstitch/cuda/kernels.hpp"
+#include "tstitch/io/half.hpp"
 
 namespace tstitch::cuda {
 
 namespace dit_detail {
 
 using kernels::bias_columns;
-
-inline std::uint16_t bf16_bits(float v) {
-  std::uint32_t bits;
-  std::memcpy(&bits, &v, sizeof bits);
-  if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu) != 0)
-    return 0x7fc0;                       // NaN stays NaN
-  bits += 0x7fffu + ((bits >> 16) & 1u); // round to nearest even
-  return static_cast<std::uint16_t>(bits >> 16);
-}
 
 /// Where a linear layer keeps its bias on the device.
 enum class BiasStorage {
@@ -103,9 +95,9 @@ inline Linear make_linear(std::span<const std::pair<dit::Param, dit::Param>> par
     for (std::int64_t r = 0; r < w.rows; ++r) {
       std::uint16_t* dst = &host[static_cast<std::size_t>((row0 + r) * l.ld)];
       for (std::int64_t c = 0; c < w.cols; ++c)
-        dst[c] = bf16_bits(w.data[r * w.cols + c]);
+        dst[c] = io::f32_to_bf16_rne(w.data[r * w.cols + c]);
       if (fold)
-        dst[l.in] = bf16_bits(b.data[r]);
+        dst[l.in] = io::f32_to_bf16_rne(b.data[r]);
       else
         bias.push_back(b.data[r]);
     }
@@ -117,7 +109,7 @@ inline Linear make_linear(std::span<const std::pair<dit::Param, dit::Param>> par
     l.bias = upload_floats(bias);
   if (storage == BiasStorage::bf16) {
     std::vector<std::uint16_t> bits(bias.size());
-    std::transform(bias.begin(), bias.end(), bits.begin(), bf16_bits);
+    std::transform(bias.begin(), bias.end(), bits.begin(), io::f32_to_bf16_rne);
     l.bias_bf16 = DeviceBuffer<std::uint16_t>(static_cast<std::int64_t>(bits.size()));
     upload_bits(l.bias_bf16.data(), bits);
   }
