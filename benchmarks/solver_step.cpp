@@ -59,6 +59,36 @@ void BM_pass_combine(benchmark::State& state) { // the memory-bandwidth peer
 }
 BENCHMARK(BM_pass_combine)->Unit(benchmark::kMicrosecond);
 
+// What a stochastic step spends on noise: one latent's worth of Gaussians through fill_normal
+// (AVX2 + FMA where the CPU has them), and, as its peer, the scalar code it runs otherwise (with
+// the FMA dispatch on x86-64 builds without -mfma, as fill_normal did before the AVX2 path).
+void noise(benchmark::State& state, void (*fill)(float*, std::size_t, const NoiseKey&)) {
+  Tensor x(batch, latent);
+  const auto count = static_cast<std::size_t>(x.numel());
+  std::uint32_t step = 0;
+  for (auto _ : state) {
+    fill(x.data(), count, NoiseKey{2024, 0, step++, stream_solver});
+    benchmark::DoNotOptimize(x.data());
+  }
+  // Seconds per value (a rate, inverted).
+  state.counters["per_value"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * static_cast<double>(count),
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+void scalar_fill(float* dst, std::size_t count, const NoiseKey& key) {
+#ifdef TSTITCH_PHILOX_FMA_DISPATCH
+  if (__builtin_cpu_supports("fma")) {
+    detail::fill_normal_fma(dst, count, key);
+    return;
+  }
+#endif
+  detail::fill_normal_portable(dst, count, key);
+}
+void BM_noise_scalar(benchmark::State& s) { noise(s, scalar_fill); }
+void BM_noise_fill_normal(benchmark::State& s) { noise(s, fill_normal); }
+BENCHMARK(BM_noise_scalar)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_noise_fill_normal)->Unit(benchmark::kMicrosecond);
+
 void BM_DDIM(benchmark::State& s) { solver_steps(s, DDIM{}); }
 void BM_DDIM_eta1(benchmark::State& s) { solver_steps(s, DDIM{DDIMOptions{1.0, {}}}); }
 void BM_DDIM_v(benchmark::State& s) { solver_steps(s, DDIM{}, Prediction::v); }

@@ -60,6 +60,25 @@ std::size_t count_bit_equal(const std::vector<float>& a, const std::vector<float
   return n;
 }
 
+#ifdef TSTITCH_PHILOX_AVX2
+// Callers of the AVX2 functions must carry their target too (they inline into the caller).
+__attribute__((target("avx2,fma"))) void
+avx2_box_muller(const std::uint32_t* a, const std::uint32_t* b, float* first, float* second) {
+  __m256 x, y;
+  tstitch::detail::avx2::box_muller(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)),
+                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), x, y);
+  _mm256_storeu_ps(first, x);
+  _mm256_storeu_ps(second, y);
+}
+
+__attribute__((target("avx2,fma"))) void avx2_normal4x8(float* dst, std::uint32_t block0,
+                                                        const NoiseKey& key) {
+  tstitch::detail::avx2::normal4x8(dst, block0, key.sample, key.step, key.stream,
+                                   static_cast<std::uint32_t>(key.seed),
+                                   static_cast<std::uint32_t>(key.seed >> 32));
+}
+#endif
+
 } // namespace
 
 TEST_CASE("philox4x32_10 reproduces Random123 known answers", "[philox]") {
@@ -199,6 +218,74 @@ TEST_CASE("noise is keyed by (seed, sample, step, stream, element) only", "[phil
     CHECK(count_bit_equal(base, shifted) == 0);
   }
 }
+
+#ifdef TSTITCH_PHILOX_AVX2
+// fill_normal's AVX2 path (philox_avx2.hpp) against the portable scalar code it replaces.
+TEST_CASE("the AVX2 generator is the scalar one, bit for bit", "[philox]") {
+  namespace avx2 = tstitch::detail::avx2;
+  if (!avx2::supported()) {
+    WARN("this CPU has no AVX2 + FMA: fill_normal runs the scalar code, nothing to compare");
+    return;
+  }
+
+  SECTION("box_muller on every radius and every angle uniform") {
+    // k runs over all 2^24 uniforms of word a; word b takes them all too, in another order
+    // (an odd multiplier permutes 0 .. 2^24 - 1); the low 8 bits, which the maps drop, vary.
+    std::size_t mismatches = 0;
+    std::uint32_t first_bad = 0;
+    alignas(32) std::uint32_t a[8], b[8];
+    alignas(32) float first[8], second[8];
+    for (std::uint32_t k0 = 0; k0 < (1u << 24); k0 += 8) {
+      for (std::uint32_t i = 0; i < 8; ++i) {
+        const std::uint32_t k = k0 + i;
+        a[i] = (k << 8) | (k & 0xffu);
+        b[i] = (((k * 2654435761u) & 0xffffffu) << 8) | ((k >> 3) & 0xffu);
+      }
+      avx2_box_muller(a, b, first, second);
+      for (std::uint32_t i = 0; i < 8; ++i) {
+        const auto z = tstitch::detail::box_muller(a[i], b[i]);
+        if (!bit_equal(first[i], z.v[0]) || !bit_equal(second[i], z.v[1])) {
+          if (mismatches++ == 0)
+            first_bad = k0 + i;
+        }
+      }
+    }
+    INFO("first mismatching k: " << first_bad);
+    CHECK(mismatches == 0);
+  }
+
+  SECTION("whole groups and tails, for several keys and counts") {
+    const NoiseKey keys[] = {{0, 0, 0, 0},
+                             {0xffffffffffffffffull, 0xffffffffu, 0xffffffffu, 0xffffffffu},
+                             {0x0123456789abcdefull, 7, 3, tstitch::stream_solver},
+                             {42, 0, 0, tstitch::stream_initial_latents}};
+    for (const NoiseKey& key : keys) {
+      for (std::size_t count : {0u, 1u, 31u, 32u, 33u, 63u, 64u, 100u, 4096u, 4099u}) {
+        std::vector<float> scalar(count), dispatched(count);
+        tstitch::detail::fill_normal_portable(scalar.data(), count, key);
+        tstitch::fill_normal(dispatched.data(), count, key);
+        INFO("seed " << key.seed << ", count " << count);
+        CHECK(count_bit_equal(scalar, dispatched) == count);
+      }
+    }
+  }
+
+  SECTION("block counters up to the last 32-bit block") {
+    const NoiseKey key{2024, 5, 17, tstitch::stream_solver};
+    alignas(32) float got[32];
+    for (std::uint32_t block0 : {0u, 8u, 0x7ffffff8u, 0xfffffff0u, 0xfffffff8u}) {
+      avx2_normal4x8(got, block0, key);
+      for (std::uint32_t i = 0; i < 8; ++i) {
+        const tstitch::Float4 n = tstitch::normal4(key, block0 + i);
+        for (int v = 0; v < 4; ++v) {
+          INFO("block " << block0 + i << ", value " << v);
+          CHECK(bit_equal(got[4 * i + static_cast<std::uint32_t>(v)], n.v[v]));
+        }
+      }
+    }
+  }
+}
+#endif
 
 // Pinned output: any change to the generator (or a platform that rounds differently) shows up
 // here. The same numbers must come out of a CUDA build of normal4.

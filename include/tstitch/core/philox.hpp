@@ -30,6 +30,11 @@
 #include <cmath>
 #endif
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
+#define TSTITCH_PHILOX_AVX2 1
+#include "tstitch/core/philox_avx2.hpp"
+#endif
+
 namespace tstitch {
 
 struct Uint4 {
@@ -241,8 +246,10 @@ TSTITCH_HOST_DEVICE TSTITCH_INLINE Float4 normal4(const NoiseKey& key, std::uint
 
 namespace detail {
 
-TSTITCH_INLINE void fill_normal_portable(float* dst, std::size_t count, const NoiseKey& key) {
-  std::size_t e = 0;
+// Elements [first, count) of fill_normal; first is a multiple of 4.
+TSTITCH_INLINE void fill_normal_portable(float* dst, std::size_t count, const NoiseKey& key,
+                                         std::size_t first = 0) {
+  std::size_t e = first;
   for (; e + 4 <= count; e += 4) {
     const Float4 n = normal4(key, static_cast<std::uint32_t>(e / 4));
     for (int i = 0; i < 4; ++i)
@@ -260,9 +267,9 @@ TSTITCH_INLINE void fill_normal_portable(float* dst, std::size_t count, const No
 // as fast and, fma being exactly rounded either way, gives bit-identical values.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__FMA__) && !defined(__CUDACC__)
 #define TSTITCH_PHILOX_FMA_DISPATCH 1
-__attribute__((target("fma"), flatten)) inline void fill_normal_fma(float* dst, std::size_t count,
-                                                                    const NoiseKey& key) {
-  fill_normal_portable(dst, count, key);
+__attribute__((target("fma"), flatten)) inline void
+fill_normal_fma(float* dst, std::size_t count, const NoiseKey& key, std::size_t first = 0) {
+  fill_normal_portable(dst, count, key, first);
 }
 #endif
 
@@ -270,14 +277,21 @@ __attribute__((target("fma"), flatten)) inline void fill_normal_fma(float* dst, 
 
 // dst[e] = normal4(key, e / 4).v[e % 4] for e < count, so any prefix is independent of count.
 // Host only. Blocks are 32-bit, so a sample holds at most 2^34 elements.
+// On x86-64 CPUs with AVX2 and FMA, eight blocks at a time (philox_avx2.hpp, the same bits).
 TSTITCH_INLINE void fill_normal(float* dst, std::size_t count, const NoiseKey& key) {
+  std::size_t first = 0;
+#ifdef TSTITCH_PHILOX_AVX2
+  if (detail::avx2::supported())
+    first =
+        detail::avx2::fill_normal_groups(dst, count, key.seed, key.sample, key.step, key.stream);
+#endif
 #ifdef TSTITCH_PHILOX_FMA_DISPATCH
   if (__builtin_cpu_supports("fma")) {
-    detail::fill_normal_fma(dst, count, key);
+    detail::fill_normal_fma(dst, count, key, first);
     return;
   }
 #endif
-  detail::fill_normal_portable(dst, count, key);
+  detail::fill_normal_portable(dst, count, key, first);
 }
 
 } // namespace tstitch
