@@ -108,7 +108,8 @@ Row time_config(const Config& c, const std::uint16_t* qkv, std::uint16_t* out,
   std::sort(times.begin(), times.end());
   Row row{c};
   row.ms = times[times.size() / 2];
-  const double flops = 4.0 * c.batch * c.heads * static_cast<double>(c.tokens) * c.tokens * c.head_dim;
+  const double flops =
+      4.0 * c.batch * c.heads * static_cast<double>(c.tokens) * c.tokens * c.head_dim;
   row.tflops = flops / (row.ms * 1e-3) / 1e12;
   return row;
 }
@@ -152,25 +153,25 @@ int main(int argc, char** argv) {
         shapes.push_back({64, 16, head_dim, tokens});
     shapes.push_back({16, 6, 64, 256});
     for (const Shape& s : shapes) {
-      configs.push_back({AttentionPath::flash, std::nullopt, s.head_dim, s.tokens, s.batch,
-                         s.heads, runs});
+      configs.push_back(
+          {AttentionPath::flash, std::nullopt, s.head_dim, s.tokens, s.batch, s.heads, runs});
       for (const k::FlashTiling& t : k::flash_tilings)
         configs.push_back({AttentionPath::flash, t, s.head_dim, s.tokens, s.batch, s.heads, runs});
     }
     // The reference kernel is only a correctness check: one size, few runs.
-    configs.push_back(
-        {AttentionPath::reference, std::nullopt, 64, 256, 64, 16, std::min(runs, 5)});
+    configs.push_back({AttentionPath::reference, std::nullopt, 64, 256, 64, 16, std::min(runs, 5)});
     // cuDNN's fused attention where libcudnn can be loaded (TSTITCH_CUDNN_LIBRARY or
     // libcudnn.so.9), at the same shapes as the hand-written kernel.
     for (const Shape& s : shapes)
       if (k::attention_supported(AttentionPath::cudnn, s.head_dim))
-        configs.push_back({AttentionPath::cudnn, std::nullopt, s.head_dim, s.tokens, s.batch,
-                           s.heads, runs});
+        configs.push_back(
+            {AttentionPath::cudnn, std::nullopt, s.head_dim, s.tokens, s.batch, s.heads, runs});
 
     std::size_t max_qkv = 0;
     std::size_t max_out = 0;
     for (const Config& c : configs) {
-      const std::size_t per_token = static_cast<std::size_t>(c.batch) * c.tokens * c.heads * c.head_dim;
+      const std::size_t per_token =
+          static_cast<std::size_t>(c.batch) * c.tokens * c.heads * c.head_dim;
       max_qkv = std::max(max_qkv, 3 * per_token);
       max_out = std::max(max_out, per_token);
     }
@@ -179,6 +180,9 @@ int main(int argc, char** argv) {
     const auto values = fill_values(max_qkv);
     TSTITCH_CUDA_CHECK(cudaMemcpy(qkv.data(), values.data(), max_qkv * sizeof(std::uint16_t),
                                   cudaMemcpyHostToDevice));
+    // A copy from pageable memory may return before its DMA lands, and the timing stream is not
+    // ordered after the legacy stream: wait for it.
+    TSTITCH_CUDA_CHECK(cudaDeviceSynchronize());
     const cudaStream_t stream = tstitch::cuda::default_stream();
 
     std::vector<Row> rows;
@@ -191,8 +195,8 @@ int main(int argc, char** argv) {
       } catch (const tstitch::invalid_argument& e) {
         // cuDNN may reject a shape at its first call; the other rows are still worth having.
         std::printf("%-10s %-10s %8d %7d %6d %6d   rejected: %s\n",
-                    std::string(tstitch::cuda::to_string(c.path)).c_str(),
-                    tiling_column(c).c_str(), c.head_dim, c.tokens, c.batch, c.heads, e.what());
+                    std::string(tstitch::cuda::to_string(c.path)).c_str(), tiling_column(c).c_str(),
+                    c.head_dim, c.tokens, c.batch, c.heads, e.what());
         continue;
       }
       rows.push_back(r);

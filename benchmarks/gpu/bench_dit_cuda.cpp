@@ -257,6 +257,7 @@ GemmPeak measure_gemm_peak(int n, int repeats, cudaStream_t stream) {
     for (auto& v : host)
       v = tstitch::io::f32_to_bf16_rne(rng.next());
     TSTITCH_CUDA_CHECK(cudaMemcpy(b.data(), host.data(), host.size() * 2, cudaMemcpyHostToDevice));
+    TSTITCH_CUDA_CHECK(cudaDeviceSynchronize()); // pageable copies may return before their DMA
   }
   cublasHandle_t handle = nullptr;
   check_cublas(cublasCreate(&handle), "cublasCreate");

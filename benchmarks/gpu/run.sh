@@ -136,7 +136,9 @@ stage_build() {
   [[ -f "$ROOT/benchmarks/gpu/bench_attention.cpp" ]] && targets+=(bench_attention)
   echo "building ${targets[*]} with $(nproc) jobs"
   # Keep going past a failing target: the others may still run.
-  timeout -k 5 "$((STAGE_LIMIT - (SECONDS - t0)))" cmake --build "$BUILD" -j "$(nproc)" \
+  local left=$((STAGE_LIMIT - (SECONDS - t0)))
+  ((left < 1)) && left=1 # timeout 0 would mean no limit at all
+  timeout -k 5 "$left" cmake --build "$BUILD" -j "$(nproc)" \
     --target "${targets[@]}" -- "${keep_going[@]}" >"$BUILD/logs/build.log" 2>&1
   rc=$?
   if ((rc != 0)); then
@@ -161,9 +163,12 @@ stage_tests() {
   bin="$(binary tstitch_cuda_tests)"
   [[ -z "$bin" ]] && { echo "tstitch_cuda_tests not built"; note "not built"; return 1; }
   local rc
+  rm -f "$BUILD/logs/tests.log" # never report an earlier run's result
   if [[ -n "${TESTS_VIA_CTEST:-}" ]]; then
-    (cd "$BUILD" && timeout -k 5 "$STAGE_LIMIT" ctest -L cuda --output-on-failure)
+    (cd "$BUILD" && timeout -k 5 "$STAGE_LIMIT" ctest -L cuda --output-on-failure) \
+      >"$BUILD/logs/tests.log" 2>&1
     rc=$?
+    tail -n 60 "$BUILD/logs/tests.log"
   else
     # One process for all tests: ctest starts one per test case, each paying CUDA's start-up.
     timeout -k 5 "$STAGE_LIMIT" "$bin" --durations yes >"$BUILD/logs/tests.log" 2>&1
@@ -172,7 +177,7 @@ stage_tests() {
     grep -vE '^[0-9.]+ s: ' "$BUILD/logs/tests.log" | tail -n 60
     grep -E '^[0-9.]+ s: ' "$BUILD/logs/tests.log" | sort -rn | head -n 5 | sed 's/^/slowest: /'
   fi
-  note "$(grep -E '^(All tests passed|test cases:)' "$BUILD/logs/tests.log" 2>/dev/null | tail -n 1)"
+  note "$(grep -E '^(All tests passed|test cases:|[0-9]+% tests passed)' "$BUILD/logs/tests.log" 2>/dev/null | tail -n 1)"
   [[ -f "$BUILD/logs/tests.log" ]] && cp "$BUILD/logs/tests.log" "$OUT/tests.log"
   return "$rc"
 }

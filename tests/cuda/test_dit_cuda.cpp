@@ -117,12 +117,37 @@ Outputs compare_batch(dit::CpuModel& cpu, cuda::DitModel& gpu, double t,
 
 dit::Config dit_s2() { return dit::Config::preset("DiT-S/2"); }
 
+/// Random weights under which attention visibly shapes the output. With Weights::random alone
+/// the attention scores are so small that the softmax is nearly uniform and the gates nearly
+/// zero: a forward whose attention ignored Q K^T entirely would still be within about 1e-3 of
+/// the CPU, far inside the 1e-2 bound. Scaling the query and key rows of qkv by 4 and the adaLN
+/// modulations by 4 changes that (DiT-S/2, tools/dit_attention_sensitivity.py, two draws):
+/// uniform attention then moves the output by 5-6e-2 and a softmax scale off by a factor 8 by
+/// 4-5e-2, while the bf16 rounding of this backend, emulated there, stays at 2.6-2.9e-3.
+dit::Weights attention_sensitive_weights(const dit::Config& c, std::uint64_t seed) {
+  dit::Weights w = dit::Weights::random(c, seed);
+  // random() owns its values (no file mapping behind them), so writing through the views is sound.
+  const auto scale_first = [](const dit::Param& p, std::int64_t count, float factor) {
+    float* values = const_cast<float*>(p.data);
+    for (std::int64_t i = 0; i < count; ++i)
+      values[i] *= factor;
+  };
+  const std::int64_t d = c.hidden_size;
+  for (const dit::BlockWeights& b : w.blocks) {
+    scale_first(b.qkv_weight, 2 * d * d, 4.0f); // rows [0, 2D): query and key
+    scale_first(b.qkv_bias, 2 * d, 4.0f);
+    scale_first(b.ada_weight, b.ada_weight.rows * b.ada_weight.cols, 4.0f);
+    scale_first(b.ada_bias, b.ada_bias.rows * b.ada_bias.cols, 4.0f);
+  }
+  return w;
+}
+
 } // namespace
 
 TEST_CASE("CUDA DiT-S/2 with random weights matches the CPU DiT", "[cuda][dit]") {
   const dit::Config c = dit_s2();
-  dit::CpuModel cpu(dit::Weights::random(c, 7));
-  cuda::DitModel gpu(dit::Weights::random(c, 7), "DiT-S/2");
+  dit::CpuModel cpu(attention_sensitive_weights(c, 7));
+  cuda::DitModel gpu(attention_sensitive_weights(c, 7), "DiT-S/2");
   const std::vector<int> labels{3, 1000, 999};
   for (double t : {999.0, 500.0, 1.0}) {
     const Outputs o = compare_batch(cpu, gpu, t, labels, 21);
@@ -154,7 +179,7 @@ TEST_CASE("CUDA DiT-S/2 with random weights matches the CPU DiT", "[cuda][dit]")
     }
   }
   SECTION("prepare() does a batch size's first-call work ahead, without changing the numbers") {
-    cuda::DitModel prepared(dit::Weights::random(c, 7), "DiT-S/2, prepared");
+    cuda::DitModel prepared(attention_sensitive_weights(c, 7), "DiT-S/2, prepared");
     const std::int64_t before = prepared.memory().activations;
     prepared.prepare(static_cast<int>(labels.size()));
     const std::int64_t after = prepared.memory().activations;
@@ -201,6 +226,18 @@ TEST_CASE("CUDA DiT writes into a channel slice of a wider output", "[cuda][dit]
   cuda::download(View(b.data(), 2, out_shape),
                  ConstView(wide_dev.view()).channels(1, c.out_channels()));
   CHECK(a == b);
+}
+
+TEST_CASE("CUDA DiT refuses at construction a model its kernels cannot run",
+          "[cuda][dit][errors]") {
+  dit::Config c = dit::Config::preset("DiT-S/2");
+  c.depth = 1;
+  c.input_size = 8;
+  c.hidden_size = 576;
+  c.num_heads = 2; // head dim 288: beyond the flash (128) and the reference (256) paths
+  CHECK_THROWS_AS(cuda::DitModel(dit::Weights::random(c, 3)), invalid_argument);
+  CHECK_THROWS_WITH(cuda::DitModel(dit::Weights::random(c, 3)),
+                    Catch::Contains("head dimension = 288"));
 }
 
 TEST_CASE("CUDA DiT rejects bad inputs, naming them", "[cuda][dit][errors]") {

@@ -205,6 +205,26 @@ TEST_CASE("CUDA residual_layernorm_modulate: gated residual then LayerNorm-modul
   }
 }
 
+TEST_CASE("CUDA launchers reject geometry their kernels cannot address, naming it",
+          "[cuda][kernels]") {
+  // Each check runs before the launch, so no buffers are needed.
+  CHECK_THROWS_WITH(k::patchify(nullptr, nullptr, 48, 3, 10, 4, 1, nullptr),
+                    Catch::Contains("patchify size = 10"));
+  CHECK_THROWS_WITH(k::patchify(nullptr, nullptr, 40, 3, 8, 4, 1, nullptr),
+                    Catch::Contains("patchify ld = 40"));
+  CHECK_THROWS_WITH(k::patchify(nullptr, nullptr, 48, 3, 8, 4, 0, nullptr),
+                    Catch::Contains("patchify batch = 0"));
+  CHECK_THROWS_WITH(k::unpatchify(nullptr, nullptr, 8, 6, 4, 1, nullptr),
+                    Catch::Contains("unpatchify size = 6"));
+  CHECK_THROWS_WITH(k::unpatchify(nullptr, nullptr, 8, 8, 0, 1, nullptr),
+                    Catch::Contains("unpatchify patch = 0"));
+  CHECK_THROWS_WITH(k::fill_bias_columns(nullptr, 36, 32, 4, nullptr),
+                    Catch::Contains("fill_bias_columns ld = 36"));
+  CHECK_THROWS_WITH(k::timestep_frequencies(nullptr, nullptr, 200, 2, nullptr),
+                    Catch::Contains("timestep_frequencies ld = 200"));
+  CHECK_THROWS_AS(k::timestep_frequencies(nullptr, nullptr, 264, 0, nullptr), invalid_argument);
+}
+
 TEST_CASE("CUDA bias_gelu applies tanh-GELU", "[cuda][kernels]") {
   const int cols = 36, ld = 40;
   const std::int64_t rows = 9;

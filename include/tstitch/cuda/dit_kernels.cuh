@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string_view>
 
 #include "tstitch/cuda/kernels.hpp"
 #include "tstitch/cuda/runtime.hpp"
@@ -368,12 +369,30 @@ inline void require_groups_of_4(const char* what, std::int64_t value) {
     throw_invalid_argument(what, value, "must be a multiple of 4 (16-byte vector access)");
 }
 inline int row_threads(int groups) { return std::min(256, std::max(32, (groups + 31) / 32 * 32)); }
+inline void require_batch(std::string_view what, std::int64_t batch) {
+  require(batch >= 1, what, batch, "must be at least 1");
+}
+// patchify / unpatchify: whole patches only (a ragged edge would address tokens past the grid).
+inline void require_patch_grid(const char* kernel, int channels, int size, int patch, int batch) {
+  const auto name = [kernel](const char* parameter) {
+    return detail::concat(kernel, " ", parameter);
+  };
+  require(channels >= 1, name("channels"), channels, "must be at least 1");
+  require(patch >= 1, name("patch"), patch, "must be at least 1");
+  require(size >= patch && size % patch == 0, name("size"), size,
+          detail::concat("must be a positive multiple of the patch size ", patch));
+  require_batch(name("batch"), batch);
+}
 } // namespace impl
 
 using impl::as_bf16;
 using impl::threads_per_block;
 
 void fill_bias_columns(std::uint16_t* out, int ld, int cols, std::int64_t rows, cudaStream_t s) {
+  require(
+      cols >= 0 && ld >= cols + bias_columns, "fill_bias_columns ld", ld,
+      detail::concat("must hold cols + ", bias_columns, " = ", cols + bias_columns, " columns"));
+  impl::require_batch("fill_bias_columns rows", rows);
   impl::fill_bias_columns_kernel<<<impl::blocks(rows * bias_columns), threads_per_block, 0, s>>>(
       as_bf16(out), ld, cols, rows);
   impl::check_launch("fill_bias_columns_kernel");
@@ -389,6 +408,10 @@ void prepare_inputs(ConstView x, float* x_in, float t, float* t_out, const int* 
 }
 
 void timestep_frequencies(const float* t, std::uint16_t* out, int ld, int batch, cudaStream_t s) {
+  constexpr int frequencies = 256; // cos and sin of 128 frequencies, as the kernel writes
+  require(ld >= frequencies, "timestep_frequencies ld", ld,
+          detail::concat("must hold the ", frequencies, " sinusoid columns"));
+  impl::require_batch("timestep_frequencies batch", batch);
   impl::timestep_frequencies_kernel<<<1, 128, 0, s>>>(t, as_bf16(out), ld, batch);
   impl::check_launch("timestep_frequencies_kernel");
 }
@@ -409,6 +432,9 @@ void condition(const float* temb, const float* table, const int* labels, std::ui
 
 void patchify(const float* x, std::uint16_t* patches, int ld, int channels, int size, int patch,
               int batch, cudaStream_t s) {
+  impl::require_patch_grid("patchify", channels, size, patch, batch);
+  require(ld >= channels * patch * patch, "patchify ld", ld,
+          detail::concat("must hold a patch of ", channels * patch * patch, " values"));
   const std::int64_t total = static_cast<std::int64_t>(batch) * channels * size * size;
   impl::patchify_kernel<<<impl::blocks(total), threads_per_block, 0, s>>>(
       x, as_bf16(patches), ld, channels, size, patch, batch);
@@ -497,6 +523,7 @@ void bias_gelu(std::uint16_t* x, int ld, const float* bias, int cols, std::int64
 
 void unpatchify(const float* tokens_out, float* out, int out_channels, int size, int patch,
                 int batch, cudaStream_t s) {
+  impl::require_patch_grid("unpatchify", out_channels, size, patch, batch);
   const std::int64_t total = static_cast<std::int64_t>(batch) * out_channels * size * size;
   impl::unpatchify_kernel<<<impl::blocks(total), threads_per_block, 0, s>>>(
       tokens_out, out, out_channels, size, patch, batch);

@@ -207,8 +207,16 @@ struct DitModel::Impl {
         {w.class_table.data, static_cast<std::size_t>(w.class_table.rows * w.class_table.cols)});
     position = dit_detail::upload_floats(
         {w.pos_embed.data, static_cast<std::size_t>(config.tokens() * d)});
-    if (!kernels::attention_supported(attention, static_cast<int>(config.head_dim())))
+    const auto head_dim = static_cast<int>(config.head_dim());
+    if (!kernels::attention_supported(attention, head_dim))
       attention = AttentionPath::reference;
+    // Fail here, not at the first predict, for a model these kernels cannot run.
+    require(
+        kernels::attention_supported(attention, head_dim), "CUDA DiT head dimension", head_dim,
+        "no attention path supports it (flash: multiples of 8 up to 128, reference: up to 256)");
+    constexpr std::int64_t max_hidden = 4 * 32 * 32; // the LayerNorm kernels hold a row in a warp
+    require(d <= max_hidden, "CUDA DiT hidden_size", d,
+            detail::concat("must be at most ", max_hidden));
     // cudaMemcpy from pageable memory may return before its DMA lands, and the model's stream is
     // non-blocking (not ordered after the legacy stream): wait once, here, for the uploads.
     TSTITCH_CUDA_CHECK(cudaDeviceSynchronize());
@@ -223,9 +231,8 @@ struct DitModel::Impl {
   }
 
   dit_detail::Activations& activations_for(int n) {
-    auto& slot = activations[n];
-    if (slot)
-      return *slot;
+    if (const auto found = activations.find(n); found != activations.end())
+      return *found->second;
     const dit::Config& c = config;
     const int d = static_cast<int>(c.hidden_size);
     const std::int64_t rows = n * c.tokens();
@@ -255,8 +262,9 @@ struct DitModel::Impl {
     kernels::fill_bias_columns(act->temb_hidden_bf16.data(), t_fc2.ld, t_fc2.in, n, stream);
     kernels::fill_bias_columns(act->cond.data(), modulation.ld, modulation.in, n, stream);
     kernels::fill_bias_columns(act->patches.data(), patch.ld, patch_k, rows, stream);
-    slot = std::move(act);
-    return *slot;
+    // Entered only now, complete: a failed allocation above (out of memory) leaves no entry
+    // behind for memory() or set_attention() to trip over, and a later call may retry.
+    return *activations.emplace(n, std::move(act)).first->second;
   }
 
   /// The device copy of a label vector; uploaded (asynchronously, from pinned memory) the first
@@ -363,7 +371,13 @@ struct DitModel::Impl {
       throw;
     }
     TSTITCH_CUDA_CHECK(cudaStreamEndCapture(stream, &act.graph));
-    TSTITCH_CUDA_CHECK(cudaGraphInstantiate(&act.exec, act.graph, 0));
+    if (const cudaError_t status = cudaGraphInstantiate(&act.exec, act.graph, 0);
+        status != cudaSuccess) {
+      (void)cudaGraphDestroy(act.graph); // the next call captures afresh
+      act.graph = nullptr;
+      act.exec = nullptr;
+      check(status, "cudaGraphInstantiate(&act.exec, act.graph, 0)", __FILE__, __LINE__);
+    }
   }
 
   void prepare(int n) {

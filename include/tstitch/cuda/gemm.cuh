@@ -86,12 +86,17 @@ class Blas {
 public:
   explicit Blas(cudaStream_t stream, std::int64_t workspace_bytes = 32ll << 20)
       : stream_(stream), workspace_(workspace_bytes) {
-    TSTITCH_CUBLAS_CHECK(cublasCreate(&handle_));
-    TSTITCH_CUBLAS_CHECK(cublasSetStream(handle_, stream));
-    TSTITCH_CUBLAS_CHECK(cublasSetWorkspace(handle_, workspace_.data(),
-                                            static_cast<std::size_t>(workspace_.bytes())));
-    TSTITCH_CUBLAS_CHECK(cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH));
-    TSTITCH_CUBLAS_CHECK(cublasLtCreate(&lt_));
+    try {
+      TSTITCH_CUBLAS_CHECK(cublasCreate(&handle_));
+      TSTITCH_CUBLAS_CHECK(cublasSetStream(handle_, stream));
+      TSTITCH_CUBLAS_CHECK(cublasSetWorkspace(handle_, workspace_.data(),
+                                              static_cast<std::size_t>(workspace_.bytes())));
+      TSTITCH_CUBLAS_CHECK(cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH));
+      TSTITCH_CUBLAS_CHECK(cublasLtCreate(&lt_));
+    } catch (...) { // no destructor runs for a constructor that throws
+      release();
+      throw;
+    }
   }
   Blas(Blas&& other) noexcept
       : handle_(std::exchange(other.handle_, nullptr)), lt_(std::exchange(other.lt_, nullptr)),
@@ -100,13 +105,7 @@ public:
   Blas& operator=(Blas&&) = delete;
   Blas(const Blas&) = delete;
   Blas& operator=(const Blas&) = delete;
-  ~Blas() {
-    plans_.clear(); // descriptors before the handle
-    if (lt_ != nullptr)
-      (void)cublasLtDestroy(lt_);
-    if (handle_ != nullptr)
-      (void)cublasDestroy(handle_);
-  }
+  ~Blas() { release(); }
 
   [[nodiscard]] std::int64_t workspace_bytes() const { return workspace_.bytes(); }
 
@@ -154,6 +153,14 @@ public:
   [[nodiscard]] bool autotune() const { return autotune_; }
 
 private:
+  void release() noexcept {
+    plans_.clear(); // descriptors before the handle
+    if (lt_ != nullptr)
+      (void)cublasLtDestroy(std::exchange(lt_, nullptr));
+    if (handle_ != nullptr)
+      (void)cublasDestroy(std::exchange(handle_, nullptr));
+  }
+
   struct Operands {
     const void* x;
     const void* w;

@@ -70,8 +70,8 @@ inline constexpr FlashTiling flash_tilings[] = {{4, 16}, {4, 32}};
 
 /// `attention` on the flash path with an explicit tiling (tests and benchmarks compare them);
 /// throws tstitch::invalid_argument for a tiling not in flash_tilings.
-void attention_flash(const std::uint16_t* qkv, std::uint16_t* out, int batch, int tokens,
-                     int heads, int head_dim, FlashTiling tiling, cudaStream_t stream);
+void attention_flash(const std::uint16_t* qkv, std::uint16_t* out, int batch, int tokens, int heads,
+                     int head_dim, FlashTiling tiling, cudaStream_t stream);
 
 // ---- the element-wise kernels of the DiT forward (definitions: dit_kernels.cuh) -------------
 //
@@ -86,19 +86,22 @@ void attention_flash(const std::uint16_t* qkv, std::uint16_t* out, int batch, in
 /// Extra columns of a GEMM input buffer that carry the folded bias.
 inline constexpr int bias_columns = 8;
 
+/// Columns [cols, cols + bias_columns) of each row: 1, 0, ..., 0. Needs ld >= cols + bias_columns.
 void fill_bias_columns(std::uint16_t* out, int ld, int cols, std::int64_t rows, cudaStream_t s);
 /// x (batch-strided) -> x_in (dense); *t_out = t; labels_out[n] = labels[n]: the per-call inputs
 /// of a captured forward, in one launch.
 void prepare_inputs(ConstView x, float* x_in, float t, float* t_out, const int* labels,
                     int* labels_out, cudaStream_t s);
-/// out[n] = [cos(t f_k), sin(t f_k)], f_k = exp(-ln(10000) k / 128), k < 128 (fp32 math).
+/// out[n] = [cos(t f_k), sin(t f_k)], f_k = exp(-ln(10000) k / 128), k < 128 (fp32 math);
+/// ld >= 256.
 void timestep_frequencies(const float* t, std::uint16_t* out, int ld, int batch, cudaStream_t s);
 void silu_to_bf16(const float* in, int ld_in, std::uint16_t* out, int ld_out, int cols,
                   std::int64_t rows, cudaStream_t s);
 /// out = SiLU(temb + table[labels[n]]) (every consumer of DiT's c starts with SiLU).
 void condition(const float* temb, const float* table, const int* labels, std::uint16_t* out,
                int ld_out, int dim, int batch, cudaStream_t s);
-/// x [batch, C, S, S] -> patches [batch * T, C*p*p] in the conv weight's (c, i, j) order.
+/// x [batch, C, S, S] -> patches [batch * T, C*p*p] in the conv weight's (c, i, j) order;
+/// S a multiple of p, ld >= C*p*p.
 void patchify(const float* x, std::uint16_t* patches, int ld, int channels, int size, int patch,
               int batch, cudaStream_t s);
 /// h[r] += pos[r % tokens].
@@ -121,7 +124,7 @@ void residual_layernorm_modulate(float* h, const std::uint16_t* y, const float* 
 /// x = GELU_tanh(x + bias) in place (bias may be null when the GEMM added it).
 void bias_gelu(std::uint16_t* x, int ld, const float* bias, int cols, std::int64_t rows,
                cudaStream_t s);
-/// tokens [batch * T, p*p*Co] -> out [batch, Co, S, S].
+/// tokens [batch * T, p*p*Co] -> out [batch, Co, S, S]; S a multiple of p.
 void unpatchify(const float* tokens_out, float* out, int out_channels, int size, int patch,
                 int batch, cudaStream_t s);
 
