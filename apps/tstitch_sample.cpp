@@ -181,12 +181,14 @@ void sample_all(ErasedStitcher& denoiser, SolverT solver, const Options& o,
                    .c_str());
 
   const bool tty = isatty(fileno(stderr)) != 0;
-  const int batches = (o.count + o.batch - 1) / o.batch;
+  // A batch larger than the count is the whole count (and --batch INT_MAX cannot overflow).
+  const int batch = std::min(o.batch, o.count);
+  const int batches = (o.count - 1) / batch + 1;
   const auto started = std::chrono::steady_clock::now();
   long long done_steps = 0;
   Sampler<> sampler;
   for (int b = 0; b < batches; ++b) {
-    const int first = b * o.batch, size = std::min(o.batch, o.count - first);
+    const int first = b * batch, size = std::min(batch, o.count - first);
     const View part = View(x.view()).samples(first, size);
     fill_initial_noise(part, o.seed, static_cast<std::uint32_t>(first));
     const std::vector<int> cond(labels.begin() + first, labels.begin() + first + size);
@@ -254,6 +256,8 @@ int run(const Options& o) {
       bad("--fraction: one fraction stitches 2 models; with ", k, " models use --fractions");
     fractions = {r, 1.0 - r};
   }
+  if (!o.names.empty() && o.names.size() != k)
+    bad("--names: got ", o.names.size(), " names for ", k, " models");
   std::optional<RuleChoice> rule;
   try {
     if (o.rule == "fraction")
@@ -307,8 +311,6 @@ int run(const Options& o) {
   denoiser.null_class = classes;
   for (std::size_t i = 0; i < k; ++i)
     denoiser.names.push_back(o.names.empty() ? models[i].model_name(0) : o.names[i]);
-  if (!o.names.empty() && o.names.size() != k)
-    bad("--names: got ", o.names.size(), " names for ", k, " models");
   std::shared_ptr<void> keep;
   switch (k) {
   case 2:

@@ -10,6 +10,10 @@
 #include <new>
 #include <vector>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "tstitch/core/host_backend.hpp"
 #include "tstitch/io/half.hpp"
 #include "tstitch/io/safetensors.hpp"
@@ -235,6 +239,44 @@ TEST_CASE("DiT weight files that do not match are rejected, naming file and tens
   CHECK_THROWS_WITH(dit::Weights::load(path, wider), Catch::Contains("x_embedder.proj.weight"));
 }
 
+TEST_CASE("DiT configs are bounded so that no derived size overflows", "[dit][errors]") {
+  // The largest published models pass, at 512x512 (latents 64x64) too.
+  for (const char* name : {"DiT-XL/2", "DiT-L/2", "DiT-S/8"}) {
+    dit::Config c = dit::Config::preset(name);
+    CHECK_NOTHROW(c.validate());
+    c.input_size = 64;
+    CHECK_NOTHROW(c.validate());
+  }
+  dit::Config c = dit::Config::preset("DiT-XL/2");
+  c.input_size = std::int64_t{1} << 33;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("input_size = 8589934592"));
+  c.input_size = 4096; // 2^22 tokens x 1152
+  CHECK_THROWS_WITH(c.validate(),
+                    Catch::Contains("input_size = 4096") && Catch::Contains("4194304 tokens"));
+  c = dit::Config::preset("DiT-XL/2");
+  c.hidden_size = std::int64_t{1} << 40;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("hidden_size = 1099511627776"));
+  c = dit::Config::preset("DiT-XL/2");
+  c.num_classes = std::int64_t{1} << 62;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("num_classes = 4611686018427387904"));
+  CHECK_THROWS_WITH(dit::sincos_position_embedding(1152, std::int64_t{1} << 32),
+                    Catch::Contains("grid = 4294967296"));
+
+  // From a file's metadata: an input size whose grid x grid x hidden overflows int64 (it
+  // segfaulted), and one that only exhausts memory (std::bad_alloc): both named errors now.
+  const std::filesystem::path path = temp_file("bounds");
+  dit::Weights::random(tiny_config(), 15).save(path);
+  auto metadata = io::SafetensorsFile(path).metadata();
+  for (const char* input_size : {"8589934592", "1000000"}) {
+    metadata["input_size"] = input_size;
+    const auto huge = edited_copy(
+        path, "huge_input", [](auto&) {}, metadata);
+    CHECK_THROWS_AS(dit::Weights::load(huge), tstitch::invalid_argument);
+    CHECK_THROWS_WITH(dit::Weights::load(huge),
+                      Catch::Contains(std::string("input_size = ") + input_size));
+  }
+}
+
 TEST_CASE("DiT rejects bad inputs", "[dit][errors]") {
   dit::CpuModel model(dit::Weights::random(tiny_config(), 14));
   Tensor x(2, Shape{4, 8, 8}), out(2, Shape{8, 8, 8});
@@ -374,6 +416,51 @@ TEST_CASE("DiT linear layers: every epilogue of every GEMM library against a dou
                                  dit::Epilogue::gated(gate.data(), gate_stride, 4), scratch.data()),
                       Catch::Contains("rows = 15") && Catch::Contains("rows_per_sample = 4"));
   }
+}
+
+TEST_CASE("DiT Eigen linear layers compute every output column for any thread count",
+          "[dit][linear]") {
+  // The Eigen path splits the output columns between the OpenMP threads in slices of 16; output
+  // widths below, at and off a multiple of the thread count, 16 rows x 128 inputs of work each
+  // (enough to run threaded).
+  const std::int64_t rows = 1024, in = 128;
+  Tensor noise(1, Shape{rows * in + 384 * in + 384, 1, 1});
+  HostBackend{}.fill_normal(noise, NoiseKey{9, 0, 0, 0});
+  const float* x = noise.data();
+  const float* w = x + rows * in;
+  const float* b = w + 384 * in;
+#ifdef _OPENMP
+  const int previous_threads = omp_get_max_threads();
+  const std::vector<int> thread_counts{1, 2, 3, 17, 32, 33};
+#else
+  const std::vector<int> thread_counts{1};
+#endif
+  dit::LinearLayers linear(dit::Gemm::eigen);
+  for (const std::int64_t out : {16, 100, 288, 384}) {
+    std::vector<double> reference(static_cast<std::size_t>(rows * out));
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t o = 0; o < out; ++o) {
+        double acc = b[o];
+        for (std::int64_t k = 0; k < in; ++k)
+          acc += static_cast<double>(x[r * in + k]) * w[o * in + k];
+        reference[static_cast<std::size_t>(r * out + o)] = acc;
+      }
+    for (const int threads : thread_counts) {
+      INFO("out " << out << ", threads " << threads);
+#ifdef _OPENMP
+      omp_set_num_threads(threads);
+#endif
+      std::vector<float> y(static_cast<std::size_t>(rows * out), std::nanf(""));
+      linear.run(x, rows, dit::Param{w, out, in}, dit::Param{b, 1, out}, y.data(), {});
+      std::int64_t wrong = 0;
+      for (std::size_t i = 0; i < y.size(); ++i)
+        wrong += !(std::abs(y[i] - reference[i]) <= 1e-4 * (1 + std::abs(reference[i])));
+      CHECK(wrong == 0);
+    }
+  }
+#ifdef _OPENMP
+  omp_set_num_threads(previous_threads);
+#endif
 }
 
 TEST_CASE("DiT: oneDNN and Eigen give the same model; an unbuilt GEMM is refused",

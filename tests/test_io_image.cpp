@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -112,6 +113,23 @@ TEST_CASE("PNG errors name the problem", "[png]") {
   CHECK_THROWS_WITH(io::image_grid(grey, options), Catch::Contains("grid columns = 0"));
 }
 
+TEST_CASE("PNG grid sizes are checked before they can overflow", "[png]") {
+  Tensor grey(2, Shape{1, 2, 3});
+  // A view may claim any shape: a negative width is refused, not multiplied.
+  const ConstView negative(grey.data(), 1, Shape{1, 2, -3});
+  CHECK_THROWS_WITH(io::image_grid(negative), Catch::Contains("image size = 2x-3"));
+  io::GridOptions options;
+  options.scale = std::int64_t{1} << 62; // width x scale wrapped around int64
+  CHECK_THROWS_AS(io::image_grid(grey, options), tstitch::invalid_argument);
+  CHECK_THROWS_WITH(io::image_grid(grey, options),
+                    Catch::Contains("grid width = 2 tiles x 3 pixels x scale 4611686018427387904"));
+  options.scale = 1;
+  options.padding = std::int64_t{1} << 62; // (columns + 1) x padding wrapped around int64
+  CHECK_THROWS_WITH(io::image_grid(grey, options),
+                    Catch::Contains("grid width") &&
+                        Catch::Contains("padding 4611686018427387904"));
+}
+
 TEST_CASE("npy header follows NumPy format 1.0 with 64-byte alignment", "[npy]") {
   const std::vector<std::int64_t> shape{2, 1, 3, 4};
   const std::string header = io::npy_header(shape);
@@ -137,6 +155,22 @@ TEST_CASE("npy header follows NumPy format 1.0 with 64-byte alignment", "[npy]")
   const std::vector<std::int64_t> one{5}, none{};
   CHECK(io::npy_header(one).find("'shape': (5,), }") != std::string::npos);
   CHECK(io::npy_header(none).find("'shape': (), }") != std::string::npos);
+}
+
+TEST_CASE("write_npy checks the element count of the shape", "[npy]") {
+  const auto path = temp_path("overflow.npy");
+  // 2^62 x 4 wraps around int64 to 0, the number of values given.
+  const std::vector<std::int64_t> huge{std::int64_t{1} << 62, 4};
+  CHECK_THROWS_AS(io::write_npy(path, std::span<const float>{}, huge), tstitch::invalid_argument);
+  CHECK_THROWS_WITH(io::write_npy(path, std::span<const float>{}, huge),
+                    Catch::Contains("npy shape = [4611686018427387904, 4]"));
+  // With a 0 the array is empty, however large its other extents.
+  const std::vector<std::int64_t> empty{std::int64_t{1} << 62, 4, 0};
+  io::write_npy(path, std::span<const float>{}, empty);
+  CHECK(read_all(path).size() == io::npy_header(empty).size());
+  const std::vector<float> six(6);
+  const std::vector<std::int64_t> negative{-2, -3};
+  CHECK_THROWS_WITH(io::write_npy(path, six, negative), Catch::Contains("npy shape[0] = -2"));
 }
 
 TEST_CASE("write_npy writes the header then the little-endian floats", "[npy]") {

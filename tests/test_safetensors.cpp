@@ -360,6 +360,10 @@ TEST_CASE("invalid safetensors files are rejected with the file and tensor named
        st_file(R"({"w":)" + entry("F32", "[4294967296,4294967296,4294967296]", 0, 8) + "}",
                zeros(8)),
        {"tensor 'w'", "overflows"}},
+      // Empty, but 2^32 * 2^31 overflows numel()'s int64 product before the 0 is reached.
+      {"shape_empty_overflow",
+       st_file(R"({"w":)" + entry("F32", "[4294967296,2147483648,0]", 0, 0) + "}"),
+       {"tensor 'w'", "[4294967296,2147483648,0]", "overflows int64"}},
       {"shape_size_mismatch",
        st_file(R"({"w":)" + entry("F32", "[2,3]", 0, 20) + "}", zeros(20)),
        {"tensor 'w'", "[2, 3] of F32 needs 24 bytes", "[0, 20) hold 20"}},
@@ -503,11 +507,13 @@ TEST_CASE("valid corner cases are accepted", "[safetensors]") {
                         st_file(R"({"a":)" + entry("F32", "[0]", 0, 0) + R"(,"b":)" +
                                     entry("F32", "[1]", 0, 4) + R"(,"c":)" +
                                     entry("F16", "[3,0,2]", 4, 4) + R"(,"d":)" +
-                                    entry("F32", "[0]", 4, 4) + "}",
+                                    entry("F32", "[0]", 4, 4) + R"(,"e":)" +
+                                    entry("F32", "[4294967296,0,2147483647]", 4, 4) + "}",
                                 zeros(4)));
     const SafetensorsFile st(file.path);
-    CHECK(st.names() == std::vector<std::string>{"a", "b", "c", "d"});
+    CHECK(st.names() == std::vector<std::string>{"a", "b", "c", "d", "e"});
     CHECK(st.info("c").numel() == 0);
+    CHECK(st.info("e").numel() == 0); // non-zero extents multiply to 2^63 - 2^32 < 2^63
     CHECK(st.info("c").shape == std::vector<std::int64_t>{3, 0, 2});
     CHECK(st.read_f32("c").empty());
     CHECK(st.f32("d").empty());

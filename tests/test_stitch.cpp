@@ -256,6 +256,71 @@ TEST_CASE("Records, switch observer and per-segment guidance report what ran", "
   CHECK(stitcher.model_name(2) == "XL");
 }
 
+TEST_CASE("A reused stitcher starts each run afresh: switch events and direct predict()",
+          "[stitch]") {
+  // Three different models, so that the one that ran can be told from the output.
+  ExactDenoiser s(shape, gaussian(0.0, 1.0)), b(shape, gaussian(0.5, 1.0)),
+      xl(shape, gaussian(1.0, 0.5));
+  const DiscreteSchedule schedule;
+  DDIM ddim;
+  SampleOptions options;
+  options.steps = 10;
+  // Runs a full trajectory, then one from step 4 (steps 4, 5: model 1; 6..9: model 2).
+  auto switches_of_second_run = [&](auto& stitcher, bool run_first) {
+    std::vector<SwitchEvent> switches;
+    stitcher.on_switch([&](const SwitchEvent& e) { switches.push_back(e); });
+    Tensor x(1, shape);
+    fill_initial_noise(x, 2);
+    if (run_first) {
+      sample(stitcher, schedule, ddim, x, Labels{0}, options); // ends on model 2
+      CHECK(switches.size() == 2);
+      switches.clear();
+    }
+    SampleOptions later = options;
+    later.start_step = 4;
+    const SampleResult result = sample(stitcher, schedule, ddim, x, Labels{0}, later);
+    CHECK(result.switches == 1);
+    stitcher.on_switch(nullptr); // `switches` ends here
+    return switches;
+  };
+  Stitcher fresh({0.3, 0.3, 0.4}, s, b, xl), reused({0.3, 0.3, 0.4}, s, b, xl);
+  const std::vector<SwitchEvent> expected = switches_of_second_run(fresh, false);
+  const std::vector<SwitchEvent> got = switches_of_second_run(reused, true);
+  REQUIRE(expected.size() == 1);
+  CHECK(expected[0].from == 1);
+  CHECK(expected[0].to == 2);
+  CHECK(expected[0].context.step == 6);
+  REQUIRE(got.size() == expected.size());
+  CHECK(got[0].from == expected[0].from);
+  CHECK(got[0].to == expected[0].to);
+  CHECK(got[0].context.step == expected[0].context.step);
+
+  // The last route was step 9 of 10 (model 2); step 9 of 100 belongs to model 0.
+  const StepContext ctx{9, 100, 0, schedule.trajectory(100)[9]};
+  Tensor x(1, shape), out(1, shape), reference(1, shape);
+  fill_initial_noise(x, 3);
+  reused.predict(x, ctx, Labels{0}, out);
+  s.predict(x, ctx, Labels{0}, reference);
+  CHECK(bit_identical(out, reference));
+
+  // A run that starts right after the step where a cancelled one stopped looks like its
+  // continuation; reset_route() says it is a new run.
+  options.on_step = [](const StepRecord& r) { return r.step < 5; }; // cancels after step 5
+  Stitcher cancelled({0.3, 0.3, 0.4}, s, b, xl);
+  std::vector<SwitchEvent> switches;
+  cancelled.on_switch([&](const SwitchEvent& e) { switches.push_back(e); });
+  Tensor y(1, shape);
+  fill_initial_noise(y, 4);
+  CHECK(sample(cancelled, schedule, ddim, y, Labels{0}, options).cancelled);
+  REQUIRE(switches.size() == 1); // 0 -> 1 at step 3
+  cancelled.reset_route();
+  SampleOptions next;
+  next.steps = 10;
+  next.start_step = 6; // model 2 from its first step: no switch
+  sample(cancelled, schedule, ddim, y, Labels{0}, next);
+  CHECK(switches.size() == 1);
+}
+
 TEST_CASE("Models with different prediction types stitch into the same solution", "[stitch]") {
   // The same exact model, once predicting v and once flow velocity: stitched, the result must
   // match the unstitched one up to float32 rounding of the conversions.

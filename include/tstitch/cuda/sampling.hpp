@@ -92,9 +92,11 @@ public:
   }
   { return models_[0]->unconditional(c); }
 
-  /// Runs the model route() chose for ctx.step (every evaluation of a step goes to it).
+  /// Runs the model route() chose for ctx.step (every evaluation of a step goes to it); a step
+  /// route() has not seen in this run (another step count) asks the policy.
   void predict(ConstView x, const StepContext& ctx, const condition_type& c, View out) {
-    const std::size_t k = serving_ && routed_step_ == ctx.step ? *serving_ : model_index(ctx);
+    const bool routed = serving_ && routed_step_ == ctx.step && routed_steps_ == ctx.num_steps;
+    const std::size_t k = routed ? *serving_ : model_index(ctx);
     models_[k]->predict(x, ctx, c, out);
   }
 
@@ -103,6 +105,7 @@ public:
     const std::size_t k = model_index(ctx);
     serving_ = k;
     routed_step_ = ctx.step;
+    routed_steps_ = ctx.num_steps;
     return Route{k, models_[k]->prediction(), std::nullopt};
   }
 
@@ -122,6 +125,7 @@ private:
   std::vector<D*> models_;
   std::optional<std::size_t> serving_;
   int routed_step_ = -1;
+  int routed_steps_ = 0;
 };
 
 struct SamplingWorkspace; // cuda/sampling.cuh: the backend, the loop's buffers, the solver

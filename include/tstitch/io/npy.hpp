@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
+#include <algorithm>
 #include <bit>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <span>
 #include <string>
 #include <vector>
@@ -51,10 +53,19 @@ namespace tstitch::io {
 /// tstitch::runtime_error naming the path when the file cannot be written.
 inline void write_npy(const std::filesystem::path& path, std::span<const float> values,
                       std::span<const std::int64_t> shape) {
-  std::int64_t count = 1;
-  for (const std::int64_t extent : shape)
-    count *= extent;
-  const std::string header = npy_header(shape);
+  const std::string header = npy_header(shape); // rejects negative extents
+  // The element count, checked: an unchecked product can wrap around to the value count. A
+  // shape with a 0 is empty whatever its other extents.
+  std::int64_t count = std::ranges::find(shape, 0) == shape.end() ? 1 : 0;
+  for (std::size_t i = 0; i < shape.size() && count != 0; ++i) {
+    if (count > std::numeric_limits<std::int64_t>::max() / shape[i]) {
+      std::string text;
+      for (const std::int64_t extent : shape)
+        text += (text.empty() ? "[" : ", ") + std::to_string(extent);
+      throw_invalid_argument("npy shape", text + "]", "has more elements than int64 can count");
+    }
+    count *= shape[i];
+  }
   if (count != static_cast<std::int64_t>(values.size()))
     throw_invalid_argument("npy value count", values.size(),
                            detail::concat("must equal the product of the shape, ", count));

@@ -20,6 +20,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tstitch/core/error.hpp"
@@ -69,16 +70,27 @@ struct Image8 {
     throw_invalid_argument("grid value range",
                            detail::concat("[", options.value_min, ", ", options.value_max, "]"),
                            "value_max must exceed value_min");
+  require(s.height >= 1 && s.width >= 1, "image size", detail::concat(s.height, "x", s.width),
+          "must be at least 1x1");
   const std::int64_t n = images.batch(), cols = std::min(options.columns, n);
   const std::int64_t rows = (n + cols - 1) / cols;
-  const std::int64_t tile_w = s.width * options.scale, tile_h = s.height * options.scale;
+  // Every factor is checked against the limit before it is multiplied, so nothing overflows.
+  constexpr std::int64_t limit = std::int64_t{1} << 24;
+  const auto extent = [&](std::string_view name, std::int64_t tiles, std::int64_t pixels) {
+    if (pixels > limit / options.scale || tiles > limit || options.padding > limit ||
+        tiles * pixels * options.scale + (tiles + 1) * options.padding > limit)
+      throw_invalid_argument(
+          name,
+          detail::concat(tiles, " tiles x ", pixels, " pixels x scale ", options.scale, " + (",
+                         tiles, " + 1) x padding ", options.padding),
+          detail::concat("must be at most ", limit, " pixels for a PNG written in memory"));
+    return tiles * pixels * options.scale + (tiles + 1) * options.padding;
+  };
   Image8 out;
   out.channels = s.channels;
-  out.width = cols * tile_w + (cols + 1) * options.padding;
-  out.height = rows * tile_h + (rows + 1) * options.padding;
-  if (out.width > (1 << 24) || out.height > (1 << 24))
-    throw_invalid_argument("grid size", detail::concat(out.width, "x", out.height),
-                           "is too large for a PNG written in memory");
+  out.width = extent("grid width", cols, s.width);
+  out.height = extent("grid height", rows, s.height);
+  const std::int64_t tile_w = s.width * options.scale, tile_h = s.height * options.scale;
   out.pixels.assign(static_cast<std::size_t>(out.width * out.height * out.channels),
                     options.padding_value);
   for (std::int64_t i = 0; i < n; ++i) {

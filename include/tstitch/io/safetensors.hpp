@@ -52,7 +52,8 @@
 // Stricter than the reference implementation (which keeps the last of duplicate JSON keys):
 //   - duplicate keys anywhere in the header are rejected, as the spec requires;
 //   - the header must start with '{' after optional whitespace (a UTF-8 BOM is rejected);
-//   - shape extents must fit in int64.
+//   - shape extents, and the product of the non-zero ones, must fit in int64 (so that a zero-size
+//     tensor's element count can be computed in int64, left to right).
 // Every violation throws tstitch::io::format_error naming the file and, where one is involved,
 // the tensor.
 
@@ -180,7 +181,7 @@ struct TensorInfo {
   [[nodiscard]] std::int64_t numel() const {
     std::int64_t n = 1;
     for (const std::int64_t extent : shape)
-      n *= extent; // cannot overflow: validated against the bytes in the file
+      n *= extent; // cannot overflow: the reader checks the product of the non-zero extents
     return n;
   }
 };
@@ -454,16 +455,20 @@ private:
     if (!shape.is_array())
       fail(name, "shape is a JSON ", shape.type_name(), ", not an array");
     std::uint64_t numel = 1;
-    bool overflow = false;
+    std::uint64_t nonzero_product = 1;
+    constexpr auto int64_max = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
     for (const json& extent : shape) {
       const auto value = as_count(extent);
       if (!value)
         fail(name, "shape ", shape.dump(), " has an entry that is not a non-negative integer");
-      if (*value > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+      if (*value > int64_max)
         fail(name, "shape ", shape.dump(), " has an extent beyond int64");
+      // A later 0 makes the tensor empty, but numel() multiplies in int64 from the left.
+      if (*value != 0 &&
+          (!detail::checked_multiply(nonzero_product, *value) || nonzero_product > int64_max))
+        fail(name, "shape ", shape.dump(), " has non-zero extents whose product overflows int64");
       tensor.shape.push_back(static_cast<std::int64_t>(*value));
-      // Like the reference implementation, fold left to right and stop at the first overflow.
-      overflow = overflow || !detail::checked_multiply(numel, *value);
+      numel *= *value; // cannot overflow: at most the product of the non-zero extents
     }
 
     const json& offsets = field("data_offsets");
@@ -475,7 +480,7 @@ private:
     const std::string range = tstitch::detail::concat('[', tensor.begin, ", ", tensor.end, ')');
 
     std::uint64_t bits = numel;
-    if (overflow || !detail::checked_multiply(bits, dtype_bits(tensor.dtype)))
+    if (!detail::checked_multiply(bits, dtype_bits(tensor.dtype)))
       fail(name, "shape ", shape_string(tensor.shape), " of ", tensor.dtype,
            " overflows the byte count");
     if (bits % 8 != 0)

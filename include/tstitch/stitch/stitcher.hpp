@@ -127,23 +127,37 @@ public:
   /// for it, even where a solver evaluates at another point (Heun's second evaluation sits at the
   /// next step's point, which a threshold policy may give to the next model).
   void predict(ConstView x, const StepContext& ctx, const condition_type& c, View out) {
-    const std::size_t k = serving_ && routed_step_ == ctx.step ? *serving_ : model_index(ctx);
+    const bool routed = serving_ && routed_.step == ctx.step && routed_.num_steps == ctx.num_steps;
+    const std::size_t k = routed ? *serving_ : model_index(ctx);
     visit(k, [&](auto& model) { model.predict(x, ctx, c, out); });
   }
 
   /// The model serving step ctx, its prediction and guidance scale. The sampling loop calls this
-  /// once per step, in step order; the switch observer fires from here.
+  /// once per step, in step order; the switch observer fires from here. A step that does not
+  /// directly follow the last one routed (same step count, next index) starts a new run: a
+  /// reused stitcher (a second run, or one from start_step > 0) reports no switch from the model
+  /// that ended the previous run.
   [[nodiscard]] Route route(const StepContext& ctx) {
     const std::size_t k = model_index(ctx);
-    if (ctx.step > 0 && serving_ && *serving_ != k && observer_)
+    const bool same_run =
+        serving_ && ctx.num_steps == routed_.num_steps && ctx.step == routed_.step + 1;
+    if (same_run && *serving_ != k && observer_)
       observer_(SwitchEvent{*serving_, k, ctx});
     serving_ = k;
-    routed_step_ = ctx.step;
+    routed_ = ctx;
     Route r{k, Prediction::epsilon, std::nullopt};
     visit(k, [&](auto& model) { r.prediction = model.prediction(); });
     if (!guidance_scales_.empty())
       r.guidance_scale = guidance_scales_[k];
     return r;
+  }
+
+  /// Forgets the last route: the next route() starts a run and predict() asks the policy. For
+  /// callers that drive route() and predict() by hand and start a run that route() cannot tell
+  /// from a continuation (e.g. resuming at the step after a cancelled run).
+  void reset_route() {
+    serving_.reset();
+    routed_ = StepContext{};
   }
 
   // --- queries --------------------------------------------------------------------------------
@@ -199,8 +213,8 @@ private:
   std::vector<std::string> names_;
   std::vector<std::optional<double>> guidance_scales_;
   std::function<void(const SwitchEvent&)> observer_;
-  std::optional<std::size_t> serving_; // the model route() chose for step routed_step_
-  int routed_step_ = -1;
+  std::optional<std::size_t> serving_; // the model route() chose for step routed_
+  StepContext routed_{};
 };
 
 /// T-Stitch with two models: `small` serves the first, noisiest part of the trajectory and

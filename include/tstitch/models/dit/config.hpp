@@ -31,6 +31,21 @@ struct Config {
 
   static constexpr std::int64_t frequency_embedding_size = 256;
 
+  /// Upper bounds that validate() enforces. Far above any published DiT (DiT-XL/2 at 512x512:
+  /// input 64, hidden 1152, depth 28, 16 heads, 1000 classes), yet low enough that every size
+  /// derived from a config (tensor sizes, parameter counts, tokens x hidden) stays below 2^52 and
+  /// so fits in int64 with room for a batch: a file's metadata cannot make them overflow.
+  static constexpr std::int64_t max_input_size = std::int64_t{1} << 14;
+  static constexpr std::int64_t max_patch_size = std::int64_t{1} << 8;
+  static constexpr std::int64_t max_in_channels = std::int64_t{1} << 12;
+  static constexpr std::int64_t max_hidden_size = std::int64_t{1} << 16;
+  static constexpr std::int64_t max_depth = std::int64_t{1} << 12;
+  static constexpr std::int64_t max_mlp_ratio = std::int64_t{1} << 6;
+  static constexpr std::int64_t max_num_classes = std::int64_t{1} << 24;
+  /// tokens x hidden_size, the values of the position embedding and of one sample's activations:
+  /// 4 GiB of float32.
+  static constexpr std::int64_t max_tokens_x_hidden = std::int64_t{1} << 30;
+
   [[nodiscard]] std::int64_t grid() const { return input_size / patch_size; }
   [[nodiscard]] std::int64_t tokens() const { return grid() * grid(); }
   [[nodiscard]] std::int64_t head_dim() const { return hidden_size / num_heads; }
@@ -56,25 +71,30 @@ struct Config {
     return patch + static_cast<double>(depth) * per_block + final_layer + embed;
   }
 
-  /// Throws tstitch::invalid_argument naming the first inconsistent field.
+  /// Throws tstitch::invalid_argument naming the first inconsistent or out-of-bounds field.
   void validate() const {
-    auto positive = [](std::string_view name, std::int64_t v) {
-      require(v >= 1, detail::concat("dit config ", name), v, "must be at least 1");
+    auto in_range = [](std::string_view name, std::int64_t v, std::int64_t max) {
+      require(v >= 1 && v <= max, detail::concat("dit config ", name), v,
+              detail::concat("must be in [1, ", max, "]"));
     };
-    positive("input_size", input_size);
-    positive("patch_size", patch_size);
-    positive("in_channels", in_channels);
-    positive("hidden_size", hidden_size);
-    positive("depth", depth);
-    positive("num_heads", num_heads);
-    positive("mlp_ratio", mlp_ratio);
-    positive("num_classes", num_classes);
+    in_range("input_size", input_size, max_input_size);
+    in_range("patch_size", patch_size, max_patch_size);
+    in_range("in_channels", in_channels, max_in_channels);
+    in_range("hidden_size", hidden_size, max_hidden_size);
+    in_range("depth", depth, max_depth);
+    in_range("num_heads", num_heads, max_hidden_size);
+    in_range("mlp_ratio", mlp_ratio, max_mlp_ratio);
+    in_range("num_classes", num_classes, max_num_classes);
     require(input_size % patch_size == 0, "dit config input_size", input_size,
             detail::concat("must be a multiple of patch_size ", patch_size));
     require(hidden_size % num_heads == 0, "dit config hidden_size", hidden_size,
             detail::concat("must be a multiple of num_heads ", num_heads));
     require(hidden_size % 4 == 0, "dit config hidden_size", hidden_size,
             "must be a multiple of 4 (2-D sin-cos position embedding)");
+    // Cannot overflow: tokens <= 2^28 and hidden_size <= 2^16 here.
+    require(tokens() * hidden_size <= max_tokens_x_hidden, "dit config input_size", input_size,
+            detail::concat("gives ", tokens(), " tokens of hidden_size ", hidden_size,
+                           "; tokens x hidden_size must be at most ", max_tokens_x_hidden));
   }
 
   /// The published configurations "DiT-S/2" ... "DiT-XL/8" (input 32, 4 channels, 1000 classes).

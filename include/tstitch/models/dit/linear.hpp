@@ -111,20 +111,25 @@ private:
     Map result(y, rows, weight.rows);
     const ConstMap w(weight.data, weight.rows, weight.cols);
     const ConstVectorMap b(bias.data, bias.cols);
-    int threads = 1;
 #ifdef _OPENMP
+    int threads = 1;
     // Below ~1 MMAC per thread the fork costs more than it saves.
     if (rows * weight.rows * weight.cols >= (std::int64_t{1} << 21))
       threads = omp_get_max_threads();
 #pragma omp parallel num_threads(threads)
 #endif
     {
-      int thread = 0;
+      int thread = 0, team = 1;
 #ifdef _OPENMP
+      // The team OpenMP granted, which may be smaller than the one asked for.
       thread = omp_get_thread_num();
+      team = omp_get_num_threads();
 #endif
-      // Column slices in multiples of 16 floats (one AVX-512 register).
-      const std::int64_t chunk = (weight.rows / threads + 15) / 16 * 16;
+      // Column slices in multiples of 16 floats (one AVX-512 register), rounded up from
+      // ceil(columns / team) so that the slices cover every column for any team size (the last
+      // threads may get a short or empty slice).
+      const std::int64_t per_thread = (weight.rows + team - 1) / team;
+      const std::int64_t chunk = (per_thread + 15) / 16 * 16;
       const std::int64_t first = std::min<std::int64_t>(thread * chunk, weight.rows);
       const std::int64_t count = std::min<std::int64_t>(chunk, weight.rows - first);
       if (count > 0) {

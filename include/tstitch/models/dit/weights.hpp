@@ -38,6 +38,14 @@ struct BlockWeights {
 /// [sin(c w), cos(c w), sin(r w), cos(r w)] with w_k = 10000^(-k / (D/4)), k < D/4.
 [[nodiscard]] inline std::vector<float> sincos_position_embedding(std::int64_t hidden,
                                                                   std::int64_t grid) {
+  // Checked before multiplying: grid and hidden may come from a file's metadata.
+  constexpr std::int64_t max_values = Config::max_tokens_x_hidden;
+  require(hidden >= 0 && hidden <= max_values, "position embedding hidden size", hidden,
+          detail::concat("must be in [0, ", max_values, "]"));
+  require(grid >= 0 && (grid == 0 || hidden == 0 || grid <= max_values / grid / hidden),
+          "position embedding grid", grid,
+          detail::concat("with hidden size ", hidden, " must give at most ", max_values,
+                         " values (grid x grid x hidden)"));
   const std::int64_t quarter = hidden / 4;
   std::vector<float> table(static_cast<std::size_t>(grid * grid * hidden));
   for (std::int64_t r = 0; r < grid; ++r)
