@@ -418,6 +418,62 @@ TEST_CASE("DiT linear layers: every epilogue of every GEMM library against a dou
   }
 }
 
+TEST_CASE("DiT attention of every GEMM library against a double loop", "[dit]") {
+  struct Case {
+    std::int64_t samples, tokens, heads, head_dim;
+    float spread; // standard deviation of q, k, v; 3 gives scores of deviation 9: a sharp softmax
+  };
+  // Odd and ragged token counts, small and odd head dims, sharp softmaxes, and DiT's own shapes
+  // (Fashion small / large, S/2, XL/2).
+  const Case cases[] = {{2, 1, 1, 8, 1.0f},    {2, 7, 2, 8, 1.0f},    {3, 50, 2, 24, 1.0f},
+                        {2, 33, 1, 40, 3.0f},  {2, 64, 3, 16, 1.0f},  {1, 64, 4, 32, 3.0f},
+                        {2, 256, 2, 64, 1.0f}, {1, 256, 2, 72, 1.0f}, {2, 30, 2, 12, 1.0f}};
+  for (const Case& c : cases) {
+    const std::int64_t d = c.heads * c.head_dim;
+    std::vector<float> qkv(static_cast<std::size_t>(c.samples * c.tokens * 3 * d));
+    fill_normal(qkv.data(), qkv.size(), NoiseKey{77, 0, 0, 0});
+    for (float& v : qkv)
+      v *= c.spread;
+    // The reference: softmax(q k^T / sqrt(hd)) v in double, one (sample, head, query) at a time.
+    std::vector<double> want(static_cast<std::size_t>(c.samples * c.tokens * d));
+    const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+    for (std::int64_t n = 0; n < c.samples; ++n)
+      for (std::int64_t h = 0; h < c.heads; ++h)
+        for (std::int64_t i = 0; i < c.tokens; ++i) {
+          const float* base = qkv.data() + n * c.tokens * 3 * d + h * c.head_dim;
+          std::vector<double> w(static_cast<std::size_t>(c.tokens));
+          double top = -INFINITY, sum = 0;
+          for (std::int64_t j = 0; j < c.tokens; ++j) {
+            double dot = 0;
+            for (std::int64_t e = 0; e < c.head_dim; ++e)
+              dot += static_cast<double>(base[i * 3 * d + e]) * base[j * 3 * d + d + e];
+            w[static_cast<std::size_t>(j)] = dot * scale;
+            top = std::max(top, dot * scale);
+          }
+          for (double& x : w)
+            sum += (x = std::exp(x - top));
+          for (std::int64_t e = 0; e < c.head_dim; ++e) {
+            double acc = 0;
+            for (std::int64_t j = 0; j < c.tokens; ++j)
+              acc += w[static_cast<std::size_t>(j)] * base[j * 3 * d + 2 * d + e];
+            want[static_cast<std::size_t>((n * c.tokens + i) * d + h * c.head_dim + e)] = acc / sum;
+          }
+        }
+    std::vector<float> want_f(want.begin(), want.end());
+    const auto check = [&](dit::SelfAttention& attention, const std::string& what) {
+      std::vector<float> got(want.size(), NAN);
+      attention.run(qkv.data(), c.samples, c.tokens, c.heads, c.head_dim, got.data());
+      INFO(what << ": " << c.samples << " samples x " << c.heads << " heads of [" << c.tokens
+                << ", " << c.head_dim << "], spread " << c.spread);
+      CHECK(relative_l2(got.data(), want_f.data(), static_cast<std::int64_t>(got.size())) < 2e-6);
+    };
+    for (const dit::Gemm gemm : available_gemms()) {
+      dit::SelfAttention attention(gemm);
+      check(attention, dit::to_string(gemm));
+    }
+  }
+}
+
 TEST_CASE("DiT Eigen linear layers compute every output column for any thread count",
           "[dit][linear]") {
   // The Eigen path splits the output columns between the OpenMP threads in slices of 16; output
