@@ -253,6 +253,13 @@ TEST_CASE("DiT configs are bounded so that no derived size overflows", "[dit][er
   c.input_size = 4096; // 2^22 tokens x 1152
   CHECK_THROWS_WITH(c.validate(),
                     Catch::Contains("input_size = 4096") && Catch::Contains("4194304 tokens"));
+  c = dit::Config::preset("DiT-S/2");
+  c.hidden_size = 4;
+  c.num_heads = 1;
+  c.patch_size = 1;
+  c.input_size = 512; // 2^18 tokens of hidden 4: small activations, but 2^36 scores per head
+  CHECK_THROWS_WITH(c.validate(),
+                    Catch::Contains("input_size = 512") && Catch::Contains("262144 tokens"));
   c = dit::Config::preset("DiT-XL/2");
   c.hidden_size = std::int64_t{1} << 40;
   CHECK_THROWS_WITH(c.validate(), Catch::Contains("hidden_size = 1099511627776"));

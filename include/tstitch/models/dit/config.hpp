@@ -45,6 +45,9 @@ struct Config {
   /// tokens x hidden_size, the values of the position embedding and of one sample's activations:
   /// 4 GiB of float32.
   static constexpr std::int64_t max_tokens_x_hidden = std::int64_t{1} << 30;
+  /// Tokens per sample (64x the 1024 of DiT-XL/2 at 512x512): attention holds tokens^2 scores
+  /// per head and per thread, which must stay far from overflow too.
+  static constexpr std::int64_t max_tokens = std::int64_t{1} << 16;
 
   [[nodiscard]] std::int64_t grid() const { return input_size / patch_size; }
   [[nodiscard]] std::int64_t tokens() const { return grid() * grid(); }
@@ -91,7 +94,10 @@ struct Config {
             detail::concat("must be a multiple of num_heads ", num_heads));
     require(hidden_size % 4 == 0, "dit config hidden_size", hidden_size,
             "must be a multiple of 4 (2-D sin-cos position embedding)");
-    // Cannot overflow: tokens <= 2^28 and hidden_size <= 2^16 here.
+    require(tokens() <= max_tokens, "dit config input_size", input_size,
+            detail::concat("gives ", tokens(), " tokens (patch_size ", patch_size, "); at most ",
+                           max_tokens, " are supported"));
+    // Cannot overflow: tokens <= 2^16 and hidden_size <= 2^16 here.
     require(tokens() * hidden_size <= max_tokens_x_hidden, "dit config input_size", input_size,
             detail::concat("gives ", tokens(), " tokens of hidden_size ", hidden_size,
                            "; tokens x hidden_size must be at most ", max_tokens_x_hidden));
@@ -172,8 +178,7 @@ struct Config {
 /// [N >= 1, C, S, S], output out [N, out_channels, S, S], one label per row in [0, num_classes]
 /// (num_classes: the null class), a finite timestep. `model` names the model in the messages.
 inline void check_forward(const Config& c, ConstView x, ConstView out,
-                          const std::vector<int>& labels, double timestep,
-                          std::string_view model) {
+                          const std::vector<int>& labels, double timestep, std::string_view model) {
   const std::int64_t n = x.batch();
   if (x.shape() != c.latent_shape() || n < 1)
     throw_invalid_argument(detail::concat(model, " input shape"), shape_string(x),
