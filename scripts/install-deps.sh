@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
   cmake g++ clang make
+  libclang-rt-dev  # clang's sanitizer runtimes: scripts/test.sh runs the clang build under ASan + UBSan
   libeigen3-dev catch2 libbenchmark-dev nlohmann-json3-dev libcli11-dev libstb-dev
   libdnnl-dev  # oneDNN: the CPU DiT's GEMMs and attention (optional: Eigen is the fallback)
   libopenblas0-pthread
