@@ -189,6 +189,16 @@ struct DitModel::Impl {
     using dit_detail::BiasStorage;
     using dit_detail::make_linear;
     const std::int64_t d = config.hidden_size;
+    // Refuse a model these kernels cannot run before uploading anything, not at the first predict.
+    const auto head_dim = static_cast<int>(config.head_dim());
+    if (!kernels::attention_supported(attention, head_dim))
+      attention = AttentionPath::reference;
+    require(
+        kernels::attention_supported(attention, head_dim), "CUDA DiT head dimension", head_dim,
+        "no attention path supports it (flash: multiples of 8 up to 128, reference: up to 256)");
+    constexpr std::int64_t max_hidden = 4 * 32 * 32; // the LayerNorm kernels hold a row in a warp
+    require(d <= max_hidden, "CUDA DiT hidden_size", d,
+            detail::concat("must be at most ", max_hidden));
     patch = make_linear(w.patch_weight, w.patch_bias, BiasStorage::folded);
     t_fc1 = make_linear(w.t_fc1_weight, w.t_fc1_bias, BiasStorage::folded);
     t_fc2 = make_linear(w.t_fc2_weight, w.t_fc2_bias, BiasStorage::folded);
@@ -207,16 +217,6 @@ struct DitModel::Impl {
         {w.class_table.data, static_cast<std::size_t>(w.class_table.rows * w.class_table.cols)});
     position = dit_detail::upload_floats(
         {w.pos_embed.data, static_cast<std::size_t>(config.tokens() * d)});
-    const auto head_dim = static_cast<int>(config.head_dim());
-    if (!kernels::attention_supported(attention, head_dim))
-      attention = AttentionPath::reference;
-    // Fail here, not at the first predict, for a model these kernels cannot run.
-    require(
-        kernels::attention_supported(attention, head_dim), "CUDA DiT head dimension", head_dim,
-        "no attention path supports it (flash: multiples of 8 up to 128, reference: up to 256)");
-    constexpr std::int64_t max_hidden = 4 * 32 * 32; // the LayerNorm kernels hold a row in a warp
-    require(d <= max_hidden, "CUDA DiT hidden_size", d,
-            detail::concat("must be at most ", max_hidden));
     // cudaMemcpy from pageable memory may return before its DMA lands, and the model's stream is
     // non-blocking (not ordered after the legacy stream): wait once, here, for the uploads.
     TSTITCH_CUDA_CHECK(cudaDeviceSynchronize());
