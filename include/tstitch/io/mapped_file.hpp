@@ -47,12 +47,13 @@ public:
     }
     if (!S_ISREG(status.st_mode)) {
       ::close(fd);
-      throw runtime_error(detail::concat("tstitch: ", path.string(), ": not a regular file"));
+      throw runtime_error(
+          tstitch::detail::concat("tstitch: ", path.string(), ": not a regular file"));
     }
     if (static_cast<std::uintmax_t>(status.st_size) > std::numeric_limits<std::size_t>::max()) {
       ::close(fd);
-      throw runtime_error(detail::concat("tstitch: ", path.string(), ": file of ", status.st_size,
-                                         " bytes does not fit in memory"));
+      throw runtime_error(tstitch::detail::concat("tstitch: ", path.string(), ": file of ",
+                                                  status.st_size, " bytes does not fit in memory"));
     }
     const auto size = static_cast<std::size_t>(status.st_size);
     if (size > 0) {
@@ -90,7 +91,8 @@ public:
 private:
   [[noreturn]] static void fail(const std::filesystem::path& path, const char* what) {
     const std::string reason = std::generic_category().message(errno);
-    throw runtime_error(detail::concat("tstitch: ", path.string(), ": ", what, ": ", reason));
+    throw runtime_error(
+        tstitch::detail::concat("tstitch: ", path.string(), ": ", what, ": ", reason));
   }
 
   void unmap() noexcept {

@@ -14,6 +14,7 @@
 
 #include "tstitch/core/error.hpp"
 #include "tstitch/core/tensor.hpp"
+#include "tstitch/io/shape.hpp"
 
 namespace tstitch::io {
 
@@ -25,7 +26,8 @@ namespace tstitch::io {
   std::string dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (";
   for (std::size_t i = 0; i < shape.size(); ++i) {
     if (shape[i] < 0)
-      throw_invalid_argument(detail::concat("npy shape[", i, "]"), shape[i], "must be >= 0");
+      throw_invalid_argument(tstitch::detail::concat("npy shape[", i, "]"), shape[i],
+                             "must be >= 0");
     dict += std::to_string(shape[i]);
     // A one-element tuple needs its comma: "(5,)".
     if (i + 1 < shape.size() || shape.size() == 1)
@@ -56,30 +58,28 @@ inline void write_npy(const std::filesystem::path& path, std::span<const float> 
   const std::string header = npy_header(shape); // rejects negative extents
   // The element count, checked: an unchecked product can wrap around to the value count. A
   // shape with a 0 is empty whatever its other extents.
-  std::int64_t count = std::ranges::find(shape, 0) == shape.end() ? 1 : 0;
-  for (std::size_t i = 0; i < shape.size() && count != 0; ++i) {
-    if (count > std::numeric_limits<std::int64_t>::max() / shape[i]) {
-      std::string text;
-      for (const std::int64_t extent : shape)
-        text += (text.empty() ? "[" : ", ") + std::to_string(extent);
-      throw_invalid_argument("npy shape", text + "]", "has more elements than int64 can count");
-    }
-    count *= shape[i];
-  }
-  if (count != static_cast<std::int64_t>(values.size()))
+  const bool empty = std::ranges::find(shape, 0) != shape.end();
+  std::uint64_t count = empty ? 0 : 1;
+  for (const std::int64_t extent : shape)
+    if (!empty && (!detail::checked_multiply(count, static_cast<std::uint64_t>(extent)) ||
+                   count > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())))
+      throw_invalid_argument("npy shape", shape_string(shape),
+                             "has more elements than int64 can count");
+  if (count != values.size())
     throw_invalid_argument("npy value count", values.size(),
-                           detail::concat("must equal the product of the shape, ", count));
+                           tstitch::detail::concat("must equal the product of the shape, ", count));
   static_assert(std::endian::native == std::endian::little,
                 "write_npy writes the host's floats as '<f4'");
   std::ofstream out(path, std::ios::binary);
   if (!out)
-    throw runtime_error(detail::concat("tstitch: cannot open '", path.string(), "' for writing"));
+    throw runtime_error(
+        tstitch::detail::concat("tstitch: cannot open '", path.string(), "' for writing"));
   out.write(header.data(), static_cast<std::streamsize>(header.size()));
   out.write(reinterpret_cast<const char*>(values.data()),
             static_cast<std::streamsize>(values.size_bytes()));
   out.close();
   if (!out)
-    throw runtime_error(detail::concat("tstitch: writing '", path.string(), "' failed"));
+    throw runtime_error(tstitch::detail::concat("tstitch: writing '", path.string(), "' failed"));
 }
 
 /// Writes a batch (N, C, H, W) as a float32 .npy array of that shape (any batch stride).

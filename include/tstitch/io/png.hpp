@@ -30,12 +30,12 @@ namespace tstitch::io {
 
 /// How a batch of images becomes one grid image.
 struct GridOptions {
-  std::int64_t columns = 10;   ///< images per row (the last row may be short)
-  float value_min = -1.0f;     ///< maps to 0 (diffusion images live in [-1, 1])
-  float value_max = 1.0f;      ///< maps to 255
-  std::int64_t padding = 2;    ///< pixels between tiles and around the grid
+  std::int64_t columns = 10; ///< images per row (the last row may be short)
+  float value_min = -1.0f;   ///< maps to 0 (diffusion images live in [-1, 1])
+  float value_max = 1.0f;    ///< maps to 255
+  std::int64_t padding = 2;  ///< pixels between tiles and around the grid
   std::uint8_t padding_value = 128;
-  std::int64_t scale = 1;      ///< each image pixel becomes scale x scale grid pixels
+  std::int64_t scale = 1; ///< each image pixel becomes scale x scale grid pixels
 };
 
 /// An 8-bit image: width x height x channels bytes, row-major, channels interleaved.
@@ -67,11 +67,12 @@ struct Image8 {
   require(options.scale >= 1, "grid scale", options.scale, "must be at least 1");
   require(options.padding >= 0, "grid padding", options.padding, "must be >= 0");
   if (!(options.value_max > options.value_min))
-    throw_invalid_argument("grid value range",
-                           detail::concat("[", options.value_min, ", ", options.value_max, "]"),
-                           "value_max must exceed value_min");
-  require(s.height >= 1 && s.width >= 1, "image size", detail::concat(s.height, "x", s.width),
-          "must be at least 1x1");
+    throw_invalid_argument(
+        "grid value range",
+        tstitch::detail::concat("[", options.value_min, ", ", options.value_max, "]"),
+        "value_max must exceed value_min");
+  require(s.height >= 1 && s.width >= 1, "image size",
+          tstitch::detail::concat(s.height, "x", s.width), "must be at least 1x1");
   const std::int64_t n = images.batch(), cols = std::min(options.columns, n);
   const std::int64_t rows = (n + cols - 1) / cols;
   // Every factor is checked against the limit before it is multiplied, so nothing overflows.
@@ -79,11 +80,12 @@ struct Image8 {
   const auto extent = [&](std::string_view name, std::int64_t tiles, std::int64_t pixels) {
     if (pixels > limit / options.scale || tiles > limit || options.padding > limit ||
         tiles * pixels * options.scale + (tiles + 1) * options.padding > limit)
-      throw_invalid_argument(
-          name,
-          detail::concat(tiles, " tiles x ", pixels, " pixels x scale ", options.scale, " + (",
-                         tiles, " + 1) x padding ", options.padding),
-          detail::concat("must be at most ", limit, " pixels for a PNG written in memory"));
+      throw_invalid_argument(name,
+                             tstitch::detail::concat(tiles, " tiles x ", pixels, " pixels x scale ",
+                                                     options.scale, " + (", tiles,
+                                                     " + 1) x padding ", options.padding),
+                             tstitch::detail::concat("must be at most ", limit,
+                                                     " pixels for a PNG written in memory"));
     return tiles * pixels * options.scale + (tiles + 1) * options.padding;
   };
   Image8 out;
@@ -116,13 +118,14 @@ struct Image8 {
     const auto* begin = static_cast<const std::uint8_t*>(data);
     target->insert(target->end(), begin, begin + size);
   };
-  const int ok = stbi_write_png_to_func(append, &bytes, static_cast<int>(image.width),
-                                        static_cast<int>(image.height),
-                                        static_cast<int>(image.channels), image.pixels.data(),
-                                        static_cast<int>(image.width * image.channels));
+  const int ok =
+      stbi_write_png_to_func(append, &bytes, static_cast<int>(image.width),
+                             static_cast<int>(image.height), static_cast<int>(image.channels),
+                             image.pixels.data(), static_cast<int>(image.width * image.channels));
   if (ok == 0)
-    throw runtime_error(detail::concat("tstitch: PNG encoding of a ", image.width, "x",
-                                       image.height, "x", image.channels, " image failed"));
+    throw runtime_error(tstitch::detail::concat("tstitch: PNG encoding of a ", image.width, "x",
+                                                image.height, "x", image.channels,
+                                                " image failed"));
   return bytes;
 }
 
@@ -131,11 +134,13 @@ inline void write_png(const std::filesystem::path& path, const Image8& image) {
   const std::vector<std::uint8_t> bytes = encode_png(image);
   std::ofstream out(path, std::ios::binary);
   if (!out)
-    throw runtime_error(detail::concat("tstitch: cannot open '", path.string(), "' for writing"));
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    throw runtime_error(
+        tstitch::detail::concat("tstitch: cannot open '", path.string(), "' for writing"));
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
   out.close();
   if (!out)
-    throw runtime_error(detail::concat("tstitch: writing '", path.string(), "' failed"));
+    throw runtime_error(tstitch::detail::concat("tstitch: writing '", path.string(), "' failed"));
 }
 
 /// Writes images (N, C, H, W) as one PNG grid.

@@ -29,6 +29,7 @@
 #include "tstitch/core/error.hpp"
 #include "tstitch/io/half.hpp"
 #include "tstitch/io/mapped_file.hpp"
+#include "tstitch/io/shape.hpp"
 
 // Reader and a tiny writer for the safetensors format (https://github.com/huggingface/safetensors):
 //
@@ -103,14 +104,6 @@ struct DTypeEntry {
   unsigned bits;
 };
 
-/// product *= factor, unless that overflows (then false and `product` is unchanged).
-constexpr bool checked_multiply(std::uint64_t& product, std::uint64_t factor) {
-  if (factor != 0 && product > std::numeric_limits<std::uint64_t>::max() / factor)
-    return false;
-  product *= factor;
-  return true;
-}
-
 inline constexpr std::array<DTypeEntry, 22> dtype_table{{
     {DType::BOOL, "BOOL", 8},
     {DType::F4, "F4", 4},
@@ -157,14 +150,6 @@ inline constexpr std::array<DTypeEntry, 22> dtype_table{{
 }
 
 inline std::ostream& operator<<(std::ostream& out, DType dtype) { return out << dtype_name(dtype); }
-
-/// Writes "[2, 3]" ("[]" for a scalar).
-[[nodiscard]] inline std::string shape_string(std::span<const std::int64_t> shape) {
-  std::string text = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i)
-    text += (i == 0 ? "" : ", ") + std::to_string(shape[i]);
-  return text + "]";
-}
 
 /// One tensor of a SafetensorsFile.
 struct TensorInfo {
