@@ -76,13 +76,7 @@ void noise(benchmark::State& state, void (*fill)(float*, std::size_t, const Nois
                          benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 void scalar_fill(float* dst, std::size_t count, const NoiseKey& key) {
-#ifdef TSTITCH_PHILOX_FMA_DISPATCH
-  if (__builtin_cpu_supports("fma")) {
-    detail::fill_normal_fma(dst, count, key);
-    return;
-  }
-#endif
-  detail::fill_normal_portable(dst, count, key);
+  detail::fill_normal_scalar(dst, count, key);
 }
 void BM_noise_scalar(benchmark::State& s) { noise(s, scalar_fill); }
 void BM_noise_fill_normal(benchmark::State& s) { noise(s, fill_normal); }

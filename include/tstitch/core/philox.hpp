@@ -273,6 +273,19 @@ fill_normal_fma(float* dst, std::size_t count, const NoiseKey& key, std::size_t 
 }
 #endif
 
+/// Elements [first, count) of fill_normal, one block at a time (the FMA-compiled copy where the
+/// build lacks -mfma and the CPU has FMA): the AVX2 path's tail, and its peer in benchmarks.
+TSTITCH_INLINE void fill_normal_scalar(float* dst, std::size_t count, const NoiseKey& key,
+                                       std::size_t first = 0) {
+#ifdef TSTITCH_PHILOX_FMA_DISPATCH
+  if (__builtin_cpu_supports("fma")) {
+    fill_normal_fma(dst, count, key, first);
+    return;
+  }
+#endif
+  fill_normal_portable(dst, count, key, first);
+}
+
 } // namespace detail
 
 // dst[e] = normal4(key, e / 4).v[e % 4] for e < count, so any prefix is independent of count.
@@ -285,13 +298,7 @@ TSTITCH_INLINE void fill_normal(float* dst, std::size_t count, const NoiseKey& k
     first =
         detail::avx2::fill_normal_groups(dst, count, key.seed, key.sample, key.step, key.stream);
 #endif
-#ifdef TSTITCH_PHILOX_FMA_DISPATCH
-  if (__builtin_cpu_supports("fma")) {
-    detail::fill_normal_fma(dst, count, key, first);
-    return;
-  }
-#endif
-  detail::fill_normal_portable(dst, count, key, first);
+  detail::fill_normal_scalar(dst, count, key, first);
 }
 
 } // namespace tstitch
