@@ -12,13 +12,9 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <functional>
-#include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
-#include <utility>
-#include <variant>
 #include <vector>
 
 #include <unistd.h>
@@ -63,62 +59,9 @@ struct Options {
   std::vector<std::string> names;
 };
 
-/// The stitch rule with its run-time choice; a StitchPolicy itself.
-class RuleChoice {
-public:
-  explicit RuleChoice(std::variant<StepFraction, PaperTimestep> rule) : rule_(std::move(rule)) {}
-  void check(std::size_t k) const {
-    std::visit([&](const auto& r) { r.check(k); }, rule_);
-  }
-  [[nodiscard]] std::size_t model_for(const StepContext& ctx, std::size_t k) const {
-    return std::visit([&](const auto& r) { return r.model_for(ctx, k); }, rule_);
-  }
-
-private:
-  std::variant<StepFraction, PaperTimestep> rule_;
-};
-
-/// A Denoiser behind std::function members: one instantiation of the sampling loop per solver,
-/// whatever the number of stitched models.
-struct ErasedStitcher {
-  using condition_type = std::vector<int>;
-  Prediction prediction_value = Prediction::epsilon;
-  Shape shape{};
-  std::int64_t raw_channels = 0;
-  int null_class = 0;
-  std::function<void(ConstView, const StepContext&, const condition_type&, View)> predict_fn;
-  std::function<Route(const StepContext&)> route_fn;
-  std::function<std::vector<int>(const Trajectory&)> counts_fn;
-  std::vector<std::string> names;
-
-  [[nodiscard]] Prediction prediction() const { return prediction_value; }
-  [[nodiscard]] Shape latent_shape() const { return shape; }
-  [[nodiscard]] std::int64_t output_channels() const { return raw_channels; }
-  [[nodiscard]] std::string model_name(std::size_t k) const { return names.at(k); }
-  [[nodiscard]] condition_type unconditional(const condition_type& c) const {
-    return condition_type(c.size(), null_class);
-  }
-  void predict(ConstView x, const StepContext& ctx, const condition_type& c, View out) {
-    predict_fn(x, ctx, c, out);
-  }
-  [[nodiscard]] Route route(const StepContext& ctx) { return route_fn(ctx); }
-};
-
-template <std::size_t... I>
-std::shared_ptr<void> make_stitcher(std::index_sequence<I...>, RuleChoice rule,
-                                    std::vector<dit::CpuModel>& models, ErasedStitcher& erased) {
-  using S = BasicStitcher<RuleChoice, std::remove_reference_t<decltype((void(I), models[0]))>...>;
-  auto stitcher = std::make_shared<S>(std::move(rule), models[I]...);
-  stitcher->set_names(erased.names);
-  erased.raw_channels = stitcher->output_channels();
-  erased.predict_fn = [s = stitcher.get()](ConstView x, const StepContext& ctx,
-                                           const std::vector<int>& c, View out) {
-    s->predict(x, ctx, c, out);
-  };
-  erased.route_fn = [s = stitcher.get()](const StepContext& ctx) { return s->route(ctx); };
-  erased.counts_fn = [s = stitcher.get()](const Trajectory& t) { return s->steps_per_model(t); };
-  return stitcher;
-}
+/// Any number of DiTs, each serving the steps the rule gives it; one instantiation of the sampling
+/// loop per solver, whatever the number of models.
+using ModelStitcher = RuntimeStitcher<DenoiserRef<std::vector<int>>, AnyPolicy>;
 
 std::vector<int> parse_labels(const std::string& text, int num_classes) {
   std::vector<int> labels;
@@ -135,8 +78,8 @@ std::vector<int> parse_labels(const std::string& text, int num_classes) {
     if (used != item.size())
       bad("--labels = '", text, "': '", item, "' is not an integer");
     if (v < 0 || v > num_classes)
-      bad("--labels = '", text, "': label ", v, " must be in [0, ", num_classes, "] (",
-          num_classes, " = no class)");
+      bad("--labels = '", text, "': label ", v, " must be in [0, ", num_classes, "] (", num_classes,
+          " = no class)");
     labels.push_back(v);
   }
   if (labels.empty())
@@ -164,21 +107,16 @@ void check_output_path(const std::string& option, const std::string& path) {
 }
 
 template <class SolverT>
-void sample_all(ErasedStitcher& denoiser, SolverT solver, const Options& o,
+void sample_all(ModelStitcher& stitcher, SolverT solver, const Options& o,
                 const std::vector<int>& labels, Tensor& x) {
   const DiscreteSchedule schedule;
-  const std::vector<int> counts = denoiser.counts_fn(schedule.trajectory(o.steps));
-  std::string per_model;
-  for (std::size_t k = 0; k < counts.size(); ++k)
+  const std::vector<int> counts = stitcher.steps_per_model(schedule.trajectory(o.steps));
+  std::string per_model, names;
+  for (std::size_t k = 0; k < counts.size(); ++k) {
     per_model += (k ? ", " : "") + std::to_string(counts[k]);
-  std::fprintf(stderr, "steps per model: %s (%s)\n", per_model.c_str(),
-               [&] {
-                 std::string s;
-                 for (std::size_t k = 0; k < denoiser.names.size(); ++k)
-                   s += (k ? ", " : "") + denoiser.names[k];
-                 return s;
-               }()
-                   .c_str());
+    names += (k ? ", " : "") + stitcher.model_name(k);
+  }
+  std::fprintf(stderr, "steps per model: %s (%s)\n", per_model.c_str(), names.c_str());
 
   const bool tty = isatty(fileno(stderr)) != 0;
   // A batch larger than the count is the whole count (and --batch INT_MAX cannot overflow).
@@ -192,7 +130,7 @@ void sample_all(ErasedStitcher& denoiser, SolverT solver, const Options& o,
     const View part = View(x.view()).samples(first, size);
     fill_initial_noise(part, o.seed, static_cast<std::uint32_t>(first));
     const std::vector<int> cond(labels.begin() + first, labels.begin() + first + size);
-    const std::vector<int> uncond = denoiser.unconditional(cond);
+    const std::vector<int> uncond = *stitcher.unconditional(cond); // DiT's null class
     SampleOptions options;
     options.steps = o.steps;
     options.seed = o.seed;
@@ -210,10 +148,10 @@ void sample_all(ErasedStitcher& denoiser, SolverT solver, const Options& o,
                    tty ? "\r" : "", std::string(static_cast<std::size_t>(filled), '#').c_str(),
                    std::string(static_cast<std::size_t>(width - filled), '.').c_str(), b + 1,
                    batches, r.step + 1, o.steps, static_cast<double>(done_steps) / elapsed,
-                   denoiser.names[r.model].c_str(), tty ? "   " : "\n");
+                   stitcher.model_name(r.model).c_str(), tty ? "   " : "\n");
       return true;
     };
-    sampler.run(denoiser, schedule, solver, part, cond, o.guidance != 1.0 ? &uncond : nullptr,
+    sampler.run(stitcher, schedule, solver, part, cond, o.guidance != 1.0 ? &uncond : nullptr,
                 options);
   }
   if (tty && !o.quiet)
@@ -227,8 +165,6 @@ int run(const Options& o) {
   // --- arguments that need no model ---------------------------------------------------------
   if (o.models.size() < 2)
     bad("model files: got ", o.models.size(), "; stitching needs at least 2 (small first)");
-  if (o.models.size() > 4)
-    bad("model files: got ", o.models.size(), "; at most 4 are supported");
   if (o.png.empty() && o.npy.empty())
     bad("no output: give --png or --npy (or both)");
   if (o.steps < 1 || o.steps > 1000)
@@ -258,7 +194,7 @@ int run(const Options& o) {
   }
   if (!o.names.empty() && o.names.size() != k)
     bad("--names: got ", o.names.size(), " names for ", k, " models");
-  std::optional<RuleChoice> rule;
+  std::optional<AnyPolicy> rule;
   try {
     if (o.rule == "fraction")
       rule.emplace(StepFraction(fractions));
@@ -286,11 +222,11 @@ int run(const Options& o) {
   for (std::size_t i = 1; i < k; ++i) {
     const dit::Config& c = models[i].config();
     if (c.latent_shape() != first.latent_shape())
-      bad("models disagree on latent shape: '", o.models[0], "' has ", first.latent_shape(),
-          ", '", o.models[i], "' has ", c.latent_shape());
+      bad("models disagree on latent shape: '", o.models[0], "' has ", first.latent_shape(), ", '",
+          o.models[i], "' has ", c.latent_shape());
     if (c.num_classes != first.num_classes)
-      bad("models disagree on the class count: '", o.models[0], "' has ", first.num_classes,
-          ", '", o.models[i], "' has ", c.num_classes);
+      bad("models disagree on the class count: '", o.models[0], "' has ", first.num_classes, ", '",
+          o.models[i], "' has ", c.num_classes);
   }
   const Shape shape = first.latent_shape();
   if (!o.png.empty() && shape.channels != 1 && shape.channels != 3)
@@ -305,38 +241,23 @@ int run(const Options& o) {
     labels.push_back(cycle.empty() ? i % classes
                                    : cycle[static_cast<std::size_t>(i) % cycle.size()]);
 
-  ErasedStitcher denoiser;
-  denoiser.prediction_value = models[0].prediction();
-  denoiser.shape = shape;
-  denoiser.null_class = classes;
-  for (std::size_t i = 0; i < k; ++i)
-    denoiser.names.push_back(o.names.empty() ? models[i].model_name(0) : o.names[i]);
-  std::shared_ptr<void> keep;
-  switch (k) {
-  case 2:
-    keep = make_stitcher(std::make_index_sequence<2>{}, *rule, models, denoiser);
-    break;
-  case 3:
-    keep = make_stitcher(std::make_index_sequence<3>{}, *rule, models, denoiser);
-    break;
-  default:
-    keep = make_stitcher(std::make_index_sequence<4>{}, *rule, models, denoiser);
-    break;
-  }
-
+  ModelStitcher stitcher(*rule,
+                         std::vector<DenoiserRef<std::vector<int>>>(models.begin(), models.end()));
+  if (!o.names.empty())
+    stitcher.set_names(o.names); // else each model's own name, its file's stem
   Tensor x(o.count, shape);
   if (o.solver == "ddim")
-    sample_all(denoiser, DDIM{}, o, labels, x);
+    sample_all(stitcher, DDIM{}, o, labels, x);
   else if (o.solver == "ddpm")
-    sample_all(denoiser, DDPM{}, o, labels, x);
+    sample_all(stitcher, DDPM{}, o, labels, x);
   else if (o.solver == "euler")
-    sample_all(denoiser, Euler{}, o, labels, x);
+    sample_all(stitcher, Euler{}, o, labels, x);
   else if (o.solver == "heun")
-    sample_all(denoiser, Heun{}, o, labels, x);
+    sample_all(stitcher, Heun{}, o, labels, x);
   else if (o.solver == "dpm++2m")
-    sample_all(denoiser, DPMSolverMultistep{}, o, labels, x);
+    sample_all(stitcher, DPMSolverMultistep{}, o, labels, x);
   else
-    sample_all(denoiser, UniPC{}, o, labels, x);
+    sample_all(stitcher, UniPC{}, o, labels, x);
 
   std::string wrote = detail::concat("wrote ", o.count, " samples");
   if (!o.png.empty()) {
@@ -361,7 +282,8 @@ int main(int argc, char** argv) {
   CLI::App app{"tstitch-sample: sample class-conditional DiTs (tstitch-dit safetensors) with "
                "trajectory stitching on the CPU. The first model serves the first, noisiest "
                "steps."};
-  app.add_option("models", o.models, "model files, small first (2 to 4)")->check(CLI::ExistingFile);
+  app.add_option("models", o.models, "model files, small first (2 or more)")
+      ->check(CLI::ExistingFile);
   auto* fraction = app.add_option("--fraction", o.fraction,
                                   "two models: the first (small) model's fraction of the steps, "
                                   "in [0, 1] (default 0.5)");

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -272,18 +273,6 @@ private:
   Backend backend_;
   tensor_type raw_, raw_uncond_, x0_, eps_;
 };
-
-/// The unconditional condition for guidance: the denoiser's `unconditional(cond)` if it has one.
-template <Denoiser D>
-[[nodiscard]] std::optional<condition_of<D>> unconditional_of(const D& d,
-                                                              const condition_of<D>& cond) {
-  if constexpr (requires {
-                  { d.unconditional(cond) } -> std::convertible_to<condition_of<D>>;
-                })
-    return d.unconditional(cond);
-  else
-    return std::nullopt;
-}
 
 /// Samples in place with the host backend: x holds x_T on entry (see fill_initial_noise) and
 /// the result on return. Guidance uses the denoiser's unconditional(cond) member.

@@ -6,6 +6,7 @@
 
 #include "tstitch/core/config.hpp"
 #include "tstitch/core/denoiser.hpp"
+#include "tstitch/core/denoiser_ref.hpp"
 #include "tstitch/core/error.hpp"
 #include "tstitch/core/host_backend.hpp"
 #include "tstitch/core/philox.hpp"
@@ -13,6 +14,7 @@
 #include "tstitch/core/step.hpp"
 #include "tstitch/core/tensor.hpp"
 
+#include "tstitch/schedule/any_schedule.hpp"
 #include "tstitch/schedule/continuous.hpp"
 #include "tstitch/schedule/discrete.hpp"
 #include "tstitch/schedule/flow.hpp"

@@ -19,6 +19,7 @@
 #include "tstitch/cuda/backend.cuh"
 #include "tstitch/cuda/sampling.cuh"
 #include "tstitch/schedule/discrete.hpp"
+#include "tstitch/schedule/flow.hpp"
 #include "tstitch/stitch/stitcher.hpp"
 
 using namespace tstitch;
@@ -344,6 +345,14 @@ constexpr Shape latent{4, 6, 5};
 struct LinearSpec {
   double a0, a1;
   bool learned_sigma = false;
+  /// The output is an x0 prediction instead of epsilon: a flow schedule starts at alpha = 0,
+  /// where epsilon says nothing about x0.
+  bool predicts_sample = false;
+  [[nodiscard]] Prediction prediction() const {
+    return predicts_sample
+               ? Prediction::sample
+               : (learned_sigma ? Prediction::epsilon_learned_sigma : Prediction::epsilon);
+  }
   [[nodiscard]] float a(double timestep) const {
     return static_cast<float>(a0 + a1 * timestep / 1000.0);
   }
@@ -381,17 +390,16 @@ __global__ void linear_model_kernel(const float* x, std::int64_t x_stride, float
 class DeviceLinear {
 public:
   using condition_type = std::vector<int>;
-  DeviceLinear(LinearSpec spec, std::string name) : spec_(spec), name_(std::move(name)) {}
+  DeviceLinear(LinearSpec spec, std::string name, cudaStream_t stream = cuda::default_stream())
+      : spec_(spec), name_(std::move(name)), stream_(stream) {}
 
-  [[nodiscard]] Prediction prediction() const {
-    return spec_.learned_sigma ? Prediction::epsilon_learned_sigma : Prediction::epsilon;
-  }
+  [[nodiscard]] Prediction prediction() const { return spec_.prediction(); }
   [[nodiscard]] Shape latent_shape() const { return latent; }
   [[nodiscard]] std::string model_name(std::size_t) const { return name_; }
   [[nodiscard]] condition_type unconditional(const condition_type& c) const {
     return condition_type(c.size(), num_classes);
   }
-  [[nodiscard]] cudaStream_t stream() const { return cuda::default_stream(); }
+  [[nodiscard]] cudaStream_t stream() const { return stream_; }
   /// Writes NaN into eps at this flat index at this step (find_nonfinite through the loop).
   void poison(int step, std::int64_t index) {
     nan_step_ = step;
@@ -416,6 +424,7 @@ public:
 private:
   LinearSpec spec_;
   std::string name_;
+  cudaStream_t stream_;
   int nan_step_ = -1;
   std::int64_t nan_index_ = -1;
 };
@@ -425,9 +434,7 @@ public:
   using condition_type = std::vector<int>;
   explicit HostLinear(LinearSpec spec) : spec_(spec) {}
 
-  [[nodiscard]] Prediction prediction() const {
-    return spec_.learned_sigma ? Prediction::epsilon_learned_sigma : Prediction::epsilon;
-  }
+  [[nodiscard]] Prediction prediction() const { return spec_.prediction(); }
   [[nodiscard]] Shape latent_shape() const { return latent; }
   [[nodiscard]] condition_type unconditional(const condition_type& c) const {
     return condition_type(c.size(), num_classes);
@@ -461,32 +468,36 @@ struct DeviceCase {
   cuda::DeviceSolver solver;
   Guidance guidance{};
   bool learned_sigma = false;
+  AnySchedule schedule = DiscreteSchedule{};
+  AnyPolicy rule = StepFraction({0.4, 0.6});
+  int steps = 20;
+  bool predicts_sample = false;
 };
 
-/// Runs the two-model stitch (0.4 / 0.6) on the host (Stitcher + sample()) and on the device
-/// (RuntimeStitcher in sample_stitched_impl) from the same Philox x_T, and compares.
+/// Runs the two-model stitch on the host (BasicStitcher + sample()) and on the device
+/// (DeviceStitcher in sample_stitched_impl) from the same Philox x_T, and compares.
 void check_device_sampling(const DeviceCase& c, cuda::SamplingWorkspace& workspace) {
   INFO("case: " << c.name);
   LinearSpec ss = small_spec, ls = large_spec;
   ss.learned_sigma = ls.learned_sigma = c.learned_sigma;
+  ss.predicts_sample = ls.predicts_sample = c.predicts_sample;
   HostLinear hs(ss), hl(ls);
   DeviceLinear ds(ss, "small"), dl(ls, "large");
   const std::vector<int> labels{3, 0, 9};
-  const DiscreteSchedule schedule;
   SampleOptions options;
-  options.steps = 20;
+  options.steps = c.steps;
   options.seed = 20261126;
   options.guidance = c.guidance;
   options.check_finite = false;
 
   Tensor xh(static_cast<std::int64_t>(labels.size()), latent);
   fill_initial_noise(xh.view(), options.seed);
-  Stitcher host_stitch({0.4, 0.6}, hs, hl);
+  BasicStitcher<AnyPolicy, HostLinear, HostLinear> host_stitch(c.rule, hs, hl);
   SampleResult host_result;
   std::visit(
       [&](const auto& s) {
         auto solver = s; // the host's own copy
-        host_result = sample(host_stitch, schedule, solver, xh.view(), labels, options);
+        host_result = sample(host_stitch, c.schedule, solver, xh.view(), labels, options);
       },
       c.solver);
 
@@ -498,15 +509,17 @@ void check_device_sampling(const DeviceCase& c, cuda::SamplingWorkspace& workspa
     INFO("initial noise x_T");
     CHECK_BITWISE(x_t.view(), to_host(xd.view()).view());
   }
-  std::vector<DeviceLinear*> models{&ds, &dl};
-  const SampleResult device_result = cuda::sample_stitched_impl<DeviceLinear>(
-      workspace, std::span<DeviceLinear* const>(models), StepFraction({0.4, 0.6}), schedule,
-      c.solver, xd.view(), labels, options);
+  int switches_seen = 0;
+  cuda::DeviceStitcher device_stitch(c.rule, {ds, dl});
+  device_stitch.on_switch([&](const SwitchEvent&) { ++switches_seen; });
+  const SampleResult device_result = cuda::sample_stitched_impl(
+      workspace, device_stitch, c.schedule, c.solver, xd.view(), labels, options);
   TSTITCH_CUDA_CHECK(cudaStreamSynchronize(workspace.backend.stream()));
 
   REQUIRE(device_result.records.size() == host_result.records.size());
-  CHECK(device_result.switches == 1);
   CHECK(host_result.switches == 1);
+  CHECK(device_result.switches == 1);
+  CHECK(switches_seen == 1);
   for (std::size_t i = 0; i < host_result.records.size(); ++i) {
     INFO("step " << i);
     CHECK(device_result.records[i].model == host_result.records[i].model);
@@ -533,6 +546,29 @@ TEST_CASE("device stitched sampling matches host sampling with the same Philox n
       {"DDPM learned_range, guidance 1.5 (DiT's sampler)",
        DDPM{DDPMOptions{DDPMVariance::learned_range, std::nullopt}}, Guidance::dit(1.5), true},
       {"DDIM eta=0, standard guidance 2, learned sigma", DDIM{}, Guidance::standard(2.0), true},
+      {"Euler", Euler{}},
+      {"Euler ancestral (device noise), guidance 3", EulerAncestral{}, Guidance::dit(3.0)},
+      {"Heun (two evaluations per step)", Heun{}},
+      {"Heun, PaperTimestep(0.4)", Heun{}, Guidance{}, false, DiscreteSchedule{},
+       PaperTimestep(0.4)},
+      {"DPM-Solver++ 3M, history reset", DPMSolverMultistep{[] {
+         DPMSolverMultistepOptions o;
+         o.solver_order = 3;
+         o.history = HistoryPolicy::reset;
+         return o;
+       }()}},
+      {"SDE-DPM-Solver++ 2M (device noise)", DPMSolverMultistep{[] {
+         DPMSolverMultistepOptions o;
+         o.algorithm = DPMSolverAlgorithm::sde_dpmsolver_pp;
+         return o;
+       }()}},
+      {"UniPC bh2, order 2, guidance 2", UniPC{}, Guidance::standard(2.0)},
+      {"LCM on its schedule (device noise)", LCM{}, Guidance{}, false, LCMSchedule{},
+       StepFraction({0.5, 0.5}), 4},
+      {"Euler on a flow-matching schedule, shift 3, sigma threshold", Euler{}, Guidance{}, false,
+       FlowMatchSchedule(FlowMatchScheduleOptions{.shift = 3.0}), SigmaThreshold(2.0), 20, true},
+      {"DDIM, timestep threshold 600", DDIM{}, Guidance{}, false, DiscreteSchedule{},
+       TimestepThreshold(600.0)},
   };
   for (const DeviceCase& c : cases)
     check_device_sampling(c, workspace);
@@ -617,6 +653,32 @@ TEST_CASE("device sampling rejects what it cannot do", "[cuda][sampling]") {
                                                StepFraction({0.2, 0.3, 0.5}), DiscreteSchedule{},
                                                DDIM{}, x.view(), labels, options),
       Catch::Contains("number of models"));
+
+  UniPCOptions unipc_thresholded;
+  unipc_thresholded.thresholding = DynamicThresholding{};
+  cuda::DeviceStitcher stitcher(StepFraction({0.4, 0.6}), {ds, dl});
+  CHECK_THROWS_WITH(cuda::sample_stitched_impl(workspace, stitcher, DiscreteSchedule{},
+                                               UniPC(unipc_thresholded), x.view(), labels, options),
+                    Catch::Contains("thresholding"));
+  CHECK_THROWS_WITH(cuda::DeviceStitcher(PaperTimestep(0.4), {ds, dl, ds}),
+                    Catch::Contains("PaperTimestep stitches exactly 2"));
+
+  std::vector<DeviceLinear*> with_null{&ds, nullptr};
+  CHECK_THROWS_WITH(
+      cuda::sample_stitched_impl<DeviceLinear>(workspace, std::span<DeviceLinear* const>(with_null),
+                                               StepFraction({0.4, 0.6}), DiscreteSchedule{}, DDIM{},
+                                               x.view(), labels, options),
+      Catch::Contains("models[1]") && Catch::Contains("null"));
+
+  cudaStream_t other = nullptr;
+  TSTITCH_CUDA_CHECK(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking));
+  DeviceLinear elsewhere(large_spec, "elsewhere", other);
+  cuda::DeviceStitcher mixed(StepFraction({0.4, 0.6}), {ds, elsewhere});
+  CHECK_THROWS_WITH(cuda::sample_stitched_impl(workspace, mixed, DiscreteSchedule{}, DDIM{},
+                                               x.view(), labels, options),
+                    Catch::Contains("stream of elsewhere") &&
+                        Catch::Contains("must be the sampler's stream"));
+  TSTITCH_CUDA_CHECK(cudaStreamDestroy(other));
 }
 
 TEST_CASE("Sampler<cuda::Backend> with one device model matches the host sampler",

@@ -96,6 +96,24 @@ template <Denoiser D> [[nodiscard]] std::string model_name_of(const D& d, std::s
     return "model " + std::to_string(k);
 }
 
+/// The unconditional condition for classifier-free guidance: the denoiser's
+/// `unconditional(cond)` if it has one. A member that returns std::optional<condition_type> (a
+/// type-erased wrapper such as DenoiserRef, which may or may not hold one) is asked as well.
+template <Denoiser D>
+[[nodiscard]] std::optional<condition_of<D>> unconditional_of(const D& d,
+                                                              const condition_of<D>& cond) {
+  if constexpr (requires {
+                  { d.unconditional(cond) } -> std::same_as<std::optional<condition_of<D>>>;
+                })
+    return d.unconditional(cond);
+  else if constexpr (requires {
+                       { d.unconditional(cond) } -> std::convertible_to<condition_of<D>>;
+                     })
+    return d.unconditional(cond);
+  else
+    return std::nullopt;
+}
+
 /// A denoiser from a callable `f(ConstView x, const StepContext&, const Cond&, View out)`: the
 /// quickest way to plug in an existing engine.
 template <class Cond, class F> class FunctionDenoiser {

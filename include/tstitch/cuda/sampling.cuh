@@ -2,13 +2,16 @@
 #pragma once
 
 // Device-resident stitched sampling, the templates (nvcc only): the workspace and
-// sample_stitched_impl<D>, the loop for any denoiser type D over device views. Safe to include in
-// any number of CUDA translation units; the out-of-line definitions of cuda/sampling.hpp for
-// DitModel are in cuda/sampling_dit.cuh, which exactly one translation unit (tstitch_cuda.cu)
-// includes.
-#include <cstdint>
+// sample_stitched_impl, the loop for any stitcher of device models (or a span of models of one
+// type). Safe to include in any number of CUDA translation units; the out-of-line definitions of
+// cuda/sampling.hpp are in cuda/sampling_dit.cuh, which exactly one translation unit
+// (tstitch_cuda.cu) includes.
+#include <concepts>
+#include <cstddef>
 #include <optional>
 #include <span>
+#include <type_traits>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -32,22 +35,6 @@ struct SamplingWorkspace {
 
 namespace sampling_detail {
 
-inline bool same_options(const DDIM& a, const DDIM& b) {
-  return a.options().eta == b.options().eta && a.options().clip_sample == b.options().clip_sample;
-}
-inline bool same_options(const DDPM& a, const DDPM& b) {
-  return a.options().variance == b.options().variance &&
-         a.options().clip_sample == b.options().clip_sample;
-}
-inline bool same_options(const DPMSolverMultistep& a, const DPMSolverMultistep& b) {
-  const DPMSolverMultistepOptions& x = a.options();
-  const DPMSolverMultistepOptions& y = b.options();
-  return x.solver_order == y.solver_order && x.algorithm == y.algorithm &&
-         x.solver_type == y.solver_type && x.lower_order_final == y.lower_order_final &&
-         x.euler_at_final == y.euler_at_final && x.third_order == y.third_order &&
-         x.history == y.history && !x.thresholding && !y.thresholding;
-}
-
 /// Whether the workspace's solver can serve a run asked for with `wanted`: same kind, same
 /// options. Keeping it keeps its device workspace (copying a solver drops device workspace).
 inline bool same_solver(const DeviceSolver& kept, const DeviceSolver& wanted) {
@@ -55,52 +42,76 @@ inline bool same_solver(const DeviceSolver& kept, const DeviceSolver& wanted) {
     return false;
   return std::visit(
       [&](const auto& k) {
-        return same_options(k, std::get<std::remove_cvref_t<decltype(k)>>(wanted));
+        using S = std::remove_cvref_t<decltype(k)>;
+        if constexpr (requires { k.options(); })
+          return k.options() == std::get<S>(wanted).options();
+        else
+          return true; // no options (Euler)
       },
       kept);
 }
 
 inline void check_solver(const DeviceSolver& solver) {
-  if (const auto* dpm = std::get_if<DPMSolverMultistep>(&solver);
-      dpm && dpm->options().thresholding)
-    throw_invalid_argument("DPMSolverMultistepOptions::thresholding", "set",
-                           "device sampling does not offer dynamic thresholding (its quantile "
-                           "reads every sample back to the host at every step)");
+  std::visit(
+      [](const auto& s) {
+        if constexpr (requires { s.options().thresholding; })
+          if (s.options().thresholding)
+            throw_invalid_argument(
+                "thresholding", "set",
+                "device sampling does not offer dynamic thresholding (its quantile reads every "
+                "sample back to the host at every step)");
+      },
+      solver);
 }
 
 } // namespace sampling_detail
 
-/// Samples x (device memory) in place with `models` stitched by `rule` and the workspace's
-/// backend; see DeviceSampler::run. D models the Denoiser concept over device views; when it has
-/// a stream() member, every model must run on the workspace's stream (work on two streams would
-/// race without events).
-template <Denoiser D>
-SampleResult sample_stitched_impl(SamplingWorkspace& workspace, std::span<D* const> models,
-                                  const StepFraction& rule, const DiscreteSchedule& schedule,
-                                  const DeviceSolver& solver, View x, const condition_of<D>& cond,
+/// Samples x (device memory) in place with `stitcher` and the workspace's backend; see
+/// DeviceSampler::run. The stitcher's models run on device views; when they have a stream()
+/// member, each must be the workspace's stream (work on two streams would race without events).
+template <class Stitcher>
+SampleResult sample_stitched_impl(SamplingWorkspace& workspace, Stitcher& stitcher,
+                                  const AnySchedule& schedule, const DeviceSolver& solver, View x,
+                                  const condition_of<Stitcher>& cond,
                                   const SampleOptions& options) {
-  RuntimeStitcher<D> stitcher(rule, std::vector<D*>(models.begin(), models.end()));
-  if constexpr (requires(const D& m) {
-                  { m.stream() } -> std::convertible_to<cudaStream_t>;
-                }) {
-    for (std::size_t k = 0; k < stitcher.size(); ++k)
+  for (std::size_t k = 0; k < stitcher.size(); ++k)
+    if constexpr (requires {
+                    { stitcher.model(k).stream() } -> std::convertible_to<cudaStream_t>;
+                  })
       if (stitcher.model(k).stream() != workspace.backend.stream())
         throw_invalid_argument(
             detail::concat("stream of ", stitcher.model_name(k)),
             static_cast<const void*>(stitcher.model(k).stream()),
             detail::concat("must be the sampler's stream ",
                            static_cast<const void*>(workspace.backend.stream())));
-  }
   sampling_detail::check_solver(solver);
   if (!workspace.solver || !sampling_detail::same_solver(*workspace.solver, solver))
     workspace.solver = solver;
-  const std::optional<condition_of<D>> uncond = unconditional_of(stitcher, cond);
+  const std::optional<condition_of<Stitcher>> uncond = unconditional_of(stitcher, cond);
   return std::visit(
       [&](auto& s) {
         return workspace.sampler.run(stitcher, schedule, s, x, cond, uncond ? &*uncond : nullptr,
                                      options);
       },
       *workspace.solver);
+}
+
+/// The same over a span of device models of one type D (DitModel, or a test's own model),
+/// stitched by `rule`.
+template <Denoiser D>
+SampleResult sample_stitched_impl(SamplingWorkspace& workspace, std::span<D* const> models,
+                                  const AnyPolicy& rule, const AnySchedule& schedule,
+                                  const DeviceSolver& solver, View x, const std::vector<int>& cond,
+                                  const SampleOptions& options) {
+  std::vector<DeviceDenoiserRef> refs;
+  refs.reserve(models.size());
+  for (std::size_t k = 0; k < models.size(); ++k) {
+    require(models[k] != nullptr, detail::concat("models[", k, "]"), "null",
+            "must point to a model");
+    refs.emplace_back(*models[k]);
+  }
+  DeviceStitcher stitcher(rule, std::move(refs));
+  return sample_stitched_impl(workspace, stitcher, schedule, solver, x, cond, options);
 }
 
 } // namespace tstitch::cuda

@@ -14,119 +14,75 @@
 // StepRecord::seconds is host time to enqueue a step, not GPU time, unless check_finite waits.
 #include <cuda_runtime_api.h>
 
-#include <cstddef>
+#include <concepts>
 #include <cstdint>
 #include <memory>
-#include <optional>
 #include <span>
-#include <string>
-#include <utility>
+#include <type_traits>
 #include <variant>
 #include <vector>
 
 #include "tstitch/core/denoiser.hpp"
-#include "tstitch/core/error.hpp"
+#include "tstitch/core/denoiser_ref.hpp"
 #include "tstitch/core/tensor.hpp"
 #include "tstitch/sample.hpp"
+#include "tstitch/schedule/any_schedule.hpp"
 #include "tstitch/schedule/discrete.hpp"
 #include "tstitch/solver/ddim.hpp"
 #include "tstitch/solver/ddpm.hpp"
 #include "tstitch/solver/dpm_solver.hpp"
+#include "tstitch/solver/euler.hpp"
+#include "tstitch/solver/euler_ancestral.hpp"
+#include "tstitch/solver/heun.hpp"
+#include "tstitch/solver/lcm.hpp"
+#include "tstitch/solver/unipc.hpp"
 #include "tstitch/stitch/policy.hpp"
+#include "tstitch/stitch/stitcher.hpp"
 
 namespace tstitch::cuda {
 
 class DitModel;
 
-/// The solvers device sampling offers: those DiT is sampled with. Any options except
-/// DPMSolverMultistepOptions::thresholding (its per-sample quantile would read every step back to
-/// the host) are accepted, e.g. DDIM{{.eta = 1.0}} draws its noise on the device.
-using DeviceSolver = std::variant<DDIM, DDPM, DPMSolverMultistep>;
+/// The solvers device sampling offers: every solver of tstitch, with any options except dynamic
+/// thresholding (DPMSolverMultistepOptions / UniPCOptions::thresholding: its per-sample quantile
+/// would read every step back to the host). Stochastic ones draw their noise on the device, the
+/// same Philox noise as on the host, e.g. DDIM{{.eta = 1.0}}. LCM steps along an LCMSchedule.
+using DeviceSolver =
+    std::variant<DDIM, DDPM, Euler, EulerAncestral, Heun, DPMSolverMultistep, UniPC, LCM>;
 
-/// A stitch over a number of models of one type known only at run time (BasicStitcher fixes the
-/// count at compile time). Model 0 serves first; the policy picks the model of each step. Holds
-/// pointers: the models must outlive it. A Denoiser, like BasicStitcher, and plain C++.
-template <Denoiser D, StitchPolicy Policy = StepFraction> class RuntimeStitcher {
+/// A model that runs on the GPU, as one type: a DenoiserRef (non-owning) to a denoiser over
+/// *device* views whose condition is one integer per row, together with the stream its predict()
+/// enqueues work on. cuda::DitModel is one; your own engine (TensorRT, ONNX Runtime's CUDA
+/// provider, hand-written kernels) is another when it has the Denoiser members and
+///   cudaStream_t stream() const        the stream predict() enqueues on (device sampling checks
+///                                      that it is the sampler's)
+///   std::vector<int> unconditional(const std::vector<int>&) const   optional, for guidance
+/// Its condition is a class label per row for class-conditional models; for others, any index
+/// the engine maps to conditioning it holds (e.g. a prompt embedding uploaded once). predict()
+/// reads x and writes out in device memory and must not wait for the GPU.
+class DeviceDenoiserRef : public DenoiserRef<std::vector<int>> {
 public:
-  using condition_type = condition_of<D>;
+  template <Denoiser D>
+  requires(!std::derived_from<std::remove_cvref_t<D>, DenoiserRef<std::vector<int>>> &&
+           std::same_as<condition_of<D>, std::vector<int>> &&
+           requires(const D& m) {
+             { m.stream() } -> std::convertible_to<cudaStream_t>;
+           }) DeviceDenoiserRef(D& model) // NOLINT: implicit, like DenoiserRef
+      : DenoiserRef<std::vector<int>>(model), stream_(model.stream()) {}
 
-  RuntimeStitcher(Policy policy, std::vector<D*> models)
-      : policy_(std::move(policy)), models_(std::move(models)) {
-    require(!models_.empty(), "number of models", models_.size(), "must be at least 1");
-    for (std::size_t k = 0; k < models_.size(); ++k)
-      require(models_[k] != nullptr, detail::concat("models[", k, "]"), "null",
-              "must point to a model");
-    if constexpr (requires { policy_.check(models_.size()); })
-      policy_.check(models_.size());
-    const Shape shape = models_[0]->latent_shape();
-    for (std::size_t k = 1; k < models_.size(); ++k)
-      if (models_[k]->latent_shape() != shape)
-        throw invalid_argument(detail::concat(
-            "tstitch: stitched models disagree on latent shape: ", model_name(0), " has ", shape,
-            ", ", model_name(k), " has ", models_[k]->latent_shape()));
-  }
-
-  [[nodiscard]] std::size_t size() const { return models_.size(); }
-  [[nodiscard]] D& model(std::size_t k) const { return *models_.at(k); }
-
-  /// The common prediction type (throws when the models differ: use route(ctx) then).
-  [[nodiscard]] Prediction prediction() const {
-    const Prediction first = models_[0]->prediction();
-    for (std::size_t k = 1; k < models_.size(); ++k)
-      if (models_[k]->prediction() != first)
-        throw invalid_argument(detail::concat(
-            "tstitch: stitched models predict different things (", model_name(0), ": ", first, ", ",
-            model_name(k), ": ", models_[k]->prediction(), "); ask route(ctx) per step"));
-    return first;
-  }
-  [[nodiscard]] Shape latent_shape() const { return models_[0]->latent_shape(); }
-  [[nodiscard]] std::int64_t output_channels() const {
-    std::int64_t channels = 0;
-    for (const D* m : models_)
-      channels = std::max(channels, raw_output_channels(*m));
-    return channels;
-  }
-  [[nodiscard]] condition_type unconditional(const condition_type& c) const requires
-      requires(const D& m) {
-    { m.unconditional(c) } -> std::convertible_to<condition_type>;
-  }
-  { return models_[0]->unconditional(c); }
-
-  /// Runs the model route() chose for ctx.step (every evaluation of a step goes to it); a step
-  /// route() has not seen in this run (another step count) asks the policy.
-  void predict(ConstView x, const StepContext& ctx, const condition_type& c, View out) {
-    const bool routed = serving_ && routed_step_ == ctx.step && routed_steps_ == ctx.num_steps;
-    const std::size_t k = routed ? *serving_ : model_index(ctx);
-    models_[k]->predict(x, ctx, c, out);
-  }
-
-  /// Called by the sampling loop once per step, in order.
-  [[nodiscard]] Route route(const StepContext& ctx) {
-    const std::size_t k = model_index(ctx);
-    serving_ = k;
-    routed_step_ = ctx.step;
-    routed_steps_ = ctx.num_steps;
-    return Route{k, models_[k]->prediction(), std::nullopt};
-  }
-
-  [[nodiscard]] std::size_t model_index(const StepContext& ctx) const {
-    const auto k = static_cast<std::size_t>(policy_.model_for(ctx, models_.size()));
-    if (k >= models_.size())
-      throw invalid_argument(detail::concat("tstitch: stitch policy chose model ", k, " at step ",
-                                            ctx.step, "; there are ", models_.size(), " models"));
-    return k;
-  }
-  [[nodiscard]] std::string model_name(std::size_t k) const {
-    return k < models_.size() ? model_name_of(*models_[k], k) : "model " + std::to_string(k);
-  }
+  /// The stream the model enqueues on, as it was when the reference was made.
+  [[nodiscard]] cudaStream_t stream() const { return stream_; }
 
 private:
-  Policy policy_;
-  std::vector<D*> models_;
-  std::optional<std::size_t> serving_;
-  int routed_step_ = -1;
-  int routed_steps_ = 0;
+  cudaStream_t stream_;
 };
+
+/// The stitcher of device sampling: any number of device models of any types, any stitch policy
+/// (AnyPolicy holds StepFraction, PaperTimestep, the thresholds or your own), with names,
+/// per-model guidance scales and a switch observer (see RuntimeStitcher):
+///     cuda::DeviceStitcher stitcher(PaperTimestep(0.4), {dit_s, dit_xl});
+///     stitcher.set_names({"DiT-S/2", "DiT-XL/2"}).on_switch([](const SwitchEvent& e) {...});
+using DeviceStitcher = RuntimeStitcher<DeviceDenoiserRef, AnyPolicy>;
 
 struct SamplingWorkspace; // cuda/sampling.cuh: the backend, the loop's buffers, the solver
 
@@ -146,10 +102,17 @@ public:
 
   /// Samples x (device memory, (N, C, H, W)) in place: x_T on entry, the sample on return (the
   /// work is enqueued; it has finished when the stream has, or at once with check_finite).
-  /// models[k] serves the steps `rule` gives model k; labels: one class per row, on the host.
-  /// Guidance (options.guidance) uses DitModel::unconditional, the null class.
-  SampleResult run(std::span<DitModel* const> models, const StepFraction& rule,
-                   const DiscreteSchedule& schedule, const DeviceSolver& solver, View x,
+  /// The stitcher's models serve the steps its policy gives them; labels: one condition per row,
+  /// on the host. Guidance (options.guidance) uses model 0's unconditional(labels). Every model
+  /// must enqueue on the sampler's stream.
+  SampleResult run(DeviceStitcher& stitcher, const AnySchedule& schedule,
+                   const DeviceSolver& solver, View x, const std::vector<int>& labels,
+                   const SampleOptions& options);
+
+  /// The same for DiT models: models[k] serves the steps `rule` gives model k (e.g.
+  /// StepFraction::small_fraction(0.4) or PaperTimestep(0.4)); guidance uses the null class.
+  SampleResult run(std::span<DitModel* const> models, const AnyPolicy& rule,
+                   const AnySchedule& schedule, const DeviceSolver& solver, View x,
                    const std::vector<int>& labels, const SampleOptions& options);
 
   /// Device buffers allocated by this sampler's backend so far (a check that reuse works).
@@ -159,10 +122,12 @@ private:
   std::unique_ptr<SamplingWorkspace> workspace_;
 };
 
-/// One-shot form of DeviceSampler::run (allocates its workspace on every call).
-SampleResult sample_stitched(std::span<DitModel* const> models, const StepFraction& rule,
-                             const DiscreteSchedule& schedule, const DeviceSolver& solver,
-                             View x_device, const std::vector<int>& labels,
-                             const SampleOptions& options);
+/// One-shot forms of DeviceSampler::run (they allocate a workspace on every call).
+SampleResult sample_stitched(DeviceStitcher& stitcher, const AnySchedule& schedule,
+                             const DeviceSolver& solver, View x_device,
+                             const std::vector<int>& labels, const SampleOptions& options);
+SampleResult sample_stitched(std::span<DitModel* const> models, const AnyPolicy& rule,
+                             const AnySchedule& schedule, const DeviceSolver& solver, View x_device,
+                             const std::vector<int>& labels, const SampleOptions& options);
 
 } // namespace tstitch::cuda

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
-// The out-of-line definitions of cuda/sampling.hpp (DeviceSampler, sample_stitched) for
-// cuda::DitModel. Non-inline, so exactly ONE CUDA translation unit includes this file:
-// tstitch/cuda/tstitch_cuda.cu (or a user's own single .cu build of the kernels).
+// The out-of-line definitions of cuda/sampling.hpp (DeviceSampler, sample_stitched). Non-inline,
+// so exactly ONE CUDA translation unit includes this file: tstitch/cuda/tstitch_cuda.cu (or a
+// user's own single .cu build of the kernels).
 #include <memory>
 
 #include "tstitch/cuda/dit.hpp"
@@ -18,20 +18,31 @@ DeviceSampler::~DeviceSampler() = default;
 DeviceSampler::DeviceSampler(DeviceSampler&&) noexcept = default;
 DeviceSampler& DeviceSampler::operator=(DeviceSampler&&) noexcept = default;
 
-SampleResult DeviceSampler::run(std::span<DitModel* const> models, const StepFraction& rule,
-                                const DiscreteSchedule& schedule, const DeviceSolver& solver,
-                                View x, const std::vector<int>& labels,
+SampleResult DeviceSampler::run(DeviceStitcher& stitcher, const AnySchedule& schedule,
+                                const DeviceSolver& solver, View x, const std::vector<int>& labels,
                                 const SampleOptions& options) {
+  return sample_stitched_impl(*workspace_, stitcher, schedule, solver, x, labels, options);
+}
+
+SampleResult DeviceSampler::run(std::span<DitModel* const> models, const AnyPolicy& rule,
+                                const AnySchedule& schedule, const DeviceSolver& solver, View x,
+                                const std::vector<int>& labels, const SampleOptions& options) {
   return sample_stitched_impl<DitModel>(*workspace_, models, rule, schedule, solver, x, labels,
                                         options);
 }
 
 std::int64_t DeviceSampler::allocations() const { return workspace_->backend.allocations(); }
 
-SampleResult sample_stitched(std::span<DitModel* const> models, const StepFraction& rule,
-                             const DiscreteSchedule& schedule, const DeviceSolver& solver,
-                             View x_device, const std::vector<int>& labels,
-                             const SampleOptions& options) {
+SampleResult sample_stitched(DeviceStitcher& stitcher, const AnySchedule& schedule,
+                             const DeviceSolver& solver, View x_device,
+                             const std::vector<int>& labels, const SampleOptions& options) {
+  DeviceSampler sampler;
+  return sampler.run(stitcher, schedule, solver, x_device, labels, options);
+}
+
+SampleResult sample_stitched(std::span<DitModel* const> models, const AnyPolicy& rule,
+                             const AnySchedule& schedule, const DeviceSolver& solver, View x_device,
+                             const std::vector<int>& labels, const SampleOptions& options) {
   DeviceSampler sampler;
   return sampler.run(models, rule, schedule, solver, x_device, labels, options);
 }

@@ -19,6 +19,8 @@ struct DDIMOptions {
   /// Clip x0 to [-r, r] before stepping (diffusers' clip_sample / clip_sample_range). As in
   /// diffusers, eps is not recomputed from the clipped x0.
   std::optional<float> clip_sample;
+
+  friend bool operator==(const DDIMOptions&, const DDIMOptions&) = default;
 };
 
 /// DDIM (Song et al. 2021): x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z, with

@@ -25,6 +25,8 @@ struct DDPMOptions {
   DDPMVariance variance = DDPMVariance::fixed_small;
   /// Clip x0 to [-r, r] before taking the posterior mean (diffusers' clip_sample; DiT: off).
   std::optional<float> clip_sample;
+
+  friend bool operator==(const DDPMOptions&, const DDPMOptions&) = default;
 };
 
 /// Ancestral DDPM sampling: x_s ~ N(posterior mean(x_t, x0), variance). The step into a clean

@@ -53,6 +53,9 @@ struct DPMSolverMultistepOptions {
   DPMSolverThirdOrder third_order = DPMSolverThirdOrder::diffusers;
   /// At a model switch: keep the previous model's outputs, or restart at first order.
   HistoryPolicy history = HistoryPolicy::keep;
+
+  friend bool operator==(const DPMSolverMultistepOptions&,
+                         const DPMSolverMultistepOptions&) = default;
 };
 
 /// Multistep DPM-Solver++ (Lu et al. 2022, "DPM-Solver++"), 1M, 2M and 3M, and its SDE variant:

@@ -16,6 +16,8 @@ struct EulerAncestralOptions {
   /// finite and >= 0; above 1, sigma_up is capped at sigma_next (all of the next noise level is
   /// fresh noise), as in k-diffusion.
   double eta = 1.0;
+
+  friend bool operator==(const EulerAncestralOptions&, const EulerAncestralOptions&) = default;
 };
 
 /// Euler ancestral sampling (k-diffusion's sample_euler_ancestral; diffusers'

@@ -16,6 +16,8 @@ struct HeunOptions {
   /// Clip x0 to [-r, r] before forming the derivative (diffusers' clip_sample /
   /// clip_sample_range; off by default, as in diffusers).
   std::optional<float> clip_sample;
+
+  friend bool operator==(const HeunOptions&, const HeunOptions&) = default;
 };
 
 /// Heun's method on the probability-flow ODE (Karras et al. 2022, Alg. 1 without churn;

@@ -91,6 +91,8 @@ struct LCMOptions {
   double sigma_data = 0.5;
   /// Clip x0 to [-r, r] before the scalings (diffusers' clip_sample / clip_sample_range; off).
   std::optional<float> clip_sample;
+
+  friend bool operator==(const LCMOptions&, const LCMOptions&) = default;
 };
 
 /// Latent Consistency Model sampling (Luo et al. 2023; diffusers' LCMScheduler). The consistency

@@ -32,6 +32,8 @@ namespace tstitch {
 struct DynamicThresholding {
   double ratio = 0.995;          ///< diffusers' dynamic_thresholding_ratio, in (0, 1)
   double sample_max_value = 1.0; ///< the largest s, > 0
+
+  friend bool operator==(const DynamicThresholding&, const DynamicThresholding&) = default;
 };
 
 namespace multistep {

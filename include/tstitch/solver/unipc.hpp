@@ -34,6 +34,8 @@ struct UniPCOptions {
   std::optional<DynamicThresholding> thresholding;
   /// At a model switch: keep the previous model's outputs, or restart at first order.
   HistoryPolicy history = HistoryPolicy::keep;
+
+  friend bool operator==(const UniPCOptions&, const UniPCOptions&) = default;
 };
 
 /// UniPC (Zhao et al. 2023): diffusers' UniPCMultistepScheduler on the same trajectory. Step i

@@ -5,6 +5,9 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "tstitch/core/error.hpp"
@@ -200,6 +203,34 @@ public:
 private:
   double ratio_;
   double horizon_;
+};
+
+/// Any StitchPolicy as one type (it holds a shared, immutable copy): for interfaces compiled once,
+/// such as cuda::DeviceSampler, which takes its rule as an AnyPolicy so that StepFraction,
+/// PaperTimestep, the thresholds and a user's own policy all reach it. check(k) forwards to the
+/// held policy's check when it has one.
+class AnyPolicy {
+public:
+  template <StitchPolicy P>
+  requires(!std::same_as<std::remove_cvref_t<P>, AnyPolicy>) AnyPolicy(P policy) // NOLINT
+      : policy_(std::make_shared<const P>(std::move(policy))),
+        model_for_([](const void* p, const StepContext& ctx, std::size_t k) -> std::size_t {
+          return static_cast<const P*>(p)->model_for(ctx, k);
+        }),
+        check_([](const void* p, std::size_t k) {
+          if constexpr (requires(const P& q) { q.check(k); })
+            static_cast<const P*>(p)->check(k);
+        }) {}
+
+  [[nodiscard]] std::size_t model_for(const StepContext& ctx, std::size_t num_models) const {
+    return model_for_(policy_.get(), ctx, num_models);
+  }
+  void check(std::size_t num_models) const { check_(policy_.get(), num_models); }
+
+private:
+  std::shared_ptr<const void> policy_;
+  std::size_t (*model_for_)(const void*, const StepContext&, std::size_t);
+  void (*check_)(const void*, std::size_t);
 };
 
 } // namespace tstitch

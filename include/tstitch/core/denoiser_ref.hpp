@@ -1,0 +1,81 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <concepts>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <type_traits>
+
+#include "tstitch/core/denoiser.hpp"
+
+namespace tstitch {
+
+/// A non-owning, type-erased reference to any Denoiser whose condition type is Cond: one type for
+/// models chosen at run time (a list from a config file, RuntimeStitcher) and for interfaces
+/// compiled once (cuda::DeviceSampler), while the models themselves stay plain types with no base
+/// class. It forwards every member the sampling loop looks for: the four of the concept and the
+/// optional unconditional (as std::optional: present or not), route, output_channels and
+/// model_name, so sampling through a DenoiserRef is the same as sampling the model itself. The
+/// model must outlive the reference. Each call costs one indirect call.
+template <class Cond> class DenoiserRef {
+public:
+  using condition_type = Cond;
+
+  template <Denoiser D>
+  requires(!std::same_as<std::remove_cvref_t<D>, DenoiserRef> &&
+           std::same_as<condition_of<D>, Cond>) DenoiserRef(D& model)
+  noexcept // NOLINT: implicit
+      : model_(std::addressof(model)), ops_(&ops_for<D>) {}
+
+  [[nodiscard]] Prediction prediction() const { return ops_->prediction(model_); }
+  [[nodiscard]] Shape latent_shape() const { return ops_->latent_shape(model_); }
+  [[nodiscard]] std::int64_t output_channels() const { return ops_->output_channels(model_); }
+  void predict(ConstView x, const StepContext& ctx, const Cond& c, View out) const {
+    ops_->predict(model_, x, ctx, c, out);
+  }
+  /// The model's unconditional(c), or nullopt when it has none (then guidance needs an explicit
+  /// unconditional condition).
+  [[nodiscard]] std::optional<Cond> unconditional(const Cond& c) const {
+    return ops_->unconditional(model_, c);
+  }
+  /// The model's route(ctx) when it has one (a stitcher), else model 0 with its prediction.
+  [[nodiscard]] Route route(const StepContext& ctx) const { return ops_->route(model_, ctx); }
+  [[nodiscard]] std::string model_name(std::size_t k) const { return ops_->model_name(model_, k); }
+
+  /// The referenced model's address (for identity checks), as void*.
+  [[nodiscard]] const void* address() const { return model_; }
+
+private:
+  struct Ops {
+    Prediction (*prediction)(const void*);
+    Shape (*latent_shape)(const void*);
+    std::int64_t (*output_channels)(const void*);
+    void (*predict)(void*, ConstView, const StepContext&, const Cond&, View);
+    std::optional<Cond> (*unconditional)(const void*, const Cond&);
+    Route (*route)(void*, const StepContext&);
+    std::string (*model_name)(const void*, std::size_t);
+  };
+
+  template <class D> static const D& as(const void* m) { return *static_cast<const D*>(m); }
+  template <class D> static D& as(void* m) { return *static_cast<D*>(m); }
+
+  template <class D>
+  static constexpr Ops ops_for{
+      [](const void* m) { return as<D>(m).prediction(); },
+      [](const void* m) { return as<D>(m).latent_shape(); },
+      [](const void* m) { return raw_output_channels(as<D>(m)); },
+      [](void* m, ConstView x, const StepContext& ctx, const Cond& c, View out) {
+        as<D>(m).predict(x, ctx, c, out);
+      },
+      [](const void* m, const Cond& c) { return unconditional_of(as<D>(m), c); },
+      [](void* m, const StepContext& ctx) { return route_of(as<D>(m), ctx); },
+      [](const void* m, std::size_t k) { return model_name_of(as<D>(m), k); },
+  };
+
+  void* model_;
+  const Ops* ops_;
+};
+
+} // namespace tstitch

@@ -1,0 +1,359 @@
+// SPDX-License-Identifier: Apache-2.0
+// The run-time forms of stitching: DenoiserRef (any model type as one type), AnyPolicy and
+// AnySchedule (any rule and schedule as one type), and RuntimeStitcher (models chosen at run
+// time). cuda::DeviceSampler is built from exactly these, so what is proven here on the host holds
+// for the device loop's routing: each must be bit-identical to the concrete types it wraps.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "tstitch/analytic/gaussian_mixture.hpp"
+#include "tstitch/core/denoiser_ref.hpp"
+#include "tstitch/sample.hpp"
+#include "tstitch/schedule/any_schedule.hpp"
+#include "tstitch/schedule/continuous.hpp"
+#include "tstitch/schedule/discrete.hpp"
+#include "tstitch/schedule/flow.hpp"
+#include "tstitch/solver/ddim.hpp"
+#include "tstitch/solver/ddpm.hpp"
+#include "tstitch/solver/dpm_solver.hpp"
+#include "tstitch/solver/euler.hpp"
+#include "tstitch/solver/euler_ancestral.hpp"
+#include "tstitch/solver/heun.hpp"
+#include "tstitch/solver/lcm.hpp"
+#include "tstitch/solver/unipc.hpp"
+#include "tstitch/stitch/policy.hpp"
+#include "tstitch/stitch/stitcher.hpp"
+
+using namespace tstitch;
+using analytic::DiagonalGaussian;
+using analytic::ExactDenoiser;
+using analytic::Labels;
+
+namespace {
+
+const Shape shape{3, 4, 4};
+
+DiagonalGaussian gaussian(double mean_offset, double variance_scale) {
+  DiagonalGaussian g;
+  for (std::int64_t e = 0; e < shape.numel(); ++e) {
+    g.mean.push_back(mean_offset + 0.5 * std::sin(0.7 * static_cast<double>(e)));
+    g.variance.push_back(variance_scale * (0.05 + 0.1 * static_cast<double>(e % 5)));
+  }
+  return g;
+}
+
+bool bit_identical(const Tensor& a, const Tensor& b) {
+  return a.numel() == b.numel() &&
+         std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.numel())) == 0;
+}
+
+/// A model of another type than ExactDenoiser, with a name of its own and no unconditional():
+/// it forwards to an ExactDenoiser, so its numbers are known.
+class NamedModel {
+public:
+  using condition_type = Labels;
+  NamedModel(const ExactDenoiser& inner, std::string name)
+      : inner_(&inner), name_(std::move(name)) {}
+  [[nodiscard]] Prediction prediction() const { return inner_->prediction(); }
+  [[nodiscard]] Shape latent_shape() const { return inner_->latent_shape(); }
+  [[nodiscard]] std::string model_name(std::size_t) const { return name_; }
+  void predict(ConstView x, const StepContext& ctx, const Labels& c, View out) {
+    inner_->predict(x, ctx, c, out);
+  }
+
+private:
+  const ExactDenoiser* inner_;
+  std::string name_;
+};
+
+/// A learned-sigma model: 2C output channels, the extra ones constant.
+struct LearnedSigmaModel {
+  using condition_type = Labels;
+  [[nodiscard]] Prediction prediction() const { return Prediction::epsilon_learned_sigma; }
+  [[nodiscard]] Shape latent_shape() const { return shape; }
+  void predict(ConstView, const StepContext&, const Labels&, View out) {
+    for (std::int64_t i = 0; i < out.batch() * out.sample_numel(); ++i)
+      out.data()[i] = 0.25f;
+  }
+};
+
+using Solvers =
+    std::variant<DDIM, DDPM, Euler, EulerAncestral, Heun, DPMSolverMultistep, UniPC, LCM>;
+
+struct Case {
+  const char* name;
+  Solvers solver;
+  AnySchedule schedule = DiscreteSchedule{};
+  AnyPolicy rule = StepFraction({0.3, 0.3, 0.4});
+  double guidance = 1.0;
+  int steps = 20;
+  /// Model 0 predicts flow instead of epsilon: a flow schedule starts at alpha = 0, where an
+  /// epsilon prediction says nothing about x0 (sampling stops there with a numerical_error).
+  bool flow = false;
+};
+
+struct Run {
+  Tensor x;
+  SampleResult result;
+  std::vector<SwitchEvent> switches;
+};
+
+template <class Stitch> Run run_case(Stitch& stitcher, const Case& c) {
+  Run run{Tensor(3, shape), {}, {}};
+  stitcher.set_guidance_scales({std::nullopt, 1.0, std::nullopt});
+  stitcher.on_switch([&](const SwitchEvent& e) { run.switches.push_back(e); });
+  fill_initial_noise(run.x.view(), 5);
+  SampleOptions options;
+  options.steps = c.steps;
+  options.seed = 1126;
+  options.guidance = Guidance::standard(c.guidance);
+  std::visit(
+      [&](const auto& s) {
+        auto solver = s;
+        run.result = sample(stitcher, c.schedule, solver, run.x.view(), Labels{0, 0, 0}, options);
+      },
+      c.solver);
+  return run;
+}
+
+} // namespace
+
+TEST_CASE("DenoiserRef forwards every member the sampling loop asks for", "[stitch][runtime]") {
+  ExactDenoiser exact(shape, gaussian(0.2, 1.5), Prediction::v);
+  NamedModel named(exact, "named");
+  LearnedSigmaModel learned;
+  const DenoiserRef<Labels> a(exact), b(named), c(learned);
+
+  CHECK(a.prediction() == Prediction::v);
+  CHECK(a.latent_shape() == shape);
+  CHECK(a.output_channels() == shape.channels);
+  CHECK(c.output_channels() == 2 * shape.channels);
+  CHECK(a.model_name(3) == "model 3");
+  CHECK(b.model_name(0) == "named");
+  REQUIRE(a.unconditional(Labels{1, 2}).has_value());
+  CHECK(*a.unconditional(Labels{1, 2}) == exact.unconditional(Labels{1, 2}));
+  CHECK_FALSE(b.unconditional(Labels{1, 2}).has_value());
+  CHECK(unconditional_of(a, Labels{4}) == std::optional<Labels>(exact.unconditional(Labels{4})));
+  CHECK_FALSE(unconditional_of(b, Labels{4}).has_value());
+  CHECK(a.address() == &exact);
+
+  SECTION("sampling through the reference is sampling the model, guidance included") {
+    for (double guidance : {1.0, 2.5}) {
+      Tensor direct(2, shape), through(2, shape);
+      fill_initial_noise(direct.view(), 9);
+      fill_initial_noise(through.view(), 9);
+      SampleOptions options;
+      options.steps = 15;
+      options.guidance = Guidance::standard(guidance);
+      DDPM s1, s2;
+      const SampleResult r1 =
+          sample(exact, DiscreteSchedule{}, s1, direct.view(), Labels{0, 0}, options);
+      DenoiserRef<Labels> ref(exact);
+      const SampleResult r2 =
+          sample(ref, DiscreteSchedule{}, s2, through.view(), Labels{0, 0}, options);
+      INFO("guidance " << guidance);
+      CHECK(bit_identical(direct, through));
+      CHECK(r1.records.size() == r2.records.size());
+      CHECK(r2.records[0].evaluations == (guidance == 1.0 ? 1 : 2));
+    }
+  }
+
+  SECTION("a model without unconditional() cannot be guided, with the usual error") {
+    DenoiserRef<Labels> ref(named);
+    Tensor x(1, shape);
+    fill_initial_noise(x.view(), 1);
+    SampleOptions options;
+    options.guidance = Guidance::standard(2.0);
+    DDIM ddim;
+    CHECK_THROWS_WITH(sample(ref, DiscreteSchedule{}, ddim, x.view(), Labels{0}, options),
+                      Catch::Contains("needs an unconditional condition"));
+  }
+
+  SECTION("a reference to a stitcher keeps its routing") {
+    ExactDenoiser small(shape, gaussian(0.3, 2.0), Prediction::epsilon);
+    TrajectoryStitcher stitcher(small, exact, 0.4);
+    Tensor direct(2, shape), through(2, shape);
+    fill_initial_noise(direct.view(), 4);
+    fill_initial_noise(through.view(), 4);
+    SampleOptions options;
+    options.steps = 10;
+    DDIM s1, s2;
+    const SampleResult r1 =
+        sample(stitcher, DiscreteSchedule{}, s1, direct.view(), Labels{0, 0}, options);
+    DenoiserRef<Labels> ref(stitcher);
+    const SampleResult r2 =
+        sample(ref, DiscreteSchedule{}, s2, through.view(), Labels{0, 0}, options);
+    CHECK(bit_identical(direct, through));
+    CHECK(r2.switches == 1);
+    for (std::size_t i = 0; i < r1.records.size(); ++i)
+      CHECK(r2.records[i].model == r1.records[i].model);
+  }
+}
+
+TEST_CASE("AnySchedule is the schedule it holds, number for number", "[stitch][runtime]") {
+  const std::vector<std::pair<const char*, AnySchedule>> schedules = {
+      {"DiscreteSchedule", DiscreteSchedule{}},
+      {"DiscreteSchedule, karras sigmas", DiscreteSchedule([] {
+         DiscreteScheduleOptions o;
+         o.sigma_spacing = SigmaSpacing::karras;
+         return o;
+       }())},
+      {"FlowMatchSchedule, shift 3", FlowMatchSchedule(FlowMatchScheduleOptions{.shift = 3.0})},
+      {"LCMSchedule", LCMSchedule{}},
+      {"ContinuousSchedule::cosine", ContinuousSchedule::cosine()},
+  };
+  const DiscreteSchedule discrete;
+  const AnySchedule any_discrete = discrete;
+  for (int n : {1, 4, 7, 50}) {
+    const Trajectory a = discrete.trajectory(n), b = any_discrete.trajectory(n);
+    REQUIRE(a.points.size() == b.points.size());
+    CHECK(a.num_train_timesteps == b.num_train_timesteps);
+    for (std::size_t i = 0; i < a.points.size(); ++i) {
+      CHECK(a.points[i].timestep == b.points[i].timestep);
+      CHECK(a.points[i].alpha == b.points[i].alpha);
+      CHECK(a.points[i].sigma == b.points[i].sigma);
+    }
+  }
+  for (double t : {0.0, 1.0, 499.5, 999.0}) {
+    CHECK(any_discrete.point(t).alpha == discrete.point(t).alpha);
+    CHECK(any_discrete.point(t).sigma == discrete.point(t).sigma);
+  }
+  for (double s : {0.01, 1.0, 80.0})
+    CHECK(any_discrete.timestep_at(s) == discrete.timestep_at(s));
+  for (const auto& [name, schedule] : schedules) {
+    INFO(name);
+    const Trajectory t = schedule.trajectory(4);
+    CHECK(t.steps() == 4);
+    const AnySchedule copy = schedule; // shares the held schedule
+    CHECK(copy.trajectory(4).points.back().sigma == t.points.back().sigma);
+  }
+  CHECK_THROWS_WITH(any_discrete.trajectory(0), Catch::Contains("steps"));
+}
+
+TEST_CASE("AnyPolicy is the policy it holds, and forwards check()", "[stitch][runtime]") {
+  struct EveryOther { // a user's policy, without check()
+    std::size_t model_for(const StepContext& ctx, std::size_t k) const {
+      return static_cast<std::size_t>(ctx.step) % k;
+    }
+  };
+  const Trajectory trajectory = DiscreteSchedule{}.trajectory(100);
+  auto same = [&](const auto& policy, std::size_t k) {
+    const AnyPolicy any = policy;
+    for (int i = 0; i < trajectory.steps(); ++i) {
+      const StepContext ctx{i, trajectory.steps(), 0, trajectory[i]};
+      if (any.model_for(ctx, k) != policy.model_for(ctx, k))
+        return false;
+    }
+    return true;
+  };
+  CHECK(same(StepFraction({0.3, 0.3, 0.4}), 3));
+  CHECK(same(PaperTimestep(0.7), 2));
+  CHECK(same(TimestepThreshold({700, 300}), 3));
+  CHECK(same(SigmaThreshold(2.0), 2));
+  CHECK(same(LogSnrThreshold(-1.0), 2));
+  CHECK(same(EveryOther{}, 3));
+
+  CHECK_THROWS_WITH(AnyPolicy(PaperTimestep(0.5)).check(3), Catch::Contains("exactly 2"));
+  CHECK_THROWS_WITH(AnyPolicy(StepFraction({0.5, 0.5})).check(3),
+                    Catch::Contains("number of fractions"));
+  CHECK_NOTHROW(AnyPolicy(EveryOther{}).check(5));
+}
+
+TEST_CASE("RuntimeStitcher over DenoiserRef samples bit-identically to BasicStitcher",
+          "[stitch][runtime]") {
+  // Three models of two types, with different data and prediction types.
+  ExactDenoiser s(shape, gaussian(0.3, 2.0), Prediction::epsilon);
+  ExactDenoiser s_flow(shape, gaussian(0.3, 2.0), Prediction::flow);
+  ExactDenoiser b_inner(shape, gaussian(0.1, 1.2), Prediction::v);
+  NamedModel b(b_inner, "B");
+  ExactDenoiser xl(shape, gaussian(0.0, 1.0), Prediction::sample);
+
+  DPMSolverMultistepOptions reset;
+  reset.history = HistoryPolicy::reset;
+  const Case cases[] = {
+      {"DDIM", DDIM{}},
+      {"DDPM (noise), guidance 2", DDPM{}, DiscreteSchedule{}, StepFraction({0.3, 0.3, 0.4}), 2.0},
+      {"Euler", Euler{}},
+      {"Euler ancestral (noise), guidance 3", EulerAncestral{}, DiscreteSchedule{},
+       StepFraction({0.3, 0.3, 0.4}), 3.0},
+      {"Heun, timestep thresholds", Heun{}, DiscreteSchedule{}, TimestepThreshold({700, 300})},
+      {"DPM-Solver++ 2M, history reset", DPMSolverMultistep(reset)},
+      {"UniPC, guidance 2", UniPC{}, DiscreteSchedule{}, StepFraction({0.3, 0.3, 0.4}), 2.0},
+      {"LCM on its schedule", LCM{}, LCMSchedule{}, StepFraction({0.25, 0.25, 0.5}), 1.0, 4},
+      {"Euler on a flow schedule, sigma thresholds", Euler{},
+       FlowMatchSchedule(FlowMatchScheduleOptions{.shift = 3.0}), SigmaThreshold({4.0, 1.0}), 1.0,
+       20, true},
+  };
+  for (const Case& c : cases) {
+    INFO("case: " << c.name);
+    ExactDenoiser& first = c.flow ? s_flow : s;
+    BasicStitcher<AnyPolicy, ExactDenoiser, NamedModel, ExactDenoiser> fixed(c.rule, first, b, xl);
+    RuntimeStitcher<DenoiserRef<Labels>, AnyPolicy> runtime(c.rule, {first, b, xl});
+    const Run expected = run_case(fixed, c);
+    const Run got = run_case(runtime, c);
+    CHECK(std::isfinite(expected.x[0]));
+    CHECK(bit_identical(expected.x, got.x));
+    CHECK(got.result.switches == expected.result.switches);
+    CHECK(expected.result.switches == 2);
+    REQUIRE(got.result.records.size() == expected.result.records.size());
+    for (std::size_t i = 0; i < got.result.records.size(); ++i) {
+      INFO("step " << i);
+      CHECK(got.result.records[i].model == expected.result.records[i].model);
+      CHECK(got.result.records[i].evaluations == expected.result.records[i].evaluations);
+      CHECK(got.result.records[i].guidance_scale == expected.result.records[i].guidance_scale);
+    }
+    REQUIRE(got.switches.size() == expected.switches.size());
+    for (std::size_t i = 0; i < got.switches.size(); ++i) {
+      CHECK(got.switches[i].from == expected.switches[i].from);
+      CHECK(got.switches[i].to == expected.switches[i].to);
+      CHECK(got.switches[i].context.step == expected.switches[i].context.step);
+    }
+  }
+}
+
+TEST_CASE("RuntimeStitcher names its models and its errors name the offending values",
+          "[stitch][runtime][errors]") {
+  ExactDenoiser a(shape, gaussian(0, 1)), c(shape, gaussian(0, 1));
+  NamedModel b(a, "B");
+  ExactDenoiser other(Shape{3, 8, 8}, DiagonalGaussian{std::vector<double>(192, 0.0),
+                                                       std::vector<double>(192, 1.0)});
+  using Runtime = RuntimeStitcher<DenoiserRef<Labels>, AnyPolicy>;
+
+  Runtime stitcher(StepFraction({0.5, 0.5}), {a, b});
+  CHECK(stitcher.size() == 2);
+  CHECK(stitcher.model_name(0) == "model 0");
+  CHECK(stitcher.model_name(1) == "B"); // the model's own name
+  stitcher.set_names({"small", "large"});
+  CHECK(stitcher.model_name(1) == "large");
+  CHECK(stitcher.model(1).address() == &b);
+  CHECK(stitcher.steps_per_model(DiscreteSchedule{}.trajectory(10)) == std::vector<int>{5, 5});
+
+  CHECK_THROWS_WITH(Runtime(StepFraction({1.0}), {}),
+                    Catch::Contains("number of models") && Catch::Contains("at least 1"));
+  CHECK_THROWS_WITH(Runtime(StepFraction({0.5, 0.5}), {b, other}),
+                    Catch::Contains("B has [3, 4, 4]") && Catch::Contains("[3, 8, 8]"));
+  CHECK_THROWS_WITH(Runtime(PaperTimestep(0.5), {a, b, c}), Catch::Contains("exactly 2"));
+  CHECK_THROWS_WITH(Runtime(StepFraction({0.5, 0.5}), {a, b, c}),
+                    Catch::Contains("number of fractions"));
+  CHECK_THROWS_WITH(stitcher.set_names({"one"}), Catch::Contains("names.size()"));
+  CHECK_THROWS_WITH(stitcher.set_guidance_scales({1.0, NAN}),
+                    Catch::Contains("guidance_scales[1]"));
+
+  struct OutOfRange {
+    std::size_t model_for(const StepContext&, std::size_t) const { return 7; }
+  };
+  Runtime bad(OutOfRange{}, {a, b});
+  CHECK_THROWS_WITH(bad.model_index(StepContext{}), Catch::Contains("chose model 7"));
+
+  // Models predicting different things have no common prediction; route() answers per step.
+  ExactDenoiser v_model(shape, gaussian(0, 1), Prediction::v);
+  Runtime mixed(StepFraction({0.5, 0.5}), {a, v_model});
+  CHECK_THROWS_WITH(mixed.prediction(), Catch::Contains("predict different things"));
+  CHECK(mixed.route(StepContext{9, 10, 0, {}}).prediction == Prediction::v);
+}
