@@ -357,3 +357,103 @@ TEST_CASE("RuntimeStitcher names its models and its errors name the offending va
   CHECK_THROWS_WITH(mixed.prediction(), Catch::Contains("predict different things"));
   CHECK(mixed.route(StepContext{9, 10, 0, {}}).prediction == Prediction::v);
 }
+
+namespace {
+
+/// An ExactDenoiser that offers predict_guided, computed as one batch of 2N rows (as a GPU model
+/// would), and counts which entry point the loop used.
+class BatchedExact {
+public:
+  using condition_type = Labels;
+  explicit BatchedExact(const ExactDenoiser& inner) : inner_(&inner) {}
+  [[nodiscard]] Prediction prediction() const { return inner_->prediction(); }
+  [[nodiscard]] Shape latent_shape() const { return inner_->latent_shape(); }
+  [[nodiscard]] Labels unconditional(const Labels& c) const { return inner_->unconditional(c); }
+  void predict(ConstView x, const StepContext& ctx, const Labels& c, View out) {
+    ++predict_calls;
+    inner_->predict(x, ctx, c, out);
+  }
+  void predict_guided(ConstView x, const StepContext& ctx, const Labels& cond, const Labels& uncond,
+                      View out_cond, View out_uncond) {
+    ++guided_calls;
+    const std::int64_t n = x.batch();
+    Tensor both(2 * n, x.shape()), out(2 * n, out_cond.shape());
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t e = 0; e < x.sample_numel(); ++e)
+        both.data()[i * x.sample_numel() + e] = both.data()[(n + i) * x.sample_numel() + e] =
+            x.data()[i * x.batch_stride() + e];
+    Labels labels(cond);
+    labels.insert(labels.end(), uncond.begin(), uncond.end());
+    inner_->predict(both.view(), ctx, labels, out.view());
+    const std::int64_t per = out_cond.sample_numel();
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t e = 0; e < per; ++e) {
+        out_cond.data()[i * out_cond.batch_stride() + e] = out.data()[i * per + e];
+        out_uncond.data()[i * out_uncond.batch_stride() + e] = out.data()[(n + i) * per + e];
+      }
+  }
+  int predict_calls = 0, guided_calls = 0;
+
+private:
+  const ExactDenoiser* inner_;
+};
+static_assert(predicts_guided<BatchedExact>);
+static_assert(!predicts_guided<ExactDenoiser>);
+
+template <class D> Tensor guided_run(D& denoiser, double guidance, SampleResult* result = nullptr) {
+  Tensor x(2, shape);
+  fill_initial_noise(x.view(), 21);
+  SampleOptions options;
+  options.steps = 10;
+  options.guidance = Guidance::standard(guidance);
+  DDIM ddim;
+  const SampleResult r =
+      sample(denoiser, DiscreteSchedule{}, ddim, x.view(), Labels{0, 0}, options);
+  if (result != nullptr)
+    *result = r;
+  return x;
+}
+
+} // namespace
+
+TEST_CASE("predict_guided: one call per guided evaluation where the model offers it",
+          "[stitch][runtime]") {
+  const ExactDenoiser small(shape, gaussian(0.3, 2.0)), large(shape, gaussian(0.0, 1.0));
+  ExactDenoiser small_plain = small, large_plain = large;
+
+  SECTION("the loop calls it once per guided evaluation, and the numbers do not change") {
+    BatchedExact batched(large);
+    SampleResult result;
+    CHECK(bit_identical(guided_run(batched, 3.0, &result), guided_run(large_plain, 3.0)));
+    CHECK(batched.guided_calls == 10);
+    CHECK(batched.predict_calls == 0);
+    CHECK(result.records[0].evaluations == 2); // still two model evaluations per step
+    batched.guided_calls = 0;
+    CHECK(bit_identical(guided_run(batched, 1.0), guided_run(large_plain, 1.0)));
+    CHECK(batched.guided_calls == 0); // no guidance: plain predict
+    CHECK(batched.predict_calls == 10);
+  }
+
+  SECTION("stitchers and DenoiserRef forward it to the serving model, which may lack it") {
+    const Tensor expected = [&] {
+      TrajectoryStitcher plain(small_plain, large_plain, 0.4);
+      return guided_run(plain, 3.0);
+    }();
+    BatchedExact batched(large);
+    TrajectoryStitcher fixed(small_plain, batched, 0.4);
+    CHECK(bit_identical(guided_run(fixed, 3.0), expected));
+    CHECK(batched.guided_calls == 6); // the large model's 6 of 10 steps
+
+    BatchedExact batched_small(small);
+    RuntimeStitcher<DenoiserRef<Labels>> runtime(StepFraction({0.4, 0.6}),
+                                                 {batched_small, large_plain});
+    CHECK(bit_identical(guided_run(runtime, 3.0), expected));
+    CHECK(batched_small.guided_calls == 4);
+    CHECK(batched_small.predict_calls == 0);
+
+    DenoiserRef<Labels> ref(batched);
+    batched.guided_calls = 0;
+    CHECK(bit_identical(guided_run(ref, 3.0), guided_run(large_plain, 3.0)));
+    CHECK(batched.guided_calls == 10);
+  }
+}

@@ -231,12 +231,14 @@ private:
     const Shape shape = x.shape();
     const std::int64_t channels = output_channels(route.prediction, shape.channels);
     const View raw = View(raw_.view()).channels(0, channels);
-    denoiser.predict(x, ctx, cond, raw);
-    ++record.evaluations;
-    if (record.guidance_scale != 1.0) {
-      const View raw_uncond = View(raw_uncond_.view()).channels(0, channels);
-      denoiser.predict(x, ctx, *uncond, raw_uncond);
+    if (record.guidance_scale == 1.0) {
+      denoiser.predict(x, ctx, cond, raw);
       ++record.evaluations;
+    } else {
+      // Both branches in one call where the denoiser offers predict_guided (one 2N batch).
+      const View raw_uncond = View(raw_uncond_.view()).channels(0, channels);
+      predict_guided_of(denoiser, x, ctx, cond, *uncond, raw, raw_uncond);
+      record.evaluations += 2;
       const std::int64_t guided =
           guidance.guided_channels == 0 ? shape.channels : guidance.guided_channels;
       backend_.map(raw.channels(0, guided), Guide{static_cast<float>(record.guidance_scale)},

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <span>
 #include <string>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -32,6 +33,23 @@ dit::Config tiny_config(std::int64_t depth) {
   c.num_classes = 10;
   c.learn_sigma = true;
   return c;
+}
+
+/// Random weights whose class embeddings are large enough that the label visibly changes the
+/// output (with Weights::random alone it barely does, and a swap of the two guidance halves
+/// would go unseen).
+dit::Weights label_sensitive_weights(const dit::Config& c, std::uint64_t seed) {
+  dit::Weights w = dit::Weights::random(c, seed);
+  float* table = const_cast<float*>(w.class_table.data); // random() owns its values
+  for (std::int64_t i = 0; i < w.class_table.rows * w.class_table.cols; ++i)
+    table[i] *= 40.0f;
+  return w;
+}
+
+Tensor to_host(ConstView device) {
+  Tensor host(device.batch(), device.shape());
+  cuda::download(host.view(), device);
+  return host;
 }
 
 /// A user's engine: its own type, no tstitch base class; here it forwards to a DitModel and
@@ -112,37 +130,35 @@ TEST_CASE("device sampling stitches DitModels and a user's engine like the host 
         },
         c.solver);
 
-    // DitModels through the span overload.
-    cuda::DeviceTensor x(3, shape);
-    cuda::upload(x.view(),
-                 [&] {
-                   Tensor noise(3, shape);
-                   fill_initial_noise(noise.view(), options.seed);
-                   return noise;
-                 }()
-                     .view());
-    cuda::DitModel* models[] = {&small, &large};
-    const SampleResult spans =
-        sampler.run(models, c.rule, DiscreteSchedule{}, c.solver, x.view(), labels, options);
-    Tensor from_span(3, shape);
-    cuda::download(from_span.view(), x.view());
-
-    // A user's engine and a DitModel through a DeviceStitcher.
+    // Three device runs from the same x_T: DitModels through the span overload, the same models
+    // through a DeviceStitcher, and a user's engine (which has no predict_guided: two calls per
+    // guided evaluation) with a DitModel.
     Tensor noise(3, shape);
     fill_initial_noise(noise.view(), options.seed);
-    cuda::upload(x.view(), noise.view());
-    cuda::DeviceStitcher stitcher(c.rule, {engine, large});
+    cuda::DeviceTensor x(3, shape);
+    auto run = [&](auto&& call) {
+      cuda::upload(x.view(), noise.view());
+      const SampleResult result = call();
+      return std::pair{result, to_host(x.view())};
+    };
+    cuda::DitModel* models[] = {&small, &large};
+    const auto [spans, from_span] = run([&] {
+      return sampler.run(models, c.rule, DiscreteSchedule{}, c.solver, x.view(), labels, options);
+    });
+    cuda::DeviceStitcher dits(c.rule, {small, large});
     int switches = 0;
-    stitcher.on_switch([&](const SwitchEvent& e) {
+    dits.on_switch([&](const SwitchEvent& e) {
       ++switches;
       CHECK(e.from == 0);
       CHECK(e.to == 1);
     });
+    const auto [stitched, from_stitcher] = run(
+        [&] { return sampler.run(dits, DiscreteSchedule{}, c.solver, x.view(), labels, options); });
+    cuda::DeviceStitcher mixed_stitcher(c.rule, {engine, large});
     engine.calls = 0;
-    const SampleResult mixed =
-        sampler.run(stitcher, DiscreteSchedule{}, c.solver, x.view(), labels, options);
-    Tensor from_stitcher(3, shape);
-    cuda::download(from_stitcher.view(), x.view());
+    const auto [mixed, from_mixed] = run([&] {
+      return sampler.run(mixed_stitcher, DiscreteSchedule{}, c.solver, x.view(), labels, options);
+    });
 
     int small_evaluations = 0;
     REQUIRE(spans.records.size() == host_result.records.size());
@@ -156,14 +172,17 @@ TEST_CASE("device sampling stitches DitModels and a user's engine like the host 
         small_evaluations += host_result.records[i].evaluations;
     }
     CHECK(host_result.switches == 1);
+    CHECK(stitched.switches == 1);
     CHECK(mixed.switches == 1);
     CHECK(switches == 1);
     CHECK(engine.calls == small_evaluations);
     CHECK(std::memcmp(from_span.data(), from_stitcher.data(),
                       sizeof(float) * static_cast<std::size_t>(from_span.numel())) == 0);
-    const double rel = relative_l2(from_stitcher, host);
-    std::printf("  %s: device vs host final latents rel L2 %.3e\n", c.name, rel);
-    CHECK(rel < 2e-2);
+    const double rel_dits = relative_l2(from_span, host), rel_mixed = relative_l2(from_mixed, host);
+    std::printf("  %s: device vs host final latents rel L2: DitModels %.3e, user engine %.3e\n",
+                c.name, rel_dits, rel_mixed);
+    CHECK(rel_dits < 2e-2);
+    CHECK(rel_mixed < 2e-2);
   }
 }
 
@@ -186,4 +205,44 @@ TEST_CASE("DeviceSampler names what it cannot run", "[cuda][sampling][errors]") 
       Catch::Contains("thresholding"));
   CHECK_THROWS_WITH(cuda::DeviceStitcher(PaperTimestep(0.4), {model, model, model}),
                     Catch::Contains("exactly 2"));
+}
+
+TEST_CASE("DitModel::predict_guided runs both guidance branches as one batch of 2N rows",
+          "[cuda][dit]") {
+  const dit::Config config = tiny_config(2);
+  dit::CpuModel cpu(label_sensitive_weights(config, 5), "cpu");
+  cuda::DitModel gpu(label_sensitive_weights(config, 5), "gpu");
+  const Shape shape = gpu.latent_shape();
+  const Shape out_shape{config.out_channels(), shape.height, shape.width};
+  const std::vector<int> cond{1, 7, 3}, uncond = gpu.unconditional(cond);
+  Tensor x(3, shape);
+  fill_initial_noise(x.view(), 12);
+  StepContext ctx;
+  ctx.point.timestep = 400;
+
+  Tensor want_cond(3, out_shape), want_uncond(3, out_shape);
+  cpu.predict(x.view(), ctx, cond, want_cond.view());
+  cpu.predict(x.view(), ctx, uncond, want_uncond.view());
+  const double label_effect = relative_l2(want_uncond, want_cond);
+  std::printf("  predict_guided: the labels move the CPU output by %.3e rel L2\n", label_effect);
+  REQUIRE(label_effect > 0.1); // a swap of the halves would fail the checks below
+
+  cuda::DeviceTensor x_dev(3, shape), out_cond(3, out_shape), out_uncond(3, out_shape),
+      one_cond(3, out_shape);
+  cuda::upload(x_dev.view(), x.view());
+  gpu.predict_guided(x_dev.view(), ctx, cond, uncond, out_cond.view(), out_uncond.view());
+  gpu.predict(x_dev.view(), ctx, cond, one_cond.view());
+  const double rel_cond = relative_l2(to_host(out_cond.view()), want_cond);
+  const double rel_uncond = relative_l2(to_host(out_uncond.view()), want_uncond);
+  const double rel_single = relative_l2(to_host(out_cond.view()), to_host(one_cond.view()));
+  std::printf("  predict_guided vs CPU: cond %.3e, uncond %.3e; vs predict(cond): %.3e\n", rel_cond,
+              rel_uncond, rel_single);
+  CHECK(rel_cond < 1e-2);
+  CHECK(rel_uncond < 1e-2);
+  CHECK(rel_single < 1e-2);
+  CHECK(gpu.memory().activations > 0);
+
+  CHECK_THROWS_WITH(
+      gpu.predict_guided(x_dev.view(), ctx, cond, {10, 10}, out_cond.view(), out_uncond.view()),
+      Catch::Contains("labels"));
 }

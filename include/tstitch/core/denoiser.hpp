@@ -53,6 +53,9 @@ concept predicts = has_condition_type<D> &&
 ///                                       lets a composite denoiser say which model serves it
 ///   std::int64_t output_channels() const  raw output channels (default: from prediction())
 ///   std::string model_name(std::size_t) const  names for per-step records
+///   void predict_guided(x, ctx, cond, uncond, out_cond, out_uncond)
+///                                       both predictions of a guided evaluation in one call, e.g.
+///                                       one batch of 2N rows on a GPU (see predict_guided_of)
 template <class D>
 concept Denoiser =
     has_condition_type<D> && declares_prediction<D> && declares_latent_shape<D> && predicts<D>;
@@ -112,6 +115,30 @@ template <Denoiser D>
     return d.unconditional(cond);
   else
     return std::nullopt;
+}
+
+/// Whether a denoiser offers predict_guided: the conditional and unconditional predictions of a
+/// classifier-free-guided evaluation of the same latents in one call. A GPU model runs them as
+/// one batch of 2N rows, as DiT's reference sampler does, which costs little more than N rows
+/// where the model is latency-bound (a small model at a small batch); on a CPU two calls cost
+/// the same, so CPU models need not offer it.
+template <class D>
+concept predicts_guided = Denoiser<D> &&
+    requires(D& d, ConstView x, const StepContext& ctx, const condition_of<D>& c, View out) {
+  d.predict_guided(x, ctx, c, c, out, out);
+};
+
+/// Both predictions of a guided evaluation: one predict_guided call where the denoiser offers
+/// it, else predict(cond) then predict(uncond).
+template <Denoiser D>
+void predict_guided_of(D& d, ConstView x, const StepContext& ctx, const condition_of<D>& cond,
+                       const condition_of<D>& uncond, View out_cond, View out_uncond) {
+  if constexpr (predicts_guided<D>) {
+    d.predict_guided(x, ctx, cond, uncond, out_cond, out_uncond);
+  } else {
+    d.predict(x, ctx, cond, out_cond);
+    d.predict(x, ctx, uncond, out_uncond);
+  }
 }
 
 /// A denoiser from a callable `f(ConstView x, const StepContext&, const Cond&, View out)`: the

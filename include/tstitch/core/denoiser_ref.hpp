@@ -16,8 +16,9 @@ namespace tstitch {
 /// models chosen at run time (a list from a config file, RuntimeStitcher) and for interfaces
 /// compiled once (cuda::DeviceSampler), while the models themselves stay plain types with no base
 /// class. It forwards every member the sampling loop looks for: the four of the concept and the
-/// optional unconditional (as std::optional: present or not), route, output_channels and
-/// model_name, so sampling through a DenoiserRef is the same as sampling the model itself. The
+/// optional unconditional (as std::optional: present or not), route, output_channels,
+/// model_name and predict_guided, so sampling through a DenoiserRef is the same as sampling the
+/// model itself. The
 /// model must outlive the reference. Each call costs one indirect call.
 template <class Cond> class DenoiserRef {
 public:
@@ -34,6 +35,11 @@ public:
   [[nodiscard]] std::int64_t output_channels() const { return ops_->output_channels(model_); }
   void predict(ConstView x, const StepContext& ctx, const Cond& c, View out) const {
     ops_->predict(model_, x, ctx, c, out);
+  }
+  /// The model's predict_guided where it has one, else its predict twice.
+  void predict_guided(ConstView x, const StepContext& ctx, const Cond& cond, const Cond& uncond,
+                      View out_cond, View out_uncond) const {
+    ops_->predict_guided(model_, x, ctx, cond, uncond, out_cond, out_uncond);
   }
   /// The model's unconditional(c), or nullopt when it has none (then guidance needs an explicit
   /// unconditional condition).
@@ -53,6 +59,8 @@ private:
     Shape (*latent_shape)(const void*);
     std::int64_t (*output_channels)(const void*);
     void (*predict)(void*, ConstView, const StepContext&, const Cond&, View);
+    void (*predict_guided)(void*, ConstView, const StepContext&, const Cond&, const Cond&, View,
+                           View);
     std::optional<Cond> (*unconditional)(const void*, const Cond&);
     Route (*route)(void*, const StepContext&);
     std::string (*model_name)(const void*, std::size_t);
@@ -69,6 +77,8 @@ private:
       [](void* m, ConstView x, const StepContext& ctx, const Cond& c, View out) {
         as<D>(m).predict(x, ctx, c, out);
       },
+      [](void* m, ConstView x, const StepContext& ctx, const Cond& c, const Cond& u, View out_c,
+         View out_u) { predict_guided_of(as<D>(m), x, ctx, c, u, out_c, out_u); },
       [](const void* m, const Cond& c) { return unconditional_of(as<D>(m), c); },
       [](void* m, const StepContext& ctx) { return route_of(as<D>(m), ctx); },
       [](const void* m, std::size_t k) { return model_name_of(as<D>(m), k); },

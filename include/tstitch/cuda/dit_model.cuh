@@ -403,12 +403,39 @@ struct DitModel::Impl {
   void predict(ConstView x, const StepContext& ctx, const std::vector<int>& labels, View out) {
     dit::check_forward(config, x, out, labels, ctx.point.timestep, "CUDA DiT");
     const std::int64_t n = x.batch();
-    const Shape out_shape{config.out_channels(), config.input_size, config.input_size};
-
     dit_detail::Activations& act = activations_for(static_cast<int>(n));
     const int* device_labels = labels_on_device(labels);
     kernels::prepare_inputs(x, act.x_in.data(), static_cast<float>(ctx.point.timestep),
                             act.t.data(), device_labels, act.labels.data(), stream);
+    run(act);
+    copy_output(act, 0, out);
+  }
+
+  /// Both guidance branches as one batch of 2N rows, as DiT's reference sampler runs them: rows
+  /// [0, N) see (x, cond), rows [N, 2N) see (x, uncond).
+  void predict_guided(ConstView x, const StepContext& ctx, const std::vector<int>& cond,
+                      const std::vector<int>& uncond, View out_cond, View out_uncond) {
+    dit::check_forward(config, x, out_cond, cond, ctx.point.timestep, "CUDA DiT");
+    dit::check_forward(config, x, out_uncond, uncond, ctx.point.timestep,
+                       "CUDA DiT (unconditional)");
+    const std::int64_t n = x.batch();
+    dit_detail::Activations& act = activations_for(static_cast<int>(2 * n));
+    std::vector<int> both(cond);
+    both.insert(both.end(), uncond.begin(), uncond.end());
+    const int* device_labels = labels_on_device(both);
+    const float t = static_cast<float>(ctx.point.timestep);
+    const std::int64_t per_sample = config.latent_shape().numel();
+    kernels::prepare_inputs(x, act.x_in.data(), t, act.t.data(), device_labels, act.labels.data(),
+                            stream);
+    kernels::prepare_inputs(x, act.x_in.data() + n * per_sample, t, act.t.data(), device_labels + n,
+                            act.labels.data() + n, stream);
+    run(act);
+    copy_output(act, 0, out_cond);
+    copy_output(act, n, out_uncond);
+  }
+
+  /// Replays the batch's graph (capturing it at the first call), or launches the forward.
+  void run(dit_detail::Activations& act) {
     if (graphs) {
       if (act.exec == nullptr)
         capture(act);
@@ -416,10 +443,16 @@ struct DitModel::Impl {
     } else {
       forward(act);
     }
-    const std::size_t row_bytes = static_cast<std::size_t>(out_shape.numel()) * sizeof(float);
-    TSTITCH_CUDA_CHECK(cudaMemcpy2DAsync(
-        out.data(), static_cast<std::size_t>(out.batch_stride()) * sizeof(float), act.out.data(),
-        row_bytes, row_bytes, static_cast<std::size_t>(n), cudaMemcpyDeviceToDevice, stream));
+  }
+
+  /// Rows [first, first + out.batch()) of the forward's output into out (a strided view).
+  void copy_output(const dit_detail::Activations& act, std::int64_t first, View out) {
+    const std::int64_t per_sample = config.out_channels() * config.input_size * config.input_size;
+    const std::size_t row_bytes = static_cast<std::size_t>(per_sample) * sizeof(float);
+    TSTITCH_CUDA_CHECK(
+        cudaMemcpy2DAsync(out.data(), static_cast<std::size_t>(out.batch_stride()) * sizeof(float),
+                          act.out.data() + first * per_sample, row_bytes, row_bytes,
+                          static_cast<std::size_t>(out.batch()), cudaMemcpyDeviceToDevice, stream));
   }
 };
 
@@ -445,6 +478,11 @@ const dit::Config& DitModel::config() const { return impl_->config; }
 void DitModel::predict(ConstView x, const StepContext& ctx, const condition_type& labels,
                        View out) {
   impl_->predict(x, ctx, labels, out);
+}
+
+void DitModel::predict_guided(ConstView x, const StepContext& ctx, const condition_type& cond,
+                              const condition_type& uncond, View out_cond, View out_uncond) {
+  impl_->predict_guided(x, ctx, cond, uncond, out_cond, out_uncond);
 }
 
 void DitModel::prepare(int batch) { impl_->prepare(batch); }

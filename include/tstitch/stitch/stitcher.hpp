@@ -232,6 +232,14 @@ public:
   void predict(ConstView x, const StepContext& ctx, const condition_type& c, View out) {
     visit(Core::serving_model(ctx), [&](auto& model) { model.predict(x, ctx, c, out); });
   }
+  /// Both predictions of a guided evaluation from the serving model: in one call where that
+  /// model offers predict_guided.
+  void predict_guided(ConstView x, const StepContext& ctx, const condition_type& cond,
+                      const condition_type& uncond, View out_cond, View out_uncond) {
+    visit(Core::serving_model(ctx), [&](auto& model) {
+      predict_guided_of(model, x, ctx, cond, uncond, out_cond, out_uncond);
+    });
+  }
 
 private:
   [[nodiscard]] Prediction model_prediction(std::size_t k) const {
@@ -315,6 +323,13 @@ public:
   /// Runs the model serving ctx.step (see StitcherCore::serving_model).
   void predict(ConstView x, const StepContext& ctx, const condition_type& c, View out) {
     models_[Core::serving_model(ctx)].predict(x, ctx, c, out);
+  }
+  /// Both predictions of a guided evaluation from the serving model: in one call where that
+  /// model offers predict_guided.
+  void predict_guided(ConstView x, const StepContext& ctx, const condition_type& cond,
+                      const condition_type& uncond, View out_cond, View out_uncond) {
+    predict_guided_of(models_[Core::serving_model(ctx)], x, ctx, cond, uncond, out_cond,
+                      out_uncond);
   }
 
 private:
