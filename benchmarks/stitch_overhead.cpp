@@ -4,6 +4,8 @@
 //   step/bare      one DDIM step with a plain denoiser
 //   step/stitched  the same through TrajectoryStitcher (fraction 0.5, one switch in the run)
 //   step/switching a run in which every other step switches models (worst case)
+//   step/runtime   step/stitched through the run-time forms: RuntimeStitcher over DenoiserRefs,
+//                  AnyPolicy, AnySchedule (what cuda::DeviceSampler and tstitch-sample use)
 // Counters: allocations per run, and allocations after the end of the first step (the goal is 0).
 #include <benchmark/benchmark.h>
 
@@ -19,7 +21,7 @@ namespace {
 using bench::allocations;
 using bench::FreeDenoiser;
 
-enum class Mode { bare, stitched, switching };
+enum class Mode { bare, stitched, switching, runtime };
 
 void run_steps(benchmark::State& state, Mode mode) {
   const Shape shape{4, 32, 32}; // DiT-XL/2's latent at 256x256
@@ -35,7 +37,10 @@ void run_steps(benchmark::State& state, Mode mode) {
   };
   TrajectoryStitcher stitched(small, large, 0.5);
   TrajectoryStitcher switching(small, large, Alternate{});
+  RuntimeStitcher<DenoiserRef<NoCondition>, AnyPolicy> runtime(StepFraction::small_fraction(0.5),
+                                                               {small, large});
   const DiscreteSchedule schedule;
+  const AnySchedule any_schedule = schedule;
   Tensor x(batch, shape);
   DDIM ddim;
   Sampler<> sampler;
@@ -56,6 +61,8 @@ void run_steps(benchmark::State& state, Mode mode) {
       return sampler.run(stitched, schedule, ddim, x, {}, nullptr, options);
     case Mode::switching:
       return sampler.run(switching, schedule, ddim, x, {}, nullptr, options);
+    case Mode::runtime:
+      return sampler.run(runtime, any_schedule, ddim, x, {}, nullptr, options);
     }
     return SampleResult{};
   };
@@ -81,6 +88,7 @@ void run_steps(benchmark::State& state, Mode mode) {
 void BM_step_bare(benchmark::State& s) { run_steps(s, Mode::bare); }
 void BM_step_stitched(benchmark::State& s) { run_steps(s, Mode::stitched); }
 void BM_step_switching(benchmark::State& s) { run_steps(s, Mode::switching); }
+void BM_step_runtime(benchmark::State& s) { run_steps(s, Mode::runtime); }
 
 // Args: batch, steps, check_finite.
 #define TSTITCH_STEP_ARGS                                                                          \
@@ -114,12 +122,20 @@ void BM_route_stitched(benchmark::State& s) {
   TrajectoryStitcher stitcher(small, large, 0.4);
   route_and_predict(s, stitcher);
 }
+void BM_route_runtime(benchmark::State& s) {
+  FreeDenoiser small{{4, 32, 32}}, large{{4, 32, 32}};
+  RuntimeStitcher<DenoiserRef<NoCondition>, AnyPolicy> stitcher(StepFraction::small_fraction(0.4),
+                                                                {small, large});
+  route_and_predict(s, stitcher);
+}
 BENCHMARK(BM_route_bare);
 BENCHMARK(BM_route_stitched);
+BENCHMARK(BM_route_runtime);
 
 BENCHMARK(BM_step_bare)->TSTITCH_STEP_ARGS;
 BENCHMARK(BM_step_stitched)->TSTITCH_STEP_ARGS;
 BENCHMARK(BM_step_switching)->TSTITCH_STEP_ARGS;
+BENCHMARK(BM_step_runtime)->TSTITCH_STEP_ARGS;
 
 } // namespace
 
