@@ -526,6 +526,41 @@ TEST_CASE("DiT Eigen linear layers compute every output column for any thread co
 #endif
 }
 
+TEST_CASE("DiT gives the same bits at any thread count, with either GEMM library", "[dit]") {
+  // A renderer's images must not depend on the machine's core count: no loop of the forward
+  // splits a sum between threads (the GEMMs split rows and columns, attention splits heads).
+  // 8 samples of 64 tokens: 512 rows, enough for every threaded loop to split.
+  dit::Config c = tiny_config();
+  c.input_size = 16;
+#ifdef _OPENMP
+  const int previous_threads = omp_get_max_threads();
+  const std::vector<int> thread_counts{1, 2, 3, 17, 33};
+#else
+  const std::vector<int> thread_counts{1};
+#endif
+  for (const dit::Gemm gemm : {dit::Gemm::eigen, dit::Gemm::onednn}) {
+    if (!dit::gemm_available(gemm))
+      continue;
+    dit::CpuModel model(dit::Weights::random(c, 41), "DiT", gemm);
+    std::vector<Tensor> outputs;
+    for (const int threads : thread_counts) {
+#ifdef _OPENMP
+      omp_set_num_threads(threads);
+#endif
+      outputs.push_back(forward(model, 8, 640, {0, 1, 2, 3, 4, 5, 9, 10}));
+    }
+    for (std::size_t i = 1; i < outputs.size(); ++i) {
+      INFO("GEMM " << (gemm == dit::Gemm::eigen ? "Eigen" : "oneDNN") << ", "
+                   << thread_counts[i] << " threads against 1");
+      CHECK(std::memcmp(outputs[i].data(), outputs[0].data(),
+                        sizeof(float) * static_cast<std::size_t>(outputs[0].numel())) == 0);
+    }
+  }
+#ifdef _OPENMP
+  omp_set_num_threads(previous_threads);
+#endif
+}
+
 TEST_CASE("DiT: oneDNN and Eigen give the same model; an unbuilt GEMM is refused",
           "[dit][linear]") {
   if (!dit::gemm_available(dit::Gemm::onednn)) {
