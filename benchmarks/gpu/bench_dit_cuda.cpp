@@ -5,6 +5,8 @@
 //      clock and power limits of the machine at hand;
 //   2. DiT forward per model x batch (each batch doubled for classifier-free guidance), graphs on:
 //      time, TFLOP/s with FLOPs = 2 x Config::macs() x forward batch, fraction of (1); memory;
+//      at 1 and 8 images also one guided evaluation as two N-row predicts against one
+//      predict_guided (2N rows in one forward);
 //   3. the cost of a switch: alternating predicts between two models against repeating one;
 //   4. stitched sampling (small model for the first fraction r of the steps, large for the rest)
 //      against the ideal speedup 1 / ((1 - r) + r c), c = small-only / large-only run time:
@@ -336,6 +338,11 @@ struct ForwardRow {
   // The first predict of the batch size, host wall time until the stream is idle: activations,
   // GEMM algorithm timing, graph capture and one replay (what DitModel::prepare moves ahead).
   double first_call_ms = std::nan("");
+  // At small batches: one guided evaluation of the images as the sampling loops ran it before
+  // predict_guided (two predicts of N rows: classes, then the null class), and as they run it
+  // now (predict_guided: one forward of 2N rows).
+  double two_calls_ms = std::nan("");
+  double guided_ms = std::nan("");
   std::string error;
 };
 
@@ -379,6 +386,41 @@ ForwardRow measure_forward(DitModel& model, const std::string& name, int images,
   row.ms = median(times);
   row.tflops = 2.0 * cfg.macs() * static_cast<double>(row.rows) / (row.ms * 1e9);
   row.fraction_of_peak = row.tflops / peak_tflops;
+
+  if (images <= 8) { // where the GPU is underused and one 2N batch should beat two N batches
+    const tstitch::View x = b.x.view();
+    const tstitch::ConstView x_half = tstitch::ConstView(x).samples(0, images);
+    const tstitch::View out_cond = tstitch::View(b.out.view()).samples(0, images);
+    const tstitch::View out_uncond = tstitch::View(b.out.view()).samples(images, images);
+    const std::vector<int> cond(b.labels.begin(), b.labels.begin() + images);
+    const std::vector<int> uncond(b.labels.begin() + images, b.labels.end());
+    auto two_calls = [&] {
+      const tstitch::StepContext ctx = context(trajectory, call++);
+      model.predict(x_half, ctx, cond, out_cond);
+      model.predict(x_half, ctx, uncond, out_uncond);
+    };
+    auto guided = [&] {
+      model.predict_guided(x_half, context(trajectory, call++), cond, uncond, out_cond, out_uncond);
+    };
+    for (int i = 0; i < 3; ++i) { // the N-row graph's capture, then clocks
+      two_calls();
+      guided();
+    }
+    TSTITCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+    std::vector<double> two, one;
+    for (int r = 0; r < repeats; ++r) { // interleaved, so drifting clocks hit both
+      two.push_back(timer.time_ms(stream, [&] {
+        for (int k = 0; k < row.calls_per_repeat; ++k)
+          two_calls();
+      }) / row.calls_per_repeat);
+      one.push_back(timer.time_ms(stream, [&] {
+        for (int k = 0; k < row.calls_per_repeat; ++k)
+          guided();
+      }) / row.calls_per_repeat);
+    }
+    row.two_calls_ms = median(two);
+    row.guided_ms = median(one);
+  }
   return row;
 }
 
@@ -716,6 +758,8 @@ int run(const Options& opt) {
                 {"fraction_of_peak", number(r.fraction_of_peak)},
                 {"ms_cudnn_attention", number(r.ms_cudnn)},
                 {"first_call_ms", number(r.first_call_ms)},
+                {"guided_two_calls_ms", number(r.two_calls_ms)},
+                {"guided_one_call_ms", number(r.guided_ms)},
                 {"flops", 2.0 * tstitch::dit::Config::preset("DiT-" + r.model).macs() *
                               static_cast<double>(r.rows)}};
     if (!r.error.empty())
@@ -800,13 +844,14 @@ int run(const Options& opt) {
               info.compute_minor);
   std::printf("bf16 GEMM peak (cublasGemmEx %d^3, fp32 accumulate): %s TFLOP/s\n", peak.n,
               fixed(peak.tflops, 1).c_str());
-  std::printf("%-9s %6s %5s %10s %9s %7s %10s\n", "model", "images", "rows", "ms", "TFLOP/s",
-              "%peak", "1st ms");
+  std::printf("%-9s %6s %5s %10s %9s %7s %10s %10s %10s\n", "model", "images", "rows", "ms",
+              "TFLOP/s", "%peak", "1st ms", "2 x N ms", "guided ms");
   for (const ForwardRow& r : forward)
-    std::printf("%-9s %6d %5lld %10s %9s %7s %10s%s\n", ("DiT-" + r.model).c_str(), r.images,
-                static_cast<long long>(r.rows), fixed(r.ms, 3).c_str(), fixed(r.tflops, 1).c_str(),
-                fixed(100.0 * r.fraction_of_peak, 1).c_str(), fixed(r.first_call_ms, 1).c_str(),
-                r.error.empty() ? "" : "  FAILED");
+    std::printf("%-9s %6d %5lld %10s %9s %7s %10s %10s %10s%s\n", ("DiT-" + r.model).c_str(),
+                r.images, static_cast<long long>(r.rows), fixed(r.ms, 3).c_str(),
+                fixed(r.tflops, 1).c_str(), fixed(100.0 * r.fraction_of_peak, 1).c_str(),
+                fixed(r.first_call_ms, 1).c_str(), fixed(r.two_calls_ms, 3).c_str(),
+                fixed(r.guided_ms, 3).c_str(), r.error.empty() ? "" : "  FAILED");
   for (const auto& [m, mem] : memory.items())
     if (mem.contains("total"))
       std::printf("memory DiT-%s: weights %.1f MiB, activations %.1f MiB, workspace %.1f MiB\n",
