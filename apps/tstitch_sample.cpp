@@ -130,7 +130,9 @@ void sample_all(ModelStitcher& stitcher, SolverT solver, const Options& o,
     const View part = View(x.view()).samples(first, size);
     fill_initial_noise(part, o.seed, static_cast<std::uint32_t>(first));
     const std::vector<int> cond(labels.begin() + first, labels.begin() + first + size);
-    const std::vector<int> uncond = *stitcher.unconditional(cond); // DiT's null class
+    const bool guided = o.guidance != 1.0;
+    const std::vector<int> uncond =
+        guided ? stitcher.unconditional(cond).value() : std::vector<int>{}; // DiT's null class
     SampleOptions options;
     options.steps = o.steps;
     options.seed = o.seed;
@@ -151,8 +153,7 @@ void sample_all(ModelStitcher& stitcher, SolverT solver, const Options& o,
                    stitcher.model_name(r.model).c_str(), tty ? "   " : "\n");
       return true;
     };
-    sampler.run(stitcher, schedule, solver, part, cond, o.guidance != 1.0 ? &uncond : nullptr,
-                options);
+    sampler.run(stitcher, schedule, solver, part, cond, guided ? &uncond : nullptr, options);
   }
   if (tty && !o.quiet)
     std::fprintf(stderr, "\n");

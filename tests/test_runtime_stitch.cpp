@@ -9,6 +9,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <variant>
 #include <vector>
 
@@ -142,6 +143,22 @@ TEST_CASE("DenoiserRef forwards every member the sampling loop asks for", "[stit
   CHECK(unconditional_of(a, Labels{4}) == std::optional<Labels>(exact.unconditional(Labels{4})));
   CHECK_FALSE(unconditional_of(b, Labels{4}).has_value());
   CHECK(a.address() == &exact);
+  CHECK_FALSE(a.composite());
+
+  // A copy, and a conversion from a class derived from DenoiserRef (as cuda::DeviceDenoiserRef
+  // is), refer to the model itself, never to the reference they came from.
+  struct TaggedRef : DenoiserRef<Labels> {
+    explicit TaggedRef(ExactDenoiser& m) : DenoiserRef<Labels>(m) {}
+  };
+  TaggedRef tagged(exact);
+  const DenoiserRef<Labels> from_tagged = tagged;
+  CHECK(from_tagged.address() == &exact);
+  const DenoiserRef<Labels> copy = a;
+  CHECK(copy.address() == &exact);
+  static_assert(!std::is_constructible_v<DenoiserRef<Labels>, const NamedModel&>,
+                "a const model cannot be referred to (predict may change it)");
+  static_assert(!std::is_constructible_v<DenoiserRef<NoCondition>, ExactDenoiser&>,
+                "the condition types must match");
 
   SECTION("sampling through the reference is sampling the model, guidance included") {
     for (double guidance : {1.0, 2.5}) {
@@ -197,43 +214,42 @@ TEST_CASE("DenoiserRef forwards every member the sampling loop asks for", "[stit
 }
 
 TEST_CASE("AnySchedule is the schedule it holds, number for number", "[stitch][runtime]") {
-  const std::vector<std::pair<const char*, AnySchedule>> schedules = {
-      {"DiscreteSchedule", DiscreteSchedule{}},
-      {"DiscreteSchedule, karras sigmas", DiscreteSchedule([] {
-         DiscreteScheduleOptions o;
-         o.sigma_spacing = SigmaSpacing::karras;
-         return o;
-       }())},
-      {"FlowMatchSchedule, shift 3", FlowMatchSchedule(FlowMatchScheduleOptions{.shift = 3.0})},
-      {"LCMSchedule", LCMSchedule{}},
-      {"ContinuousSchedule::cosine", ContinuousSchedule::cosine()},
-  };
-  const DiscreteSchedule discrete;
-  const AnySchedule any_discrete = discrete;
-  for (int n : {1, 4, 7, 50}) {
-    const Trajectory a = discrete.trajectory(n), b = any_discrete.trajectory(n);
-    REQUIRE(a.points.size() == b.points.size());
-    CHECK(a.num_train_timesteps == b.num_train_timesteps);
-    for (std::size_t i = 0; i < a.points.size(); ++i) {
-      CHECK(a.points[i].timestep == b.points[i].timestep);
-      CHECK(a.points[i].alpha == b.points[i].alpha);
-      CHECK(a.points[i].sigma == b.points[i].sigma);
+  auto same = [](const auto& concrete) {
+    const AnySchedule any = concrete;
+    for (int n : {1, 4, 7, 50}) {
+      const Trajectory a = concrete.trajectory(n), b = any.trajectory(n);
+      REQUIRE(a.points.size() == b.points.size());
+      CHECK(a.num_train_timesteps == b.num_train_timesteps);
+      for (std::size_t i = 0; i < a.points.size(); ++i) {
+        CHECK(a.points[i].timestep == b.points[i].timestep);
+        CHECK(a.points[i].alpha == b.points[i].alpha);
+        CHECK(a.points[i].sigma == b.points[i].sigma);
+      }
     }
+    // Model times inside every schedule here's range (flow and continuous time run to 1 or to
+    // num_train_timesteps; both are fine at these points).
+    for (double t : {0.0, 0.25, 0.5, 1.0}) {
+      CHECK(any.point(t).alpha == concrete.point(t).alpha);
+      CHECK(any.point(t).sigma == concrete.point(t).sigma);
+    }
+    for (double s : {0.01, 1.0, 80.0})
+      CHECK(any.timestep_at(s) == concrete.timestep_at(s));
+  };
+  SECTION("DiscreteSchedule") { same(DiscreteSchedule{}); }
+  SECTION("DiscreteSchedule, karras sigmas") {
+    DiscreteScheduleOptions o;
+    o.sigma_spacing = SigmaSpacing::karras;
+    same(DiscreteSchedule(o));
   }
-  for (double t : {0.0, 1.0, 499.5, 999.0}) {
-    CHECK(any_discrete.point(t).alpha == discrete.point(t).alpha);
-    CHECK(any_discrete.point(t).sigma == discrete.point(t).sigma);
+  SECTION("FlowMatchSchedule, shift 3") {
+    same(FlowMatchSchedule(FlowMatchScheduleOptions{.shift = 3.0}));
   }
-  for (double s : {0.01, 1.0, 80.0})
-    CHECK(any_discrete.timestep_at(s) == discrete.timestep_at(s));
-  for (const auto& [name, schedule] : schedules) {
-    INFO(name);
-    const Trajectory t = schedule.trajectory(4);
-    CHECK(t.steps() == 4);
-    const AnySchedule copy = schedule; // shares the held schedule
-    CHECK(copy.trajectory(4).points.back().sigma == t.points.back().sigma);
+  SECTION("LCMSchedule") { same(LCMSchedule{}); }
+  SECTION("ContinuousSchedule::cosine") { same(ContinuousSchedule::cosine()); }
+  SECTION("errors are the held schedule's") {
+    const AnySchedule any = DiscreteSchedule{};
+    CHECK_THROWS_WITH(any.trajectory(0), Catch::Contains("steps"));
   }
-  CHECK_THROWS_WITH(any_discrete.trajectory(0), Catch::Contains("steps"));
 }
 
 TEST_CASE("AnyPolicy is the policy it holds, and forwards check()", "[stitch][runtime]") {
@@ -350,6 +366,15 @@ TEST_CASE("RuntimeStitcher names its models and its errors name the offending va
   };
   Runtime bad(OutOfRange{}, {a, b});
   CHECK_THROWS_WITH(bad.model_index(StepContext{}), Catch::Contains("chose model 7"));
+
+  // A stitcher serving as a model is named "model k": its own model_name(k) would name its k-th
+  // model, not itself.
+  TrajectoryStitcher inner(a, c, 0.5);
+  inner.set_names({"inner-a", "inner-c"});
+  Runtime nested(StepFraction({0.5, 0.5}), {b, inner});
+  CHECK(nested.model_name(0) == "B");
+  CHECK(nested.model_name(1) == "model 1");
+  CHECK(nested.model(1).composite());
 
   // Models predicting different things have no common prediction; route() answers per step.
   ExactDenoiser v_model(shape, gaussian(0, 1), Prediction::v);

@@ -240,7 +240,6 @@ TEST_CASE("DitModel::predict_guided runs both guidance branches as one batch of 
   CHECK(rel_cond < 1e-2);
   CHECK(rel_uncond < 1e-2);
   CHECK(rel_single < 1e-2);
-  CHECK(gpu.memory().activations > 0);
 
   CHECK_THROWS_WITH(
       gpu.predict_guided(x_dev.view(), ctx, cond, {10, 10}, out_cond.view(), out_uncond.view()),

@@ -141,6 +141,23 @@ void predict_guided_of(D& d, ConstView x, const StepContext& ctx, const conditio
   }
 }
 
+/// Whether a denoiser routes steps between models of its own (a stitcher has route()); its
+/// model_name(k) then names its k-th model, not itself.
+template <class D> inline constexpr bool routes_itself = requires(D& d, const StepContext& ctx) {
+  { d.route(ctx) } -> std::same_as<Route>;
+};
+
+/// The name of a denoiser serving as model k of a stitcher: its own model_name where it has one
+/// and is a single model (which ignores the index by convention), else "model k".
+template <Denoiser D> [[nodiscard]] std::string display_name_of(const D& d, std::size_t k) {
+  bool composite = routes_itself<D>;
+  if constexpr (requires {
+                  { d.composite() } -> std::same_as<bool>;
+                })
+    composite = d.composite(); // a type-erased reference knows what it refers to
+  return composite ? "model " + std::to_string(k) : model_name_of(d, k);
+}
+
 /// A denoiser from a callable `f(ConstView x, const StepContext&, const Cond&, View out)`: the
 /// quickest way to plug in an existing engine.
 template <class Cond, class F> class FunctionDenoiser {

@@ -24,11 +24,13 @@ template <class Cond> class DenoiserRef {
 public:
   using condition_type = Cond;
 
+  /// Refers to `model` (implicitly: a model converts where a DenoiserRef is expected). Not to a
+  /// const model (predict may change it), and not to another DenoiserRef or a class derived from
+  /// one: those are copied, keeping the model they refer to.
   template <Denoiser D>
-  requires(!std::same_as<std::remove_cvref_t<D>, DenoiserRef> &&
+  requires(!std::derived_from<std::remove_cvref_t<D>, DenoiserRef> && !std::is_const_v<D> &&
            std::same_as<condition_of<D>, Cond>) DenoiserRef(D& model)
-  noexcept // NOLINT: implicit
-      : model_(std::addressof(model)), ops_(&ops_for<D>) {}
+  noexcept : model_(std::addressof(model)), ops_(&ops_for<D>) {}
 
   [[nodiscard]] Prediction prediction() const { return ops_->prediction(model_); }
   [[nodiscard]] Shape latent_shape() const { return ops_->latent_shape(model_); }
@@ -49,6 +51,9 @@ public:
   /// The model's route(ctx) when it has one (a stitcher), else model 0 with its prediction.
   [[nodiscard]] Route route(const StepContext& ctx) const { return ops_->route(model_, ctx); }
   [[nodiscard]] std::string model_name(std::size_t k) const { return ops_->model_name(model_, k); }
+  /// Whether the referenced model routes steps itself (a stitcher), so that its model_name(k)
+  /// names its own k-th model rather than itself.
+  [[nodiscard]] bool composite() const { return ops_->composite; }
 
   /// The referenced model's address (for identity checks), as void*.
   [[nodiscard]] const void* address() const { return model_; }
@@ -64,6 +69,7 @@ private:
     std::optional<Cond> (*unconditional)(const void*, const Cond&);
     Route (*route)(void*, const StepContext&);
     std::string (*model_name)(const void*, std::size_t);
+    bool composite;
   };
 
   template <class D> static const D& as(const void* m) { return *static_cast<const D*>(m); }
@@ -82,6 +88,7 @@ private:
       [](const void* m, const Cond& c) { return unconditional_of(as<D>(m), c); },
       [](void* m, const StepContext& ctx) { return route_of(as<D>(m), ctx); },
       [](const void* m, std::size_t k) { return model_name_of(as<D>(m), k); },
+      routes_itself<D>,
   };
 
   void* model_;

@@ -64,9 +64,9 @@ public:
 
   /// Both predictions of a classifier-free-guided evaluation in ONE forward of 2N rows (x with
   /// `cond`, then x with `uncond`), as DiT's reference sampler batches them: the sampling loops
-  /// call this instead of predict() twice. At small batches, where the GPU is underused, that is
-  /// nearly half the time of two N-row forwards. Its graph is that of batch size 2N (prepare(2N)
-  /// prepares it).
+  /// call this instead of predict() twice. At small batches, where the GPU is underused, one
+  /// 2N-row forward should cost much less than two N-row forwards (bench_dit_cuda measures
+  /// both). Its graph is that of batch size 2N (prepare(2N) prepares it).
   void predict_guided(ConstView x, const StepContext& ctx, const condition_type& cond,
                       const condition_type& uncond, View out_cond, View out_uncond);
 

@@ -51,7 +51,8 @@ public:
 
   // --- configuration --------------------------------------------------------------------------
 
-  /// Names used in records and errors (default: each model's own model_name, else "model k").
+  /// Names used in records and errors (default: each model's own model_name, else "model k";
+  /// "model k" also for a model that is itself a stitcher).
   Derived& set_names(std::vector<std::string> names) {
     require(names.size() == count(), "names.size()", names.size(),
             detail::concat("must equal the number of models, ", count()));
@@ -254,7 +255,7 @@ private:
   }
   [[nodiscard]] std::string model_display_name(std::size_t k) const {
     std::string name;
-    visit(k, [&](const auto& model) { name = model_name_of(model, k); });
+    visit(k, [&](const auto& model) { name = display_name_of(model, k); });
     return name;
   }
 
@@ -336,7 +337,7 @@ private:
   [[nodiscard]] Prediction model_prediction(std::size_t k) const { return models_[k].prediction(); }
   [[nodiscard]] Shape model_latent_shape(std::size_t k) const { return models_[k].latent_shape(); }
   [[nodiscard]] std::string model_display_name(std::size_t k) const {
-    return model_name_of(models_[k], k);
+    return display_name_of(models_[k], k);
   }
 
   std::vector<Model> models_;
