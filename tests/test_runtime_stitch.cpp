@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -31,6 +32,9 @@
 #include "tstitch/stitch/policy.hpp"
 #include "tstitch/stitch/stitcher.hpp"
 
+#include "support/gaussian_problems.hpp"
+#include "support/tensor_checks.hpp"
+
 using namespace tstitch;
 using analytic::DiagonalGaussian;
 using analytic::ExactDenoiser;
@@ -38,20 +42,26 @@ using analytic::Labels;
 
 namespace {
 
+using testing::bit_identical;
+
 const Shape shape{3, 4, 4};
 
 DiagonalGaussian gaussian(double mean_offset, double variance_scale) {
-  DiagonalGaussian g;
-  for (std::int64_t e = 0; e < shape.numel(); ++e) {
-    g.mean.push_back(mean_offset + 0.5 * std::sin(0.7 * static_cast<double>(e)));
-    g.variance.push_back(variance_scale * (0.05 + 0.1 * static_cast<double>(e % 5)));
-  }
-  return g;
+  return testing::varied_gaussian(shape, mean_offset, variance_scale);
 }
 
-bool bit_identical(const Tensor& a, const Tensor& b) {
-  return a.numel() == b.numel() &&
-         std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.numel())) == 0;
+/// Samples two rows from seed-`seed` noise with DDIM-like `solver`: the latents and the result.
+template <class D, class SolverT>
+std::pair<Tensor, SampleResult> sample_rows(D& denoiser, SolverT solver, int steps, double guidance,
+                                            std::uint64_t seed) {
+  Tensor x(2, shape);
+  fill_initial_noise(x.view(), seed);
+  SampleOptions options;
+  options.steps = steps;
+  options.guidance = Guidance::standard(guidance);
+  SampleResult result =
+      sample(denoiser, DiscreteSchedule{}, solver, x.view(), Labels{0, 0}, options);
+  return {std::move(x), std::move(result)};
 }
 
 /// A model of another type than ExactDenoiser, with a name of its own and no unconditional():
@@ -162,18 +172,9 @@ TEST_CASE("DenoiserRef forwards every member the sampling loop asks for", "[stit
 
   SECTION("sampling through the reference is sampling the model, guidance included") {
     for (double guidance : {1.0, 2.5}) {
-      Tensor direct(2, shape), through(2, shape);
-      fill_initial_noise(direct.view(), 9);
-      fill_initial_noise(through.view(), 9);
-      SampleOptions options;
-      options.steps = 15;
-      options.guidance = Guidance::standard(guidance);
-      DDPM s1, s2;
-      const SampleResult r1 =
-          sample(exact, DiscreteSchedule{}, s1, direct.view(), Labels{0, 0}, options);
       DenoiserRef<Labels> ref(exact);
-      const SampleResult r2 =
-          sample(ref, DiscreteSchedule{}, s2, through.view(), Labels{0, 0}, options);
+      const auto [direct, r1] = sample_rows(exact, DDPM{}, 15, guidance, 9);
+      const auto [through, r2] = sample_rows(ref, DDPM{}, 15, guidance, 9);
       INFO("guidance " << guidance);
       CHECK(bit_identical(direct, through));
       CHECK(r1.records.size() == r2.records.size());
@@ -195,17 +196,9 @@ TEST_CASE("DenoiserRef forwards every member the sampling loop asks for", "[stit
   SECTION("a reference to a stitcher keeps its routing") {
     ExactDenoiser small(shape, gaussian(0.3, 2.0), Prediction::epsilon);
     TrajectoryStitcher stitcher(small, exact, 0.4);
-    Tensor direct(2, shape), through(2, shape);
-    fill_initial_noise(direct.view(), 4);
-    fill_initial_noise(through.view(), 4);
-    SampleOptions options;
-    options.steps = 10;
-    DDIM s1, s2;
-    const SampleResult r1 =
-        sample(stitcher, DiscreteSchedule{}, s1, direct.view(), Labels{0, 0}, options);
     DenoiserRef<Labels> ref(stitcher);
-    const SampleResult r2 =
-        sample(ref, DiscreteSchedule{}, s2, through.view(), Labels{0, 0}, options);
+    const auto [direct, r1] = sample_rows(stitcher, DDIM{}, 10, 1.0, 4);
+    const auto [through, r2] = sample_rows(ref, DDIM{}, 10, 1.0, 4);
     CHECK(bit_identical(direct, through));
     CHECK(r2.switches == 1);
     for (std::size_t i = 0; i < r1.records.size(); ++i)
@@ -425,20 +418,6 @@ private:
 static_assert(predicts_guided<BatchedExact>);
 static_assert(!predicts_guided<ExactDenoiser>);
 
-template <class D> Tensor guided_run(D& denoiser, double guidance, SampleResult* result = nullptr) {
-  Tensor x(2, shape);
-  fill_initial_noise(x.view(), 21);
-  SampleOptions options;
-  options.steps = 10;
-  options.guidance = Guidance::standard(guidance);
-  DDIM ddim;
-  const SampleResult r =
-      sample(denoiser, DiscreteSchedule{}, ddim, x.view(), Labels{0, 0}, options);
-  if (result != nullptr)
-    *result = r;
-  return x;
-}
-
 } // namespace
 
 TEST_CASE("predict_guided: one call per guided evaluation where the model offers it",
@@ -448,13 +427,14 @@ TEST_CASE("predict_guided: one call per guided evaluation where the model offers
 
   SECTION("the loop calls it once per guided evaluation, and the numbers do not change") {
     BatchedExact batched(large);
-    SampleResult result;
-    CHECK(bit_identical(guided_run(batched, 3.0, &result), guided_run(large_plain, 3.0)));
+    const auto [got, result] = sample_rows(batched, DDIM{}, 10, 3.0, 21);
+    CHECK(bit_identical(got, sample_rows(large_plain, DDIM{}, 10, 3.0, 21).first));
     CHECK(batched.guided_calls == 10);
     CHECK(batched.predict_calls == 0);
     CHECK(result.records[0].evaluations == 2); // still two model evaluations per step
     batched.guided_calls = 0;
-    CHECK(bit_identical(guided_run(batched, 1.0), guided_run(large_plain, 1.0)));
+    CHECK(bit_identical(sample_rows(batched, DDIM{}, 10, 1.0, 21).first,
+                        sample_rows(large_plain, DDIM{}, 10, 1.0, 21).first));
     CHECK(batched.guided_calls == 0); // no guidance: plain predict
     CHECK(batched.predict_calls == 10);
   }
@@ -462,23 +442,24 @@ TEST_CASE("predict_guided: one call per guided evaluation where the model offers
   SECTION("stitchers and DenoiserRef forward it to the serving model, which may lack it") {
     const Tensor expected = [&] {
       TrajectoryStitcher plain(small_plain, large_plain, 0.4);
-      return guided_run(plain, 3.0);
+      return sample_rows(plain, DDIM{}, 10, 3.0, 21).first;
     }();
     BatchedExact batched(large);
     TrajectoryStitcher fixed(small_plain, batched, 0.4);
-    CHECK(bit_identical(guided_run(fixed, 3.0), expected));
+    CHECK(bit_identical(sample_rows(fixed, DDIM{}, 10, 3.0, 21).first, expected));
     CHECK(batched.guided_calls == 6); // the large model's 6 of 10 steps
 
     BatchedExact batched_small(small);
     RuntimeStitcher<DenoiserRef<Labels>> runtime(StepFraction({0.4, 0.6}),
                                                  {batched_small, large_plain});
-    CHECK(bit_identical(guided_run(runtime, 3.0), expected));
+    CHECK(bit_identical(sample_rows(runtime, DDIM{}, 10, 3.0, 21).first, expected));
     CHECK(batched_small.guided_calls == 4);
     CHECK(batched_small.predict_calls == 0);
 
     DenoiserRef<Labels> ref(batched);
     batched.guided_calls = 0;
-    CHECK(bit_identical(guided_run(ref, 3.0), guided_run(large_plain, 3.0)));
+    CHECK(bit_identical(sample_rows(ref, DDIM{}, 10, 3.0, 21).first,
+                        sample_rows(large_plain, DDIM{}, 10, 3.0, 21).first));
     CHECK(batched.guided_calls == 10);
   }
 }

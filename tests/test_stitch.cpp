@@ -12,6 +12,9 @@
 #include "tstitch/solver/ddpm.hpp"
 #include "tstitch/stitch/stitcher.hpp"
 
+#include "support/gaussian_problems.hpp"
+#include "support/tensor_checks.hpp"
+
 using namespace tstitch;
 using analytic::DiagonalGaussian;
 using analytic::ExactDenoiser;
@@ -33,20 +36,12 @@ std::vector<int> count_steps(const Policy& policy, int n, std::size_t models) {
   return counts;
 }
 
+using testing::bit_identical;
+
 const Shape shape{3, 4, 4};
 
 DiagonalGaussian gaussian(double mean_offset, double variance_scale) {
-  DiagonalGaussian g;
-  for (std::int64_t e = 0; e < shape.numel(); ++e) {
-    g.mean.push_back(mean_offset + 0.5 * std::sin(0.7 * static_cast<double>(e)));
-    g.variance.push_back(variance_scale * (0.05 + 0.1 * static_cast<double>(e % 5)));
-  }
-  return g;
-}
-
-bool bit_identical(const Tensor& a, const Tensor& b) {
-  return a.numel() == b.numel() &&
-         std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.numel())) == 0;
+  return testing::varied_gaussian(shape, mean_offset, variance_scale);
 }
 
 } // namespace

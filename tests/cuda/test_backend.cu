@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "device_buffers.hpp"
 #include "tstitch/cuda/backend.cuh"
 #include "tstitch/cuda/sampling.cuh"
 #include "tstitch/schedule/discrete.hpp"
@@ -41,12 +42,7 @@ cuda::DeviceTensor to_device(const Tensor& host) {
   return d;
 }
 
-/// A contiguous host copy of a (possibly strided) device view.
-Tensor to_host(ConstView device) {
-  Tensor h(device.batch(), device.shape());
-  cuda::download(h.view(), device);
-  return h;
-}
+using test::to_host;
 
 /// Compares two host views of equal extent element by element (flat index n * C*H*W + e).
 struct Comparison {

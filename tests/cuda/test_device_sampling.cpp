@@ -14,6 +14,7 @@
 #include <variant>
 #include <vector>
 
+#include "device_buffers.hpp"
 #include "tstitch/cuda/dit.hpp"
 #include "tstitch/cuda/sampling.hpp"
 #include "tstitch/models/dit/cpu_model.hpp"
@@ -46,11 +47,7 @@ dit::Weights label_sensitive_weights(const dit::Config& c, std::uint64_t seed) {
   return w;
 }
 
-Tensor to_host(ConstView device) {
-  Tensor host(device.batch(), device.shape());
-  cuda::download(host.view(), device);
-  return host;
-}
+using test::to_host;
 
 /// A user's engine: its own type, no tstitch base class; here it forwards to a DitModel and
 /// counts its calls, as a TensorRT wrapper would enqueue its engine.

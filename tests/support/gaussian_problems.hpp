@@ -46,6 +46,19 @@ struct CosineSchedule {
 
 // ---- the data -----------------------------------------------------------------------------------
 
+/// A diagonal Gaussian over `shape` whose means and variances vary along the elements (a sine
+/// and a period-5 ramp), shifted by mean_offset and scaled by variance_scale: distinct data for
+/// distinct (offset, scale), so models trained on them really differ.
+inline analytic::DiagonalGaussian varied_gaussian(Shape shape, double mean_offset,
+                                                  double variance_scale) {
+  analytic::DiagonalGaussian g;
+  for (std::int64_t e = 0; e < shape.numel(); ++e) {
+    g.mean.push_back(mean_offset + 0.5 * std::sin(0.7 * static_cast<double>(e)));
+    g.variance.push_back(variance_scale * (0.05 + 0.1 * static_cast<double>(e % 5)));
+  }
+  return g;
+}
+
 /// The per-sample shape of curved_data().
 inline constexpr Shape curved_shape{3, 4, 4};
 
