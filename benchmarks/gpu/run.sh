@@ -334,6 +334,14 @@ for r in rows:
 for m, items in first.items():
     print(f"first call {m} (images: ms): " + ", ".join(items))
 
+# One guided evaluation at small batches: two N-row predicts (how the loops ran guidance before
+# predict_guided) against one predict_guided (2N rows in one forward, how they run it now).
+for r in rows:
+    two, one = r.get("guided_two_calls_ms"), r.get("guided_one_call_ms")
+    if two is not None and one is not None:
+        print(f"guided evaluation {r['model']} {r['images']} images: two N-row calls {fmt(two, 3)} "
+              f"ms, predict_guided {fmt(one, 3)} ms ({fmt(two / one, 2)}x)")
+
 for m, mem in ((ours or {}).get("memory") or {}).items():
     if "total" in mem:
         print(f"memory DiT-{m}: weights {mem['weights'] / 2**20:.1f} MiB, activations "
