@@ -18,8 +18,7 @@ namespace tstitch {
 /// class. It forwards every member the sampling loop looks for: the four of the concept and the
 /// optional unconditional (as std::optional: present or not), route, output_channels,
 /// model_name and predict_guided, so sampling through a DenoiserRef is the same as sampling the
-/// model itself. The
-/// model must outlive the reference. Each call costs one indirect call.
+/// model itself. The model must outlive the reference. Each call costs one indirect call.
 template <class Cond> class DenoiserRef {
 public:
   using condition_type = Cond;
