@@ -4,10 +4,15 @@
 // found). Threads: OMP_NUM_THREADS (OpenMP builds). The PyTorch and ONNX Runtime peers run the
 // same configurations in tools/bench_dit_cpu.py; benchmarks/run_dit_cpu.sh runs both and prints
 // the ratios.
+//   guided/<model>/<form>/images:N: one classifier-free-guided evaluation of N images with the
+//   trained Fashion DiTs (models/), as two N-row predicts (how the sampling loop runs it on the
+//   CPU) or as one predict of 2N rows (what predict_guided does on a GPU): whether CPU models
+//   gain from offering predict_guided.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
 #include <string>
+#include <vector>
 
 #include "tstitch/core/host_backend.hpp"
 #include "tstitch/models/dit/cpu_model.hpp"
@@ -46,6 +51,38 @@ void BM_dit_forward(benchmark::State& state, const std::string& preset, dit::Gem
   state.counters["activation_MB"] = static_cast<double>(model.activation_bytes()) / 1e6;
 }
 
+void BM_guided(benchmark::State& state, const std::string& file, bool one_batch) {
+  dit::CpuModel model(
+      dit::Weights::load(std::string(TSTITCH_MODELS_DIR) + "/" + file + ".safetensors"), file);
+  const std::int64_t n = state.range(0);
+  const Shape shape = model.latent_shape();
+  const Shape out_shape{model.config().out_channels(), shape.height, shape.width};
+  Tensor x(2 * n, shape), out(2 * n, out_shape); // rows [n, 2n) of x repeat rows [0, n)
+  HostBackend{}.fill_normal(View(x.view()).samples(0, n), NoiseKey{3, 0, 0, 0});
+  HostBackend{}.copy(View(x.view()).samples(n, n), ConstView(x.view()).samples(0, n));
+  std::vector<int> cond(static_cast<std::size_t>(n)), both;
+  for (std::int64_t i = 0; i < n; ++i)
+    cond[static_cast<std::size_t>(i)] = static_cast<int>(i % 10);
+  const std::vector<int> uncond = model.unconditional(cond);
+  both = cond;
+  both.insert(both.end(), uncond.begin(), uncond.end());
+  StepContext ctx;
+  ctx.point.timestep = 500;
+  auto evaluate = [&] {
+    if (one_batch) {
+      model.predict(x, ctx, both, out);
+    } else {
+      model.predict(ConstView(x.view()).samples(0, n), ctx, cond, View(out.view()).samples(0, n));
+      model.predict(ConstView(x.view()).samples(0, n), ctx, uncond, View(out.view()).samples(n, n));
+    }
+  };
+  evaluate(); // sizes the buffers for this form
+  for (auto _ : state) {
+    evaluate();
+    benchmark::DoNotOptimize(out.data());
+  }
+}
+
 // Names: dit_forward/<model>/<gemm>/batch:<n>, e.g. dit_forward/DiT-S_2/onednn/batch:8.
 const bool registered = [] {
   for (const char* preset : {"DiT-S/2", "DiT-B/2"})
@@ -65,6 +102,18 @@ const bool registered = [] {
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
     }
+  for (const char* file : {"fashion_dit_s", "fashion_dit_l"})
+    for (const bool one_batch : {false, true})
+      benchmark::RegisterBenchmark(
+          tstitch::detail::concat("guided/", file, one_batch ? "/one_batch" : "/two_calls").c_str(),
+          [file = std::string(file), one_batch](benchmark::State& state) {
+            BM_guided(state, file, one_batch);
+          })
+          ->ArgName("images")
+          ->Arg(8)
+          ->Arg(80)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
   return true;
 }();
 
