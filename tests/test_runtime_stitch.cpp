@@ -33,6 +33,7 @@
 #include "tstitch/stitch/stitcher.hpp"
 
 #include "support/gaussian_problems.hpp"
+#include "support/sample_variant.hpp"
 #include "support/tensor_checks.hpp"
 
 using namespace tstitch;
@@ -124,12 +125,8 @@ template <class Stitch> Run run_case(Stitch& stitcher, const Case& c) {
   options.steps = c.steps;
   options.seed = 1126;
   options.guidance = Guidance::standard(c.guidance);
-  std::visit(
-      [&](const auto& s) {
-        auto solver = s;
-        run.result = sample(stitcher, c.schedule, solver, run.x.view(), Labels{0, 0, 0}, options);
-      },
-      c.solver);
+  run.result =
+      testing::sample_with(stitcher, c.schedule, c.solver, run.x.view(), Labels{0, 0, 0}, options);
   return run;
 }
 

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "../support/sample_variant.hpp"
 #include "device_buffers.hpp"
 #include "tstitch/cuda/backend.cuh"
 #include "tstitch/cuda/sampling.cuh"
@@ -489,13 +490,8 @@ void check_device_sampling(const DeviceCase& c, cuda::SamplingWorkspace& workspa
   Tensor xh(static_cast<std::int64_t>(labels.size()), latent);
   fill_initial_noise(xh.view(), options.seed);
   BasicStitcher<AnyPolicy, HostLinear, HostLinear> host_stitch(c.rule, hs, hl);
-  SampleResult host_result;
-  std::visit(
-      [&](const auto& s) {
-        auto solver = s; // the host's own copy
-        host_result = sample(host_stitch, c.schedule, solver, xh.view(), labels, options);
-      },
-      c.solver);
+  const SampleResult host_result =
+      testing::sample_with(host_stitch, c.schedule, c.solver, xh.view(), labels, options);
 
   cuda::DeviceTensor xd(xh.batch(), latent);
   fill_initial_noise(xd.view(), options.seed, 0, workspace.backend);

@@ -14,6 +14,7 @@
 #include <variant>
 #include <vector>
 
+#include "../support/sample_variant.hpp"
 #include "device_buffers.hpp"
 #include "tstitch/cuda/dit.hpp"
 #include "tstitch/cuda/sampling.hpp"
@@ -118,14 +119,8 @@ TEST_CASE("device sampling stitches DitModels and a user's engine like the host 
     fill_initial_noise(host.view(), options.seed);
     BasicStitcher<AnyPolicy, dit::CpuModel, dit::CpuModel> host_stitch(c.rule, cpu_small,
                                                                        cpu_large);
-    SampleResult host_result;
-    std::visit(
-        [&](const auto& s) {
-          auto solver = s;
-          host_result =
-              sample(host_stitch, DiscreteSchedule{}, solver, host.view(), labels, options);
-        },
-        c.solver);
+    const SampleResult host_result = testing::sample_with(host_stitch, DiscreteSchedule{}, c.solver,
+                                                          host.view(), labels, options);
 
     // Three device runs from the same x_T: DitModels through the span overload, the same models
     // through a DeviceStitcher, and a user's engine (which has no predict_guided: two calls per
