@@ -14,6 +14,7 @@
 #include <omp.h>
 #endif
 
+#include "support/dit_fixtures.hpp"
 #include "tstitch/core/host_backend.hpp"
 #include "tstitch/io/half.hpp"
 #include "tstitch/io/safetensors.hpp"
@@ -24,6 +25,9 @@
 #include "tstitch/stitch/stitcher.hpp"
 
 using namespace tstitch;
+using tstitch::testing::available_gemms;
+using tstitch::testing::dit_forward;
+using tstitch::testing::tiny_dit_config;
 
 // Heap allocations through operator new, counted for the whole test binary (the counter costs an
 // atomic increment); the DiT tests read it around a forward.
@@ -45,24 +49,21 @@ void* operator new(std::size_t size) {
 }
 void operator delete(void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+// The aligned forms too: the DiT's activation buffers are allocated with them (deterministic.hpp).
+void* operator new(std::size_t size, std::align_val_t alignment) {
+  heap_allocations.fetch_add(1, std::memory_order_relaxed);
+  const auto align = static_cast<std::size_t>(alignment);
+  if (void* p = std::aligned_alloc(align, (size + align - 1) / align * align + (size == 0) * align))
+    return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
 
 namespace {
-
-dit::Config tiny_config() {
-  dit::Config c;
-  c.input_size = 8;
-  c.patch_size = 2;
-  c.in_channels = 4;
-  c.hidden_size = 64;
-  c.depth = 2;
-  c.num_heads = 4;
-  c.num_classes = 10;
-  c.learn_sigma = true;
-  return c;
-}
 
 std::filesystem::path temp_file(const std::string& name) {
   return std::filesystem::temp_directory_path() / ("tstitch_test_dit_" + name + ".safetensors");
@@ -75,24 +76,6 @@ double relative_l2(const float* a, const float* b, std::int64_t n) {
     norm += static_cast<double>(b[i]) * b[i];
   }
   return std::sqrt(diff / norm);
-}
-
-std::vector<dit::Gemm> available_gemms() {
-  std::vector<dit::Gemm> gemms{dit::Gemm::eigen};
-  if (dit::gemm_available(dit::Gemm::onednn))
-    gemms.push_back(dit::Gemm::onednn);
-  return gemms;
-}
-
-Tensor forward(dit::CpuModel& model, std::int64_t batch, double t, std::vector<int> labels) {
-  const dit::Config& c = model.config();
-  Tensor x(batch, c.latent_shape());
-  HostBackend{}.fill_normal(x, NoiseKey{5, 0, 0, 0});
-  Tensor out(batch, Shape{c.out_channels(), c.input_size, c.input_size});
-  StepContext ctx;
-  ctx.point.timestep = t;
-  model.predict(x, ctx, labels, out);
-  return out;
 }
 
 /// Rewrites a weight file with `edit` applied to its tensor list.
@@ -146,7 +129,7 @@ TEST_CASE("DiT sin-cos position embedding", "[dit]") {
 }
 
 TEST_CASE("DiT weights round-trip through safetensors and load mapped", "[dit]") {
-  const dit::Config c = tiny_config();
+  const dit::Config c = tiny_dit_config();
   dit::CpuModel random(dit::Weights::random(c, 11));
   const std::filesystem::path path = temp_file("roundtrip");
   random.weights().save(path);
@@ -155,19 +138,19 @@ TEST_CASE("DiT weights round-trip through safetensors and load mapped", "[dit]")
   CHECK(loaded.config() == c);
   CHECK(loaded.weights().copied_parameters() == 0); // every F32 tensor is used in place
   CHECK(loaded.weights().parameter_count() == random.weights().parameter_count());
-  const Tensor a = forward(random, 3, 500.5, {0, 4, 10});
-  const Tensor b = forward(loaded, 3, 500.5, {0, 4, 10});
+  const Tensor a = dit_forward(random, 3, 500.5, {0, 4, 10});
+  const Tensor b = dit_forward(loaded, 3, 500.5, {0, 4, 10});
   CHECK(std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.numel())) == 0);
 
   // The output really depends on the inputs it is given.
-  const Tensor other_t = forward(random, 3, 20, {0, 4, 10});
-  const Tensor other_y = forward(random, 3, 500.5, {1, 4, 10});
+  const Tensor other_t = dit_forward(random, 3, 20, {0, 4, 10});
+  const Tensor other_y = dit_forward(random, 3, 500.5, {1, 4, 10});
   CHECK(relative_l2(a.data(), other_t.data(), a.numel()) > 1e-3);
   CHECK(relative_l2(a.data(), other_y.data(), a.numel() / 3) > 1e-3);
 }
 
 TEST_CASE("DiT loads F16 and BF16 weights", "[dit]") {
-  const dit::Config c = tiny_config();
+  const dit::Config c = tiny_dit_config();
   dit::CpuModel reference(dit::Weights::random(c, 12));
   const std::filesystem::path path = temp_file("f32");
   reference.weights().save(path);
@@ -182,8 +165,8 @@ TEST_CASE("DiT loads F16 and BF16 weights", "[dit]") {
     });
     dit::CpuModel half(dit::Weights::load(converted));
     CHECK(half.weights().copied_parameters() == half.weights().parameter_count());
-    const Tensor a = forward(reference, 2, 999, {3, 10});
-    const Tensor b = forward(half, 2, 999, {3, 10});
+    const Tensor a = dit_forward(reference, 2, 999, {3, 10});
+    const Tensor b = dit_forward(half, 2, 999, {3, 10});
     INFO("dtype " << dtype);
     CHECK(relative_l2(b.data(), a.data(), a.numel()) < (dtype == io::DType::F16 ? 5e-3 : 3e-2));
   }
@@ -191,7 +174,7 @@ TEST_CASE("DiT loads F16 and BF16 weights", "[dit]") {
 
 TEST_CASE("DiT weight files that do not match are rejected, naming file and tensor",
           "[dit][errors]") {
-  const dit::Config c = tiny_config();
+  const dit::Config c = tiny_dit_config();
   const std::filesystem::path path = temp_file("good");
   dit::Weights::random(c, 13).save(path);
 
@@ -272,7 +255,7 @@ TEST_CASE("DiT configs are bounded so that no derived size overflows", "[dit][er
   // From a file's metadata: an input size whose grid x grid x hidden overflows int64 (it
   // segfaulted), and one that only exhausts memory (std::bad_alloc): both named errors now.
   const std::filesystem::path path = temp_file("bounds");
-  dit::Weights::random(tiny_config(), 15).save(path);
+  dit::Weights::random(tiny_dit_config(), 15).save(path);
   auto metadata = io::SafetensorsFile(path).metadata();
   for (const char* input_size : {"8589934592", "1000000"}) {
     metadata["input_size"] = input_size;
@@ -285,7 +268,7 @@ TEST_CASE("DiT configs are bounded so that no derived size overflows", "[dit][er
 }
 
 TEST_CASE("DiT rejects bad inputs", "[dit][errors]") {
-  dit::CpuModel model(dit::Weights::random(tiny_config(), 14));
+  dit::CpuModel model(dit::Weights::random(tiny_dit_config(), 14));
   Tensor x(2, Shape{4, 8, 8}), out(2, Shape{8, 8, 8});
   StepContext ctx;
   CHECK_THROWS_WITH(model.predict(x, ctx, {1, 11}, out), Catch::Contains("labels[1] = 11"));
@@ -297,8 +280,8 @@ TEST_CASE("DiT rejects bad inputs", "[dit][errors]") {
 }
 
 TEST_CASE("Two DiTs stitch and sample with DiT's guidance", "[dit]") {
-  dit::CpuModel small(dit::Weights::random(tiny_config(), 21), "DiT-S");
-  dit::Config large_config = tiny_config();
+  dit::CpuModel small(dit::Weights::random(tiny_dit_config(), 21), "DiT-S");
+  dit::Config large_config = tiny_dit_config();
   large_config.depth = 3;
   dit::CpuModel large(dit::Weights::random(large_config, 22), "DiT-L");
   TrajectoryStitcher stitcher(small, large, 0.4);
@@ -483,9 +466,9 @@ TEST_CASE("DiT attention of every GEMM library against a double loop", "[dit]") 
 
 TEST_CASE("DiT Eigen linear layers compute every output column for any thread count",
           "[dit][linear]") {
-  // The Eigen path splits the output columns between the OpenMP threads in slices of 16; output
-  // widths below, at and off a multiple of the thread count, 16 rows x 128 inputs of work each
-  // (enough to run threaded).
+  // The Eigen path shares tiles of 64 output columns among the OpenMP threads: output widths
+  // below one tile, off a multiple of it and of several tiles, each with enough work to run
+  // threaded. Every thread count must also give the same bits as one thread.
   const std::int64_t rows = 1024, in = 128;
   Tensor noise(1, Shape{rows * in + 384 * in + 384, 1, 1});
   HostBackend{}.fill_normal(noise, NoiseKey{9, 0, 0, 0});
@@ -508,6 +491,7 @@ TEST_CASE("DiT Eigen linear layers compute every output column for any thread co
           acc += static_cast<double>(x[r * in + k]) * w[o * in + k];
         reference[static_cast<std::size_t>(r * out + o)] = acc;
       }
+    std::vector<float> one_thread;
     for (const int threads : thread_counts) {
       INFO("out " << out << ", threads " << threads);
 #ifdef _OPENMP
@@ -519,41 +503,9 @@ TEST_CASE("DiT Eigen linear layers compute every output column for any thread co
       for (std::size_t i = 0; i < y.size(); ++i)
         wrong += !(std::abs(y[i] - reference[i]) <= 1e-4 * (1 + std::abs(reference[i])));
       CHECK(wrong == 0);
-    }
-  }
-#ifdef _OPENMP
-  omp_set_num_threads(previous_threads);
-#endif
-}
-
-TEST_CASE("DiT gives the same bits at any thread count, with either GEMM library", "[dit]") {
-  // A renderer's images must not depend on the machine's core count: no loop of the forward
-  // splits a sum between threads (the GEMMs split rows and columns, attention splits heads).
-  // 8 samples of 64 tokens: 512 rows, enough for every threaded loop to split.
-  dit::Config c = tiny_config();
-  c.input_size = 16;
-#ifdef _OPENMP
-  const int previous_threads = omp_get_max_threads();
-  const std::vector<int> thread_counts{1, 2, 3, 17, 33};
-#else
-  const std::vector<int> thread_counts{1};
-#endif
-  for (const dit::Gemm gemm : {dit::Gemm::eigen, dit::Gemm::onednn}) {
-    if (!dit::gemm_available(gemm))
-      continue;
-    dit::CpuModel model(dit::Weights::random(c, 41), "DiT", gemm);
-    std::vector<Tensor> outputs;
-    for (const int threads : thread_counts) {
-#ifdef _OPENMP
-      omp_set_num_threads(threads);
-#endif
-      outputs.push_back(forward(model, 8, 640, {0, 1, 2, 3, 4, 5, 9, 10}));
-    }
-    for (std::size_t i = 1; i < outputs.size(); ++i) {
-      INFO("GEMM " << (gemm == dit::Gemm::eigen ? "Eigen" : "oneDNN") << ", "
-                   << thread_counts[i] << " threads against 1");
-      CHECK(std::memcmp(outputs[i].data(), outputs[0].data(),
-                        sizeof(float) * static_cast<std::size_t>(outputs[0].numel())) == 0);
+      if (one_thread.empty())
+        one_thread = y;
+      CHECK(std::memcmp(y.data(), one_thread.data(), sizeof(float) * y.size()) == 0);
     }
   }
 #ifdef _OPENMP
@@ -569,48 +521,52 @@ TEST_CASE("DiT: oneDNN and Eigen give the same model; an unbuilt GEMM is refused
   }
   // Batch 3 (the golden files run one row per call): gates broadcast per sample; a moved model
   // keeps its primitives.
-  dit::CpuModel eigen(dit::Weights::random(tiny_config(), 31), "DiT", dit::Gemm::eigen);
-  dit::CpuModel onednn(dit::Weights::random(tiny_config(), 31), "DiT", dit::Gemm::onednn);
+  dit::CpuModel eigen(dit::Weights::random(tiny_dit_config(), 31), "DiT", dit::Gemm::eigen);
+  dit::CpuModel onednn(dit::Weights::random(tiny_dit_config(), 31), "DiT", dit::Gemm::onednn);
   CHECK(onednn.gemm() == dit::Gemm::onednn);
-  const Tensor a = forward(eigen, 3, 321, {0, 9, 10});
-  const Tensor b = forward(onednn, 3, 321, {0, 9, 10});
+  const Tensor a = dit_forward(eigen, 3, 321, {0, 9, 10});
+  const Tensor b = dit_forward(onednn, 3, 321, {0, 9, 10});
   CHECK(relative_l2(b.data(), a.data(), a.numel()) < 1e-6);
   dit::CpuModel moved = std::move(onednn);
-  const Tensor c = forward(moved, 3, 321, {0, 9, 10});
+  const Tensor c = dit_forward(moved, 3, 321, {0, 9, 10});
   CHECK(std::memcmp(b.data(), c.data(), sizeof(float) * static_cast<std::size_t>(b.numel())) == 0);
 
   // 256 tokens and 2 heads: 512 KiB of attention scores per sample, so oneDNN's attention takes
   // the batch of 3 in chunks of 2 and 1 (attention.hpp).
-  dit::Config wide = tiny_config();
+  dit::Config wide = tiny_dit_config();
   wide.input_size = 32;
   wide.hidden_size = 32;
   wide.num_heads = 2;
   wide.depth = 1;
   dit::CpuModel wide_eigen(dit::Weights::random(wide, 32), "DiT", dit::Gemm::eigen);
   dit::CpuModel wide_onednn(dit::Weights::random(wide, 32), "DiT", dit::Gemm::onednn);
-  const Tensor d = forward(wide_eigen, 3, 40, {2, 5, 10});
-  const Tensor e = forward(wide_onednn, 3, 40, {2, 5, 10});
+  const Tensor d = dit_forward(wide_eigen, 3, 40, {2, 5, 10});
+  const Tensor e = dit_forward(wide_onednn, 3, 40, {2, 5, 10});
   CHECK(relative_l2(e.data(), d.data(), d.numel()) < 1e-6);
 }
 
 TEST_CASE("DiT forward: no heap allocation after the first call with a batch size", "[dit]") {
   for (const dit::Gemm gemm : available_gemms()) {
     INFO("gemm " << dit::to_string(gemm));
-    dit::CpuModel model(dit::Weights::random(tiny_config(), 41), "DiT", gemm);
+    dit::CpuModel model(dit::Weights::random(tiny_dit_config(), 41), "DiT", gemm);
     Tensor x(2, model.latent_shape()), out(2, Shape{8, 8, 8});
     HostBackend{}.fill_normal(x, NoiseKey{6, 0, 0, 0});
     StepContext ctx;
     ctx.point.timestep = 100;
     const std::vector<int> labels{1, 10};
-    model.predict(x, ctx, labels, out); // sizes the buffers, builds the primitives
-    const long before = heap_allocations.load();
-    model.predict(x, ctx, labels, out);
-    const long allocations = heap_allocations.load() - before;
-    if (gemm == dit::Gemm::eigen) {
-      CHECK(allocations == 0);
-    } else {
-      // oneDNN's per-call bookkeeping (gemm.hpp): small, and bounded per block.
-      CHECK(allocations <= 100 * static_cast<long>(model.config().depth + 1));
+    for (const bool invariant : {false, true}) {
+      INFO("batch invariant " << invariant);
+      model.set_batch_invariant(invariant); // one image's rows at a time: other GEMM shapes
+      model.predict(x, ctx, labels, out);   // sizes the buffers, builds the primitives
+      const long before = heap_allocations.load();
+      model.predict(x, ctx, labels, out);
+      const long allocations = heap_allocations.load() - before;
+      if (gemm == dit::Gemm::eigen) {
+        CHECK(allocations == 0);
+      } else {
+        // oneDNN's per-call bookkeeping (gemm.hpp): small, and bounded per block and call.
+        CHECK(allocations <= 100 * static_cast<long>(model.config().depth + 1) * x.batch());
+      }
     }
   }
 }

@@ -3,6 +3,7 @@
 // backend that counts its allocations (for the "allocates in begin() only" tests).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -33,6 +34,22 @@ inline double abs_difference(const Tensor& a, const Tensor& b) {
   for (std::int64_t i = 0; i < a.numel(); ++i)
     sum += std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i]));
   return sum;
+}
+
+/// The largest |a - b| over all elements, in double.
+inline double max_abs_difference(const Tensor& a, const Tensor& b) {
+  double largest = 0;
+  for (std::int64_t i = 0; i < a.numel(); ++i)
+    largest = std::max(largest, std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
+  return largest;
+}
+
+/// A copy of samples [first, first + count) of t.
+inline Tensor copy_samples(const Tensor& t, std::int64_t first, std::int64_t count) {
+  const ConstView part = t.view().samples(first, count);
+  Tensor copy(count, t.shape());
+  std::memcpy(copy.data(), part.data(), sizeof(float) * static_cast<std::size_t>(copy.numel()));
+  return copy;
 }
 
 /// The host backend, counting allocations in *allocations.

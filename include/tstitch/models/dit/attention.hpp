@@ -16,6 +16,7 @@
 #endif
 
 #include "tstitch/core/error.hpp"
+#include "tstitch/models/dit/deterministic.hpp"
 #include "tstitch/models/dit/gemm.hpp"
 
 namespace tstitch::dit {
@@ -66,8 +67,11 @@ private:
 #ifdef _OPENMP
     threads = omp_get_max_threads();
 #endif
-    if (static_cast<std::int64_t>(scores_.size()) < threads * t * t)
-      scores_.resize(static_cast<std::size_t>(threads * t * t));
+    // Each thread's T x T scores start aligned, so that a (sample, head) pair's softmax rounds the
+    // same on whichever thread it runs (deterministic.hpp).
+    const std::int64_t per_thread = aligned_stride(t * t);
+    if (static_cast<std::int64_t>(scores_.size()) < threads * per_thread)
+      scores_.resize(static_cast<std::size_t>(threads * per_thread));
 #ifdef _OPENMP
 #pragma omp parallel for
 #endif
@@ -81,7 +85,7 @@ private:
       const Strided q(base, t, hd, Eigen::OuterStride<>(3 * d));
       const Strided k(base + d, t, hd, Eigen::OuterStride<>(3 * d));
       const Strided v(base + 2 * d, t, hd, Eigen::OuterStride<>(3 * d));
-      Map scores(&scores_[static_cast<std::size_t>(thread * t * t)], t, t);
+      Map scores(&scores_[static_cast<std::size_t>(thread * per_thread)], t, t);
       scores.noalias() = (q * k.transpose()) * scale;
       for (std::int64_t i = 0; i < t; ++i) {
         auto row = scores.row(i);
@@ -107,7 +111,7 @@ private:
     static constexpr std::int64_t chunk_bytes = std::int64_t{1} << 20;
 
     void run(const float* qkv, std::int64_t samples, std::int64_t t, std::int64_t heads,
-             std::int64_t hd, float* out, std::vector<float>& scores) {
+             std::int64_t hd, float* out, AlignedBuffer<float>& scores) {
       const std::int64_t per_sample = heads * t * t;
       const std::int64_t chunk = std::clamp<std::int64_t>(
           chunk_bytes / (per_sample * static_cast<std::int64_t>(sizeof(float))), 1, samples);
@@ -203,7 +207,7 @@ private:
 #endif
 
   Gemm gemm_;
-  std::vector<float> scores_;
+  AlignedBuffer<float> scores_;
 };
 
 } // namespace tstitch::dit

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "tstitch/core/denoiser.hpp"
 #include "tstitch/core/error.hpp"
 #include "tstitch/models/dit/attention.hpp"
+#include "tstitch/models/dit/deterministic.hpp"
 #include "tstitch/models/dit/linear.hpp"
 #include "tstitch/models/dit/weights.hpp"
 
@@ -30,6 +32,10 @@ namespace tstitch::dit {
 /// Activation buffers are allocated once per batch size and reused, so sampling allocates nothing
 /// per step. Build with OpenMP (-fopenmp) to use several cores: the GEMMs, the attention loop over
 /// (sample, head) and the row operations then run in parallel.
+///
+/// Its output has the same bits at any thread count and wherever its buffers are allocated. It
+/// depends on the batch, though: the GEMM libraries block rows by the row count, so an image's
+/// output changes in the last bits with the batch it is in, unless `set_batch_invariant(true)`.
 class CpuModel {
 public:
   using condition_type = std::vector<int>;
@@ -54,6 +60,13 @@ public:
   [[nodiscard]] const Weights& weights() const { return weights_; }
   [[nodiscard]] Gemm gemm() const { return linear_.gemm(); }
 
+  /// Whether each image's forward runs alone (one image's rows at a time), so that an image's
+  /// output has the same bits in any batch, at any position: for renderers that must reproduce an
+  /// image whatever else was generated with it. Off by default; costs the batching (measured in
+  /// benchmarks/README.md).
+  void set_batch_invariant(bool invariant) { batch_invariant_ = invariant; }
+  [[nodiscard]] bool batch_invariant() const { return batch_invariant_; }
+
   /// Bytes of activation buffers currently allocated (they grow with the largest batch seen).
   [[nodiscard]] std::int64_t activation_bytes() const {
     return static_cast<std::int64_t>(sizeof(float)) *
@@ -67,14 +80,14 @@ public:
   /// ctx.point.timestep and labels (one per row, in [0, num_classes]).
   void predict(ConstView x, const StepContext& ctx, const condition_type& labels, View out) {
     check_forward(config(), x, out, labels, ctx.point.timestep, "DiT");
-    const std::int64_t n = x.batch();
-    reserve(n);
-    embed_condition(static_cast<float>(ctx.point.timestep), labels);
-    embed_patches(x);
-    for (const BlockWeights& block : weights_.blocks)
-      run_block(block, n);
-    final_layer(n);
-    unpatchify(out);
+    const auto t = static_cast<float>(ctx.point.timestep);
+    if (!batch_invariant_) {
+      forward(x, t, labels, out);
+      return;
+    }
+    for (std::int64_t n = 0; n < x.batch(); ++n)
+      forward(x.samples(n, 1), t, std::span(labels).subspan(static_cast<std::size_t>(n), 1),
+              out.samples(n, 1));
   }
 
 private:
@@ -85,9 +98,20 @@ private:
   static ConstMap matrix(const Param& p) { return ConstMap(p.data, p.rows, p.cols); }
   static ConstVectorMap vector(const Param& p) { return ConstVectorMap(p.data, p.cols); }
 
-  static void resize(std::vector<float>& buffer, std::int64_t size) {
+  static void resize(AlignedBuffer<float>& buffer, std::int64_t size) {
     if (static_cast<std::int64_t>(buffer.size()) < size)
       buffer.resize(static_cast<std::size_t>(size));
+  }
+
+  void forward(ConstView x, float t, std::span<const int> labels, View out) {
+    const std::int64_t n = x.batch();
+    reserve(n);
+    embed_condition(t, labels);
+    embed_patches(x);
+    for (const BlockWeights& block : weights_.blocks)
+      run_block(block, n);
+    final_layer(n);
+    unpatchify(out);
   }
 
   void reserve(std::int64_t n) {
@@ -113,7 +137,7 @@ private:
   }
 
   /// c = t_embedder(t) + y_embedder(labels): the conditioning vector of every row (N, D).
-  void embed_condition(float t, const std::vector<int>& labels) {
+  void embed_condition(float t, std::span<const int> labels) {
     const Config& c = config();
     const std::int64_t n = static_cast<std::int64_t>(labels.size()), d = c.hidden_size;
     const std::int64_t half = Config::frequency_embedding_size / 2;
@@ -235,9 +259,11 @@ private:
 
   Weights weights_;
   std::string name_;
+  bool batch_invariant_ = false;
   LinearLayers linear_;
   SelfAttention attention_;
-  std::vector<float> tokens_, h_, qkv_, attn_, mlp_, out_, cond_, silu_, mod_, patches_, freq_,
+  // Aligned, so that the bits of the output do not depend on the allocator (deterministic.hpp).
+  AlignedBuffer<float> tokens_, h_, qkv_, attn_, mlp_, out_, cond_, silu_, mod_, patches_, freq_,
       temb_;
 };
 

@@ -102,41 +102,31 @@ private:
     }
   }
 
-  /// y = x W^T + b. With OpenMP the output columns are split between the threads, each running a
-  /// single-threaded GEMM on its slice of W: at DiT's sizes (a few hundred rows) this scales
-  /// better than Eigen's own parallel GEMM, and the bias is added while the slice is in cache.
+  /// y = x W^T + b, in tiles of 64 output columns, each a single-threaded GEMM on its rows of W
+  /// (with OpenMP the tiles are shared among the threads): at DiT's sizes (a few hundred rows)
+  /// this scales better than Eigen's own parallel GEMM, and the bias is added while the tile is in
+  /// cache. The tiles are the same for any thread count because Eigen's result for a column
+  /// depends on the width of the GEMM it is computed in (with AVX-512, columns past the last
+  /// whole 16 go through other kernels), and the bits must not depend on the thread count.
   static void eigen_linear(const float* x, std::int64_t rows, const Param& weight,
                            const Param& bias, float* y) {
+    constexpr std::int64_t tile = 64;
     const ConstMap in(x, rows, weight.cols);
     Map result(y, rows, weight.rows);
     const ConstMap w(weight.data, weight.rows, weight.cols);
     const ConstVectorMap b(bias.data, bias.cols);
-#ifdef _OPENMP
-    int threads = 1;
+    const std::int64_t tiles = (weight.rows + tile - 1) / tile;
     // Below ~1 MMAC per thread the fork costs more than it saves.
-    if (rows * weight.rows * weight.cols >= (std::int64_t{1} << 21))
-      threads = omp_get_max_threads();
-#pragma omp parallel num_threads(threads)
-#endif
-    {
-      int thread = 0, team = 1;
+    [[maybe_unused]] const bool threaded =
+        tiles > 1 && rows * weight.rows * weight.cols >= (std::int64_t{1} << 21);
 #ifdef _OPENMP
-      // The team OpenMP granted, which may be smaller than the one asked for.
-      thread = omp_get_thread_num();
-      team = omp_get_num_threads();
+#pragma omp parallel for schedule(static) if (threaded)
 #endif
-      // Column slices in multiples of 16 floats (one AVX-512 register), rounded up from
-      // ceil(columns / team) so that the slices cover every column for any team size (the last
-      // threads may get a short or empty slice).
-      const std::int64_t per_thread = (weight.rows + team - 1) / team;
-      const std::int64_t chunk = (per_thread + 15) / 16 * 16;
-      const std::int64_t first = std::min<std::int64_t>(thread * chunk, weight.rows);
-      const std::int64_t count = std::min<std::int64_t>(chunk, weight.rows - first);
-      if (count > 0) {
-        auto slice = result.middleCols(first, count);
-        slice.noalias() = in * w.middleRows(first, count).transpose();
-        slice.rowwise() += b.segment(first, count);
-      }
+    for (std::int64_t index = 0; index < tiles; ++index) {
+      const std::int64_t first = index * tile, count = std::min(tile, weight.rows - first);
+      auto slice = result.middleCols(first, count);
+      slice.noalias() = in * w.middleRows(first, count).transpose();
+      slice.rowwise() += b.segment(first, count);
     }
   }
 

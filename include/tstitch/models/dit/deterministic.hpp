@@ -1,0 +1,52 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <new>
+#include <vector>
+
+#include <Eigen/Core>
+
+/// What keeps the CPU DiT's bits independent of where its data lie in memory.
+///
+/// Eigen's vectorised loops start at the first packet-aligned element and treat the unaligned head
+/// with scalar code: a sum adds the head apart, and exp or tanh evaluate it with the C library
+/// instead of Eigen's packet approximations (a few ulp apart). So the bits of a row's result
+/// depend on its address mod the packet size (16 bytes with SSE, 64 with AVX-512). Addresses
+/// change with the allocator, with a model's history of batch sizes and with the OpenMP thread a
+/// task lands on; outputs must not. So every buffer the DiT computes in starts aligned, and
+/// per-thread slices are padded to whole packets: a row's alignment then depends only on its
+/// place in the batch.
+namespace tstitch::dit {
+
+/// Allocates through the aligned operator new (not Eigen's aligned_malloc, so that a program's
+/// replacement of operator new, such as the tests' allocation counter, sees these buffers too).
+template <class T> struct PacketAlignedAllocator {
+  using value_type = T;
+  static constexpr std::align_val_t alignment{
+      std::max<std::size_t>(EIGEN_MAX_ALIGN_BYTES, alignof(std::max_align_t))};
+
+  PacketAlignedAllocator() = default;
+  template <class U>
+  PacketAlignedAllocator(const PacketAlignedAllocator<U>&) noexcept {} // NOLINT: rebinding
+  [[nodiscard]] T* allocate(std::size_t n) {
+    return static_cast<T*>(::operator new(n * sizeof(T), alignment));
+  }
+  void deallocate(T* p, std::size_t) noexcept { ::operator delete(p, alignment); }
+  friend bool operator==(const PacketAlignedAllocator&, const PacketAlignedAllocator&) = default;
+};
+
+/// A buffer whose first element is aligned to Eigen's largest packet (EIGEN_MAX_ALIGN_BYTES), so
+/// that an element's alignment depends only on its index.
+template <class T> using AlignedBuffer = std::vector<T, PacketAlignedAllocator<T>>;
+
+/// The floats between rows of n that all start aligned in an AlignedBuffer: n rounded up to a
+/// whole packet.
+inline std::int64_t aligned_stride(std::int64_t n) {
+  constexpr std::int64_t floats = EIGEN_MAX_ALIGN_BYTES / sizeof(float);
+  return (n + floats - 1) / floats * floats;
+}
+
+} // namespace tstitch::dit
