@@ -56,6 +56,7 @@ struct Options {
   std::string npy;
   int columns = 0;
   bool quiet = false;
+  bool batch_invariant = false;
   std::vector<std::string> names;
 };
 
@@ -217,8 +218,10 @@ int run(const Options& o) {
   // --- models ---------------------------------------------------------------------------------
   std::vector<dit::CpuModel> models;
   models.reserve(k);
-  for (std::size_t i = 0; i < k; ++i)
+  for (std::size_t i = 0; i < k; ++i) {
     models.push_back(load_model(o.models[i], i));
+    models.back().set_batch_invariant(o.batch_invariant);
+  }
   const dit::Config& first = models[0].config();
   for (std::size_t i = 1; i < k; ++i) {
     const dit::Config& c = models[i].config();
@@ -313,6 +316,8 @@ int main(int argc, char** argv) {
   app.add_option("--names", o.names, "display names of the models, comma-separated")
       ->delimiter(',');
   app.add_flag("--quiet,-q", o.quiet, "no progress bar");
+  app.add_flag("--batch-invariant", o.batch_invariant,
+               "each image the same bits whatever --batch (one image per forward; slower)");
 
   try {
     app.parse(argc, argv);

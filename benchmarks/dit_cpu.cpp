@@ -8,6 +8,8 @@
 //   trained Fashion DiTs (models/), as two N-row predicts (how the sampling loop runs it on the
 //   CPU) or as one predict of 2N rows (what predict_guided does on a GPU): whether CPU models
 //   gain from offering predict_guided.
+//   batch_invariant/<model>/<form>/batch:N: one forward of N images batched (the default) or one
+//   image at a time (CpuModel::set_batch_invariant): what the batch-invariance option costs.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -49,6 +51,37 @@ void BM_dit_forward(benchmark::State& state, const std::string& preset, dit::Gem
 #endif
   state.counters["threads"] = threads;
   state.counters["activation_MB"] = static_cast<double>(model.activation_bytes()) / 1e6;
+}
+
+/// One forward of a batch of N (state.range(0)) images with `model`, its throughput in images/s.
+void time_forward(benchmark::State& state, dit::CpuModel& model) {
+  const dit::Config& config = model.config();
+  const std::int64_t batch = state.range(0);
+  Tensor x(batch, config.latent_shape());
+  HostBackend{}.fill_normal(x, NoiseKey{2, 0, 0, 0});
+  Tensor out(batch, Shape{config.out_channels(), config.input_size, config.input_size});
+  std::vector<int> labels(static_cast<std::size_t>(batch));
+  for (std::size_t i = 0; i < labels.size(); ++i)
+    labels[i] = static_cast<int>(i % static_cast<std::size_t>(config.num_classes));
+  StepContext ctx;
+  ctx.point.timestep = 500;
+  model.predict(x, ctx, labels, out); // sizes the activation buffers, builds the primitives
+  for (auto _ : state) {
+    model.predict(x, ctx, labels, out);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["images/s"] =
+      benchmark::Counter(static_cast<double>(batch), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_batch_invariant(benchmark::State& state, const std::string& model_name, bool invariant) {
+  const bool preset = model_name.starts_with("DiT-");
+  dit::CpuModel model(preset ? dit::Weights::random(dit::Config::preset(model_name), 1)
+                             : dit::Weights::load(std::string(TSTITCH_MODELS_DIR) + "/" +
+                                                  model_name + ".safetensors"),
+                      model_name);
+  model.set_batch_invariant(invariant);
+  time_forward(state, model);
 }
 
 void BM_guided(benchmark::State& state, const std::string& file, bool one_batch) {
@@ -114,6 +147,21 @@ const bool registered = [] {
           ->Arg(80)
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
+  for (const char* model : {"DiT-S/2", "fashion_dit_s", "fashion_dit_l"})
+    for (const bool invariant : {false, true}) {
+      std::string name = model;
+      std::replace(name.begin(), name.end(), '/', '_');
+      auto* bench = benchmark::RegisterBenchmark(
+          tstitch::detail::concat("batch_invariant/", name,
+                                  invariant ? "/one_at_a_time" : "/batched")
+              .c_str(),
+          [model = std::string(model), invariant](benchmark::State& state) {
+            BM_batch_invariant(state, model, invariant);
+          });
+      bench->ArgName("batch")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+      if (!name.starts_with("DiT-")) // the small Fashion models: also a sampling-sized batch
+        bench->Arg(80);
+    }
   return true;
 }();
 

@@ -244,6 +244,22 @@ TSTITCH_HOST_DEVICE TSTITCH_INLINE Float4 normal4(const NoiseKey& key, std::uint
   return Float4{{p.v[0], p.v[1], q.v[0], q.v[1]}};
 }
 
+// fill_normal and fill_normal_scalar differ by build: host compilers dispatch to AVX2 (and to an
+// FMA copy when built without -mfma), nvcc compiles the portable loop only. Each build's pair
+// lives in its own inline namespace, so that a program mixing them (the CUDA tests link g++ and
+// nvcc objects) holds distinct functions, not one inline function with two definitions (an ODR
+// violation: the linker would keep either). Callers name them as before.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__FMA__) && !defined(__CUDACC__)
+#define TSTITCH_PHILOX_FMA_DISPATCH 1
+#endif
+#if defined(TSTITCH_PHILOX_AVX2) && defined(TSTITCH_PHILOX_FMA_DISPATCH)
+#define TSTITCH_PHILOX_BUILD philox_avx2_fma_dispatch
+#elif defined(TSTITCH_PHILOX_AVX2)
+#define TSTITCH_PHILOX_BUILD philox_avx2
+#else
+#define TSTITCH_PHILOX_BUILD philox_portable
+#endif
+
 namespace detail {
 
 // Elements [first, count) of fill_normal; first is a multiple of 4.
@@ -265,8 +281,9 @@ TSTITCH_INLINE void fill_normal_portable(float* dst, std::size_t count, const No
 // x86-64 builds without -mfma turn every explicit fma into a call to libm's fmaf. The same loop
 // compiled for FMA hardware (and flattened, so the fmas inline as instructions) is about twice
 // as fast and, fma being exactly rounded either way, gives bit-identical values.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__FMA__) && !defined(__CUDACC__)
-#define TSTITCH_PHILOX_FMA_DISPATCH 1
+inline namespace TSTITCH_PHILOX_BUILD {
+
+#ifdef TSTITCH_PHILOX_FMA_DISPATCH
 __attribute__((target("fma"), flatten)) inline void
 fill_normal_fma(float* dst, std::size_t count, const NoiseKey& key, std::size_t first = 0) {
   fill_normal_portable(dst, count, key, first);
@@ -286,7 +303,10 @@ TSTITCH_INLINE void fill_normal_scalar(float* dst, std::size_t count, const Nois
   fill_normal_portable(dst, count, key, first);
 }
 
+} // namespace TSTITCH_PHILOX_BUILD
 } // namespace detail
+
+inline namespace TSTITCH_PHILOX_BUILD {
 
 // dst[e] = normal4(key, e / 4).v[e % 4] for e < count, so any prefix is independent of count.
 // Host only. Blocks are 32-bit, so a sample holds at most 2^34 elements.
@@ -300,5 +320,7 @@ TSTITCH_INLINE void fill_normal(float* dst, std::size_t count, const NoiseKey& k
 #endif
   detail::fill_normal_scalar(dst, count, key, first);
 }
+
+} // namespace TSTITCH_PHILOX_BUILD
 
 } // namespace tstitch

@@ -68,13 +68,16 @@ public:
            requires(const D& m) {
              { m.stream() } -> std::convertible_to<cudaStream_t>;
            }) DeviceDenoiserRef(D& model) // NOLINT: implicit, like DenoiserRef
-      : DenoiserRef<std::vector<int>>(model), stream_(model.stream()) {}
+      : DenoiserRef<std::vector<int>>(model), model_(&model),
+        stream_of_(
+            [](const void* m) -> cudaStream_t { return static_cast<const D*>(m)->stream(); }) {}
 
-  /// The stream the model enqueues on, as it was when the reference was made.
-  [[nodiscard]] cudaStream_t stream() const { return stream_; }
+  /// The stream the model enqueues on now (asked of the model at each call: an engine may move).
+  [[nodiscard]] cudaStream_t stream() const { return stream_of_(model_); }
 
 private:
-  cudaStream_t stream_;
+  const void* model_;
+  cudaStream_t (*stream_of_)(const void*);
 };
 
 /// The stitcher of device sampling: any number of device models of any types, any stitch policy
