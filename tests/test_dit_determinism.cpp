@@ -132,6 +132,16 @@ TEST_CASE("DiT with set_batch_invariant gives each image the same bits in any ba
       }
       const Tensor tail = dit_forward(model, 3, 321, {2, 2, 5}, 2);
       CHECK(bit_identical(testing::copy_samples(tail, 1, 2), testing::copy_samples(batch, 3, 2)));
+      // A batch's images are shared among the threads, one forward each: any thread count (more
+      // threads than images too) gives the same bits.
+#ifdef _OPENMP
+      for (const int threads : {1, 3, 17}) {
+        INFO(threads << " threads");
+        set_threads(threads);
+        CHECK(bit_identical(dit_forward(model, 5, 321, labels), batch));
+      }
+      set_threads(2);
+#endif
       // The invariant forward is the same model: within float rounding of the batched one.
       model.set_batch_invariant(false);
       const Tensor batched = dit_forward(model, 5, 321, labels);

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <exception>
 #include <span>
 #include <string>
 #include <vector>
@@ -45,7 +46,9 @@ public:
   /// `gemm` picks the library of the linear layers and attention; both give the same model to
   /// float32 rounding.
   explicit CpuModel(Weights weights, std::string name = "DiT", Gemm gemm = default_gemm())
-      : weights_(std::move(weights)), name_(std::move(name)), linear_(gemm), attention_(gemm) {}
+      : weights_(std::move(weights)), name_(std::move(name)) {
+    workspaces_.emplace_back(gemm);
+  }
 
   [[nodiscard]] Prediction prediction() const {
     return config().learn_sigma ? Prediction::epsilon_learned_sigma : Prediction::epsilon;
@@ -58,22 +61,22 @@ public:
   }
   [[nodiscard]] const Config& config() const { return weights_.config(); }
   [[nodiscard]] const Weights& weights() const { return weights_; }
-  [[nodiscard]] Gemm gemm() const { return linear_.gemm(); }
+  [[nodiscard]] Gemm gemm() const { return workspaces_.front().linear.gemm(); }
 
   /// Whether each image's forward runs alone (one image's rows at a time), so that an image's
   /// output has the same bits in any batch, at any position: for renderers that must reproduce an
-  /// image whatever else was generated with it. Off by default; costs the batching (measured in
-  /// benchmarks/README.md).
+  /// image whatever else was generated with it. The images are shared among the OpenMP threads.
+  /// Off by default: it costs 1.0-1.4x the batched time on small models (benchmarks/README.md).
   void set_batch_invariant(bool invariant) { batch_invariant_ = invariant; }
   [[nodiscard]] bool batch_invariant() const { return batch_invariant_; }
 
-  /// Bytes of activation buffers currently allocated (they grow with the largest batch seen).
+  /// Bytes of activation buffers currently allocated (they grow with the largest batch seen, and
+  /// with set_batch_invariant, one image's buffers per thread).
   [[nodiscard]] std::int64_t activation_bytes() const {
-    return static_cast<std::int64_t>(sizeof(float)) *
-               (tokens_.size() + h_.size() + qkv_.size() + attn_.size() + mlp_.size() +
-                out_.size() + cond_.size() + silu_.size() + mod_.size() + patches_.size() +
-                freq_.size() + temb_.size()) +
-           attention_.scratch_bytes();
+    std::int64_t bytes = 0;
+    for (const Workspace& w : workspaces_)
+      bytes += w.bytes();
+    return bytes;
   }
 
   /// Writes the raw output (N, out_channels, H, W) for latents x (N, C, H, W) at model time
@@ -81,16 +84,64 @@ public:
   void predict(ConstView x, const StepContext& ctx, const condition_type& labels, View out) {
     check_forward(config(), x, out, labels, ctx.point.timestep, "DiT");
     const auto t = static_cast<float>(ctx.point.timestep);
-    if (!batch_invariant_) {
-      forward(x, t, labels, out);
+    if (!batch_invariant_ || x.batch() == 1) {
+      forward(workspaces_.front(), x, t, labels, out);
       return;
     }
-    for (std::int64_t n = 0; n < x.batch(); ++n)
-      forward(x.samples(n, 1), t, std::span(labels).subspan(static_cast<std::size_t>(n), 1),
-              out.samples(n, 1));
+    // One image per forward, the images shared among the OpenMP threads, each thread with its
+    // own workspace and its forward single-threaded (nested regions run on one thread): the same
+    // bits as a multi-threaded forward of the image alone, since the forward's bits do not depend
+    // on the thread count.
+    const std::int64_t images = x.batch();
+    int threads = 1;
+#ifdef _OPENMP
+    threads = static_cast<int>(std::min<std::int64_t>(omp_get_max_threads(), images));
+#endif
+    while (static_cast<int>(workspaces_.size()) < threads)
+      workspaces_.emplace_back(gemm());
+    std::exception_ptr failure;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads)
+#endif
+    for (std::int64_t n = 0; n < images; ++n) {
+      int thread = 0;
+#ifdef _OPENMP
+      thread = omp_get_thread_num();
+#endif
+      try {
+        forward(workspaces_[static_cast<std::size_t>(thread)], x.samples(n, 1), t,
+                std::span(labels).subspan(static_cast<std::size_t>(n), 1), out.samples(n, 1));
+      } catch (...) {
+#ifdef _OPENMP
+#pragma omp critical(tstitch_dit_failure)
+#endif
+        failure = std::current_exception();
+      }
+    }
+    if (failure)
+      std::rethrow_exception(failure);
   }
 
 private:
+  /// What a forward computes in: the activation buffers (grown to the largest batch seen, then
+  /// reused; aligned, so that the bits do not depend on the allocator, deterministic.hpp) and the
+  /// GEMM libraries' primitives and scratch. One per thread that runs forwards.
+  struct Workspace {
+    explicit Workspace(Gemm gemm) : linear(gemm), attention(gemm) {}
+    AlignedBuffer<float> tokens, h, qkv, attn, mlp, out, cond, silu, mod, patches, freq, temb;
+    LinearLayers linear;
+    SelfAttention attention;
+
+    [[nodiscard]] std::int64_t bytes() const {
+      return static_cast<std::int64_t>(sizeof(float)) *
+                 static_cast<std::int64_t>(tokens.size() + h.size() + qkv.size() + attn.size() +
+                                           mlp.size() + out.size() + cond.size() + silu.size() +
+                                           mod.size() + patches.size() + freq.size() +
+                                           temb.size()) +
+             attention.scratch_bytes();
+    }
+  };
+
   using ConstMap = Eigen::Map<const Matrix>;
   using Map = Eigen::Map<Matrix>;
   using ConstVectorMap = Eigen::Map<const Vector>;
@@ -103,41 +154,42 @@ private:
       buffer.resize(static_cast<std::size_t>(size));
   }
 
-  void forward(ConstView x, float t, std::span<const int> labels, View out) {
+  void forward(Workspace& w, ConstView x, float t, std::span<const int> labels, View out) {
     const std::int64_t n = x.batch();
-    reserve(n);
-    embed_condition(t, labels);
-    embed_patches(x);
+    reserve(w, n);
+    embed_condition(w, t, labels);
+    embed_patches(w, x);
     for (const BlockWeights& block : weights_.blocks)
-      run_block(block, n);
-    final_layer(n);
-    unpatchify(out);
+      run_block(w, block, n);
+    final_layer(w, n);
+    unpatchify(w, out);
   }
 
-  void reserve(std::int64_t n) {
+  void reserve(Workspace& w, std::int64_t n) const {
     const Config& c = config();
     const std::int64_t rows = n * c.tokens(), d = c.hidden_size;
-    resize(tokens_, rows * d);
-    resize(h_, rows * d);
-    resize(qkv_, rows * 3 * d);
-    resize(attn_, rows * d);
-    resize(mlp_, rows * c.mlp_hidden());
-    resize(out_, rows * c.patch_size * c.patch_size * c.out_channels());
-    resize(patches_, rows * c.in_channels * c.patch_size * c.patch_size);
-    resize(cond_, n * d);
-    resize(silu_, n * d);
-    resize(mod_, n * 6 * d);
-    resize(freq_, n * Config::frequency_embedding_size);
-    resize(temb_, n * d);
+    resize(w.tokens, rows * d);
+    resize(w.h, rows * d);
+    resize(w.qkv, rows * 3 * d);
+    resize(w.attn, rows * d);
+    resize(w.mlp, rows * c.mlp_hidden());
+    resize(w.out, rows * c.patch_size * c.patch_size * c.out_channels());
+    resize(w.patches, rows * c.in_channels * c.patch_size * c.patch_size);
+    resize(w.cond, n * d);
+    resize(w.silu, n * d);
+    resize(w.mod, n * 6 * d);
+    resize(w.freq, n * Config::frequency_embedding_size);
+    resize(w.temb, n * d);
   }
 
   /// y = x W^T + b for the first `rows` rows.
-  void linear(const float* x, std::int64_t rows, const Param& weight, const Param& bias, float* y) {
-    linear_.run(x, rows, weight, bias, y, Epilogue{});
+  static void linear(Workspace& w, const float* x, std::int64_t rows, const Param& weight,
+                     const Param& bias, float* y) {
+    w.linear.run(x, rows, weight, bias, y, Epilogue{});
   }
 
   /// c = t_embedder(t) + y_embedder(labels): the conditioning vector of every row (N, D).
-  void embed_condition(float t, std::span<const int> labels) {
+  void embed_condition(Workspace& w, float t, std::span<const int> labels) const {
     const Config& c = config();
     const std::int64_t n = static_cast<std::int64_t>(labels.size()), d = c.hidden_size;
     const std::int64_t half = Config::frequency_embedding_size / 2;
@@ -148,46 +200,46 @@ private:
       const float f = std::exp(log_period * static_cast<float>(k) / static_cast<float>(half));
       const float arg = t * f;
       for (std::int64_t row = 0; row < n; ++row) {
-        freq_[static_cast<std::size_t>(row * 2 * half + k)] = std::cos(arg);
-        freq_[static_cast<std::size_t>(row * 2 * half + half + k)] = std::sin(arg);
+        w.freq[static_cast<std::size_t>(row * 2 * half + k)] = std::cos(arg);
+        w.freq[static_cast<std::size_t>(row * 2 * half + half + k)] = std::sin(arg);
       }
     }
-    linear(freq_.data(), n, weights_.t_fc1_weight, weights_.t_fc1_bias, temb_.data());
-    Map hidden(temb_.data(), n, d);
+    linear(w, w.freq.data(), n, weights_.t_fc1_weight, weights_.t_fc1_bias, w.temb.data());
+    Map hidden(w.temb.data(), n, d);
     hidden = hidden.unaryExpr([](float v) { return silu(v); });
-    linear(temb_.data(), n, weights_.t_fc2_weight, weights_.t_fc2_bias, cond_.data());
-    Map cond(cond_.data(), n, d);
+    linear(w, w.temb.data(), n, weights_.t_fc2_weight, weights_.t_fc2_bias, w.cond.data());
+    Map cond(w.cond.data(), n, d);
     const ConstMap table = matrix(weights_.class_table);
     for (std::int64_t row = 0; row < n; ++row)
       cond.row(row) += table.row(labels[static_cast<std::size_t>(row)]);
-    Map(silu_.data(), n, d) = cond.unaryExpr([](float v) { return silu(v); });
+    Map(w.silu.data(), n, d) = cond.unaryExpr([](float v) { return silu(v); });
   }
 
   /// Tokens (N*T, D) = patches x W^T + b + pos_embed: the stride-p convolution as a GEMM.
-  void embed_patches(ConstView x) {
+  void embed_patches(Workspace& w, ConstView x) const {
     const Config& c = config();
     const std::int64_t p = c.patch_size, g = c.grid(), t = c.tokens(), d = c.hidden_size;
     const std::int64_t patch_len = c.in_channels * p * p;
     for (std::int64_t n = 0; n < x.batch(); ++n)
       for (std::int64_t gy = 0; gy < g; ++gy)
         for (std::int64_t gx = 0; gx < g; ++gx) {
-          float* patch = &patches_[static_cast<std::size_t>(((n * g + gy) * g + gx) * patch_len)];
+          float* patch = &w.patches[static_cast<std::size_t>(((n * g + gy) * g + gx) * patch_len)];
           for (std::int64_t ch = 0; ch < c.in_channels; ++ch) // kernel order (C, p, p)
             for (std::int64_t i = 0; i < p; ++i)
               for (std::int64_t j = 0; j < p; ++j)
                 *patch++ = x.at(n, ch, gy * p + i, gx * p + j);
         }
     const std::int64_t rows = x.batch() * t;
-    linear(patches_.data(), rows, weights_.patch_weight, weights_.patch_bias, tokens_.data());
-    Map tokens(tokens_.data(), rows, d);
+    linear(w, w.patches.data(), rows, weights_.patch_weight, weights_.patch_bias, w.tokens.data());
+    Map tokens(w.tokens.data(), rows, d);
     const ConstMap pos = matrix(weights_.pos_embed);
     for (std::int64_t n = 0; n < x.batch(); ++n)
       tokens.middleRows(n * t, t) += pos;
   }
 
   /// h = LayerNorm(x) * (1 + scale) + shift, per sample's shift/scale rows (eps 1e-6, no affine).
-  void modulated_norm(std::int64_t n, const float* shift, const float* scale,
-                      std::int64_t mod_stride) {
+  void modulated_norm(Workspace& w, std::int64_t n, const float* shift, const float* scale,
+                      std::int64_t mod_stride) const {
     const Config& c = config();
     const std::int64_t t = c.tokens(), d = c.hidden_size;
 #ifdef _OPENMP
@@ -197,57 +249,57 @@ private:
       // float32 with Eigen's vectorised (multi-accumulator) sums, as PyTorch's LayerNorm; two
       // passes, so the variance is of centred values.
       using Row = Eigen::Array<float, 1, Eigen::Dynamic>;
-      const Eigen::Map<const Row> in(&tokens_[static_cast<std::size_t>(row * d)], d);
+      const Eigen::Map<const Row> in(&w.tokens[static_cast<std::size_t>(row * d)], d);
       const Eigen::Map<const Row> sh(shift + (row / t) * mod_stride, d);
       const Eigen::Map<const Row> sc(scale + (row / t) * mod_stride, d);
       const float mean = in.mean();
       const float variance = (in - mean).square().mean();
       const float inv = 1.0f / std::sqrt(variance + 1e-6f);
-      Eigen::Map<Row>(&h_[static_cast<std::size_t>(row * d)], d) =
+      Eigen::Map<Row>(&w.h[static_cast<std::size_t>(row * d)], d) =
           (in - mean) * inv * (1.0f + sc) + sh;
     }
   }
 
-  void run_block(const BlockWeights& b, std::int64_t n) {
+  void run_block(Workspace& w, const BlockWeights& b, std::int64_t n) const {
     const Config& c = config();
     const std::int64_t t = c.tokens(), d = c.hidden_size, rows = n * t;
     // adaLN modulation (N, 6D): shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp.
-    linear(silu_.data(), n, b.ada_weight, b.ada_bias, mod_.data());
-    const float* mod = mod_.data();
+    linear(w, w.silu.data(), n, b.ada_weight, b.ada_bias, w.mod.data());
+    const float* mod = w.mod.data();
     const std::int64_t stride = 6 * d;
 
-    modulated_norm(n, mod, mod + d, stride);
-    linear(h_.data(), rows, b.qkv_weight, b.qkv_bias, qkv_.data()); // (N*T, 3D)
-    attention_.run(qkv_.data(), n, t, c.num_heads, c.head_dim(), attn_.data());
-    // tokens += gate_msa * proj(attn); h_ is free again and is the Eigen path's scratch.
-    linear_.run(attn_.data(), rows, b.proj_weight, b.proj_bias, tokens_.data(),
-                Epilogue::gated(mod + 2 * d, stride, t), h_.data());
+    modulated_norm(w, n, mod, mod + d, stride);
+    linear(w, w.h.data(), rows, b.qkv_weight, b.qkv_bias, w.qkv.data()); // (N*T, 3D)
+    w.attention.run(w.qkv.data(), n, t, c.num_heads, c.head_dim(), w.attn.data());
+    // tokens += gate_msa * proj(attn); w.h is free again and is the Eigen path's scratch.
+    w.linear.run(w.attn.data(), rows, b.proj_weight, b.proj_bias, w.tokens.data(),
+                 Epilogue::gated(mod + 2 * d, stride, t), w.h.data());
 
-    modulated_norm(n, mod + 3 * d, mod + 4 * d, stride);
-    linear_.run(h_.data(), rows, b.fc1_weight, b.fc1_bias, mlp_.data(),
-                Epilogue{Epilogue::Kind::gelu_tanh}); // (N*T, 4D)
-    linear_.run(mlp_.data(), rows, b.fc2_weight, b.fc2_bias, tokens_.data(),
-                Epilogue::gated(mod + 5 * d, stride, t), h_.data());
+    modulated_norm(w, n, mod + 3 * d, mod + 4 * d, stride);
+    w.linear.run(w.h.data(), rows, b.fc1_weight, b.fc1_bias, w.mlp.data(),
+                 Epilogue{Epilogue::Kind::gelu_tanh}); // (N*T, 4D)
+    w.linear.run(w.mlp.data(), rows, b.fc2_weight, b.fc2_bias, w.tokens.data(),
+                 Epilogue::gated(mod + 5 * d, stride, t), w.h.data());
   }
 
   /// The final adaLN layer and linear projection to (N*T, p*p*out_channels).
-  void final_layer(std::int64_t n) {
+  void final_layer(Workspace& w, std::int64_t n) const {
     const Config& c = config();
     const std::int64_t d = c.hidden_size;
-    linear(silu_.data(), n, weights_.final_ada_weight, weights_.final_ada_bias, mod_.data());
-    modulated_norm(n, mod_.data(), mod_.data() + d, 2 * d); // shift, scale
-    linear(h_.data(), n * c.tokens(), weights_.final_weight, weights_.final_bias, out_.data());
+    linear(w, w.silu.data(), n, weights_.final_ada_weight, weights_.final_ada_bias, w.mod.data());
+    modulated_norm(w, n, w.mod.data(), w.mod.data() + d, 2 * d); // shift, scale
+    linear(w, w.h.data(), n * c.tokens(), weights_.final_weight, weights_.final_bias, w.out.data());
   }
 
   /// Token (r, c) holds its p x p patch as [i][j][channel]; scatter back to (N, C', H, W).
-  void unpatchify(View out) const {
+  void unpatchify(const Workspace& w, View out) const {
     const Config& c = config();
     const std::int64_t p = c.patch_size, g = c.grid(), co = c.out_channels();
     for (std::int64_t n = 0; n < out.batch(); ++n)
       for (std::int64_t gy = 0; gy < g; ++gy)
         for (std::int64_t gx = 0; gx < g; ++gx) {
           const float* token =
-              &out_[static_cast<std::size_t>(((n * g + gy) * g + gx) * p * p * co)];
+              &w.out[static_cast<std::size_t>(((n * g + gy) * g + gx) * p * p * co)];
           for (std::int64_t i = 0; i < p; ++i)
             for (std::int64_t j = 0; j < p; ++j)
               for (std::int64_t ch = 0; ch < co; ++ch)
@@ -260,11 +312,7 @@ private:
   Weights weights_;
   std::string name_;
   bool batch_invariant_ = false;
-  LinearLayers linear_;
-  SelfAttention attention_;
-  // Aligned, so that the bits of the output do not depend on the allocator (deterministic.hpp).
-  AlignedBuffer<float> tokens_, h_, qkv_, attn_, mlp_, out_, cond_, silu_, mod_, patches_, freq_,
-      temb_;
+  std::vector<Workspace> workspaces_; // [0] for batched forwards; more with set_batch_invariant
 };
 
 } // namespace tstitch::dit
