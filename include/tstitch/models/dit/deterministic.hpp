@@ -21,12 +21,16 @@
 /// place in the batch.
 namespace tstitch::dit {
 
+/// The alignment of the DiT's buffers: 64 bytes (the widest x86 packet, AVX-512, and a multiple of
+/// every narrower one), the same in every translation unit whatever its -march, so that code
+/// built for different CPUs agrees on it (EIGEN_MAX_ALIGN_BYTES differs between them).
+inline constexpr std::size_t buffer_alignment = std::max<std::size_t>(64, EIGEN_MAX_ALIGN_BYTES);
+
 /// Allocates through the aligned operator new (not Eigen's aligned_malloc, so that a program's
 /// replacement of operator new, such as the tests' allocation counter, sees these buffers too).
 template <class T> struct PacketAlignedAllocator {
   using value_type = T;
-  static constexpr std::align_val_t alignment{
-      std::max<std::size_t>(EIGEN_MAX_ALIGN_BYTES, alignof(std::max_align_t))};
+  static constexpr std::align_val_t alignment{buffer_alignment};
 
   PacketAlignedAllocator() = default;
   template <class U>
@@ -38,14 +42,14 @@ template <class T> struct PacketAlignedAllocator {
   friend bool operator==(const PacketAlignedAllocator&, const PacketAlignedAllocator&) = default;
 };
 
-/// A buffer whose first element is aligned to Eigen's largest packet (EIGEN_MAX_ALIGN_BYTES), so
-/// that an element's alignment depends only on its index.
+/// A buffer whose first element is aligned to buffer_alignment (at least Eigen's largest packet),
+/// so that an element's alignment depends only on its index.
 template <class T> using AlignedBuffer = std::vector<T, PacketAlignedAllocator<T>>;
 
 /// The floats between rows of n that all start aligned in an AlignedBuffer: n rounded up to a
 /// whole packet.
 inline std::int64_t aligned_stride(std::int64_t n) {
-  constexpr std::int64_t floats = EIGEN_MAX_ALIGN_BYTES / sizeof(float);
+  constexpr auto floats = static_cast<std::int64_t>(buffer_alignment / sizeof(float));
   return (n + floats - 1) / floats * floats;
 }
 
