@@ -37,6 +37,9 @@ namespace tstitch::dit {
 /// Its output has the same bits at any thread count and wherever its buffers are allocated. It
 /// depends on the batch, though: the GEMM libraries block rows by the row count, so an image's
 /// output changes in the last bits with the batch it is in, unless `set_batch_invariant(true)`.
+///
+/// One predict at a time per model (the workspaces are reused): callers on several threads of
+/// their own use one model each (loading an F32 file again maps the same pages).
 class CpuModel {
 public:
   using condition_type = std::vector<int>;
