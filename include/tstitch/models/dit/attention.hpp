@@ -81,6 +81,7 @@ private:
       thread = omp_get_thread_num();
 #endif
       const std::int64_t sample = job / heads, head = job % heads;
+      const SingleThreadedScope serial; // Eigen must not thread (and so block) a product itself
       const float* base = qkv + sample * t * 3 * d + head * hd;
       const Strided q(base, t, hd, Eigen::OuterStride<>(3 * d));
       const Strided k(base + d, t, hd, Eigen::OuterStride<>(3 * d));
@@ -130,17 +131,20 @@ private:
         const auto describe = [&] {
           return detail::concat("attention ", shape(count, t, heads, hd));
         };
-        const dnnl_exec_arg_t products[3] = {{DNNL_ARG_SRC, e.q.get()},
+        const dnnl_exec_arg_t products[4] = {{DNNL_ARG_SRC, e.q.get()},
                                              {DNNL_ARG_WEIGHTS, e.k.get()},
-                                             {DNNL_ARG_DST, e.scores.get()}};
-        detail::execute(e.scores_product, stream_, products, 3, describe);
-        const dnnl_exec_arg_t softmax[2] = {{DNNL_ARG_SRC, e.scores.get()},
-                                            {DNNL_ARG_DST, e.scores.get()}};
-        detail::execute(e.softmax, stream_, softmax, 2, describe);
-        const dnnl_exec_arg_t values[3] = {{DNNL_ARG_SRC, e.scores.get()},
+                                             {DNNL_ARG_DST, e.scores.get()},
+                                             {DNNL_ARG_SCRATCHPAD, e.scores_scratch.get()}};
+        detail::execute(e.scores_product, stream_, products, 4, describe);
+        const dnnl_exec_arg_t softmax[3] = {{DNNL_ARG_SRC, e.scores.get()},
+                                            {DNNL_ARG_DST, e.scores.get()},
+                                            {DNNL_ARG_SCRATCHPAD, e.softmax_scratch.get()}};
+        detail::execute(e.softmax, stream_, softmax, 3, describe);
+        const dnnl_exec_arg_t values[4] = {{DNNL_ARG_SRC, e.scores.get()},
                                            {DNNL_ARG_WEIGHTS, e.v.get()},
-                                           {DNNL_ARG_DST, e.out.get()}};
-        detail::execute(e.value_product, stream_, values, 3, describe);
+                                           {DNNL_ARG_DST, e.out.get()},
+                                           {DNNL_ARG_SCRATCHPAD, e.value_scratch.get()}};
+        detail::execute(e.value_product, stream_, values, 4, describe);
       }
     }
 
@@ -150,6 +154,9 @@ private:
       dnnl::matmul scores_product, value_product;
       dnnl::softmax_forward softmax;
       dnnl::memory q, k, v, scores, out;
+      // Each primitive's scratchpad, owned here (user mode, as the linear layers): nothing of a
+      // workspace's primitives lives in oneDNN's per-thread state, whichever thread runs them.
+      dnnl::memory scores_scratch, softmax_scratch, value_scratch;
     };
 
     static std::string shape(std::int64_t samples, std::int64_t t, std::int64_t heads,
@@ -179,14 +186,24 @@ private:
       const dnnl::memory::desc o(shape_of_heads, f32, dims{t * d, hd, d, 1});
       Entry e;
       try {
-        dnnl::primitive_attr scaled;
+        // Two attributes: a copy of a primitive_attr shares the underlying one.
+        dnnl::primitive_attr user_scratch, scaled;
+        user_scratch.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+        scaled.set_scratchpad_mode(dnnl::scratchpad_mode::user);
         scaled.set_output_scales(0, {1.0f / std::sqrt(static_cast<float>(hd))});
-        e.scores_product = dnnl::matmul(
-            dnnl::matmul::primitive_desc(dnnl::matmul::desc(q, k_transposed, s), scaled, engine_));
-        e.softmax = dnnl::softmax_forward(dnnl::softmax_forward::primitive_desc(
-            dnnl::softmax_forward::desc(dnnl::prop_kind::forward_inference, s, 3), engine_));
-        e.value_product =
-            dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(s, v, o), engine_));
+        const dnnl::matmul::primitive_desc scores_pd(dnnl::matmul::desc(q, k_transposed, s), scaled,
+                                                     engine_);
+        const dnnl::softmax_forward::primitive_desc softmax_pd(
+            dnnl::softmax_forward::desc(dnnl::prop_kind::forward_inference, s, 3), user_scratch,
+            engine_);
+        const dnnl::matmul::primitive_desc value_pd(dnnl::matmul::desc(s, v, o), user_scratch,
+                                                    engine_);
+        e.scores_product = dnnl::matmul(scores_pd);
+        e.softmax = dnnl::softmax_forward(softmax_pd);
+        e.value_product = dnnl::matmul(value_pd);
+        e.scores_scratch = dnnl::memory(scores_pd.scratchpad_desc(), engine_);
+        e.softmax_scratch = dnnl::memory(softmax_pd.scratchpad_desc(), engine_);
+        e.value_scratch = dnnl::memory(value_pd.scratchpad_desc(), engine_);
       } catch (const dnnl::error& failure) {
         throw runtime_error(detail::concat("oneDNN could not create the attention primitives ",
                                            shape(samples, t, heads, hd), ": ", failure.what()));

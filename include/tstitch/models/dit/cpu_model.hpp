@@ -34,9 +34,12 @@ namespace tstitch::dit {
 /// per step. Build with OpenMP (-fopenmp) to use several cores: the GEMMs, the attention loop over
 /// (sample, head) and the row operations then run in parallel.
 ///
-/// Its output has the same bits at any thread count and wherever its buffers are allocated. It
-/// depends on the batch, though: the GEMM libraries block rows by the row count, so an image's
-/// output changes in the last bits with the batch it is in, unless `set_batch_invariant(true)`.
+/// Its output has the same bits wherever its buffers are allocated, and with Eigen at any thread
+/// count. oneDNN (the default) partitions a primitive by the thread count it was created at, so
+/// with it the same bits need the same thread count. Both block rows by the row count, so an
+/// image's output changes in the last bits with the batch it is in. `set_batch_invariant(true)`
+/// removes both dependences, with either library. (Bits are for one machine: the libraries pick
+/// kernels and blockings by the CPU's instruction set and caches.)
 ///
 /// One predict at a time per model (the workspaces are reused): callers on several threads of
 /// their own use one model each (loading an F32 file again maps the same pages).
@@ -49,9 +52,7 @@ public:
   /// `gemm` picks the library of the linear layers and attention; both give the same model to
   /// float32 rounding.
   explicit CpuModel(Weights weights, std::string name = "DiT", Gemm gemm = default_gemm())
-      : weights_(std::move(weights)), name_(std::move(name)) {
-    workspaces_.emplace_back(gemm);
-  }
+      : weights_(std::move(weights)), name_(std::move(name)), gemm_(require_available(gemm)) {}
 
   [[nodiscard]] Prediction prediction() const {
     return config().learn_sigma ? Prediction::epsilon_learned_sigma : Prediction::epsilon;
@@ -64,12 +65,13 @@ public:
   }
   [[nodiscard]] const Config& config() const { return weights_.config(); }
   [[nodiscard]] const Weights& weights() const { return weights_; }
-  [[nodiscard]] Gemm gemm() const { return workspaces_.front().linear.gemm(); }
+  [[nodiscard]] Gemm gemm() const { return gemm_; }
 
-  /// Whether each image's forward runs alone (one image's rows at a time), so that an image's
-  /// output has the same bits in any batch, at any position: for renderers that must reproduce an
-  /// image whatever else was generated with it. The images are shared among the OpenMP threads.
-  /// Off by default: it costs 1.0-1.4x the batched time on small models (benchmarks/README.md).
+  /// Whether each image's forward runs alone, single-threaded, the images shared among the OpenMP
+  /// threads, so that an image's output has the same bits in any batch, at any position and at any
+  /// thread count: for renderers that must reproduce an image whatever else was generated with
+  /// it. Off by default: it costs 1.0-1.4x the batched time on small models (benchmarks/README.md)
+  /// and uses one thread for a batch of one.
   void set_batch_invariant(bool invariant) { batch_invariant_ = invariant; }
   [[nodiscard]] bool batch_invariant() const { return batch_invariant_; }
 
@@ -77,7 +79,9 @@ public:
   /// with set_batch_invariant, one image's buffers per thread).
   [[nodiscard]] std::int64_t activation_bytes() const {
     std::int64_t bytes = 0;
-    for (const Workspace& w : workspaces_)
+    for (const Workspace& w : batched_)
+      bytes += w.bytes();
+    for (const Workspace& w : per_image_)
       bytes += w.bytes();
     return bytes;
   }
@@ -87,21 +91,24 @@ public:
   void predict(ConstView x, const StepContext& ctx, const condition_type& labels, View out) {
     check_forward(config(), x, out, labels, ctx.point.timestep, "DiT");
     const auto t = static_cast<float>(ctx.point.timestep);
-    if (!batch_invariant_ || x.batch() == 1) {
-      forward(workspaces_.front(), x, t, labels, out);
+    if (!batch_invariant_) {
+      if (batched_.empty())
+        batched_.emplace_back(gemm_);
+      forward(batched_.front(), x, t, labels, out);
       return;
     }
-    // One image per forward, the images shared among the OpenMP threads, each thread with its
-    // own workspace and its forward single-threaded (nested regions run on one thread): the same
-    // bits as a multi-threaded forward of the image alone, since the forward's bits do not depend
-    // on the thread count.
+    // One image per forward, each single-threaded (SingleThreadedScope: its OpenMP loops, Eigen
+    // and oneDNN all run on one thread, whatever the nesting settings) in a workspace of its
+    // thread's, never shared with batched forwards: oneDNN fixes a primitive's partitioning, and
+    // so its bits, by the thread count it was created at. An image's bits then depend on nothing
+    // but the image.
     const std::int64_t images = x.batch();
     int threads = 1;
 #ifdef _OPENMP
     threads = static_cast<int>(std::min<std::int64_t>(omp_get_max_threads(), images));
 #endif
-    while (static_cast<int>(workspaces_.size()) < threads)
-      workspaces_.emplace_back(gemm());
+    while (static_cast<int>(per_image_.size()) < threads)
+      per_image_.emplace_back(gemm_);
     std::exception_ptr failure;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -112,7 +119,8 @@ public:
       thread = omp_get_thread_num();
 #endif
       try {
-        forward(workspaces_[static_cast<std::size_t>(thread)], x.samples(n, 1), t,
+        const SingleThreadedScope serial;
+        forward(per_image_[static_cast<std::size_t>(thread)], x.samples(n, 1), t,
                 std::span(labels).subspan(static_cast<std::size_t>(n), 1), out.samples(n, 1));
       } catch (...) {
 #ifdef _OPENMP
@@ -128,7 +136,7 @@ public:
 private:
   /// What a forward computes in: the activation buffers (grown to the largest batch seen, then
   /// reused; aligned, so that the bits do not depend on the allocator, deterministic.hpp) and the
-  /// GEMM libraries' primitives and scratch. One per thread that runs forwards.
+  /// GEMM libraries' primitives and scratch.
   struct Workspace {
     explicit Workspace(Gemm gemm) : linear(gemm), attention(gemm) {}
     AlignedBuffer<float> tokens, h, qkv, attn, mlp, out, cond, silu, mod, patches, freq, temb;
@@ -315,7 +323,9 @@ private:
   Weights weights_;
   std::string name_;
   bool batch_invariant_ = false;
-  std::vector<Workspace> workspaces_; // [0] for batched forwards; more with set_batch_invariant
+  Gemm gemm_;
+  std::vector<Workspace> batched_;   // the batched forwards' (one, made at the first)
+  std::vector<Workspace> per_image_; // set_batch_invariant's, one per thread
 };
 
 } // namespace tstitch::dit

@@ -9,6 +9,10 @@
 
 #include <Eigen/Core>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 /// What keeps the CPU DiT's bits independent of where its data lie in memory.
 ///
 /// Eigen's vectorised loops start at the first packet-aligned element and treat the unaligned head
@@ -52,5 +56,29 @@ inline std::int64_t aligned_stride(std::int64_t n) {
   constexpr auto floats = static_cast<std::int64_t>(buffer_alignment / sizeof(float));
   return (n + floats - 1) / floats * floats;
 }
+
+/// Within its scope, parallel regions started by the calling thread run on one thread: OpenMP
+/// loops, and the libraries that size their teams from omp_get_max_threads() (Eigen's GEMM,
+/// oneDNN). Eigen's GEMM otherwise threads itself when called outside an active parallel region,
+/// with depth blocks sized for the team, which changes the bits with the thread count.
+class SingleThreadedScope {
+public:
+  SingleThreadedScope() {
+#ifdef _OPENMP
+    previous_ = omp_get_max_threads();
+    omp_set_num_threads(1);
+#endif
+  }
+  ~SingleThreadedScope() {
+#ifdef _OPENMP
+    omp_set_num_threads(previous_);
+#endif
+  }
+  SingleThreadedScope(const SingleThreadedScope&) = delete;
+  SingleThreadedScope& operator=(const SingleThreadedScope&) = delete;
+
+private:
+  [[maybe_unused]] int previous_ = 1;
+};
 
 } // namespace tstitch::dit

@@ -15,6 +15,7 @@
 #endif
 
 #include "tstitch/core/error.hpp"
+#include "tstitch/models/dit/deterministic.hpp"
 #include "tstitch/models/dit/gemm.hpp"
 #include "tstitch/models/dit/weights.hpp"
 
@@ -124,6 +125,7 @@ private:
 #endif
     for (std::int64_t index = 0; index < tiles; ++index) {
       const std::int64_t first = index * tile, count = std::min(tile, weight.rows - first);
+      const SingleThreadedScope serial; // Eigen must not thread (and so block) a tile itself
       auto slice = result.middleCols(first, count);
       slice.noalias() = in * w.middleRows(first, count).transpose();
       slice.rowwise() += b.segment(first, count);
