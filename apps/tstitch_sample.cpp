@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // tstitch-sample: samples class-conditional DiT checkpoints (safetensors, tstitch-dit format) with
-// trajectory stitching on the CPU and writes a PNG grid and/or a .npy array.
+// trajectory stitching on the CPU, or on an NVIDIA GPU (--device cuda, in builds with CUDA), and
+// writes a PNG grid and/or a .npy array.
 //
 //   tstitch-sample models/fashion_dit_s.safetensors models/fashion_dit_l.safetensors
 //       --fraction 0.4 --steps 50 --guidance 2 --count 20 --png out.png
+//
+// Image i starts from the same Philox noise (seed, i) on either device and in any batch.
 //
 // Every error (bad argument, unreadable or mismatched model, unwritable output) ends the program
 // with exit code 1 and a message naming the argument or file and the offending value.
@@ -15,6 +18,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include <unistd.h>
@@ -26,6 +30,11 @@
 #include "tstitch/io/npy.hpp"
 #include "tstitch/models/dit/cpu_model.hpp"
 #include "tstitch/tstitch.hpp"
+
+#ifdef TSTITCH_SAMPLE_CUDA // tstitch::cuda_dit linked: plain C++ headers, the kernels are compiled
+#include "tstitch/cuda/dit.hpp"
+#include "tstitch/cuda/sampling.hpp"
+#endif
 
 using namespace tstitch;
 
@@ -57,8 +66,28 @@ struct Options {
   int columns = 0;
   bool quiet = false;
   bool batch_invariant = false;
+  std::string device = "cpu";
   std::vector<std::string> names;
 };
+
+/// The solvers the command line offers, on either device.
+using SolverChoice = std::variant<DDIM, DDPM, Euler, Heun, DPMSolverMultistep, UniPC>;
+
+SolverChoice parse_solver(const std::string& name) {
+  if (name == "ddim")
+    return DDIM{};
+  if (name == "ddpm")
+    return DDPM{};
+  if (name == "euler")
+    return Euler{};
+  if (name == "heun")
+    return Heun{};
+  if (name == "dpm++2m")
+    return DPMSolverMultistep{};
+  if (name == "unipc")
+    return UniPC{};
+  bad("--solver = '", name, "': must be one of ddim, ddpm, euler, heun, dpm++2m, unipc");
+}
 
 /// Any number of DiTs, each serving the steps the rule gives it; one instantiation of the sampling
 /// loop per solver, whatever the number of models.
@@ -88,11 +117,11 @@ std::vector<int> parse_labels(const std::string& text, int num_classes) {
   return labels;
 }
 
-dit::CpuModel load_model(const std::string& path, std::size_t index) {
+dit::Weights load_weights(const std::string& path, std::size_t index) {
   if (!std::filesystem::exists(path))
     bad("model ", index + 1, " '", path, "': no such file");
   try {
-    return dit::CpuModel(dit::Weights::load(path), std::filesystem::path(path).stem().string());
+    return dit::Weights::load(path);
   } catch (const std::exception& e) {
     throw tstitch::runtime_error(
         detail::concat("model ", index + 1, " '", path, "' is not a readable DiT: ", e.what()));
@@ -107,11 +136,12 @@ void check_output_path(const std::string& option, const std::string& path) {
     bad(option, " = '", path, "': directory '", parent.string(), "' does not exist");
 }
 
-template <class SolverT>
-void sample_all(ModelStitcher& stitcher, SolverT solver, const Options& o,
-                const std::vector<int>& labels, Tensor& x) {
-  const DiscreteSchedule schedule;
-  const std::vector<int> counts = stitcher.steps_per_model(schedule.trajectory(o.steps));
+/// The batch loop of both devices: each batch's x_T (Philox noise of its images), its options and
+/// the progress line; sample_batch(part, labels, options) samples `part` (host memory) in place.
+template <class Stitcher, class SampleBatch>
+void sample_batches(const Options& o, const Stitcher& stitcher, const std::vector<int>& labels,
+                    Tensor& x, SampleBatch&& sample_batch) {
+  const std::vector<int> counts = stitcher.steps_per_model(DiscreteSchedule().trajectory(o.steps));
   std::string per_model, names;
   for (std::size_t k = 0; k < counts.size(); ++k) {
     per_model += (k ? ", " : "") + std::to_string(counts[k]);
@@ -125,15 +155,11 @@ void sample_all(ModelStitcher& stitcher, SolverT solver, const Options& o,
   const int batches = (o.count - 1) / batch + 1;
   const auto started = std::chrono::steady_clock::now();
   long long done_steps = 0;
-  Sampler<> sampler;
   for (int b = 0; b < batches; ++b) {
     const int first = b * batch, size = std::min(batch, o.count - first);
     const View part = View(x.view()).samples(first, size);
     fill_initial_noise(part, o.seed, static_cast<std::uint32_t>(first));
     const std::vector<int> cond(labels.begin() + first, labels.begin() + first + size);
-    const bool guided = o.guidance != 1.0;
-    const std::vector<int> uncond =
-        guided ? stitcher.unconditional(cond).value() : std::vector<int>{}; // DiT's null class
     SampleOptions options;
     options.steps = o.steps;
     options.seed = o.seed;
@@ -154,7 +180,7 @@ void sample_all(ModelStitcher& stitcher, SolverT solver, const Options& o,
                    stitcher.model_name(r.model).c_str(), tty ? "   " : "\n");
       return true;
     };
-    sampler.run(stitcher, schedule, solver, part, cond, guided ? &uncond : nullptr, options);
+    sample_batch(part, cond, options);
   }
   if (tty && !o.quiet)
     std::fprintf(stderr, "\n");
@@ -162,6 +188,64 @@ void sample_all(ModelStitcher& stitcher, SolverT solver, const Options& o,
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   std::fprintf(stderr, "sampled %d images in %.2f s\n", o.count, seconds);
 }
+
+void sample_on_cpu(const Options& o, const AnyPolicy& rule, const SolverChoice& solver,
+                   std::vector<dit::Weights> weights, const std::vector<std::string>& names,
+                   const std::vector<int>& labels, Tensor& x) {
+  std::vector<dit::CpuModel> models;
+  models.reserve(weights.size());
+  for (std::size_t k = 0; k < weights.size(); ++k) {
+    models.emplace_back(std::move(weights[k]), names[k]);
+    models.back().set_batch_invariant(o.batch_invariant);
+  }
+  ModelStitcher stitcher(rule,
+                         std::vector<DenoiserRef<std::vector<int>>>(models.begin(), models.end()));
+  Sampler<> sampler;
+  std::visit(
+      [&](auto chosen) {
+        sample_batches(o, stitcher, labels, x,
+                       [&](View part, const std::vector<int>& cond, const SampleOptions& options) {
+                         const std::optional<std::vector<int>> uncond =
+                             o.guidance != 1.0 ? stitcher.unconditional(cond) // DiT's null class
+                                               : std::nullopt;
+                         sampler.run(stitcher, DiscreteSchedule{}, chosen, part, cond,
+                                     uncond ? &*uncond : nullptr, options);
+                       });
+      },
+      solver);
+}
+
+#ifdef TSTITCH_SAMPLE_CUDA
+/// The same sampling with the latents on the GPU: each batch's x_T is made on the host (the same
+/// noise as on the CPU), uploaded, sampled by cuda::DeviceSampler and downloaded. Weights are
+/// uploaded once (bf16); the host copies are dropped.
+void sample_on_cuda(const Options& o, const AnyPolicy& rule, const SolverChoice& solver,
+                    std::vector<dit::Weights> weights, const std::vector<std::string>& names,
+                    const std::vector<int>& labels, Tensor& x) {
+  const cuda::DeviceInfo device = cuda::device_info();
+  std::fprintf(stderr, "device: %s (compute capability %d.%d)\n", device.name.c_str(),
+               device.compute_major, device.compute_minor);
+  std::vector<cuda::DitModel> models;
+  models.reserve(weights.size());
+  for (std::size_t k = 0; k < weights.size(); ++k)
+    models.emplace_back(weights[k], names[k]);
+  weights.clear(); // on the device now
+  cuda::DeviceStitcher stitcher(rule,
+                                std::vector<cuda::DeviceDenoiserRef>(models.begin(), models.end()));
+  const cuda::DeviceSolver device_solver =
+      std::visit([](auto chosen) -> cuda::DeviceSolver { return chosen; }, solver);
+  cuda::DeviceSampler sampler;
+  cuda::DeviceTensor latents(std::min(o.batch, o.count), x.shape());
+  sample_batches(o, stitcher, labels, x,
+                 [&](View part, const std::vector<int>& cond, const SampleOptions& options) {
+                   const View on_device = latents.view().samples(0, part.batch());
+                   cuda::upload(on_device, part);
+                   sampler.run(stitcher, DiscreteSchedule{}, device_solver, on_device, cond,
+                               options);
+                   cuda::download(part, on_device);
+                 });
+}
+#endif
 
 int run(const Options& o) {
   // --- arguments that need no model ---------------------------------------------------------
@@ -209,22 +293,32 @@ int run(const Options& o) {
   } catch (const tstitch::invalid_argument& e) {
     bad(o.fractions.empty() ? "--fraction" : "--fractions", ": ", e.what());
   }
-  const std::vector<std::string> solvers{"ddim", "ddpm", "euler", "heun", "dpm++2m", "unipc"};
-  if (std::find(solvers.begin(), solvers.end(), o.solver) == solvers.end())
-    bad("--solver = '", o.solver, "': must be one of ddim, ddpm, euler, heun, dpm++2m, unipc");
+  const SolverChoice solver = parse_solver(o.solver);
+  if (o.device != "cpu" && o.device != "cuda")
+    bad("--device = '", o.device, "': must be cpu or cuda");
+  if (o.device == "cuda" && o.batch_invariant)
+    bad("--batch-invariant: the CUDA DiT is not batch-invariant (its GEMM algorithms depend on "
+        "the batch); use --device cpu");
   check_output_path("--png", o.png);
   check_output_path("--npy", o.npy);
+  if (o.device == "cuda") {
+#ifdef TSTITCH_SAMPLE_CUDA
+    if (!cuda::device_available())
+      throw tstitch::runtime_error("--device = cuda: no CUDA device available");
+#else
+    throw tstitch::runtime_error("--device = cuda: this tstitch-sample was built without CUDA "
+                                 "(configure with -DTSTITCH_ENABLE_CUDA=ON and nvcc)");
+#endif
+  }
 
   // --- models ---------------------------------------------------------------------------------
-  std::vector<dit::CpuModel> models;
-  models.reserve(k);
-  for (std::size_t i = 0; i < k; ++i) {
-    models.push_back(load_model(o.models[i], i));
-    models.back().set_batch_invariant(o.batch_invariant);
-  }
-  const dit::Config& first = models[0].config();
+  std::vector<dit::Weights> weights;
+  weights.reserve(k);
+  for (std::size_t i = 0; i < k; ++i)
+    weights.push_back(load_weights(o.models[i], i));
+  const dit::Config first = weights[0].config();
   for (std::size_t i = 1; i < k; ++i) {
-    const dit::Config& c = models[i].config();
+    const dit::Config& c = weights[i].config();
     if (c.latent_shape() != first.latent_shape())
       bad("models disagree on latent shape: '", o.models[0], "' has ", first.latent_shape(), ", '",
           o.models[i], "' has ", c.latent_shape());
@@ -245,23 +339,17 @@ int run(const Options& o) {
     labels.push_back(cycle.empty() ? i % classes
                                    : cycle[static_cast<std::size_t>(i) % cycle.size()]);
 
-  ModelStitcher stitcher(*rule,
-                         std::vector<DenoiserRef<std::vector<int>>>(models.begin(), models.end()));
-  if (!o.names.empty())
-    stitcher.set_names(o.names); // else each model's own name, its file's stem
+  // Each model's display name: --names, else its file's stem.
+  std::vector<std::string> names = o.names;
+  for (std::size_t i = names.size(); i < k; ++i)
+    names.push_back(std::filesystem::path(o.models[i]).stem().string());
   Tensor x(o.count, shape);
-  if (o.solver == "ddim")
-    sample_all(stitcher, DDIM{}, o, labels, x);
-  else if (o.solver == "ddpm")
-    sample_all(stitcher, DDPM{}, o, labels, x);
-  else if (o.solver == "euler")
-    sample_all(stitcher, Euler{}, o, labels, x);
-  else if (o.solver == "heun")
-    sample_all(stitcher, Heun{}, o, labels, x);
-  else if (o.solver == "dpm++2m")
-    sample_all(stitcher, DPMSolverMultistep{}, o, labels, x);
+#ifdef TSTITCH_SAMPLE_CUDA
+  if (o.device == "cuda")
+    sample_on_cuda(o, *rule, solver, std::move(weights), names, labels, x);
   else
-    sample_all(stitcher, UniPC{}, o, labels, x);
+#endif
+    sample_on_cpu(o, *rule, solver, std::move(weights), names, labels, x);
 
   std::string wrote = detail::concat("wrote ", o.count, " samples");
   if (!o.png.empty()) {
@@ -284,8 +372,8 @@ int run(const Options& o) {
 int main(int argc, char** argv) {
   Options o;
   CLI::App app{"tstitch-sample: sample class-conditional DiTs (tstitch-dit safetensors) with "
-               "trajectory stitching on the CPU. The first model serves the first, noisiest "
-               "steps."};
+               "trajectory stitching on the CPU or a CUDA GPU. The first model serves the "
+               "first, noisiest steps."};
   app.add_option("models", o.models, "model files, small first (2 or more)")
       ->check(CLI::ExistingFile);
   auto* fraction = app.add_option("--fraction", o.fraction,
@@ -317,7 +405,11 @@ int main(int argc, char** argv) {
       ->delimiter(',');
   app.add_flag("--quiet,-q", o.quiet, "no progress bar");
   app.add_flag("--batch-invariant", o.batch_invariant,
-               "each image the same bits whatever --batch (one image per forward; slower)");
+               "each image the same bits whatever --batch (one image per forward; slower; CPU "
+               "only)");
+  app.add_option("--device", o.device,
+                 "cpu, or cuda: the models on the GPU (bf16 weights; a build with CUDA)")
+      ->capture_default_str();
 
   try {
     app.parse(argc, argv);

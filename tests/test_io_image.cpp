@@ -9,10 +9,13 @@
 #define STB_IMAGE_IMPLEMENTATION
 #include <stb/stb_image.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <iterator>
+#include <limits>
 #include <span>
 #include <string>
 #include <vector>
@@ -205,7 +208,131 @@ TEST_CASE("write_npy writes the header then the little-endian floats", "[npy]") 
   const std::vector<float> three{1, 2, 3};
   const std::vector<std::int64_t> four{4};
   CHECK_THROWS_WITH(io::write_npy(path, three, four), Catch::Contains("npy value count = 3"));
-  CHECK_THROWS_WITH(io::write_npy(temp_path("no_such_dir") / "a.npy", three,
-                                  std::vector<std::int64_t>{3}),
-                    Catch::Contains("no_such_dir"));
+  CHECK_THROWS_WITH(
+      io::write_npy(temp_path("no_such_dir") / "a.npy", three, std::vector<std::int64_t>{3}),
+      Catch::Contains("no_such_dir"));
+}
+
+namespace {
+
+void write_bytes(const std::filesystem::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+/// A .npy file of the given version and dictionary (no padding) followed by `data`.
+std::string npy_bytes(int major, const std::string& dict, const std::string& data) {
+  std::string bytes = std::string("\x93NUMPY", 6) + static_cast<char>(major) + '\0';
+  const std::size_t n = dict.size();
+  bytes += static_cast<char>(n & 0xFF);
+  bytes += static_cast<char>((n >> 8) & 0xFF);
+  if (major > 1)
+    bytes += std::string(2, '\0');
+  return bytes + dict + data;
+}
+
+std::string float_bytes(std::initializer_list<float> values) {
+  std::string bytes;
+  for (const float v : values) {
+    char b[4];
+    std::memcpy(b, &v, 4);
+    bytes.append(b, 4);
+  }
+  return bytes;
+}
+
+} // namespace
+
+TEST_CASE("read_npy reads back what write_npy writes, bit for bit", "[npy]") {
+  Tensor batch(3, Shape{2, 1, 3});
+  for (std::int64_t i = 0; i < batch.numel(); ++i)
+    batch[i] = std::ldexp(static_cast<float>(i) - 7.3f, static_cast<int>(i % 5) - 2);
+  batch[4] = -0.0f;
+  batch[5] = std::numeric_limits<float>::denorm_min();
+  const auto path = temp_path("roundtrip.npy");
+  io::write_npy(path, batch);
+  const Tensor back = io::read_npy_batch(path);
+  CHECK(back.batch() == 3);
+  CHECK(back.shape() == Shape{2, 1, 3});
+  CHECK(std::memcmp(back.data(), batch.data(), sizeof(float) * 18) == 0);
+
+  // Any rank: one dimension "(5,)", a scalar "()", an empty array.
+  const std::vector<float> five{1, 2, 3, 4, 5}, one{9};
+  io::write_npy(path, five, std::vector<std::int64_t>{5});
+  io::NpyArray a = io::read_npy(path);
+  CHECK(a.shape == std::vector<std::int64_t>{5});
+  CHECK(a.values == five);
+  io::write_npy(path, one, std::vector<std::int64_t>{});
+  a = io::read_npy(path);
+  CHECK(a.shape.empty());
+  CHECK(a.values == one);
+  io::write_npy(path, std::span<const float>{}, std::vector<std::int64_t>{4, 0});
+  a = io::read_npy(path);
+  CHECK(a.shape == std::vector<std::int64_t>{4, 0});
+  CHECK(a.values.empty());
+}
+
+TEST_CASE("read_npy reads format 2.0 and other key orders", "[npy]") {
+  const auto path = temp_path("v2.npy");
+  write_bytes(path, npy_bytes(2, "{'shape': (1, 2), 'fortran_order': False, 'descr': '<f4'}\n",
+                              float_bytes({1.5f, -2.0f})));
+  const io::NpyArray a = io::read_npy(path);
+  CHECK(a.shape == std::vector<std::int64_t>{1, 2});
+  CHECK(a.values == std::vector<float>{1.5f, -2.0f});
+}
+
+TEST_CASE("read_npy names the file and what is wrong with it", "[npy][errors]") {
+  const auto path = temp_path("bad.npy");
+  const std::string good = "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }\n";
+  const std::string two = float_bytes({1.0f, 2.0f});
+  auto fails_with = [&](const std::string& bytes, const std::string& message) {
+    write_bytes(path, bytes);
+    CHECK_THROWS_AS(io::read_npy(path), tstitch::runtime_error);
+    CHECK_THROWS_WITH(io::read_npy(path), Catch::Contains("bad.npy") && Catch::Contains(message));
+  };
+  write_bytes(path, npy_bytes(1, good, two));
+  CHECK(io::read_npy(path).values == std::vector<float>{1.0f, 2.0f});
+
+  CHECK_THROWS_WITH(io::read_npy(temp_path("no_such_file.npy")),
+                    Catch::Contains("no_such_file.npy") && Catch::Contains("cannot open"));
+  fails_with("PK\x03\x04 a zip file", "not a .npy file");
+  fails_with(std::string("\x93NUMPY", 6), "not a .npy file");
+  fails_with(npy_bytes(4, good, two), "unsupported .npy version 4.0");
+  fails_with(npy_bytes(1, good, two).substr(0, 9), "truncated in the header length");
+  fails_with(npy_bytes(1, good, two).substr(0, 30), "truncated in the header (58 bytes");
+  fails_with(npy_bytes(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }\n", two),
+             "dtype '<f8' is not read");
+  fails_with(npy_bytes(1, "{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }\n", two),
+             "dtype '>f4' is not read");
+  fails_with(npy_bytes(1, "{'descr': '<f4', 'fortran_order': True, 'shape': (2,), }\n", two),
+             "fortran_order True is not read");
+  fails_with(npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, }\n", two),
+             "no 'shape': entry");
+  fails_with(npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, x), }\n", two),
+             "shape (2, x): 'x' is not an extent");
+  fails_with(npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (-2,), }\n", two),
+             "'-2' is not an extent");
+  fails_with(npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2,,), }\n", two),
+             "'' is not an extent");
+  fails_with(npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': 2, }\n", two),
+             "shape 2 is not a tuple");
+  fails_with(npy_bytes(1,
+                       "{'descr': '<f4', 'fortran_order': False, "
+                       "'shape': (4611686018427387904, 4), }\n",
+                       two),
+             "more elements than int64 can count");
+  fails_with(npy_bytes(1, good, two.substr(0, 7)),
+             "shape [2] needs 2 float32 values but the file holds 7 bytes of data (truncated)");
+  fails_with(npy_bytes(1, good, two + "x"), "holds 9 bytes of data (bytes after the data)");
+  // 2^61 values: 2^63 bytes, which must not wrap around to the 8 bytes there are.
+  fails_with(npy_bytes(1,
+                       "{'descr': '<f4', 'fortran_order': False, "
+                       "'shape': (2305843009213693952,), }\n",
+                       two),
+             "(truncated)");
+
+  write_bytes(path, npy_bytes(1, good, two));
+  CHECK_THROWS_AS(io::read_npy_batch(path), tstitch::runtime_error);
+  CHECK_THROWS_WITH(io::read_npy_batch(path),
+                    Catch::Contains("bad.npy") && Catch::Contains("shape [2] is not a batch"));
 }

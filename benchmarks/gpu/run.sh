@@ -5,8 +5,12 @@
 #
 #   benchmarks/gpu/run.sh [stage...]     # default: all stages, in this order
 #     build      configure build/gpu (Release, sm_90 on Hopper, else native) and build
-#                tstitch_cuda_tests, bench_dit_cuda, bench_attention
-#     tests      the CUDA tests (the Catch2 binary once; TESTS_VIA_CTEST=1: ctest -L cuda)
+#                tstitch_cuda_tests, bench_dit_cuda, bench_attention (and tstitch-sample,
+#                tstitch_npy_close where configured)
+#     tests      the CUDA tests (the Catch2 binary once; TESTS_VIA_CTEST=1: ctest -L cuda) and
+#                tstitch-sample --device cuda against --device cpu (ctest -R cli_cuda)
+#     sample     the trained Fashion-MNIST pair through tstitch-sample on the GPU (times) and
+#                against the CPU
 #     sanitize   compute-sanitizer memcheck and racecheck on a fast subset of the CUDA tests
 #     attention  bench_attention (hand-written and cuDNN attention)
 #     bench      bench_dit_cuda (GEMM peak, DiT forward, switch cost, stitched sampling)
@@ -50,7 +54,7 @@ if command -v nvcc >/dev/null 2>&1; then
   export CUDACXX="${CUDACXX:-$(command -v nvcc)}"
 fi
 
-ALL_STAGES=(build tests sanitize attention bench torch)
+ALL_STAGES=(build tests sample sanitize attention bench torch)
 if [[ $# -eq 0 || "$*" == "all" ]]; then
   STAGES=("${ALL_STAGES[@]}")
 else
@@ -122,7 +126,7 @@ stage_build() {
   fi
   timeout -k 5 "$STAGE_LIMIT" cmake -S "$ROOT" -B "$BUILD" "${gen[@]}" "${prefix[@]}" \
     -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$arch" -DTSTITCH_ENABLE_CUDA=ON \
-    -DTSTITCH_BUILD_TESTS=ON -DTSTITCH_BUILD_BENCHMARKS=OFF -DTSTITCH_BUILD_EXAMPLES=OFF \
+    -DTSTITCH_BUILD_TESTS=ON -DTSTITCH_BUILD_BENCHMARKS=OFF -DTSTITCH_BUILD_EXAMPLES=ON \
     -DTSTITCH_WARNINGS_AS_ERRORS=OFF >"$BUILD/logs/configure.log" 2>&1
   local rc=$?
   grep -E '^-- tstitch|Error|error' "$BUILD/logs/configure.log" | head -n 30
@@ -134,6 +138,12 @@ stage_build() {
   local targets=(bench_dit_cuda)
   [[ -d "$ROOT/tests/cuda" ]] && targets=(tstitch_cuda_tests "${targets[@]}")
   [[ -f "$ROOT/benchmarks/gpu/bench_attention.cpp" ]] && targets+=(bench_attention)
+  # The command-line sampler and its GPU-against-CPU test tool, where CMake configured them
+  # (they need CLI11 and stb, which .deps/ carries).
+  local t
+  for t in tstitch-sample tstitch_npy_close; do
+    [[ -d "$BUILD/apps/CMakeFiles/$t.dir" ]] && targets+=("$t")
+  done
   echo "building ${targets[*]} with $(nproc) jobs"
   # Keep going past a failing target: the others may still run.
   local left=$((STAGE_LIMIT - (SECONDS - t0)))
@@ -176,8 +186,18 @@ stage_tests() {
     # Per-test durations are long; keep failures and the totals.
     grep -vE '^[0-9.]+ s: ' "$BUILD/logs/tests.log" | tail -n 60
     grep -E '^[0-9.]+ s: ' "$BUILD/logs/tests.log" | sort -rn | head -n 5 | sed 's/^/slowest: /'
+    # tstitch-sample --device cuda against --device cpu (ctest scripts, label cli + cuda).
+    if [[ -n "$(binary tstitch-sample)" && -n "$(binary tstitch_npy_close)" ]]; then
+      local r
+      (cd "$BUILD" && timeout -k 5 120 ctest -L cli -R '^cli_cuda' -V) >"$BUILD/logs/tests_cli.log" 2>&1
+      r=$?
+      grep -E 'cuda against cpu|Test +#|tests passed|sampled|Skipped|Failed' "$BUILD/logs/tests_cli.log"
+      cat "$BUILD/logs/tests_cli.log" >>"$BUILD/logs/tests.log"
+      ((rc == 0)) && rc=$r
+    fi
   fi
-  note "$(grep -E '^(All tests passed|test cases:|[0-9]+% tests passed)' "$BUILD/logs/tests.log" 2>/dev/null | tail -n 1)"
+  note "$(grep -E '^(All tests passed|test cases:)' "$BUILD/logs/tests.log" 2>/dev/null | tail -n 1)$(
+    grep -E '[0-9]+% tests passed' "$BUILD/logs/tests_cli.log" 2>/dev/null | sed 's/^/; cli: /')"
   [[ -f "$BUILD/logs/tests.log" ]] && cp "$BUILD/logs/tests.log" "$OUT/tests.log"
   return "$rc"
 }
@@ -225,6 +245,36 @@ stage_sanitize() {
     IFS=';'
     echo "${summary[*]}"
   )"
+  return "$rc"
+}
+
+# The trained Fashion-MNIST pair through tstitch-sample: --device cuda at small fractions 0, 0.4
+# and 1 (wall time of the whole command, first-call costs and model loading included), and the
+# 0.4 run against --device cpu on the same seeds (relative L2 of the 50 samples).
+stage_sample() {
+  CURRENT_STAGE=sample
+  local cli close
+  cli="$(binary tstitch-sample)"
+  close="$(binary tstitch_npy_close)"
+  [[ -z "$cli" || -z "$close" ]] && { echo "tstitch-sample not built"; note "not built"; return 1; }
+  local dir="$BUILD/logs/sample" r rc=0 t0 line
+  mkdir -p "$dir"
+  local pair=("$ROOT/models/fashion_dit_s.safetensors" "$ROOT/models/fashion_dit_l.safetensors")
+  local common=(--steps 50 --guidance 1.25 --count 50 --batch 50 --seed 1 --quiet)
+  for r in 0 0.4 1; do
+    t0=$(date +%s%N)
+    line="$(timeout -k 5 60 "$cli" "${pair[@]}" --fraction "$r" "${common[@]}" --device cuda \
+      --npy "$dir/cuda_$r.npy" 2>&1)" || rc=1
+    echo "cuda, small fraction $r: $(grep -E 'sampled|error' <<<"$line" | tr '\n' ' ')(command $((($(date +%s%N) - t0) / 1000000)) ms)"
+  done
+  grep -E '^device:' <<<"$line"
+  t0=$(date +%s%N)
+  line="$(timeout -k 5 120 "$cli" "${pair[@]}" --fraction 0.4 "${common[@]}" --device cpu \
+    --npy "$dir/cpu_0.4.npy" 2>&1)" || rc=1
+  echo "cpu ($(nproc) cores), small fraction 0.4: $(grep -E 'sampled|error' <<<"$line" | tr '\n' ' ')(command $((($(date +%s%N) - t0) / 1000000)) ms)"
+  line="$("$close" "$dir/cpu_0.4.npy" "$dir/cuda_0.4.npy" 5e-2 2>&1)" || rc=1
+  echo "cuda against cpu at 0.4: $line"
+  note "cuda against cpu: $line"
   return "$rc"
 }
 
@@ -452,6 +502,7 @@ for s in "${STAGES[@]}"; do
   case "$s" in
   build) run_stage build 300 ;;
   tests) run_stage tests 150 ;;
+  sample) run_stage sample 200 ;;
   sanitize) run_stage sanitize 130 ;;
   attention) run_stage attention 90 ;;
   bench) run_stage bench 200 ;;
