@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 # ctest script: runs tstitch-sample with ARGS (|-separated) on the GPU (--device cuda) and on the
-# CPU, and requires the two .npy outputs to agree within relative L2 2e-2 (tstitch_npy_close):
+# CPU, and requires the two .npy outputs to agree within relative L2 1e-2 (tstitch_npy_close):
 # the same Philox noise and stitching, bf16 weights and GEMM inputs on the GPU. Prints SKIPPED
 # (ctest: Skipped) where there is no CUDA device or the CLI was built without CUDA.
 #   cmake -DCLI=... -DCLOSE=... -DWORK=dir -DARGS='a|b|c' -P cli_cuda_check.cmake
@@ -22,7 +22,7 @@ if(NOT rc EQUAL 0)
   message(FATAL_ERROR "tstitch-sample --device cpu failed (exit ${rc}):\n${out}${err}")
 endif()
 message("--device cpu:\n${err}${out}")
-execute_process(COMMAND "${CLOSE}" "${WORK}/cpu.npy" "${WORK}/cuda.npy" 2e-2
+execute_process(COMMAND "${CLOSE}" "${WORK}/cpu.npy" "${WORK}/cuda.npy" 1e-2
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 message("cuda against cpu: ${out}${err}")
 if(NOT rc EQUAL 0)
