@@ -6,8 +6,10 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <vector>
 
 #ifdef _OPENMP
@@ -17,6 +19,7 @@
 #include "support/dit_fixtures.hpp"
 #include "support/tensor_checks.hpp"
 #include "tstitch/models/dit/cpu_model.hpp"
+#include "tstitch/models/dit/parallel.hpp"
 #include "tstitch/sample.hpp"
 #include "tstitch/schedule/discrete.hpp"
 #include "tstitch/solver/ddpm.hpp"
@@ -207,4 +210,39 @@ TEST_CASE("Stitched sampling with batch-invariant DiTs reproduces an image from 
   CHECK(HostBackend{}.find_nonfinite(batch) == -1);
   const Tensor third = run(1, 2, {4});
   CHECK(bit_identical(third, testing::copy_samples(batch, 2, 1)));
+}
+
+TEST_CASE("parallel_for rethrows a body's exception on the calling thread", "[dit][parallel]") {
+  // An exception leaving an OpenMP region would terminate the program (std::bad_alloc from
+  // Eigen's packing buffers, inside the DiT's loops); parallel_for carries it out instead.
+  const ThreadCountGuard guard;
+  for (const int threads : {1, 2, 5}) {
+    set_threads(threads);
+    for (const int team : {0, 1, 3}) {
+      CAPTURE(threads, team);
+      std::atomic<int> ran{0};
+      auto throw_at_37 = [&](std::int64_t i) {
+        ++ran;
+        if (i == 37)
+          throw tstitch::runtime_error("body 37 failed");
+      };
+      CHECK_THROWS_AS(dit::parallel_for(100, throw_at_37, team), tstitch::runtime_error);
+      CHECK(ran == 100); // every other body still ran
+      ran = 0;
+      CHECK_THROWS_WITH(dit::parallel_for(100, throw_at_37, team), "body 37 failed");
+      // The exception's type survives (std::bad_alloc is what the DiT's loops can meet).
+      auto throw_bad_alloc = [](std::int64_t i) {
+        if (i % 16 == 3)
+          throw std::bad_alloc();
+      };
+      CHECK_THROWS_AS(dit::parallel_for(64, throw_bad_alloc, team), std::bad_alloc);
+      // Without an exception every index runs exactly once.
+      std::vector<int> seen(50, 0);
+      dit::parallel_for(
+          50, [&](std::int64_t i) { ++seen[static_cast<std::size_t>(i)]; }, team);
+      CHECK(std::ranges::count(seen, 1) == 50);
+      dit::parallel_for(
+          0, [](std::int64_t) { FAIL("no index in an empty range"); }, team);
+    }
+  }
 }

@@ -18,6 +18,7 @@
 #include "tstitch/core/error.hpp"
 #include "tstitch/models/dit/deterministic.hpp"
 #include "tstitch/models/dit/gemm.hpp"
+#include "tstitch/models/dit/parallel.hpp"
 
 namespace tstitch::dit {
 
@@ -72,10 +73,7 @@ private:
     const std::int64_t per_thread = aligned_stride(t * t);
     if (static_cast<std::int64_t>(scores_.size()) < threads * per_thread)
       scores_.resize(static_cast<std::size_t>(threads * per_thread));
-#ifdef _OPENMP
-#pragma omp parallel for
-#endif
-    for (std::int64_t job = 0; job < samples * heads; ++job) {
+    parallel_for(samples * heads, [&](std::int64_t job) {
       int thread = 0;
 #ifdef _OPENMP
       thread = omp_get_thread_num();
@@ -96,7 +94,7 @@ private:
       }
       StridedOut o(out + sample * t * d + head * hd, t, hd, Eigen::OuterStride<>(d));
       o.noalias() = scores * v;
-    }
+    });
   }
 
 #ifdef TSTITCH_HAS_ONEDNN

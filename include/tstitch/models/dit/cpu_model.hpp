@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <exception>
 #include <span>
 #include <string>
 #include <vector>
@@ -20,6 +19,7 @@
 #include "tstitch/models/dit/attention.hpp"
 #include "tstitch/models/dit/deterministic.hpp"
 #include "tstitch/models/dit/linear.hpp"
+#include "tstitch/models/dit/parallel.hpp"
 #include "tstitch/models/dit/weights.hpp"
 
 namespace tstitch::dit {
@@ -109,28 +109,18 @@ public:
 #endif
     while (static_cast<int>(per_image_.size()) < threads)
       per_image_.emplace_back(gemm_);
-    std::exception_ptr failure;
+    parallel_for(
+        images,
+        [&](std::int64_t n) {
+          int thread = 0;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(threads)
+          thread = omp_get_thread_num();
 #endif
-    for (std::int64_t n = 0; n < images; ++n) {
-      int thread = 0;
-#ifdef _OPENMP
-      thread = omp_get_thread_num();
-#endif
-      try {
-        const SingleThreadedScope serial;
-        forward(per_image_[static_cast<std::size_t>(thread)], x.samples(n, 1), t,
-                std::span(labels).subspan(static_cast<std::size_t>(n), 1), out.samples(n, 1));
-      } catch (...) {
-#ifdef _OPENMP
-#pragma omp critical(tstitch_dit_failure)
-#endif
-        failure = std::current_exception();
-      }
-    }
-    if (failure)
-      std::rethrow_exception(failure);
+          const SingleThreadedScope serial;
+          forward(per_image_[static_cast<std::size_t>(thread)], x.samples(n, 1), t,
+                  std::span(labels).subspan(static_cast<std::size_t>(n), 1), out.samples(n, 1));
+        },
+        threads);
   }
 
 private:
@@ -253,10 +243,7 @@ private:
                       std::int64_t mod_stride) const {
     const Config& c = config();
     const std::int64_t t = c.tokens(), d = c.hidden_size;
-#ifdef _OPENMP
-#pragma omp parallel for
-#endif
-    for (std::int64_t row = 0; row < n * t; ++row) {
+    parallel_for(n * t, [&](std::int64_t row) {
       // float32 with Eigen's vectorised (multi-accumulator) sums, as PyTorch's LayerNorm; two
       // passes, so the variance is of centred values.
       using Row = Eigen::Array<float, 1, Eigen::Dynamic>;
@@ -268,7 +255,7 @@ private:
       const float inv = 1.0f / std::sqrt(variance + 1e-6f);
       Eigen::Map<Row>(&w.h[static_cast<std::size_t>(row * d)], d) =
           (in - mean) * inv * (1.0f + sc) + sh;
-    }
+    });
   }
 
   void run_block(Workspace& w, const BlockWeights& b, std::int64_t n) const {

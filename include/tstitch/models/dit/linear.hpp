@@ -10,13 +10,10 @@
 
 #include <Eigen/Core>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "tstitch/core/error.hpp"
 #include "tstitch/models/dit/deterministic.hpp"
 #include "tstitch/models/dit/gemm.hpp"
+#include "tstitch/models/dit/parallel.hpp"
 #include "tstitch/models/dit/weights.hpp"
 
 namespace tstitch::dit {
@@ -94,13 +91,11 @@ private:
     constexpr float k = 0.7978845608028654f; // sqrt(2 / pi)
     constexpr std::int64_t block = 64;       // rows per task
     const std::int64_t rows = values.rows();
-#ifdef _OPENMP
-#pragma omp parallel for
-#endif
-    for (std::int64_t first = 0; first < rows; first += block) {
+    parallel_for((rows + block - 1) / block, [&](std::int64_t index) {
+      const std::int64_t first = index * block;
       auto v = values.middleRows(first, std::min(block, rows - first)).array();
       v = 0.5f * v * (1.0f + (k * (v + 0.044715f * v.cube())).tanh());
-    }
+    });
   }
 
   /// y = x W^T + b, in tiles of 64 output columns, each a single-threaded GEMM on its rows of W
@@ -118,33 +113,29 @@ private:
     const ConstVectorMap b(bias.data, bias.cols);
     const std::int64_t tiles = (weight.rows + tile - 1) / tile;
     // Below ~1 MMAC per thread the fork costs more than it saves.
-    [[maybe_unused]] const bool threaded =
-        tiles > 1 && rows * weight.rows * weight.cols >= (std::int64_t{1} << 21);
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (threaded)
-#endif
-    for (std::int64_t index = 0; index < tiles; ++index) {
-      const std::int64_t first = index * tile, count = std::min(tile, weight.rows - first);
-      const SingleThreadedScope serial; // Eigen must not thread (and so block) a tile itself
-      auto slice = result.middleCols(first, count);
-      slice.noalias() = in * w.middleRows(first, count).transpose();
-      slice.rowwise() += b.segment(first, count);
-    }
+    const bool threaded = tiles > 1 && rows * weight.rows * weight.cols >= (std::int64_t{1} << 21);
+    parallel_for(
+        tiles,
+        [&](std::int64_t index) {
+          const std::int64_t first = index * tile, count = std::min(tile, weight.rows - first);
+          const SingleThreadedScope serial; // Eigen must not thread (and so block) a tile itself
+          auto slice = result.middleCols(first, count);
+          slice.noalias() = in * w.middleRows(first, count).transpose();
+          slice.rowwise() += b.segment(first, count);
+        },
+        threaded ? 0 : 1);
   }
 
   /// out += gate * y, each sample's rows with that sample's gate row.
   static void gated_residual(const float* y, std::int64_t rows, std::int64_t cols,
                              const Epilogue& e, float* out) {
-#ifdef _OPENMP
-#pragma omp parallel for
-#endif
-    for (std::int64_t row = 0; row < rows; ++row) {
+    parallel_for(rows, [&](std::int64_t row) {
       const float* g = e.gate + (row / e.rows_per_sample) * e.gate_stride;
       const float* in = y + row * cols;
       float* o = out + row * cols;
       for (std::int64_t k = 0; k < cols; ++k)
         o[k] += g[k] * in[k];
-    }
+    });
   }
 
 #ifdef TSTITCH_HAS_ONEDNN

@@ -1,0 +1,41 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <cstdint>
+#include <exception>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace tstitch::dit {
+
+/// Runs body(i) for every i in [0, count), shared among OpenMP threads in static chunks (all of
+/// the calling thread's OpenMP threads when `threads` is 0, else that many; 1 runs the loop on the
+/// calling thread without a parallel region), and rethrows on the calling thread an exception
+/// that a body threw. An exception must not leave an OpenMP region: the program would terminate,
+/// e.g. on std::bad_alloc from Eigen's packing buffers. After the first exception the remaining
+/// bodies still run (OpenMP cannot break out of a loop); when several throw, one of them is
+/// rethrown.
+template <class Body> void parallel_for(std::int64_t count, Body&& body, int threads = 0) {
+  std::exception_ptr failure;
+#ifdef _OPENMP
+  const int team = threads > 0 ? threads : omp_get_max_threads();
+#pragma omp parallel for schedule(static) if (team > 1) num_threads(team)
+#endif
+  for (std::int64_t i = 0; i < count; ++i) {
+    try {
+      body(i);
+    } catch (...) {
+#ifdef _OPENMP
+#pragma omp critical(tstitch_parallel_for_failure)
+#endif
+      if (!failure)
+        failure = std::current_exception();
+    }
+  }
+  if (failure)
+    std::rethrow_exception(failure);
+}
+
+} // namespace tstitch::dit
