@@ -128,6 +128,12 @@ dit::Weights load_weights(const std::string& path, std::size_t index) {
   }
 }
 
+/// An error in setting up model `index` (e.g. no GPU memory left for its weights), naming it.
+tstitch::runtime_error model_error(const Options& o, std::size_t index, const std::exception& e) {
+  return tstitch::runtime_error(
+      detail::concat("model ", index + 1, " '", o.models[index], "': ", e.what()));
+}
+
 void check_output_path(const std::string& option, const std::string& path) {
   if (path.empty())
     return;
@@ -195,7 +201,11 @@ void sample_on_cpu(const Options& o, const AnyPolicy& rule, const SolverChoice& 
   std::vector<dit::CpuModel> models;
   models.reserve(weights.size());
   for (std::size_t k = 0; k < weights.size(); ++k) {
-    models.emplace_back(std::move(weights[k]), names[k]);
+    try {
+      models.emplace_back(std::move(weights[k]), names[k]);
+    } catch (const std::exception& e) {
+      throw model_error(o, k, e);
+    }
     models.back().set_batch_invariant(o.batch_invariant);
   }
   ModelStitcher stitcher(rule,
@@ -227,8 +237,13 @@ void sample_on_cuda(const Options& o, const AnyPolicy& rule, const SolverChoice&
                device.compute_major, device.compute_minor);
   std::vector<cuda::DitModel> models;
   models.reserve(weights.size());
-  for (std::size_t k = 0; k < weights.size(); ++k)
-    models.emplace_back(weights[k], names[k]);
+  for (std::size_t k = 0; k < weights.size(); ++k) {
+    try {
+      models.emplace_back(weights[k], names[k]); // uploads the weights (bf16)
+    } catch (const std::exception& e) {
+      throw model_error(o, k, e);
+    }
+  }
   weights.clear(); // on the device now
   cuda::DeviceStitcher stitcher(rule,
                                 std::vector<cuda::DeviceDenoiserRef>(models.begin(), models.end()));

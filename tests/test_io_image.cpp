@@ -272,13 +272,21 @@ TEST_CASE("read_npy reads back what write_npy writes, bit for bit", "[npy]") {
   CHECK(a.values.empty());
 }
 
-TEST_CASE("read_npy reads format 2.0 and other key orders", "[npy]") {
+TEST_CASE("read_npy reads formats 2.0 and 3.0, other key orders and spacing", "[npy]") {
   const auto path = temp_path("v2.npy");
-  write_bytes(path, npy_bytes(2, "{'shape': (1, 2), 'fortran_order': False, 'descr': '<f4'}\n",
-                              float_bytes({1.5f, -2.0f})));
-  const io::NpyArray a = io::read_npy(path);
-  CHECK(a.shape == std::vector<std::int64_t>{1, 2});
-  CHECK(a.values == std::vector<float>{1.5f, -2.0f});
+  for (const int major : {2, 3}) {
+    write_bytes(path,
+                npy_bytes(major, "{'shape': ( 1 , 2 ), 'fortran_order': False, 'descr': '<f4'}\n",
+                          float_bytes({1.5f, -2.0f})));
+    const io::NpyArray a = io::read_npy(path);
+    CHECK(a.shape == std::vector<std::int64_t>{1, 2});
+    CHECK(a.values == std::vector<float>{1.5f, -2.0f});
+  }
+  // An empty batch reads as a Tensor of batch 0.
+  io::write_npy(path, std::span<const float>{}, std::vector<std::int64_t>{0, 3, 2, 2});
+  const Tensor none = io::read_npy_batch(path);
+  CHECK(none.batch() == 0);
+  CHECK(none.shape() == Shape{3, 2, 2});
 }
 
 TEST_CASE("read_npy names the file and what is wrong with it", "[npy][errors]") {
@@ -300,6 +308,10 @@ TEST_CASE("read_npy names the file and what is wrong with it", "[npy][errors]") 
   fails_with(npy_bytes(4, good, two), "unsupported .npy version 4.0");
   fails_with(npy_bytes(1, good, two).substr(0, 9), "truncated in the header length");
   fails_with(npy_bytes(1, good, two).substr(0, 30), "truncated in the header (58 bytes");
+  // A 4-byte header length of 4 GiB - 1 in a 30-byte file: refused before anything is allocated.
+  std::string huge_header = npy_bytes(2, good, two).substr(0, 30);
+  huge_header.replace(8, 4, std::string(4, '\xFF'));
+  fails_with(huge_header, "truncated in the header (4294967295 bytes announced, 18 in the file)");
   fails_with(npy_bytes(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }\n", two),
              "dtype '<f8' is not read");
   fails_with(npy_bytes(1, "{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }\n", two),
@@ -316,11 +328,13 @@ TEST_CASE("read_npy names the file and what is wrong with it", "[npy][errors]") 
              "'' is not an extent");
   fails_with(npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': 2, }\n", two),
              "shape 2 is not a tuple");
+  fails_with(npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (,), }\n", two),
+             "shape (,): '' is not an extent");
   fails_with(npy_bytes(1,
                        "{'descr': '<f4', 'fortran_order': False, "
                        "'shape': (4611686018427387904, 4), }\n",
                        two),
-             "more elements than int64 can count");
+             "bad.npy': shape [4611686018427387904, 4] has more elements than int64 can count");
   fails_with(npy_bytes(1, good, two.substr(0, 7)),
              "shape [2] needs 2 float32 values but the file holds 7 bytes of data (truncated)");
   fails_with(npy_bytes(1, good, two + "x"), "holds 9 bytes of data (bytes after the data)");

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-// tstitch_npy_close REFERENCE.npy CANDIDATE.npy BOUND: exit 0 when CANDIDATE has REFERENCE's
-// shape, only finite values, and a relative L2 distance ||c - r|| / ||r|| of at most BOUND;
-// prints the distance and the largest difference either way. Exit 1: not close; 2: bad input.
+// tstitch_npy_close REFERENCE.npy CANDIDATE.npy BOUND [--expect-different]: exit 0 when
+// CANDIDATE has REFERENCE's shape, only finite values, and a relative L2 distance
+// ||c - r|| / ||r|| of at most BOUND (with --expect-different: above BOUND); prints the distance
+// and the largest difference either way. Exit 1: the expectation failed; 2: bad input.
 #include <cmath>
 #include <cstdio>
 #include <exception>
@@ -10,8 +11,10 @@
 #include "tstitch/io/npy.hpp"
 
 int main(int argc, char** argv) {
-  if (argc != 4) {
-    std::fprintf(stderr, "usage: tstitch_npy_close REFERENCE.npy CANDIDATE.npy BOUND\n");
+  const bool expect_different = argc == 5 && std::string(argv[4]) == "--expect-different";
+  if (argc != 4 && !expect_different) {
+    std::fprintf(stderr, "usage: tstitch_npy_close REFERENCE.npy CANDIDATE.npy BOUND "
+                         "[--expect-different]\n");
     return 2;
   }
   try {
@@ -43,7 +46,7 @@ int main(int argc, char** argv) {
                 "(got %g, want %g), %zu values\n",
                 rel, bound, max_abs, at, want.values.empty() ? 0.0 : double(got.values[at]),
                 want.values.empty() ? 0.0 : double(want.values[at]), want.values.size());
-    return rel <= bound ? 0 : 1;
+    return (rel <= bound) != expect_different ? 0 : 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "tstitch_npy_close: %s\n", e.what());
     return 2;

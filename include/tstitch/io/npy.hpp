@@ -9,8 +9,10 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <span>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include "tstitch/core/error.hpp"
@@ -53,16 +55,18 @@ namespace tstitch::io {
 
 namespace detail {
 
-/// The element count of a shape of non-negative extents, checked: an unchecked product can wrap
-/// around to any count. A shape with a 0 is empty whatever its other extents.
-[[nodiscard]] inline std::uint64_t npy_element_count(std::span<const std::int64_t> shape) {
-  const bool empty = std::ranges::find(shape, 0) != shape.end();
-  std::uint64_t count = empty ? 0 : 1;
+/// The element count of a shape of non-negative extents, or nothing when it exceeds what int64
+/// can count (an unchecked product can wrap around to any count). A shape with a 0 is empty
+/// whatever its other extents.
+[[nodiscard]] inline std::optional<std::uint64_t>
+npy_element_count(std::span<const std::int64_t> shape) {
+  if (std::ranges::find(shape, 0) != shape.end())
+    return 0;
+  std::uint64_t count = 1;
   for (const std::int64_t extent : shape)
-    if (!empty && (!checked_multiply(count, static_cast<std::uint64_t>(extent)) ||
-                   count > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())))
-      throw_invalid_argument("npy shape", shape_string(shape),
-                             "has more elements than int64 can count");
+    if (!checked_multiply(count, static_cast<std::uint64_t>(extent)) ||
+        count > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+      return std::nullopt;
   return count;
 }
 
@@ -74,10 +78,14 @@ namespace detail {
 inline void write_npy(const std::filesystem::path& path, std::span<const float> values,
                       std::span<const std::int64_t> shape) {
   const std::string header = npy_header(shape); // rejects negative extents
-  const std::uint64_t count = detail::npy_element_count(shape);
-  if (count != values.size())
-    throw_invalid_argument("npy value count", values.size(),
-                           tstitch::detail::concat("must equal the product of the shape, ", count));
+  const std::optional<std::uint64_t> count = detail::npy_element_count(shape);
+  if (!count)
+    throw_invalid_argument("npy shape", shape_string(shape),
+                           "has more elements than int64 can count");
+  if (*count != values.size())
+    throw_invalid_argument(
+        "npy value count", values.size(),
+        tstitch::detail::concat("must equal the product of the shape, ", *count));
   static_assert(std::endian::native == std::endian::little,
                 "write_npy writes the host's floats as '<f4'");
   std::ofstream out(path, std::ios::binary);
@@ -142,8 +150,12 @@ template <class... Parts>
                                                          const std::string& tuple) {
   if (tuple.size() < 2 || tuple.front() != '(' || tuple.back() != ')')
     npy_error(path, "shape ", tuple, " is not a tuple");
+  const std::string inside = tuple.substr(1, tuple.size() - 2);
+  std::vector<std::int64_t> shape;
+  if (trim_spaces(inside).empty())
+    return shape; // "()": a scalar
   std::vector<std::string> items{""};
-  for (const char c : tuple.substr(1, tuple.size() - 2)) {
+  for (const char c : inside) {
     if (c == ',')
       items.emplace_back();
     else
@@ -151,11 +163,8 @@ template <class... Parts>
   }
   if (items.size() > 1 && trim_spaces(items.back()).empty())
     items.pop_back(); // the trailing comma of "(5,)"
-  std::vector<std::int64_t> shape;
   for (const std::string& raw : items) {
     const std::string item = trim_spaces(raw);
-    if (item.empty() && items.size() == 1)
-      break; // "()": a scalar
     std::int64_t extent = -1;
     const auto [end, error] = std::from_chars(item.data(), item.data() + item.size(), extent);
     if (item.empty() || error != std::errc() || end != item.data() + item.size() || extent < 0)
@@ -176,6 +185,11 @@ template <class... Parts>
   std::ifstream in(path, std::ios::binary);
   if (!in)
     detail::npy_error(path, "cannot open for reading");
+  // Every length in the file is checked against its size before anything is allocated.
+  std::error_code size_error;
+  const std::uintmax_t file_bytes = std::filesystem::file_size(path, size_error);
+  if (size_error)
+    detail::npy_error(path, "cannot tell its size (", size_error.message(), ")");
   std::string preamble(8, '\0');
   if (!in.read(preamble.data(), 8) || preamble.compare(0, 6, "\x93NUMPY") != 0)
     detail::npy_error(path, "not a .npy file (no \\x93NUMPY magic)");
@@ -192,9 +206,13 @@ template <class... Parts>
   std::uint32_t header_length = 0;
   for (int i = length_bytes - 1; i >= 0; --i)
     header_length = (header_length << 8) | length_field[i];
+  const std::uintmax_t header_start = 8 + static_cast<std::uintmax_t>(length_bytes);
+  if (header_length > file_bytes - header_start)
+    detail::npy_error(path, "truncated in the header (", header_length, " bytes announced, ",
+                      file_bytes - header_start, " in the file)");
   std::string dict(header_length, '\0');
   if (!in.read(dict.data(), static_cast<std::streamsize>(header_length)))
-    detail::npy_error(path, "truncated in the header (", header_length, " bytes announced)");
+    detail::npy_error(path, "reading the header failed");
 
   const std::string descr = detail::npy_header_value(path, dict, "descr");
   if (descr != "'<f4'")
@@ -204,22 +222,18 @@ template <class... Parts>
     detail::npy_error(path, "fortran_order ", order, " is not read; only C order (False)");
   NpyArray array;
   array.shape = detail::npy_shape(path, detail::npy_header_value(path, dict, "shape"));
-  std::uint64_t count = 0;
-  try {
-    count = detail::npy_element_count(array.shape);
-  } catch (const std::exception& e) {
-    detail::npy_error(path, e.what());
-  }
-  const std::streamoff data_start = in.tellg();
-  in.seekg(0, std::ios::end);
-  const auto data_bytes = static_cast<std::uint64_t>(std::streamoff(in.tellg()) - data_start);
+  const std::optional<std::uint64_t> elements = detail::npy_element_count(array.shape);
+  if (!elements)
+    detail::npy_error(path, "shape ", shape_string(array.shape),
+                      " has more elements than int64 can count");
+  const std::uint64_t count = *elements;
+  const std::uint64_t data_bytes = file_bytes - header_start - header_length;
   // count <= INT64_MAX, so count * 4 is only formed once it is known to fit.
   if (count > data_bytes / sizeof(float) || data_bytes != count * sizeof(float))
     detail::npy_error(path, "shape ", shape_string(array.shape), " needs ", count,
                       " float32 values but the file holds ", data_bytes, " bytes of data (",
                       count > data_bytes / sizeof(float) ? "truncated" : "bytes after the data",
                       ")");
-  in.seekg(data_start);
   static_assert(std::endian::native == std::endian::little,
                 "read_npy reads '<f4' as the host's floats");
   array.values.resize(static_cast<std::size_t>(count));

@@ -73,28 +73,31 @@ private:
     const std::int64_t per_thread = aligned_stride(t * t);
     if (static_cast<std::int64_t>(scores_.size()) < threads * per_thread)
       scores_.resize(static_cast<std::size_t>(threads * per_thread));
-    parallel_for(samples * heads, [&](std::int64_t job) {
-      int thread = 0;
+    parallel_for(
+        samples * heads,
+        [&](std::int64_t job) {
+          int thread = 0;
 #ifdef _OPENMP
-      thread = omp_get_thread_num();
+          thread = omp_get_thread_num();
 #endif
-      const std::int64_t sample = job / heads, head = job % heads;
-      const SingleThreadedScope serial; // Eigen must not thread (and so block) a product itself
-      const float* base = qkv + sample * t * 3 * d + head * hd;
-      const Strided q(base, t, hd, Eigen::OuterStride<>(3 * d));
-      const Strided k(base + d, t, hd, Eigen::OuterStride<>(3 * d));
-      const Strided v(base + 2 * d, t, hd, Eigen::OuterStride<>(3 * d));
-      Map scores(&scores_[static_cast<std::size_t>(thread * per_thread)], t, t);
-      scores.noalias() = (q * k.transpose()) * scale;
-      for (std::int64_t i = 0; i < t; ++i) {
-        auto row = scores.row(i);
-        const float top = row.maxCoeff();
-        row = (row.array() - top).exp();
-        row /= row.sum();
-      }
-      StridedOut o(out + sample * t * d + head * hd, t, hd, Eigen::OuterStride<>(d));
-      o.noalias() = scores * v;
-    });
+          const std::int64_t sample = job / heads, head = job % heads;
+          const SingleThreadedScope serial; // Eigen must not thread (and so block) a product itself
+          const float* base = qkv + sample * t * 3 * d + head * hd;
+          const Strided q(base, t, hd, Eigen::OuterStride<>(3 * d));
+          const Strided k(base + d, t, hd, Eigen::OuterStride<>(3 * d));
+          const Strided v(base + 2 * d, t, hd, Eigen::OuterStride<>(3 * d));
+          Map scores(&scores_[static_cast<std::size_t>(thread * per_thread)], t, t);
+          scores.noalias() = (q * k.transpose()) * scale;
+          for (std::int64_t i = 0; i < t; ++i) {
+            auto row = scores.row(i);
+            const float top = row.maxCoeff();
+            row = (row.array() - top).exp();
+            row /= row.sum();
+          }
+          StridedOut o(out + sample * t * d + head * hd, t, hd, Eigen::OuterStride<>(d));
+          o.noalias() = scores * v;
+        },
+        threads); // at most `threads` threads: one scores slice each
   }
 
 #ifdef TSTITCH_HAS_ONEDNN

@@ -10,14 +10,18 @@
 
 namespace tstitch::dit {
 
-/// Runs body(i) for every i in [0, count), shared among OpenMP threads in static chunks (all of
-/// the calling thread's OpenMP threads when `threads` is 0, else that many; 1 runs the loop on the
-/// calling thread without a parallel region), and rethrows on the calling thread an exception
-/// that a body threw. An exception must not leave an OpenMP region: the program would terminate,
-/// e.g. on std::bad_alloc from Eigen's packing buffers. After the first exception the remaining
-/// bodies still run (OpenMP cannot break out of a loop); when several throw, one of them is
-/// rethrown.
-template <class Body> void parallel_for(std::int64_t count, Body&& body, int threads = 0) {
+/// Runs body(i) for every i in [0, count), shared among OpenMP threads in static chunks, and
+/// rethrows on the calling thread an exception that a body threw. An exception must not leave an
+/// OpenMP region: the program would terminate, e.g. on std::bad_alloc from Eigen's packing
+/// buffers. After the first exception the remaining bodies still run (OpenMP cannot break out of
+/// a loop); when several throw, one of them is rethrown.
+///
+/// The team: omp_get_max_threads() of the calling thread when `threads` is 0, else `threads`.
+/// A team of one is still a (serialised) parallel region, so inside a body omp_get_thread_num()
+/// is always in [0, team size), never the calling thread's number in an outer team: the DiT's
+/// attention indexes its per-thread scratch by it.
+template <class Body>
+void parallel_for(std::int64_t count, Body&& body, [[maybe_unused]] int threads = 0) {
   std::exception_ptr failure;
 #ifdef _OPENMP
   const int team = threads > 0 ? threads : omp_get_max_threads();
