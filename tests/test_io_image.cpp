@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "support/bytes.hpp"
 #include "tstitch/io/npy.hpp"
 
 using namespace tstitch;
@@ -231,15 +232,14 @@ std::string npy_bytes(int major, const std::string& dict, const std::string& dat
   return bytes + dict + data;
 }
 
-std::string float_bytes(std::initializer_list<float> values) {
-  std::string bytes;
-  for (const float v : values) {
-    char b[4];
-    std::memcpy(b, &v, 4);
-    bytes.append(b, 4);
-  }
-  return bytes;
+/// A version 1.0 dictionary with these values (written as they appear in the file).
+std::string npy_dict(const std::string& descr, const std::string& fortran_order,
+                     const std::string& shape) {
+  return "{'descr': " + descr + ", 'fortran_order': " + fortran_order + ", 'shape': " + shape +
+         ", }\n";
 }
+
+using tstitch::test::float_bytes;
 
 } // namespace
 
@@ -291,7 +291,7 @@ TEST_CASE("read_npy reads formats 2.0 and 3.0, other key orders and spacing", "[
 
 TEST_CASE("read_npy names the file and what is wrong with it", "[npy][errors]") {
   const auto path = temp_path("bad.npy");
-  const std::string good = "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }\n";
+  const std::string good = npy_dict("'<f4'", "False", "(2,)");
   const std::string two = float_bytes({1.0f, 2.0f});
   auto fails_with = [&](const std::string& bytes, const std::string& message) {
     write_bytes(path, bytes);
@@ -312,38 +312,29 @@ TEST_CASE("read_npy names the file and what is wrong with it", "[npy][errors]") 
   std::string huge_header = npy_bytes(2, good, two).substr(0, 30);
   huge_header.replace(8, 4, std::string(4, '\xFF'));
   fails_with(huge_header, "truncated in the header (4294967295 bytes announced, 18 in the file)");
-  fails_with(npy_bytes(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }\n", two),
-             "dtype '<f8' is not read");
-  fails_with(npy_bytes(1, "{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }\n", two),
-             "dtype '>f4' is not read");
-  fails_with(npy_bytes(1, "{'descr': '<f4', 'fortran_order': True, 'shape': (2,), }\n", two),
-             "fortran_order True is not read");
+  // (descr, fortran_order, shape) of the dictionary, and what the error must say.
+  const std::string bad_dicts[][4] = {
+      {"'<f8'", "False", "(2,)", "dtype '<f8' is not read"},
+      {"'>f4'", "False", "(2,)", "dtype '>f4' is not read"},
+      {"'<f4'", "True", "(2,)", "fortran_order True is not read"},
+      {"'<f4'", "False", "(2, x)", "shape (2, x): 'x' is not an extent"},
+      {"'<f4'", "False", "(-2,)", "'-2' is not an extent"},
+      {"'<f4'", "False", "(2,,)", "'' is not an extent"},
+      {"'<f4'", "False", "2", "shape 2 is not a tuple"},
+      {"'<f4'", "False", "(,)", "shape (,): '' is not an extent"},
+      {"'<f4'", "False", "(4611686018427387904, 4)",
+       "bad.npy': shape [4611686018427387904, 4] has more elements than int64 can count"},
+      // 2^61 values: 2^63 bytes, which must not wrap around to the 8 bytes there are.
+      {"'<f4'", "False", "(2305843009213693952,)", "(truncated)"}};
+  for (const auto& [descr, order, shape, message] : bad_dicts) {
+    CAPTURE(descr, order, shape);
+    fails_with(npy_bytes(1, npy_dict(descr, order, shape), two), message);
+  }
   fails_with(npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, }\n", two),
              "no 'shape': entry");
-  fails_with(npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, x), }\n", two),
-             "shape (2, x): 'x' is not an extent");
-  fails_with(npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (-2,), }\n", two),
-             "'-2' is not an extent");
-  fails_with(npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2,,), }\n", two),
-             "'' is not an extent");
-  fails_with(npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': 2, }\n", two),
-             "shape 2 is not a tuple");
-  fails_with(npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (,), }\n", two),
-             "shape (,): '' is not an extent");
-  fails_with(npy_bytes(1,
-                       "{'descr': '<f4', 'fortran_order': False, "
-                       "'shape': (4611686018427387904, 4), }\n",
-                       two),
-             "bad.npy': shape [4611686018427387904, 4] has more elements than int64 can count");
   fails_with(npy_bytes(1, good, two.substr(0, 7)),
              "shape [2] needs 2 float32 values but the file holds 7 bytes of data (truncated)");
   fails_with(npy_bytes(1, good, two + "x"), "holds 9 bytes of data (bytes after the data)");
-  // 2^61 values: 2^63 bytes, which must not wrap around to the 8 bytes there are.
-  fails_with(npy_bytes(1,
-                       "{'descr': '<f4', 'fortran_order': False, "
-                       "'shape': (2305843009213693952,), }\n",
-                       two),
-             "(truncated)");
 
   write_bytes(path, npy_bytes(1, good, two));
   CHECK_THROWS_AS(io::read_npy_batch(path), tstitch::runtime_error);

@@ -16,6 +16,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "support/bytes.hpp"
 #include "tstitch/io/half.hpp"
 #include "tstitch/io/mapped_file.hpp"
 #include "tstitch/io/safetensors.hpp"
@@ -528,15 +529,7 @@ TEST_CASE("valid corner cases are accepted", "[safetensors]") {
   }
 }
 
-std::string float_bytes(std::initializer_list<float> values) {
-  std::string bytes;
-  for (const float v : values) {
-    char raw[4];
-    std::memcpy(raw, &v, 4);
-    bytes.append(raw, 4);
-  }
-  return bytes;
-}
+using tstitch::test::float_bytes;
 
 TEST_CASE("misaligned data: f32() refuses, read_f32() copies", "[safetensors]") {
   // A header of 10 bytes puts the data section at file offset 18, 2 bytes off float alignment.
