@@ -43,6 +43,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -51,6 +52,7 @@
 #include "tstitch/core/step.hpp"
 #include "tstitch/core/tensor.hpp"
 #include "tstitch/cuda/dit.hpp"
+#include "tstitch/cuda/kernels.hpp"
 #include "tstitch/cuda/runtime.hpp"
 #include "tstitch/io/half.hpp"
 #include "tstitch/models/dit/config.hpp"
@@ -218,6 +220,55 @@ struct XorShift {
     return static_cast<float>(static_cast<double>(s >> 11) * 0x1.0p-52 - 1.0);
   }
 };
+
+/// The seam kernel between two sublayers (residual_layernorm_modulate) at one model's shape,
+/// with its parameters read per warp (global) and staged per block (shared): microseconds per
+/// call, median of 7 blocks of 50 back-to-back launches.
+struct SeamRow {
+  std::string shape;
+  std::int64_t rows = 0;
+  int dim = 0;
+  double global_us = std::nan("");
+  double shared_us = std::nan("");
+};
+
+SeamRow measure_seam(const std::string& shape, std::int64_t rows, int dim, cudaStream_t stream) {
+  namespace k = tstitch::cuda::kernels;
+  using tstitch::cuda::DeviceBuffer;
+  constexpr int tokens = 256; // 32 x 32 latents, patch 2
+  const int mod_ld = 6 * dim;
+  DeviceBuffer<float> h(rows * dim), bias(dim), mod(rows / tokens * mod_ld);
+  DeviceBuffer<std::uint16_t> y(rows * dim), out(rows * dim);
+  // Small non-zero values (bf16 0x3c00 = 0.0078125; fp32 0x3c3c3c3c = 0.0115): the same bytes
+  // move whatever the values.
+  TSTITCH_CUDA_CHECK(cudaMemsetAsync(h.data(), 0x3c, static_cast<std::size_t>(h.bytes()), stream));
+  TSTITCH_CUDA_CHECK(
+      cudaMemsetAsync(bias.data(), 0x3c, static_cast<std::size_t>(bias.bytes()), stream));
+  TSTITCH_CUDA_CHECK(
+      cudaMemsetAsync(mod.data(), 0x3c, static_cast<std::size_t>(mod.bytes()), stream));
+  TSTITCH_CUDA_CHECK(cudaMemsetAsync(y.data(), 0x3c, static_cast<std::size_t>(y.bytes()), stream));
+  auto time_us = [&](k::ParamStaging staging) {
+    auto launch = [&] {
+      k::residual_layernorm_modulate(h.data(), y.data(), bias.data(), mod.data(), mod_ld, 2 * dim,
+                                     3 * dim, 4 * dim, out.data(), dim, tokens, dim, rows, stream,
+                                     1e-6f, staging);
+    };
+    for (int i = 0; i < 5; ++i)
+      launch();
+    EventTimer timer;
+    std::vector<double> blocks;
+    for (int b = 0; b < 7; ++b)
+      blocks.push_back(1000.0 * timer.time_ms(stream, [&] {
+        for (int i = 0; i < 50; ++i)
+          launch();
+      }) / 50.0);
+    return median(blocks);
+  };
+  SeamRow row{shape, rows, dim};
+  row.global_us = time_us(k::ParamStaging::global);
+  row.shared_us = time_us(k::ParamStaging::shared);
+  return row;
+}
 
 void check_cublas(cublasStatus_t status, const char* what) {
   if (status != CUBLAS_STATUS_SUCCESS)
@@ -692,6 +743,33 @@ int run(const Options& opt) {
   std::unique_ptr<DitModel> small_twin; // a second DiT-S/2 instance, for the switch cost
   std::vector<ForwardRow> forward;
   Json memory = Json::object();
+
+  // 1b. The seam kernel, each parameter staging, at the shapes of S/2, B/2 and XL/2 (rows = 2 x
+  // images x 256 tokens).
+  Json seams = Json::array();
+  for (const auto& [shape, rows, dim] :
+       {std::tuple{"DiT-S/2, 8 images", std::int64_t{4096}, 384},
+        std::tuple{"DiT-S/2, 64 images", std::int64_t{32768}, 384},
+        std::tuple{"DiT-B/2, 8 images", std::int64_t{4096}, 768},
+        std::tuple{"DiT-XL/2, 8 images", std::int64_t{4096}, 1152},
+        std::tuple{"DiT-XL/2, 64 images", std::int64_t{32768}, 1152}}) {
+    try {
+      const SeamRow r = measure_seam(shape, rows, dim, stream);
+      std::printf("seam kernel (residual_layernorm_modulate) %s (%lld x %d): parameters per warp "
+                  "%.2f us, staged per block %.2f us (%.2fx)\n",
+                  shape, static_cast<long long>(rows), dim, r.global_us, r.shared_us,
+                  r.global_us / r.shared_us);
+      seams.push_back({{"shape", r.shape},
+                       {"rows", r.rows},
+                       {"dim", r.dim},
+                       {"global_us", number(r.global_us)},
+                       {"shared_us", number(r.shared_us)}});
+    } catch (const std::exception& e) {
+      std::printf("seam kernel %s: FAILED: %s\n", shape, e.what());
+    }
+  }
+  std::fflush(stdout);
+  report["seam_kernel"] = seams;
 
   // 2. Forward per model x batch.
   for (const std::string& m : needed) {

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "tstitch/core/philox.hpp"
@@ -137,10 +138,16 @@ TEST_CASE("CUDA gated_residual adds gate * (y + bias) in fp32", "[cuda][kernels]
 TEST_CASE("CUDA residual_layernorm_modulate: gated residual then LayerNorm-modulate",
           "[cuda][kernels]") {
   // Dims covering each register-cache size of the kernel (1, 3, 9 and 32 float4 per lane), the
-  // last with a partial final group of lanes; row outputs written with a wider stride.
-  for (const int dim : {40, 384, 1152, 4092}) {
-    DYNAMIC_SECTION("dim " << dim) {
-      const int tokens = 3, batch = 2, mod_ld = 12 * dim, ld = dim + 8;
+  // last with a partial final group of lanes; row outputs written with a wider stride. 3 tokens:
+  // blocks span samples, the parameters are read per warp; 16 tokens: each block's rows are one
+  // sample's, the parameters are staged in shared memory (up to dim 3072), and forcing either
+  // staging must give the same bits.
+  for (const auto& [dim, tokens] :
+       {std::pair{40, 3}, std::pair{384, 3}, std::pair{1152, 3}, std::pair{4092, 3},
+        std::pair{40, 16}, std::pair{384, 16}, std::pair{1152, 16}, std::pair{3072, 16},
+        std::pair{4092, 16}}) {
+    DYNAMIC_SECTION("dim " << dim << ", tokens " << tokens) {
+      const int batch = 3, mod_ld = 12 * dim, ld = dim + 8;
       const int gate = 2 * dim, shift = 7 * dim, scale = 8 * dim; // as for block i -> block i + 1
       const std::int64_t rows = static_cast<std::int64_t>(batch) * tokens;
       std::vector<float> h = randn(static_cast<std::size_t>(rows * dim), 11);
@@ -189,6 +196,18 @@ TEST_CASE("CUDA residual_layernorm_modulate: gated residual then LayerNorm-modul
       for (std::int64_t r = 0; r < rows; ++r) // the columns past dim are left alone
         for (int c = dim; c < ld; ++c)
           REQUIRE(got_bits[static_cast<std::size_t>(r * ld + c)] == 0xffff);
+      if (tokens % 8 == 0 && dim <= 3072) {
+        // The other staging, from the same inputs: the same bits.
+        for (const auto staging : {k::ParamStaging::global, k::ParamStaging::shared}) {
+          auto h2 = to_device(h);
+          TSTITCH_CUDA_CHECK(cudaMemset(out.data(), 0xff, static_cast<std::size_t>(out.bytes())));
+          k::residual_layernorm_modulate(h2.data(), dy.data(), db.data(), dm.data(), mod_ld, gate,
+                                         shift, scale, out.data(), ld, tokens, dim, rows, nullptr,
+                                         1e-6f, staging);
+          CHECK(to_host(h2) == got_h);
+          CHECK(to_host(out) == got_bits);
+        }
+      }
     }
   }
   SECTION("bad dims are rejected, naming them") {
@@ -202,6 +221,12 @@ TEST_CASE("CUDA residual_layernorm_modulate: gated residual then LayerNorm-modul
                                                      4100, 0, 0, 0, out.data(), 4100, 1, 4100, 1,
                                                      nullptr),
                       Catch::Contains("at most 4096"));
+    // Staging in shared memory needs each block's 8 rows in one sample.
+    CHECK_THROWS_WITH(k::residual_layernorm_modulate(h.data(), y.data(), bias.data(), mod.data(),
+                                                     48, 0, 8, 16, out.data(), 8, 3, 8, 6, nullptr,
+                                                     1e-6f, k::ParamStaging::shared),
+                      Catch::Contains("residual_layernorm_modulate staging") &&
+                          Catch::Contains("tokens % 8 == 0"));
   }
 }
 

@@ -243,27 +243,21 @@ __global__ void gated_residual_kernel(float* h, const float* y, const float* bia
   }
 }
 
-// The gated residual of one sublayer and the LayerNorm-modulate of the next, one warp per row:
-// h + gate * (y + bias) stays in registers (kGroups float4 per lane, enough for the row) for the
-// two LayerNorm passes, so h is read and written once instead of three reads and a write.
+// The gated residual of one sublayer and the LayerNorm-modulate of the next for one row, by one
+// warp: h + gate * (y + bias) stays in registers (kGroups float4 per lane, enough for the row) for
+// the two LayerNorm passes, so h is read and written once instead of three reads and a write.
 // Every load of a phase is issued before the first store (all pointers __restrict__): with a
 // store between loads the compiler must keep them in order, and the warp then waits for one
-// memory round trip per 512-byte piece of the row instead of one per phase.
+// memory round trip per 512-byte piece of the row instead of one per phase. bias, gate, shift and
+// scale are float4 rows in global or shared memory.
 template <int kGroups>
-__global__ void residual_layernorm_modulate_kernel(
-    float* __restrict__ h, const bf16* __restrict__ y, const float* __restrict__ bias,
-    const float* __restrict__ mod, int mod_ld, int gate_offset, int shift_offset, int scale_offset,
-    bf16* __restrict__ out, int ld_out, int tokens, int dim, std::int64_t rows, float eps) {
+__device__ inline void
+residual_layernorm_modulate_row(float4* __restrict__ x, const bf16* __restrict__ in,
+                                const float4* __restrict__ b, const float4* __restrict__ gate,
+                                const float4* __restrict__ shift, const float4* __restrict__ scale,
+                                bf16* __restrict__ o, int dim, float eps) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
-  const std::int64_t row = warp_row();
-  if (row >= rows)
-    return;
   const int groups = dim / 4;
-  float4* x = reinterpret_cast<float4*>(h + row * dim);
-  const bf16* in = y + row * dim;
-  const float* m = mod + (row / tokens) * mod_ld;
-  const float4* b = reinterpret_cast<const float4*>(bias);
-  const float4* gate = reinterpret_cast<const float4*>(m + gate_offset);
   float4 v[kGroups];
   float4 u[kGroups];
 #pragma unroll
@@ -303,9 +297,6 @@ __global__ void residual_layernorm_modulate_kernel(
     }
   }
   const float rstd = rsqrtf(warp_sum(sq) / static_cast<float>(dim) + eps);
-  const float4* shift = reinterpret_cast<const float4*>(m + shift_offset);
-  const float4* scale = reinterpret_cast<const float4*>(m + scale_offset);
-  bf16* o = out + row * ld_out;
 #pragma unroll
   for (int j = 0; j < kGroups; ++j) {
     const int c = lane + 32 * j;
@@ -314,6 +305,53 @@ __global__ void residual_layernorm_modulate_kernel(
       store_bf16x4(o + 4 * c, modulate(v[j], mean, rstd, sh, sc));
     }
   }
+}
+
+// One warp per row; each warp reads the bias and its sample's gate, shift and scale from global
+// memory (L2 after the first warps).
+template <int kGroups>
+__global__ void residual_layernorm_modulate_kernel(
+    float* __restrict__ h, const bf16* __restrict__ y, const float* __restrict__ bias,
+    const float* __restrict__ mod, int mod_ld, int gate_offset, int shift_offset, int scale_offset,
+    bf16* __restrict__ out, int ld_out, int tokens, int dim, std::int64_t rows, float eps) {
+  const std::int64_t row = warp_row();
+  if (row >= rows)
+    return;
+  const float* m = mod + (row / tokens) * mod_ld;
+  residual_layernorm_modulate_row<kGroups>(
+      reinterpret_cast<float4*>(h + row * dim), y + row * dim,
+      reinterpret_cast<const float4*>(bias), reinterpret_cast<const float4*>(m + gate_offset),
+      reinterpret_cast<const float4*>(m + shift_offset),
+      reinterpret_cast<const float4*>(m + scale_offset), out + row * ld_out, dim, eps);
+}
+
+// The same with the parameters staged: every row of a block belongs to one sample (the launcher
+// checks tokens % rows per block == 0), so the block first copies the bias and that sample's gate,
+// shift and scale rows into shared memory and its warps read them there. Per row they are 16 bytes
+// per column, more than the row's own traffic (12: h read and written, y read, out written), and
+// the per-warp reads of them made L2, not HBM, the limit of the kernel above.
+template <int kGroups>
+__global__ void residual_layernorm_modulate_staged_kernel(
+    float* __restrict__ h, const bf16* __restrict__ y, const float* __restrict__ bias,
+    const float* __restrict__ mod, int mod_ld, int gate_offset, int shift_offset, int scale_offset,
+    bf16* __restrict__ out, int ld_out, int tokens, int dim, std::int64_t rows, float eps) {
+  extern __shared__ float4 staged[]; // [4][dim / 4]: bias, gate, shift, scale
+  const int groups = dim / 4;
+  const std::int64_t first_row = blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32);
+  const float* m = mod + (first_row / tokens) * mod_ld;
+  for (int c = static_cast<int>(threadIdx.x); c < groups; c += static_cast<int>(blockDim.x)) {
+    staged[c] = reinterpret_cast<const float4*>(bias)[c];
+    staged[groups + c] = reinterpret_cast<const float4*>(m + gate_offset)[c];
+    staged[2 * groups + c] = reinterpret_cast<const float4*>(m + shift_offset)[c];
+    staged[3 * groups + c] = reinterpret_cast<const float4*>(m + scale_offset)[c];
+  }
+  __syncthreads();
+  const std::int64_t row = warp_row();
+  if (row >= rows)
+    return;
+  residual_layernorm_modulate_row<kGroups>(reinterpret_cast<float4*>(h + row * dim), y + row * dim,
+                                           staged, staged + groups, staged + 2 * groups,
+                                           staged + 3 * groups, out + row * ld_out, dim, eps);
 }
 
 // In place on the fc1 output (bias already added by the GEMM), or with a bias when given.
@@ -477,7 +515,8 @@ void gated_residual(float* h, const float* y, const float* bias, const float* mo
 void residual_layernorm_modulate(float* h, const std::uint16_t* y, const float* bias,
                                  const float* mod, int mod_ld, int gate_offset, int shift_offset,
                                  int scale_offset, std::uint16_t* out, int ld_out, int tokens,
-                                 int dim, std::int64_t rows, cudaStream_t s, float eps) {
+                                 int dim, std::int64_t rows, cudaStream_t s, float eps,
+                                 ParamStaging staging) {
   impl::require_groups_of_4("residual_layernorm_modulate dim", dim);
   impl::require_groups_of_4("residual_layernorm_modulate ld_out", ld_out);
   impl::require_groups_of_4("residual_layernorm_modulate mod_ld", mod_ld);
@@ -489,26 +528,46 @@ void residual_layernorm_modulate(float* h, const std::uint16_t* y, const float* 
   require(dim <= max_dim, "residual_layernorm_modulate dim", dim,
           detail::concat("must be at most ", max_dim, " (the row is held in registers)"));
   require(rows >= 1, "residual_layernorm_modulate rows", rows, "must be at least 1");
+  require(tokens >= 1, "residual_layernorm_modulate tokens", tokens, "must be at least 1");
   constexpr int warps = threads_per_block / 32;
+  // Staging needs every block's rows in one sample, and its 4 rows of parameters within the
+  // shared memory a launch gets without opting in (48 KB: dim <= 3072).
+  const auto staged_bytes = static_cast<std::size_t>(4 * dim) * sizeof(float);
+  const bool can_stage = tokens % warps == 0 && staged_bytes <= 48 * 1024;
+  if (staging == ParamStaging::shared)
+    require(can_stage, "residual_layernorm_modulate staging", "shared",
+            detail::concat("needs tokens % ", warps, " == 0 and dim <= 3072 (tokens ", tokens,
+                           ", dim ", dim, ")"));
+  const bool stage =
+      staging == ParamStaging::shared || (staging == ParamStaging::automatic && can_stage);
   const auto grid = static_cast<unsigned>((rows + warps - 1) / warps);
   const int per_lane = (dim / 4 + 31) / 32;
-  auto launch = [&](auto kernel) {
-    kernel<<<grid, threads_per_block, 0, s>>>(h, reinterpret_cast<const bf16*>(y), bias, mod,
-                                              mod_ld, gate_offset, shift_offset, scale_offset,
-                                              as_bf16(out), ld_out, tokens, dim, rows, eps);
+  auto launch = [&](auto global_kernel, auto staged_kernel) {
+    if (stage)
+      staged_kernel<<<grid, threads_per_block, staged_bytes, s>>>(
+          h, reinterpret_cast<const bf16*>(y), bias, mod, mod_ld, gate_offset, shift_offset,
+          scale_offset, as_bf16(out), ld_out, tokens, dim, rows, eps);
+    else
+      global_kernel<<<grid, threads_per_block, 0, s>>>(
+          h, reinterpret_cast<const bf16*>(y), bias, mod, mod_ld, gate_offset, shift_offset,
+          scale_offset, as_bf16(out), ld_out, tokens, dim, rows, eps);
   };
+#define TSTITCH_RLM_LAUNCH(n)                                                                      \
+  launch(impl::residual_layernorm_modulate_kernel<n>,                                              \
+         impl::residual_layernorm_modulate_staged_kernel<n>)
   if (per_lane <= 1)
-    launch(impl::residual_layernorm_modulate_kernel<1>);
+    TSTITCH_RLM_LAUNCH(1);
   else if (per_lane <= 3)
-    launch(impl::residual_layernorm_modulate_kernel<3>);
+    TSTITCH_RLM_LAUNCH(3);
   else if (per_lane <= 6)
-    launch(impl::residual_layernorm_modulate_kernel<6>);
+    TSTITCH_RLM_LAUNCH(6);
   else if (per_lane <= 9)
-    launch(impl::residual_layernorm_modulate_kernel<9>);
+    TSTITCH_RLM_LAUNCH(9);
   else if (per_lane <= 16)
-    launch(impl::residual_layernorm_modulate_kernel<16>);
+    TSTITCH_RLM_LAUNCH(16);
   else
-    launch(impl::residual_layernorm_modulate_kernel<32>);
+    TSTITCH_RLM_LAUNCH(32);
+#undef TSTITCH_RLM_LAUNCH
   impl::check_launch("residual_layernorm_modulate_kernel");
 }
 

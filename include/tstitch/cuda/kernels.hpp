@@ -114,13 +114,21 @@ void layernorm_modulate(const float* h, const float* mod, int mod_ld, int shift_
 /// h += mod[gate] * (y + bias).
 void gated_residual(float* h, const float* y, const float* bias, const float* mod, int mod_ld,
                     int gate_offset, int tokens, int dim, std::int64_t rows, cudaStream_t s);
+/// Where residual_layernorm_modulate's warps read the bias and the sample's gate, shift and
+/// scale: `global`, each warp (row) from global memory; `shared`, each block of 8 rows of one
+/// sample stages them in shared memory first, so that L2 serves them once per block instead of
+/// once per row (needs tokens % 8 == 0 and dim <= 3072). `automatic`: shared where it applies.
+/// The results are the same bits either way.
+enum class ParamStaging { automatic, global, shared };
+
 /// The seam between two sublayers of a DiT block, in one pass over the residual stream:
 ///   h += mod[gate] * (y + bias);  out = LayerNorm(h) * (1 + mod[scale]) + mod[shift]
 /// y: the sublayer's GEMM output, bf16 [rows, dim]; h is updated in place (fp32) and read once.
 void residual_layernorm_modulate(float* h, const std::uint16_t* y, const float* bias,
                                  const float* mod, int mod_ld, int gate_offset, int shift_offset,
                                  int scale_offset, std::uint16_t* out, int ld_out, int tokens,
-                                 int dim, std::int64_t rows, cudaStream_t s, float eps = 1e-6f);
+                                 int dim, std::int64_t rows, cudaStream_t s, float eps = 1e-6f,
+                                 ParamStaging staging = ParamStaging::automatic);
 /// x = GELU_tanh(x + bias) in place (bias may be null when the GEMM added it).
 void bias_gelu(std::uint16_t* x, int ld, const float* bias, int cols, std::int64_t rows,
                cudaStream_t s);
