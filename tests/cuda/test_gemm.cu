@@ -163,12 +163,10 @@ TEST_CASE("cuda::Blas with and without autotune agree", "[cuda][gemm]") {
   auto dw = to_device(w);
   auto db = to_device(b);
   std::vector<std::vector<double>> outputs;
-  for (const int candidates : {8, 1, cuda::Blas::max_autotune_candidates}) {
+  for (const bool autotune : {true, false}) {
     cuda::Blas blas(nullptr);
-    blas.set_autotune(candidates > 1);
-    CHECK(blas.autotune() == (candidates > 1));
-    blas.set_autotune_candidates(candidates);
-    CHECK(blas.autotune_candidates() == candidates);
+    blas.set_autotune(autotune);
+    CHECK(blas.autotune() == autotune);
     cuda::DeviceBuffer<std::uint16_t> y(static_cast<std::int64_t>(p.m) * p.ldy);
     blas.linear(dx.data(), p.ldx, dw.data(), p.ldw, y.data(), CUDA_R_16BF, p.ldy, p.m, p.n, p.k,
                 GemmEpilogue::bias_gelu, db.data());
@@ -177,15 +175,6 @@ TEST_CASE("cuda::Blas with and without autotune agree", "[cuda][gemm]") {
     for (std::size_t i = 0; i < bits.size(); ++i)
       outputs.back()[i] = io::bf16_to_f32(bits[i]);
   }
-  // Different algorithms may round differently; all are bf16 roundings of the same product.
+  // Different algorithms may round differently; both are bf16 roundings of the same product.
   CHECK(rel_l2(outputs[0], outputs[1], p, 1e-2, "autotuned vs heuristic choice") < 1e-2);
-  CHECK(rel_l2(outputs[0], outputs[2], p, 1e-2, "8 vs 32 autotune candidates") < 1e-2);
-}
-
-TEST_CASE("cuda::Blas names a bad autotune candidate count", "[cuda][gemm][errors]") {
-  cuda::Blas blas(nullptr);
-  CHECK_THROWS_WITH(blas.set_autotune_candidates(0), Catch::Contains("GEMM autotune candidates"));
-  CHECK_THROWS_WITH(blas.set_autotune_candidates(cuda::Blas::max_autotune_candidates + 1),
-                    Catch::Contains("must be 1 to 32"));
-  CHECK(blas.autotune_candidates() >= 1); // unchanged by the refused calls
 }

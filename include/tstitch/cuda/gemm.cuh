@@ -9,9 +9,7 @@
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <map>
 #include <tuple>
 #include <utility>
@@ -103,7 +101,7 @@ public:
   Blas(Blas&& other) noexcept
       : handle_(std::exchange(other.handle_, nullptr)), lt_(std::exchange(other.lt_, nullptr)),
         stream_(other.stream_), workspace_(std::move(other.workspace_)),
-        plans_(std::move(other.plans_)), candidates_(other.candidates_) {}
+        plans_(std::move(other.plans_)), autotune_(other.autotune_) {}
   Blas& operator=(Blas&&) = delete;
   Blas(const Blas&) = delete;
   Blas& operator=(const Blas&) = delete;
@@ -123,9 +121,8 @@ public:
 
   /// The same product through cuBLASLt with an epilogue. `bias` (N values of y_type: bf16 bits
   /// for a bf16 output, floats for fp32) is read when the epilogue has one. The first call of a
-  /// shape picks the algorithm: cuBLASLt's heuristics propose up to autotune_candidates(), and
-  /// unless the stream is being captured into a graph (or autotune is off) each is run on these
-  /// operands and timed,
+  /// shape picks the algorithm: cuBLASLt's heuristics propose up to 8, and unless the stream is
+  /// being captured into a graph (or autotune is off) each is run on these operands and timed,
   /// and the fastest is kept (this first call waits for the GPU); under capture the heuristics'
   /// first choice is taken. Later calls reuse the choice.
   void linear(const std::uint16_t* x, int ldx, const std::uint16_t* w, int ldw, void* y,
@@ -151,29 +148,11 @@ public:
     TSTITCH_CUBLAS_CHECK(run(plan, plan.algo, {x, w, y, bias}));
   }
 
-  /// Whether the first call of a shape times the heuristics' candidates (default on); off takes
-  /// their first choice (autotune_candidates() 1).
-  void set_autotune(bool enabled) { candidates_ = enabled ? default_candidates() : 1; }
-  [[nodiscard]] bool autotune() const { return candidates_ > 1; }
-
-  /// How many of cuBLASLt's heuristic candidates the first call of a shape times (1 to
-  /// max_autotune_candidates). Shapes already planned keep their choice.
-  void set_autotune_candidates(int count) {
-    require(count >= 1 && count <= max_autotune_candidates, "GEMM autotune candidates", count,
-            detail::concat("must be 1 to ", max_autotune_candidates));
-    candidates_ = count;
-  }
-  [[nodiscard]] int autotune_candidates() const { return candidates_; }
-  static constexpr int max_autotune_candidates = 32;
+  /// Whether the first call of a shape times the heuristics' candidates (default on).
+  void set_autotune(bool enabled) { autotune_ = enabled; }
+  [[nodiscard]] bool autotune() const { return autotune_; }
 
 private:
-  // EXPERIMENT (session 10): TSTITCH_GEMM_CANDIDATES overrides the default for an in-run A/B.
-  static int default_candidates() {
-    if (const char* env = std::getenv("TSTITCH_GEMM_CANDIDATES"))
-      return std::clamp(std::atoi(env), 1, max_autotune_candidates);
-    return 8;
-  }
-
   void release() noexcept {
     plans_.clear(); // descriptors before the handle
     if (lt_ != nullptr)
@@ -274,11 +253,13 @@ private:
         if (status == CUBLAS_STATUS_SUCCESS)
           status =
               cublasLtMatmulPreferenceSetAttribute(preference, attribute, &value, sizeof value);
-      cublasLtMatmulHeuristicResult_t results[max_autotune_candidates] = {};
+      constexpr int max_candidates = 8;
+      cublasLtMatmulHeuristicResult_t results[max_candidates] = {};
       int found = 0;
       if (status == CUBLAS_STATUS_SUCCESS)
-        status = cublasLtMatmulAlgoGetHeuristic(lt_, plan.op, plan.w, plan.x, plan.y, plan.y,
-                                                preference, candidates_, results, &found);
+        status =
+            cublasLtMatmulAlgoGetHeuristic(lt_, plan.op, plan.w, plan.x, plan.y, plan.y, preference,
+                                           autotune_ ? max_candidates : 1, results, &found);
       (void)cublasLtMatmulPreferenceDestroy(preference);
       TSTITCH_CUBLAS_CHECK(status);
       if (found < 1)
@@ -287,7 +268,7 @@ private:
             ", ldx = ", ldx, ", ldw = ", ldw, ", ldy = ", ldy, ", epilogue ", epilogue_int));
       cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
       TSTITCH_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
-      const bool time_them = found > 1 && capture == cudaStreamCaptureStatusNone;
+      const bool time_them = autotune_ && found > 1 && capture == cudaStreamCaptureStatusNone;
       plan.algo = results[time_them ? fastest(plan, results, found, operands) : 0].algo;
     } catch (...) {
       plans_.erase(key);
@@ -301,7 +282,7 @@ private:
   cudaStream_t stream_ = nullptr;
   DeviceBuffer<std::uint8_t> workspace_;
   std::map<PlanKey, gemm_detail::LtPlan> plans_;
-  int candidates_ = default_candidates();
+  bool autotune_ = true;
 };
 
 } // namespace tstitch::cuda
