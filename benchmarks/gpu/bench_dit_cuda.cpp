@@ -6,7 +6,8 @@
 //   2. DiT forward per model x batch (each batch doubled for classifier-free guidance), graphs on:
 //      time, TFLOP/s with FLOPs = 2 x Config::macs() x forward batch, fraction of (1); memory;
 //      at 1 and 8 images also one guided evaluation as two N-row predicts against one
-//      predict_guided (2N rows in one forward);
+//      predict_guided (2N rows in one forward); at 8 images also the forward's GEMMs alone, one
+//      graph (what the forward would cost if every other kernel were free);
 //   3. the cost of a switch: alternating predicts between two models against repeating one;
 //   4. stitched sampling (small model for the first fraction r of the steps, large for the rest)
 //      against the ideal speedup 1 / ((1 - r) + r c), c = small-only / large-only run time:
@@ -52,6 +53,7 @@
 #include "tstitch/core/step.hpp"
 #include "tstitch/core/tensor.hpp"
 #include "tstitch/cuda/dit.hpp"
+#include "tstitch/cuda/gemm.cuh"
 #include "tstitch/cuda/kernels.hpp"
 #include "tstitch/cuda/runtime.hpp"
 #include "tstitch/io/half.hpp"
@@ -372,6 +374,97 @@ tstitch::StepContext context(const tstitch::Trajectory& trajectory, int i) {
   ctx.num_steps = steps;
   ctx.point = trajectory[ctx.step];
   return ctx;
+}
+
+// ------------------------------------------------------------------------------------------
+// 1c. The forward's GEMMs alone
+// ------------------------------------------------------------------------------------------
+/// The GEMMs of one forward with its shapes and epilogues, through the model's own cuda::Blas:
+/// the patch embedding, each block's qkv (+ bias), proj, fc1 (+ bias, GELU) and fc2, and the
+/// final layer (+ bias, fp32 out), on weights of their own per block (as the model's, so L2
+/// holds what it would hold), captured as one CUDA graph and replayed. How long a forward would
+/// take if every other kernel (attention, the LayerNorms, the residuals) were free: the floor of
+/// any design that keeps these cuBLASLt GEMMs. Milliseconds, median over `repeats` blocks.
+double measure_gemms_alone(const tstitch::dit::Config& c, int images, int repeats,
+                           cudaStream_t stream) {
+  using tstitch::cuda::Blas;
+  using tstitch::cuda::DeviceBuffer;
+  using tstitch::cuda::GemmEpilogue;
+  using Bits = DeviceBuffer<std::uint16_t>;
+  const auto d = static_cast<int>(c.hidden_size);
+  const auto mlp = static_cast<int>(c.mlp_hidden());
+  const auto patch_k = static_cast<int>(c.in_channels * c.patch_size * c.patch_size);
+  const auto final_n = static_cast<int>(c.out_channels() * c.patch_size * c.patch_size);
+  const std::int64_t rows = 2 * static_cast<std::int64_t>(images) * c.tokens(); // guidance
+  struct BlockWeights {
+    Bits qkv, qkv_bias, proj, fc1, fc1_bias, fc2;
+  };
+  std::vector<BlockWeights> blocks;
+  for (std::int64_t i = 0; i < c.depth; ++i)
+    blocks.push_back({Bits(3 * d * std::int64_t{d}), Bits(3 * d), Bits(d * std::int64_t{d}),
+                      Bits(mlp * std::int64_t{d}), Bits(mlp), Bits(d * std::int64_t{mlp})});
+  Bits patch_w(d * std::int64_t{patch_k}), final_w(final_n * std::int64_t{d});
+  DeviceBuffer<float> final_bias(final_n), final_out(rows * final_n), embedded(rows * d);
+  Bits patches(rows * patch_k), a(rows * d), qkv(rows * 3 * d), attn(rows * d), y(rows * d),
+      hidden(rows * mlp);
+  // Small non-zero values everywhere (bf16 0x3c3c = 0.0115, fp32 0x3c3c3c3c): the same work
+  // whatever the values, and no overflow through 28 blocks of GELU.
+  const auto fill = [&](auto& buffer) {
+    TSTITCH_CUDA_CHECK(
+        cudaMemsetAsync(buffer.data(), 0x3c, static_cast<std::size_t>(buffer.bytes()), stream));
+  };
+  for (BlockWeights& b : blocks)
+    for (Bits* w : {&b.qkv, &b.qkv_bias, &b.proj, &b.fc1, &b.fc1_bias, &b.fc2})
+      fill(*w);
+  fill(patch_w);
+  fill(final_w);
+  fill(final_bias);
+  fill(patches);
+  fill(a);
+  fill(attn);
+  Blas blas(stream);
+  const auto forward = [&] {
+    blas.linear(patches.data(), patch_k, patch_w.data(), patch_k, embedded.data(), CUDA_R_32F, d,
+                rows, d, patch_k, GemmEpilogue::none, nullptr);
+    for (const BlockWeights& b : blocks) {
+      blas.linear(a.data(), d, b.qkv.data(), d, qkv.data(), CUDA_R_16BF, 3 * d, rows, 3 * d, d,
+                  GemmEpilogue::bias, b.qkv_bias.data());
+      blas.linear(attn.data(), d, b.proj.data(), d, y.data(), CUDA_R_16BF, d, rows, d, d,
+                  GemmEpilogue::none, nullptr);
+      blas.linear(a.data(), d, b.fc1.data(), d, hidden.data(), CUDA_R_16BF, mlp, rows, mlp, d,
+                  GemmEpilogue::bias_gelu, b.fc1_bias.data());
+      blas.linear(hidden.data(), mlp, b.fc2.data(), mlp, y.data(), CUDA_R_16BF, d, rows, d, mlp,
+                  GemmEpilogue::none, nullptr);
+    }
+    blas.linear(a.data(), d, final_w.data(), d, final_out.data(), CUDA_R_32F, final_n, rows,
+                final_n, d, GemmEpilogue::bias, final_bias.data());
+  };
+  forward(); // times the candidate algorithms of each shape (not allowed under capture)
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  TSTITCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  forward();
+  TSTITCH_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  const cudaError_t instantiated = cudaGraphInstantiate(&exec, graph, 0);
+  (void)cudaGraphDestroy(graph);
+  TSTITCH_CUDA_CHECK(instantiated);
+  std::vector<double> per_call;
+  try {
+    for (int i = 0; i < 3; ++i)
+      TSTITCH_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    EventTimer timer;
+    constexpr int calls = 10;
+    for (int r = 0; r < repeats; ++r)
+      per_call.push_back(timer.time_ms(stream, [&] {
+        for (int i = 0; i < calls; ++i)
+          TSTITCH_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+      }) / calls);
+  } catch (...) {
+    (void)cudaGraphExecDestroy(exec);
+    throw;
+  }
+  (void)cudaGraphExecDestroy(exec);
+  return median(per_call);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -846,6 +939,42 @@ int run(const Options& opt) {
   }
   report["forward"] = forward_json;
   report["memory"] = memory;
+
+  // 2b. The GEMMs alone at 8 images, the batch of issue 5's S/2 : XL/2 goal: XL/2's forward over
+  // S/2's GEMMs alone bounds the ratio of any S/2 that keeps its cuBLASLt GEMMs.
+  const auto forward_ms = [&](const std::string& m, int images) {
+    for (const ForwardRow& r : forward)
+      if (r.model == m && r.images == images)
+        return r.ms;
+    return std::nan("");
+  };
+  Json gemms_alone = Json::array();
+  std::map<std::string, double> gemm_ms;
+  if (std::find(opt.batches.begin(), opt.batches.end(), 8) != opt.batches.end()) {
+    for (const std::string& m : opt.models) {
+      try {
+        const double ms =
+            measure_gemms_alone(tstitch::dit::Config::preset("DiT-" + m), 8, opt.repeats, stream);
+        const double whole = forward_ms(m, 8);
+        gemm_ms[m] = ms;
+        std::printf("GEMMs alone DiT-%s 8 images (rows 16): %.3f ms, %.1f%% of its forward "
+                    "(%.3f ms)\n",
+                    m.c_str(), ms, 100.0 * ms / whole, whole);
+        gemms_alone.push_back({{"model", "DiT-" + m},
+                               {"images", 8},
+                               {"ms", number(ms)},
+                               {"forward_ms", number(whole)}});
+      } catch (const std::exception& e) {
+        std::printf("GEMMs alone DiT-%s: FAILED: %s\n", m.c_str(), e.what());
+      }
+      std::fflush(stdout);
+    }
+    if (gemm_ms.count("S/2") == 1 && std::isfinite(forward_ms("XL/2", 8)))
+      std::printf("S/2 : XL/2 ratio bound at 8 images with these GEMMs: XL/2 forward %.3f ms / "
+                  "S/2 GEMMs alone %.3f ms = %.2f (goal 15)\n",
+                  forward_ms("XL/2", 8), gemm_ms["S/2"], forward_ms("XL/2", 8) / gemm_ms["S/2"]);
+  }
+  report["gemms_alone"] = gemms_alone;
 
   // 3. Switch cost.
   std::vector<SwitchRow> switches;
