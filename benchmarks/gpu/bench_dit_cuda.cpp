@@ -379,12 +379,15 @@ tstitch::StepContext context(const tstitch::Trajectory& trajectory, int i) {
 // ------------------------------------------------------------------------------------------
 // 1c. The forward's GEMMs alone
 // ------------------------------------------------------------------------------------------
-/// The GEMMs of one forward with its shapes and epilogues, through the model's own cuda::Blas:
-/// the patch embedding, each block's qkv (+ bias), proj, fc1 (+ bias, GELU) and fc2, and the
-/// final layer (+ bias, fp32 out), on weights of their own per block (as the model's, so L2
-/// holds what it would hold), captured as one CUDA graph and replayed. How long a forward would
-/// take if every other kernel (attention, the LayerNorms, the residuals) were free: the floor of
-/// any design that keeps these cuBLASLt GEMMs. Milliseconds, median over `repeats` blocks.
+/// The GEMMs over all rows of one forward, with its shapes and epilogues, through cuda::Blas's
+/// cuBLASLt path: the patch embedding (without the model's folded bias column), each block's
+/// qkv (+ bias), proj, fc1 (+ bias, GELU) and fc2, and the final layer (+ bias, fp32 out), on
+/// weights of their own per block (as the model's, so L2 holds what it would hold), captured as
+/// one CUDA graph and replayed. Left out: the three conditioning GEMMs on one row per sample
+/// (timestep MLP, adaLN modulations). This Blas times its own candidate algorithms, so it may
+/// pick others than the model did. How long a forward would take if every other kernel
+/// (attention, the LayerNorms, the residuals, conditioning) were free: a lower bound for any
+/// design that keeps these cuBLASLt GEMMs. Milliseconds, median over `repeats` blocks.
 double measure_gemms_alone(const tstitch::dit::Config& c, int images, int repeats,
                            cudaStream_t stream) {
   using tstitch::cuda::Blas;
@@ -407,8 +410,9 @@ double measure_gemms_alone(const tstitch::dit::Config& c, int images, int repeat
   DeviceBuffer<float> final_bias(final_n), final_out(rows * final_n), embedded(rows * d);
   Bits patches(rows * patch_k), a(rows * d), qkv(rows * 3 * d), attn(rows * d), y(rows * d),
       hidden(rows * mlp);
-  // Small non-zero values everywhere (bf16 0x3c3c = 0.0115, fp32 0x3c3c3c3c): the same work
-  // whatever the values, and no overflow through 28 blocks of GELU.
+  // Small non-zero values everywhere (bf16 0x3c3c = 0.0115, fp32 0x3c3c3c3c), as in
+  // measure_seam; no output feeds a later GEMM. (Constant operands may draw less power than
+  // random ones: if anything, this flatters the floor.)
   const auto fill = [&](auto& buffer) {
     TSTITCH_CUDA_CHECK(
         cudaMemsetAsync(buffer.data(), 0x3c, static_cast<std::size_t>(buffer.bytes()), stream));
@@ -443,7 +447,15 @@ double measure_gemms_alone(const tstitch::dit::Config& c, int images, int repeat
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
   TSTITCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  forward();
+  try {
+    forward();
+  } catch (...) { // end the capture: the stream is shared with the models measured next
+    cudaGraph_t broken = nullptr;
+    (void)cudaStreamEndCapture(stream, &broken);
+    if (broken != nullptr)
+      (void)cudaGraphDestroy(broken);
+    throw;
+  }
   TSTITCH_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
   const cudaError_t instantiated = cudaGraphInstantiate(&exec, graph, 0);
   (void)cudaGraphDestroy(graph);
@@ -941,7 +953,8 @@ int run(const Options& opt) {
   report["memory"] = memory;
 
   // 2b. The GEMMs alone at 8 images, the batch of issue 5's S/2 : XL/2 goal: XL/2's forward over
-  // S/2's GEMMs alone bounds the ratio of any S/2 that keeps its cuBLASLt GEMMs.
+  // S/2's GEMMs alone bounds the ratio of any S/2 that keeps its cuBLASLt GEMMs (from above: the
+  // GEMMs left out would only lower it).
   const auto forward_ms = [&](const std::string& m, int images) {
     for (const ForwardRow& r : forward)
       if (r.model == m && r.images == images)
