@@ -16,6 +16,7 @@
 #endif
 
 #include "tstitch/core/error.hpp"
+#include "tstitch/core/log.hpp"
 #include "tstitch/models/dit/deterministic.hpp"
 #include "tstitch/models/dit/gemm.hpp"
 #include "tstitch/models/dit/parallel.hpp"
@@ -47,11 +48,23 @@ public:
            std::int64_t head_dim, float* out) {
 #ifdef TSTITCH_HAS_ONEDNN
     if (gemm_ == Gemm::onednn) {
-      onednn_.run(qkv, samples, tokens, heads, head_dim, out, scores_);
+      onednn_.run(qkv, samples, tokens, heads, head_dim, out, scores_,
+                  [&](const float* chunk_qkv, std::int64_t count, float* chunk_out) {
+                    eigen(chunk_qkv, count, tokens, heads, head_dim, chunk_out);
+                  });
       return;
     }
 #endif
     eigen(qkv, samples, tokens, heads, head_dim, out);
+  }
+
+  /// What runs each shape seen so far, in the order first run. With Eigen, one entry for all.
+  [[nodiscard]] std::vector<KernelChoice> kernels() const {
+#ifdef TSTITCH_HAS_ONEDNN
+    if (gemm_ == Gemm::onednn)
+      return onednn_.kernels();
+#endif
+    return {{"attention", "Eigen", false}};
   }
 
 private:
@@ -112,8 +125,10 @@ private:
     /// tokens: 48 KB of scores per sample).
     static constexpr std::int64_t chunk_bytes = std::int64_t{1} << 20;
 
+    /// `eigen(qkv, samples, out)` runs a chunk whose primitives would be reference kernels.
+    template <class EigenChunk>
     void run(const float* qkv, std::int64_t samples, std::int64_t t, std::int64_t heads,
-             std::int64_t hd, float* out, AlignedBuffer<float>& scores) {
+             std::int64_t hd, float* out, AlignedBuffer<float>& scores, EigenChunk&& eigen) {
       const std::int64_t per_sample = heads * t * t;
       const std::int64_t chunk = std::clamp<std::int64_t>(
           chunk_bytes / (per_sample * static_cast<std::int64_t>(sizeof(float))), 1, samples);
@@ -123,6 +138,10 @@ private:
       for (std::int64_t first = 0; first < samples; first += chunk) {
         const std::int64_t count = std::min(chunk, samples - first);
         Entry& e = find(count, t, heads, hd);
+        if (e.eigen) {
+          eigen(qkv + first * t * 3 * d, count, out + first * t * d);
+          continue;
+        }
         auto* input = const_cast<float*>(qkv + first * t * 3 * d);
         e.q.set_data_handle(input);
         e.k.set_data_handle(input + d);
@@ -149,9 +168,18 @@ private:
       }
     }
 
+    [[nodiscard]] std::vector<KernelChoice> kernels() const {
+      std::vector<KernelChoice> choices;
+      for (const Key& key : order_)
+        choices.push_back(entries_.at(key).choice);
+      return choices;
+    }
+
   private:
     using Key = std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t>;
     struct Entry {
+      bool eigen = false; // one of the three primitives would be a reference kernel
+      KernelChoice choice;
       dnnl::matmul scores_product, value_product;
       dnnl::softmax_forward softmax;
       dnnl::memory q, k, v, scores, out;
@@ -168,9 +196,15 @@ private:
     Entry& find(std::int64_t samples, std::int64_t t, std::int64_t heads, std::int64_t hd) {
       const Key key{samples, t, heads, hd};
       auto it = entries_.find(key);
-      if (it == entries_.end())
-        it = entries_.emplace(key, create(samples, t, heads, hd)).first;
-      return it->second;
+      if (it != entries_.end())
+        return it->second;
+      Entry& e = entries_.emplace(key, create(samples, t, heads, hd)).first->second;
+      order_.push_back(key);
+      e.choice.operation = detail::concat("attention ", shape(samples, t, heads, hd));
+      if (log_enabled(LogLevel::debug))
+        log(LogLevel::debug, detail::concat("DiT ", e.choice.operation, ": ",
+                                            e.choice.implementation));
+      return e;
     }
 
     Entry create(std::int64_t samples, std::int64_t t, std::int64_t heads, std::int64_t hd) {
@@ -199,6 +233,16 @@ private:
             engine_);
         const dnnl::matmul::primitive_desc value_pd(dnnl::matmul::desc(s, v, o), user_scratch,
                                                     engine_);
+        const std::string kernels[3] = {scores_pd.impl_info_str(), softmax_pd.impl_info_str(),
+                                        value_pd.impl_info_str()};
+        const std::string described = detail::concat("q k^T ", kernels[0], ", softmax ",
+                                                     kernels[1], ", p v ", kernels[2]);
+        if (std::any_of(std::begin(kernels), std::end(kernels), detail::is_reference_kernel)) {
+          e.eigen = true;
+          e.choice.implementation = detail::concat("Eigen (oneDNN offered ", described, ")");
+          return e;
+        }
+        e.choice.implementation = "oneDNN " + described;
         e.scores_product = dnnl::matmul(scores_pd);
         e.softmax = dnnl::softmax_forward(softmax_pd);
         e.value_product = dnnl::matmul(value_pd);
@@ -220,6 +264,7 @@ private:
     dnnl::engine engine_{dnnl::engine::kind::cpu, 0};
     dnnl::stream stream_{engine_};
     std::map<Key, Entry> entries_;
+    std::vector<Key> order_; // the keys in the order they were first run
   };
   OneDnn onednn_;
 #endif

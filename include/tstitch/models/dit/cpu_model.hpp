@@ -75,6 +75,30 @@ public:
   void set_batch_invariant(bool invariant) { batch_invariant_ = invariant; }
   [[nodiscard]] bool batch_invariant() const { return batch_invariant_; }
 
+  /// What runs each of the forward's operations at each shape run so far (the linear layers by
+  /// shape and epilogue, then attention), once each. oneDNN picks kernels for the CPU when a
+  /// shape is first run; the model never runs one of oneDNN's reference kernels where a JIT
+  /// kernel can do the work in another form (gemm.hpp). TSTITCH_LOG_LEVEL=debug logs each choice
+  /// as it is made.
+  [[nodiscard]] std::vector<KernelChoice> kernels() const {
+    std::vector<KernelChoice> all;
+    const auto add = [&all](const std::vector<KernelChoice>& choices) {
+      for (const KernelChoice& choice : choices)
+        if (std::none_of(all.begin(), all.end(), [&](const KernelChoice& seen) {
+              return seen.operation == choice.operation &&
+                     seen.implementation == choice.implementation;
+            }))
+          all.push_back(choice);
+    };
+    for (const auto* workspaces : {&batched_, &per_image_})
+      for (const Workspace& w : *workspaces)
+        add(w.linear.kernels());
+    for (const auto* workspaces : {&batched_, &per_image_})
+      for (const Workspace& w : *workspaces)
+        add(w.attention.kernels());
+    return all;
+  }
+
   /// Bytes of activation buffers currently allocated (they grow with the largest batch seen, and
   /// with set_batch_invariant, one image's buffers per thread).
   [[nodiscard]] std::int64_t activation_bytes() const {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 
 #ifdef TSTITCH_HAS_ONEDNN
 #include <oneapi/dnnl/dnnl.hpp>
@@ -57,8 +58,29 @@ inline Gemm require_available(Gemm gemm) {
 
 } // namespace tstitch::dit
 
+namespace tstitch::dit {
+
+/// Which implementation runs one of the CPU DiT's operations at one shape (CpuModel::kernels()).
+struct KernelChoice {
+  /// The operation and its shape, e.g. "linear [5120, 48] x [144, 48]^T + GELU".
+  std::string operation;
+  /// What runs it, e.g. "oneDNN brg:avx512_core, fused epilogue", "oneDNN gemm:jit + tstitch
+  /// gated residual", "Eigen".
+  std::string implementation;
+  /// Whether that is one of oneDNN's unvectorised reference kernels (its "ref:" implementations,
+  /// hundreds of times slower than a JIT kernel). The DiT never chooses one where another form
+  /// exists, so this is false unless no form of the operation has a JIT kernel on this CPU.
+  bool reference = false;
+};
+
+} // namespace tstitch::dit
+
 #ifdef TSTITCH_HAS_ONEDNN
 namespace tstitch::detail {
+
+/// oneDNN names its unvectorised fallbacks "ref:any", "ref_int8:any" and the like: the choice of
+/// last resort when no JIT kernel supports a descriptor and its attributes on this CPU.
+inline bool is_reference_kernel(std::string_view impl_info) { return impl_info.starts_with("ref"); }
 
 /// Throws naming what `describe()` returns when a oneDNN C call fails (the message is only built
 /// then).

@@ -11,6 +11,7 @@
 #include <Eigen/Core>
 
 #include "tstitch/core/error.hpp"
+#include "tstitch/core/log.hpp"
 #include "tstitch/models/dit/deterministic.hpp"
 #include "tstitch/models/dit/gemm.hpp"
 #include "tstitch/models/dit/parallel.hpp"
@@ -45,6 +46,16 @@ public:
 
   [[nodiscard]] Gemm gemm() const { return gemm_; }
 
+  /// What runs each (shape, epilogue) seen so far, in the order they were first run. With Eigen,
+  /// one entry for all.
+  [[nodiscard]] std::vector<KernelChoice> kernels() const {
+#ifdef TSTITCH_HAS_ONEDNN
+    if (gemm_ == Gemm::onednn)
+      return onednn_.kernels();
+#endif
+    return {{"linear layers", "Eigen", false}};
+  }
+
   /// `out` must not alias `x`. For gated_residual, rows is a multiple of rows_per_sample and `out`
   /// holds the residual stream it adds to; `scratch` (rows x out floats) is used by the Eigen path.
   void run(const float* x, std::int64_t rows, const Param& weight, const Param& bias, float* out,
@@ -55,27 +66,10 @@ public:
           "LinearLayers::run: rows = ", rows,
           " is not a whole number of samples of rows_per_sample = ", epilogue.rows_per_sample));
 #ifdef TSTITCH_HAS_ONEDNN
-    if (gemm_ == Gemm::onednn) {
-      onednn_.run(x, rows, weight, bias, out, epilogue);
+    if (gemm_ == Gemm::onednn && onednn_.run(x, rows, weight, bias, out, epilogue, scratch))
       return;
-    }
 #endif
-    switch (epilogue.kind) {
-    case Epilogue::Kind::store:
-      eigen_linear(x, rows, weight, bias, out);
-      break;
-    case Epilogue::Kind::gelu_tanh:
-      eigen_linear(x, rows, weight, bias, out);
-      gelu_tanh(Map(out, rows, weight.rows));
-      break;
-    case Epilogue::Kind::gated_residual:
-      if (scratch == nullptr)
-        throw invalid_argument(
-            "LinearLayers::run: the Eigen gated residual needs a scratch buffer");
-      eigen_linear(x, rows, weight, bias, scratch);
-      gated_residual(scratch, rows, weight.rows, epilogue, out);
-      break;
-    }
+    run_eigen(x, rows, weight, bias, out, epilogue, scratch);
   }
 
 private:
@@ -84,6 +78,33 @@ private:
   using ConstMap = Eigen::Map<const Matrix>;
   using Vector = Eigen::Matrix<float, 1, Eigen::Dynamic, Eigen::RowMajor>;
   using ConstVectorMap = Eigen::Map<const Vector>;
+
+  static void run_eigen(const float* x, std::int64_t rows, const Param& weight, const Param& bias,
+                        float* out, const Epilogue& epilogue, float* scratch) {
+    if (epilogue.kind == Epilogue::Kind::gated_residual) {
+      eigen_linear(x, rows, weight, bias, require_scratch(scratch));
+    } else {
+      eigen_linear(x, rows, weight, bias, out);
+    }
+    apply_epilogue(rows, weight.rows, epilogue, scratch, out);
+  }
+
+  static float* require_scratch(float* scratch) {
+    if (scratch == nullptr)
+      throw invalid_argument("LinearLayers::run: a gated residual computed apart from its GEMM "
+                             "needs a scratch buffer of rows x out floats");
+    return scratch;
+  }
+
+  /// The epilogue as a pass of its own over y = x W^T + b, which lies in `out` (store, GELU) or
+  /// in `scratch` (gated residual).
+  static void apply_epilogue(std::int64_t rows, std::int64_t cols, const Epilogue& epilogue,
+                             const float* scratch, float* out) {
+    if (epilogue.kind == Epilogue::Kind::gelu_tanh)
+      gelu_tanh(Map(out, rows, cols));
+    else if (epilogue.kind == Epilogue::Kind::gated_residual)
+      gated_residual(scratch, rows, cols, epilogue, out);
+  }
 
   /// GELU, tanh approximation, in place; Eigen's vectorised tanh (a few ulp) keeps this from
   /// costing as much as the GEMM around it.
@@ -142,15 +163,28 @@ private:
   /// oneDNN matmul primitives, one per (shape, epilogue) and shared by every block of that shape.
   /// The memory objects are created with the primitive and re-pointed per call (set_data_handle),
   /// so a call allocates nothing on tstitch's side (oneDNN's own bookkeeping may).
+  ///
+  /// Each (shape, epilogue) runs in the first of three forms that has a JIT kernel on this CPU,
+  /// never in one of oneDNN's reference kernels (a reference matmul takes seconds where a JIT one
+  /// takes microseconds). oneDNN 2.6 fuses the gated residual's per-sample gate only in its
+  /// AVX-512 "brgemm" matmul, for one.
+  ///   1. fused: one matmul with the epilogue as post-ops;
+  ///   2. plain: a matmul with the bias only, then tstitch's own epilogue pass;
+  ///   3. Eigen, then tstitch's epilogue (run() returns false and the caller runs it).
   class OneDnn {
   public:
-    void run(const float* x, std::int64_t rows, const Param& weight, const Param& bias, float* out,
-             const Epilogue& e) {
+    /// Returns false when this shape is left to Eigen (form 3).
+    bool run(const float* x, std::int64_t rows, const Param& weight, const Param& bias, float* out,
+             const Epilogue& e, float* scratch) {
       Entry& entry = find(rows, weight.cols, weight.rows, e);
+      if (entry.form == Form::eigen)
+        return false;
+      const bool gated = e.kind == Epilogue::Kind::gated_residual;
+      float* y = entry.form == Form::plain && gated ? require_scratch(scratch) : out;
       entry.src.set_data_handle(const_cast<float*>(x));
       entry.weights.set_data_handle(const_cast<float*>(weight.data));
       entry.bias.set_data_handle(const_cast<float*>(bias.data));
-      entry.dst.set_data_handle(out);
+      entry.dst.set_data_handle(y);
       dnnl_exec_arg_t args[6] = {{DNNL_ARG_SRC, entry.src.get()},
                                  {DNNL_ARG_WEIGHTS, entry.weights.get()},
                                  {DNNL_ARG_BIAS, entry.bias.get()},
@@ -158,7 +192,7 @@ private:
                                  {DNNL_ARG_SCRATCHPAD, entry.scratchpad.get()},
                                  {}};
       int count = 5;
-      if (e.kind == Epilogue::Kind::gated_residual) {
+      if (entry.form == Form::fused && gated) {
         const std::int64_t out_cols = weight.rows;
         for (std::size_t sample = 0; sample * out_cols < entry.gate_rows.size(); ++sample)
           std::copy_n(e.gate + static_cast<std::int64_t>(sample) * e.gate_stride, out_cols,
@@ -168,10 +202,24 @@ private:
       }
       detail::execute(entry.primitive, stream_, args, count,
                       [&] { return detail::concat("matmul ", describe(rows, weight, e)); });
+      if (entry.form == Form::plain)
+        apply_epilogue(rows, weight.rows, e, y, out);
+      return true;
+    }
+
+    [[nodiscard]] std::vector<KernelChoice> kernels() const {
+      std::vector<KernelChoice> choices;
+      choices.reserve(order_.size());
+      for (const Key& key : order_)
+        choices.push_back(entries_.at(key).choice);
+      return choices;
     }
 
   private:
+    enum class Form { fused, plain, eigen };
     struct Entry {
+      Form form = Form::fused;
+      KernelChoice choice;
       dnnl::matmul primitive;
       dnnl::memory src, weights, bias, dst, gate, scratchpad;
       // The gates, one row per sample, packed: oneDNN 2.6 reads a binary post-op's input as
@@ -181,12 +229,20 @@ private:
     };
     using Key = std::tuple<std::int64_t, std::int64_t, std::int64_t, Epilogue::Kind, std::int64_t>;
 
+    static const char* epilogue_name(Epilogue::Kind kind) {
+      return kind == Epilogue::Kind::gelu_tanh        ? "GELU"
+             : kind == Epilogue::Kind::gated_residual ? "gated residual"
+                                                      : "";
+    }
+
     static std::string describe(std::int64_t rows, const Param& weight, const Epilogue& e) {
-      const char* epilogue = e.kind == Epilogue::Kind::gelu_tanh        ? " + GELU"
-                             : e.kind == Epilogue::Kind::gated_residual ? " gated residual"
-                                                                        : "";
-      return detail::concat("[", rows, ", ", weight.cols, "] x [", weight.rows, ", ", weight.cols,
-                            "]^T", epilogue);
+      std::string text = detail::concat("[", rows, ", ", weight.cols, "] x [", weight.rows, ", ",
+                                        weight.cols, "]^T");
+      if (e.kind == Epilogue::Kind::gelu_tanh)
+        text += " + GELU";
+      else if (e.kind == Epilogue::Kind::gated_residual)
+        text += detail::concat(" gated residual (", rows / e.rows_per_sample, " samples)");
+      return text;
     }
 
     Entry& find(std::int64_t rows, std::int64_t in, std::int64_t out, const Epilogue& e) {
@@ -194,55 +250,103 @@ private:
       const Key key{rows, in, out, e.kind, gated ? e.rows_per_sample : 0};
       if (auto it = entries_.find(key); it != entries_.end())
         return it->second;
+      const std::string operation =
+          detail::concat("linear ", describe(rows, Param{nullptr, out, in}, e));
       try {
-        return entries_.emplace(key, create(rows, in, out, e)).first->second;
+        Entry& entry = entries_.emplace(key, create(rows, in, out, e)).first->second;
+        order_.push_back(key);
+        entry.choice.operation = operation;
+        if (log_enabled(LogLevel::debug))
+          log(LogLevel::debug, detail::concat("DiT ", operation, ": ",
+                                              entry.choice.implementation));
+        return entry;
       } catch (const dnnl::error& failure) {
-        throw runtime_error(detail::concat("oneDNN could not create a matmul for ",
-                                           describe(rows, Param{nullptr, out, in}, e), ": ",
-                                           failure.what()));
+        throw runtime_error(detail::concat("oneDNN could not create a matmul for ", operation,
+                                           ": ", failure.what()));
       }
     }
 
-    /// x [rows, in] . W^T, W [out, in] row-major = a [in, out] matrix in "ba" order. The gated
-    /// residual runs as a batch of samples, [samples, T, in] . [1, in, out], so that its gate
-    /// [samples, 1, out] broadcasts over the T rows; its post-ops are gate * y, then + out.
+    /// The first form with a JIT kernel: fused, plain, else Eigen.
     Entry create(std::int64_t rows, std::int64_t in, std::int64_t out, const Epilogue& e) {
+      std::string refused;
+      for (const Form form : {Form::fused, Form::plain}) {
+        if (form == Form::plain && e.kind == Epilogue::Kind::store)
+          break; // a plain matmul is the fused form of a store
+        const dnnl::matmul::primitive_desc pd = describe_matmul(rows, in, out, e, form);
+        const std::string impl = pd.impl_info_str();
+        if (detail::is_reference_kernel(impl)) {
+          refused += detail::concat(refused.empty() ? "" : ", ", impl, " for the ",
+                                    form == Form::fused ? "fused" : "plain", " form");
+          continue;
+        }
+        Entry entry = instantiate(pd, rows, out, e, form);
+        entry.choice.implementation =
+            form == Form::fused || e.kind == Epilogue::Kind::store
+                ? detail::concat("oneDNN ", impl,
+                                 e.kind == Epilogue::Kind::store ? "" : ", fused epilogue")
+                : detail::concat("oneDNN ", impl, " + tstitch ", epilogue_name(e.kind));
+        if (!refused.empty())
+          entry.choice.implementation += detail::concat(" (oneDNN offered ", refused, ")");
+        return entry;
+      }
+      Entry entry;
+      entry.form = Form::eigen;
+      entry.choice.implementation =
+          detail::concat("Eigen", e.kind == Epilogue::Kind::store ? "" : " + tstitch ",
+                         epilogue_name(e.kind), " (oneDNN offered ", refused, ")");
+      return entry;
+    }
+
+    /// x [rows, in] . W^T, W [out, in] row-major = a [in, out] matrix in "ba" order. The fused
+    /// gated residual runs as a batch of samples, [samples, T, in] . [1, in, out], so that its
+    /// gate [samples, 1, out] broadcasts over the T rows; its post-ops are gate * y, then + out.
+    /// The plain form has the bias only.
+    dnnl::matmul::primitive_desc describe_matmul(std::int64_t rows, std::int64_t in,
+                                                 std::int64_t out, const Epilogue& e,
+                                                 Form form) const {
       using dims = dnnl::memory::dims;
       using tag = dnnl::memory::format_tag;
       constexpr auto f32 = dnnl::memory::data_type::f32;
       dnnl::post_ops post_ops;
-      dnnl::memory::desc src, weights, bias, dst, gate;
-      if (e.kind == Epilogue::Kind::gated_residual) {
+      dnnl::memory::desc src, weights, bias, dst;
+      if (form == Form::fused && e.kind == Epilogue::Kind::gated_residual) {
         const std::int64_t samples = rows / e.rows_per_sample, t = e.rows_per_sample;
         src = dnnl::memory::desc(dims{samples, t, in}, f32, tag::abc);
         weights = dnnl::memory::desc(dims{1, in, out}, f32, dims{in * out, 1, in});
         bias = dnnl::memory::desc(dims{1, 1, out}, f32, tag::abc);
         dst = dnnl::memory::desc(dims{samples, t, out}, f32, tag::abc);
-        gate = dnnl::memory::desc(dims{samples, 1, out}, f32, tag::abc);
-        post_ops.append_binary(dnnl::algorithm::binary_mul, gate);
+        post_ops.append_binary(dnnl::algorithm::binary_mul,
+                               dnnl::memory::desc(dims{samples, 1, out}, f32, tag::abc));
         post_ops.append_sum(1.0f);
       } else {
         src = dnnl::memory::desc(dims{rows, in}, f32, tag::ab);
         weights = dnnl::memory::desc(dims{in, out}, f32, tag::ba);
         bias = dnnl::memory::desc(dims{1, out}, f32, tag::ab);
         dst = dnnl::memory::desc(dims{rows, out}, f32, tag::ab);
-        if (e.kind == Epilogue::Kind::gelu_tanh)
+        if (form == Form::fused && e.kind == Epilogue::Kind::gelu_tanh)
           post_ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_tanh, 0.0f, 0.0f);
       }
       dnnl::primitive_attr attr;
       attr.set_post_ops(post_ops);
       attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, weights, bias, dst), attr,
-                                            engine_);
+      return {dnnl::matmul::desc(src, weights, bias, dst), attr, engine_};
+    }
+
+    Entry instantiate(const dnnl::matmul::primitive_desc& pd, std::int64_t rows, std::int64_t out,
+                      const Epilogue& e, Form form) const {
       Entry entry;
+      entry.form = form;
       entry.primitive = dnnl::matmul(pd);
-      entry.src = dnnl::memory(src, engine_, nullptr);
-      entry.weights = dnnl::memory(weights, engine_, nullptr);
-      entry.bias = dnnl::memory(bias, engine_, nullptr);
-      entry.dst = dnnl::memory(dst, engine_, nullptr);
-      if (e.kind == Epilogue::Kind::gated_residual) {
-        entry.gate = dnnl::memory(gate, engine_, nullptr);
-        entry.gate_rows.resize(static_cast<std::size_t>(rows / e.rows_per_sample * out));
+      entry.src = dnnl::memory(pd.src_desc(), engine_, nullptr);
+      entry.weights = dnnl::memory(pd.weights_desc(), engine_, nullptr);
+      entry.bias = dnnl::memory(pd.bias_desc(), engine_, nullptr);
+      entry.dst = dnnl::memory(pd.dst_desc(), engine_, nullptr);
+      if (form == Form::fused && e.kind == Epilogue::Kind::gated_residual) {
+        const std::int64_t samples = rows / e.rows_per_sample;
+        entry.gate = dnnl::memory({{samples, 1, out}, dnnl::memory::data_type::f32,
+                                   dnnl::memory::format_tag::abc},
+                                  engine_, nullptr);
+        entry.gate_rows.resize(static_cast<std::size_t>(samples * out));
       }
       entry.scratchpad = dnnl::memory(pd.scratchpad_desc(), engine_); // owns its buffer
       return entry;
@@ -251,6 +355,7 @@ private:
     dnnl::engine engine_{dnnl::engine::kind::cpu, 0};
     dnnl::stream stream_{engine_};
     std::map<Key, Entry> entries_;
+    std::vector<Key> order_; // the keys in the order they were first run
   };
   OneDnn onednn_;
 #endif
