@@ -547,25 +547,30 @@ TEST_CASE("DiT: oneDNN and Eigen give the same model; an unbuilt GEMM is refused
 
 TEST_CASE("DiT forward: no heap allocation after the first call with a batch size", "[dit]") {
   for (const dit::Gemm gemm : available_gemms()) {
-    INFO("gemm " << dit::to_string(gemm));
-    dit::CpuModel model(dit::Weights::random(tiny_dit_config(), 41), "DiT", gemm);
-    Tensor x(2, model.latent_shape()), out(2, Shape{8, 8, 8});
-    HostBackend{}.fill_normal(x, NoiseKey{6, 0, 0, 0});
-    StepContext ctx;
-    ctx.point.timestep = 100;
-    const std::vector<int> labels{1, 10};
-    for (const bool invariant : {false, true}) {
-      INFO("batch invariant " << invariant);
-      model.set_batch_invariant(invariant); // one image's rows at a time: other GEMM shapes
-      model.predict(x, ctx, labels, out);   // sizes the buffers, builds the primitives
-      const long before = heap_allocations.load();
-      model.predict(x, ctx, labels, out);
-      const long allocations = heap_allocations.load() - before;
-      if (gemm == dit::Gemm::eigen) {
-        CHECK(allocations == 0);
-      } else {
-        // oneDNN's per-call bookkeeping (gemm.hpp): small, and bounded per block and call.
-        CHECK(allocations <= 100 * static_cast<long>(model.config().depth + 1) * x.batch());
+    // 2 images: each layer threaded; 8 images on 2 threads: with oneDNN, per-thread slices.
+    for (const std::int64_t batch : {2, 8}) {
+      INFO("gemm " << dit::to_string(gemm) << ", batch " << batch);
+      dit::CpuModel model(dit::Weights::random(tiny_dit_config(), 41), "DiT", gemm);
+      model.set_threads(2);
+      Tensor x(batch, model.latent_shape()), out(batch, Shape{8, 8, 8});
+      HostBackend{}.fill_normal(x, NoiseKey{6, 0, 0, 0});
+      StepContext ctx;
+      ctx.point.timestep = 100;
+      std::vector<int> labels(static_cast<std::size_t>(batch), 10);
+      labels[0] = 1;
+      for (const bool invariant : {false, true}) {
+        INFO("batch invariant " << invariant);
+        model.set_batch_invariant(invariant); // one image's rows at a time: other GEMM shapes
+        model.predict(x, ctx, labels, out);   // sizes the buffers, builds the primitives
+        const long before = heap_allocations.load();
+        model.predict(x, ctx, labels, out);
+        const long allocations = heap_allocations.load() - before;
+        if (gemm == dit::Gemm::eigen) {
+          CHECK(allocations == 0);
+        } else {
+          // oneDNN's per-call bookkeeping (gemm.hpp): small, and bounded per block and call.
+          CHECK(allocations <= 100 * static_cast<long>(model.config().depth + 1) * x.batch());
+        }
       }
     }
   }

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include <Eigen/Core>
@@ -31,12 +33,15 @@ namespace tstitch::dit {
 /// operations (LayerNorm, embeddings) in Eigen.
 ///
 /// Activation buffers are allocated once per batch size and reused, so sampling allocates nothing
-/// per step. Build with OpenMP (-fopenmp) to use several cores: the GEMMs, the attention loop over
-/// (sample, head) and the row operations then run in parallel.
+/// per step. Build with OpenMP (-fopenmp) to use several cores. With oneDNN, a batch of at least
+/// two images per thread is cut into one slice per thread, each forwarded single-threaded (one parallel
+/// region per forward); smaller batches run each layer threaded. `set_threads` sets the thread
+/// count per model, `set_parallel_for` hands the work to the host application's pool instead.
 ///
-/// Its output has the same bits wherever its buffers are allocated, and with Eigen at any thread
-/// count. oneDNN (the default) partitions a primitive by the thread count it was created at, so
-/// with it the same bits need the same thread count. Both block rows by the row count, so an
+/// Its output has the same bits wherever its buffers are allocated, and with Eigen at any OpenMP
+/// thread count. oneDNN (the default) partitions a primitive by the thread count it was created
+/// at and the batch is sliced by the thread count, so with it the same bits need the same thread
+/// count (with an executor, the same task count). Both block rows by the row count, so an
 /// image's output changes in the last bits with the batch it is in. `set_batch_invariant(true)`
 /// removes both dependences, with either library. (Bits are for one machine: the libraries pick
 /// kernels and blockings by the CPU's instruction set and caches.)
@@ -67,8 +72,8 @@ public:
   [[nodiscard]] const Weights& weights() const { return weights_; }
   [[nodiscard]] Gemm gemm() const { return gemm_; }
 
-  /// Whether each image's forward runs alone, single-threaded, the images shared among the OpenMP
-  /// threads, so that an image's output has the same bits in any batch, at any position and at any
+  /// Whether each image's forward runs alone, single-threaded, the images shared among the threads
+  /// (or the executor's tasks), so that an image's output has the same bits in any batch, at any position and at any
   /// thread count: for renderers that must reproduce an image whatever else was generated with
   /// it. Off by default: it costs 1.0-1.4x the batched time on small models (benchmarks/README.md)
   /// and uses one thread for a batch of one.
@@ -90,10 +95,10 @@ public:
             }))
           all.push_back(choice);
     };
-    for (const auto* workspaces : {&batched_, &per_image_})
+    for (const auto* workspaces : {&batched_, &slices_})
       for (const Workspace& w : *workspaces)
         add(w.linear.kernels());
-    for (const auto* workspaces : {&batched_, &per_image_})
+    for (const auto* workspaces : {&batched_, &slices_})
       for (const Workspace& w : *workspaces)
         add(w.attention.kernels());
     return all;
@@ -105,7 +110,7 @@ public:
     std::int64_t bytes = 0;
     for (const Workspace& w : batched_)
       bytes += w.bytes();
-    for (const Workspace& w : per_image_)
+    for (const Workspace& w : slices_)
       bytes += w.bytes();
     return bytes;
   }
@@ -115,36 +120,75 @@ public:
   void predict(ConstView x, const StepContext& ctx, const condition_type& labels, View out) {
     check_forward(config(), x, out, labels, ctx.point.timestep, "DiT");
     const auto t = static_cast<float>(ctx.point.timestep);
-    if (!batch_invariant_) {
+    const std::int64_t images = x.batch();
+    const int team = threads();
+    if (!batch_invariant_ && !executor_ && !splits_batch(images, team)) {
+      // One forward over the whole batch, each layer threaded on its own.
       if (batched_.empty())
         batched_.emplace_back(gemm_);
+      const ThreadCountScope scope(threads_);
       forward(batched_.front(), x, t, labels, out);
       return;
     }
-    // One image per forward, each single-threaded (SingleThreadedScope: its OpenMP loops, Eigen
-    // and oneDNN all run on one thread, whatever the nesting settings) in a workspace of its
-    // thread's, never shared with batched forwards: oneDNN fixes a primitive's partitioning, and
-    // so its bits, by the thread count it was created at. An image's bits then depend on nothing
-    // but the image.
-    const std::int64_t images = x.batch();
-    int threads = 1;
-#ifdef _OPENMP
-    threads = static_cast<int>(std::min<std::int64_t>(omp_get_max_threads(), images));
-#endif
-    while (static_cast<int>(per_image_.size()) < threads)
-      per_image_.emplace_back(gemm_);
-    parallel_for(
-        images,
-        [&](std::int64_t n) {
-          int thread = 0;
-#ifdef _OPENMP
-          thread = omp_get_thread_num();
-#endif
+    // The batch in `tasks` contiguous slices, each forwarded single-threaded (SingleThreadedScope:
+    // its OpenMP loops, Eigen and oneDNN all run on one thread) in a workspace of its own that a
+    // batched forward never uses: oneDNN fixes a primitive's partitioning, and so its bits, by the
+    // thread count it was created at. With set_batch_invariant a slice runs one image at a time,
+    // so that an image's bits depend on nothing but the image.
+    const auto tasks = static_cast<int>(std::min<std::int64_t>(team, images));
+    while (static_cast<int>(slices_.size()) < tasks)
+      slices_.emplace_back(gemm_);
+    run_tasks(
+        executor_, tasks,
+        [&](std::int64_t task) {
+          const std::int64_t first = images * task / tasks, last = images * (task + 1) / tasks;
+          Workspace& w = slices_[static_cast<std::size_t>(task)];
           const SingleThreadedScope serial;
-          forward(per_image_[static_cast<std::size_t>(thread)], x.samples(n, 1), t,
-                  std::span(labels).subspan(static_cast<std::size_t>(n), 1), out.samples(n, 1));
+          const std::int64_t step = batch_invariant_ ? 1 : last - first;
+          for (std::int64_t n = first; n < last; n += step)
+            forward(w, x.samples(n, step), t,
+                    std::span(labels).subspan(static_cast<std::size_t>(n),
+                                              static_cast<std::size_t>(step)),
+                    out.samples(n, step));
         },
-        threads);
+        tasks);
+  }
+
+  /// The number of threads this model's forwards use: `threads` > 0 sets it for this model alone
+  /// (a small model may run best on fewer threads than a large one); 0, the default, follows
+  /// OpenMP (omp_get_max_threads() of the calling thread, OMP_NUM_THREADS). With a host executor
+  /// (set_parallel_for) it is the number of tasks a forward hands to it.
+  void set_threads(int threads) {
+    require(threads >= 0, "CpuModel::set_threads: threads", threads, "must be >= 0");
+    threads_ = threads;
+  }
+  [[nodiscard]] int threads() const {
+    if (threads_ > 0)
+      return threads_;
+    if (executor_)
+      return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+  }
+
+  /// Runs the model's parallel work on the host application's thread pool instead of OpenMP's:
+  /// each forward hands `threads()` tasks to `executor`, slices of the batch that run
+  /// single-threaded on whichever thread takes them, so the model starts no threads of its own.
+  /// An empty executor restores OpenMP.
+  void set_parallel_for(ParallelFor executor) { executor_ = std::move(executor); }
+
+private:
+  /// Whether a batch of `images` runs as `team` slices of whole images, one per thread, rather
+  /// than as one forward with each layer threaded. Slices start no parallel region per layer and
+  /// keep each thread's activations in its own cache: 1.1-1.4x faster on the Fashion DiTs and
+  /// DiT-S/2 at 8-80 images (benchmarks/README.md). They need at least two images per thread, so
+  /// that slices of unequal size cost little, and oneDNN: with Eigen the bits must not depend on
+  /// the thread count (slices change a row's alignment in its buffer, deterministic.hpp).
+  [[nodiscard]] bool splits_batch(std::int64_t images, int team) const {
+    return gemm_ == Gemm::onednn && team > 1 && images >= 2 * static_cast<std::int64_t>(team);
   }
 
 private:
@@ -335,8 +379,10 @@ private:
   std::string name_;
   bool batch_invariant_ = false;
   Gemm gemm_;
-  std::vector<Workspace> batched_;   // the batched forwards' (one, made at the first)
-  std::vector<Workspace> per_image_; // set_batch_invariant's, one per thread
+  int threads_ = 0;
+  ParallelFor executor_;
+  std::vector<Workspace> batched_; // the batched forwards' (one, made at the first)
+  std::vector<Workspace> slices_;  // the single-threaded slices', one per task
 };
 
 } // namespace tstitch::dit

@@ -57,28 +57,36 @@ inline std::int64_t aligned_stride(std::int64_t n) {
   return (n + floats - 1) / floats * floats;
 }
 
-/// Within its scope, parallel regions started by the calling thread run on one thread: OpenMP
-/// loops, and the libraries that size their teams from omp_get_max_threads() (Eigen's GEMM,
-/// oneDNN). Eigen's GEMM otherwise threads itself when called outside an active parallel region,
-/// with depth blocks sized for the team, which changes the bits with the thread count.
-class SingleThreadedScope {
+/// Within its scope, parallel regions started by the calling thread run on `threads` threads:
+/// OpenMP loops, and the libraries that size their teams from omp_get_max_threads() (Eigen's
+/// GEMM, oneDNN). 0 leaves the count as it is.
+class ThreadCountScope {
 public:
-  SingleThreadedScope() {
+  explicit ThreadCountScope([[maybe_unused]] int threads) {
 #ifdef _OPENMP
     previous_ = omp_get_max_threads();
-    omp_set_num_threads(1);
+    if (threads > 0)
+      omp_set_num_threads(threads);
 #endif
   }
-  ~SingleThreadedScope() {
+  ~ThreadCountScope() {
 #ifdef _OPENMP
     omp_set_num_threads(previous_);
 #endif
   }
-  SingleThreadedScope(const SingleThreadedScope&) = delete;
-  SingleThreadedScope& operator=(const SingleThreadedScope&) = delete;
+  ThreadCountScope(const ThreadCountScope&) = delete;
+  ThreadCountScope& operator=(const ThreadCountScope&) = delete;
 
 private:
   [[maybe_unused]] int previous_ = 1;
+};
+
+/// Parallel regions started by the calling thread run on one thread within its scope. Eigen's
+/// GEMM otherwise threads itself when called outside an active parallel region, with depth
+/// blocks sized for the team, which changes the bits with the thread count.
+class SingleThreadedScope : public ThreadCountScope {
+public:
+  SingleThreadedScope() : ThreadCountScope(1) {}
 };
 
 } // namespace tstitch::dit

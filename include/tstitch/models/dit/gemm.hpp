@@ -16,9 +16,11 @@ namespace tstitch::dit {
 /// products of attention (attention.hpp).
 ///
 /// - `eigen`: Eigen's GEMM, the output columns split between the OpenMP threads. Always built.
-/// - `onednn`: oneDNN's matmul (its AVX-512/AVX2 "brgemm" kernels, chosen at run time for the CPU)
-///   with the bias, the tanh-GELU and the gated residual fused into the GEMM's epilogue, and
-///   attention as two batched matmuls over chunks of (sample, head) pairs around oneDNN's softmax.
+/// - `onednn`: oneDNN's matmul with the bias (JIT kernels chosen at run time for the CPU: AVX-512
+///   brgemm, or its AVX2/AVX/SSE4.1 sgemm), tstitch's own pass for the tanh-GELU and the gated
+///   residual, and attention as two batched matmuls over chunks of (sample, head) pairs around
+///   oneDNN's softmax. A shape for which oneDNN has only a reference kernel runs in Eigen
+///   (KernelChoice below).
 ///   Built when TSTITCH_HAS_ONEDNN is defined (CMake defines it for tstitch::dit when it finds
 ///   oneDNN; Debian: libdnnl-dev). The weights are read in place, in their PyTorch [out, in]
 ///   layout: nothing is repacked or copied, so memory-mapped checkpoints stay mapped.

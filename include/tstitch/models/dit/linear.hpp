@@ -46,8 +46,7 @@ public:
 
   [[nodiscard]] Gemm gemm() const { return gemm_; }
 
-  /// What runs each (shape, epilogue) seen so far, in the order they were first run. With Eigen,
-  /// one entry for all.
+  /// What runs each shape seen so far, in the order first run. With Eigen, one entry for all.
   [[nodiscard]] std::vector<KernelChoice> kernels() const {
 #ifdef TSTITCH_HAS_ONEDNN
     if (gemm_ == Gemm::onednn)
@@ -57,7 +56,7 @@ public:
   }
 
   /// `out` must not alias `x`. For gated_residual, rows is a multiple of rows_per_sample and `out`
-  /// holds the residual stream it adds to; `scratch` (rows x out floats) is used by the Eigen path.
+  /// holds the residual stream it adds to, and `scratch` (rows x out floats) holds x W^T + b.
   void run(const float* x, std::int64_t rows, const Param& weight, const Param& bias, float* out,
            const Epilogue& epilogue, float* scratch = nullptr) {
     if (epilogue.kind == Epilogue::Kind::gated_residual &&
@@ -160,50 +159,38 @@ private:
   }
 
 #ifdef TSTITCH_HAS_ONEDNN
-  /// oneDNN matmul primitives, one per (shape, epilogue) and shared by every block of that shape.
-  /// The memory objects are created with the primitive and re-pointed per call (set_data_handle),
-  /// so a call allocates nothing on tstitch's side (oneDNN's own bookkeeping may).
+  /// oneDNN matmul primitives with the bias, one per shape and shared by every block of that
+  /// shape, followed by tstitch's own epilogue pass (GELU, gated residual). The memory objects are
+  /// created with the primitive and re-pointed per call (set_data_handle), so a call allocates
+  /// nothing on tstitch's side (oneDNN's own bookkeeping may).
   ///
-  /// Each (shape, epilogue) runs in the first of three forms that has a JIT kernel on this CPU,
-  /// never in one of oneDNN's reference kernels (a reference matmul takes seconds where a JIT one
-  /// takes microseconds). oneDNN 2.6 fuses the gated residual's per-sample gate only in its
-  /// AVX-512 "brgemm" matmul, for one.
-  ///   1. fused: one matmul with the epilogue as post-ops;
-  ///   2. plain: a matmul with the bias only, then tstitch's own epilogue pass;
-  ///   3. Eigen, then tstitch's epilogue (run() returns false and the caller runs it).
+  /// The epilogues are not oneDNN post-ops: its gemm-based matmul (all it has below AVX-512)
+  /// runs them as a slow pass of its own (DiT's fc1 with GELU at AVX2: 2.9 ms against 0.7 ms
+  /// without), and it fuses the gated residual's per-sample gate nowhere but in its AVX-512
+  /// brgemm kernels, falling back to a reference kernel that takes seconds. Fused brgemm was no
+  /// faster than the separate pass on the Fashion DiTs or DiT-S/2 either (benchmarks/README.md).
+  /// A shape whose matmul would still be a reference kernel runs in Eigen (run() returns false).
   class OneDnn {
   public:
-    /// Returns false when this shape is left to Eigen (form 3).
+    /// Returns false when this shape is left to Eigen.
     bool run(const float* x, std::int64_t rows, const Param& weight, const Param& bias, float* out,
              const Epilogue& e, float* scratch) {
-      Entry& entry = find(rows, weight.cols, weight.rows, e);
-      if (entry.form == Form::eigen)
+      Entry& entry = find(rows, weight.cols, weight.rows);
+      if (entry.eigen)
         return false;
-      const bool gated = e.kind == Epilogue::Kind::gated_residual;
-      float* y = entry.form == Form::plain && gated ? require_scratch(scratch) : out;
+      float* y = e.kind == Epilogue::Kind::gated_residual ? require_scratch(scratch) : out;
       entry.src.set_data_handle(const_cast<float*>(x));
       entry.weights.set_data_handle(const_cast<float*>(weight.data));
       entry.bias.set_data_handle(const_cast<float*>(bias.data));
       entry.dst.set_data_handle(y);
-      dnnl_exec_arg_t args[6] = {{DNNL_ARG_SRC, entry.src.get()},
-                                 {DNNL_ARG_WEIGHTS, entry.weights.get()},
-                                 {DNNL_ARG_BIAS, entry.bias.get()},
-                                 {DNNL_ARG_DST, entry.dst.get()},
-                                 {DNNL_ARG_SCRATCHPAD, entry.scratchpad.get()},
-                                 {}};
-      int count = 5;
-      if (entry.form == Form::fused && gated) {
-        const std::int64_t out_cols = weight.rows;
-        for (std::size_t sample = 0; sample * out_cols < entry.gate_rows.size(); ++sample)
-          std::copy_n(e.gate + static_cast<std::int64_t>(sample) * e.gate_stride, out_cols,
-                      entry.gate_rows.begin() + static_cast<std::ptrdiff_t>(sample * out_cols));
-        entry.gate.set_data_handle(entry.gate_rows.data());
-        args[count++] = {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, entry.gate.get()};
-      }
-      detail::execute(entry.primitive, stream_, args, count,
-                      [&] { return detail::concat("matmul ", describe(rows, weight, e)); });
-      if (entry.form == Form::plain)
-        apply_epilogue(rows, weight.rows, e, y, out);
+      const dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, entry.src.get()},
+                                       {DNNL_ARG_WEIGHTS, entry.weights.get()},
+                                       {DNNL_ARG_BIAS, entry.bias.get()},
+                                       {DNNL_ARG_DST, entry.dst.get()},
+                                       {DNNL_ARG_SCRATCHPAD, entry.scratchpad.get()}};
+      detail::execute(entry.primitive, stream_, args, 5,
+                      [&] { return detail::concat("matmul ", describe(rows, weight)); });
+      apply_epilogue(rows, weight.rows, e, y, out);
       return true;
     }
 
@@ -216,49 +203,31 @@ private:
     }
 
   private:
-    enum class Form { fused, plain, eigen };
     struct Entry {
-      Form form = Form::fused;
+      bool eigen = false; // oneDNN has only a reference kernel for this shape
       KernelChoice choice;
       dnnl::matmul primitive;
-      dnnl::memory src, weights, bias, dst, gate, scratchpad;
-      // The gates, one row per sample, packed: oneDNN 2.6 reads a binary post-op's input as
-      // dense whatever strides its descriptor gives (the DiT's gates are 6 D apart), so a strided
-      // view gives wrong sums without an error; the tests catch exactly that.
-      std::vector<float> gate_rows;
+      dnnl::memory src, weights, bias, dst, scratchpad;
     };
-    using Key = std::tuple<std::int64_t, std::int64_t, std::int64_t, Epilogue::Kind, std::int64_t>;
+    using Key = std::tuple<std::int64_t, std::int64_t, std::int64_t>;
 
-    static const char* epilogue_name(Epilogue::Kind kind) {
-      return kind == Epilogue::Kind::gelu_tanh        ? "GELU"
-             : kind == Epilogue::Kind::gated_residual ? "gated residual"
-                                                      : "";
+    static std::string describe(std::int64_t rows, const Param& weight) {
+      return detail::concat("[", rows, ", ", weight.cols, "] x [", weight.rows, ", ", weight.cols,
+                            "]^T + bias");
     }
 
-    static std::string describe(std::int64_t rows, const Param& weight, const Epilogue& e) {
-      std::string text = detail::concat("[", rows, ", ", weight.cols, "] x [", weight.rows, ", ",
-                                        weight.cols, "]^T");
-      if (e.kind == Epilogue::Kind::gelu_tanh)
-        text += " + GELU";
-      else if (e.kind == Epilogue::Kind::gated_residual)
-        text += detail::concat(" gated residual (", rows / e.rows_per_sample, " samples)");
-      return text;
-    }
-
-    Entry& find(std::int64_t rows, std::int64_t in, std::int64_t out, const Epilogue& e) {
-      const bool gated = e.kind == Epilogue::Kind::gated_residual;
-      const Key key{rows, in, out, e.kind, gated ? e.rows_per_sample : 0};
+    Entry& find(std::int64_t rows, std::int64_t in, std::int64_t out) {
+      const Key key{rows, in, out};
       if (auto it = entries_.find(key); it != entries_.end())
         return it->second;
-      const std::string operation =
-          detail::concat("linear ", describe(rows, Param{nullptr, out, in}, e));
+      const std::string operation = "linear " + describe(rows, Param{nullptr, out, in});
       try {
-        Entry& entry = entries_.emplace(key, create(rows, in, out, e)).first->second;
+        Entry& entry = entries_.emplace(key, create(rows, in, out)).first->second;
         order_.push_back(key);
         entry.choice.operation = operation;
         if (log_enabled(LogLevel::debug))
-          log(LogLevel::debug, detail::concat("DiT ", operation, ": ",
-                                              entry.choice.implementation));
+          log(LogLevel::debug,
+              detail::concat("DiT ", operation, ": ", entry.choice.implementation));
         return entry;
       } catch (const dnnl::error& failure) {
         throw runtime_error(detail::concat("oneDNN could not create a matmul for ", operation,
@@ -266,88 +235,30 @@ private:
       }
     }
 
-    /// The first form with a JIT kernel: fused, plain, else Eigen.
-    Entry create(std::int64_t rows, std::int64_t in, std::int64_t out, const Epilogue& e) {
-      std::string refused;
-      for (const Form form : {Form::fused, Form::plain}) {
-        if (form == Form::plain && e.kind == Epilogue::Kind::store)
-          break; // a plain matmul is the fused form of a store
-        const dnnl::matmul::primitive_desc pd = describe_matmul(rows, in, out, e, form);
-        const std::string impl = pd.impl_info_str();
-        if (detail::is_reference_kernel(impl)) {
-          refused += detail::concat(refused.empty() ? "" : ", ", impl, " for the ",
-                                    form == Form::fused ? "fused" : "plain", " form");
-          continue;
-        }
-        Entry entry = instantiate(pd, rows, out, e, form);
-        entry.choice.implementation =
-            form == Form::fused || e.kind == Epilogue::Kind::store
-                ? detail::concat("oneDNN ", impl,
-                                 e.kind == Epilogue::Kind::store ? "" : ", fused epilogue")
-                : detail::concat("oneDNN ", impl, " + tstitch ", epilogue_name(e.kind));
-        if (!refused.empty())
-          entry.choice.implementation += detail::concat(" (oneDNN offered ", refused, ")");
-        return entry;
-      }
-      Entry entry;
-      entry.form = Form::eigen;
-      entry.choice.implementation =
-          detail::concat("Eigen", e.kind == Epilogue::Kind::store ? "" : " + tstitch ",
-                         epilogue_name(e.kind), " (oneDNN offered ", refused, ")");
-      return entry;
-    }
-
-    /// x [rows, in] . W^T, W [out, in] row-major = a [in, out] matrix in "ba" order. The fused
-    /// gated residual runs as a batch of samples, [samples, T, in] . [1, in, out], so that its
-    /// gate [samples, 1, out] broadcasts over the T rows; its post-ops are gate * y, then + out.
-    /// The plain form has the bias only.
-    dnnl::matmul::primitive_desc describe_matmul(std::int64_t rows, std::int64_t in,
-                                                 std::int64_t out, const Epilogue& e,
-                                                 Form form) const {
+    /// x [rows, in] . W^T + b, W [out, in] row-major = a [in, out] matrix in "ba" order.
+    Entry create(std::int64_t rows, std::int64_t in, std::int64_t out) const {
       using dims = dnnl::memory::dims;
       using tag = dnnl::memory::format_tag;
       constexpr auto f32 = dnnl::memory::data_type::f32;
-      dnnl::post_ops post_ops;
-      dnnl::memory::desc src, weights, bias, dst;
-      if (form == Form::fused && e.kind == Epilogue::Kind::gated_residual) {
-        const std::int64_t samples = rows / e.rows_per_sample, t = e.rows_per_sample;
-        src = dnnl::memory::desc(dims{samples, t, in}, f32, tag::abc);
-        weights = dnnl::memory::desc(dims{1, in, out}, f32, dims{in * out, 1, in});
-        bias = dnnl::memory::desc(dims{1, 1, out}, f32, tag::abc);
-        dst = dnnl::memory::desc(dims{samples, t, out}, f32, tag::abc);
-        post_ops.append_binary(dnnl::algorithm::binary_mul,
-                               dnnl::memory::desc(dims{samples, 1, out}, f32, tag::abc));
-        post_ops.append_sum(1.0f);
-      } else {
-        src = dnnl::memory::desc(dims{rows, in}, f32, tag::ab);
-        weights = dnnl::memory::desc(dims{in, out}, f32, tag::ba);
-        bias = dnnl::memory::desc(dims{1, out}, f32, tag::ab);
-        dst = dnnl::memory::desc(dims{rows, out}, f32, tag::ab);
-        if (form == Form::fused && e.kind == Epilogue::Kind::gelu_tanh)
-          post_ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_tanh, 0.0f, 0.0f);
-      }
+      const dnnl::memory::desc src(dims{rows, in}, f32, tag::ab), weights(dims{in, out}, f32, tag::ba),
+          bias(dims{1, out}, f32, tag::ab), dst(dims{rows, out}, f32, tag::ab);
       dnnl::primitive_attr attr;
-      attr.set_post_ops(post_ops);
       attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-      return {dnnl::matmul::desc(src, weights, bias, dst), attr, engine_};
-    }
-
-    Entry instantiate(const dnnl::matmul::primitive_desc& pd, std::int64_t rows, std::int64_t out,
-                      const Epilogue& e, Form form) const {
+      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, weights, bias, dst), attr,
+                                            engine_);
       Entry entry;
-      entry.form = form;
-      entry.primitive = dnnl::matmul(pd);
-      entry.src = dnnl::memory(pd.src_desc(), engine_, nullptr);
-      entry.weights = dnnl::memory(pd.weights_desc(), engine_, nullptr);
-      entry.bias = dnnl::memory(pd.bias_desc(), engine_, nullptr);
-      entry.dst = dnnl::memory(pd.dst_desc(), engine_, nullptr);
-      if (form == Form::fused && e.kind == Epilogue::Kind::gated_residual) {
-        const std::int64_t samples = rows / e.rows_per_sample;
-        entry.gate = dnnl::memory({{samples, 1, out}, dnnl::memory::data_type::f32,
-                                   dnnl::memory::format_tag::abc},
-                                  engine_, nullptr);
-        entry.gate_rows.resize(static_cast<std::size_t>(samples * out));
+      const std::string impl = pd.impl_info_str();
+      if (detail::is_reference_kernel(impl)) {
+        entry.eigen = true;
+        entry.choice.implementation = "Eigen (oneDNN offered only " + impl + ")";
+        return entry;
       }
+      entry.choice.implementation = "oneDNN " + impl;
+      entry.primitive = dnnl::matmul(pd);
+      entry.src = dnnl::memory(src, engine_, nullptr);
+      entry.weights = dnnl::memory(weights, engine_, nullptr);
+      entry.bias = dnnl::memory(bias, engine_, nullptr);
+      entry.dst = dnnl::memory(dst, engine_, nullptr);
       entry.scratchpad = dnnl::memory(pd.scratchpad_desc(), engine_); // owns its buffer
       return entry;
     }

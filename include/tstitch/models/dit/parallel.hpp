@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <exception>
+#include <functional>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -38,6 +40,34 @@ void parallel_for(std::int64_t count, Body&& body, [[maybe_unused]] int threads 
         failure = std::current_exception();
     }
   }
+  if (failure)
+    std::rethrow_exception(failure);
+}
+
+/// A host application's thread pool, as the CPU DiT sees it: `executor(count, task)` must call
+/// task(i) exactly once for every i in [0, count), on whichever of its threads it likes (the
+/// calling thread too), and return when all have returned. Tasks never throw into it.
+using ParallelFor =
+    std::function<void(std::int64_t count, const std::function<void(std::int64_t)>& task)>;
+
+/// Runs body(i) for i in [0, count) on `executor` when it is set, else with parallel_for on
+/// `threads` OpenMP threads; rethrows a body's exception on the calling thread either way.
+template <class Body>
+void run_tasks(const ParallelFor& executor, std::int64_t count, Body&& body, int threads) {
+  if (!executor) {
+    parallel_for(count, body, threads);
+    return;
+  }
+  std::exception_ptr failure;
+  std::atomic_flag failed;
+  executor(count, [&](std::int64_t i) {
+    try {
+      body(i);
+    } catch (...) {
+      if (!failed.test_and_set())
+        failure = std::current_exception();
+    }
+  });
   if (failure)
     std::rethrow_exception(failure);
 }
