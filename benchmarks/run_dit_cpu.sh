@@ -4,28 +4,39 @@
 # Runtime on the same machine, in the same run, with the same thread count. Prints one table with
 # the ratios (peer time / tstitch time: above 1 means tstitch is faster).
 #
-#   benchmarks/run_dit_cpu.sh [threads]        # default 2
+#   benchmarks/run_dit_cpu.sh [threads] [isa]   # threads: default 2; isa: native (default) or avx2
 #
 # tstitch is built for this CPU (-march=native) in build/native, as PyTorch and ONNX Runtime pick
-# their kernels for it at run time.
+# their kernels for it at run time. With isa = avx2, tstitch runs as on an AVX2 CPU even where the
+# machine has AVX-512: built for x86-64-v3 (AVX2 + FMA) in build/avx2, with oneDNN capped at AVX2
+# (ONEDNN_MAX_CPU_ISA). The peers cannot be capped (ONNX Runtime's MLAS and OpenBLAS dispatch on
+# the CPU alone), so on an AVX-512 machine they keep AVX-512: a comparison that favours them.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 threads="${1:-2}"
+isa="${2:-native}"
+case "$isa" in
+  native) build=build/native march=native cap="" ;;
+  avx2) build=build/avx2 march=x86-64-v3 cap=AVX2 ;;
+  *) echo "run_dit_cpu.sh: isa = '$isa': must be native or avx2" >&2; exit 2 ;;
+esac
 
 ./scripts/install-deps.sh
 ./scripts/setup-python.sh >/dev/null
-cmake -S . -B build/native -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS="-march=native" \
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS="-march=$march" \
   -DTSTITCH_BUILD_TESTS=OFF -DTSTITCH_BUILD_EXAMPLES=OFF -DTSTITCH_ENABLE_CUDA=OFF \
   -DTSTITCH_WARNINGS_AS_ERRORS=OFF >/dev/null  # g++ 12 warns inside its own AVX-512 headers
-cmake --build build/native -j 2 --target dit_cpu >/dev/null
+cmake --build "$build" -j 2 --target dit_cpu >/dev/null
 
 out="$(mktemp -d)"
-OMP_NUM_THREADS="$threads" build/native/benchmarks/dit_cpu --benchmark_repetitions=5 \
+env ${cap:+ONEDNN_MAX_CPU_ISA=$cap} OMP_NUM_THREADS="$threads" "$build"/benchmarks/dit_cpu \
+  --benchmark_filter='^dit_forward/' --benchmark_repetitions=5 \
   --benchmark_report_aggregates_only=true --benchmark_out="$out/tstitch.json" \
   --benchmark_out_format=json >/dev/null
 .venv/bin/python tools/bench_dit_cpu.py --threads "$threads" --runs 10 --json "$out/peers.json" >/dev/null
 
-.venv/bin/python - "$out/tstitch.json" "$out/peers.json" <<'PY'
+isa_line="$(grep -o 'avx512f\|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+.venv/bin/python - "$out/tstitch.json" "$out/peers.json" "$isa" "$isa_line" <<'PY'
 import json, sys
 ours = json.load(open(sys.argv[1]))
 peers = json.load(open(sys.argv[2]))
@@ -39,7 +50,8 @@ for b in ours["benchmarks"]:
 for r in peers["results"]:
     ms[(r["model"], r["batch"], r["backend"])] = r["median_ms"]
 env = peers["environment"]
-print(f"# {env['cpu']}, {env['threads']} threads; torch {env['torch']}, "
+print(f"# {env['cpu']} (CPU flags: {sys.argv[4].strip()}), tstitch at ISA {sys.argv[3]}, "
+      f"{env['threads']} threads; torch {env['torch']}, "
       f"onnxruntime {env['onnxruntime']}; medians in ms; ratios = peer / tstitch (oneDNN GEMMs)")
 print("model      batch  tstitch  (Eigen)   pytorch   onnxruntime   pytorch/tstitch   ort/tstitch")
 fmt = lambda v: f"{v:8.1f}" if v is not None else "       -"

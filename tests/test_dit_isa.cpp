@@ -59,8 +59,16 @@ std::string onednn_isa() {
     return "avx";
   case dnnl::cpu_isa::avx2:
     return "avx2";
+  case dnnl::cpu_isa::avx2_vnni:
+    return "avx2_vnni";
   case dnnl::cpu_isa::avx512_core:
     return "avx512_core";
+  case dnnl::cpu_isa::avx512_core_vnni:
+    return "avx512_core_vnni";
+  case dnnl::cpu_isa::avx512_core_bf16:
+    return "avx512_core_bf16";
+  case dnnl::cpu_isa::avx512_core_amx:
+    return "avx512_core_amx";
   default:
     return "other (" + std::to_string(static_cast<int>(dnnl::get_effective_cpu_isa())) + ")";
   }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <limits>
 #include <random>
@@ -13,6 +14,7 @@
 
 using tstitch::NoiseKey;
 using tstitch::Uint4;
+using tstitch::CpuIsa;
 
 namespace {
 
@@ -336,4 +338,26 @@ TEST_CASE("normals have standard-normal moments and tails", "[philox]") {
   CHECK(std::fabs(var - 1.0) < 3.0 * std::sqrt(2.0 / nd));
   CHECK(std::fabs(kurt - 3.0) < 4.0 * std::sqrt(24.0 / nd));
   CHECK(std::fabs(frac - p_tail) < 4.0 * std::sqrt(p_tail * (1.0 - p_tail) / nd));
+}
+
+// tstitch's own dispatch capped to the portable code (set_max_cpu_isa, or TSTITCH_MAX_CPU_ISA for
+// the whole process: ctest runs the suite again under it) gives the same noise as uncapped.
+TEST_CASE("fill_normal gives the same bits with its dispatch capped to the scalar path",
+          "[philox][isa]") {
+  const CpuIsa previous = tstitch::max_cpu_isa();
+  const auto fill = [](std::size_t n) {
+    std::vector<float> v(n);
+    tstitch::fill_normal(v.data(), v.size(), NoiseKey{0x5eedull, 3, 1, tstitch::stream_solver});
+    return v;
+  };
+  tstitch::set_max_cpu_isa(CpuIsa::avx2);
+  const CpuIsa uncapped = tstitch::cpu_isa();
+  CHECK(uncapped == tstitch::detected_cpu_isa());
+  const std::vector<float> fast = fill(1000 + 3);
+  tstitch::set_max_cpu_isa(CpuIsa::scalar);
+  CHECK(tstitch::cpu_isa() == CpuIsa::scalar);
+  const std::vector<float> portable = fill(1000 + 3);
+  tstitch::set_max_cpu_isa(previous);
+  INFO("uncapped dispatch: " << tstitch::to_string(uncapped));
+  CHECK(std::memcmp(fast.data(), portable.data(), fast.size() * sizeof(float)) == 0);
 }

@@ -21,6 +21,7 @@
 // with -ffast-math (it licenses reassociation, which no source-level care can undo).
 
 #include "tstitch/core/config.hpp"
+#include "tstitch/core/cpu_isa.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -295,7 +296,7 @@ fill_normal_fma(float* dst, std::size_t count, const NoiseKey& key, std::size_t 
 TSTITCH_INLINE void fill_normal_scalar(float* dst, std::size_t count, const NoiseKey& key,
                                        std::size_t first = 0) {
 #ifdef TSTITCH_PHILOX_FMA_DISPATCH
-  if (__builtin_cpu_supports("fma")) {
+  if (cpu_isa() != CpuIsa::scalar && __builtin_cpu_supports("fma")) {
     fill_normal_fma(dst, count, key, first);
     return;
   }
@@ -310,11 +311,12 @@ inline namespace TSTITCH_PHILOX_BUILD {
 
 // dst[e] = normal4(key, e / 4).v[e % 4] for e < count, so any prefix is independent of count.
 // Host only. Blocks are 32-bit, so a sample holds at most 2^34 elements.
-// On x86-64 CPUs with AVX2 and FMA, eight blocks at a time (philox_avx2.hpp, the same bits).
+// On x86-64 CPUs with AVX2 and FMA, eight blocks at a time (philox_avx2.hpp, the same bits);
+// set_max_cpu_isa(CpuIsa::scalar) or TSTITCH_MAX_CPU_ISA=SSE41 selects the portable loop.
 TSTITCH_INLINE void fill_normal(float* dst, std::size_t count, const NoiseKey& key) {
   std::size_t first = 0;
 #ifdef TSTITCH_PHILOX_AVX2
-  if (detail::avx2::supported())
+  if (cpu_isa() == CpuIsa::avx2)
     first =
         detail::avx2::fill_normal_groups(dst, count, key.seed, key.sample, key.step, key.stream);
 #endif

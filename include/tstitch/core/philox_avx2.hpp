@@ -15,6 +15,8 @@
 
 #include <immintrin.h>
 
+#include "tstitch/core/cpu_isa.hpp"
+
 #include <cstddef>
 #include <cstdint>
 
@@ -164,11 +166,8 @@ TSTITCH_AVX2_FMA void normal4x8(float* dst, std::uint32_t block0, std::uint32_t 
 
 #undef TSTITCH_AVX2_FMA
 
-/// Whether this CPU runs the functions above.
-inline bool supported() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-}
+/// Whether this CPU runs the functions above (whatever the cap on tstitch's dispatch).
+inline bool supported() { return detected_cpu_isa() == CpuIsa::avx2; }
 
 /// The whole groups of 32 of fill_normal (elements [0, 32 * (count / 32))); returns how many
 /// elements it wrote. Blocks are 32-bit, as in the scalar path.
