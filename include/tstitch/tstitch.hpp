@@ -5,10 +5,12 @@
 // included separately.
 
 #include "tstitch/core/config.hpp"
+#include "tstitch/core/cpu_isa.hpp"
 #include "tstitch/core/denoiser.hpp"
 #include "tstitch/core/denoiser_ref.hpp"
 #include "tstitch/core/error.hpp"
 #include "tstitch/core/host_backend.hpp"
+#include "tstitch/core/log.hpp"
 #include "tstitch/core/philox.hpp"
 #include "tstitch/core/prediction.hpp"
 #include "tstitch/core/step.hpp"
