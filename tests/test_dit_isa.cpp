@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "support/dit_fixtures.hpp"
+#include "support/tensor_checks.hpp"
 #include "tstitch/core/log.hpp"
 #include "tstitch/models/dit/cpu_model.hpp"
 #include "tstitch/sample.hpp"
@@ -24,18 +25,9 @@
 
 using namespace tstitch;
 using tstitch::testing::dit_forward;
+using tstitch::testing::relative_l2;
 
 namespace {
-
-double relative_l2(const Tensor& a, const Tensor& b) {
-  double diff = 0, norm = 0;
-  for (std::int64_t i = 0; i < a.numel(); ++i) {
-    const double d = static_cast<double>(a.data()[i]) - b.data()[i];
-    diff += d * d;
-    norm += static_cast<double>(b.data()[i]) * b.data()[i];
-  }
-  return std::sqrt(diff / norm);
-}
 
 std::filesystem::path shipped_model(const char* name) {
   return std::filesystem::path(TSTITCH_MODELS_DIR) / name;
@@ -114,17 +106,19 @@ TEST_CASE("CPU DiT: no reference kernel and the Eigen path's output, at every ba
     std::function<dit::Weights()> weights; // loading again maps the same file
   };
   const Case cases[] = {
-      {"Fashion small", [] { return dit::Weights::load(shipped_model("fashion_dit_s.safetensors")); }},
-      {"Fashion large", [] { return dit::Weights::load(shipped_model("fashion_dit_l.safetensors")); }},
+      {"Fashion small",
+       [] { return dit::Weights::load(shipped_model("fashion_dit_s.safetensors")); }},
+      {"Fashion large",
+       [] { return dit::Weights::load(shipped_model("fashion_dit_l.safetensors")); }},
       {"DiT-S/2-shaped", [] { return dit::Weights::random(dit_s2_shaped(), 3); }}};
   for (const Case& c : cases) {
     INFO(c.name << ", oneDNN at " << onednn_isa());
     dit::CpuModel fast(c.weights(), c.name);
     dit::CpuModel eigen(c.weights(), c.name, dit::Gemm::eigen);
     // 1 and 3 images, and as many as the demo's attention chunks hold (several chunks).
-    const std::vector<std::int64_t> batches =
-        c.name == "DiT-S/2-shaped" ? std::vector<std::int64_t>{1, 3}
-                                   : std::vector<std::int64_t>{1, 3, 24};
+    const std::vector<std::int64_t> batches = c.name == "DiT-S/2-shaped"
+                                                  ? std::vector<std::int64_t>{1, 3}
+                                                  : std::vector<std::int64_t>{1, 3, 24};
     for (const std::int64_t batch : batches) {
       INFO("batch " << batch);
       std::vector<int> labels(static_cast<std::size_t>(batch));

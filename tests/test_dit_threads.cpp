@@ -11,28 +11,16 @@
 #include <vector>
 
 #include "support/dit_fixtures.hpp"
+#include "support/tensor_checks.hpp"
 #include "tstitch/models/dit/cpu_model.hpp"
 
 using namespace tstitch;
+using tstitch::testing::bit_identical;
 using tstitch::testing::dit_forward;
+using tstitch::testing::relative_l2;
 using tstitch::testing::tiny_dit_config;
 
 namespace {
-
-bool bit_identical(const Tensor& a, const Tensor& b) {
-  return a.numel() == b.numel() &&
-         std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.numel()) * sizeof(float)) == 0;
-}
-
-double relative_l2(const Tensor& a, const Tensor& b) {
-  double diff = 0, norm = 0;
-  for (std::int64_t i = 0; i < a.numel(); ++i) {
-    const double d = static_cast<double>(a.data()[i]) - b.data()[i];
-    diff += d * d;
-    norm += static_cast<double>(b.data()[i]) * b.data()[i];
-  }
-  return std::sqrt(diff / norm);
-}
 
 const std::vector<int> labels8{0, 1, 2, 3, 4, 5, 9, 10};
 

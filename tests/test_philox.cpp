@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+#include "tstitch/core/cpu_isa.hpp"
 #include "tstitch/core/philox.hpp"
 
 #include <catch2/catch.hpp>

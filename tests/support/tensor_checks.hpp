@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Small helpers shared by the solver tests: comparing and inspecting host tensors, and a host
+// Small helpers shared by the solver and DiT tests: comparing and inspecting host tensors, and a host
 // backend that counts its allocations (for the "allocates in begin() only" tests).
 #pragma once
 
@@ -18,6 +18,17 @@ namespace tstitch::testing {
 inline bool bit_identical(const Tensor& a, const Tensor& b) {
   return a.numel() == b.numel() &&
          std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.numel())) == 0;
+}
+
+/// ||a - b|| / ||b||, in double.
+inline double relative_l2(const Tensor& a, const Tensor& b) {
+  double diff = 0, norm = 0;
+  for (std::int64_t i = 0; i < a.numel(); ++i) {
+    const double d = static_cast<double>(a[i]) - static_cast<double>(b[i]);
+    diff += d * d;
+    norm += static_cast<double>(b[i]) * static_cast<double>(b[i]);
+  }
+  return std::sqrt(diff / norm);
 }
 
 /// Whether no element of x is NaN or infinite.

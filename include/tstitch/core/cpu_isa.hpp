@@ -2,8 +2,9 @@
 #pragma once
 
 #include <atomic>
+#include <cctype>
 #include <cstdlib>
-#include <string_view>
+#include <string>
 
 namespace tstitch {
 
@@ -30,16 +31,18 @@ inline CpuIsa detect_cpu_isa() {
 }
 
 /// TSTITCH_MAX_CPU_ISA, named as oneDNN's cap is: AVX2 and above (AVX512_CORE, ...) allow AVX2;
-/// AVX, SSE41, SCALAR and the like allow the scalar paths only. Unset or empty: no cap.
+/// AVX, SSE41, SCALAR and the like allow the scalar paths only (any case). Unset or empty: no
+/// cap.
 inline CpuIsa cap_from_environment() {
   const char* value = std::getenv("TSTITCH_MAX_CPU_ISA");
   if (value == nullptr || *value == '\0')
     return CpuIsa::avx2;
-  const std::string_view v(value);
-  return v.starts_with("AVX2") || v.starts_with("AVX512") || v.starts_with("AVX10") ||
-                 v == "ALL" || v.starts_with("avx2") || v.starts_with("avx512")
-             ? CpuIsa::avx2
-             : CpuIsa::scalar;
+  std::string v(value);
+  for (char& c : v)
+    c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  const bool avx2_or_above =
+      v.starts_with("AVX2") || v.starts_with("AVX512") || v.starts_with("AVX10") || v == "ALL";
+  return avx2_or_above ? CpuIsa::avx2 : CpuIsa::scalar;
 }
 
 inline std::atomic<CpuIsa>& max_cpu_isa_setting() {

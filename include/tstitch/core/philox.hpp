@@ -21,7 +21,6 @@
 // with -ffast-math (it licenses reassociation, which no source-level care can undo).
 
 #include "tstitch/core/config.hpp"
-#include "tstitch/core/cpu_isa.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -33,6 +32,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
 #define TSTITCH_PHILOX_AVX2 1
+#include "tstitch/core/cpu_isa.hpp" // host dispatch only: nvcc's translation units never see it
 #include "tstitch/core/philox_avx2.hpp"
 #endif
 

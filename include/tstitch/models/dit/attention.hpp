@@ -255,8 +255,8 @@ private:
       order_.push_back(key);
       e.choice.operation = detail::concat("attention ", shape(samples, t, heads, hd));
       if (log_enabled(LogLevel::debug))
-        log(LogLevel::debug, detail::concat("DiT ", e.choice.operation, ": ",
-                                            e.choice.implementation));
+        log(LogLevel::debug,
+            detail::concat("DiT ", e.choice.operation, ": ", e.choice.implementation));
       return e;
     }
 
@@ -288,8 +288,8 @@ private:
                                                     engine_);
         const std::string kernels[3] = {scores_pd.impl_info_str(), softmax_pd.impl_info_str(),
                                         value_pd.impl_info_str()};
-        const std::string described = detail::concat("q k^T ", kernels[0], ", softmax ",
-                                                     kernels[1], ", p v ", kernels[2]);
+        const std::string described =
+            detail::concat("q k^T ", kernels[0], ", softmax ", kernels[1], ", p v ", kernels[2]);
         if (std::any_of(std::begin(kernels), std::end(kernels), detail::is_reference_kernel)) {
           e.eigen = true;
           e.choice.implementation = detail::concat("Eigen (oneDNN offered ", described, ")");

@@ -34,9 +34,9 @@ namespace tstitch::dit {
 ///
 /// Activation buffers are allocated once per batch size and reused, so sampling allocates nothing
 /// per step. Build with OpenMP (-fopenmp) to use several cores. With oneDNN, a batch of at least
-/// two images per thread is cut into one slice per thread, each forwarded single-threaded (one parallel
-/// region per forward); smaller batches run each layer threaded. `set_threads` sets the thread
-/// count per model, `set_parallel_for` hands the work to the host application's pool instead.
+/// two images per thread is cut into one slice per thread, each forwarded single-threaded (one
+/// parallel region per forward); smaller batches run each layer threaded. `set_threads` sets the
+/// thread count per model, `set_parallel_for` hands the work to the host application's pool.
 ///
 /// Its output has the same bits wherever its buffers are allocated, and with Eigen at any OpenMP
 /// thread count. oneDNN (the default) partitions a primitive by the thread count it was created
@@ -73,18 +73,17 @@ public:
   [[nodiscard]] Gemm gemm() const { return gemm_; }
 
   /// Whether each image's forward runs alone, single-threaded, the images shared among the threads
-  /// (or the executor's tasks), so that an image's output has the same bits in any batch, at any position and at any
-  /// thread count: for renderers that must reproduce an image whatever else was generated with
-  /// it. Off by default: it costs 1.0-1.4x the batched time on small models (benchmarks/README.md)
-  /// and uses one thread for a batch of one.
+  /// (or the executor's tasks), so that an image's output has the same bits in any batch, at any
+  /// position and at any thread count: for renderers that must reproduce an image whatever else was
+  /// generated with it. Off by default: it costs 1.0-1.4x the batched time on small models
+  /// (benchmarks/README.md) and uses one thread for a batch of one.
   void set_batch_invariant(bool invariant) { batch_invariant_ = invariant; }
   [[nodiscard]] bool batch_invariant() const { return batch_invariant_; }
 
-  /// What runs each of the forward's operations at each shape run so far (the linear layers by
-  /// shape and epilogue, then attention), once each. oneDNN picks kernels for the CPU when a
-  /// shape is first run; the model never runs one of oneDNN's reference kernels where a JIT
-  /// kernel can do the work in another form (gemm.hpp). TSTITCH_LOG_LEVEL=debug logs each choice
-  /// as it is made.
+  /// What runs each of the forward's operations at each shape run so far (the linear layers,
+  /// then attention), once each. oneDNN picks kernels for the CPU when a shape is first run; where
+  /// it would pick one of its reference kernels the model runs that shape in Eigen instead
+  /// (gemm.hpp). TSTITCH_LOG_LEVEL=debug logs each choice as it is made.
   [[nodiscard]] std::vector<KernelChoice> kernels() const {
     std::vector<KernelChoice> all;
     const auto add = [&all](const std::vector<KernelChoice>& choices) {
@@ -104,8 +103,8 @@ public:
     return all;
   }
 
-  /// Bytes of activation buffers currently allocated (they grow with the largest batch seen, and
-  /// with set_batch_invariant, one image's buffers per thread).
+  /// Bytes of activation buffers currently allocated (they grow with the largest batch seen; a
+  /// batch run in per-thread slices, or with set_batch_invariant, has a workspace per thread).
   [[nodiscard]] std::int64_t activation_bytes() const {
     std::int64_t bytes = 0;
     for (const Workspace& w : batched_)
@@ -183,10 +182,11 @@ public:
 private:
   /// Whether a batch of `images` runs as `team` slices of whole images, one per thread, rather
   /// than as one forward with each layer threaded. Slices start no parallel region per layer and
-  /// keep each thread's activations in its own cache: 1.1-1.4x faster on the Fashion DiTs and
-  /// DiT-S/2 at 8-80 images (benchmarks/README.md). They need at least two images per thread, so
-  /// that slices of unequal size cost little, and oneDNN: with Eigen the bits must not depend on
-  /// the thread count (slices change a row's alignment in its buffer, deterministic.hpp).
+  /// keep each thread's activations in its own cache: 1.05-1.5x faster on the Fashion DiTs and
+  /// DiT-S/2 at 8-80 images (benchmarks/results/2026-12-07-cpu-amd-epyc.md). They need at least two
+  /// images per thread, so that slices of unequal size cost little, and oneDNN: with Eigen the bits
+  /// must not depend on the thread count (slices change a row's alignment in its buffer,
+  /// deterministic.hpp).
   [[nodiscard]] bool splits_batch(std::int64_t images, int team) const {
     return gemm_ == Gemm::onednn && team > 1 && images >= 2 * static_cast<std::int64_t>(team);
   }

@@ -230,8 +230,8 @@ private:
               detail::concat("DiT ", operation, ": ", entry.choice.implementation));
         return entry;
       } catch (const dnnl::error& failure) {
-        throw runtime_error(detail::concat("oneDNN could not create a matmul for ", operation,
-                                           ": ", failure.what()));
+        throw runtime_error(detail::concat("oneDNN could not create a matmul for ", operation, ": ",
+                                           failure.what()));
       }
     }
 
@@ -240,8 +240,9 @@ private:
       using dims = dnnl::memory::dims;
       using tag = dnnl::memory::format_tag;
       constexpr auto f32 = dnnl::memory::data_type::f32;
-      const dnnl::memory::desc src(dims{rows, in}, f32, tag::ab), weights(dims{in, out}, f32, tag::ba),
-          bias(dims{1, out}, f32, tag::ab), dst(dims{rows, out}, f32, tag::ab);
+      const dnnl::memory::desc src(dims{rows, in}, f32, tag::ab),
+          weights(dims{in, out}, f32, tag::ba), bias(dims{1, out}, f32, tag::ab),
+          dst(dims{rows, out}, f32, tag::ab);
       dnnl::primitive_attr attr;
       attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
       const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, weights, bias, dst), attr,
