@@ -16,10 +16,12 @@
 #include <omp.h>
 #endif
 
+#include "tstitch/core/cpu_isa.hpp"
 #include "tstitch/core/denoiser.hpp"
 #include "tstitch/core/error.hpp"
 #include "tstitch/models/dit/attention.hpp"
 #include "tstitch/models/dit/deterministic.hpp"
+#include "tstitch/models/dit/layernorm.hpp"
 #include "tstitch/models/dit/linear.hpp"
 #include "tstitch/models/dit/parallel.hpp"
 #include "tstitch/models/dit/weights.hpp"
@@ -29,8 +31,8 @@ namespace tstitch::dit {
 /// DiT on the CPU in float32: the reference the CUDA backend is tested against, and a Denoiser in
 /// its own right (prediction epsilon_learned_sigma, or epsilon without learn_sigma; condition: one
 /// class label per batch row, num_classes meaning "no class" for guidance). The linear layers
-/// (linear.hpp) and attention (attention.hpp) in oneDNN or Eigen (`Gemm`, gemm.hpp); the row
-/// operations (LayerNorm, embeddings) in Eigen.
+/// (linear.hpp) and attention (attention.hpp) in oneDNN or Eigen (`Gemm`, gemm.hpp); LayerNorm in
+/// tstitch's own code (layernorm.hpp, AVX2 or scalar by cpu_isa()); the embeddings in Eigen.
 ///
 /// Activation buffers are allocated once per batch size and reused, so sampling allocates nothing
 /// per step. Build with OpenMP (-fopenmp) to use several cores. With oneDNN, a batch of at least
@@ -311,18 +313,11 @@ private:
                       std::int64_t mod_stride) const {
     const Config& c = config();
     const std::int64_t t = c.tokens(), d = c.hidden_size;
+    const CpuIsa isa = cpu_isa();
     parallel_for(n * t, [&](std::int64_t row) {
-      // float32 with Eigen's vectorised (multi-accumulator) sums, as PyTorch's LayerNorm; two
-      // passes, so the variance is of centred values.
-      using Row = Eigen::Array<float, 1, Eigen::Dynamic>;
-      const Eigen::Map<const Row> in(&w.tokens[static_cast<std::size_t>(row * d)], d);
-      const Eigen::Map<const Row> sh(shift + (row / t) * mod_stride, d);
-      const Eigen::Map<const Row> sc(scale + (row / t) * mod_stride, d);
-      const float mean = in.mean();
-      const float variance = (in - mean).square().mean();
-      const float inv = 1.0f / std::sqrt(variance + 1e-6f);
-      Eigen::Map<Row>(&w.h[static_cast<std::size_t>(row * d)], d) =
-          (in - mean) * inv * (1.0f + sc) + sh;
+      layernorm_modulate(isa, &w.tokens[static_cast<std::size_t>(row * d)],
+                         shift + (row / t) * mod_stride, scale + (row / t) * mod_stride, d,
+                         &w.h[static_cast<std::size_t>(row * d)]);
     });
   }
 
