@@ -133,7 +133,7 @@ private:
         threads); // at most `threads` threads: one scores slice each
   }
 
-  /// One (sample) at a time through the fused kernel, each thread with its own scratch.
+  /// One sample at a time through the fused kernel, each thread with its own scratch.
   void fused(const float* qkv, std::int64_t samples, std::int64_t t, std::int64_t heads,
              std::int64_t hd, float* out) {
     int threads = 1;
