@@ -740,3 +740,49 @@ TEST_CASE("lu_lambdas: DPM-Solver's uniform-lambda timesteps (parity §4.5 [R])"
           Approx((last - first) / 9).epsilon(1e-5));
   CHECK(trajectory[10].sigma == trajectory[9].sigma);
 }
+
+TEST_CASE("leading_multistep spacing: DPM-Solver/UniPC/DEIS 'leading' (diffusers 0.31.0 values)",
+          "[schedule]") {
+  SECTION("Stable Diffusion 1.5's DPM-Solver++ config, 20 steps") {
+    DiscreteScheduleOptions o;
+    o.beta_schedule = BetaSchedule::scaled_linear;
+    o.beta_start = 0.00085;
+    o.beta_end = 0.012;
+    o.spacing = TimestepSpacing::leading_multistep;
+    o.steps_offset = 1;
+    CHECK(DiscreteSchedule(o).timesteps(20) ==
+          std::vector<double>{941, 894, 847, 800, 753, 706, 659, 612, 565, 518,
+                              471, 424, 377, 330, 283, 236, 189, 142, 95,  48});
+    o.spacing = TimestepSpacing::leading; // DDIM's formula under the same name
+    CHECK(DiscreteSchedule(o).timesteps(20).front() == 951);
+  }
+  SECTION("default table, 7 steps") {
+    DiscreteScheduleOptions o;
+    o.spacing = TimestepSpacing::leading_multistep;
+    CHECK(DiscreteSchedule(o).timesteps(7) ==
+          std::vector<double>{875, 750, 625, 500, 375, 250, 125});
+  }
+  SECTION("a first timestep past N - 1 is rejected, naming steps_offset") {
+    DiscreteScheduleOptions o;
+    o.spacing = TimestepSpacing::leading_multistep;
+    o.steps_offset = 60;
+    CHECK_THROWS_WITH(DiscreteSchedule(o).timesteps(20),
+                      Catch::Contains("steps_offset") && Catch::Contains("(1000)"));
+  }
+}
+
+TEST_CASE("lambda_min_clipped shortens the multistep spacings (diffusers 0.31.0 values)",
+          "[schedule]") {
+  DiscreteScheduleOptions o;
+  o.beta_schedule = BetaSchedule::squaredcos_cap_v2;
+  o.lambda_min_clipped = -5.1;
+  o.spacing = TimestepSpacing::linspace_multistep;
+  CHECK(DiscreteSchedule(o).timesteps(10) ==
+        std::vector<double>{995, 896, 796, 696, 597, 498, 398, 298, 199, 100});
+  o.spacing = TimestepSpacing::trailing;
+  CHECK(DiscreteSchedule(o).timesteps(10) ==
+        std::vector<double>{995, 895, 795, 695, 595, 495, 395, 295, 195, 95});
+  o.spacing = TimestepSpacing::leading_multistep;
+  CHECK(DiscreteSchedule(o).timesteps(10) ==
+        std::vector<double>{900, 810, 720, 630, 540, 450, 360, 270, 180, 90});
+}

@@ -110,10 +110,14 @@ public:
                                               bad));
     }
 
-    const Trajectory trajectory = schedule.trajectory(options.steps);
+    Trajectory trajectory = schedule.trajectory(options.steps);
     if (trajectory.steps() != options.steps)
       throw runtime_error(detail::concat("tstitch: the schedule returned ", trajectory.steps(),
                                          " steps for steps = ", options.steps));
+    trajectory.point_at = [&schedule](double t) { return schedule.point(t); };
+    trajectory.timestep_at = [&schedule](double s) {
+      return static_cast<double>(schedule.timestep_at(s));
+    };
     prepare(x.batch(), shape, raw_output_channels(denoiser), uncond != nullptr);
     solver.begin(backend_, trajectory, x.batch(), shape);
 

@@ -36,13 +36,18 @@ enum class TimestepSpacing {
   linspace, ///< round(linspace(0, N-1, n))[::-1]: 999, 888, ..., 0; both ends included
   /// DPM-Solver, UniPC and DEIS call this "linspace": round(linspace(0, N-1, n+1))[::-1][:-1],
   /// i.e. n + 1 points with the cleanest (t = 0) dropped: 999, 899, ..., 100 for n = 10.
-  linspace_multistep
+  linspace_multistep,
+  /// DPM-Solver, UniPC and DEIS call this "leading": (arange(n+1) * (N // (n+1)))[::-1][:-1] +
+  /// steps_offset, i.e. n + 1 points with the cleanest dropped: 941, 894, ..., 48 for N = 1000,
+  /// n = 20, steps_offset = 1 (Stable Diffusion 1.5's DPM-Solver++), where DDIM's `leading`
+  /// gives 951, 901, ..., 1.
+  leading_multistep
 };
 
 /// Where the sigmas of the n points come from.
 enum class SigmaSpacing {
-  timesteps,  ///< the schedule's own value at each spaced timestep (DDIM, DDPM, Euler)
-  karras,     ///< Karras et al. rho-ramp between sigma_max and sigma_min (use_karras_sigmas)
+  timesteps,   ///< the schedule's own value at each spaced timestep (DDIM, DDPM, Euler)
+  karras,      ///< Karras et al. rho-ramp between sigma_max and sigma_min (use_karras_sigmas)
   exponential, ///< log-uniform between sigma_max and sigma_min (use_exponential_sigmas)
   /// Uniform in lambda = log(alpha / sigma), i.e. log-uniform in sigma, between the ends of the
   /// float32 log-sigma table (DPM-Solver's use_lu_lambdas; Lu et al. 2022). Differs from
@@ -75,6 +80,10 @@ struct DiscreteScheduleOptions {
   std::optional<double> sigma_min;
   std::optional<double> sigma_max;
   FinalPoint final_point = FinalPoint::clean;
+  /// DPM-Solver's lambda_min_clipped: the spaced timesteps stop short of the training timesteps
+  /// whose half log-SNR lambda lies below this value (for squaredcos_cap_v2, whose last lambdas
+  /// plunge). Unset: -inf, no clipping. Applies to the multistep spacings and to trailing.
+  std::optional<double> lambda_min_clipped;
 };
 
 /// A discrete-time DDPM noise schedule: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps for the
@@ -378,6 +387,11 @@ private:
             "must be non-negative");
     require(options_.karras_rho > 0 && std::isfinite(options_.karras_rho), "karras_rho",
             options_.karras_rho, "must be positive and finite");
+    if (options_.lambda_min_clipped)
+      require(!std::isnan(*options_.lambda_min_clipped), "lambda_min_clipped",
+              *options_.lambda_min_clipped, "must not be NaN");
+    require(last_timestep() >= 1, "lambda_min_clipped", options_.lambda_min_clipped.value_or(0),
+            "clips every training timestep");
     const bool ramp = options_.sigma_spacing != SigmaSpacing::timesteps;
     if (options_.sigma_min) {
       require(ramp, "sigma_min", *options_.sigma_min,
@@ -408,6 +422,7 @@ private:
   /// expression it reproduces.
   [[nodiscard]] std::vector<double> spaced_timesteps(int n) const {
     const int n_train = options_.num_train_timesteps;
+    const int last = last_timestep();
     std::vector<double> out(static_cast<std::size_t>(n));
     switch (options_.spacing) {
     case TimestepSpacing::leading: {
@@ -429,7 +444,7 @@ private:
       // ...; 62 of the n <= 1000), so diffusers then returns n + 1 timesteps, the last one -1. We
       // keep the first n, which are the ones every other n gets.
       const double step = static_cast<double>(n_train) / static_cast<double>(n);
-      const double start = static_cast<double>(n_train);
+      const double start = static_cast<double>(last);
       const double delta = (start + -step) - start;
       for (int i = 0; i < n; ++i) {
         const double v = i == 0 ? start : start + static_cast<double>(i) * delta;
@@ -451,14 +466,46 @@ private:
       break;
     }
     case TimestepSpacing::linspace_multistep: {
-      const auto lin = spacing::numpy_linspace(0.0, static_cast<double>(n_train - 1), n + 1);
+      const auto lin = spacing::numpy_linspace(0.0, static_cast<double>(last - 1), n + 1);
       for (int i = 0; i < n; ++i)
         out[static_cast<std::size_t>(i)] =
             spacing::round_half_even(lin[static_cast<std::size_t>(n - i)]);
       break;
     }
+    case TimestepSpacing::leading_multistep: {
+      // (arange(n + 1) * (last // (n + 1)))[::-1][:-1] + steps_offset.
+      const int ratio = last / (n + 1);
+      require(ratio >= 1, "num_steps", n,
+              detail::concat("leaves no room for multistep leading spacing: ", n + 1,
+                             " points over ", last, " training timesteps"));
+      require(
+          n * ratio + options_.steps_offset <= n_train - 1, "steps_offset", options_.steps_offset,
+          detail::concat("pushes the first leading timestep (", n * ratio + options_.steps_offset,
+                         ") past num_train_timesteps - 1 (", n_train - 1, ")"));
+      for (int i = 0; i < n; ++i)
+        out[static_cast<std::size_t>(i)] = (n - i) * ratio + options_.steps_offset;
+      break;
+    }
     }
     return out;
+  }
+
+  /// N, less the training timesteps clipped by lambda_min_clipped: DPM-Solver's
+  /// N - searchsorted(flip(lambda_t), lambda_min_clipped), lambda_t = log(alpha) - log(sigma) of
+  /// the float32 tables in float32.
+  [[nodiscard]] int last_timestep() const {
+    const int n_train = options_.num_train_timesteps;
+    if (!options_.lambda_min_clipped)
+      return n_train;
+    int clipped = 0; // training timesteps whose lambda lies below the bound (the noisiest ones)
+    for (int t = n_train - 1; t >= 0; --t) {
+      const float ac = alphas_cumprod_[static_cast<std::size_t>(t)];
+      const float lambda_t = std::log(std::sqrt(ac)) - std::log(std::sqrt(1.0f - ac));
+      if (!(static_cast<double>(lambda_t) < *options_.lambda_min_clipped))
+        break;
+      ++clipped;
+    }
+    return n_train - clipped;
   }
 
   [[nodiscard]] double ramp_sigma_min() const {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <concepts>
+#include <functional>
 #include <vector>
 
 #include "tstitch/core/step.hpp"
@@ -14,6 +15,12 @@ struct Trajectory {
   std::vector<TimePoint> points;
   /// The model-time horizon T (e.g. 1000 training timesteps), for rules stated as t / T.
   double num_train_timesteps = 0;
+  /// The schedule's own maps, for solvers that evaluate the model between the points (KDPM2's
+  /// log-midpoint sigma, PNDM's Runge-Kutta half steps): model time -> point, and VE sigma ->
+  /// model time. The sampling loop sets both from the schedule it samples; they are empty in a
+  /// trajectory built by hand, and such solvers then reject it in begin().
+  std::function<TimePoint(double)> point_at = {};
+  std::function<double(double)> timestep_at = {};
 
   [[nodiscard]] int steps() const { return static_cast<int>(points.size()) - 1; }
   [[nodiscard]] const TimePoint& operator[](int i) const {
