@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// diffusers parity for DDIM: the oracles of ../shared/reference/diffusers-parity.md §4.1, with
+// diffusers parity for DDIM: the oracles of docs/parity.md §4.1, with
 // diffusers' own harness (§1) and tolerances. Values are diffusers' asserted numbers.
 #include <catch2/catch.hpp>
 

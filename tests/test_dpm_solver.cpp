@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // DPM-Solver++ (DPMSolverMultistep): the diffusers oracles of
-// ../shared/reference/diffusers-parity.md §4.5 with diffusers' harness (§1) and tolerances, the
+// docs/parity.md §4.5 with diffusers' harness (§1) and tolerances, the
 // relational tests of §6, convergence order and distribution on analytic Gaussian data, history
 // policy at a model switch, and option validation.
 #include <catch2/catch.hpp>

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // The k-diffusion family: Euler, Heun and Euler ancestral.
-//  - diffusers parity (../shared/reference/diffusers-parity.md §4.10 Euler, §4.11 Heun, §6) with
+//  - diffusers parity (docs/parity.md §4.10 Euler, §4.11 Heun, §6) with
 //    diffusers' own harness (§1) and tolerances;
 //  - convergence order and sampling statistics on exactly solvable Gaussian data;
 //  - Heun's two evaluations per step inside the sampling loop and the trajectory stitcher.

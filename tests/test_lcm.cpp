@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// LCM: diffusers parity (../shared/reference/diffusers-parity.md §4.16) with diffusers' harness
+// LCM: diffusers parity (docs/parity.md §4.16) with diffusers' harness
 // (§1) and tolerances, the LCM timestep schedule, and the consistency step itself.
 #include <catch2/catch.hpp>
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //
 // Schedules against diffusers. [A] marks values diffusers' own tests assert (oracles, with their
-// tolerance); [R] marks re-derived values from reference/diffusers-parity.md; [py] marks values
+// tolerance); [R] marks re-derived values from docs/parity.md; [py] marks values
 // computed independently with numpy (float32 emulated with np.float32 casts, following diffusers'
 // set_timesteps code), never by printing this library's output.
 

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// UniPC: the diffusers oracles of ../shared/reference/diffusers-parity.md §4.8 (2-D and 1-D
+// UniPC: the diffusers oracles of docs/parity.md §4.8 (2-D and 1-D
 // harness, §1) with diffusers' tolerances, the relational tests of §6, convergence order on
 // analytic Gaussian data, history policy at a model switch, and option validation.
 #include <catch2/catch.hpp>

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// diffusers' scheduler-test harness (../shared/reference/diffusers-parity.md §1) for the parity
+// diffusers' scheduler-test harness (docs/parity.md §1) for the parity
 // tests: the deterministic sample and noise, the dummy model, the sum and mean of |x| that
 // diffusers asserts, custom timesteps, the full loops P and N (§1.2) with a tstitch solver, and
 // the runs of a history-policy check at a model switch.

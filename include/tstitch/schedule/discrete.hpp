@@ -3,7 +3,7 @@
 
 // DiscreteSchedule: a DDPM training schedule (betas over N training timesteps) and the ways
 // diffusers picks n inference points from it. Numbers follow diffusers exactly, because users
-// check tstitch against PyTorch pipelines (see reference/diffusers-parity.md §2.1, §2.4, §4).
+// check tstitch against PyTorch pipelines (see docs/parity.md §2.1, §2.4, §4).
 
 #include <algorithm>
 #include <cmath>

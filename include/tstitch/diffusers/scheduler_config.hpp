@@ -1,0 +1,368 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+// from_diffusers_config: a diffusers scheduler_config.json as a tstitch schedule and solver that
+// visit the same timesteps and compute the same trajectory as the diffusers class it names.
+// docs/parity.md §7 lists, per class, the keys and values honoured.
+
+#include <array>
+#include <cmath>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tstitch/core/error.hpp"
+#include "tstitch/core/prediction.hpp"
+#include "tstitch/diffusers/config_keys.hpp"
+#include "tstitch/schedule/any_schedule.hpp"
+#include "tstitch/schedule/discrete.hpp"
+#include "tstitch/solver/any_solver.hpp"
+
+namespace tstitch {
+
+/// What a diffusers scheduler config describes, in tstitch's terms.
+struct DiffusersScheduler {
+  std::string class_name;           ///< the config's _class_name
+  AnySchedule schedule;             ///< the noise schedule and its inference spacing
+  AnySolver solver;                 ///< the solver, with the config's options
+  Prediction prediction;            ///< prediction_type (and variance_type): what the model outputs
+  std::vector<std::string> ignored; ///< keys of other schedulers that this class ignores
+};
+
+namespace diffusers_config {
+
+/// How a class names its spacings: DDIM's formulas, or the multistep solvers' (DPM-Solver, UniPC,
+/// DEIS), which give "linspace" and "leading" other meanings (see TimestepSpacing).
+enum class SpacingFamily { ddim, multistep };
+
+/// The training-schedule defaults of a diffusers class (its constructor's).
+struct ClassDefaults {
+  double beta_start = 0.0001;
+  double beta_end = 0.02;
+  std::string_view beta_schedule = "linear";
+  std::string_view timestep_spacing = "leading";
+  SpacingFamily family = SpacingFamily::ddim;
+};
+
+/// The training table and inference spacing shared by the discrete-time classes. Reads
+/// num_train_timesteps, beta_*, trained_betas, rescale_betas_zero_snr and, where the class has it,
+/// timestep_spacing / steps_offset.
+struct DiscreteReader {
+  ConfigKeys& keys;
+  ClassDefaults defaults;
+
+  DiscreteScheduleOptions options(bool has_spacing = true) const {
+    DiscreteScheduleOptions o;
+    o.num_train_timesteps = keys.integer("num_train_timesteps", 1000);
+    o.beta_start = keys.number("beta_start", defaults.beta_start);
+    o.beta_end = keys.number("beta_end", defaults.beta_end);
+    const std::string beta = keys.choice(
+        "beta_schedule", defaults.beta_schedule,
+        std::array<std::string_view, 3>{"linear", "scaled_linear", "squaredcos_cap_v2"});
+    o.beta_schedule = beta == "linear"          ? BetaSchedule::linear
+                      : beta == "scaled_linear" ? BetaSchedule::scaled_linear
+                                                : BetaSchedule::squaredcos_cap_v2;
+    keys.only("rescale_betas_zero_snr", false,
+              "tstitch does not rescale betas to zero terminal SNR yet");
+    if (has_spacing) {
+      const std::string spacing =
+          keys.choice("timestep_spacing", defaults.timestep_spacing,
+                      std::array<std::string_view, 3>{"leading", "trailing", "linspace"});
+      const bool multistep = defaults.family == SpacingFamily::multistep;
+      o.spacing =
+          spacing == "trailing" ? TimestepSpacing::trailing
+          : spacing == "leading"
+              ? (multistep ? TimestepSpacing::leading_multistep : TimestepSpacing::leading)
+              : (multistep ? TimestepSpacing::linspace_multistep : TimestepSpacing::linspace);
+      o.steps_offset = keys.integer("steps_offset", 0);
+    }
+    return o;
+  }
+
+  /// The schedule: built-in betas, or the config's trained_betas.
+  DiscreteSchedule build(const DiscreteScheduleOptions& o) const {
+    const std::vector<double> trained = keys.numbers("trained_betas");
+    return trained.empty() ? DiscreteSchedule(o) : DiscreteSchedule::from_betas(trained, o);
+  }
+};
+
+/// prediction_type: epsilon, v_prediction or sample.
+inline Prediction read_prediction(ConfigKeys& keys) {
+  const std::string p =
+      keys.choice("prediction_type", "epsilon",
+                  std::array<std::string_view, 3>{"epsilon", "v_prediction", "sample"});
+  return p == "epsilon" ? Prediction::epsilon
+                        : (p == "v_prediction" ? Prediction::v : Prediction::sample);
+}
+
+/// use_karras_sigmas / use_exponential_sigmas / use_beta_sigmas (/ use_lu_lambdas where the
+/// class has it): at most one may be set.
+inline void read_sigma_spacing(ConfigKeys& keys, DiscreteScheduleOptions& o, bool has_lu = false) {
+  const bool karras = keys.boolean("use_karras_sigmas", false);
+  const bool exponential = keys.boolean("use_exponential_sigmas", false);
+  const bool lu = has_lu && keys.boolean("use_lu_lambdas", false);
+  keys.only("use_beta_sigmas", false, "tstitch does not offer beta sigmas yet");
+  require(int(karras) + int(exponential) + int(lu) <= 1, "use_karras_sigmas", karras,
+          "at most one of use_karras_sigmas, use_exponential_sigmas and use_lu_lambdas may be "
+          "true");
+  if (karras)
+    o.sigma_spacing = SigmaSpacing::karras;
+  else if (exponential)
+    o.sigma_spacing = SigmaSpacing::exponential;
+  else if (lu)
+    o.sigma_spacing = SigmaSpacing::lu_lambdas;
+}
+
+/// final_sigmas_type: "zero" ends at a clean point, "sigma_min" at the first training sigma.
+inline FinalPoint read_final_sigmas(ConfigKeys& keys) {
+  return keys.choice("final_sigmas_type", "zero",
+                     std::array<std::string_view, 2>{"zero", "sigma_min"}) == "zero"
+             ? FinalPoint::clean
+             : FinalPoint::first_train_step;
+}
+
+/// clip_sample / clip_sample_range as tstitch's optional clip range.
+inline std::optional<float> read_clip(ConfigKeys& keys, bool default_on) {
+  const bool clip = keys.boolean("clip_sample", default_on);
+  const double range = keys.number("clip_sample_range", 1.0);
+  require(range > 0 && std::isfinite(range), "clip_sample_range", range,
+          "must be positive and finite");
+  return clip ? std::optional<float>(static_cast<float>(range)) : std::nullopt;
+}
+
+/// thresholding / dynamic_thresholding_ratio / sample_max_value.
+inline std::optional<DynamicThresholding> read_thresholding(ConfigKeys& keys) {
+  const bool on = keys.boolean("thresholding", false);
+  const DynamicThresholding t{keys.number("dynamic_thresholding_ratio", 0.995),
+                              keys.number("sample_max_value", 1.0)};
+  return on ? std::optional<DynamicThresholding>(t) : std::nullopt;
+}
+
+/// Reads one class's keys into the result.
+using ClassReader = std::function<void(ConfigKeys&, DiffusersScheduler&)>;
+
+struct SupportedClass {
+  std::string_view name;
+  ClassReader read;
+};
+
+inline void read_ddim(ConfigKeys& keys, DiffusersScheduler& out) {
+  DiscreteReader reader{keys, {}};
+  DiscreteScheduleOptions o = reader.options();
+  o.final_point =
+      keys.boolean("set_alpha_to_one", true) ? FinalPoint::clean : FinalPoint::first_train_step;
+  DDIMOptions d;
+  d.clip_sample = read_clip(keys, true);
+  keys.only("thresholding", false, "tstitch's DDIM does not threshold yet");
+  (void)keys.number("dynamic_thresholding_ratio", 0.995); // only used with thresholding
+  (void)keys.number("sample_max_value", 1.0);
+  out.prediction = read_prediction(keys);
+  out.schedule = reader.build(o);
+  out.solver = DDIM(d);
+}
+
+inline void read_ddpm(ConfigKeys& keys, DiffusersScheduler& out) {
+  DiscreteReader reader{keys, {}};
+  const DiscreteScheduleOptions o = reader.options();
+  DDPMOptions d;
+  d.clip_sample = read_clip(keys, true);
+  keys.only("thresholding", false, "tstitch's DDPM does not threshold yet");
+  (void)keys.number("dynamic_thresholding_ratio", 0.995);
+  (void)keys.number("sample_max_value", 1.0);
+  out.prediction = read_prediction(keys);
+  const std::string variance =
+      keys.choice("variance_type", "fixed_small",
+                  std::array<std::string_view, 3>{"fixed_small", "fixed_large", "learned_range"});
+  d.variance = variance == "fixed_small"   ? DDPMVariance::fixed_small
+               : variance == "fixed_large" ? DDPMVariance::fixed_large
+                                           : DDPMVariance::learned_range;
+  if (d.variance == DDPMVariance::learned_range) {
+    require(out.prediction == Prediction::epsilon, "variance_type", "learned_range",
+            "is supported with prediction_type epsilon (tstitch's epsilon_learned_sigma)");
+    out.prediction = Prediction::epsilon_learned_sigma;
+  }
+  out.schedule = reader.build(o);
+  out.solver = DDPM(d);
+}
+
+/// Euler, Euler ancestral and Heun: k-diffusion classes on unrounded float32 timesteps.
+inline DiscreteScheduleOptions read_k_schedule(ConfigKeys& keys, const DiscreteReader& reader,
+                                               bool has_sigma_options) {
+  DiscreteScheduleOptions o = reader.options();
+  o.round_timesteps = false;
+  if (has_sigma_options) {
+    read_sigma_spacing(keys, o);
+    if (o.sigma_spacing != SigmaSpacing::timesteps)
+      require(o.spacing == TimestepSpacing::linspace, "timestep_spacing",
+              o.spacing == TimestepSpacing::leading ? "leading" : "trailing",
+              "with karras or exponential sigmas tstitch supports linspace only (diffusers then "
+              "takes the sigma range from the spaced timesteps)");
+  }
+  return o;
+}
+
+inline void read_euler(ConfigKeys& keys, DiffusersScheduler& out) {
+  DiscreteReader reader{keys, {.timestep_spacing = "linspace"}};
+  DiscreteScheduleOptions o = read_k_schedule(keys, reader, true);
+  keys.only("interpolation_type", "linear", "tstitch interpolates sigmas linearly only");
+  keys.only("timestep_type", "discrete", "tstitch supports discrete timesteps only");
+  if (const auto lo = keys.optional_number("sigma_min"))
+    o.sigma_min = *lo;
+  if (const auto hi = keys.optional_number("sigma_max"))
+    o.sigma_max = *hi;
+  o.final_point = read_final_sigmas(keys);
+  out.prediction = read_prediction(keys);
+  out.schedule = reader.build(o);
+  out.solver = Euler{};
+}
+
+inline void read_euler_ancestral(ConfigKeys& keys, DiffusersScheduler& out) {
+  DiscreteReader reader{keys, {.timestep_spacing = "linspace"}};
+  const DiscreteScheduleOptions o = read_k_schedule(keys, reader, false);
+  out.prediction = read_prediction(keys);
+  out.schedule = reader.build(o);
+  out.solver = EulerAncestral{};
+}
+
+inline void read_heun(ConfigKeys& keys, DiffusersScheduler& out) {
+  DiscreteReader reader{keys,
+                        {.beta_start = 0.00085, .beta_end = 0.012, .timestep_spacing = "linspace"}};
+  const DiscreteScheduleOptions o = read_k_schedule(keys, reader, true);
+  HeunOptions h;
+  h.clip_sample = read_clip(keys, false);
+  out.prediction = read_prediction(keys);
+  out.schedule = reader.build(o);
+  out.solver = Heun(h);
+}
+
+/// DPM-Solver's variance_type: null, or learned_range (the model outputs 2C channels, the second
+/// half ignored, as with tstitch's epsilon_learned_sigma).
+inline void read_learned_variance(ConfigKeys& keys, DiffusersScheduler& out) {
+  if (!keys.has("variance_type")) {
+    (void)keys.text("variance_type", "");
+    return;
+  }
+  (void)keys.choice("variance_type", "", std::array<std::string_view, 1>{"learned_range"});
+  require(out.prediction == Prediction::epsilon, "variance_type", "learned_range",
+          "is supported with prediction_type epsilon (tstitch's epsilon_learned_sigma)");
+  out.prediction = Prediction::epsilon_learned_sigma;
+}
+
+inline void read_dpm_solver(ConfigKeys& keys, DiffusersScheduler& out) {
+  DiscreteReader reader{keys, {.timestep_spacing = "linspace", .family = SpacingFamily::multistep}};
+  DiscreteScheduleOptions o = reader.options();
+  read_sigma_spacing(keys, o, true);
+  o.final_point = read_final_sigmas(keys);
+  // -inf, diffusers' default, clips nothing; anything else (NaN included) goes to the schedule.
+  if (const auto clipped = keys.optional_number("lambda_min_clipped");
+      clipped && !(std::isinf(*clipped) && *clipped < 0))
+    o.lambda_min_clipped = *clipped;
+  DPMSolverMultistepOptions d;
+  d.solver_order = keys.integer("solver_order", 2);
+  const std::string algorithm =
+      keys.choice("algorithm_type", "dpmsolver++",
+                  std::array<std::string_view, 2>{"dpmsolver++", "sde-dpmsolver++"});
+  d.algorithm = algorithm == "dpmsolver++" ? DPMSolverAlgorithm::dpmsolver_pp
+                                           : DPMSolverAlgorithm::sde_dpmsolver_pp;
+  d.solver_type = keys.choice("solver_type", "midpoint",
+                              std::array<std::string_view, 2>{"midpoint", "heun"}) == "midpoint"
+                      ? DPMSolverType::midpoint
+                      : DPMSolverType::heun;
+  d.lower_order_final = keys.boolean("lower_order_final", true);
+  d.euler_at_final = keys.boolean("euler_at_final", false);
+  d.thresholding = read_thresholding(keys);
+  require(!(d.algorithm == DPMSolverAlgorithm::sde_dpmsolver_pp && d.solver_order == 3),
+          "solver_order", 3,
+          "with algorithm_type sde-dpmsolver++ is not offered: diffusers' third-order SDE update "
+          "is only first order (the API offers DPMSolverThirdOrder::taylor instead)");
+  out.prediction = read_prediction(keys);
+  read_learned_variance(keys, out);
+  out.schedule = reader.build(o);
+  out.solver = DPMSolverMultistep(d);
+}
+
+inline void read_unipc(ConfigKeys& keys, DiffusersScheduler& out) {
+  DiscreteReader reader{keys, {.timestep_spacing = "linspace", .family = SpacingFamily::multistep}};
+  DiscreteScheduleOptions o = reader.options();
+  read_sigma_spacing(keys, o);
+  o.final_point = read_final_sigmas(keys);
+  UniPCOptions u;
+  u.solver_order = keys.integer("solver_order", 2);
+  u.solver_type =
+      keys.choice("solver_type", "bh2", std::array<std::string_view, 2>{"bh1", "bh2"}) == "bh1"
+          ? UniPCVariant::bh1
+          : UniPCVariant::bh2;
+  u.lower_order_final = keys.boolean("lower_order_final", true);
+  u.disable_corrector = keys.integers("disable_corrector");
+  u.thresholding = read_thresholding(keys);
+  keys.only("predict_x0", true, "tstitch's UniPC predicts x0 (the data-prediction form) only");
+  keys.only("solver_p", nullptr, "tstitch's UniPC takes no separate solver_p");
+  out.prediction = read_prediction(keys);
+  out.schedule = reader.build(o);
+  out.solver = UniPC(u);
+}
+
+inline void read_lcm(ConfigKeys& keys, DiffusersScheduler& out) {
+  DiscreteReader reader{
+      keys, {.beta_start = 0.00085, .beta_end = 0.012, .beta_schedule = "scaled_linear"}};
+  DiscreteScheduleOptions o = reader.options();
+  // LCM's last step returns its denoised estimate whatever the final point (see LCM), so
+  // set_alpha_to_one changes nothing, in diffusers as here.
+  o.final_point =
+      keys.boolean("set_alpha_to_one", true) ? FinalPoint::clean : FinalPoint::first_train_step;
+  LCMOptions l;
+  l.timestep_scaling = keys.number("timestep_scaling", 10.0);
+  l.clip_sample = read_clip(keys, false);
+  keys.only("thresholding", false, "tstitch's LCM does not threshold yet");
+  (void)keys.number("dynamic_thresholding_ratio", 0.995);
+  (void)keys.number("sample_max_value", 1.0);
+  const int original = keys.integer("original_inference_steps", 50);
+  out.prediction = read_prediction(keys);
+  out.schedule = LCMSchedule(reader.build(o), original);
+  out.solver = LCM(l);
+}
+
+/// The classes from_diffusers_config reads.
+inline const std::vector<SupportedClass>& supported_classes() {
+  static const std::vector<SupportedClass> classes{
+      {"DDIMScheduler", read_ddim},
+      {"DDPMScheduler", read_ddpm},
+      {"EulerDiscreteScheduler", read_euler},
+      {"EulerAncestralDiscreteScheduler", read_euler_ancestral},
+      {"HeunDiscreteScheduler", read_heun},
+      {"DPMSolverMultistepScheduler", read_dpm_solver},
+      {"UniPCMultistepScheduler", read_unipc},
+      {"LCMScheduler", read_lcm},
+  };
+  return classes;
+}
+
+} // namespace diffusers_config
+
+/// Reads a diffusers scheduler config: `path_or_json` is JSON text (starting with '{'), a
+/// scheduler_config.json, or a model folder holding one (directly or in scheduler/). The class
+/// named by _class_name picks the solver, and every key is honoured: a value tstitch cannot
+/// reproduce, or a key no diffusers scheduler has, is an error naming the key and the value. Keys
+/// of other schedulers, which the class ignores in diffusers too, are listed in `ignored` and
+/// logged as warnings. An unknown class is an error listing the supported ones.
+[[nodiscard]] inline DiffusersScheduler from_diffusers_config(std::string_view path_or_json) {
+  diffusers_config::ConfigKeys keys(path_or_json);
+  const std::string name = keys.class_name();
+  for (const auto& supported : diffusers_config::supported_classes()) {
+    if (supported.name != name)
+      continue;
+    DiffusersScheduler out{name, DiscreteSchedule{}, DDIM{}, Prediction::epsilon, {}};
+    supported.read(keys, out);
+    out.ignored = keys.finish(name);
+    return out;
+  }
+  std::string list;
+  for (const auto& supported : diffusers_config::supported_classes())
+    list += (list.empty() ? "" : ", ") + std::string(supported.name);
+  throw_invalid_argument("_class_name", detail::concat('"', name, '"'),
+                         detail::concat("is not supported; tstitch reads ", list));
+}
+
+} // namespace tstitch
