@@ -68,6 +68,22 @@ void check_against(const DiffusersScheduler& loaded, const Oracle& oracle) {
 
 } // namespace
 
+TEST_CASE("Stable Diffusion 1.5's PNDM config (skip_prk_steps) gives diffusers' run",
+          "[parity][config]") {
+  const DiffusersScheduler s = from_diffusers_config(config_path("sd15_pndm.json"));
+  REQUIRE(std::holds_alternative<PNDM>(s.solver));
+  CHECK(std::get<PNDM>(s.solver).options().skip_prk_steps);
+  // PLMS evaluates the first timestep twice (901, 801, 801, 701, ...): the trajectory's points
+  // are the distinct ones, the final point is timestep 0 (set_alpha_to_one false).
+  check_against(s, {{901, 801, 701, 601, 501, 401, 301, 201, 101, 1},
+                    {8.390686923364788, 5.134433018322688, 3.3477646046681673, 2.2928546570838084,
+                     1.6236928689440773, 1.1682164793009746, 0.8356532795969402,
+                     0.5740507469627445, 0.34618728443170954, 0.04131447785534563},
+                    10,
+                    201.3864250180195,
+                    0.26222190757554625});
+}
+
 TEST_CASE("Stable Diffusion 2.1's DDIM config (v-prediction) gives diffusers' run",
           "[parity][config]") {
   const DiffusersScheduler s = from_diffusers_config(config_path("sd21_ddim_v.json"));
@@ -119,6 +135,19 @@ TEST_CASE("Stable Diffusion 1.5's DPM-Solver++ config (multistep leading) gives 
   }();
   CHECK(twenty == std::vector<double>{941, 894, 847, 800, 753, 706, 659, 612, 565, 518, 471,
                                       424, 377, 330, 283, 236, 189, 142, 95,  48,  0});
+}
+
+TEST_CASE("A KDPM2 config with karras sigmas gives diffusers' run", "[parity][config]") {
+  const DiffusersScheduler s = from_diffusers_config(config_path("kdpm2_karras.json"));
+  REQUIRE(std::holds_alternative<KDPM2>(s.solver));
+  // diffusers interleaves the midpoints into its lists; these are the points of the trajectory.
+  check_against(s, {{999, 916, 815, 687, 523, 327, 146, 41, 7, 0},
+                    {14.614645004272461, 9.102935791015625, 5.478400707244873, 3.1686108112335205,
+                     1.7494229078292847, 0.9140763878822327, 0.44692087173461914,
+                     0.20139984786510468, 0.08191104978322983, 0.029167532920837402, 0.0},
+                    10,
+                    209.79568003915483,
+                    0.27317145838431617});
 }
 
 TEST_CASE("An LCM config gives diffusers' timesteps and one-step result", "[parity][config]") {

@@ -18,16 +18,20 @@
 #include "tstitch/diffusers/config_keys.hpp"
 #include "tstitch/schedule/any_schedule.hpp"
 #include "tstitch/schedule/discrete.hpp"
+#include "tstitch/schedule/edm.hpp"
 #include "tstitch/solver/any_solver.hpp"
 
 namespace tstitch {
 
 /// What a diffusers scheduler config describes, in tstitch's terms.
 struct DiffusersScheduler {
-  std::string class_name;           ///< the config's _class_name
-  AnySchedule schedule;             ///< the noise schedule and its inference spacing
-  AnySolver solver;                 ///< the solver, with the config's options
-  Prediction prediction;            ///< prediction_type (and variance_type): what the model outputs
+  std::string class_name; ///< the config's _class_name
+  AnySchedule schedule;   ///< the noise schedule and its inference spacing
+  AnySolver solver;       ///< the solver, with the config's options
+  Prediction prediction;  ///< prediction_type (and variance_type): what the model outputs
+  /// EDM classes only: the model is a raw EDM network, to be wrapped as
+  /// edm_preconditioned(network, *edm_sigma_data) (whose `prediction` is the network's).
+  std::optional<double> edm_sigma_data;
   std::vector<std::string> ignored; ///< keys of other schedulers that this class ignores
 };
 
@@ -250,15 +254,8 @@ inline void read_learned_variance(ConfigKeys& keys, DiffusersScheduler& out) {
   out.prediction = Prediction::epsilon_learned_sigma;
 }
 
-inline void read_dpm_solver(ConfigKeys& keys, DiffusersScheduler& out) {
-  DiscreteReader reader{keys, {.timestep_spacing = "linspace", .family = SpacingFamily::multistep}};
-  DiscreteScheduleOptions o = reader.options();
-  read_sigma_spacing(keys, o, true);
-  o.final_point = read_final_sigmas(keys);
-  // -inf, diffusers' default, clips nothing; anything else (NaN included) goes to the schedule.
-  if (const auto clipped = keys.optional_number("lambda_min_clipped");
-      clipped && !(std::isinf(*clipped) && *clipped < 0))
-    o.lambda_min_clipped = *clipped;
+/// DPM-Solver++'s own keys (shared by DPMSolverMultistepScheduler and its EDM form).
+inline DPMSolverMultistepOptions read_dpm_options(ConfigKeys& keys) {
   DPMSolverMultistepOptions d;
   d.solver_order = keys.integer("solver_order", 2);
   const std::string algorithm =
@@ -277,6 +274,19 @@ inline void read_dpm_solver(ConfigKeys& keys, DiffusersScheduler& out) {
           "solver_order", 3,
           "with algorithm_type sde-dpmsolver++ is not offered: diffusers' third-order SDE update "
           "is only first order (the API offers DPMSolverThirdOrder::taylor instead)");
+  return d;
+}
+
+inline void read_dpm_solver(ConfigKeys& keys, DiffusersScheduler& out) {
+  DiscreteReader reader{keys, {.timestep_spacing = "linspace", .family = SpacingFamily::multistep}};
+  DiscreteScheduleOptions o = reader.options();
+  read_sigma_spacing(keys, o, true);
+  o.final_point = read_final_sigmas(keys);
+  // -inf, diffusers' default, clips nothing; anything else (NaN included) goes to the schedule.
+  if (const auto clipped = keys.optional_number("lambda_min_clipped");
+      clipped && !(std::isinf(*clipped) && *clipped < 0))
+    o.lambda_min_clipped = *clipped;
+  const DPMSolverMultistepOptions d = read_dpm_options(keys);
   out.prediction = read_prediction(keys);
   read_learned_variance(keys, out);
   out.schedule = reader.build(o);
@@ -324,6 +334,140 @@ inline void read_lcm(ConfigKeys& keys, DiffusersScheduler& out) {
   out.solver = LCM(l);
 }
 
+/// KDPM2 and its ancestral variant: k-diffusion classes that, unlike Euler, round their karras
+/// timesteps (the midpoint timesteps stay unrounded).
+inline void read_kdpm2(ConfigKeys& keys, DiffusersScheduler& out, bool ancestral) {
+  DiscreteReader reader{keys,
+                        {.beta_start = 0.00085, .beta_end = 0.012, .timestep_spacing = "linspace"}};
+  DiscreteScheduleOptions o = read_k_schedule(keys, reader, true);
+  if (o.sigma_spacing == SigmaSpacing::karras)
+    o.round_timesteps = true;
+  out.prediction = read_prediction(keys);
+  out.schedule = reader.build(o);
+  out.solver = ancestral ? AnySolver(KDPM2Ancestral{}) : AnySolver(KDPM2{});
+}
+
+inline void read_lms(ConfigKeys& keys, DiffusersScheduler& out) {
+  DiscreteReader reader{keys, {.timestep_spacing = "linspace"}};
+  const DiscreteScheduleOptions o = read_k_schedule(keys, reader, true);
+  out.prediction = read_prediction(keys);
+  out.schedule = reader.build(o);
+  out.solver = LMS{};
+}
+
+inline void read_deis(ConfigKeys& keys, DiffusersScheduler& out) {
+  DiscreteReader reader{keys, {.timestep_spacing = "linspace", .family = SpacingFamily::multistep}};
+  DiscreteScheduleOptions o = reader.options();
+  read_sigma_spacing(keys, o);
+  require(o.sigma_spacing != SigmaSpacing::exponential, "use_exponential_sigmas", true,
+          "is not offered with DEIS (diffusers 0.31 cannot run it either)");
+  o.final_point = FinalPoint::first_train_step; // DEIS always ends on the first training sigma
+  DEISOptions d;
+  d.solver_order = keys.integer("solver_order", 2);
+  d.lower_order_final = keys.boolean("lower_order_final", true);
+  d.thresholding = read_thresholding(keys);
+  // diffusers maps every other algorithm_type / solver_type onto deis / logrho (with a warning).
+  (void)keys.choice("algorithm_type", "deis",
+                    std::array<std::string_view, 3>{"deis", "dpmsolver", "dpmsolver++"});
+  (void)keys.choice("solver_type", "logrho",
+                    std::array<std::string_view, 5>{"logrho", "midpoint", "heun", "bh1", "bh2"});
+  out.prediction = read_prediction(keys);
+  out.schedule = reader.build(o);
+  out.solver = DEIS(d);
+}
+
+inline void read_pndm(ConfigKeys& keys, DiffusersScheduler& out) {
+  DiscreteReader reader{keys, {}};
+  DiscreteScheduleOptions o = reader.options();
+  o.final_point =
+      keys.boolean("set_alpha_to_one", false) ? FinalPoint::clean : FinalPoint::first_train_step;
+  PNDMOptions p;
+  p.skip_prk_steps = keys.boolean("skip_prk_steps", false);
+  out.prediction =
+      keys.choice("prediction_type", "epsilon",
+                  std::array<std::string_view, 2>{"epsilon", "v_prediction"}) == "epsilon"
+          ? Prediction::epsilon
+          : Prediction::v;
+  out.schedule = reader.build(o);
+  out.solver = PNDM(p);
+}
+
+/// IPNDM: its own schedule; trained_betas are the n + 1 sigmas of a run.
+inline void read_ipndm(ConfigKeys& keys, DiffusersScheduler& out) {
+  (void)keys.integer("num_train_timesteps", 1000); // diffusers' sampling does not use it either
+  const std::vector<double> sigmas = keys.numbers("trained_betas");
+  out.prediction = Prediction::epsilon;
+  out.schedule = sigmas.empty() ? IPNDMSchedule{} : IPNDMSchedule(sigmas);
+  out.solver = IPNDM{};
+}
+
+/// TCD: LCM's schedule and keys. Its step never reads set_alpha_to_one, clipping, thresholding
+/// or timestep_scaling (diffusers 0.31), so they are read and have no effect, as there.
+inline void read_tcd(ConfigKeys& keys, DiffusersScheduler& out) {
+  DiscreteReader reader{
+      keys, {.beta_start = 0.00085, .beta_end = 0.012, .beta_schedule = "scaled_linear"}};
+  DiscreteScheduleOptions o = reader.options();
+  o.final_point = FinalPoint::first_train_step;
+  (void)keys.boolean("set_alpha_to_one", true);
+  (void)read_clip(keys, false);
+  (void)read_thresholding(keys);
+  (void)keys.number("timestep_scaling", 10.0);
+  const int original = keys.integer("original_inference_steps", 50);
+  out.prediction = read_prediction(keys);
+  out.schedule = TCDSchedule(reader.build(o), original);
+  out.solver = TCD{};
+}
+
+inline void read_cm(ConfigKeys& keys, DiffusersScheduler& out) {
+  CMKarrasScheduleOptions o;
+  o.num_train_timesteps = keys.integer("num_train_timesteps", 40);
+  o.sigma_min = keys.number("sigma_min", 0.002);
+  o.sigma_max = keys.number("sigma_max", 80.0);
+  o.sigma_data = keys.number("sigma_data", 0.5);
+  o.rho = keys.number("rho", 7.0);
+  const CMKarrasSchedule schedule(o);
+  CMStochasticIterativeOptions c = CMStochasticIterativeOptions::for_schedule(schedule);
+  c.s_noise = keys.number("s_noise", 1.0);
+  c.clip_denoised = keys.boolean("clip_denoised", true);
+  out.prediction = Prediction::sample; // the network's raw output F; the solver scales it
+  out.schedule = schedule;
+  out.solver = CMStochasticIterative(c);
+}
+
+/// EDMEulerScheduler and EDMDPMSolverMultistepScheduler: an EDMSchedule, with the model wrapped
+/// in edm_preconditioned (see DiffusersScheduler::edm_sigma_data).
+inline void read_edm(ConfigKeys& keys, DiffusersScheduler& out, bool dpm) {
+  EDMScheduleOptions o;
+  o.sigma_min = keys.number("sigma_min", 0.002);
+  o.sigma_max = keys.number("sigma_max", 80.0);
+  o.rho = keys.number("rho", 7.0);
+  o.sigma_schedule =
+      keys.choice("sigma_schedule", "karras",
+                  std::array<std::string_view, 2>{"karras", "exponential"}) == "karras"
+          ? EDMSigmaSchedule::karras
+          : EDMSigmaSchedule::exponential;
+  o.num_train_timesteps = keys.integer("num_train_timesteps", 1000);
+  out.edm_sigma_data = keys.number("sigma_data", 0.5);
+  require(*out.edm_sigma_data > 0 && std::isfinite(*out.edm_sigma_data), "sigma_data",
+          *out.edm_sigma_data, "must be positive and finite");
+  out.prediction =
+      keys.choice("prediction_type", "epsilon",
+                  std::array<std::string_view, 2>{"epsilon", "v_prediction"}) == "epsilon"
+          ? Prediction::epsilon
+          : Prediction::v;
+  if (!dpm) {
+    out.schedule = EDMSchedule(o);
+    out.solver = Euler{};
+    return;
+  }
+  o.final_sigma = keys.choice("final_sigmas_type", "zero",
+                              std::array<std::string_view, 2>{"zero", "sigma_min"}) == "zero"
+                      ? EDMFinalSigma::zero
+                      : EDMFinalSigma::sigma_min;
+  out.schedule = EDMSchedule(o);
+  out.solver = DPMSolverMultistep(read_dpm_options(keys));
+}
+
 /// The classes from_diffusers_config reads.
 inline const std::vector<SupportedClass>& supported_classes() {
   static const std::vector<SupportedClass> classes{
@@ -335,6 +479,20 @@ inline const std::vector<SupportedClass>& supported_classes() {
       {"DPMSolverMultistepScheduler", read_dpm_solver},
       {"UniPCMultistepScheduler", read_unipc},
       {"LCMScheduler", read_lcm},
+      {"PNDMScheduler", read_pndm},
+      {"IPNDMScheduler", read_ipndm},
+      {"LMSDiscreteScheduler", read_lms},
+      {"DEISMultistepScheduler", read_deis},
+      {"TCDScheduler", read_tcd},
+      {"CMStochasticIterativeScheduler", read_cm},
+      {"EDMEulerScheduler",
+       [](ConfigKeys& keys, DiffusersScheduler& out) { read_edm(keys, out, false); }},
+      {"EDMDPMSolverMultistepScheduler",
+       [](ConfigKeys& keys, DiffusersScheduler& out) { read_edm(keys, out, true); }},
+      {"KDPM2DiscreteScheduler",
+       [](ConfigKeys& keys, DiffusersScheduler& out) { read_kdpm2(keys, out, false); }},
+      {"KDPM2AncestralDiscreteScheduler",
+       [](ConfigKeys& keys, DiffusersScheduler& out) { read_kdpm2(keys, out, true); }},
   };
   return classes;
 }
@@ -353,7 +511,7 @@ inline const std::vector<SupportedClass>& supported_classes() {
   for (const auto& supported : diffusers_config::supported_classes()) {
     if (supported.name != name)
       continue;
-    DiffusersScheduler out{name, DiscreteSchedule{}, DDIM{}, Prediction::epsilon, {}};
+    DiffusersScheduler out{name, DiscreteSchedule{}, DDIM{}, Prediction::epsilon, {}, {}};
     supported.read(keys, out);
     out.ignored = keys.finish(name);
     return out;

@@ -11,20 +11,28 @@
 #include <variant>
 
 #include "tstitch/core/error.hpp"
+#include "tstitch/solver/cm_stochastic_iterative.hpp"
 #include "tstitch/solver/ddim.hpp"
 #include "tstitch/solver/ddpm.hpp"
+#include "tstitch/solver/deis.hpp"
 #include "tstitch/solver/dpm_solver.hpp"
 #include "tstitch/solver/euler.hpp"
 #include "tstitch/solver/euler_ancestral.hpp"
 #include "tstitch/solver/heun.hpp"
+#include "tstitch/solver/ipndm.hpp"
+#include "tstitch/solver/kdpm2.hpp"
 #include "tstitch/solver/lcm.hpp"
+#include "tstitch/solver/lms.hpp"
+#include "tstitch/solver/pndm.hpp"
+#include "tstitch/solver/tcd.hpp"
 #include "tstitch/solver/unipc.hpp"
 
 namespace tstitch {
 
 /// Every solver of tstitch, with its options, as one type.
 using AnySolver =
-    std::variant<DDIM, DDPM, Euler, EulerAncestral, Heun, DPMSolverMultistep, UniPC, LCM>;
+    std::variant<DDIM, DDPM, Euler, EulerAncestral, Heun, DPMSolverMultistep, UniPC, LCM, KDPM2,
+                 KDPM2Ancestral, LMS, DEIS, PNDM, IPNDM, TCD, CMStochasticIterative>;
 
 /// A named solver: tstitch's name (the command line's), the diffusers class it reproduces, the
 /// k-diffusion function and stable-diffusion.cpp sampler users know it by ("-" where none exists),
@@ -59,6 +67,24 @@ inline constexpr std::array solver_names{
                }},
     SolverName{"unipc", "UniPCMultistepScheduler", "-", "-", [] { return AnySolver(UniPC{}); }},
     SolverName{"lcm", "LCMScheduler", "sample_lcm", "lcm", [] { return AnySolver(LCM{}); }},
+    SolverName{"kdpm2", "KDPM2DiscreteScheduler", "sample_dpm_2", "dpm2",
+               [] { return AnySolver(KDPM2{}); }},
+    SolverName{"kdpm2_a", "KDPM2AncestralDiscreteScheduler", "sample_dpm_2_ancestral", "-",
+               [] { return AnySolver(KDPM2Ancestral{}); }},
+    SolverName{"lms", "LMSDiscreteScheduler", "sample_lms", "-", [] { return AnySolver(LMS{}); }},
+    SolverName{"deis", "DEISMultistepScheduler", "-", "-", [] { return AnySolver(DEIS{}); }},
+    SolverName{"pndm", "PNDMScheduler", "- (CompVis: PLMS)", "-", [] { return AnySolver(PNDM{}); }},
+    SolverName{"plms", "PNDMScheduler (skip_prk_steps, Stable Diffusion's)", "-", "-",
+               [] {
+                 PNDMOptions plms;
+                 plms.skip_prk_steps = true;
+                 return AnySolver(PNDM(plms));
+               }},
+    SolverName{"ipndm", "IPNDMScheduler (on IPNDMSchedule)", "-", "-",
+               [] { return AnySolver(IPNDM{}); }},
+    SolverName{"tcd", "TCDScheduler (on TCDSchedule)", "-", "tcd", [] { return AnySolver(TCD{}); }},
+    SolverName{"cm", "CMStochasticIterativeScheduler (on CMKarrasSchedule)", "-", "-",
+               [] { return AnySolver(CMStochasticIterative{}); }},
 };
 
 /// "ddim, ddpm, ...": the names, for help texts and error messages.
