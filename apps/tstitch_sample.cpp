@@ -27,6 +27,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "tstitch/diffusers/scheduler_config.hpp"
 #include "tstitch/io/npy.hpp"
 #include "tstitch/models/dit/cpu_model.hpp"
 #include "tstitch/tstitch.hpp"
@@ -55,6 +56,7 @@ struct Options {
   std::vector<double> fractions;
   std::string rule = "fraction";
   std::string solver = "ddim";
+  std::string scheduler_config;
   int steps = 50;
   double guidance = 1.0;
   std::uint64_t seed = 0;
@@ -70,23 +72,35 @@ struct Options {
   std::vector<std::string> names;
 };
 
-/// The solvers the command line offers, on either device.
-using SolverChoice = std::variant<DDIM, DDPM, Euler, Heun, DPMSolverMultistep, UniPC>;
+/// What the steps run on: the schedule and the solver (the DiT's training schedule and --solver,
+/// or a diffusers --scheduler-config).
+struct Sampling {
+  AnySchedule schedule;
+  AnySolver solver;
+};
 
-SolverChoice parse_solver(const std::string& name) {
-  if (name == "ddim")
-    return DDIM{};
-  if (name == "ddpm")
-    return DDPM{};
-  if (name == "euler")
-    return Euler{};
-  if (name == "heun")
-    return Heun{};
-  if (name == "dpm++2m")
-    return DPMSolverMultistep{};
-  if (name == "unipc")
-    return UniPC{};
-  bad("--solver = '", name, "': must be one of ddim, ddpm, euler, heun, dpm++2m, unipc");
+/// --scheduler-config, checked against the models: the config's prediction_type must be what the
+/// DiTs output (epsilon for a DiT that also learns its variance: the solvers read its first C
+/// channels, as diffusers' DiT pipeline does).
+Sampling load_scheduler_config(const std::string& path, Prediction models_predict) {
+  DiffusersScheduler config = [&] {
+    try {
+      return from_diffusers_config(path);
+    } catch (const std::exception& e) {
+      bad("--scheduler-config = '", path, "': ", e.what());
+    }
+  }();
+  const bool compatible =
+      config.prediction == models_predict ||
+      (config.prediction == Prediction::epsilon &&
+       models_predict == Prediction::epsilon_learned_sigma) ||
+      (config.prediction == Prediction::epsilon_learned_sigma &&
+       models_predict == Prediction::epsilon);
+  if (!compatible || config.edm_sigma_data)
+    bad("--scheduler-config = '", path, "': ", config.class_name, " is for models that predict ",
+        config.edm_sigma_data ? "through EDM preconditioning" : to_string(config.prediction),
+        "; the DiTs predict ", to_string(models_predict));
+  return {std::move(config.schedule), std::move(config.solver)};
 }
 
 /// Any number of DiTs, each serving the steps the rule gives it; one instantiation of the sampling
@@ -195,7 +209,7 @@ void sample_batches(const Options& o, const Stitcher& stitcher, const std::vecto
   std::fprintf(stderr, "sampled %d images in %.2f s\n", o.count, seconds);
 }
 
-void sample_on_cpu(const Options& o, const AnyPolicy& rule, const SolverChoice& solver,
+void sample_on_cpu(const Options& o, const AnyPolicy& rule, const Sampling& sampling,
                    std::vector<dit::Weights> weights, const std::vector<std::string>& names,
                    const std::vector<int>& labels, Tensor& x) {
   std::vector<dit::CpuModel> models;
@@ -218,18 +232,18 @@ void sample_on_cpu(const Options& o, const AnyPolicy& rule, const SolverChoice& 
                          const std::optional<std::vector<int>> uncond =
                              o.guidance != 1.0 ? stitcher.unconditional(cond) // DiT's null class
                                                : std::nullopt;
-                         sampler.run(stitcher, DiscreteSchedule{}, chosen, part, cond,
+                         sampler.run(stitcher, sampling.schedule, chosen, part, cond,
                                      uncond ? &*uncond : nullptr, options);
                        });
       },
-      solver);
+      sampling.solver);
 }
 
 #ifdef TSTITCH_SAMPLE_CUDA
 /// The same sampling with the latents on the GPU: each batch's x_T is made on the host (the same
 /// noise as on the CPU), uploaded, sampled by cuda::DeviceSampler and downloaded. Weights are
 /// uploaded once (bf16); the host copies are dropped.
-void sample_on_cuda(const Options& o, const AnyPolicy& rule, const SolverChoice& solver,
+void sample_on_cuda(const Options& o, const AnyPolicy& rule, const Sampling& sampling,
                     std::vector<dit::Weights> weights, const std::vector<std::string>& names,
                     const std::vector<int>& labels, Tensor& x) {
   const cuda::DeviceInfo device = cuda::device_info();
@@ -247,15 +261,13 @@ void sample_on_cuda(const Options& o, const AnyPolicy& rule, const SolverChoice&
   weights.clear(); // on the device now
   cuda::DeviceStitcher stitcher(rule,
                                 std::vector<cuda::DeviceDenoiserRef>(models.begin(), models.end()));
-  const cuda::DeviceSolver device_solver =
-      std::visit([](auto chosen) -> cuda::DeviceSolver { return chosen; }, solver);
   cuda::DeviceSampler sampler;
   cuda::DeviceTensor latents(std::min(o.batch, o.count), x.shape());
   sample_batches(o, stitcher, labels, x,
                  [&](View part, const std::vector<int>& cond, const SampleOptions& options) {
                    const View on_device = latents.view().samples(0, part.batch());
                    cuda::upload(on_device, part);
-                   sampler.run(stitcher, DiscreteSchedule{}, device_solver, on_device, cond,
+                   sampler.run(stitcher, sampling.schedule, sampling.solver, on_device, cond,
                                options);
                    cuda::download(part, on_device);
                  });
@@ -308,7 +320,12 @@ int run(const Options& o) {
   } catch (const tstitch::invalid_argument& e) {
     bad(o.fractions.empty() ? "--fraction" : "--fractions", ": ", e.what());
   }
-  const SolverChoice solver = parse_solver(o.solver);
+  AnySolver solver;
+  try {
+    solver = make_solver(o.solver);
+  } catch (const tstitch::invalid_argument&) {
+    bad("--solver = '", o.solver, "': must be one of ", solver_name_list());
+  }
   if (o.device != "cpu" && o.device != "cuda")
     bad("--device = '", o.device, "': must be cpu or cuda");
   if (o.device == "cuda" && o.batch_invariant)
@@ -358,13 +375,18 @@ int run(const Options& o) {
   std::vector<std::string> names = o.names;
   for (std::size_t i = names.size(); i < k; ++i)
     names.push_back(std::filesystem::path(o.models[i]).stem().string());
+  const Prediction models_predict =
+      first.learn_sigma ? Prediction::epsilon_learned_sigma : Prediction::epsilon;
+  const Sampling sampling = o.scheduler_config.empty()
+                                ? Sampling{DiscreteSchedule{}, std::move(solver)}
+                                : load_scheduler_config(o.scheduler_config, models_predict);
   Tensor x(o.count, shape);
 #ifdef TSTITCH_SAMPLE_CUDA
   if (o.device == "cuda")
-    sample_on_cuda(o, *rule, solver, std::move(weights), names, labels, x);
+    sample_on_cuda(o, *rule, sampling, std::move(weights), names, labels, x);
   else
 #endif
-    sample_on_cpu(o, *rule, solver, std::move(weights), names, labels, x);
+    sample_on_cpu(o, *rule, sampling, std::move(weights), names, labels, x);
 
   std::string wrote = detail::concat("wrote ", o.count, " samples");
   if (!o.png.empty()) {
@@ -401,8 +423,13 @@ int main(int argc, char** argv) {
                  "switch rule: fraction (floor(c n) steps, exact) or paper (t/T >= 1 - r, the "
                  "official T-Stitch code, 2 models)")
       ->capture_default_str();
-  app.add_option("--solver", o.solver, "ddim, ddpm, euler, heun, dpm++2m or unipc")
-      ->capture_default_str();
+  auto* solver_option =
+      app.add_option("--solver", o.solver, detail::concat("one of ", solver_name_list()))
+          ->capture_default_str();
+  app.add_option("--scheduler-config", o.scheduler_config,
+                 "a diffusers scheduler_config.json (or a model folder holding one): its schedule "
+                 "and solver replace the DiT's training schedule and --solver")
+      ->excludes(solver_option);
   app.add_option("--steps", o.steps, "sampling steps")->capture_default_str();
   app.add_option("--guidance", o.guidance, "classifier-free guidance scale (1: off)")
       ->capture_default_str();

@@ -28,14 +28,7 @@
 #include "tstitch/sample.hpp"
 #include "tstitch/schedule/any_schedule.hpp"
 #include "tstitch/schedule/discrete.hpp"
-#include "tstitch/solver/ddim.hpp"
-#include "tstitch/solver/ddpm.hpp"
-#include "tstitch/solver/dpm_solver.hpp"
-#include "tstitch/solver/euler.hpp"
-#include "tstitch/solver/euler_ancestral.hpp"
-#include "tstitch/solver/heun.hpp"
-#include "tstitch/solver/lcm.hpp"
-#include "tstitch/solver/unipc.hpp"
+#include "tstitch/solver/any_solver.hpp"
 #include "tstitch/stitch/policy.hpp"
 #include "tstitch/stitch/stitcher.hpp"
 
@@ -43,12 +36,12 @@ namespace tstitch::cuda {
 
 class DitModel;
 
-/// The solvers device sampling offers: every solver of tstitch, with any options except dynamic
-/// thresholding (DPMSolverMultistepOptions / UniPCOptions::thresholding: its per-sample quantile
-/// would read every step back to the host). Stochastic ones draw their noise on the device, the
-/// same Philox noise as on the host, e.g. DDIM{{.eta = 1.0}}. LCM steps along an LCMSchedule.
-using DeviceSolver =
-    std::variant<DDIM, DDPM, Euler, EulerAncestral, Heun, DPMSolverMultistep, UniPC, LCM>;
+/// The solvers device sampling offers: every solver of tstitch (AnySolver, the one list the
+/// command line and the config loader share), with any options except dynamic thresholding (its
+/// per-sample quantile would read every step back to the host). Stochastic ones draw their noise
+/// on the device, the same Philox noise as on the host, e.g. DDIM{{.eta = 1.0}}. LCM, TCD, IPNDM
+/// and CMStochasticIterative step along their own schedules (LCMSchedule, ...).
+using DeviceSolver = AnySolver;
 
 /// A model that runs on the GPU, as one type: a DenoiserRef (non-owning) to a denoiser over
 /// *device* views whose condition is one integer per row, together with the stream its predict()
