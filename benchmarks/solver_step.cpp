@@ -18,11 +18,10 @@ const Shape latent{4, 32, 32};
 constexpr int batch = 4;
 constexpr int steps = 50;
 
-template <class SolverT>
+template <class SolverT, class Schedule = DiscreteSchedule>
 void solver_steps(benchmark::State& state, SolverT solver,
-                  Prediction prediction = Prediction::epsilon) {
+                  Prediction prediction = Prediction::epsilon, const Schedule& schedule = {}) {
   bench::FreeDenoiser model{latent, prediction};
-  const DiscreteSchedule schedule;
   Tensor x(batch, latent);
   Sampler<> sampler;
   SampleOptions options;
@@ -112,6 +111,28 @@ void BM_UniPC_3(benchmark::State& s) {
   solver_steps(s, UniPC{o});
 }
 void BM_LCM(benchmark::State& s) { solver_steps(s, LCM{}); }
+void BM_PNDM_PRK(benchmark::State& s) { solver_steps(s, PNDM{}); }
+void BM_PNDM_PLMS(benchmark::State& s) {
+  PNDMOptions o;
+  o.skip_prk_steps = true;
+  solver_steps(s, PNDM{o});
+}
+void BM_IPNDM(benchmark::State& s) {
+  solver_steps(s, IPNDM{}, Prediction::epsilon, IPNDMSchedule{});
+}
+void BM_LMS(benchmark::State& s) { solver_steps(s, LMS{}); }
+void BM_DEIS_2(benchmark::State& s) { solver_steps(s, DEIS{}); }
+void BM_DEIS_3(benchmark::State& s) {
+  DEISOptions o;
+  o.solver_order = 3;
+  solver_steps(s, DEIS{o});
+}
+void BM_KDPM2(benchmark::State& s) { solver_steps(s, KDPM2{}); }
+void BM_KDPM2Ancestral(benchmark::State& s) { solver_steps(s, KDPM2Ancestral{}); }
+void BM_TCD(benchmark::State& s) { solver_steps(s, TCD{}, Prediction::epsilon, TCDSchedule{}); }
+void BM_CMStochasticIterative(benchmark::State& s) {
+  solver_steps(s, CMStochasticIterative{}, Prediction::sample, CMKarrasSchedule{});
+}
 BENCHMARK(BM_DDIM)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_DDIM_eta1)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_DDIM_v)->Unit(benchmark::kMillisecond);
@@ -126,6 +147,16 @@ BENCHMARK(BM_DPMSolverPP_2M_SDE)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_UniPC_2)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_UniPC_3)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_LCM)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_PNDM_PRK)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_PNDM_PLMS)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_IPNDM)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_LMS)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_DEIS_2)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_DEIS_3)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_KDPM2)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_KDPM2Ancestral)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_TCD)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_CMStochasticIterative)->Unit(benchmark::kMillisecond);
 
 } // namespace
 
