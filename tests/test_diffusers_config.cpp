@@ -163,6 +163,26 @@ TEST_CASE("An LCM config gives diffusers' timesteps and one-step result", "[pari
                     0.02436155839796091});
 }
 
+TEST_CASE("A DDIMInverseScheduler config inverts as diffusers does (diffusers 0.31.0)",
+          "[parity][config]") {
+  const DiffusersScheduler s = from_diffusers_config(R"({"_class_name": "DDIMInverseScheduler",
+      "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+      "clip_sample": false, "set_alpha_to_one": false, "steps_offset": 1})");
+  REQUIRE(std::holds_alternative<DDIM>(s.solver));
+  const Trajectory trajectory = s.schedule.trajectory(10);
+  for (int i = 0; i < 10; ++i) // the model times, cleanest first
+    CHECK(trajectory[i].timestep == 1 + 100 * i);
+  Tensor x = harness_tensor(false);
+  auto model = harness_model(s.prediction);
+  SampleOptions options;
+  options.steps = 10;
+  DDIM solver = std::get<DDIM>(s.solver);
+  sample(model, s.schedule, solver, x, NoCondition{}, options);
+  const Result r = abs_sum(x);
+  CHECK(std::abs(r.sum - 676.5041321490426) < 1e-2);
+  CHECK(std::abs(r.mean - 0.8808647554023992) < 1e-3);
+}
+
 TEST_CASE("A config may be JSON text, a file or a model folder", "[config]") {
   const DiffusersScheduler text = from_diffusers_config(R"( {"_class_name": "DDIMScheduler",
       "timestep_spacing": "trailing", "clip_sample": false, "lambda_min_clipped": -Infinity} )");

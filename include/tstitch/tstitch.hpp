@@ -21,6 +21,7 @@
 #include "tstitch/schedule/discrete.hpp"
 #include "tstitch/schedule/edm.hpp"
 #include "tstitch/schedule/flow.hpp"
+#include "tstitch/schedule/inverse.hpp"
 #include "tstitch/schedule/trajectory.hpp"
 
 #include "tstitch/solver/any_solver.hpp"

@@ -561,6 +561,27 @@ TEST_CASE("device stitched sampling matches host sampling with the same Philox n
        FlowMatchSchedule(FlowMatchScheduleOptions{.shift = 3.0}), SigmaThreshold(2.0), 20, true},
       {"DDIM, timestep threshold 600", DDIM{}, Guidance{}, false, DiscreteSchedule{},
        TimestepThreshold(600.0)},
+      {"PNDM with the PRK warm-up (4 evaluations per step)", PNDM{}},
+      {"PLMS (PNDM skip_prk_steps), guidance 2", PNDM{[] {
+         PNDMOptions o;
+         o.skip_prk_steps = true;
+         return o;
+       }()},
+       Guidance::standard(2.0)},
+      {"IPNDM on its schedule", IPNDM{}, Guidance{}, false, IPNDMSchedule{}},
+      {"LMS order 4", LMS{}},
+      {"DEIS order 3, history reset", DEIS{[] {
+         DEISOptions o;
+         o.solver_order = 3;
+         o.history = HistoryPolicy::reset;
+         return o;
+       }()}},
+      {"KDPM2 (log-midpoint evaluations)", KDPM2{}},
+      {"KDPM2 ancestral (device noise)", KDPM2Ancestral{}},
+      {"TCD gamma 0.3 on its schedule (device noise)", TCD{}, Guidance{}, false, TCDSchedule{},
+       StepFraction({0.5, 0.5}), 4},
+      {"CM stochastic iterative on its Karras grid (device noise)", CMStochasticIterative{},
+       Guidance{}, false, CMKarrasSchedule{}, StepFraction({0.5, 0.5}), 4, true},
   };
   for (const DeviceCase& c : cases)
     check_device_sampling(c, workspace);

@@ -19,6 +19,7 @@
 #include "tstitch/schedule/any_schedule.hpp"
 #include "tstitch/schedule/discrete.hpp"
 #include "tstitch/schedule/edm.hpp"
+#include "tstitch/schedule/inverse.hpp"
 #include "tstitch/solver/any_solver.hpp"
 
 namespace tstitch {
@@ -468,6 +469,40 @@ inline void read_edm(ConfigKeys& keys, DiffusersScheduler& out, bool dpm) {
   out.solver = DPMSolverMultistep(read_dpm_options(keys));
 }
 
+/// DDIMInverseScheduler: DDIM's keys (no thresholding), with the deprecated set_alpha_to_zero
+/// overriding set_alpha_to_one; the trajectory runs from clean to noisy (ddim_inverse).
+inline void read_ddim_inverse(ConfigKeys& keys, DiffusersScheduler& out) {
+  DiscreteReader reader{keys, {}};
+  DiscreteScheduleOptions o = reader.options();
+  bool to_one = keys.boolean("set_alpha_to_one", true);
+  if (keys.has("set_alpha_to_zero"))
+    to_one = keys.boolean("set_alpha_to_zero", true);
+  o.final_point = to_one ? FinalPoint::clean : FinalPoint::first_train_step;
+  DDIMOptions d;
+  d.clip_sample = read_clip(keys, true);
+  out.prediction = read_prediction(keys);
+  out.schedule = ddim_inverse(reader.build(o));
+  out.solver = DDIM(d);
+}
+
+/// DPMSolverMultistepInverseScheduler: DPM-Solver++'s keys without use_lu_lambdas and
+/// final_sigmas_type; the SDE variants cannot run towards noise.
+inline void read_dpm_solver_inverse(ConfigKeys& keys, DiffusersScheduler& out) {
+  DiscreteReader reader{keys, {.timestep_spacing = "linspace", .family = SpacingFamily::multistep}};
+  DiscreteScheduleOptions o = reader.options();
+  read_sigma_spacing(keys, o, false);
+  if (const auto clipped = keys.optional_number("lambda_min_clipped");
+      clipped && !(std::isinf(*clipped) && *clipped < 0))
+    o.lambda_min_clipped = *clipped;
+  const DPMSolverMultistepOptions d = read_dpm_options(keys);
+  require(d.algorithm != DPMSolverAlgorithm::sde_dpmsolver_pp, "algorithm_type", "sde-dpmsolver++",
+          "cannot run an inversion (towards noise); use dpmsolver++");
+  out.prediction = read_prediction(keys);
+  read_learned_variance(keys, out);
+  out.schedule = dpm_solver_inverse(reader.build(o));
+  out.solver = DPMSolverMultistep(d);
+}
+
 /// The classes from_diffusers_config reads.
 inline const std::vector<SupportedClass>& supported_classes() {
   static const std::vector<SupportedClass> classes{
@@ -479,6 +514,8 @@ inline const std::vector<SupportedClass>& supported_classes() {
       {"DPMSolverMultistepScheduler", read_dpm_solver},
       {"UniPCMultistepScheduler", read_unipc},
       {"LCMScheduler", read_lcm},
+      {"DDIMInverseScheduler", read_ddim_inverse},
+      {"DPMSolverMultistepInverseScheduler", read_dpm_solver_inverse},
       {"PNDMScheduler", read_pndm},
       {"IPNDMScheduler", read_ipndm},
       {"LMSDiscreteScheduler", read_lms},
