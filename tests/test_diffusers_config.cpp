@@ -77,8 +77,8 @@ TEST_CASE("Stable Diffusion 1.5's PNDM config (skip_prk_steps) gives diffusers' 
   // are the distinct ones, the final point is timestep 0 (set_alpha_to_one false).
   check_against(s, {{901, 801, 701, 601, 501, 401, 301, 201, 101, 1},
                     {8.390686923364788, 5.134433018322688, 3.3477646046681673, 2.2928546570838084,
-                     1.6236928689440773, 1.1682164793009746, 0.8356532795969402,
-                     0.5740507469627445, 0.34618728443170954, 0.04131447785534563},
+                     1.6236928689440773, 1.1682164793009746, 0.8356532795969402, 0.5740507469627445,
+                     0.34618728443170954, 0.04131447785534563},
                     10,
                     201.3864250180195,
                     0.26222190757554625});
@@ -183,6 +183,29 @@ TEST_CASE("A DDIMInverseScheduler config inverts as diffusers does (diffusers 0.
   CHECK(std::abs(r.mean - 0.8808647554023992) < 1e-3);
 }
 
+TEST_CASE("A DPM-Solver 3S singlestep config gives diffusers' run (diffusers 0.31.0)",
+          "[parity][config]") {
+  const DiffusersScheduler s = from_diffusers_config(R"({"_class_name":
+      "DPMSolverSinglestepScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+      "beta_end": 0.012, "solver_order": 3, "lower_order_final": true})");
+  REQUIRE(std::holds_alternative<DPMSolverSinglestep>(s.solver));
+  CHECK(std::get<DPMSolverSinglestep>(s.solver).options().solver_order == 3);
+  const Tensor x = std::visit(
+      [&](auto solver) {
+        Tensor latents = harness_tensor(false);
+        auto model = harness_model(s.prediction);
+        SampleOptions options;
+        options.steps = 10;
+        sample(model, s.schedule, solver, latents, NoCondition{}, options);
+        return latents;
+      },
+      s.solver);
+  const Result r = abs_sum(x);
+  CHECK(s.schedule.trajectory(10)[5].timestep == 500);
+  CHECK(std::abs(r.sum - 184.58954739326145) < 1e-2);
+  CHECK(std::abs(r.mean - 0.2403509731683092) < 1e-3);
+}
+
 TEST_CASE("A config may be JSON text, a file or a model folder", "[config]") {
   const DiffusersScheduler text = from_diffusers_config(R"( {"_class_name": "DDIMScheduler",
       "timestep_spacing": "trailing", "clip_sample": false, "lambda_min_clipped": -Infinity} )");
@@ -215,15 +238,19 @@ TEST_CASE("Config keys are honoured or refused by name, never ignored silently",
   CHECK_THAT(error_of(R"({"beta_start": 0.001})"), Contains("_class_name"));
   CHECK_THAT(error_of(R"({"_class_name": "DDIMScheduler", "beta_strat": 0.001})"),
              Contains("beta_strat = 0.001") && Contains("not a key of any diffusers scheduler"));
-  CHECK_THAT(error_of(R"({"_class_name": "DDIMScheduler", "rescale_betas_zero_snr": true})"),
-             Contains("rescale_betas_zero_snr = true"));
+  CHECK_THAT(
+      error_of(R"({"_class_name": "HeunDiscreteScheduler", "rescale_betas_zero_snr": true})"),
+      Contains("rescale_betas_zero_snr = true"));
   CHECK_THAT(error_of(R"({"_class_name": "DDIMScheduler", "timestep_spacing": "cosine"})"),
              Contains("timestep_spacing = \"cosine\"") && Contains("leading, trailing, linspace"));
   CHECK_THAT(error_of(R"({"_class_name": "DDIMScheduler", "steps_offset": "1"})"),
              Contains("steps_offset = \"1\"") && Contains("integer"));
   CHECK_THAT(error_of(R"({"_class_name": "DPMSolverMultistepScheduler",
                           "algorithm_type": "dpmsolver"})"),
-             Contains("algorithm_type = \"dpmsolver\""));
+             Contains("final_sigmas_type = zero"));
+  CHECK_THAT(error_of(R"({"_class_name": "DPMSolverMultistepScheduler",
+                          "algorithm_type": "dpm-solver"})"),
+             Contains("algorithm_type = \"dpm-solver\""));
   CHECK_THAT(error_of(R"({"_class_name": "DPMSolverMultistepScheduler", "solver_order": 3,
                           "algorithm_type": "sde-dpmsolver++"})"),
              Contains("solver_order = 3") && Contains("sde-dpmsolver++"));
@@ -231,10 +258,13 @@ TEST_CASE("Config keys are honoured or refused by name, never ignored silently",
                           "timestep_spacing": "leading"})"),
              Contains("timestep_spacing = leading") && Contains("karras"));
   CHECK_THAT(error_of(R"({"_class_name": "EulerDiscreteScheduler",
-                          "interpolation_type": "log_linear"})"),
-             Contains("interpolation_type = \"log_linear\""));
-  CHECK_THAT(error_of(R"({"_class_name": "UniPCMultistepScheduler", "predict_x0": false})"),
-             Contains("predict_x0 = false"));
+                          "interpolation_type": "cubic"})"),
+             Contains("interpolation_type = \"cubic\""));
+  CHECK_THAT(error_of(R"({"_class_name": "UniPCMultistepScheduler", "predict_x0": false,
+                          "thresholding": true})"),
+             Contains("predict_x0"));
+  CHECK_THAT(error_of(R"({"_class_name": "UniPCMultistepScheduler", "solver_p": {}})"),
+             Contains("solver_p"));
   CHECK_THAT(error_of(R"({"_class_name": "DDIMScheduler", "trained_betas": [0.1, "x"]})"),
              Contains("trained_betas"));
   CHECK_THAT(error_of(R"({"_class_name": "DDIMScheduler", "beta_end": 2.0})"),

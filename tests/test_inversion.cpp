@@ -429,3 +429,20 @@ TEST_CASE("Inversion options are validated, naming the option and the value", "[
   CHECK_THROWS_WITH(dpm_solver_inverse(DiscreteSchedule(dpm_inverse_config())).trajectory(1000),
                     Contains("repeats timestep"));
 }
+
+TEST_CASE("Stochastic solvers refuse a trajectory towards noise, naming the option",
+          "[inversion][errors]") {
+  const auto schedule = ddim_inverse(DiscreteSchedule{});
+  auto model = testing::harness_model(Prediction::epsilon);
+  Tensor x = testing::harness_tensor(false);
+  SampleOptions options;
+  options.steps = 5;
+  DDIM stochastic(DDIMOptions{1.0, std::nullopt});
+  CHECK_THROWS_WITH(sample(model, schedule, stochastic, x, NoCondition{}, options),
+                    Catch::Contains("DDIMOptions::eta = 1") && Catch::Contains("towards noise"));
+  DPMSolverMultistepOptions sde;
+  sde.algorithm = DPMSolverAlgorithm::sde_dpmsolver_pp;
+  DPMSolverMultistep dpm(sde);
+  CHECK_THROWS_WITH(sample(model, schedule, dpm, x, NoCondition{}, options),
+                    Catch::Contains("sde_dpmsolver_pp") && Catch::Contains("towards noise"));
+}

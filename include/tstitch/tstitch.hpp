@@ -22,6 +22,7 @@
 #include "tstitch/schedule/edm.hpp"
 #include "tstitch/schedule/flow.hpp"
 #include "tstitch/schedule/inverse.hpp"
+#include "tstitch/schedule/sigma_rules.hpp"
 #include "tstitch/schedule/trajectory.hpp"
 
 #include "tstitch/solver/any_solver.hpp"
@@ -32,6 +33,8 @@
 #include "tstitch/solver/ddpm.hpp"
 #include "tstitch/solver/deis.hpp"
 #include "tstitch/solver/dpm_solver.hpp"
+#include "tstitch/solver/dpm_solver_singlestep.hpp"
+#include "tstitch/solver/dpmpp_2s_ancestral.hpp"
 #include "tstitch/solver/euler.hpp"
 #include "tstitch/solver/euler_ancestral.hpp"
 #include "tstitch/solver/heun.hpp"

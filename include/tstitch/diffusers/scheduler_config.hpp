@@ -42,6 +42,13 @@ namespace diffusers_config {
 /// DEIS), which give "linspace" and "leading" other meanings (see TimestepSpacing).
 enum class SpacingFamily { ddim, multistep };
 
+/// Whether a class has rescale_betas_zero_snr, and what it leaves in alphas_cumprod[-1].
+enum class ZeroSnrKey {
+  absent, ///< the class has no such key (Heun, KDPM2, LMS, DEIS, PNDM): only false is accepted
+  zero,   ///< DDIM, DDPM, LCM, TCD: alphas_cumprod[-1] stays 0
+  fp16    ///< Euler, Euler ancestral, DPM-Solver multistep, UniPC: alphas_cumprod[-1] = 2^-24
+};
+
 /// The training-schedule defaults of a diffusers class (its constructor's).
 struct ClassDefaults {
   double beta_start = 0.0001;
@@ -49,6 +56,7 @@ struct ClassDefaults {
   std::string_view beta_schedule = "linear";
   std::string_view timestep_spacing = "leading";
   SpacingFamily family = SpacingFamily::ddim;
+  ZeroSnrKey zero_snr = ZeroSnrKey::absent;
 };
 
 /// The training table and inference spacing shared by the discrete-time classes. Reads
@@ -69,8 +77,13 @@ struct DiscreteReader {
     o.beta_schedule = beta == "linear"          ? BetaSchedule::linear
                       : beta == "scaled_linear" ? BetaSchedule::scaled_linear
                                                 : BetaSchedule::squaredcos_cap_v2;
-    keys.only("rescale_betas_zero_snr", false,
-              "tstitch does not rescale betas to zero terminal SNR yet");
+    if (defaults.zero_snr == ZeroSnrKey::absent) {
+      keys.only("rescale_betas_zero_snr", false, "this class has no zero terminal SNR rescaling");
+    } else {
+      o.rescale_betas_zero_snr = keys.boolean("rescale_betas_zero_snr", false);
+      if (o.rescale_betas_zero_snr && defaults.zero_snr == ZeroSnrKey::fp16)
+        o.zero_snr_terminal = ZeroSnrTerminal::fp16_min_subnormal;
+    }
     if (has_spacing) {
       const std::string spacing =
           keys.choice("timestep_spacing", defaults.timestep_spacing,
@@ -108,16 +121,18 @@ inline void read_sigma_spacing(ConfigKeys& keys, DiscreteScheduleOptions& o, boo
   const bool karras = keys.boolean("use_karras_sigmas", false);
   const bool exponential = keys.boolean("use_exponential_sigmas", false);
   const bool lu = has_lu && keys.boolean("use_lu_lambdas", false);
-  keys.only("use_beta_sigmas", false, "tstitch does not offer beta sigmas yet");
-  require(int(karras) + int(exponential) + int(lu) <= 1, "use_karras_sigmas", karras,
-          "at most one of use_karras_sigmas, use_exponential_sigmas and use_lu_lambdas may be "
-          "true");
+  const bool beta = keys.boolean("use_beta_sigmas", false);
+  require(int(karras) + int(exponential) + int(lu) + int(beta) <= 1, "use_karras_sigmas", karras,
+          "at most one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas and "
+          "use_lu_lambdas may be true");
   if (karras)
     o.sigma_spacing = SigmaSpacing::karras;
   else if (exponential)
     o.sigma_spacing = SigmaSpacing::exponential;
   else if (lu)
     o.sigma_spacing = SigmaSpacing::lu_lambdas;
+  else if (beta)
+    o.sigma_spacing = SigmaSpacing::beta;
 }
 
 /// final_sigmas_type: "zero" ends at a clean point, "sigma_min" at the first training sigma.
@@ -154,28 +169,24 @@ struct SupportedClass {
 };
 
 inline void read_ddim(ConfigKeys& keys, DiffusersScheduler& out) {
-  DiscreteReader reader{keys, {}};
+  DiscreteReader reader{keys, {.zero_snr = ZeroSnrKey::zero}};
   DiscreteScheduleOptions o = reader.options();
   o.final_point =
       keys.boolean("set_alpha_to_one", true) ? FinalPoint::clean : FinalPoint::first_train_step;
   DDIMOptions d;
   d.clip_sample = read_clip(keys, true);
-  keys.only("thresholding", false, "tstitch's DDIM does not threshold yet");
-  (void)keys.number("dynamic_thresholding_ratio", 0.995); // only used with thresholding
-  (void)keys.number("sample_max_value", 1.0);
+  d.thresholding = read_thresholding(keys); // takes precedence over clip_sample, as in diffusers
   out.prediction = read_prediction(keys);
   out.schedule = reader.build(o);
   out.solver = DDIM(d);
 }
 
 inline void read_ddpm(ConfigKeys& keys, DiffusersScheduler& out) {
-  DiscreteReader reader{keys, {}};
+  DiscreteReader reader{keys, {.zero_snr = ZeroSnrKey::zero}};
   const DiscreteScheduleOptions o = reader.options();
   DDPMOptions d;
   d.clip_sample = read_clip(keys, true);
-  keys.only("thresholding", false, "tstitch's DDPM does not threshold yet");
-  (void)keys.number("dynamic_thresholding_ratio", 0.995);
-  (void)keys.number("sample_max_value", 1.0);
+  d.thresholding = read_thresholding(keys);
   out.prediction = read_prediction(keys);
   const std::string variance =
       keys.choice("variance_type", "fixed_small",
@@ -200,18 +211,22 @@ inline DiscreteScheduleOptions read_k_schedule(ConfigKeys& keys, const DiscreteR
   if (has_sigma_options) {
     read_sigma_spacing(keys, o);
     if (o.sigma_spacing != SigmaSpacing::timesteps)
-      require(o.spacing == TimestepSpacing::linspace, "timestep_spacing",
-              o.spacing == TimestepSpacing::leading ? "leading" : "trailing",
-              "with karras or exponential sigmas tstitch supports linspace only (diffusers then "
-              "takes the sigma range from the spaced timesteps)");
+      require(
+          o.spacing == TimestepSpacing::linspace, "timestep_spacing",
+          o.spacing == TimestepSpacing::leading ? "leading" : "trailing",
+          "with karras, exponential or beta sigmas tstitch supports linspace only (diffusers then "
+          "takes the sigma range from the spaced timesteps)");
   }
   return o;
 }
 
 inline void read_euler(ConfigKeys& keys, DiffusersScheduler& out) {
-  DiscreteReader reader{keys, {.timestep_spacing = "linspace"}};
+  DiscreteReader reader{keys, {.timestep_spacing = "linspace", .zero_snr = ZeroSnrKey::fp16}};
   DiscreteScheduleOptions o = read_k_schedule(keys, reader, true);
-  keys.only("interpolation_type", "linear", "tstitch interpolates sigmas linearly only");
+  if (keys.choice("interpolation_type", "linear",
+                  std::array<std::string_view, 2>{"linear", "log_linear"}) == "log_linear" &&
+      o.sigma_spacing == SigmaSpacing::timesteps) // with a ramp diffusers' log_linear = linear
+    o.sigma_interpolation = SigmaInterpolation::log_linear;
   keys.only("timestep_type", "discrete", "tstitch supports discrete timesteps only");
   if (const auto lo = keys.optional_number("sigma_min"))
     o.sigma_min = *lo;
@@ -224,7 +239,7 @@ inline void read_euler(ConfigKeys& keys, DiffusersScheduler& out) {
 }
 
 inline void read_euler_ancestral(ConfigKeys& keys, DiffusersScheduler& out) {
-  DiscreteReader reader{keys, {.timestep_spacing = "linspace"}};
+  DiscreteReader reader{keys, {.timestep_spacing = "linspace", .zero_snr = ZeroSnrKey::fp16}};
   const DiscreteScheduleOptions o = read_k_schedule(keys, reader, false);
   out.prediction = read_prediction(keys);
   out.schedule = reader.build(o);
@@ -261,9 +276,12 @@ inline DPMSolverMultistepOptions read_dpm_options(ConfigKeys& keys) {
   d.solver_order = keys.integer("solver_order", 2);
   const std::string algorithm =
       keys.choice("algorithm_type", "dpmsolver++",
-                  std::array<std::string_view, 2>{"dpmsolver++", "sde-dpmsolver++"});
-  d.algorithm = algorithm == "dpmsolver++" ? DPMSolverAlgorithm::dpmsolver_pp
-                                           : DPMSolverAlgorithm::sde_dpmsolver_pp;
+                  std::array<std::string_view, 4>{"dpmsolver++", "sde-dpmsolver++", "dpmsolver",
+                                                  "sde-dpmsolver"});
+  d.algorithm = algorithm == "dpmsolver++"       ? DPMSolverAlgorithm::dpmsolver_pp
+                : algorithm == "sde-dpmsolver++" ? DPMSolverAlgorithm::sde_dpmsolver_pp
+                : algorithm == "dpmsolver"       ? DPMSolverAlgorithm::dpmsolver
+                                                 : DPMSolverAlgorithm::sde_dpmsolver;
   d.solver_type = keys.choice("solver_type", "midpoint",
                               std::array<std::string_view, 2>{"midpoint", "heun"}) == "midpoint"
                       ? DPMSolverType::midpoint
@@ -271,15 +289,20 @@ inline DPMSolverMultistepOptions read_dpm_options(ConfigKeys& keys) {
   d.lower_order_final = keys.boolean("lower_order_final", true);
   d.euler_at_final = keys.boolean("euler_at_final", false);
   d.thresholding = read_thresholding(keys);
-  require(!(d.algorithm == DPMSolverAlgorithm::sde_dpmsolver_pp && d.solver_order == 3),
-          "solver_order", 3,
-          "with algorithm_type sde-dpmsolver++ is not offered: diffusers' third-order SDE update "
-          "is only first order (the API offers DPMSolverThirdOrder::taylor instead)");
+  const bool sde = d.algorithm == DPMSolverAlgorithm::sde_dpmsolver_pp ||
+                   d.algorithm == DPMSolverAlgorithm::sde_dpmsolver;
+  require(!(sde && d.solver_order == 3), "solver_order", 3,
+          detail::concat("with algorithm_type ", algorithm,
+                         " is not offered: diffusers' third-order SDE update is not third order "
+                         "(the API offers DPMSolverThirdOrder::taylor instead)"));
   return d;
 }
 
 inline void read_dpm_solver(ConfigKeys& keys, DiffusersScheduler& out) {
-  DiscreteReader reader{keys, {.timestep_spacing = "linspace", .family = SpacingFamily::multistep}};
+  DiscreteReader reader{keys,
+                        {.timestep_spacing = "linspace",
+                         .family = SpacingFamily::multistep,
+                         .zero_snr = ZeroSnrKey::fp16}};
   DiscreteScheduleOptions o = reader.options();
   read_sigma_spacing(keys, o, true);
   o.final_point = read_final_sigmas(keys);
@@ -288,6 +311,10 @@ inline void read_dpm_solver(ConfigKeys& keys, DiffusersScheduler& out) {
       clipped && !(std::isinf(*clipped) && *clipped < 0))
     o.lambda_min_clipped = *clipped;
   const DPMSolverMultistepOptions d = read_dpm_options(keys);
+  const bool noise_form = d.algorithm == DPMSolverAlgorithm::dpmsolver ||
+                          d.algorithm == DPMSolverAlgorithm::sde_dpmsolver;
+  require(!(noise_form && o.final_point == FinalPoint::clean), "final_sigmas_type", "zero",
+          "is refused by diffusers for algorithm_type dpmsolver and sde-dpmsolver; use sigma_min");
   out.prediction = read_prediction(keys);
   read_learned_variance(keys, out);
   out.schedule = reader.build(o);
@@ -295,7 +322,10 @@ inline void read_dpm_solver(ConfigKeys& keys, DiffusersScheduler& out) {
 }
 
 inline void read_unipc(ConfigKeys& keys, DiffusersScheduler& out) {
-  DiscreteReader reader{keys, {.timestep_spacing = "linspace", .family = SpacingFamily::multistep}};
+  DiscreteReader reader{keys,
+                        {.timestep_spacing = "linspace",
+                         .family = SpacingFamily::multistep,
+                         .zero_snr = ZeroSnrKey::fp16}};
   DiscreteScheduleOptions o = reader.options();
   read_sigma_spacing(keys, o);
   o.final_point = read_final_sigmas(keys);
@@ -308,16 +338,20 @@ inline void read_unipc(ConfigKeys& keys, DiffusersScheduler& out) {
   u.lower_order_final = keys.boolean("lower_order_final", true);
   u.disable_corrector = keys.integers("disable_corrector");
   u.thresholding = read_thresholding(keys);
-  keys.only("predict_x0", true, "tstitch's UniPC predicts x0 (the data-prediction form) only");
-  keys.only("solver_p", nullptr, "tstitch's UniPC takes no separate solver_p");
+  u.predict_x0 = keys.boolean("predict_x0", true);
+  keys.only("solver_p", nullptr,
+            "is a scheduler object, which a config cannot hold; use UniPCWithPredictor in C++");
   out.prediction = read_prediction(keys);
   out.schedule = reader.build(o);
   out.solver = UniPC(u);
 }
 
 inline void read_lcm(ConfigKeys& keys, DiffusersScheduler& out) {
-  DiscreteReader reader{
-      keys, {.beta_start = 0.00085, .beta_end = 0.012, .beta_schedule = "scaled_linear"}};
+  DiscreteReader reader{keys,
+                        {.beta_start = 0.00085,
+                         .beta_end = 0.012,
+                         .beta_schedule = "scaled_linear",
+                         .zero_snr = ZeroSnrKey::zero}};
   DiscreteScheduleOptions o = reader.options();
   // LCM's last step returns its denoised estimate whatever the final point (see LCM), so
   // set_alpha_to_one changes nothing, in diffusers as here.
@@ -405,8 +439,11 @@ inline void read_ipndm(ConfigKeys& keys, DiffusersScheduler& out) {
 /// TCD: LCM's schedule and keys. Its step never reads set_alpha_to_one, clipping, thresholding
 /// or timestep_scaling (diffusers 0.31), so they are read and have no effect, as there.
 inline void read_tcd(ConfigKeys& keys, DiffusersScheduler& out) {
-  DiscreteReader reader{
-      keys, {.beta_start = 0.00085, .beta_end = 0.012, .beta_schedule = "scaled_linear"}};
+  DiscreteReader reader{keys,
+                        {.beta_start = 0.00085,
+                         .beta_end = 0.012,
+                         .beta_schedule = "scaled_linear",
+                         .zero_snr = ZeroSnrKey::zero}};
   DiscreteScheduleOptions o = reader.options();
   o.final_point = FinalPoint::first_train_step;
   (void)keys.boolean("set_alpha_to_one", true);
@@ -469,10 +506,42 @@ inline void read_edm(ConfigKeys& keys, DiffusersScheduler& out, bool dpm) {
   out.solver = DPMSolverMultistep(read_dpm_options(keys));
 }
 
+/// DPMSolverSinglestepScheduler: always the multistep linspace spacing (the class has no
+/// timestep_spacing key); deis / logrho and the other names diffusers remaps are accepted as it
+/// remaps them.
+inline void read_dpm_singlestep(ConfigKeys& keys, DiffusersScheduler& out) {
+  DiscreteReader reader{keys, {.timestep_spacing = "linspace", .family = SpacingFamily::multistep}};
+  DiscreteScheduleOptions o = reader.options(false);
+  o.spacing = TimestepSpacing::linspace_multistep;
+  read_sigma_spacing(keys, o);
+  o.final_point = read_final_sigmas(keys);
+  if (const auto clipped = keys.optional_number("lambda_min_clipped");
+      clipped && !(std::isinf(*clipped) && *clipped < 0))
+    o.lambda_min_clipped = *clipped;
+  DPMSolverSinglestepOptions d;
+  d.solver_order = keys.integer("solver_order", 2);
+  d.algorithm = keys.choice("algorithm_type", "dpmsolver++",
+                            std::array<std::string_view, 3>{"dpmsolver++", "dpmsolver", "deis"}) ==
+                        "dpmsolver"
+                    ? DPMSolverSinglestepAlgorithm::dpmsolver
+                    : DPMSolverSinglestepAlgorithm::dpmsolver_pp;
+  d.solver_type = keys.choice("solver_type", "midpoint",
+                              std::array<std::string_view, 5>{"midpoint", "heun", "logrho", "bh1",
+                                                              "bh2"}) == "heun"
+                      ? DPMSolverType::heun
+                      : DPMSolverType::midpoint;
+  d.lower_order_final = keys.boolean("lower_order_final", false);
+  d.thresholding = read_thresholding(keys);
+  out.prediction = read_prediction(keys);
+  read_learned_variance(keys, out);
+  out.schedule = reader.build(o);
+  out.solver = DPMSolverSinglestep(d);
+}
+
 /// DDIMInverseScheduler: DDIM's keys (no thresholding), with the deprecated set_alpha_to_zero
 /// overriding set_alpha_to_one; the trajectory runs from clean to noisy (ddim_inverse).
 inline void read_ddim_inverse(ConfigKeys& keys, DiffusersScheduler& out) {
-  DiscreteReader reader{keys, {}};
+  DiscreteReader reader{keys, {.zero_snr = ZeroSnrKey::zero}};
   DiscreteScheduleOptions o = reader.options();
   bool to_one = keys.boolean("set_alpha_to_one", true);
   if (keys.has("set_alpha_to_zero"))
@@ -495,8 +564,9 @@ inline void read_dpm_solver_inverse(ConfigKeys& keys, DiffusersScheduler& out) {
       clipped && !(std::isinf(*clipped) && *clipped < 0))
     o.lambda_min_clipped = *clipped;
   const DPMSolverMultistepOptions d = read_dpm_options(keys);
-  require(d.algorithm != DPMSolverAlgorithm::sde_dpmsolver_pp, "algorithm_type", "sde-dpmsolver++",
-          "cannot run an inversion (towards noise); use dpmsolver++");
+  require(d.algorithm != DPMSolverAlgorithm::sde_dpmsolver_pp &&
+              d.algorithm != DPMSolverAlgorithm::sde_dpmsolver,
+          "algorithm_type", "an SDE", "cannot run an inversion (towards noise); use dpmsolver++");
   out.prediction = read_prediction(keys);
   read_learned_variance(keys, out);
   out.schedule = dpm_solver_inverse(reader.build(o));
@@ -514,6 +584,7 @@ inline const std::vector<SupportedClass>& supported_classes() {
       {"DPMSolverMultistepScheduler", read_dpm_solver},
       {"UniPCMultistepScheduler", read_unipc},
       {"LCMScheduler", read_lcm},
+      {"DPMSolverSinglestepScheduler", read_dpm_singlestep},
       {"DDIMInverseScheduler", read_ddim_inverse},
       {"DPMSolverMultistepInverseScheduler", read_dpm_solver_inverse},
       {"PNDMScheduler", read_pndm},

@@ -52,7 +52,36 @@ enum class SigmaSpacing {
   /// Uniform in lambda = log(alpha / sigma), i.e. log-uniform in sigma, between the ends of the
   /// float32 log-sigma table (DPM-Solver's use_lu_lambdas; Lu et al. 2022). Differs from
   /// `exponential` only in how the ramp is rounded, which is diffusers' own.
-  lu_lambdas
+  lu_lambdas,
+  /// The quantiles of a Beta(0.6, 0.6) distribution between sigma_max and sigma_min (diffusers'
+  /// use_beta_sigmas; Lee et al. 2024): steps crowd at both ends. See spacing::beta_sigmas.
+  beta
+};
+
+/// How the sigmas of the spaced timesteps are found (Euler's `interpolation_type`). Only used with
+/// sigma_spacing = timesteps.
+enum class SigmaInterpolation {
+  /// Each point sits at its timestep's own sigma: np.interp of the training sigmas (point(t)).
+  linear,
+  /// diffusers' "log_linear": the n + 1 sigmas of an n-step run are exp(torch.linspace(log
+  /// sigma_max, log sigma_min, n + 1)) in float32 over the training range, whatever the spaced
+  /// timesteps are; the model is still told the spaced timesteps. The (n+1)-th sigma, the
+  /// smallest training sigma, is where the run ends: diffusers appends its final sigma after
+  /// those n + 1 and never reaches it, so `final_point` has no effect.
+  log_linear
+};
+
+/// What the last alphas_cumprod becomes once rescale_betas_zero_snr has made it 0.
+enum class ZeroSnrTerminal {
+  /// Kept at 0: the last training timestep is pure noise, alpha = 0, sigma = 1 (diffusers' DDIM,
+  /// DDPM, LCM and TCD). Needs a v or sample prediction there (x0 = -v at alpha = 0); an epsilon
+  /// model cannot say anything about x0 at pure noise.
+  zero,
+  /// Set to 2^-24, the smallest positive float16 subnormal, so that the largest VE sigma is
+  /// finite (sqrt(2^24 - 1) ~ 4096): diffusers' Euler, Euler ancestral, DPM-Solver multistep and
+  /// UniPC, whose steps divide by sigma / alpha. betas() and alphas() keep the rescaled values
+  /// (last beta 1), as diffusers keeps them.
+  fp16_min_subnormal
 };
 
 /// Where the last step lands.
@@ -75,8 +104,8 @@ struct DiscreteScheduleOptions {
   bool round_timesteps = true;
   SigmaSpacing sigma_spacing = SigmaSpacing::timesteps;
   double karras_rho = 7.0;
-  /// Ends of the karras/exponential ramps, as VE sigmas (sigma / alpha). Unset: the training
-  /// range train_sigmas()[0] and train_sigmas()[N-1]. Only valid with karras/exponential.
+  /// Ends of the karras/exponential/beta ramps, as VE sigmas (sigma / alpha). Unset: the training
+  /// range train_sigmas()[0] and train_sigmas()[N-1]. Only valid with those sigma spacings.
   std::optional<double> sigma_min;
   std::optional<double> sigma_max;
   FinalPoint final_point = FinalPoint::clean;
@@ -84,6 +113,18 @@ struct DiscreteScheduleOptions {
   /// whose half log-SNR lambda lies below this value (for squaredcos_cap_v2, whose last lambdas
   /// plunge). Unset: -inf, no clipping. Applies to the multistep spacings and to trailing.
   std::optional<double> lambda_min_clipped;
+  /// diffusers' rescale_betas_zero_snr (Lin et al. 2024, "Common Diffusion Noise Schedules and
+  /// Sample Steps are Flawed", Algorithm 1): sqrt(alphas_cumprod) is shifted so that its last
+  /// value is 0 and scaled so that its first is unchanged, and the betas are recomputed from it
+  /// (in float32, as torch does). The last training timestep then carries no signal, which is
+  /// what the noise of the first sampling step is; pair it with trailing spacing, as the paper
+  /// does. Needs N >= 2. Not available with from_alphas_cumprod.
+  bool rescale_betas_zero_snr = false;
+  /// The last alphas_cumprod after rescaling (see ZeroSnrTerminal). Only with
+  /// rescale_betas_zero_snr.
+  ZeroSnrTerminal zero_snr_terminal = ZeroSnrTerminal::zero;
+  /// How the spaced timesteps get their sigmas (see SigmaInterpolation).
+  SigmaInterpolation sigma_interpolation = SigmaInterpolation::linear;
 };
 
 /// A discrete-time DDPM noise schedule: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps for the
@@ -112,6 +153,39 @@ public:
     validate_spacing_options();
   }
 
+  /// diffusers' rescale_zero_terminal_snr on float32 betas, in torch's float32 arithmetic: the
+  /// cumulative product (accumulated in double, see build_from_betas), its square root, shifted
+  /// by the last root and scaled by first / (first - last), squared back, and the betas recomputed
+  /// from the ratios of neighbours. The last beta comes out 1. Needs at least two betas.
+  [[nodiscard]] static std::vector<float>
+  rescale_zero_terminal_snr(const std::vector<float>& betas) {
+    require(betas.size() >= 2, "rescale_betas_zero_snr", true,
+            detail::concat("needs at least 2 training timesteps, got ", betas.size()));
+    const std::size_t n = betas.size();
+    std::vector<float> root(n);
+    double running = 1.0;
+    for (std::size_t i = 0; i < n; ++i) {
+      running *= static_cast<double>(1.0f - betas[i]);
+      root[i] = std::sqrt(static_cast<float>(running));
+    }
+    const float first = root.front();
+    const float last = root.back();
+    require(first > last, "rescale_betas_zero_snr", true,
+            "needs alphas_cumprod to fall from the first training timestep to the last");
+    const float scale = first / (first - last);
+    for (float& r : root)
+      r = (r - last) * scale;
+    std::vector<float> out(n);
+    float previous = root[0] * root[0];
+    out[0] = 1.0f - previous;
+    for (std::size_t i = 1; i < n; ++i) {
+      const float current = root[i] * root[i];
+      out[i] = 1.0f - current / previous;
+      previous = current;
+    }
+    return out;
+  }
+
   /// A schedule from the user's own training betas (diffusers `trained_betas`). N becomes
   /// betas.size(); options.num_train_timesteps, beta_start, beta_end and beta_schedule are not
   /// used. Each beta must lie in (0, 1).
@@ -138,6 +212,8 @@ public:
                       DiscreteScheduleOptions options = {}) {
     require(!alphas_cumprod.empty(), "alphas_cumprod.size()", alphas_cumprod.size(),
             "needs at least one value");
+    require(!options.rescale_betas_zero_snr, "rescale_betas_zero_snr", true,
+            "rescales betas; pass the rescaled table itself to from_alphas_cumprod");
     for (std::size_t i = 0; i < alphas_cumprod.size(); ++i) {
       require(alphas_cumprod[i] > 0 && alphas_cumprod[i] < 1, indexed("alphas_cumprod", i),
               alphas_cumprod[i], "must lie in (0, 1)");
@@ -173,7 +249,9 @@ public:
   /// sigma = sqrt(1 - abar_t) in double (what DDIM and DDPM use). Between integers: the VE sigma
   /// is np.interp of the float32 training sigmas (what Euler uses for fractional timesteps), and
   /// alpha = 1 / sqrt(s^2 + 1), sigma = s * alpha. The two rules agree at the integers to about
-  /// 1e-7 relative (the float32 rounding of the sigma table).
+  /// 1e-7 relative (the float32 rounding of the sigma table). Next to a zero-SNR last timestep
+  /// (ZeroSnrTerminal::zero) the interpolated sigma is infinite, as np.interp makes it: that
+  /// point is pure noise, alpha = 0, sigma = 1.
   [[nodiscard]] TimePoint point(double t) const {
     const double last = static_cast<double>(options_.num_train_timesteps - 1);
     require(t >= 0 && t <= last, "t", t, "must lie in [0, num_train_timesteps - 1]");
@@ -247,6 +325,10 @@ public:
     Trajectory traj;
     traj.num_train_timesteps = static_cast<double>(options_.num_train_timesteps);
     traj.points.reserve(static_cast<std::size_t>(n) + 1);
+    if (log_linear()) {
+      append_log_linear(traj, spaced_timesteps(n));
+      return traj;
+    }
     if (options_.sigma_spacing == SigmaSpacing::timesteps) {
       for (double t : spaced_timesteps(n))
         traj.points.push_back(point(t));
@@ -260,6 +342,8 @@ public:
 
   /// The trajectory through user-chosen timesteps (diffusers' `set_timesteps(timesteps=[...])`),
   /// noisiest first, then the final point. Each must lie in [0, N-1] and they must decrease.
+  /// With log_linear sigma interpolation the points get the log-linear sigmas of a run of that
+  /// many steps, as diffusers' Euler gives them.
   [[nodiscard]] Trajectory trajectory_through(const std::vector<double>& timesteps) const {
     require(!timesteps.empty(), "timesteps.size()", 0, "must be at least 1");
     Trajectory traj;
@@ -270,6 +354,11 @@ public:
             indexed("timesteps", i), timesteps[i],
             detail::concat("must be below timesteps[", i - 1, "] = ", timesteps[i - 1]));
       traj.points.push_back(point(timesteps[i]));
+    }
+    if (log_linear()) {
+      traj.points.clear();
+      append_log_linear(traj, timesteps);
+      return traj;
     }
     traj.points.push_back(final_point());
     return traj;
@@ -345,7 +434,8 @@ private:
   /// `user_table` only decides whom an error blames: the user's betas[i], or beta_start /
   /// beta_end of a built-in schedule.
   void build_from_betas(std::vector<float> betas, bool user_table) {
-    betas_ = std::move(betas);
+    const bool rescale = options_.rescale_betas_zero_snr;
+    betas_ = rescale ? rescale_zero_terminal_snr(betas) : std::move(betas);
     alphas_.resize(betas_.size());
     alphas_cumprod_.resize(betas_.size());
     double running = 1.0;
@@ -353,11 +443,15 @@ private:
       alphas_[i] = 1.0f - betas_[i];
       running *= static_cast<double>(alphas_[i]);
       alphas_cumprod_[i] = static_cast<float>(running);
+      if (rescale && i + 1 == betas_.size() && alphas_cumprod_[i] == 0.0f)
+        break; // the zero terminal SNR the rescaling is for
       if (!(alphas_cumprod_[i] > 0.0f && alphas_cumprod_[i] < 1.0f)) {
         const std::string what =
             alphas_cumprod_[i] == 0.0f
                 ? detail::concat("makes alphas_cumprod[", i, "] underflow to 0 in float32")
                 : detail::concat("makes alphas_cumprod[", i, "] round to 1 in float32 (no noise)");
+        if (rescale)
+          throw_invalid_argument("rescale_betas_zero_snr", true, what);
         if (user_table)
           throw_invalid_argument(indexed("betas", i), betas_[i], what);
         if (alphas_cumprod_[i] == 0.0f)
@@ -365,6 +459,8 @@ private:
         throw_invalid_argument("beta_start", options_.beta_start, what);
       }
     }
+    if (rescale && options_.zero_snr_terminal == ZeroSnrTerminal::fp16_min_subnormal)
+      alphas_cumprod_.back() = 0x1p-24f;
     build_sigma_tables();
   }
 
@@ -383,6 +479,24 @@ private:
   }
 
   void validate_spacing_options() const {
+    if (!options_.rescale_betas_zero_snr)
+      require(options_.zero_snr_terminal == ZeroSnrTerminal::zero, "zero_snr_terminal",
+              "fp16_min_subnormal", "only applies with rescale_betas_zero_snr");
+    require(options_.sigma_interpolation == SigmaInterpolation::linear ||
+                options_.sigma_spacing == SigmaSpacing::timesteps,
+            "sigma_interpolation", "log_linear",
+            "only applies with sigma_spacing = timesteps (the ramps replace the sigmas)");
+    // A zero terminal SNR makes the largest training sigma infinite: nothing can be spaced in
+    // log sigma, or ramped, up to it.
+    if (std::isinf(train_sigmas_.back())) {
+      require(!log_linear(), "sigma_interpolation", "log_linear",
+              "needs a finite largest training sigma; with rescale_betas_zero_snr use "
+              "ZeroSnrTerminal::fp16_min_subnormal (as diffusers' Euler does)");
+      require(options_.sigma_spacing == SigmaSpacing::timesteps || options_.sigma_max,
+              "rescale_betas_zero_snr", true,
+              "with ZeroSnrTerminal::zero leaves sigma_max infinite for the sigma ramp; use "
+              "ZeroSnrTerminal::fp16_min_subnormal or set sigma_max");
+    }
     require(options_.steps_offset >= 0, "steps_offset", options_.steps_offset,
             "must be non-negative");
     require(options_.karras_rho > 0 && std::isfinite(options_.karras_rho), "karras_rho",
@@ -395,13 +509,13 @@ private:
     const bool ramp = options_.sigma_spacing != SigmaSpacing::timesteps;
     if (options_.sigma_min) {
       require(ramp, "sigma_min", *options_.sigma_min,
-              "only applies with karras or exponential sigma_spacing");
+              "only applies with karras, exponential, lu_lambdas or beta sigma_spacing");
       require(*options_.sigma_min > 0 && std::isfinite(*options_.sigma_min), "sigma_min",
               *options_.sigma_min, "must be positive and finite");
     }
     if (options_.sigma_max) {
       require(ramp, "sigma_max", *options_.sigma_max,
-              "only applies with karras or exponential sigma_spacing");
+              "only applies with karras, exponential, lu_lambdas or beta sigma_spacing");
       require(std::isfinite(*options_.sigma_max), "sigma_max", *options_.sigma_max,
               "must be finite");
     }
@@ -508,6 +622,24 @@ private:
     return n_train - clipped;
   }
 
+  [[nodiscard]] bool log_linear() const {
+    return options_.sigma_interpolation == SigmaInterpolation::log_linear &&
+           options_.sigma_spacing == SigmaSpacing::timesteps;
+  }
+
+  /// The points of a log_linear run through `timesteps` (n of them): point i at timesteps[i] with
+  /// the i-th of exp(torch.linspace(log sigma_max, log sigma_min, n + 1)) (float32 throughout, as
+  /// diffusers computes it from the float32 log-sigma table), then the end at the (n+1)-th.
+  void append_log_linear(Trajectory& traj, const std::vector<double>& timesteps) const {
+    const int n = static_cast<int>(timesteps.size());
+    const std::vector<float> logs = spacing::torch_linspace_f32(
+        static_cast<double>(log_sigmas_.back()), static_cast<double>(log_sigmas_.front()), n + 1);
+    for (int i = 0; i <= n; ++i) {
+      const float s = std::exp(logs[static_cast<std::size_t>(i)]);
+      traj.points.push_back(from_ve_sigma(i < n ? timesteps[static_cast<std::size_t>(i)] : 0.0, s));
+    }
+  }
+
   [[nodiscard]] double ramp_sigma_min() const {
     return options_.sigma_min.value_or(static_cast<double>(train_sigmas_.front()));
   }
@@ -515,7 +647,8 @@ private:
     return options_.sigma_max.value_or(static_cast<double>(train_sigmas_.back()));
   }
 
-  /// Karras or exponential sigmas (double, as diffusers computes them before storing float32).
+  /// Karras, exponential, lu or beta sigmas (double, as diffusers computes them before storing
+  /// float32; beta's already rounded to float32, as diffusers rounds them before sigma_to_t).
   /// Their range is the training range (DPM-Solver and UniPC; Euler too with linspace spacing,
   /// its default). Euler with leading/trailing spacing would take the range from the spaced
   /// timesteps instead; we do not reproduce that.
@@ -524,6 +657,13 @@ private:
       return spacing::karras_sigmas(ramp_sigma_min(), ramp_sigma_max(), n, options_.karras_rho);
     if (options_.sigma_spacing == SigmaSpacing::lu_lambdas)
       return lu_sigmas(n);
+    if (options_.sigma_spacing == SigmaSpacing::beta) {
+      // diffusers stores them with torch.Tensor (float32) before asking for their timesteps.
+      std::vector<double> out = spacing::beta_sigmas(ramp_sigma_min(), ramp_sigma_max(), n);
+      for (double& s : out)
+        s = static_cast<float>(s);
+      return out;
+    }
     return spacing::exponential_sigmas(ramp_sigma_min(), ramp_sigma_max(), n);
   }
 
@@ -554,6 +694,8 @@ private:
   }
 
   [[nodiscard]] static TimePoint from_ve_sigma(double timestep, double s) {
+    if (std::isinf(s)) // a zero-SNR point: pure noise
+      return TimePoint{timestep, 0.0, 1.0};
     const double alpha = 1.0 / std::sqrt(s * s + 1.0);
     return TimePoint{timestep, alpha, s * alpha};
   }

@@ -16,6 +16,8 @@
 #include "tstitch/solver/ddpm.hpp"
 #include "tstitch/solver/deis.hpp"
 #include "tstitch/solver/dpm_solver.hpp"
+#include "tstitch/solver/dpm_solver_singlestep.hpp"
+#include "tstitch/solver/dpmpp_2s_ancestral.hpp"
 #include "tstitch/solver/euler.hpp"
 #include "tstitch/solver/euler_ancestral.hpp"
 #include "tstitch/solver/heun.hpp"
@@ -30,9 +32,9 @@
 namespace tstitch {
 
 /// Every solver of tstitch, with its options, as one type.
-using AnySolver =
-    std::variant<DDIM, DDPM, Euler, EulerAncestral, Heun, DPMSolverMultistep, UniPC, LCM, KDPM2,
-                 KDPM2Ancestral, LMS, DEIS, PNDM, IPNDM, TCD, CMStochasticIterative>;
+using AnySolver = std::variant<DDIM, DDPM, Euler, EulerAncestral, Heun, DPMSolverMultistep, UniPC,
+                               LCM, KDPM2, KDPM2Ancestral, LMS, DEIS, PNDM, IPNDM, TCD,
+                               CMStochasticIterative, DPMSolverSinglestep, DPMPP2SAncestral>;
 
 /// A named solver: tstitch's name (the command line's), the diffusers class it reproduces, the
 /// k-diffusion function and stable-diffusion.cpp sampler users know it by ("-" where none exists),
@@ -65,6 +67,10 @@ inline constexpr std::array solver_names{
                  sde.algorithm = DPMSolverAlgorithm::sde_dpmsolver_pp;
                  return AnySolver(DPMSolverMultistep(sde));
                }},
+    SolverName{"dpm++2s", "DPMSolverSinglestepScheduler", "-", "-",
+               [] { return AnySolver(DPMSolverSinglestep{}); }},
+    SolverName{"dpm++2s_a", "-", "sample_dpmpp_2s_ancestral", "dpm++2s_a",
+               [] { return AnySolver(DPMPP2SAncestral{}); }},
     SolverName{"unipc", "UniPCMultistepScheduler", "-", "-", [] { return AnySolver(UniPC{}); }},
     SolverName{"lcm", "LCMScheduler", "sample_lcm", "lcm", [] { return AnySolver(LCM{}); }},
     SolverName{"kdpm2", "KDPM2DiscreteScheduler", "sample_dpm_2", "dpm2",

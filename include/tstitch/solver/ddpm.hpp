@@ -9,6 +9,7 @@
 #include "tstitch/core/error.hpp"
 #include "tstitch/solver/clip.hpp"
 #include "tstitch/solver/concept.hpp"
+#include "tstitch/solver/multistep.hpp"
 #include "tstitch/solver/posterior.hpp"
 
 namespace tstitch {
@@ -25,6 +26,10 @@ struct DDPMOptions {
   DDPMVariance variance = DDPMVariance::fixed_small;
   /// Clip x0 to [-r, r] before taking the posterior mean (diffusers' clip_sample; DiT: off).
   std::optional<float> clip_sample;
+  /// Dynamic thresholding of x0 before taking the posterior mean (diffusers' thresholding=True;
+  /// Saharia et al. 2022, written for pixel-space models such as DeepFloyd IF). When set,
+  /// clip_sample is not applied, as in diffusers (IF's configs set both). Unset: off.
+  std::optional<DynamicThresholding> thresholding = std::nullopt;
 
   friend bool operator==(const DDPMOptions&, const DDPMOptions&) = default;
 };
@@ -37,6 +42,7 @@ public:
     if (options.clip_sample)
       require(*options.clip_sample > 0, "DDPMOptions::clip_sample", *options.clip_sample,
               "must be > 0");
+    multistep::validate("DDPMOptions", 1, options.thresholding);
   }
 
   [[nodiscard]] const DDPMOptions& options() const { return options_; }
@@ -44,6 +50,10 @@ public:
   template <class Backend>
   void begin(Backend& backend, const Trajectory&, std::int64_t batch, Shape shape) {
     ensure_workspace(backend, noise_, batch, shape);
+    if (options_.thresholding) {
+      ensure_workspace(backend, x0_, batch, shape);
+      thresholder_.reserve(shape.numel());
+    }
   }
 
   template <class Backend>
@@ -53,13 +63,19 @@ public:
     const PosteriorMean mean = posterior_mean(t, s);
     const double beta = transition_variance(t, s);
     const double posterior = posterior_variance(t, s);
+    ConstView x0 = out.x0;
+    float clip = options_.clip_sample.value_or(0.0f);
+    if (options_.thresholding) {
+      thresholder_.apply(backend, *options_.thresholding, out.x0, x0_.view());
+      x0 = x0_.view();
+      clip = 0.0f;
+    }
     const ClippedCombination mean_step{static_cast<float>(mean.x0_coeff),
-                                       static_cast<float>(mean.xt_coeff), 0.0f,
-                                       options_.clip_sample.value_or(0.0f)};
+                                       static_cast<float>(mean.xt_coeff), 0.0f, clip};
     const ConstView x_in = x;
 
     if (s.sigma == 0 || posterior <= 0) { // into a clean point: the mean, no noise
-      backend.map(x, mean_step, out.x0, x_in);
+      backend.map(x, mean_step, x0, x_in);
       return;
     }
     backend.fill_normal(noise_.view(), step.noise);
@@ -70,7 +86,7 @@ public:
       const double variance = options_.variance == DDPMVariance::fixed_small ? posterior : beta;
       ClippedCombination with_noise = mean_step;
       with_noise.noise_coeff = static_cast<float>(std::sqrt(variance));
-      backend.map(x, with_noise, out.x0, x_in, z);
+      backend.map(x, with_noise, x0, x_in, z);
       return;
     }
     case DDPMVariance::learned_range: {
@@ -82,7 +98,7 @@ public:
       backend.map(x,
                   LearnedRange{mean_step, static_cast<float>(std::log(posterior)),
                                static_cast<float>(std::log(beta))},
-                  out.x0, x_in, z, out.raw.channels(c, c));
+                  x0, x_in, z, out.raw.channels(c, c));
       return;
     }
     }
@@ -103,6 +119,8 @@ public:
 private:
   DDPMOptions options_;
   AnyTensor noise_;
+  AnyTensor x0_; // the thresholded x0
+  multistep::Thresholder thresholder_;
 };
 
 } // namespace tstitch

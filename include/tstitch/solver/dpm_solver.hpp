@@ -14,11 +14,17 @@
 
 namespace tstitch {
 
-/// diffusers' `algorithm_type` (the data-prediction variants; the deprecated noise-prediction
-/// "dpmsolver" and "sde-dpmsolver" are not offered).
+/// diffusers' `algorithm_type`. The "++" variants integrate the data prediction, the others
+/// (deprecated in diffusers, kept for its configs and for comparison) the noise prediction.
 enum class DPMSolverAlgorithm {
-  dpmsolver_pp,    ///< "dpmsolver++": the probability-flow ODE (Lu et al. 2022b), deterministic
-  sde_dpmsolver_pp ///< "sde-dpmsolver++": the reverse SDE; draws fresh noise at every step
+  dpmsolver_pp,     ///< "dpmsolver++": the probability-flow ODE (Lu et al. 2022b), deterministic
+  sde_dpmsolver_pp, ///< "sde-dpmsolver++": the reverse SDE; draws fresh noise at every step
+  /// "dpmsolver": the probability-flow ODE in the noise prediction (Lu et al. 2022a, multistep)
+  dpmsolver,
+  /// "sde-dpmsolver": the reverse SDE in the noise prediction. Singular at pure noise (alpha = 0),
+  /// and a step into a clean point keeps noise of SD alpha_t sigma_s / alpha_s (the limit of
+  /// diffusers' formula, which refuses final_sigmas_type = "zero" for it)
+  sde_dpmsolver
 };
 
 /// diffusers' `solver_type`: how a second-order step weighs the difference of the last two
@@ -32,7 +38,8 @@ enum class DPMSolverThirdOrder {
   /// accurate than 2M at the step counts it is used with). The default, for parity.
   diffusers,
   /// The D2 term doubled: a consistent third-order multistep method. The only third-order update
-  /// offered for the SDE, where diffusers' coefficient is not even second order.
+  /// offered for the SDEs: diffusers' data-prediction coefficient is not even second order, and it
+  /// has no noise-prediction one (solver_order 3 fails there).
   taylor
 };
 
@@ -60,7 +67,9 @@ struct DPMSolverMultistepOptions {
 
 /// Multistep DPM-Solver++ (Lu et al. 2022, "DPM-Solver++"), 1M, 2M and 3M, and its SDE variant:
 /// diffusers' DPMSolverMultistepScheduler on the same trajectory. It steps in
-/// lambda = log(alpha / sigma) with the data predictions of the last 1-3 evaluations.
+/// lambda = log(alpha / sigma) with the data predictions of the last 1-3 evaluations, or, for
+/// the noise-prediction algorithms ("dpmsolver", "sde-dpmsolver"), with the noise predictions
+/// (thresholding then clamps the data prediction and converts it back, as diffusers does).
 ///
 /// Order at step i of n: 1 while there is no earlier output, then up to solver_order; 1 at the
 /// last step with euler_at_final or (lower_order_final and n < 15), and at most 2 at the one
@@ -68,7 +77,9 @@ struct DPMSolverMultistepOptions {
 /// is always first order, as diffusers forces with final_sigmas_type = "zero"; it returns the
 /// data prediction. A zero-length step (diffusers' karras/Lu final step with "sigma_min") leaves x
 /// as it is: diffusers' midpoint result exactly, and finite where its heun and 3M formulas give
-/// 0/0.
+/// 0/0. The noise-prediction ODE steps out of pure noise (alpha = 0) and into a clean point as
+/// DDIM (its first-order update in the limit), where diffusers' formula gives inf/NaN or is
+/// refused.
 class DPMSolverMultistep {
 public:
   explicit DPMSolverMultistep(DPMSolverMultistepOptions options = {}) : options_(options) {
@@ -76,8 +87,9 @@ public:
     if (sde() && options.solver_order == 3)
       require(options.third_order == DPMSolverThirdOrder::taylor,
               "DPMSolverMultistepOptions::third_order", "diffusers",
-              "the SDE variant at solver_order 3 needs DPMSolverThirdOrder::taylor (diffusers' "
-              "third-order SDE coefficient makes the method first order)");
+              "the SDE variants at solver_order 3 need DPMSolverThirdOrder::taylor (diffusers' "
+              "third-order data-prediction SDE coefficient makes the method first order; it has "
+              "no noise-prediction one)");
   }
 
   [[nodiscard]] const DPMSolverMultistepOptions& options() const { return options_; }
@@ -85,10 +97,23 @@ public:
   [[nodiscard]] int last_order() const { return last_order_; }
 
   template <class Backend>
-  void begin(Backend& backend, const Trajectory&, std::int64_t batch, Shape shape) {
+  void begin(Backend& backend, const Trajectory& trajectory, std::int64_t batch, Shape shape) {
+    if (sde()) // sqrt(1 - e^-2h) needs h >= 0
+      for (int i = 0; i < trajectory.steps(); ++i)
+        require(!(multistep::lambda(trajectory[i + 1]) < multistep::lambda(trajectory[i])),
+                "DPMSolverMultistepOptions::algorithm", sde_name(),
+                "cannot run a trajectory towards noise (an inversion); use an ODE algorithm");
+    if (options_.algorithm == DPMSolverAlgorithm::sde_dpmsolver)
+      for (int i = 0; i <= trajectory.steps(); ++i)
+        require(trajectory[i].alpha > 0, "DPMSolverMultistepOptions::algorithm", "sde_dpmsolver",
+                detail::concat("steps from pure noise (alpha = 0 at trajectory point ", i,
+                               "), where the noise-prediction SDE is singular; use "
+                               "sde_dpmsolver_pp"));
     history_.reserve(backend, options_.solver_order, batch, shape);
     if (options_.thresholding)
       thresholder_.reserve(shape.numel());
+    if (options_.thresholding && noise_form())
+      ensure_workspace(backend, x0_, batch, shape);
     if (sde())
       ensure_workspace(backend, noise_, batch, shape);
     last_order_ = 0;
@@ -103,19 +128,21 @@ public:
 
   template <class Backend>
   void update(Backend& backend, const SolverStep& step, const ModelOutput& out, View x) {
-    if (options_.thresholding)
-      thresholder_.apply(backend, *options_.thresholding, out.x0, history_.incoming());
-    else
-      backend.copy(history_.incoming(), out.x0);
-    history_.push(step.from());
-
     const TimePoint& s0 = step.from();
     const TimePoint& t = step.to();
+    const ConstView x0 = store(backend, s0, out, x);
+    history_.push(s0);
+
     const double h = multistep::lambda(t) - multistep::lambda(s0);
     last_order_ = 0;
     if (h == 0)
       return;
     last_order_ = order_at(step, h);
+    if (noise_form() && s0.alpha == 0) { // out of pure noise: DDIM, the limit of the update
+      backend.combine(x, Term{static_cast<float>(t.alpha), x0},
+                      Term{static_cast<float>(t.sigma), history_[0]});
+      return;
+    }
 
     const Coefficients k = coefficients(last_order_, h, s0, t);
     std::array<Term, 5> terms{};
@@ -138,8 +165,41 @@ private:
     double noise = 0;
   };
 
+  [[nodiscard]] const char* sde_name() const {
+    return options_.algorithm == DPMSolverAlgorithm::sde_dpmsolver ? "sde_dpmsolver"
+                                                                   : "sde_dpmsolver_pp";
+  }
   [[nodiscard]] bool sde() const {
-    return options_.algorithm == DPMSolverAlgorithm::sde_dpmsolver_pp;
+    return options_.algorithm == DPMSolverAlgorithm::sde_dpmsolver_pp ||
+           options_.algorithm == DPMSolverAlgorithm::sde_dpmsolver;
+  }
+  /// Integrates the noise prediction ("dpmsolver", "sde-dpmsolver").
+  [[nodiscard]] bool noise_form() const {
+    return options_.algorithm == DPMSolverAlgorithm::dpmsolver ||
+           options_.algorithm == DPMSolverAlgorithm::sde_dpmsolver;
+  }
+
+  /// Writes the output the update integrates into the history's incoming slot: the (thresholded)
+  /// data prediction, or the noise prediction - with thresholding, the one of the thresholded
+  /// data prediction, eps = (x - alpha x0) / sigma, as diffusers converts it. Returns the data
+  /// prediction used.
+  template <class Backend>
+  ConstView store(Backend& backend, const TimePoint& s, const ModelOutput& out, ConstView x) {
+    if (!noise_form()) {
+      if (options_.thresholding)
+        thresholder_.apply(backend, *options_.thresholding, out.x0, history_.incoming());
+      else
+        backend.copy(history_.incoming(), out.x0);
+      return history_.incoming();
+    }
+    if (!options_.thresholding) {
+      backend.copy(history_.incoming(), out.eps);
+      return out.x0;
+    }
+    thresholder_.apply(backend, *options_.thresholding, out.x0, x0_.view());
+    backend.combine(history_.incoming(), Term{static_cast<float>(1.0 / s.sigma), x},
+                    Term{static_cast<float>(-s.alpha / s.sigma), ConstView(x0_.view())});
+    return x0_.view();
   }
 
   /// diffusers' order rule (see the class comment), limited to the outputs whose step lengths
@@ -170,7 +230,24 @@ private:
     Coefficients k;
     // Weights of D0 = m0, D1 and D2.
     double c0 = 0, c1 = 0, c2 = 0;
-    if (!sde()) {
+    if (noise_form()) {
+      // sigma_t (e^h - 1), and its limit alpha_t sigma_s / alpha_s into a clean point (h = +inf).
+      const double e1 = std::isfinite(h) ? t.sigma * std::expm1(h) : alpha * s0.sigma / s0.alpha;
+      // The SDE's noise-prediction weights are twice the ODE's (its score term is g^2, not
+      // g^2 / 2), with the same integrating factor alpha_t / alpha_s.
+      const double w = sde() ? 2.0 : 1.0;
+      k.x = alpha / s0.alpha;
+      c0 = -w * e1;
+      if (order == 2 && options_.solver_type == DPMSolverType::midpoint)
+        c1 = -0.5 * w * e1;
+      else if (order >= 2)
+        c1 = -w * t.sigma * (std::expm1(h) / h - 1.0);
+      if (order == 3)
+        c2 = -w * t.sigma * ((std::expm1(h) - h) / (h * h) - 0.5) *
+             (sde() ? 2.0 : third_order_scale());
+      if (sde()) // sigma_t sqrt(e^2h - 1); into a clean point its limit alpha_t sigma_s / alpha_s
+        k.noise = std::isfinite(h) ? t.sigma * std::sqrt(std::expm1(2.0 * h)) : e1;
+    } else if (!sde()) {
       const double phi1 = std::expm1(-h); // e^-h - 1
       k.x = t.sigma / s0.sigma;
       c0 = -alpha * phi1;
@@ -225,6 +302,7 @@ private:
   multistep::History history_;
   multistep::Thresholder thresholder_;
   AnyTensor noise_;
+  AnyTensor x0_; ///< the thresholded data prediction of the noise-prediction algorithms
   int last_order_ = 0;
 };
 

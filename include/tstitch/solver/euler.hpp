@@ -11,8 +11,10 @@ namespace tstitch {
 ///   x_next = (alpha_next / alpha) * x + alpha_next * (s_next - s) * eps.
 /// With the model's x0 and eps consistent this equals DDIM with eta = 0 and flow matching's
 /// x + (sigma_next - sigma) * u; it is first order, and the base that Heun and Euler ancestral
-/// extend. Where alpha = 0 (pure noise of a flow schedule) the limit alpha_next x0 + sigma_next eps
-/// is used.
+/// extend. Where alpha = 0 (pure noise of a flow schedule, or a zero-SNR DiscreteSchedule with
+/// ZeroSnrTerminal::zero) the limit alpha_next x0 + sigma_next eps is used. diffusers' Euler
+/// instead steps from alphas_cumprod[-1] = 2^-24 (ZeroSnrTerminal::fp16_min_subnormal, VE sigma
+/// ~4096), which the general formula handles.
 class Euler {
 public:
   template <class Backend> void begin(Backend&, const Trajectory&, std::int64_t, Shape) {}

@@ -20,23 +20,29 @@ namespace tstitch {
 /// and unconditional models) or e^h - 1 ("bh2", for guided sampling; diffusers' default).
 enum class UniPCVariant { bh1, bh2 };
 
-/// Options of UniPC; the defaults are those of diffusers' UniPCMultistepScheduler (data
-/// prediction, predict_x0 = True; the noise-prediction variant and solver_p are not offered).
+/// Options of UniPC; the defaults are those of diffusers' UniPCMultistepScheduler. diffusers'
+/// solver_p (another scheduler as the predictor) is UniPCWithPredictor.
 struct UniPCOptions {
   int solver_order = 2; ///< p of UniP-p: 1, 2 or 3
   UniPCVariant solver_type = UniPCVariant::bh2;
+  /// Integrate the data prediction (true, diffusers' default) or the noise prediction (false:
+  /// B(h) and the phi functions are then taken at +h, and the latents scale by alpha_t/alpha_s).
+  bool predict_x0 = true;
   /// Lower the predictor's order near the end: at step i of n it is at most n - i.
   bool lower_order_final = true;
   /// Steps i whose *following* corrector is skipped: the corrector that runs at step i + 1 and
   /// refines the result of step i (diffusers' indexing).
   std::vector<int> disable_corrector{};
   /// Dynamic thresholding of each data prediction (diffusers' thresholding=True); unset: off.
+  /// Only with predict_x0 (diffusers ignores it in the noise-prediction form; tstitch refuses).
   std::optional<DynamicThresholding> thresholding;
   /// At a model switch: keep the previous model's outputs, or restart at first order.
   HistoryPolicy history = HistoryPolicy::keep;
 
   friend bool operator==(const UniPCOptions&, const UniPCOptions&) = default;
 };
+
+template <class Predictor> class UniPCWithPredictor;
 
 /// UniPC (Zhao et al. 2023): diffusers' UniPCMultistepScheduler on the same trajectory. Step i
 /// first corrects the latents at point i with the new model output (UniC, using the latents
@@ -48,7 +54,9 @@ struct UniPCOptions {
 /// first order and returns the data prediction: what diffusers computes with its default
 /// lower_order_final (without it diffusers' higher orders divide by the infinite step there, and
 /// bh1 multiplies B(h) = -inf by a zero residual, giving NaN). A zero-length step (diffusers'
-/// karras final step with "sigma_min") leaves x as it is, as diffusers does.
+/// karras final step with "sigma_min") leaves x as it is, as diffusers does. With predict_x0 =
+/// false, a step into a clean point or out of pure noise (alpha = 0) is DDIM, the limit of the
+/// first-order update (diffusers gives 0 * inf = NaN there).
 ///
 /// HistoryPolicy::reset forgets the stored outputs *and* the latents kept for the corrector: the
 /// step after a switch runs no corrector (which would mix the two models' outputs) and a
@@ -58,6 +66,9 @@ class UniPC {
 public:
   explicit UniPC(UniPCOptions options = {}) : options_(std::move(options)) {
     multistep::validate("UniPCOptions", options_.solver_order, options_.thresholding);
+    require(options_.predict_x0 || !options_.thresholding, "UniPCOptions::predict_x0", "false",
+            "with thresholding: dynamic thresholding clamps data predictions, and diffusers "
+            "ignores it in the noise-prediction form; unset thresholding or set predict_x0");
     for (std::size_t k = 0; k < options_.disable_corrector.size(); ++k)
       require(options_.disable_corrector[k] >= 0,
               detail::concat("UniPCOptions::disable_corrector[", k, "]"),
@@ -92,8 +103,24 @@ public:
 
   template <class Backend>
   void update(Backend& backend, const SolverStep& step, const ModelOutput& out, View x) {
+    const double h = correct_and_store(backend, step, out, x);
+    if (h != 0)
+      predict(backend, step.from(), step.to(), h, out.x0, x);
+  }
+
+private:
+  template <class> friend class UniPCWithPredictor;
+
+  /// The first half of a step: stores the new output, corrects x (the previous predictor's
+  /// result) with it, keeps the corrected x for the next corrector and sets last_order() to this
+  /// step's predictor order. Returns the step's length h in lambda.
+  template <class Backend>
+  double correct_and_store(Backend& backend, const SolverStep& step, const ModelOutput& out,
+                           View x) {
     const View model_t = history_.incoming();
-    if (options_.thresholding)
+    if (!options_.predict_x0)
+      backend.copy(model_t, out.eps);
+    else if (options_.thresholding)
       thresholder_.apply(backend, *options_.thresholding, out.x0, model_t);
     else
       backend.copy(model_t, out.x0);
@@ -107,11 +134,9 @@ public:
     last_order_ = h == 0 ? 0 : predictor_order(step, h);
     backend.copy(last_sample_.view(), ConstView(x));
     has_last_sample_ = true;
-    if (h != 0)
-      predict(backend, step.from(), step.to(), h, x);
+    return h;
   }
 
-private:
   [[nodiscard]] bool corrector_disabled(int step) const {
     const auto& d = options_.disable_corrector;
     return std::find(d.begin(), d.end(), step) != d.end();
@@ -153,7 +178,7 @@ private:
 
   [[nodiscard]] Weights weights(int order, double h) const {
     Weights wt;
-    const double hh = -h;
+    const double hh = options_.predict_x0 ? -h : h;
     wt.h_phi_1 = std::expm1(hh);
     wt.b_h = options_.solver_type == UniPCVariant::bh1 ? hh : std::expm1(hh);
     for (int j = 1; j < order; ++j)
@@ -180,23 +205,40 @@ private:
     return multistep::solve(vandermonde, wt.b, static_cast<std::size_t>(k));
   }
 
+  /// The factor of x and the one of the outputs' terms: (sigma_t / sigma_s, alpha_t) for data
+  /// predictions, (alpha_t / alpha_s, sigma_t) for noise predictions.
+  [[nodiscard]] std::pair<double, double> scales(const TimePoint& s0, const TimePoint& t) const {
+    if (options_.predict_x0)
+      return {t.sigma / s0.sigma, t.alpha};
+    return {t.alpha / s0.alpha, t.sigma};
+  }
+
   /// UniP-k from s0 (history entry 0) to t, in place:
-  /// x' = (sigma_t/sigma_s0) x - alpha_t h_phi_1 m0 - alpha_t B(h) sum_j rho_j (m_j - m0) / r_j.
+  /// x' = (sigma_t/sigma_s0) x - alpha_t h_phi_1 m0 - alpha_t B(h) sum_j rho_j (m_j - m0) / r_j,
+  /// and with noise predictions the same with alpha and sigma swapped (h_phi_1, B(h) at +h).
   template <class Backend>
-  void predict(Backend& backend, const TimePoint& s0, const TimePoint& t, double h, View x) {
+  void predict(Backend& backend, const TimePoint& s0, const TimePoint& t, double h, ConstView x0,
+               View x) {
     const int k = last_order_;
+    if (!options_.predict_x0 && !std::isfinite(h)) {
+      // Into a clean point or out of pure noise: DDIM, the limit of UniP-1 (k is 1 here).
+      backend.combine(x, Term{static_cast<float>(t.alpha), x0},
+                      Term{static_cast<float>(t.sigma), history_[0]});
+      return;
+    }
     const Weights wt = weights(k, h);
     std::array<double, 3> rho{};
     if (k == 2)
       rho[0] = 0.5; // diffusers' simplification for order 2
     else if (k == 3)
       rho = rhos(wt, 2); // the first k - 1 order conditions on the first k - 1 nodes
+    const auto [x_scale, a] = scales(s0, t);
     std::array<Term, 5> terms{};
-    terms[0] = Term{static_cast<float>(t.sigma / s0.sigma), ConstView(x)};
-    double m0 = -t.alpha * wt.h_phi_1;
+    terms[0] = Term{static_cast<float>(x_scale), ConstView(x)};
+    double m0 = -a * wt.h_phi_1;
     for (int j = 1; j < k; ++j) {
-      const double c = t.alpha * wt.b_h * rho[static_cast<std::size_t>(j - 1)] /
-                       wt.r[static_cast<std::size_t>(j - 1)];
+      const double c =
+          a * wt.b_h * rho[static_cast<std::size_t>(j - 1)] / wt.r[static_cast<std::size_t>(j - 1)];
       m0 += c;
       terms[static_cast<std::size_t>(1 + j)] = Term{static_cast<float>(-c), history_[j]};
     }
@@ -208,7 +250,7 @@ private:
   /// (sigma_t/sigma_s0) x_last - alpha_t h_phi_1 m0
   ///   - alpha_t B(h) (sum_j rho_j (m_j - m0) / r_j + rho_k (model_t - m0)),
   /// where s0 is the previous step's start, m0.. the outputs stored before this step and k the
-  /// previous predictor's order.
+  /// previous predictor's order (with noise predictions alpha and sigma swap, as in predict()).
   template <class Backend>
   void correct(Backend& backend, const TimePoint& t, ConstView model_t, View x) {
     const TimePoint& s0 = history_.point(0);
@@ -224,10 +266,11 @@ private:
       rho[0] = 0.5; // diffusers' simplification for order 1
     else
       rho = rhos(wt, k);
-    const double scale = t.alpha * wt.b_h;
+    const auto [x_scale, a] = scales(s0, t);
+    const double scale = a * wt.b_h;
     std::array<Term, 5> terms{};
-    terms[0] = Term{static_cast<float>(t.sigma / s0.sigma), ConstView(last_sample_.view())};
-    double m0 = -t.alpha * wt.h_phi_1 + scale * rho[static_cast<std::size_t>(k - 1)];
+    terms[0] = Term{static_cast<float>(x_scale), ConstView(last_sample_.view())};
+    double m0 = -a * wt.h_phi_1 + scale * rho[static_cast<std::size_t>(k - 1)];
     for (int j = 1; j < k; ++j) {
       const double c =
           scale * rho[static_cast<std::size_t>(j - 1)] / wt.r[static_cast<std::size_t>(j - 1)];
@@ -248,6 +291,75 @@ private:
   bool has_last_sample_ = false;
   int last_order_ = 0;
   int last_corrector_order_ = 0;
+};
+
+/// UniC on top of another solver: diffusers' UniPCMultistepScheduler(solver_p=...), "solver_p +
+/// UniC". Each step first corrects the latents with UniC exactly as UniPC does (its outputs,
+/// saved latents and orders, from `options`), then advances them with `Predictor` instead of
+/// UniP. The predictor keeps its own history and options (its HistoryPolicy included) and must
+/// evaluate the model once per step (checked in begin()).
+///
+/// As in diffusers, the predictor is handed the model output as if it had been made at the
+/// corrected latents: x0 and eps are converted again from the same raw output with the corrected
+/// x (x0 += d(x0)/dx * (x_corrected - x), eps likewise; the raw output is passed unchanged).
+/// The corrector's order follows UniPC's predictor-order rule (solver_order, lower_order_final),
+/// whatever order the predictor used.
+template <class Predictor> class UniPCWithPredictor {
+public:
+  UniPCWithPredictor(UniPCOptions options, Predictor predictor)
+      : unipc_(std::move(options)), predictor_(std::move(predictor)) {}
+
+  [[nodiscard]] const UniPCOptions& options() const { return unipc_.options(); }
+  [[nodiscard]] const Predictor& predictor() const { return predictor_; }
+  /// The order UniP would have used at the latest step: the next corrector's order.
+  [[nodiscard]] int last_order() const { return unipc_.last_order(); }
+  /// The order of the corrector the latest update ran (0: none).
+  [[nodiscard]] int last_corrector_order() const { return unipc_.last_corrector_order(); }
+
+  template <class Backend>
+  void begin(Backend& backend, const Trajectory& trajectory, std::int64_t batch, Shape shape) {
+    unipc_.begin(backend, trajectory, batch, shape);
+    predictor_.begin(backend, trajectory, batch, shape);
+    for (int i = 0; i < trajectory.steps(); ++i)
+      require(evaluations_of(predictor_, i) == 1, "UniPCWithPredictor predictor evaluations",
+              evaluations_of(predictor_, i),
+              detail::concat("at step ", i,
+                             ": the predictor must evaluate the model once per "
+                             "step, as UniPC does"));
+    ensure_workspace(backend, uncorrected_, batch, shape);
+    ensure_workspace(backend, x0_, batch, shape);
+    ensure_workspace(backend, eps_, batch, shape);
+  }
+
+  /// Applies UniPC's history policy to the corrector, and the predictor's own to the predictor.
+  void on_model_switch() {
+    unipc_.on_model_switch();
+    if constexpr (requires { predictor_.on_model_switch(); })
+      predictor_.on_model_switch();
+  }
+
+  template <class Backend>
+  void update(Backend& backend, const SolverStep& step, const ModelOutput& out, View x) {
+    backend.copy(uncorrected_.view(), ConstView(x));
+    (void)unipc_.correct_and_store(backend, step, out, x);
+    if (unipc_.last_corrector_order() == 0) {
+      predictor_.update(backend, step, out, x);
+      return;
+    }
+    const TimePoint& s = step.from();
+    const PredictionConversion c = conversion(out.prediction, s.alpha, s.sigma);
+    backend.combine(x0_.view(), Term{1.0f, out.x0}, Term{static_cast<float>(c.x0_from_x), x},
+                    Term{static_cast<float>(-c.x0_from_x), ConstView(uncorrected_.view())});
+    backend.combine(eps_.view(), Term{1.0f, out.eps}, Term{static_cast<float>(c.eps_from_x), x},
+                    Term{static_cast<float>(-c.eps_from_x), ConstView(uncorrected_.view())});
+    predictor_.update(backend, step, ModelOutput{x0_.view(), eps_.view(), out.raw, out.prediction},
+                      x);
+  }
+
+private:
+  UniPC unipc_;
+  Predictor predictor_;
+  AnyTensor uncorrected_, x0_, eps_;
 };
 
 } // namespace tstitch
