@@ -5,7 +5,7 @@
 //  - Euler's interpolation_type = "log_linear" (SigmaInterpolation::log_linear);
 //  - dynamic thresholding for DDIM and DDPM.
 // diffusers' own tests only run these options through check_over_configs (no asserted numbers),
-// so the expected values below were printed by diffusers 0.31.0 (and scipy) from /tmp/dvenv with
+// so the expected values below were printed by diffusers 0.31.0 (and scipy) with
 // the §1 harness, and are checked with diffusers' full-loop tolerances (1e-2 on the sum of |x|,
 // 1e-3 on its mean).
 #include <catch2/catch.hpp>
