@@ -57,6 +57,7 @@ struct Options {
   std::string rule = "fraction";
   std::string solver = "ddim";
   std::string scheduler_config;
+  std::string sigmas;
   int steps = 50;
   double guidance = 1.0;
   std::uint64_t seed = 0;
@@ -79,6 +80,19 @@ struct Sampling {
   AnySolver solver;
 };
 
+/// --sigmas: a named sigma rule over the DiT's training schedule.
+SigmaRule parse_sigma_rule(const std::string& name) {
+  std::string names;
+  for (SigmaRule rule :
+       {SigmaRule::ays_sd15, SigmaRule::ays_sdxl, SigmaRule::ays_svd, SigmaRule::gits,
+        SigmaRule::sgm_uniform, SigmaRule::simple, SigmaRule::kl_optimal}) {
+    if (name == sigma_rule_name(rule))
+      return rule;
+    names += (names.empty() ? "" : ", ") + std::string(sigma_rule_name(rule));
+  }
+  bad("--sigmas = '", name, "': must be one of ", names);
+}
+
 /// --scheduler-config, checked against the models: the config's prediction_type must be what the
 /// DiTs output (epsilon for a DiT that also learns its variance: the solvers read its first C
 /// channels, as diffusers' DiT pipeline does).
@@ -90,12 +104,11 @@ Sampling load_scheduler_config(const std::string& path, Prediction models_predic
       bad("--scheduler-config = '", path, "': ", e.what());
     }
   }();
-  const bool compatible =
-      config.prediction == models_predict ||
-      (config.prediction == Prediction::epsilon &&
-       models_predict == Prediction::epsilon_learned_sigma) ||
-      (config.prediction == Prediction::epsilon_learned_sigma &&
-       models_predict == Prediction::epsilon);
+  const bool compatible = config.prediction == models_predict ||
+                          (config.prediction == Prediction::epsilon &&
+                           models_predict == Prediction::epsilon_learned_sigma) ||
+                          (config.prediction == Prediction::epsilon_learned_sigma &&
+                           models_predict == Prediction::epsilon);
   if (!compatible || config.edm_sigma_data)
     bad("--scheduler-config = '", path, "': ", config.class_name, " is for models that predict ",
         config.edm_sigma_data ? "through EDM preconditioning" : to_string(config.prediction),
@@ -377,9 +390,13 @@ int run(const Options& o) {
     names.push_back(std::filesystem::path(o.models[i]).stem().string());
   const Prediction models_predict =
       first.learn_sigma ? Prediction::epsilon_learned_sigma : Prediction::epsilon;
-  const Sampling sampling = o.scheduler_config.empty()
-                                ? Sampling{DiscreteSchedule{}, std::move(solver)}
-                                : load_scheduler_config(o.scheduler_config, models_predict);
+  const Sampling sampling =
+      !o.scheduler_config.empty()
+          ? load_scheduler_config(o.scheduler_config, models_predict)
+          : Sampling{o.sigmas.empty() ? AnySchedule(DiscreteSchedule{})
+                                      : AnySchedule(SigmaSchedule(DiscreteSchedule{},
+                                                                  parse_sigma_rule(o.sigmas))),
+                     std::move(solver)};
   Tensor x(o.count, shape);
 #ifdef TSTITCH_SAMPLE_CUDA
   if (o.device == "cuda")
@@ -430,6 +447,10 @@ int main(int argc, char** argv) {
                  "a diffusers scheduler_config.json (or a model folder holding one): its schedule "
                  "and solver replace the DiT's training schedule and --solver")
       ->excludes(solver_option);
+  app.add_option("--sigmas", o.sigmas,
+                 "a named sigma rule over the DiT's schedule (stable-diffusion.cpp's --scheduler): "
+                 "ays_sd15, ays_sdxl, ays_svd, gits, sgm_uniform, simple or kl_optimal")
+      ->excludes("--scheduler-config");
   app.add_option("--steps", o.steps, "sampling steps")->capture_default_str();
   app.add_option("--guidance", o.guidance, "classifier-free guidance scale (1: off)")
       ->capture_default_str();
