@@ -326,8 +326,8 @@ public:
                                               class_name, " cannot honour it"));
       ignored.push_back(key);
       log(LogLevel::warning,
-          detail::concat("tstitch: scheduler config key ", key, " = ", shown(value),
-                         " is not used by ", class_name, " (diffusers ignores it too)"));
+          detail::concat("scheduler config key ", key, " = ", shown(value), " is not used by ",
+                         class_name, " (diffusers ignores it too)"));
     }
     return ignored;
   }
