@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // CMStochasticIterative: diffusers parity (CMStochasticIterativeSchedulerTest,
-// /tmp/difftests/test_scheduler_consistency_model.py) with diffusers' harness and tolerances, the
-// consistency-model Karras schedule, the consistency step, and sampled moments with the exact
-// consistency function of Gaussian data.
+// diffusers tests/schedulers/test_scheduler_consistency_model.py) with diffusers' harness and
+// tolerances, the consistency-model Karras schedule, the consistency step, and sampled moments with
+// the exact consistency function of Gaussian data.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -16,6 +16,7 @@
 
 #include "support/diffusers_harness.hpp"
 #include "support/gaussian_problems.hpp"
+#include "support/solver_checks.hpp"
 #include "support/tensor_checks.hpp"
 
 using namespace tstitch;
@@ -235,50 +236,19 @@ TEST_CASE("CM with the exact consistency function reproduces the data's mean and
                         }
                     });
   for (int steps : {1, 2, 5}) {
-    const Trajectory trajectory = schedule.trajectory(steps);
-    Tensor x(8, shape2);
-    fill_initial_noise(x, 31);
-    to_marginal(x, data, trajectory[0]);
-    SampleOptions options;
-    options.steps = steps;
-    options.seed = 5;
     CMStochasticIterative solver(o);
-    sample(model, schedule, solver, x, NoCondition{}, options);
-    for (int c = 0; c < 2; ++c) {
-      double sum = 0, sum2 = 0, count = 0;
-      for (std::int64_t n = 0; n < x.batch(); ++n)
-        for (std::int64_t p = 0; p < shape2.plane(); ++p) {
-          const double v = x.at(n, c, 0, p);
-          sum += v;
-          sum2 += v * v;
-          count += 1;
-        }
-      const double variance = stat_variance[c] + o.sigma_min * o.sigma_min;
-      const double sample_mean = sum / count;
-      const double sample_variance = (sum2 - sum * sum / count) / (count - 1);
-      const double mean_se = std::sqrt(variance / count);
-      const double var_se = variance * std::sqrt(2.0 / (count - 1));
-      INFO(steps << " steps, channel " << c << ": mean " << sample_mean << " (data " << stat_mean[c]
-                 << ", SE " << mean_se << "), variance " << sample_variance << " (exact "
-                 << variance << ", SE " << var_se << ")");
-      CHECK(count >= 20000);
-      CHECK(std::abs(sample_mean - stat_mean[c]) < 3 * mean_se);
-      CHECK(std::abs(sample_variance - variance) < 3 * var_se);
-    }
+    const Tensor x =
+        sample_from_marginal(model, schedule, solver, data, shape2, steps, NoCondition{});
+    INFO(steps << " steps");
+    for (int c = 0; c < 2; ++c)
+      check_channel_moments(x, c, stat_mean[c], stat_variance[c] + o.sigma_min * o.sigma_min);
   }
 }
 
 TEST_CASE("CM is reproducible per seed; one step draws no noise", "[cm_stochastic_iterative]") {
   auto model = harness_model(Prediction::sample, shape);
   auto run = [&](int steps, std::uint64_t seed) {
-    Tensor x(2, shape);
-    fill_initial_noise(x, 3);
-    SampleOptions options;
-    options.steps = steps;
-    options.seed = seed;
-    CMStochasticIterative cm;
-    sample(model, test_schedule(), cm, x, NoCondition{}, options);
-    return x;
+    return seeded_sample(model, test_schedule(), CMStochasticIterative{}, steps, seed, 3);
   };
   CHECK(bit_identical(run(4, 1), run(4, 1)));
   CHECK_FALSE(bit_identical(run(4, 1), run(4, 2)));
@@ -286,28 +256,19 @@ TEST_CASE("CM is reproducible per seed; one step draws no noise", "[cm_stochasti
 }
 
 TEST_CASE("CM allocates its workspace in begin() only", "[cm_stochastic_iterative]") {
-  int count = 0;
-  CountingBackend backend{{}, &count};
   const Trajectory trajectory = test_schedule().trajectory(4);
-  for (CMStochasticIterative cm : {CMStochasticIterative{}, CMStochasticIterative{no_noise()}}) {
-    cm.begin(backend, trajectory, 2, shape);
-    const int at_begin = count;
+  for (const CMStochasticIterative& cm :
+       {CMStochasticIterative{}, CMStochasticIterative{no_noise()}}) {
     Tensor x(2, shape), f(2, shape);
-    for (int i = 0; i < trajectory.steps(); ++i)
-      cm.update(backend,
-                SolverStep{i, 0, &trajectory, NoiseKey{1, 0, static_cast<std::uint32_t>(i), 1}},
-                ModelOutput{f, f, f, Prediction::sample}, x);
-    cm.begin(backend, trajectory, 2, shape);
-    CHECK(count == at_begin);
+    CHECK(allocations_after_begin(cm, trajectory, x, ModelOutput{f, f, f, Prediction::sample}) ==
+          0);
   }
 }
 
 TEST_CASE("CM options and timesteps are validated, naming option and value",
           "[cm_stochastic_iterative][errors]") {
-  auto solver = [](auto set) {
-    CMStochasticIterativeOptions o;
-    set(o);
-    return CMStochasticIterative(o);
+  const auto solver = [](auto set) {
+    return made_with<CMStochasticIterative, CMStochasticIterativeOptions>(set);
   };
   CHECK_THROWS_AS(solver([](auto& o) { o.sigma_min = 0; }), tstitch::invalid_argument);
   CHECK_THROWS_WITH(solver([](auto& o) { o.sigma_min = -1; }),
@@ -321,10 +282,8 @@ TEST_CASE("CM options and timesteps are validated, naming option and value",
   CHECK_THROWS_WITH(solver([](auto& o) { o.s_noise = NAN; }),
                     Catch::Contains("CMStochasticIterativeOptions::s_noise"));
 
-  auto schedule = [](auto set) {
-    CMKarrasScheduleOptions o;
-    set(o);
-    return CMKarrasSchedule(o);
+  const auto schedule = [](auto set) {
+    return made_with<CMKarrasSchedule, CMKarrasScheduleOptions>(set);
   };
   CHECK_THROWS_WITH(schedule([](auto& o) { o.num_train_timesteps = 1; }),
                     Catch::Contains("CMKarrasScheduleOptions::num_train_timesteps = 1"));

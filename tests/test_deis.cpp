@@ -20,6 +20,7 @@
 
 #include "support/diffusers_harness.hpp"
 #include "support/gaussian_problems.hpp"
+#include "support/solver_checks.hpp"
 #include "support/tensor_checks.hpp"
 
 using namespace tstitch;
@@ -45,38 +46,13 @@ DEISOptions deis(int order, bool lower_order_final = true) {
   return o;
 }
 
-/// The global error at the middle of an n-step run of DEIS' recursion in double,
-///   y_{i+1} = y_i + sum_j c_j eps_{i-j},   c = DEIS::weights(order, rho nodes,
-///   rho_{i+1}),
-/// on scalar Gaussian data (mean 0.3, variance 0.05) in y = x / alpha, rho = sigma / alpha, where
-/// eps = (y - x0) / rho with the exact x0 and y(rho) = m + (y0 - m) sqrt((v + rho^2) / (v +
-/// rho0^2)). The nodes are CosineSchedule's; the first order - 1 points are exact. This is the
-/// method's order, free of the float32 rounding of the latents.
-double recursion_error(int order, int n) {
-  const Trajectory t = CosineSchedule{}.trajectory(n);
-  const double m = 0.3, v = 0.05, y0 = 2.0, r0 = t[0].ve_sigma();
-  const auto exact = [&](double r) {
-    return m + (y0 - m) * std::sqrt((v + r * r) / (v + r0 * r0));
-  };
-  const auto slope = [&](double y, double r) { return (y - (m + v / (v + r * r) * (y - m))) / r; };
-  std::vector<double> y{y0}, eps;
-  for (int i = 0; i < n / 2; ++i) {
-    eps.push_back(slope(y[static_cast<std::size_t>(i)], t[i].ve_sigma()));
-    if (i + 1 < order) {
-      y.push_back(exact(t[i + 1].ve_sigma()));
-      continue;
-    }
-    std::array<double, 3> nodes{};
-    for (int j = 0; j < order; ++j)
-      nodes[static_cast<std::size_t>(j)] = t[i - j].ve_sigma();
-    const auto c = DEIS::weights(order, nodes, t[i + 1].ve_sigma());
-    double next = y[static_cast<std::size_t>(i)];
-    for (int j = 0; j < order; ++j)
-      next += c[static_cast<std::size_t>(j)] * eps[static_cast<std::size_t>(i - j)];
-    y.push_back(next);
-  }
-  return std::abs(y.back() - exact(t[n / 2].ve_sigma()));
-}
+/// DEIS::weights(order, the rho nodes of step i, rho_{i+1}) as recursion_error's weights.
+const auto deis_weights = [](const Trajectory& t, int i, int order) {
+  std::array<double, 3> nodes{};
+  for (int j = 0; j < order; ++j)
+    nodes[static_cast<std::size_t>(j)] = t[i - j].ve_sigma();
+  return DEIS::weights(order, nodes, t[i + 1].ve_sigma());
+};
 
 } // namespace
 
@@ -250,8 +226,8 @@ TEST_CASE("DEIS weights: first order is DDIM, weights reproduce constant eps exa
 TEST_CASE("DEIS converges at its order on analytic Gaussian data", "[deis][order]") {
   SECTION("the recursion in double: order k for k = 1..3") {
     for (int k = 1; k <= 3; ++k) {
-      const double order =
-          measured_order([k](int n) { return recursion_error(k, n); }, {256, 512, 1024, 2048});
+      const double order = measured_order(
+          [k](int n) { return recursion_error(k, n, deis_weights); }, {256, 512, 1024, 2048});
       INFO("order " << k << ": measured " << order);
       CHECK(order == Approx(k).margin(0.25));
     }
@@ -302,11 +278,7 @@ TEST_CASE("DEIS from pure noise (alpha = 0) takes Euler's limit, then finite ord
 
 TEST_CASE("DEIS options are validated, naming the option and value", "[deis][errors]") {
   using Catch::Contains;
-  auto make = [](auto edit) {
-    DEISOptions o;
-    edit(o);
-    return DEIS(o);
-  };
+  const auto make = [](auto edit) { return made_with<DEIS, DEISOptions>(edit); };
   CHECK_THROWS_AS(make([](auto& o) { o.solver_order = 0; }), tstitch::invalid_argument);
   CHECK_THROWS_WITH(make([](auto& o) { o.solver_order = 4; }),
                     Contains("DEISOptions::solver_order = 4"));
@@ -326,18 +298,11 @@ TEST_CASE("DEIS allocates in begin() only", "[deis]") {
   DEISOptions o = deis(3);
   o.thresholding = DynamicThresholding{0.9, 2.0};
   DEIS solver(o);
-  int allocations = 0;
-  CountingBackend backend{{}, &allocations};
   const Trajectory trajectory = DiscreteSchedule().trajectory(12);
   Tensor x = harness_tensor(false), x0 = harness_tensor(true);
-  solver.begin(backend, trajectory, 4, harness_shape);
-  CHECK(allocations == 3); // three history slots
-  for (int run = 0; run < 2; ++run) {
-    solver.begin(backend, trajectory, 4, harness_shape);
-    for (int i = 0; i < 12; ++i)
-      solver.update(backend, SolverStep{i, 0, &trajectory, NoiseKey{}},
-                    ModelOutput{x0.view(), x0.view(), x0.view(), Prediction::sample}, x.view());
-  }
-  CHECK(allocations == 3);
+  const Allocations allocations = count_allocations(
+      solver, trajectory, x, ModelOutput{x0.view(), x0.view(), x0.view(), Prediction::sample});
+  CHECK(allocations.in_begin == 3); // three history slots
+  CHECK(allocations.after_begin == 0);
   CHECK(all_finite(x));
 }

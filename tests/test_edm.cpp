@@ -33,15 +33,6 @@ using namespace tstitch::testing;
 
 namespace {
 
-/// diffusers' dummy model as a raw EDM network: it is handed the c_in-scaled latents and the
-/// timestep c_noise, as in EDMEulerSchedulerTest (model(scale_model_input(sample, t), t)).
-auto dummy_network(Prediction prediction) {
-  return make_denoiser(prediction, harness_shape,
-                       [](ConstView x, const StepContext& ctx, const NoCondition&, View out) {
-                         dummy_model(ctx.point.timestep, x, out);
-                       });
-}
-
 /// EDMDPMSolverMultistepSchedulerTest calls model(sample, t) on the *unscaled* VE latents: the
 /// network undoes c_in (its point's alpha is c_in) before the dummy model sees them.
 auto unscaled_dummy_network(Prediction prediction) {
@@ -143,7 +134,8 @@ TEST_CASE("EDM Euler full loop matches diffusers' EDMEulerSchedulerTest", "[pari
   // model(scale_model_input(sample, t), t); num_train_timesteps = 256 changes nothing here.
   const EDMSchedule schedule; // sigma_min 0.002, sigma_max 80, karras, final sigma 0
   const Trajectory trajectory = schedule.trajectory(10);
-  auto model = edm_preconditioned(dummy_network(Prediction::epsilon), 0.5);
+  // The raw network is the dummy model, handed the c_in-scaled latents and the timestep c_noise.
+  auto model = edm_preconditioned(harness_model(Prediction::epsilon), 0.5);
   Tensor x = harness_tensor(false);
   scale(x, std::sqrt(80.0 * 80.0 + 1.0) * trajectory[0].alpha);
   Euler solver;
@@ -450,11 +442,11 @@ TEST_CASE("EDM options are validated, naming the option and the value", "[edm][v
   rejects(o, "EDMScheduleOptions::num_train_timesteps = 0");
   CHECK_THROWS_WITH(EDMSchedule().trajectory(0), Catch::Contains("num_steps = 0"));
 
-  CHECK_THROWS_WITH(edm_preconditioned(dummy_network(Prediction::epsilon), -0.5),
+  CHECK_THROWS_WITH(edm_preconditioned(harness_model(Prediction::epsilon), -0.5),
                     Catch::Contains("sigma_data = -0.5"));
-  CHECK_THROWS_WITH(edm_preconditioned(dummy_network(Prediction::sample)),
+  CHECK_THROWS_WITH(edm_preconditioned(harness_model(Prediction::sample)),
                     Catch::Contains("network prediction() = sample"));
-  auto model = edm_preconditioned(dummy_network(Prediction::epsilon));
+  auto model = edm_preconditioned(harness_model(Prediction::epsilon));
   Tensor x = harness_tensor(false), out = harness_tensor(false);
   CHECK_THROWS_WITH(model.predict(x, StepContext{0, 1, 0, TimePoint{0, 1, 0}}, NoCondition{}, out),
                     Catch::Contains("sigma / alpha = 0"));

@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <string>
 #include <vector>
 
 #include "tstitch/analytic/gaussian_mixture.hpp"
@@ -23,6 +22,9 @@
 
 #include "support/diffusers_harness.hpp"
 #include "support/gaussian_problems.hpp"
+#include "support/k_diffusion_harness.hpp"
+#include "support/solver_checks.hpp"
+#include "support/stitch_checks.hpp"
 #include "support/tensor_checks.hpp"
 
 using namespace tstitch;
@@ -35,140 +37,6 @@ static_assert(Solver<Heun> && Solver<EulerAncestral>);
 
 namespace {
 
-// ---- diffusers' harness (parity doc §1): the k-diffusion loop pattern ---------------------------
-
-/// The schedule options of test_scheduler_euler.py / test_scheduler_heun.py: N = 1100, linear
-/// betas 1e-4 .. 0.02, linspace spacing with Euler's float32 timesteps.
-DiscreteScheduleOptions k_config() {
-  DiscreteScheduleOptions o;
-  o.num_train_timesteps = 1100;
-  o.spacing = TimestepSpacing::linspace;
-  o.round_timesteps = false;
-  return o;
-}
-
-/// `torch.linspace(start, end, n, dtype=torch.float32)` as torch's CPU kernel evaluates it
-/// element by element: float32 start, end and step; the first half counted up from start, the
-/// second half down from end.
-std::vector<double> torch_linspace_f32(double start, double end, int n) {
-  const auto a = static_cast<float>(start), b = static_cast<float>(end);
-  const float step = (b - a) / static_cast<float>(n - 1);
-  std::vector<double> out(static_cast<std::size_t>(n));
-  for (int i = 0; i < n; ++i)
-    out[static_cast<std::size_t>(i)] =
-        i < n / 2 ? a + step * static_cast<float>(i) : b - step * static_cast<float>(n - 1 - i);
-  return out;
-}
-
-/// The k_config() schedule with the training table exactly as torch builds it for diffusers'
-/// `beta_schedule="linear"`. DiscreteSchedule's built-in linear betas round a double linspace
-/// instead, which differs by one ulp in 369 of the 1100 betas and puts the noisiest sigma at
-/// 261.05560 instead of 261.05557: harmless elsewhere, but the with_noise sums (57062.93 and
-/// 75074.89, tolerance 0.01) move by 0.009 with it. With this table the loops below reproduce
-/// diffusers' float32 results (summed in torch's order they give the asserted 57062.9297 and
-/// 75074.8906 exactly).
-DiscreteSchedule k_schedule(const DiscreteScheduleOptions& options) {
-  return DiscreteSchedule::from_betas(
-      torch_linspace_f32(options.beta_start, options.beta_end, options.num_train_timesteps),
-      options);
-}
-
-/// diffusers' k-diffusion schedulers work on y = x / alpha with sigma = sigma / alpha, which in
-/// tstitch is the trajectory of points (t, alpha = 1, sigma = ve_sigma): the same solvers, on a
-/// variance-exploding schedule. Sigmas are stored as float32, as diffusers stores `self.sigmas`.
-Trajectory ve_trajectory(const Trajectory& vp) {
-  Trajectory ve{{}, vp.num_train_timesteps};
-  for (const TimePoint& p : vp.points)
-    ve.points.push_back(TimePoint{static_cast<double>(static_cast<float>(p.timestep)), 1.0,
-                                  static_cast<double>(static_cast<float>(p.ve_sigma()))});
-  return ve;
-}
-
-template <class V> TimePoint point_of(const V& solver, const SolverStep& step) {
-  if constexpr (requires { solver.evaluation_point(step); })
-    return solver.evaluation_point(step);
-  else
-    return step.from();
-}
-
-template <class V> ConstView input_of(const V& solver, const SolverStep& step, ConstView x) {
-  if constexpr (requires { solver.evaluation_input(step, x); })
-    return solver.evaluation_input(step, x);
-  else
-    return x;
-}
-
-/// x0 and the ODE derivative eps = (x - x0) / sigma exactly as diffusers' Euler and Heun step()
-/// compute them from the sample they are handed (VE sigma), in float32 like torch.
-void diffusers_outputs(Prediction prediction, double ve_sigma, const Tensor& x, const Tensor& m,
-                       Tensor& x0, Tensor& eps) {
-  const auto s = static_cast<float>(ve_sigma);
-  for (std::int64_t i = 0; i < x.numel(); ++i) {
-    switch (prediction) {
-    case Prediction::epsilon:
-      x0[i] = x[i] - s * m[i];
-      break;
-    case Prediction::v: {
-      const float root = std::sqrt(s * s + 1.0f);
-      x0[i] = m[i] * (-s / root) + x[i] / (s * s + 1.0f);
-      break;
-    }
-    case Prediction::sample:
-      x0[i] = m[i];
-      break;
-    default:
-      FAIL("the harness has no formula for this prediction");
-    }
-    eps[i] = (x[i] - x0[i]) / s;
-  }
-}
-
-/// diffusers' loop pattern K (§1.2), with a tstitch solver as step():
-///   x = sample * init_noise_sigma
-///   with_noise: x = add_noise(x, noise, ts[0]) = x + noise * sigma
-///   for each evaluation: x = scale_model_input(x) (stored back!), x = step(model(x, t), t, x)
-/// For Heun's second evaluation diffusers' step() output is the Euler predictor, which the loop
-/// scales and hands back to the model and to step(); here that predictor is the solver's
-/// evaluation_input, scaled into a scratch tensor, while x keeps the step's (scaled) start, which
-/// is what diffusers stores in `self.sample`.
-template <class SolverT>
-Tensor k_loop(SolverT solver, const Trajectory& vp, Prediction prediction, int first_step = 0,
-              bool leading_init_sigma = false) {
-  const Trajectory ve = ve_trajectory(vp);
-  HostBackend backend;
-  Tensor x = harness_tensor(false);
-  double max_sigma = 0;
-  for (const TimePoint& p : ve.points)
-    max_sigma = std::max(max_sigma, p.sigma);
-  // init_noise_sigma: max sigma (linspace, trailing) or sqrt(max^2 + 1) (leading).
-  const double init_noise_sigma =
-      leading_init_sigma ? std::sqrt(max_sigma * max_sigma + 1.0) : max_sigma;
-  backend.combine(x, Term{static_cast<float>(init_noise_sigma), ConstView(x)});
-  if (first_step > 0)
-    backend.combine(x, Term{1.0f, ConstView(x)},
-                    Term{static_cast<float>(ve[first_step].sigma), harness_tensor(true)});
-
-  solver.begin(backend, ve, x.batch(), harness_shape);
-  Tensor scaled(4, harness_shape), m(4, harness_shape), x0(4, harness_shape), eps(4, harness_shape);
-  for (int i = first_step; i < ve.steps(); ++i) {
-    SolverStep step{i, 0, &ve, NoiseKey{}};
-    for (int e = 0; e < evaluations_of(solver, i); ++e) {
-      step.evaluation = e;
-      const TimePoint p = point_of(solver, step);
-      // sample / (sigma**2 + 1) ** 0.5 in float32, as torch evaluates it
-      const auto s = static_cast<float>(p.sigma);
-      const float root = std::sqrt(s * s + 1.0f);
-      Tensor& in = e == 0 ? x : scaled;
-      backend.map(
-          in, [root](float v) { return v / root; }, input_of(solver, step, x));
-      dummy_model(p.timestep, in, m);
-      diffusers_outputs(prediction, p.sigma, in, m, x0, eps);
-      solver.update(backend, step, ModelOutput{x0, eps, m, prediction}, x);
-    }
-  }
-  return x;
-}
-
 /// The relative bias of Euler ancestral's final variance for Gaussian data of variance v, exact
 /// in the step count: every step is linear, so the variance V of y = x / alpha propagates as
 ///   V' = V (1 + (s_down - s) s / (v + s^2))^2 + s_up^2,   starting from V = v + s_0^2.
@@ -176,8 +44,7 @@ double ancestral_variance_bias(const Trajectory& trajectory, double v, double et
   double var = v + trajectory[0].ve_sigma() * trajectory[0].ve_sigma();
   for (int i = 0; i < trajectory.steps(); ++i) {
     const double s = trajectory[i].ve_sigma(), sn = trajectory[i + 1].ve_sigma();
-    const double up = std::min(sn, eta * std::sqrt(sn * sn * (s * s - sn * sn) / (s * s)));
-    const double down = std::sqrt(sn * sn - up * up);
+    const auto [up, down] = ancestral_step(s, sn, eta);
     const double gain = 1 + (down - s) * s / (v + s * s);
     var = var * gain * gain + up * up;
   }
@@ -192,27 +59,28 @@ TEST_CASE("Euler full loops match diffusers' EulerDiscreteSchedulerTest (§4.10)
           "[parity][euler]") {
   DiscreteScheduleOptions config = k_config();
   SECTION("test_full_loop_no_noise (and test_full_loop_device)") {
-    const Result r =
-        abs_sum(k_loop(Euler{}, k_schedule(config).trajectory(10), Prediction::epsilon));
+    const Result r = abs_sum(
+        k_loop(Euler{}, ve_trajectory(torch_schedule(config).trajectory(10)), Prediction::epsilon));
     CHECK(std::abs(r.sum - 10.0807) < 1e-2);
     CHECK(std::abs(r.mean - 0.0131) < 1e-3);
   }
   SECTION("test_full_loop_with_v_prediction") {
-    const Result r = abs_sum(k_loop(Euler{}, k_schedule(config).trajectory(10), Prediction::v));
+    const Result r = abs_sum(
+        k_loop(Euler{}, ve_trajectory(torch_schedule(config).trajectory(10)), Prediction::v));
     CHECK(std::abs(r.sum - 0.0002) < 1e-2);
     CHECK(std::abs(r.mean - 2.2676e-06) < 1e-3);
   }
   SECTION("test_full_loop_device_karras_sigmas") {
     config.sigma_spacing = SigmaSpacing::karras;
-    const Result r =
-        abs_sum(k_loop(Euler{}, k_schedule(config).trajectory(10), Prediction::epsilon));
+    const Result r = abs_sum(
+        k_loop(Euler{}, ve_trajectory(torch_schedule(config).trajectory(10)), Prediction::epsilon));
     CHECK(std::abs(r.sum - 124.52299499511719) < 1e-2);
     CHECK(std::abs(r.mean - 0.16213932633399963) < 1e-3);
   }
   SECTION("test_full_loop_with_noise (t_start = 8: timesteps [122.1111, 0])") {
-    const Trajectory trajectory = k_schedule(config).trajectory(10);
+    const Trajectory trajectory = torch_schedule(config).trajectory(10);
     CHECK(static_cast<float>(trajectory[8].ve_sigma()) == Approx(0.40016323f));
-    const Result r = abs_sum(k_loop(Euler{}, trajectory, Prediction::epsilon, 8));
+    const Result r = abs_sum(k_loop(Euler{}, ve_trajectory(trajectory), Prediction::epsilon, 8));
     CHECK(std::abs(r.sum - 57062.9297) < 1e-2);
     CHECK(std::abs(r.mean - 74.3007) < 1e-3);
   }
@@ -221,27 +89,28 @@ TEST_CASE("Euler full loops match diffusers' EulerDiscreteSchedulerTest (§4.10)
 TEST_CASE("Heun full loops match diffusers' HeunDiscreteSchedulerTest (§4.11)", "[parity][heun]") {
   DiscreteScheduleOptions config = k_config();
   SECTION("test_full_loop_no_noise (and test_full_loop_device)") {
-    const Result r =
-        abs_sum(k_loop(Heun{}, k_schedule(config).trajectory(10), Prediction::epsilon));
+    const Result r = abs_sum(
+        k_loop(Heun{}, ve_trajectory(torch_schedule(config).trajectory(10)), Prediction::epsilon));
     CHECK(std::abs(r.sum - 0.1233) < 1e-2);
     CHECK(std::abs(r.mean - 0.0002) < 1e-3);
   }
   SECTION("test_full_loop_with_v_prediction") {
-    const Result r = abs_sum(k_loop(Heun{}, k_schedule(config).trajectory(10), Prediction::v));
+    const Result r = abs_sum(
+        k_loop(Heun{}, ve_trajectory(torch_schedule(config).trajectory(10)), Prediction::v));
     CHECK(std::abs(r.sum - 4.6934e-07) < 1e-2);
     CHECK(std::abs(r.mean - 6.1112e-10) < 1e-3);
   }
   SECTION("test_full_loop_device_karras_sigmas") {
     config.sigma_spacing = SigmaSpacing::karras;
-    const Result r =
-        abs_sum(k_loop(Heun{}, k_schedule(config).trajectory(10), Prediction::epsilon));
+    const Result r = abs_sum(
+        k_loop(Heun{}, ve_trajectory(torch_schedule(config).trajectory(10)), Prediction::epsilon));
     CHECK(std::abs(r.sum - 0.00015) < 1e-2);
     CHECK(std::abs(r.mean - 1.9869554535034695e-07) < 1e-2);
   }
   SECTION("test_full_loop_with_noise (timesteps[16:] = [122.1111, 0, 0]: steps 8 and 9)") {
     // t_start * order = 16 is the first evaluation of step 8; add_noise uses sigmas[16] = s_8.
-    const Result r =
-        abs_sum(k_loop(Heun{}, k_schedule(config).trajectory(10), Prediction::epsilon, 8));
+    const Result r = abs_sum(k_loop(Heun{}, ve_trajectory(torch_schedule(config).trajectory(10)),
+                                    Prediction::epsilon, 8));
     CHECK(std::abs(r.sum - 75074.8906) < 1e-2);
     CHECK(std::abs(r.mean - 97.7538) < 1e-3);
   }
@@ -255,13 +124,13 @@ TEST_CASE("Euler: custom timesteps and custom sigmas reproduce the default loop 
     for (FinalPoint final_point : {FinalPoint::first_train_step, FinalPoint::clean}) {
       DiscreteScheduleOptions config = k_config();
       config.final_point = final_point;
-      const DiscreteSchedule schedule = k_schedule(config);
+      const DiscreteSchedule schedule = torch_schedule(config);
       const Trajectory standard = schedule.trajectory(10);
-      const Tensor a = k_loop(Euler{}, standard, prediction);
+      const Tensor a = k_loop(Euler{}, ve_trajectory(standard), prediction);
 
       // set_timesteps(timesteps=<the default timesteps>)
-      const Tensor b =
-          k_loop(Euler{}, schedule.trajectory_through(schedule.timesteps(10)), prediction);
+      const Tensor b = k_loop(
+          Euler{}, ve_trajectory(schedule.trajectory_through(schedule.timesteps(10))), prediction);
       // set_timesteps(sigmas=<the default sigmas>): timesteps = sigma_to_t of the float32
       // sigmas, the final sigma as given.
       Trajectory by_sigma{{}, standard.num_train_timesteps};
@@ -271,7 +140,7 @@ TEST_CASE("Euler: custom timesteps and custom sigmas reproduce the default loop 
         const double alpha = 1.0 / std::sqrt(s * s + 1.0);
         by_sigma.points.push_back(TimePoint{t, alpha, s * alpha});
       }
-      const Tensor c = k_loop(Euler{}, by_sigma, prediction);
+      const Tensor c = k_loop(Euler{}, ve_trajectory(by_sigma), prediction);
 
       INFO("prediction " << prediction << ", final point "
                          << (final_point == FinalPoint::clean ? "zero" : "sigma_min"));
@@ -287,11 +156,13 @@ TEST_CASE("Heun: custom timesteps (the de-duplicated list) reproduce the default
     for (TimestepSpacing spacing : {TimestepSpacing::linspace, TimestepSpacing::leading}) {
       DiscreteScheduleOptions config = k_config();
       config.spacing = spacing;
-      const DiscreteSchedule schedule = k_schedule(config);
+      const DiscreteSchedule schedule = torch_schedule(config);
       const bool leading = spacing == TimestepSpacing::leading;
-      const Tensor a = k_loop(Heun{}, schedule.trajectory(10), prediction, 0, leading);
-      const Tensor b = k_loop(Heun{}, schedule.trajectory_through(schedule.timesteps(10)),
-                              prediction, 0, leading);
+      const Tensor a =
+          k_loop(Heun{}, ve_trajectory(schedule.trajectory(10)), prediction, 0, leading);
+      const Tensor b =
+          k_loop(Heun{}, ve_trajectory(schedule.trajectory_through(schedule.timesteps(10))),
+                 prediction, 0, leading);
       INFO("prediction " << prediction << (leading ? ", leading" : ", linspace"));
       CHECK(abs_difference(a, b) < 1e-5);
     }
@@ -491,8 +362,7 @@ TEST_CASE("Euler ancestral: the step's sigma_up / sigma_down split, noise from s
     const SolverStep step{2, 0, &trajectory, key};
     solver.update(backend, step, ModelOutput{eps, eps, eps, Prediction::epsilon}, x);
     const double s = trajectory[2].ve_sigma(), sn = trajectory[3].ve_sigma();
-    const double up = std::min(sn, eta * std::sqrt(sn * sn * (s * s - sn * sn) / (s * s)));
-    const double down = std::sqrt(sn * sn - up * up);
+    const auto [up, down] = ancestral_step(s, sn, eta);
     const double a = trajectory[2].alpha, an = trajectory[3].alpha;
     INFO("eta = " << eta << ", sigma_up = " << up << ", sigma_down = " << down);
     if (eta == 3.0)
@@ -509,14 +379,7 @@ TEST_CASE("Euler ancestral is reproducible per seed and draws different noise pe
   const DiagonalGaussian data = curved_data();
   ExactDenoiser model(curved_shape, data, Prediction::epsilon);
   auto run = [&](std::uint64_t seed) {
-    Tensor x(2, curved_shape);
-    fill_initial_noise(x, 1);
-    SampleOptions options;
-    options.steps = 10;
-    options.seed = seed;
-    EulerAncestral solver;
-    sample(model, cosine, solver, x, Labels{}, options);
-    return x;
+    return seeded_sample(model, cosine, EulerAncestral{}, 10, seed, 1);
   };
   CHECK(bit_identical(run(4), run(4)));
   CHECK_FALSE(bit_identical(run(4), run(5)));
@@ -546,38 +409,6 @@ TEST_CASE("Euler ancestral reproduces the data's mean and variance", "[solver][s
 
 // ---- stitching ----------------------------------------------------------------------------------
 
-namespace {
-
-struct Call {
-  std::string model;
-  int step, evaluation;
-  double timestep;
-};
-
-/// An exact denoiser that logs every call it serves.
-class Recording {
-public:
-  using condition_type = Labels;
-  Recording(std::string name, const DiagonalGaussian& data, std::vector<Call>& log)
-      : name_(std::move(name)), model_(curved_shape, data, Prediction::epsilon), log_(&log) {}
-  [[nodiscard]] Prediction prediction() const { return model_.prediction(); }
-  [[nodiscard]] Shape latent_shape() const { return model_.latent_shape(); }
-  [[nodiscard]] Labels unconditional(const Labels& labels) const {
-    return model_.unconditional(labels);
-  }
-  void predict(ConstView x, const StepContext& ctx, const Labels& labels, View out) {
-    log_->push_back(Call{name_, ctx.step, ctx.evaluation, ctx.point.timestep});
-    model_.predict(x, ctx, labels, out);
-  }
-
-private:
-  std::string name_;
-  ExactDenoiser model_;
-  std::vector<Call>* log_;
-};
-
-} // namespace
-
 TEST_CASE("Stitched Heun: both evaluations of a step are served by the same model",
           "[solver][heun][stitch]") {
   const int n = 10;
@@ -594,38 +425,8 @@ TEST_CASE("Stitched Heun: both evaluations of a step are served by the same mode
   TrajectoryStitcher by_threshold(small, large, TimestepThreshold(between));
 
   auto run = [&](auto& stitcher) {
-    for (double guidance : {1.0, 3.0}) {
-      log.clear();
-      Heun heun;
-      Tensor x(2, curved_shape);
-      fill_initial_noise(x, 8);
-      SampleOptions options;
-      options.steps = n;
-      options.guidance = Guidance::standard(guidance);
-      const SampleResult result = sample(stitcher, schedule, heun, x, Labels{0, 0}, options);
-      const int per_evaluation = guidance == 1.0 ? 1 : 2; // guided: conditional + unconditional
-      INFO("guidance " << guidance);
-      REQUIRE(result.records.size() == static_cast<std::size_t>(n));
-      CHECK(result.switches == 1);
-      std::size_t k = 0;
-      for (int i = 0; i < n; ++i) {
-        const std::string expected = i < 4 ? "small" : "large";
-        const int evaluations = i + 1 < n ? 2 : 1; // the step into sigma = 0 is Euler's
-        const StepRecord& record = result.records[static_cast<std::size_t>(i)];
-        CHECK(record.model == (i < 4 ? 0u : 1u));
-        CHECK(record.evaluations == evaluations * per_evaluation);
-        for (int e = 0; e < evaluations; ++e)
-          for (int g = 0; g < per_evaluation; ++g, ++k) {
-            REQUIRE(k < log.size());
-            INFO("step " << i << ", evaluation " << e);
-            CHECK(log[k].model == expected);
-            CHECK(log[k].step == i);
-            CHECK(log[k].evaluation == e);
-            CHECK(log[k].timestep == trajectory[i + e].timestep);
-          }
-      }
-      CHECK(k == log.size());
-    }
+    check_stitched_evaluations(stitcher, schedule, Heun{}, n, log,
+                               [&](int i, int e) { return trajectory[i + e].timestep; });
   };
   SECTION("StepFraction") { run(by_fraction); }
   SECTION("TimestepThreshold") { run(by_threshold); }
@@ -633,35 +434,11 @@ TEST_CASE("Stitched Heun: both evaluations of a step are served by the same mode
 
 // ---- resources and errors -----------------------------------------------------------------------
 
-namespace {
-
-template <class SolverT> int allocations_after_begin(SolverT solver, const Trajectory& trajectory) {
-  int count = 0;
-  CountingBackend backend{{}, &count};
-  solver.begin(backend, trajectory, 2, curved_shape);
-  const int at_begin = count;
-  Tensor x(2, curved_shape), x0(2, curved_shape), eps(2, curved_shape);
-  fill_initial_noise(x, 1);
-  fill_initial_noise(eps, 2);
-  for (int i = 0; i < trajectory.steps(); ++i) {
-    SolverStep step{i, 0, &trajectory, NoiseKey{1, 0, static_cast<std::uint32_t>(i), 1}};
-    for (int e = 0; e < evaluations_of(solver, i); ++e) {
-      step.evaluation = e;
-      solver.update(backend, step, ModelOutput{x0, eps, eps, Prediction::epsilon}, x);
-    }
-  }
-  solver.begin(backend, trajectory, 2,
-               curved_shape); // a second run of the same curved_shape reuses it
-  return count - at_begin;
-}
-
-} // namespace
-
 TEST_CASE("Heun and Euler ancestral allocate their workspace in begin() only", "[solver]") {
   const Trajectory trajectory = cosine.trajectory(6);
-  CHECK(allocations_after_begin(Heun{}, trajectory) == 0);
-  CHECK(allocations_after_begin(Heun{HeunOptions{1.0f}}, trajectory) == 0);
-  CHECK(allocations_after_begin(EulerAncestral{}, trajectory) == 0);
+  CHECK(allocations_after_begin(Heun{}, trajectory, curved_shape) == 0);
+  CHECK(allocations_after_begin(Heun{HeunOptions{1.0f}}, trajectory, curved_shape) == 0);
+  CHECK(allocations_after_begin(EulerAncestral{}, trajectory, curved_shape) == 0);
 }
 
 TEST_CASE("k-solver options are validated, naming option and value", "[solver][errors]") {

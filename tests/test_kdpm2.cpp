@@ -6,10 +6,8 @@
 //  - the log-midpoint evaluation inside the sampling loop and the trajectory stitcher.
 #include <catch2/catch.hpp>
 
-#include <algorithm>
 #include <cmath>
 #include <limits>
-#include <string>
 #include <vector>
 
 #include "tstitch/analytic/gaussian_mixture.hpp"
@@ -22,6 +20,9 @@
 
 #include "support/diffusers_harness.hpp"
 #include "support/gaussian_problems.hpp"
+#include "support/k_diffusion_harness.hpp"
+#include "support/solver_checks.hpp"
+#include "support/stitch_checks.hpp"
 #include "support/tensor_checks.hpp"
 
 using namespace tstitch;
@@ -34,113 +35,6 @@ static_assert(Solver<KDPM2> && Solver<KDPM2Ancestral>);
 
 namespace {
 
-// ---- diffusers' harness: the k-diffusion loop pattern (as in test_k_solvers.cpp) ----------------
-
-/// The schedule options of test_scheduler_kdpm2_discrete.py: N = 1100, linear betas 1e-4 .. 0.02,
-/// linspace spacing with float32 (unrounded) timesteps.
-DiscreteScheduleOptions kdpm2_config() {
-  DiscreteScheduleOptions o;
-  o.num_train_timesteps = 1100;
-  o.spacing = TimestepSpacing::linspace;
-  o.round_timesteps = false;
-  return o;
-}
-
-/// `torch.linspace(start, end, n, dtype=torch.float32)` as torch's CPU kernel evaluates it: the
-/// first half counted up from start, the second half down from end, in float32.
-std::vector<double> torch_linspace_f32(double start, double end, int n) {
-  const auto a = static_cast<float>(start), b = static_cast<float>(end);
-  const float step = (b - a) / static_cast<float>(n - 1);
-  std::vector<double> out(static_cast<std::size_t>(n));
-  for (int i = 0; i < n; ++i)
-    out[static_cast<std::size_t>(i)] =
-        i < n / 2 ? a + step * static_cast<float>(i) : b - step * static_cast<float>(n - 1 - i);
-  return out;
-}
-
-/// The schedule with the training betas exactly as torch builds diffusers' linear betas (the
-/// with_noise sum, tolerance 0.01, moves by about as much with the double-rounded table; see
-/// test_k_solvers.cpp).
-DiscreteSchedule torch_schedule(const DiscreteScheduleOptions& options) {
-  if (options.beta_schedule != BetaSchedule::linear)
-    return DiscreteSchedule(options);
-  return DiscreteSchedule::from_betas(
-      torch_linspace_f32(options.beta_start, options.beta_end, options.num_train_timesteps),
-      options);
-}
-
-/// diffusers' k-diffusion schedulers work on y = x / alpha with VE sigmas, which in tstitch is the
-/// trajectory of points (t, alpha = 1, sigma = sigma / alpha), sigmas stored as float32 as in
-/// `self.sigmas`. Its maps are the schedule's, in the same VE form, so KDPM2's midpoint is
-/// (timestep_at(s_mid), 1, s_mid).
-Trajectory ve_trajectory(const DiscreteSchedule& schedule, int n) {
-  const Trajectory vp = schedule.trajectory(n);
-  Trajectory ve{{}, vp.num_train_timesteps};
-  for (const TimePoint& p : vp.points)
-    ve.points.push_back(TimePoint{static_cast<double>(static_cast<float>(p.timestep)), 1.0,
-                                  static_cast<double>(static_cast<float>(p.ve_sigma()))});
-  ve.timestep_at = [schedule](double s) { return schedule.timestep_at(s); };
-  ve.point_at = [schedule](double t) { return TimePoint{t, 1.0, schedule.point(t).ve_sigma()}; };
-  return ve;
-}
-
-/// x0 and eps = (x - x0) / sigma as diffusers' KDPM2 step() computes them from the sample it is
-/// handed, with the VE sigma of the evaluation (sigma_interpol for the second one), in float32.
-void diffusers_outputs(Prediction prediction, double ve_sigma, const Tensor& x, const Tensor& m,
-                       Tensor& x0, Tensor& eps) {
-  const auto s = static_cast<float>(ve_sigma);
-  for (std::int64_t i = 0; i < x.numel(); ++i) {
-    if (prediction == Prediction::epsilon) {
-      x0[i] = x[i] - s * m[i];
-    } else {
-      const float root = std::sqrt(s * s + 1.0f);
-      x0[i] = m[i] * (-s / root) + x[i] / (s * s + 1.0f);
-    }
-    eps[i] = (x[i] - x0[i]) / s;
-  }
-}
-
-/// diffusers' loop pattern K with a tstitch solver as step():
-///   x = sample * init_noise_sigma;  with_noise: x = x + noise * sigma(first step)
-///   for each evaluation: x = scale_model_input(x) (stored back), x = step(model(x, t), t, x)
-/// For the midpoint evaluation diffusers' step() output is the half step, which the loop scales
-/// and hands to the model and step(); here that is the solver's evaluation_input, scaled into a
-/// scratch tensor, while x keeps the step's (scaled) start, which diffusers keeps in self.sample.
-template <class SolverT>
-Tensor k_loop(SolverT solver, const Trajectory& ve, Prediction prediction, int first_step = 0,
-              bool leading_init_sigma = false) {
-  HostBackend backend;
-  Tensor x = harness_tensor(false);
-  double max_sigma = 0;
-  for (const TimePoint& p : ve.points)
-    max_sigma = std::max(max_sigma, p.sigma);
-  const double init_noise_sigma =
-      leading_init_sigma ? std::sqrt(max_sigma * max_sigma + 1.0) : max_sigma;
-  backend.combine(x, Term{static_cast<float>(init_noise_sigma), ConstView(x)});
-  if (first_step > 0)
-    backend.combine(x, Term{1.0f, ConstView(x)},
-                    Term{static_cast<float>(ve[first_step].sigma), harness_tensor(true)});
-
-  solver.begin(backend, ve, x.batch(), harness_shape);
-  Tensor scaled(4, harness_shape), m(4, harness_shape), x0(4, harness_shape), eps(4, harness_shape);
-  for (int i = first_step; i < ve.steps(); ++i) {
-    SolverStep step{i, 0, &ve, NoiseKey{}};
-    for (int e = 0; e < solver.evaluations(i); ++e) {
-      step.evaluation = e;
-      const TimePoint p = solver.evaluation_point(step);
-      const auto s = static_cast<float>(p.sigma);
-      const float root = std::sqrt(s * s + 1.0f); // (sigma**2 + 1) ** 0.5 in float32
-      Tensor& in = e == 0 ? x : scaled;
-      backend.map(
-          in, [root](float v) { return v / root; }, solver.evaluation_input(step, x));
-      dummy_model(p.timestep, in, m);
-      diffusers_outputs(prediction, p.sigma, in, m, x0, eps);
-      solver.update(backend, step, ModelOutput{x0, eps, m, prediction}, x);
-    }
-  }
-  return x;
-}
-
 /// The relative bias of KDPM2 ancestral's final variance for Gaussian data of variance v, exact in
 /// the step count. With u = y - mean every stage is linear, d = u s / (v + s^2), so one step is
 ///   u_next = u (1 + (s_down - s) k(s_mid) (1 + (s_mid - s) k(s))) + s_up z,  k(s) = s / (v + s^2)
@@ -151,8 +45,7 @@ double ancestral_variance_bias(const Trajectory& trajectory, double v, double et
   double var = v + trajectory[0].ve_sigma() * trajectory[0].ve_sigma();
   for (int i = 0; i < trajectory.steps(); ++i) {
     const double s = trajectory[i].ve_sigma(), sn = trajectory[i + 1].ve_sigma();
-    const double up = std::min(sn, eta * std::sqrt(sn * sn * (s * s - sn * sn) / (s * s)));
-    const double down = std::sqrt(sn * sn - up * up);
+    const auto [up, down] = ancestral_step(s, sn, eta);
     double gain = 1 - s * k(s);
     if (down > 0) {
       const double mid = std::sqrt(s * down);
@@ -168,7 +61,7 @@ double ancestral_variance_bias(const Trajectory& trajectory, double v, double et
 // ---- diffusers parity ---------------------------------------------------------------------------
 
 TEST_CASE("KDPM2 full loops match diffusers' KDPM2DiscreteSchedulerTest", "[parity][kdpm2]") {
-  const DiscreteScheduleOptions config = kdpm2_config();
+  const DiscreteScheduleOptions config = k_config();
   const DiscreteSchedule schedule = torch_schedule(config);
   SECTION("test_full_loop_no_noise and test_full_loop_device") {
     const Result r = abs_sum(k_loop(KDPM2{}, ve_trajectory(schedule, 10), Prediction::epsilon));
@@ -193,7 +86,7 @@ TEST_CASE("KDPM2 full loops match diffusers' KDPM2DiscreteSchedulerTest", "[pari
 TEST_CASE("KDPM2 full loops match diffusers 0.31.0 on further spacings", "[parity][kdpm2]") {
   // Not in diffusers' test file: sums computed with diffusers 0.31.0 (torch 1.13, CPU) on the
   // same harness, checked at diffusers' tolerances (1e-2 on the sum, 1e-3 on the mean).
-  DiscreteScheduleOptions config = kdpm2_config();
+  DiscreteScheduleOptions config = k_config();
   Prediction prediction = Prediction::epsilon;
   bool leading = false;
   double sum = 0, mean = 0;
@@ -250,7 +143,7 @@ TEST_CASE("KDPM2 evaluates at points[i] and at the log-midpoint; once into sigma
         seen.push_back(ctx);
         exact.predict(x, ctx, labels, out);
       });
-  DiscreteScheduleOptions config = kdpm2_config();
+  DiscreteScheduleOptions config = k_config();
   const DiscreteSchedule schedule(config);
   const int n = 6;
   KDPM2 solver;
@@ -291,7 +184,7 @@ TEST_CASE("KDPM2 evaluates at points[i] and at the log-midpoint; once into sigma
 TEST_CASE("KDPM2 matches diffusers' midpoint timesteps (timesteps_interpol)", "[parity][kdpm2]") {
   // diffusers' timesteps for n = 10: t_0, then (timesteps_interpol[i], t_i) for i = 1..9; the
   // interpolated ones (float32) are 1039.7437, 917.8562, ..., 175.9601, 15.5784.
-  const DiscreteSchedule schedule = torch_schedule(kdpm2_config());
+  const DiscreteSchedule schedule = torch_schedule(k_config());
   const Trajectory ve = ve_trajectory(schedule, 10);
   KDPM2 solver;
   HostBackend backend;
@@ -435,8 +328,7 @@ TEST_CASE("KDPM2 ancestral: midpoint towards sigma_down, sigma_up noise from ste
     const NoiseKey key{77, 3, 2, stream_solver};
     backend.fill_normal(z, key);
     const double s = trajectory[2].ve_sigma(), sn = trajectory[3].ve_sigma();
-    const double up = std::min(sn, eta * std::sqrt(sn * sn * (s * s - sn * sn) / (s * s)));
-    const double down = std::sqrt(sn * sn - up * up);
+    const auto [up, down] = ancestral_step(s, sn, eta);
     const double a = trajectory[2].alpha, an = trajectory[3].alpha;
     INFO("eta = " << eta << ", sigma_up = " << up << ", sigma_down = " << down);
     SolverStep step{2, 0, &trajectory, key};
@@ -474,14 +366,7 @@ TEST_CASE("KDPM2 ancestral is reproducible per seed and draws different noise pe
   const DiagonalGaussian data = curved_data();
   ExactDenoiser model(curved_shape, data, Prediction::epsilon);
   auto run = [&](std::uint64_t seed) {
-    Tensor x(2, curved_shape);
-    fill_initial_noise(x, 1);
-    SampleOptions options;
-    options.steps = 10;
-    options.seed = seed;
-    KDPM2Ancestral solver;
-    sample(model, cosine, solver, x, Labels{}, options);
-    return x;
+    return seeded_sample(model, cosine, KDPM2Ancestral{}, 10, seed, 1);
   };
   CHECK(bit_identical(run(4), run(4)));
   CHECK_FALSE(bit_identical(run(4), run(5)));
@@ -509,38 +394,6 @@ TEST_CASE("KDPM2 ancestral reproduces the data's mean and variance", "[solver][s
 
 // ---- stitching ----------------------------------------------------------------------------------
 
-namespace {
-
-struct Call {
-  std::string model;
-  int step, evaluation;
-  double timestep;
-};
-
-/// An exact denoiser that logs every call it serves.
-class Recording {
-public:
-  using condition_type = Labels;
-  Recording(std::string name, const DiagonalGaussian& data, std::vector<Call>& log)
-      : name_(std::move(name)), model_(curved_shape, data, Prediction::epsilon), log_(&log) {}
-  [[nodiscard]] Prediction prediction() const { return model_.prediction(); }
-  [[nodiscard]] Shape latent_shape() const { return model_.latent_shape(); }
-  [[nodiscard]] Labels unconditional(const Labels& labels) const {
-    return model_.unconditional(labels);
-  }
-  void predict(ConstView x, const StepContext& ctx, const Labels& labels, View out) {
-    log_->push_back(Call{name_, ctx.step, ctx.evaluation, ctx.point.timestep});
-    model_.predict(x, ctx, labels, out);
-  }
-
-private:
-  std::string name_;
-  ExactDenoiser model_;
-  std::vector<Call>* log_;
-};
-
-} // namespace
-
 TEST_CASE("Stitched KDPM2: both evaluations of a step are served by the same model",
           "[solver][kdpm2][stitch]") {
   const int n = 10;
@@ -567,39 +420,10 @@ TEST_CASE("Stitched KDPM2: both evaluations of a step are served by the same mod
   TrajectoryStitcher by_fraction(small, large, 0.4);
   TrajectoryStitcher by_threshold(small, large, TimestepThreshold(between));
 
-  auto run = [&](auto& stitcher, auto solver) {
-    for (double guidance : {1.0, 3.0}) {
-      log.clear();
-      Tensor x(2, curved_shape);
-      fill_initial_noise(x, 8);
-      SampleOptions options;
-      options.steps = n;
-      options.guidance = Guidance::standard(guidance);
-      const SampleResult result = sample(stitcher, schedule, solver, x, Labels{0, 0}, options);
-      const int per_evaluation = guidance == 1.0 ? 1 : 2; // guided: conditional + unconditional
-      INFO("guidance " << guidance);
-      REQUIRE(result.records.size() == static_cast<std::size_t>(n));
-      CHECK(result.switches == 1);
-      std::size_t k = 0;
-      for (int i = 0; i < n; ++i) {
-        const std::string expected = i < 4 ? "small" : "large";
-        const int evaluations = i + 1 < n ? 2 : 1; // the step into sigma = 0 is Euler's
-        const StepRecord& record = result.records[static_cast<std::size_t>(i)];
-        CHECK(record.model == (i < 4 ? 0u : 1u));
-        CHECK(record.evaluations == evaluations * per_evaluation);
-        for (int e = 0; e < evaluations; ++e)
-          for (int g = 0; g < per_evaluation; ++g, ++k) {
-            REQUIRE(k < log.size());
-            INFO("step " << i << ", evaluation " << e);
-            CHECK(log[k].model == expected);
-            CHECK(log[k].step == i);
-            CHECK(log[k].evaluation == e);
-            CHECK(log[k].timestep ==
-                  (e == 0 ? trajectory[i].timestep : midpoints[static_cast<std::size_t>(i)]));
-          }
-      }
-      CHECK(k == log.size());
-    }
+  auto run = [&](auto& stitcher, const auto& solver) {
+    check_stitched_evaluations(stitcher, schedule, solver, n, log, [&](int i, int e) {
+      return e == 0 ? trajectory[i].timestep : midpoints[static_cast<std::size_t>(i)];
+    });
   };
   SECTION("StepFraction") { run(by_fraction, KDPM2{}); }
   SECTION("TimestepThreshold") { run(by_threshold, KDPM2{}); }
@@ -610,36 +434,14 @@ TEST_CASE("Stitched KDPM2: both evaluations of a step are served by the same mod
 
 // ---- resources and errors -----------------------------------------------------------------------
 
-namespace {
-
-template <class SolverT> int allocations_after_begin(SolverT solver, const Trajectory& trajectory) {
-  int count = 0;
-  CountingBackend backend{{}, &count};
-  solver.begin(backend, trajectory, 2, curved_shape);
-  const int at_begin = count;
-  Tensor x(2, curved_shape), x0(2, curved_shape), eps(2, curved_shape);
-  fill_initial_noise(x, 1);
-  fill_initial_noise(eps, 2);
-  for (int i = 0; i < trajectory.steps(); ++i) {
-    SolverStep step{i, 0, &trajectory, NoiseKey{1, 0, static_cast<std::uint32_t>(i), 1}};
-    for (int e = 0; e < evaluations_of(solver, i); ++e) {
-      step.evaluation = e;
-      solver.update(backend, step, ModelOutput{x0, eps, eps, Prediction::epsilon}, x);
-    }
-  }
-  solver.begin(backend, trajectory, 2, curved_shape); // a second run of the same shape reuses it
-  return count - at_begin;
-}
-
-} // namespace
-
 TEST_CASE("KDPM2 and KDPM2 ancestral allocate their workspace in begin() only", "[solver][kdpm2]") {
   Trajectory trajectory = cosine.trajectory(6);
   trajectory.point_at = [](double t) { return cosine.point(t); };
   trajectory.timestep_at = [](double s) { return cosine.timestep_at(s); };
-  CHECK(allocations_after_begin(KDPM2{}, trajectory) == 0);
-  CHECK(allocations_after_begin(KDPM2Ancestral{}, trajectory) == 0);
-  CHECK(allocations_after_begin(KDPM2Ancestral{KDPM2AncestralOptions{0.0}}, trajectory) == 0);
+  CHECK(allocations_after_begin(KDPM2{}, trajectory, curved_shape) == 0);
+  CHECK(allocations_after_begin(KDPM2Ancestral{}, trajectory, curved_shape) == 0);
+  CHECK(allocations_after_begin(KDPM2Ancestral{KDPM2AncestralOptions{0.0}}, trajectory,
+                                curved_shape) == 0);
   int count = 0;
   CountingBackend backend{{}, &count};
   KDPM2Ancestral ancestral;

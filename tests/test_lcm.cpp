@@ -14,6 +14,7 @@
 #include "tstitch/solver/lcm.hpp"
 
 #include "support/diffusers_harness.hpp"
+#include "support/solver_checks.hpp"
 #include "support/tensor_checks.hpp"
 
 using namespace tstitch;
@@ -173,14 +174,7 @@ TEST_CASE("Multistep LCM is reproducible per seed; one step draws no noise", "[l
   }
   analytic::ExactDenoiser model(shape, data, Prediction::epsilon);
   auto run = [&](int steps, std::uint64_t seed) {
-    Tensor x(2, shape);
-    fill_initial_noise(x, 3);
-    SampleOptions options;
-    options.steps = steps;
-    options.seed = seed;
-    LCM lcm;
-    sample(model, LCMSchedule{}, lcm, x, analytic::Labels{}, options);
-    return x;
+    return seeded_sample(model, LCMSchedule{}, LCM{}, steps, seed, 3);
   };
   CHECK(bit_identical(run(4, 1), run(4, 1)));
   CHECK_FALSE(bit_identical(run(4, 1), run(4, 2)));
@@ -188,19 +182,11 @@ TEST_CASE("Multistep LCM is reproducible per seed; one step draws no noise", "[l
 }
 
 TEST_CASE("LCM allocates its workspace in begin() only", "[lcm]") {
-  int count = 0;
-  CountingBackend backend{{}, &count};
   const Trajectory trajectory = LCMSchedule{}.trajectory(4);
-  for (LCM lcm : {LCM{}, LCM{LCMOptions{10.0, 0.5, 1.0f}}}) {
-    lcm.begin(backend, trajectory, 2, shape);
-    const int at_begin = count;
+  for (const LCM& lcm : {LCM{}, LCM{LCMOptions{10.0, 0.5, 1.0f}}}) {
     Tensor x(2, shape), x0(2, shape);
-    for (int i = 0; i < trajectory.steps(); ++i)
-      lcm.update(backend,
-                 SolverStep{i, 0, &trajectory, NoiseKey{1, 0, static_cast<std::uint32_t>(i), 1}},
-                 ModelOutput{x0, x0, x0, Prediction::sample}, x);
-    lcm.begin(backend, trajectory, 2, shape);
-    CHECK(count == at_begin);
+    CHECK(allocations_after_begin(lcm, trajectory, x,
+                                  ModelOutput{x0, x0, x0, Prediction::sample}) == 0);
   }
 }
 

@@ -5,7 +5,6 @@
 // mid-trajectory start, history policy at a model switch, option validation and allocation.
 #include <catch2/catch.hpp>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <iomanip>
@@ -19,6 +18,8 @@
 
 #include "support/diffusers_harness.hpp"
 #include "support/gaussian_problems.hpp"
+#include "support/k_diffusion_harness.hpp"
+#include "support/solver_checks.hpp"
 #include "support/tensor_checks.hpp"
 
 using namespace tstitch;
@@ -28,121 +29,10 @@ static_assert(Solver<LMS>);
 
 namespace {
 
-/// The schedule options of test_scheduler_lms.py: N = 1100, linear betas 1e-4 .. 0.02,
-/// linspace spacing with float32 timesteps (LMS keeps them unrounded, as Euler does).
-DiscreteScheduleOptions lms_config() {
-  DiscreteScheduleOptions o;
-  o.num_train_timesteps = 1100;
-  o.spacing = TimestepSpacing::linspace;
-  o.round_timesteps = false;
-  return o;
-}
-
-/// torch.linspace(start, end, n, dtype=float32) as torch's CPU kernel evaluates it (first half
-/// counted up from start, second half down from end), for the training betas exactly as diffusers
-/// builds them: the with_noise oracle (tolerance 0.01 on 27663.69) needs the exact table.
-std::vector<double> torch_linspace_f32(double start, double end, int n) {
-  const auto a = static_cast<float>(start), b = static_cast<float>(end);
-  const float step = (b - a) / static_cast<float>(n - 1);
-  std::vector<double> out(static_cast<std::size_t>(n));
-  for (int i = 0; i < n; ++i)
-    out[static_cast<std::size_t>(i)] =
-        i < n / 2 ? a + step * static_cast<float>(i) : b - step * static_cast<float>(n - 1 - i);
-  return out;
-}
-
-DiscreteSchedule lms_schedule(const DiscreteScheduleOptions& options) {
-  return DiscreteSchedule::from_betas(
-      torch_linspace_f32(options.beta_start, options.beta_end, options.num_train_timesteps),
-      options);
-}
-
-/// diffusers' LMS works on y = x / alpha with sigma = sigma / alpha: in tstitch the trajectory of
-/// points (t, alpha = 1, sigma = VE sigma), sigmas stored as float32 as in `self.sigmas`.
-Trajectory ve_trajectory(const Trajectory& vp) {
-  Trajectory ve{{}, vp.num_train_timesteps};
-  for (const TimePoint& p : vp.points)
-    ve.points.push_back(TimePoint{static_cast<double>(static_cast<float>(p.timestep)), 1.0,
-                                  static_cast<double>(static_cast<float>(p.ve_sigma()))});
-  return ve;
-}
-
-/// x0 and the derivative (x - x0) / sigma exactly as diffusers' LMS step() computes them, in
-/// float32.
-void diffusers_outputs(Prediction prediction, double ve_sigma, const Tensor& x, const Tensor& m,
-                       Tensor& x0, Tensor& eps) {
-  const auto s = static_cast<float>(ve_sigma);
-  for (std::int64_t i = 0; i < x.numel(); ++i) {
-    if (prediction == Prediction::epsilon) {
-      x0[i] = x[i] - s * m[i];
-    } else {
-      const float root = std::sqrt(s * s + 1.0f);
-      x0[i] = m[i] * (-s / root) + x[i] / (s * s + 1.0f);
-    }
-    eps[i] = (x[i] - x0[i]) / s;
-  }
-}
-
-/// diffusers' k-diffusion loop pattern: x = sample * init_noise_sigma (the largest sigma, for
-/// linspace spacing); with_noise: x += noise * sigma[first]; then for each step
-/// x = scale_model_input(x) (stored back), x = step(model(x, t), t, x).
-Tensor lms_loop(LMS solver, const Trajectory& vp, Prediction prediction, int first_step = 0) {
-  const Trajectory ve = ve_trajectory(vp);
-  HostBackend backend;
-  Tensor x = harness_tensor(false);
-  double max_sigma = 0;
-  for (const TimePoint& p : ve.points)
-    max_sigma = std::max(max_sigma, p.sigma);
-  backend.combine(x, Term{static_cast<float>(max_sigma), ConstView(x)});
-  if (first_step > 0)
-    backend.combine(x, Term{1.0f, ConstView(x)},
-                    Term{static_cast<float>(ve[first_step].sigma), harness_tensor(true)});
-  solver.begin(backend, ve, x.batch(), harness_shape);
-  Tensor m(4, harness_shape), x0(4, harness_shape), eps(4, harness_shape);
-  for (int i = first_step; i < ve.steps(); ++i) {
-    const TimePoint& p = ve[i];
-    const auto s = static_cast<float>(p.sigma);
-    const float root = std::sqrt(s * s + 1.0f);
-    backend.map(
-        x, [root](float v) { return v / root; }, ConstView(x));
-    dummy_model(p.timestep, x, m);
-    diffusers_outputs(prediction, p.sigma, x, m, x0, eps);
-    solver.update(backend, SolverStep{i, 0, &ve, NoiseKey{}}, ModelOutput{x0, eps, m, prediction},
-                  x);
-  }
-  return x;
-}
-
-/// The global error at the middle of an n-step run of the multistep recursion
-///   y_{i+1} = y_i + sum_j c_j eps_{i-j},   c = LMS::coefficients(step i, order),
-/// evaluated in double on scalar Gaussian data (mean 0.3, variance 0.05) in k-diffusion
-/// coordinates, where dy/ds = eps = (y - x0) / s with the exact x0 = m + v / (v + s^2) (y - m)
-/// and the exact flow y(s) = m + (y0 - m) sqrt((v + s^2) / (v + s0^2)). The nodes are the VE
-/// sigmas of CosineSchedule (non-uniform in s); the first order - 1 points are exact. This is
-/// the method's order, free of the float32 rounding of the latents (about 3e-7), which hides
-/// orders 3 and 4 before their errors settle into their asymptotic rate.
-double recursion_error(int order, int n) {
-  const Trajectory t = CosineSchedule{}.trajectory(n);
-  const double m = 0.3, v = 0.05, y0 = 2.0, s0 = t[0].ve_sigma();
-  const auto exact = [&](double s) {
-    return m + (y0 - m) * std::sqrt((v + s * s) / (v + s0 * s0));
-  };
-  const auto slope = [&](double y, double s) { return (y - (m + v / (v + s * s) * (y - m))) / s; };
-  std::vector<double> y{y0}, eps;
-  for (int i = 0; i < n / 2; ++i) {
-    eps.push_back(slope(y[static_cast<std::size_t>(i)], t[i].ve_sigma()));
-    if (i + 1 < order) {
-      y.push_back(exact(t[i + 1].ve_sigma()));
-      continue;
-    }
-    const auto c = LMS::coefficients(SolverStep{i, 0, &t, NoiseKey{}}, order);
-    double next = y[static_cast<std::size_t>(i)];
-    for (int j = 0; j < order; ++j)
-      next += c[static_cast<std::size_t>(j)] * eps[static_cast<std::size_t>(i - j)];
-    y.push_back(next);
-  }
-  return std::abs(y.back() - exact(t[n / 2].ve_sigma()));
-}
+/// LMS::coefficients as recursion_error's weights.
+const auto lms_weights = [](const Trajectory& t, int i, int order) {
+  return LMS::coefficients(SolverStep{i, 0, &t, NoiseKey{}}, order);
+};
 
 LMSOptions lms(int order, LMSPartialHistory partial = LMSPartialHistory::diffusers) {
   LMSOptions o;
@@ -156,24 +46,25 @@ LMSOptions lms(int order, LMSPartialHistory partial = LMSPartialHistory::diffuse
 // ---- diffusers parity ---------------------------------------------------------------------------
 
 TEST_CASE("LMS full loops match diffusers' LMSDiscreteSchedulerTest", "[parity][lms]") {
-  DiscreteScheduleOptions config = lms_config();
+  DiscreteScheduleOptions config = k_config();
   SECTION("test_full_loop_no_noise (and test_full_loop_device)") {
-    const Result r =
-        abs_sum(lms_loop(LMS{}, lms_schedule(config).trajectory(10), Prediction::epsilon));
+    const Result r = abs_sum(
+        k_loop(LMS{}, ve_trajectory(torch_schedule(config).trajectory(10)), Prediction::epsilon));
     INFO(std::setprecision(10) << "sum " << r.sum << ", mean " << r.mean);
     CHECK(std::abs(r.sum - 1006.388) < 1e-2);
     CHECK(std::abs(r.mean - 1.31) < 1e-3);
   }
   SECTION("test_full_loop_with_v_prediction") {
-    const Result r = abs_sum(lms_loop(LMS{}, lms_schedule(config).trajectory(10), Prediction::v));
+    const Result r =
+        abs_sum(k_loop(LMS{}, ve_trajectory(torch_schedule(config).trajectory(10)), Prediction::v));
     INFO(std::setprecision(10) << "sum " << r.sum << ", mean " << r.mean);
     CHECK(std::abs(r.sum - 0.0017) < 1e-2);
     CHECK(std::abs(r.mean - 2.2676e-06) < 1e-3);
   }
   SECTION("test_full_loop_device_karras_sigmas") {
     config.sigma_spacing = SigmaSpacing::karras;
-    const Result r =
-        abs_sum(lms_loop(LMS{}, lms_schedule(config).trajectory(10), Prediction::epsilon));
+    const Result r = abs_sum(
+        k_loop(LMS{}, ve_trajectory(torch_schedule(config).trajectory(10)), Prediction::epsilon));
     INFO(std::setprecision(10) << "sum " << r.sum << ", mean " << r.mean);
     CHECK(std::abs(r.sum - 3812.9927) < 2e-2);
     CHECK(std::abs(r.mean - 4.9648) < 1e-3);
@@ -181,8 +72,8 @@ TEST_CASE("LMS full loops match diffusers' LMSDiscreteSchedulerTest", "[parity][
   SECTION("test_full_loop_with_noise (t_start = 8: diffusers' partial history)") {
     // Steps 8 and 9 run at order min(i + 1, 4) = 4 with one, then two stored derivatives.
     LMS solver;
-    const Result r =
-        abs_sum(lms_loop(solver, lms_schedule(config).trajectory(10), Prediction::epsilon, 8));
+    const Result r = abs_sum(k_loop(solver, ve_trajectory(torch_schedule(config).trajectory(10)),
+                                    Prediction::epsilon, 8));
     INFO(std::setprecision(10) << "sum " << r.sum << ", mean " << r.mean);
     CHECK(std::abs(r.sum - 27663.6895) < 1e-2);
     CHECK(std::abs(r.mean - 36.0204) < 1e-3);
@@ -192,9 +83,9 @@ TEST_CASE("LMS full loops match diffusers' LMSDiscreteSchedulerTest", "[parity][
 TEST_CASE("LMS with_noise without diffusers' partial history differs (lower_order restart)",
           "[lms]") {
   // The consistent restart is first, then second order: not diffusers' number.
-  const Trajectory trajectory = lms_schedule(lms_config()).trajectory(10);
-  const Result r = abs_sum(
-      lms_loop(LMS(lms(4, LMSPartialHistory::lower_order)), trajectory, Prediction::epsilon, 8));
+  const Trajectory trajectory = torch_schedule(k_config()).trajectory(10);
+  const Result r = abs_sum(k_loop(LMS(lms(4, LMSPartialHistory::lower_order)),
+                                  ve_trajectory(trajectory), Prediction::epsilon, 8));
   INFO(std::setprecision(10) << "sum " << r.sum);
   CHECK(std::abs(r.sum - 27663.6895) > 1.0);
   CHECK(std::isfinite(r.sum));
@@ -224,7 +115,7 @@ TEST_CASE("LMS coefficients integrate the Lagrange basis exactly", "[lms]") {
     CHECK(c4[3] == Approx(9.0 / 24).margin(1e-14));
   }
   SECTION("non-uniform nodes: weights sum to the step, and integrate s^k exactly") {
-    const Trajectory t = ve_trajectory(lms_schedule(lms_config()).trajectory(10));
+    const Trajectory t = ve_trajectory(torch_schedule(k_config()).trajectory(10));
     for (int i = 3; i < 10; ++i)
       for (int order = 1; order <= 4; ++order) {
         const SolverStep step{i, 0, &t, NoiseKey{}};
@@ -257,8 +148,8 @@ TEST_CASE("LMS coefficients integrate the Lagrange basis exactly", "[lms]") {
 TEST_CASE("LMS converges at its order on analytic Gaussian data", "[lms][order]") {
   SECTION("the recursion in double: order k for k = 1..4") {
     for (int k = 1; k <= 4; ++k) {
-      const double order =
-          measured_order([k](int n) { return recursion_error(k, n); }, {128, 256, 512, 1024});
+      const double order = measured_order([k](int n) { return recursion_error(k, n, lms_weights); },
+                                          {128, 256, 512, 1024});
       INFO("order " << k << ": measured " << order);
       CHECK(order == Approx(k).margin(0.25));
     }
@@ -294,8 +185,8 @@ TEST_CASE("LMS history at a model switch: keep and reset", "[lms][stitch]") {
       struct Probe {
         int order, terms;
       };
-      const auto runs = switch_runs<LMS>(model, stitcher, lms(order, partial), lms_config(),
-                                         options, 5, [](const LMS& s) {
+      const auto runs = switch_runs<LMS>(model, stitcher, lms(order, partial), k_config(), options,
+                                         5, [](const LMS& s) {
                                            return Probe{s.last_order(), s.last_terms()};
                                          });
       CHECK(runs.kept_switches == 1);
@@ -335,18 +226,11 @@ TEST_CASE("LMS options are validated, naming the option and value", "[lms][error
 
 TEST_CASE("LMS allocates in begin() only", "[lms]") {
   LMS solver; // order 4: four derivative slots
-  int allocations = 0;
-  CountingBackend backend{{}, &allocations};
   const Trajectory trajectory = DiscreteSchedule().trajectory(12);
   Tensor x = harness_tensor(false), e = harness_tensor(true);
-  solver.begin(backend, trajectory, 4, harness_shape);
-  CHECK(allocations == 4);
-  for (int run = 0; run < 2; ++run) {
-    solver.begin(backend, trajectory, 4, harness_shape);
-    for (int i = 0; i < 12; ++i)
-      solver.update(backend, SolverStep{i, 0, &trajectory, NoiseKey{}},
-                    ModelOutput{e.view(), e.view(), e.view(), Prediction::epsilon}, x.view());
-  }
-  CHECK(allocations == 4);
+  const Allocations allocations = count_allocations(
+      solver, trajectory, x, ModelOutput{e.view(), e.view(), e.view(), Prediction::epsilon});
+  CHECK(allocations.in_begin == 4);
+  CHECK(allocations.after_begin == 0);
   CHECK(all_finite(x));
 }

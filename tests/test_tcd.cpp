@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// TCD: diffusers parity (TCDSchedulerTest, /tmp/difftests/test_scheduler_tcd.py) with diffusers'
-// harness and tolerances, the TCD timesteps (strength included), the strategic stochastic step,
-// its convergence order at gamma = 0 and its sampled moments at gamma > 0.
+// TCD: diffusers parity (TCDSchedulerTest in diffusers tests/schedulers/test_scheduler_tcd.py) with
+// diffusers' harness and tolerances, the TCD timesteps (strength included), the strategic
+// stochastic step, its convergence order at gamma = 0 and its sampled moments at gamma > 0.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -15,6 +15,7 @@
 
 #include "support/diffusers_harness.hpp"
 #include "support/gaussian_problems.hpp"
+#include "support/solver_checks.hpp"
 #include "support/tensor_checks.hpp"
 
 using namespace tstitch;
@@ -76,38 +77,15 @@ void check_ideal_tcd_moments(const TCDSchedule& schedule, double gamma, int step
                 (xs - s.sigma / t.sigma * xt) / (s.alpha - s.sigma * t.alpha / t.sigma));
           }
       });
-  Tensor x(8, shape2);
-  fill_initial_noise(x, 31);
-  to_marginal(x, data, trajectory[0]);
-  SampleOptions options;
-  options.steps = steps;
-  options.seed = 5;
   TCD solver(TCDOptions{gamma});
-  sample(model, schedule, solver, x, NoCondition{}, options);
+  const Tensor x =
+      sample_from_marginal(model, schedule, solver, data, shape2, steps, NoCondition{});
+  // The run ends at timestep 0 (alpha ~ 0.9996, sigma ~ 0.029): the exact marginal there.
   const TimePoint& end = trajectory[steps];
-  for (int c = 0; c < 2; ++c) {
-    double sum = 0, sum2 = 0, count = 0;
-    for (std::int64_t n = 0; n < x.batch(); ++n)
-      for (std::int64_t p = 0; p < shape2.plane(); ++p) {
-        const double v = x.at(n, c, 0, p);
-        sum += v;
-        sum2 += v * v;
-        count += 1;
-      }
-    // The run ends at timestep 0 (alpha ~ 0.9996, sigma ~ 0.029): the exact marginal there.
-    const double mean = end.alpha * stat_mean[c];
-    const double variance = end.alpha * end.alpha * stat_variance[c] + end.sigma * end.sigma;
-    const double sample_mean = sum / count;
-    const double sample_variance = (sum2 - sum * sum / count) / (count - 1);
-    const double mean_se = std::sqrt(variance / count);
-    const double var_se = variance * std::sqrt(2.0 / (count - 1));
-    INFO("gamma " << gamma << ", channel " << c << ": mean " << sample_mean << " (exact " << mean
-                  << ", SE " << mean_se << "), variance " << sample_variance << " (exact "
-                  << variance << ", SE " << var_se << ")");
-    CHECK(count >= 20000);
-    CHECK(std::abs(sample_mean - mean) < 3 * mean_se);
-    CHECK(std::abs(sample_variance - variance) < 3 * var_se);
-  }
+  INFO("gamma " << gamma);
+  for (int c = 0; c < 2; ++c)
+    check_channel_moments(x, c, end.alpha * stat_mean[c],
+                          end.alpha * end.alpha * stat_variance[c] + end.sigma * end.sigma);
 }
 
 } // namespace
@@ -291,14 +269,7 @@ TEST_CASE("TCD is reproducible per seed; gamma = 0 and one step draw no noise", 
   analytic::DiagonalGaussian data = varied_gaussian(shape, 0.1, 1.0);
   analytic::ExactDenoiser model(shape, data, Prediction::epsilon);
   auto run = [&](int steps, double gamma, std::uint64_t seed) {
-    Tensor x(2, shape);
-    fill_initial_noise(x, 3);
-    SampleOptions options;
-    options.steps = steps;
-    options.seed = seed;
-    TCD tcd(TCDOptions{gamma});
-    sample(model, TCDSchedule{}, tcd, x, analytic::Labels{}, options);
-    return x;
+    return seeded_sample(model, TCDSchedule{}, TCD(TCDOptions{gamma}), steps, seed, 3);
   };
   CHECK(bit_identical(run(4, 0.3, 1), run(4, 0.3, 1)));
   CHECK_FALSE(bit_identical(run(4, 0.3, 1), run(4, 0.3, 2)));
@@ -307,20 +278,12 @@ TEST_CASE("TCD is reproducible per seed; gamma = 0 and one step draw no noise", 
 }
 
 TEST_CASE("TCD allocates its workspace in begin() only", "[tcd]") {
-  int count = 0;
-  CountingBackend backend{{}, &count};
   const TCDSchedule schedule;
   const Trajectory trajectory = with_map(schedule, 4);
-  for (TCD tcd : {TCD{}, TCD{TCDOptions{0.0}}, TCD{TCDOptions{1.0}}}) {
-    tcd.begin(backend, trajectory, 2, shape);
-    const int at_begin = count;
+  for (const TCD& tcd : {TCD{}, TCD{TCDOptions{0.0}}, TCD{TCDOptions{1.0}}}) {
     Tensor x(2, shape), x0(2, shape);
-    for (int i = 0; i < trajectory.steps(); ++i)
-      tcd.update(backend,
-                 SolverStep{i, 0, &trajectory, NoiseKey{1, 0, static_cast<std::uint32_t>(i), 1}},
-                 ModelOutput{x0, x0, x0, Prediction::sample}, x);
-    tcd.begin(backend, trajectory, 2, shape);
-    CHECK(count == at_begin);
+    CHECK(allocations_after_begin(tcd, trajectory, x,
+                                  ModelOutput{x0, x0, x0, Prediction::sample}) == 0);
   }
 }
 
