@@ -199,11 +199,17 @@ inline constexpr double ays_svd_table[11] = {700.00, 54.5,  15.886, 7.977, 4.248
 /// stable-diffusion.cpp's running sum may land one or more float32 ulps away).
 [[nodiscard]] inline std::vector<double> sgm_uniform_timesteps(int num_train_timesteps, int n) {
   require(n >= 1, "num_steps", n, "must be at least 1");
-  std::vector<double> out =
-      spacing::numpy_linspace(static_cast<double>(num_train_timesteps - 1), 0.0, n + 1);
-  out.pop_back();
-  for (double& t : out)
-    t = static_cast<float>(t);
+  // numpy's linspace(N - 1, 0, n + 1) element for element (see spacing::numpy_linspace), the
+  // last (0) dropped, each value rounded to float32 through a volatile: g++ 12 -O3's SLP
+  // vectoriser dropped the rounding of the last two values when this was inlined into
+  // SigmaSchedule::timesteps.
+  const double start = static_cast<double>(num_train_timesteps - 1);
+  const double step = (0.0 - start) / static_cast<double>(n);
+  std::vector<double> out(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    volatile float rounded = static_cast<float>(static_cast<double>(i) * step + start);
+    out[static_cast<std::size_t>(i)] = rounded;
+  }
   return out;
 }
 
