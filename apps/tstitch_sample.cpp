@@ -109,6 +109,10 @@ Sampling load_scheduler_config(const std::string& path, Prediction models_predic
                            models_predict == Prediction::epsilon_learned_sigma) ||
                           (config.prediction == Prediction::epsilon_learned_sigma &&
                            models_predict == Prediction::epsilon);
+  const Trajectory probe = config.schedule.trajectory(2);
+  if (probe[0].ve_sigma() < probe[2].ve_sigma())
+    bad("--scheduler-config = '", path, "': ", config.class_name,
+        " runs towards noise (an inversion); tstitch-sample samples from noise to images");
   if (!compatible || config.edm_sigma_data)
     bad("--scheduler-config = '", path, "': ", config.class_name, " is for models that predict ",
         config.edm_sigma_data ? "through EDM preconditioning" : to_string(config.prediction),
@@ -339,6 +343,9 @@ int run(const Options& o) {
   } catch (const tstitch::invalid_argument&) {
     bad("--solver = '", o.solver, "': must be one of ", solver_name_list());
   }
+  if (std::holds_alternative<CMStochasticIterative>(solver))
+    bad("--solver = 'cm': consistency-model sampling reads the raw output as the consistency "
+        "function; the DiTs predict noise");
   if (o.device != "cpu" && o.device != "cuda")
     bad("--device = '", o.device, "': must be cpu or cuda");
   if (o.device == "cuda" && o.batch_invariant)

@@ -269,6 +269,17 @@ TEST_CASE("Config keys are honoured or refused by name, never ignored silently",
              Contains("trained_betas"));
   CHECK_THAT(error_of(R"({"_class_name": "DDIMScheduler", "beta_end": 2.0})"),
              Contains("beta_end = 2"));
+  CHECK_THAT(error_of(R"({"_class_name": "DDIMScheduler", "steps_offset": 18446744073709551615})"),
+             Contains("steps_offset = 18446744073709551615") && Contains("32 bits"));
+  CHECK_THAT(error_of(R"({"_class_name": "DDIMScheduler", "num_train_timesteps": 2000000000})"),
+             Contains("num_train_timesteps = 2000000000"));
+  CHECK_THAT(error_of(R"({"_class_name": "DDIMScheduler", "steps_offset": 2147483000})"),
+             Contains("steps_offset = 2147483000"));
+  CHECK_THAT(error_of("{\"_class_name\": \"DDIMScheduler\", \"x\": " + std::string(100000, '[') +
+                      std::string(100000, ']') + "}"),
+             Contains("nests deeper than 32 levels"));
+  CHECK_THAT(error_of(R"({"_class_name": "UniPCMultistepScheduler", "use_flow_sigmas": true})"),
+             Contains("use_flow_sigmas = true"));
   CHECK_THAT(error_of("[1, 2]"), Contains("not a JSON object"));
   CHECK_THAT(error_of("{\"_class_name\": "), Contains("not a JSON object"));
   CHECK_THAT(error_of("/nonexistent/scheduler_config.json"), Contains("no such file"));
@@ -303,6 +314,21 @@ TEST_CASE("Configs load into the solver and options diffusers' keys describe", "
   CHECK(ddpm.prediction == Prediction::epsilon_learned_sigma);
   CHECK(std::get<DDPM>(ddpm.solver).options().variance == DDPMVariance::learned_range);
   CHECK(std::get<DDPM>(ddpm.solver).options().clip_sample == 1.0f); // DDPM clips by default
+
+  // Names diffusers remaps, remapped the same way.
+  const DiffusersScheduler deis_named = from_diffusers_config(
+      R"({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "deis",
+          "solver_type": "logrho"})");
+  CHECK(std::get<DPMSolverMultistep>(deis_named.solver).options() == DPMSolverMultistepOptions{});
+  CHECK(std::get<UniPC>(from_diffusers_config(R"({"_class_name": "UniPCMultistepScheduler",
+                                                  "solver_type": "midpoint"})")
+                            .solver)
+            .options()
+            .solver_type == UniPCVariant::bh2);
+  // diffusers' IPNDM reads the model output as v; DDIMInverse's set_alpha_to_zero may be null.
+  CHECK(from_diffusers_config(R"({"_class_name": "IPNDMScheduler"})").prediction == Prediction::v);
+  CHECK_NOTHROW(from_diffusers_config(
+      R"({"_class_name": "DDIMInverseScheduler", "set_alpha_to_zero": null})"));
 
   const DiffusersScheduler unipc = from_diffusers_config(
       R"({"_class_name": "UniPCMultistepScheduler", "solver_type": "bh1",

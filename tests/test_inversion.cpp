@@ -17,6 +17,8 @@
 #include "tstitch/schedule/discrete.hpp"
 #include "tstitch/schedule/inverse.hpp"
 #include "tstitch/solver/ddim.hpp"
+#include "tstitch/solver/ddpm.hpp"
+#include "tstitch/solver/euler_ancestral.hpp"
 #include "tstitch/solver/dpm_solver.hpp"
 #include "tstitch/stitch/policy.hpp"
 #include "tstitch/stitch/stitcher.hpp"
@@ -440,6 +442,12 @@ TEST_CASE("Stochastic solvers refuse a trajectory towards noise, naming the opti
   DDIM stochastic(DDIMOptions{1.0, std::nullopt});
   CHECK_THROWS_WITH(sample(model, schedule, stochastic, x, NoCondition{}, options),
                     Catch::Contains("DDIMOptions::eta = 1") && Catch::Contains("towards noise"));
+  EulerAncestral ancestral;
+  CHECK_THROWS_WITH(sample(model, schedule, ancestral, x, NoCondition{}, options),
+                    Catch::Contains("EulerAncestral = a trajectory towards noise"));
+  DDPM ddpm;
+  CHECK_THROWS_WITH(sample(model, schedule, ddpm, x, NoCondition{}, options),
+                    Catch::Contains("DDPM = a trajectory towards noise"));
   DPMSolverMultistepOptions sde;
   sde.algorithm = DPMSolverAlgorithm::sde_dpmsolver_pp;
   DPMSolverMultistep dpm(sde);

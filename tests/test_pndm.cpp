@@ -397,3 +397,15 @@ TEST_CASE("PNDM options and trajectories are validated, naming option and value"
   CHECK_THROWS_WITH(IPNDMSchedule({1.0, 1.5}), Catch::Contains("trained_betas[1] = 1.5"));
   CHECK_THROWS_WITH(IPNDMSchedule({1.0, 0.5, 0.0}).trajectory(3), Catch::Contains("num_steps = 3"));
 }
+
+TEST_CASE("IPNDM refuses an epsilon model at its pure-noise start, naming the prediction",
+          "[ipndm][errors]") {
+  auto model = harness_model(Prediction::epsilon);
+  Tensor x = harness_tensor(false);
+  SampleOptions options;
+  options.steps = 5;
+  IPNDM solver;
+  CHECK_THROWS_WITH(sample(model, IPNDMSchedule{}, solver, x, NoCondition{}, options),
+                    Catch::Contains("model prediction = epsilon") &&
+                        Catch::Contains("v- or sample-prediction"));
+}

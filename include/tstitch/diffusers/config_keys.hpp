@@ -32,76 +32,25 @@ using json = nlohmann::json;
 
 /// Every constructor argument of diffusers' schedulers (0.31): keys that some class takes. A key
 /// outside this list is a typo or a key of something else, never silently accepted.
-inline constexpr auto known_keys = std::to_array<std::string_view>({"algorithm_type",
-                                                                    "alpha_cum_end",
-                                                                    "alpha_cum_start",
-                                                                    "base_image_seq_len",
-                                                                    "base_shift",
-                                                                    "beta_end",
-                                                                    "beta_schedule",
-                                                                    "beta_start",
-                                                                    "clip_denoised",
-                                                                    "clip_sample",
-                                                                    "clip_sample_range",
-                                                                    "correct_steps",
-                                                                    "corrector_order",
-                                                                    "disable_corrector",
-                                                                    "dynamic_thresholding_ratio",
-                                                                    "eta",
-                                                                    "euler_at_final",
-                                                                    "final_sigmas_type",
-                                                                    "gamma_cum_end",
-                                                                    "gamma_cum_start",
-                                                                    "interpolation_type",
-                                                                    "invert_sigmas",
-                                                                    "lambda_min_clipped",
-                                                                    "lower_order_final",
-                                                                    "mask_token_id",
-                                                                    "masking_schedule",
-                                                                    "max_image_seq_len",
-                                                                    "max_shift",
-                                                                    "noise_sampler_seed",
-                                                                    "num_train_timesteps",
-                                                                    "num_vec_classes",
-                                                                    "original_inference_steps",
-                                                                    "predict_x0",
-                                                                    "prediction_type",
-                                                                    "predictor_order",
-                                                                    "rescale_betas_zero_snr",
-                                                                    "rho",
-                                                                    "s",
-                                                                    "s_noise",
-                                                                    "sample_max_value",
-                                                                    "sampling_eps",
-                                                                    "scaler",
-                                                                    "set_alpha_to_one",
-                                                                    "shift",
-                                                                    "shift_terminal",
-                                                                    "sigma_data",
-                                                                    "sigma_max",
-                                                                    "sigma_min",
-                                                                    "sigma_schedule",
-                                                                    "skip_prk_steps",
-                                                                    "snr",
-                                                                    "snr_shift_scale",
-                                                                    "solver_order",
-                                                                    "solver_p",
-                                                                    "solver_type",
-                                                                    "steps_offset",
-                                                                    "stochastic_sampling",
-                                                                    "tau_func",
-                                                                    "thresholding",
-                                                                    "time_shift_type",
-                                                                    "timestep_scaling",
-                                                                    "timestep_spacing",
-                                                                    "timestep_type",
-                                                                    "trained_betas",
-                                                                    "use_beta_sigmas",
-                                                                    "use_dynamic_shifting",
-                                                                    "use_exponential_sigmas",
-                                                                    "use_karras_sigmas",
-                                                                    "use_lu_lambdas",
-                                                                    "variance_type"});
+// clang-format off
+inline constexpr auto known_keys = std::to_array<std::string_view>({
+    "algorithm_type", "alpha_cum_end", "alpha_cum_start", "base_image_seq_len", "base_shift",
+    "beta_end", "beta_schedule", "beta_start", "clip_denoised", "clip_sample", "clip_sample_range",
+    "correct_steps", "corrector_order", "disable_corrector", "dynamic_thresholding_ratio", "eta",
+    "euler_at_final", "final_sigmas_type", "flow_shift", "gamma_cum_end", "gamma_cum_start",
+    "interpolation_type", "invert_sigmas", "lambda_min_clipped", "lower_order_final",
+    "mask_token_id", "masking_schedule", "max_image_seq_len", "max_shift", "noise_sampler_seed",
+    "num_train_timesteps", "num_vec_classes", "original_inference_steps", "predict_x0",
+    "prediction_type", "predictor_order", "rescale_betas_zero_snr", "rho", "s", "s_noise",
+    "sample_max_value", "sampling_eps", "scaler", "set_alpha_to_one", "set_alpha_to_zero", "shift",
+    "shift_terminal", "sigma_data", "sigma_max", "sigma_min", "sigma_schedule", "skip_prk_steps",
+    "snr", "snr_shift_scale", "solver_order", "solver_p", "solver_type", "steps_offset",
+    "stochastic_sampling", "tau_func", "thresholding", "time_shift_type", "timestep_scaling",
+    "timestep_spacing", "timestep_type", "trained_betas", "use_beta_sigmas",
+    "use_dynamic_shifting", "use_exponential_sigmas", "use_flow_sigmas", "use_karras_sigmas",
+    "use_lu_lambdas", "variance_type",
+});
+// clang-format on
 
 /// Python's json module writes non-finite floats as the bare tokens NaN, Infinity and -Infinity
 /// (DPM-Solver's lambda_min_clipped = -inf is saved so), which strict JSON rejects. Outside
@@ -110,6 +59,7 @@ inline constexpr auto known_keys = std::to_array<std::string_view>({"algorithm_t
   std::string out;
   out.reserve(text.size() + 16);
   bool in_string = false;
+  int depth = 0;
   for (std::size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
     if (in_string) {
@@ -124,6 +74,17 @@ inline constexpr auto known_keys = std::to_array<std::string_view>({"algorithm_t
       in_string = true;
       out += c;
       continue;
+    }
+    // A scheduler config nests two levels at most; a deeply nested hostile file is refused here,
+    // before any recursive code (a JSON library's destructor, say) could run out of stack.
+    constexpr int max_depth = 32;
+    if (c == '[' || c == '{') {
+      if (++depth > max_depth)
+        throw_invalid_argument("scheduler config", "(not shown)",
+                               detail::concat("nests deeper than ", max_depth,
+                                              " levels; a scheduler config is a flat object"));
+    } else if (c == ']' || c == '}') {
+      --depth;
     }
     bool replaced = false;
     for (auto [token, as] : {std::pair{"-Infinity", "\"-inf\""}, std::pair{"Infinity", "\"inf\""},
@@ -169,8 +130,11 @@ inline constexpr auto known_keys = std::to_array<std::string_view>({"algorithm_t
   if (!fs::is_regular_file(path, ec))
     throw_invalid_argument("scheduler config", path.string(), "is not a regular file");
   const auto size = fs::file_size(path, ec);
+  if (ec)
+    throw runtime_error(detail::concat("tstitch: cannot read scheduler config ", path.string(),
+                                       ": ", ec.message()));
   constexpr std::uintmax_t limit = 1u << 20;
-  if (ec || size > limit)
+  if (size > limit)
     throw_invalid_argument(
         "scheduler config", path.string(),
         detail::concat("is ", size, " bytes; a scheduler config is at most ", limit));
@@ -187,7 +151,7 @@ class ConfigKeys {
 public:
   explicit ConfigKeys(std::string_view path_or_json) {
     const std::string text = quote_python_tokens(config_text(path_or_json));
-    // Depth-limited by construction: nlohmann parses iteratively; values are only read by type.
+    // quote_python_tokens has refused deep nesting; values are only read by type.
     json parsed = json::parse(text, nullptr, false);
     if (parsed.is_discarded() || !parsed.is_object())
       throw_invalid_argument("scheduler config", "(not shown)",
@@ -237,6 +201,8 @@ public:
     const json* v = take(key);
     if (v == nullptr)
       return fallback;
+    if (v->is_number_unsigned() && v->get<unsigned long long>() > std::numeric_limits<int>::max())
+      throw_invalid_argument(key, shown(*v), "must be an integer that fits in 32 bits");
     if (v->is_number_integer()) {
       const auto i = v->get<long long>();
       if (i >= std::numeric_limits<int>::min() && i <= std::numeric_limits<int>::max())

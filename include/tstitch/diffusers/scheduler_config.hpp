@@ -49,6 +49,9 @@ enum class ZeroSnrKey {
   fp16    ///< Euler, Euler ancestral, DPM-Solver multistep, UniPC: alphas_cumprod[-1] = 2^-24
 };
 
+/// The largest num_train_timesteps a config may ask for.
+inline constexpr int max_train_timesteps = 100000;
+
 /// The training-schedule defaults of a diffusers class (its constructor's).
 struct ClassDefaults {
   double beta_start = 0.0001;
@@ -69,6 +72,11 @@ struct DiscreteReader {
   DiscreteScheduleOptions options(bool has_spacing = true) const {
     DiscreteScheduleOptions o;
     o.num_train_timesteps = keys.integer("num_train_timesteps", 1000);
+    // Released models train on 1000 steps (a few on 4000); a hostile file must not make the
+    // schedule allocate gigabytes of tables.
+    require(o.num_train_timesteps >= 1 && o.num_train_timesteps <= max_train_timesteps,
+            "num_train_timesteps", o.num_train_timesteps,
+            detail::concat("must be in [1, ", max_train_timesteps, "]"));
     o.beta_start = keys.number("beta_start", defaults.beta_start);
     o.beta_end = keys.number("beta_end", defaults.beta_end);
     const std::string beta = keys.choice(
@@ -118,6 +126,11 @@ inline Prediction read_prediction(ConfigKeys& keys) {
 /// use_karras_sigmas / use_exponential_sigmas / use_beta_sigmas (/ use_lu_lambdas where the
 /// class has it): at most one may be set.
 inline void read_sigma_spacing(ConfigKeys& keys, DiscreteScheduleOptions& o, bool has_lu = false) {
+  // Newer diffusers (after 0.31) give DPM-Solver and UniPC flow-matching sigmas; tstitch's
+  // FlowMatchSchedule is the way to those, not a discrete config.
+  keys.only("use_flow_sigmas", false,
+            "is not read from a discrete config; use FlowMatchSchedule with the solver");
+  (void)keys.number("flow_shift", 1.0); // only used with use_flow_sigmas
   const bool karras = keys.boolean("use_karras_sigmas", false);
   const bool exponential = keys.boolean("use_exponential_sigmas", false);
   const bool lu = has_lu && keys.boolean("use_lu_lambdas", false);
@@ -133,6 +146,15 @@ inline void read_sigma_spacing(ConfigKeys& keys, DiscreteScheduleOptions& o, boo
     o.sigma_spacing = SigmaSpacing::lu_lambdas;
   else if (beta)
     o.sigma_spacing = SigmaSpacing::beta;
+}
+
+/// Beta sigmas are checked against diffusers for Euler only; other classes refuse them until
+/// they are.
+inline void refuse_beta(const DiscreteScheduleOptions& o, std::string_view class_name) {
+  if (o.sigma_spacing == SigmaSpacing::beta)
+    throw_invalid_argument("use_beta_sigmas", "true",
+                           detail::concat("is offered with EulerDiscreteScheduler only; with ",
+                                          class_name, " it is not checked against diffusers yet"));
 }
 
 /// final_sigmas_type: "zero" ends at a clean point, "sigma_min" at the first training sigma.
@@ -228,10 +250,13 @@ inline void read_euler(ConfigKeys& keys, DiffusersScheduler& out) {
       o.sigma_spacing == SigmaSpacing::timesteps) // with a ramp diffusers' log_linear = linear
     o.sigma_interpolation = SigmaInterpolation::log_linear;
   keys.only("timestep_type", "discrete", "tstitch supports discrete timesteps only");
-  if (const auto lo = keys.optional_number("sigma_min"))
-    o.sigma_min = *lo;
-  if (const auto hi = keys.optional_number("sigma_max"))
-    o.sigma_max = *hi;
+  // diffusers uses sigma_min / sigma_max only for the karras, exponential and beta ramps.
+  const auto lo = keys.optional_number("sigma_min");
+  const auto hi = keys.optional_number("sigma_max");
+  if (o.sigma_spacing != SigmaSpacing::timesteps) {
+    o.sigma_min = lo;
+    o.sigma_max = hi;
+  }
   o.final_point = read_final_sigmas(keys);
   out.prediction = read_prediction(keys);
   out.schedule = reader.build(o);
@@ -250,6 +275,7 @@ inline void read_heun(ConfigKeys& keys, DiffusersScheduler& out) {
   DiscreteReader reader{keys,
                         {.beta_start = 0.00085, .beta_end = 0.012, .timestep_spacing = "linspace"}};
   const DiscreteScheduleOptions o = read_k_schedule(keys, reader, true);
+  refuse_beta(o, "HeunDiscreteScheduler");
   HeunOptions h;
   h.clip_sample = read_clip(keys, false);
   out.prediction = read_prediction(keys);
@@ -270,22 +296,29 @@ inline void read_learned_variance(ConfigKeys& keys, DiffusersScheduler& out) {
   out.prediction = Prediction::epsilon_learned_sigma;
 }
 
-/// DPM-Solver++'s own keys (shared by DPMSolverMultistepScheduler and its EDM form).
-inline DPMSolverMultistepOptions read_dpm_options(ConfigKeys& keys) {
+/// DPM-Solver++'s own keys (shared by DPMSolverMultistepScheduler, its inverse and its EDM form,
+/// which offers only the data-prediction algorithms). Names diffusers remaps are remapped the same
+/// way: algorithm_type "deis" to "dpmsolver++", solver_type logrho / bh1 / bh2 to "midpoint".
+inline DPMSolverMultistepOptions read_dpm_options(ConfigKeys& keys, bool edm = false) {
   DPMSolverMultistepOptions d;
   d.solver_order = keys.integer("solver_order", 2);
-  const std::string algorithm =
-      keys.choice("algorithm_type", "dpmsolver++",
-                  std::array<std::string_view, 4>{"dpmsolver++", "sde-dpmsolver++", "dpmsolver",
-                                                  "sde-dpmsolver"});
+  std::string algorithm =
+      edm ? keys.choice("algorithm_type", "dpmsolver++",
+                        std::array<std::string_view, 2>{"dpmsolver++", "sde-dpmsolver++"})
+          : keys.choice("algorithm_type", "dpmsolver++",
+                        std::array<std::string_view, 5>{"dpmsolver++", "sde-dpmsolver++",
+                                                        "dpmsolver", "sde-dpmsolver", "deis"});
+  if (algorithm == "deis")
+    algorithm = "dpmsolver++";
   d.algorithm = algorithm == "dpmsolver++"       ? DPMSolverAlgorithm::dpmsolver_pp
                 : algorithm == "sde-dpmsolver++" ? DPMSolverAlgorithm::sde_dpmsolver_pp
                 : algorithm == "dpmsolver"       ? DPMSolverAlgorithm::dpmsolver
                                                  : DPMSolverAlgorithm::sde_dpmsolver;
   d.solver_type = keys.choice("solver_type", "midpoint",
-                              std::array<std::string_view, 2>{"midpoint", "heun"}) == "midpoint"
-                      ? DPMSolverType::midpoint
-                      : DPMSolverType::heun;
+                              std::array<std::string_view, 5>{"midpoint", "heun", "logrho", "bh1",
+                                                              "bh2"}) == "heun"
+                      ? DPMSolverType::heun
+                      : DPMSolverType::midpoint;
   d.lower_order_final = keys.boolean("lower_order_final", true);
   d.euler_at_final = keys.boolean("euler_at_final", false);
   d.thresholding = read_thresholding(keys);
@@ -305,6 +338,7 @@ inline void read_dpm_solver(ConfigKeys& keys, DiffusersScheduler& out) {
                          .zero_snr = ZeroSnrKey::fp16}};
   DiscreteScheduleOptions o = reader.options();
   read_sigma_spacing(keys, o, true);
+  refuse_beta(o, "DPMSolverMultistepScheduler");
   o.final_point = read_final_sigmas(keys);
   // -inf, diffusers' default, clips nothing; anything else (NaN included) goes to the schedule.
   if (const auto clipped = keys.optional_number("lambda_min_clipped");
@@ -328,11 +362,15 @@ inline void read_unipc(ConfigKeys& keys, DiffusersScheduler& out) {
                          .zero_snr = ZeroSnrKey::fp16}};
   DiscreteScheduleOptions o = reader.options();
   read_sigma_spacing(keys, o);
+  refuse_beta(o, "UniPCMultistepScheduler");
   o.final_point = read_final_sigmas(keys);
   UniPCOptions u;
   u.solver_order = keys.integer("solver_order", 2);
   u.solver_type =
-      keys.choice("solver_type", "bh2", std::array<std::string_view, 2>{"bh1", "bh2"}) == "bh1"
+      // diffusers remaps midpoint / heun / logrho to bh2.
+      keys.choice("solver_type", "bh2",
+                  std::array<std::string_view, 5>{"bh1", "bh2", "midpoint", "heun", "logrho"}) ==
+              "bh1"
           ? UniPCVariant::bh1
           : UniPCVariant::bh2;
   u.lower_order_final = keys.boolean("lower_order_final", true);
@@ -375,6 +413,7 @@ inline void read_kdpm2(ConfigKeys& keys, DiffusersScheduler& out, bool ancestral
   DiscreteReader reader{keys,
                         {.beta_start = 0.00085, .beta_end = 0.012, .timestep_spacing = "linspace"}};
   DiscreteScheduleOptions o = read_k_schedule(keys, reader, true);
+  refuse_beta(o, "KDPM2DiscreteScheduler");
   if (o.sigma_spacing == SigmaSpacing::karras)
     o.round_timesteps = true;
   out.prediction = read_prediction(keys);
@@ -385,6 +424,7 @@ inline void read_kdpm2(ConfigKeys& keys, DiffusersScheduler& out, bool ancestral
 inline void read_lms(ConfigKeys& keys, DiffusersScheduler& out) {
   DiscreteReader reader{keys, {.timestep_spacing = "linspace"}};
   const DiscreteScheduleOptions o = read_k_schedule(keys, reader, true);
+  refuse_beta(o, "LMSDiscreteScheduler");
   out.prediction = read_prediction(keys);
   out.schedule = reader.build(o);
   out.solver = LMS{};
@@ -394,6 +434,7 @@ inline void read_deis(ConfigKeys& keys, DiffusersScheduler& out) {
   DiscreteReader reader{keys, {.timestep_spacing = "linspace", .family = SpacingFamily::multistep}};
   DiscreteScheduleOptions o = reader.options();
   read_sigma_spacing(keys, o);
+  refuse_beta(o, "DEISMultistepScheduler");
   require(o.sigma_spacing != SigmaSpacing::exponential, "use_exponential_sigmas", true,
           "is not offered with DEIS (diffusers 0.31 cannot run it either)");
   o.final_point = FinalPoint::first_train_step; // DEIS always ends on the first training sigma
@@ -431,7 +472,7 @@ inline void read_pndm(ConfigKeys& keys, DiffusersScheduler& out) {
 inline void read_ipndm(ConfigKeys& keys, DiffusersScheduler& out) {
   (void)keys.integer("num_train_timesteps", 1000); // diffusers' sampling does not use it either
   const std::vector<double> sigmas = keys.numbers("trained_betas");
-  out.prediction = Prediction::epsilon;
+  out.prediction = Prediction::v; // diffusers' IPNDM reads the output as v: e = sigma x + alpha m
   out.schedule = sigmas.empty() ? IPNDMSchedule{} : IPNDMSchedule(sigmas);
   out.solver = IPNDM{};
 }
@@ -503,7 +544,7 @@ inline void read_edm(ConfigKeys& keys, DiffusersScheduler& out, bool dpm) {
                       ? EDMFinalSigma::zero
                       : EDMFinalSigma::sigma_min;
   out.schedule = EDMSchedule(o);
-  out.solver = DPMSolverMultistep(read_dpm_options(keys));
+  out.solver = DPMSolverMultistep(read_dpm_options(keys, true));
 }
 
 /// DPMSolverSinglestepScheduler: always the multistep linspace spacing (the class has no
@@ -514,6 +555,7 @@ inline void read_dpm_singlestep(ConfigKeys& keys, DiffusersScheduler& out) {
   DiscreteScheduleOptions o = reader.options(false);
   o.spacing = TimestepSpacing::linspace_multistep;
   read_sigma_spacing(keys, o);
+  refuse_beta(o, "DPMSolverSinglestepScheduler");
   o.final_point = read_final_sigmas(keys);
   if (const auto clipped = keys.optional_number("lambda_min_clipped");
       clipped && !(std::isinf(*clipped) && *clipped < 0))
@@ -544,8 +586,7 @@ inline void read_ddim_inverse(ConfigKeys& keys, DiffusersScheduler& out) {
   DiscreteReader reader{keys, {.zero_snr = ZeroSnrKey::zero}};
   DiscreteScheduleOptions o = reader.options();
   bool to_one = keys.boolean("set_alpha_to_one", true);
-  if (keys.has("set_alpha_to_zero"))
-    to_one = keys.boolean("set_alpha_to_zero", true);
+  to_one = keys.boolean("set_alpha_to_zero", to_one);
   o.final_point = to_one ? FinalPoint::clean : FinalPoint::first_train_step;
   DDIMOptions d;
   d.clip_sample = read_clip(keys, true);
@@ -560,6 +601,7 @@ inline void read_dpm_solver_inverse(ConfigKeys& keys, DiffusersScheduler& out) {
   DiscreteReader reader{keys, {.timestep_spacing = "linspace", .family = SpacingFamily::multistep}};
   DiscreteScheduleOptions o = reader.options();
   read_sigma_spacing(keys, o, false);
+  refuse_beta(o, "DPMSolverMultistepInverseScheduler");
   if (const auto clipped = keys.optional_number("lambda_min_clipped");
       clipped && !(std::isinf(*clipped) && *clipped < 0))
     o.lambda_min_clipped = *clipped;

@@ -499,6 +499,10 @@ private:
     }
     require(options_.steps_offset >= 0, "steps_offset", options_.steps_offset,
             "must be non-negative");
+    // Also keeps the spacing arithmetic (offset + (n - 1) * ratio) far from int overflow.
+    require(
+        options_.steps_offset < options_.num_train_timesteps, "steps_offset", options_.steps_offset,
+        detail::concat("must be below num_train_timesteps (", options_.num_train_timesteps, ")"));
     require(options_.karras_rho > 0 && std::isfinite(options_.karras_rho), "karras_rho",
             options_.karras_rho, "must be positive and finite");
     if (options_.lambda_min_clipped)

@@ -219,6 +219,7 @@ public:
 
   template <class Backend>
   void begin(Backend& backend, const Trajectory& trajectory, std::int64_t batch, Shape shape) {
+    require_towards_data(trajectory, "CMStochasticIterative");
     require(trajectory.steps() >= 1 && trajectory[0].alpha > 0, "trajectory[0].alpha",
             trajectory.steps() >= 1 ? trajectory[0].alpha : 0.0,
             "must be > 0: the consistency step works on y = x / alpha");

@@ -3,8 +3,10 @@
 
 #include <concepts>
 #include <cstdint>
+#include <string_view>
 #include <type_traits>
 
+#include "tstitch/core/error.hpp"
 #include "tstitch/core/host_backend.hpp"
 #include "tstitch/core/philox.hpp"
 #include "tstitch/core/prediction.hpp"
@@ -77,6 +79,19 @@ void ensure_workspace(Backend& backend, AnyTensor& t, std::int64_t batch, Shape 
   using Held = std::remove_cvref_t<decltype(backend.allocate(batch, shape))>;
   if (!t.holds<Held>() || t.batch() != batch || t.shape() != shape)
     t = backend.allocate(batch, shape);
+}
+
+/// For solvers that only step towards the data (the stochastic ones, whose noise split needs the
+/// noise level to fall): refuses a trajectory whose VE sigma grows at some step (an inversion),
+/// naming the solver. Allocates nothing unless it throws.
+inline void require_towards_data(const Trajectory& trajectory, std::string_view solver) {
+  for (int i = 0; i < trajectory.steps(); ++i)
+    if (trajectory[i + 1].ve_sigma() > trajectory[i].ve_sigma())
+      throw_invalid_argument(solver, "a trajectory towards noise (an inversion)",
+                             detail::concat("steps only towards the data; step ", i,
+                                            " raises sigma / alpha from ", trajectory[i].ve_sigma(),
+                                            " to ", trajectory[i + 1].ve_sigma(),
+                                            " (DDIM with eta = 0 and the ODE DPM-Solvers invert)"));
 }
 
 /// The number of model evaluations a solver needs at step i.

@@ -48,7 +48,8 @@ public:
   [[nodiscard]] const DDPMOptions& options() const { return options_; }
 
   template <class Backend>
-  void begin(Backend& backend, const Trajectory&, std::int64_t batch, Shape shape) {
+  void begin(Backend& backend, const Trajectory& trajectory, std::int64_t batch, Shape shape) {
+    require_towards_data(trajectory, "DDPM");
     ensure_workspace(backend, noise_, batch, shape);
     if (options_.thresholding) {
       ensure_workspace(backend, x0_, batch, shape);

@@ -105,10 +105,12 @@ public:
                 "cannot run a trajectory towards noise (an inversion); use an ODE algorithm");
     if (options_.algorithm == DPMSolverAlgorithm::sde_dpmsolver)
       for (int i = 0; i <= trajectory.steps(); ++i)
-        require(trajectory[i].alpha > 0, "DPMSolverMultistepOptions::algorithm", "sde_dpmsolver",
-                detail::concat("steps from pure noise (alpha = 0 at trajectory point ", i,
-                               "), where the noise-prediction SDE is singular; use "
-                               "sde_dpmsolver_pp"));
+        if (!(trajectory[i].alpha > 0))
+          throw_invalid_argument(
+              "DPMSolverMultistepOptions::algorithm", "sde_dpmsolver",
+              detail::concat("steps from pure noise (alpha = 0 at trajectory point ", i,
+                             "), where the noise-prediction SDE is singular; use "
+                             "sde_dpmsolver_pp"));
     history_.reserve(backend, options_.solver_order, batch, shape);
     if (options_.thresholding)
       thresholder_.reserve(shape.numel());

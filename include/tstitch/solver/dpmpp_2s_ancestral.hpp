@@ -65,6 +65,7 @@ public:
 
   template <class Backend>
   void begin(Backend& backend, const Trajectory& trajectory, std::int64_t batch, Shape shape) {
+    require_towards_data(trajectory, "DPMPP2SAncestral");
     const int n = trajectory.steps();
     evaluations_.assign(static_cast<std::size_t>(std::max(n, 0)), 1);
     bool any_second = false, any_noise = false;
@@ -170,9 +171,14 @@ private:
     return split;
   }
 
-  /// The schedule's point at VE sigma `ve_sigma`.
+  /// The schedule's point at VE sigma `ve_sigma`: its model time and signal scale, with sigma
+  /// pinned to alpha * ve_sigma so the latents and the model's x0 conversion agree exactly (the
+  /// point at that time may sit slightly off ve_sigma: point() and timestep_at() interpolate
+  /// differently between training timesteps), as KDPM2 does.
   [[nodiscard]] static TimePoint trajectory_point(const Trajectory& trajectory, double ve_sigma) {
-    return trajectory.point_at(trajectory.timestep_at(ve_sigma));
+    const double time = trajectory.timestep_at(ve_sigma);
+    const double alpha = trajectory.point_at(time).alpha;
+    return TimePoint{time, alpha, alpha * ve_sigma};
   }
 
   DPMPP2SAncestralOptions options_;

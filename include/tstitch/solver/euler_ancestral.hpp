@@ -41,7 +41,8 @@ public:
   [[nodiscard]] const EulerAncestralOptions& options() const { return options_; }
 
   template <class Backend>
-  void begin(Backend& backend, const Trajectory&, std::int64_t batch, Shape shape) {
+  void begin(Backend& backend, const Trajectory& trajectory, std::int64_t batch, Shape shape) {
+    require_towards_data(trajectory, "EulerAncestral");
     if (options_.eta > 0)
       ensure_workspace(backend, noise_, batch, shape);
   }

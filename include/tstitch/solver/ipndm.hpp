@@ -139,6 +139,13 @@ public:
 
   template <class Backend>
   void update(Backend& backend, const SolverStep& step, const ModelOutput& out, View x) {
+    // At pure noise (alpha = 0) only a v or x0 model gives a usable eps; an epsilon model's x0
+    // there would be divided by alpha.
+    if (step.from().alpha == 0 && (out.prediction == Prediction::epsilon ||
+                                   out.prediction == Prediction::epsilon_learned_sigma))
+      throw_invalid_argument("model prediction", to_string(out.prediction),
+                             "IPNDM starts at pure noise (alpha = 0), where it needs a v- or "
+                             "sample-prediction model (diffusers' IPNDM reads the output as v)");
     backend.copy(history_.incoming(), out.eps);
     history_.push(step.from());
     const int k = history_.size();

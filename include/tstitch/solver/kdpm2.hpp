@@ -238,6 +238,7 @@ public:
 
   template <class Backend>
   void begin(Backend& backend, const Trajectory& trajectory, std::int64_t batch, Shape shape) {
+    require_towards_data(trajectory, "KDPM2Ancestral");
     steps_.begin(backend, trajectory, batch, shape, "KDPM2Ancestral");
   }
   /// 2, or 1 for a step into sigma = 0, from alpha = 0 or with s_down = 0 (eta > 1).

@@ -129,6 +129,7 @@ public:
 
   template <class Backend>
   void begin(Backend& backend, const Trajectory& trajectory, std::int64_t batch, Shape shape) {
+    require_towards_data(trajectory, "LCM");
     if (trajectory.steps() > 1)
       ensure_workspace(backend, noise_, batch, shape);
   }

@@ -86,16 +86,19 @@ public:
 
   template <class Backend>
   void begin(Backend& backend, const Trajectory& trajectory, std::int64_t batch, Shape shape) {
+    // Messages are built only on failure: begin() runs every run and allocates nothing else.
     for (int i = 0; i < trajectory.steps(); ++i)
-      require(trajectory[i].alpha > 0, "trajectory alpha", trajectory[i].alpha,
-              detail::concat("must be > 0 at every point but the last for PNDM (point ", i,
-                             "): DDIM's transfer divides by it"));
+      if (!(trajectory[i].alpha > 0))
+        throw_invalid_argument("trajectory alpha", trajectory[i].alpha,
+                               detail::concat("must be > 0 at every point but the last for PNDM "
+                                              "(point ",
+                                              i, "): DDIM's transfer divides by it"));
     ratio_ = std::floor(trajectory.num_train_timesteps / trajectory.steps());
     half_ = std::floor(ratio_ / 2);
     const bool diffusers = options_.timesteps == PNDMTimesteps::diffusers;
-    if (diffusers)
-      require(
-          ratio_ >= (options_.skip_prk_steps ? 1 : 2), "PNDMOptions::timesteps", "diffusers",
+    if (diffusers && !(ratio_ >= (options_.skip_prk_steps ? 1 : 2)))
+      throw_invalid_argument(
+          "PNDMOptions::timesteps", "diffusers",
           detail::concat("needs num_train_timesteps // steps >= ", options_.skip_prk_steps ? 1 : 2,
                          " (num_train_timesteps ", trajectory.num_train_timesteps, ", steps ",
                          trajectory.steps(), "); use PNDMTimesteps::trajectory for this schedule"));
@@ -105,12 +108,13 @@ public:
               "tstitch::sample, or set the map");
     if (diffusers && !options_.skip_prk_steps)
       for (int i = 0; i + 1 < trajectory.steps(); ++i)
-        require(trajectory[i + 1].timestep + half_ < trajectory[i].timestep,
-                "PNDMOptions::timesteps", "diffusers",
-                detail::concat("puts the half point of step ", i,
-                               " at t = ", trajectory[i + 1].timestep + half_,
-                               ", not below the step's start t = ", trajectory[i].timestep,
-                               "; use PNDMTimesteps::trajectory"));
+        if (!(trajectory[i + 1].timestep + half_ < trajectory[i].timestep))
+          throw_invalid_argument(
+              "PNDMOptions::timesteps", "diffusers",
+              detail::concat("puts the half point of step ", i,
+                             " at t = ", trajectory[i + 1].timestep + half_,
+                             ", not below the step's start t = ", trajectory[i].timestep,
+                             "; use PNDMTimesteps::trajectory"));
     history_.reserve(backend, 4, batch, shape);
     v_entry_ = {};
     ensure_workspace(backend, stage_, batch, shape);

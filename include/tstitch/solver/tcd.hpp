@@ -146,6 +146,7 @@ public:
 
   template <class Backend>
   void begin(Backend& backend, const Trajectory& trajectory, std::int64_t batch, Shape shape) {
+    require_towards_data(trajectory, "TCD");
     if (options_.gamma > 0) {
       require(static_cast<bool>(trajectory.point_at), "trajectory.point_at", "empty",
               "TCD with gamma > 0 evaluates the schedule between the points; sample() sets it");
