@@ -125,9 +125,7 @@ void BM_PNDM_PLMS(benchmark::State& s) {
   o.skip_prk_steps = true;
   solver_steps(s, PNDM{o});
 }
-void BM_IPNDM(benchmark::State& s) {
-  solver_steps(s, IPNDM{}, Prediction::epsilon, IPNDMSchedule{});
-}
+void BM_IPNDM(benchmark::State& s) { solver_steps(s, IPNDM{}, Prediction::v, IPNDMSchedule{}); }
 void BM_LMS(benchmark::State& s) { solver_steps(s, LMS{}); }
 void BM_DEIS_2(benchmark::State& s) { solver_steps(s, DEIS{}); }
 void BM_DEIS_3(benchmark::State& s) {
@@ -135,6 +133,13 @@ void BM_DEIS_3(benchmark::State& s) {
   o.solver_order = 3;
   solver_steps(s, DEIS{o});
 }
+void BM_DPMSolverSinglestep_2(benchmark::State& s) { solver_steps(s, DPMSolverSinglestep{}); }
+void BM_DPMSolverSinglestep_3(benchmark::State& s) {
+  DPMSolverSinglestepOptions o;
+  o.solver_order = 3;
+  solver_steps(s, DPMSolverSinglestep{o});
+}
+void BM_DPMPP2SAncestral(benchmark::State& s) { solver_steps(s, DPMPP2SAncestral{}); }
 void BM_KDPM2(benchmark::State& s) { solver_steps(s, KDPM2{}); }
 void BM_KDPM2Ancestral(benchmark::State& s) { solver_steps(s, KDPM2Ancestral{}); }
 void BM_TCD(benchmark::State& s) { solver_steps(s, TCD{}, Prediction::epsilon, TCDSchedule{}); }
@@ -163,6 +168,9 @@ BENCHMARK(BM_IPNDM)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_LMS)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_DEIS_2)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_DEIS_3)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_DPMSolverSinglestep_2)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_DPMSolverSinglestep_3)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_DPMPP2SAncestral)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_KDPM2)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_KDPM2Ancestral)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_TCD)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
