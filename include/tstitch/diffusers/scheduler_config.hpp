@@ -296,6 +296,15 @@ inline void read_learned_variance(ConfigKeys& keys, DiffusersScheduler& out) {
   out.prediction = Prediction::epsilon_learned_sigma;
 }
 
+/// DPM-Solver's solver_type: midpoint or heun; diffusers remaps logrho, bh1 and bh2 to midpoint.
+inline DPMSolverType read_dpm_solver_type(ConfigKeys& keys) {
+  return keys.choice("solver_type", "midpoint",
+                     std::array<std::string_view, 5>{"midpoint", "heun", "logrho", "bh1", "bh2"}) ==
+                 "heun"
+             ? DPMSolverType::heun
+             : DPMSolverType::midpoint;
+}
+
 /// DPM-Solver++'s own keys (shared by DPMSolverMultistepScheduler, its inverse and its EDM form,
 /// which offers only the data-prediction algorithms). Names diffusers remaps are remapped the same
 /// way: algorithm_type "deis" to "dpmsolver++", solver_type logrho / bh1 / bh2 to "midpoint".
@@ -314,11 +323,7 @@ inline DPMSolverMultistepOptions read_dpm_options(ConfigKeys& keys, bool edm = f
                 : algorithm == "sde-dpmsolver++" ? DPMSolverAlgorithm::sde_dpmsolver_pp
                 : algorithm == "dpmsolver"       ? DPMSolverAlgorithm::dpmsolver
                                                  : DPMSolverAlgorithm::sde_dpmsolver;
-  d.solver_type = keys.choice("solver_type", "midpoint",
-                              std::array<std::string_view, 5>{"midpoint", "heun", "logrho", "bh1",
-                                                              "bh2"}) == "heun"
-                      ? DPMSolverType::heun
-                      : DPMSolverType::midpoint;
+  d.solver_type = read_dpm_solver_type(keys);
   d.lower_order_final = keys.boolean("lower_order_final", true);
   d.euler_at_final = keys.boolean("euler_at_final", false);
   d.thresholding = read_thresholding(keys);
@@ -567,11 +572,7 @@ inline void read_dpm_singlestep(ConfigKeys& keys, DiffusersScheduler& out) {
                         "dpmsolver"
                     ? DPMSolverSinglestepAlgorithm::dpmsolver
                     : DPMSolverSinglestepAlgorithm::dpmsolver_pp;
-  d.solver_type = keys.choice("solver_type", "midpoint",
-                              std::array<std::string_view, 5>{"midpoint", "heun", "logrho", "bh1",
-                                                              "bh2"}) == "heun"
-                      ? DPMSolverType::heun
-                      : DPMSolverType::midpoint;
+  d.solver_type = read_dpm_solver_type(keys);
   d.lower_order_final = keys.boolean("lower_order_final", false);
   d.thresholding = read_thresholding(keys);
   out.prediction = read_prediction(keys);
