@@ -11,16 +11,24 @@
 // Every error (bad argument, unreadable or mismatched model, unwritable output) ends the program
 // with exit code 1 and a message naming the argument or file and the offending value.
 #include <algorithm>
+#include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
+#include <new>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <system_error>
+#include <utility>
 #include <variant>
 #include <vector>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "tstitch/io/png.hpp"
@@ -69,6 +77,7 @@ struct Options {
   int columns = 0;
   bool quiet = false;
   bool batch_invariant = false;
+  bool no_mmap = false;
   std::string device = "cpu";
   std::vector<std::string> names;
 };
@@ -148,11 +157,11 @@ std::vector<int> parse_labels(const std::string& text, int num_classes) {
   return labels;
 }
 
-dit::Weights load_weights(const std::string& path, std::size_t index) {
+dit::Weights load_weights(const std::string& path, std::size_t index, io::LoadMode mode) {
   if (!std::filesystem::exists(path))
     bad("model ", index + 1, " '", path, "': no such file");
   try {
-    return dit::Weights::load(path);
+    return dit::Weights::load(path, mode);
   } catch (const std::exception& e) {
     throw tstitch::runtime_error(
         detail::concat("model ", index + 1, " '", path, "' is not a readable DiT: ", e.what()));
@@ -165,12 +174,88 @@ tstitch::runtime_error model_error(const Options& o, std::size_t index, const st
       detail::concat("model ", index + 1, " '", o.models[index], "': ", e.what()));
 }
 
-void check_output_path(const std::string& option, const std::string& path) {
+/// What the run is doing, for an out-of-memory message that names what was being allocated.
+std::string g_stage = "starting";
+
+/// An output file, checked before anything is loaded or sampled: its directory exists and is
+/// writable, it is not a directory, and it is no input (a model or the scheduler config, also
+/// through a symlink or hard link), which writing it would replace.
+void check_output_path(const Options& o, const std::string& option, const std::string& path) {
   if (path.empty())
     return;
-  const std::filesystem::path parent = std::filesystem::absolute(path).parent_path();
+  struct stat out {};
+  const bool exists = ::stat(path.c_str(), &out) == 0; // follows symlinks, as the writers do
+  if (exists && S_ISDIR(out.st_mode))
+    bad(option, " = '", path, "': is a directory");
+  if (exists) {
+    std::vector<std::pair<std::string, std::string>> inputs; // (what, path)
+    for (std::size_t i = 0; i < o.models.size(); ++i)
+      inputs.emplace_back(detail::concat("model ", i + 1), o.models[i]);
+    if (!o.scheduler_config.empty())
+      inputs.emplace_back("--scheduler-config", o.scheduler_config);
+    for (const auto& [what, input] : inputs) {
+      struct stat in {};
+      if (::stat(input.c_str(), &in) == 0 && in.st_dev == out.st_dev && in.st_ino == out.st_ino)
+        bad(option, " = '", path, "': is the same file as ", what, " '", input,
+            "'; writing it would replace the ", what == "--scheduler-config" ? "config" : "model");
+    }
+    if (S_ISCHR(out.st_mode) || S_ISFIFO(out.st_mode))
+      return; // written directly (/dev/null, a pipe): no file is created next to it
+  }
+  // The writers create a temporary next to the file (a symlink's target) and rename it.
+  std::error_code ignored;
+  const std::filesystem::path resolved = std::filesystem::weakly_canonical(path, ignored);
+  const std::filesystem::path parent =
+      (resolved.empty() ? std::filesystem::absolute(path) : resolved).parent_path();
   if (!std::filesystem::is_directory(parent))
     bad(option, " = '", path, "': directory '", parent.string(), "' does not exist");
+  if (::access(parent.c_str(), W_OK | X_OK) != 0)
+    bad(option, " = '", path, "': directory '", parent.string(),
+        "' is not writable: ", std::generic_category().message(errno));
+}
+
+/// --png and --npy naming one file would leave only the second.
+void check_distinct_outputs(const Options& o) {
+  if (o.png.empty() || o.npy.empty())
+    return;
+  std::error_code ignored;
+  const std::filesystem::path png = std::filesystem::weakly_canonical(o.png, ignored);
+  const std::filesystem::path npy = std::filesystem::weakly_canonical(o.npy, ignored);
+  if (o.png == o.npy || (!png.empty() && png == npy))
+    bad("--png = '", o.png, "' and --npy = '", o.npy, "' name the same file");
+}
+
+/// Bytes as "1.5 GiB".
+std::string byte_string(double bytes) {
+  const char* units[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  int unit = 0;
+  for (; bytes >= 1024.0 && unit < 6; ++unit)
+    bytes /= 1024.0;
+  char text[64];
+  std::snprintf(text, sizeof text, unit == 0 ? "%.0f %s" : "%.1f %s", bytes, units[unit]);
+  return text;
+}
+
+/// Refuses a --count whose latents (and labels and PNG grid) cannot fit in this machine's
+/// memory, before anything that large is allocated or sampled.
+void check_memory(const Options& o, const Shape& shape, const std::optional<io::GridSize>& grid) {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page <= 0)
+    return; // unknown: the allocations report themselves
+  // Doubles: exact enough for a bound, and no product can overflow.
+  const double latents = static_cast<double>(o.count) * static_cast<double>(shape.numel()) * 4.0;
+  const double labels = static_cast<double>(o.count) * sizeof(int);
+  // image_grid's pixels, and stb's filtered rows and compressed output of about as many bytes.
+  const double png = grid ? 3.0 * static_cast<double>(grid->width) *
+                                static_cast<double>(grid->height) *
+                                static_cast<double>(shape.channels)
+                          : 0.0;
+  const double need = latents + labels + png, limit = static_cast<double>(pages) * page;
+  if (need > limit)
+    bad("--count = ", o.count, ": the run needs ", byte_string(need), " (latents ", o.count, " x ",
+        shape, " float32: ", byte_string(latents), ", labels ", byte_string(labels),
+        grid ? ", PNG grid " + byte_string(png) : std::string(), "), more than this machine's ",
+        byte_string(limit), " of memory");
 }
 
 /// The batch loop of both devices: each batch's x_T (Philox noise of its images), its options and
@@ -190,6 +275,8 @@ void sample_batches(const Options& o, const Stitcher& stitcher, const std::vecto
   // A batch larger than the count is the whole count (and --batch INT_MAX cannot overflow).
   const int batch = std::min(o.batch, o.count);
   const int batches = (o.count - 1) / batch + 1;
+  g_stage = detail::concat("sampling batches of ", batch,
+                           " images (a smaller --batch needs less memory)");
   const auto started = std::chrono::steady_clock::now();
   long long done_steps = 0;
   for (int b = 0; b < batches; ++b) {
@@ -351,8 +438,9 @@ int run(const Options& o) {
   if (o.device == "cuda" && o.batch_invariant)
     bad("--batch-invariant: the CUDA DiT is not batch-invariant (its GEMM algorithms depend on "
         "the batch); use --device cpu");
-  check_output_path("--png", o.png);
-  check_output_path("--npy", o.npy);
+  check_output_path(o, "--png", o.png);
+  check_output_path(o, "--npy", o.npy);
+  check_distinct_outputs(o);
   if (o.device == "cuda") {
 #ifdef TSTITCH_SAMPLE_CUDA
     if (!cuda::device_available())
@@ -364,10 +452,16 @@ int run(const Options& o) {
   }
 
   // --- models ---------------------------------------------------------------------------------
+  g_stage = "loading the models";
   std::vector<dit::Weights> weights;
   weights.reserve(k);
-  for (std::size_t i = 0; i < k; ++i)
-    weights.push_back(load_weights(o.models[i], i));
+  // Each file as loaded: a model rewritten during the run must not yield results silently.
+  std::vector<io::FileStamp> stamps;
+  for (std::size_t i = 0; i < k; ++i) {
+    weights.push_back(
+        load_weights(o.models[i], i, o.no_mmap ? io::LoadMode::read : io::LoadMode::mmap));
+    stamps.push_back(weights.back().stamp());
+  }
   const dit::Config first = weights[0].config();
   for (std::size_t i = 1; i < k; ++i) {
     const dit::Config& c = weights[i].config();
@@ -383,10 +477,26 @@ int run(const Options& o) {
     bad("--png = '", o.png, "': the models make ", shape.channels,
         " channels images; a PNG needs 1 or 3 (use --npy for latents)");
 
-  std::vector<int> labels;
+  io::GridOptions grid;
+  grid.columns = o.columns > 0 ? o.columns : std::min(o.count, 10);
+  grid.scale = shape.height < 64 ? 2 : 1;
+  std::optional<io::GridSize> grid_size;
+  if (!o.png.empty()) {
+    try {
+      grid_size = io::grid_size(o.count, shape, grid); // before sampling, not after
+    } catch (const tstitch::invalid_argument& e) {
+      bad("--png = '", o.png, "': ", o.count, " images of ", shape,
+          " make no PNG grid: ", e.what());
+    }
+  }
+  check_memory(o, shape, grid_size);
+
   const int classes = static_cast<int>(first.num_classes);
   const std::vector<int> cycle =
       o.labels.empty() ? std::vector<int>{} : parse_labels(o.labels, classes);
+  g_stage = detail::concat("allocating the labels (", o.count, " ints)");
+  std::vector<int> labels;
+  labels.reserve(static_cast<std::size_t>(o.count));
   for (int i = 0; i < o.count; ++i)
     labels.push_back(cycle.empty() ? i % classes
                                    : cycle[static_cast<std::size_t>(i) % cycle.size()]);
@@ -404,23 +514,28 @@ int run(const Options& o) {
                                       : AnySchedule(SigmaSchedule(DiscreteSchedule{},
                                                                   parse_sigma_rule(o.sigmas))),
                      std::move(solver)};
+  g_stage = detail::concat(
+      "allocating the latents (", o.count, " x ", shape, " float32, ",
+      byte_string(static_cast<double>(o.count) * static_cast<double>(shape.numel()) * 4.0), ")");
   Tensor x(o.count, shape);
+  g_stage = "setting up the models";
 #ifdef TSTITCH_SAMPLE_CUDA
   if (o.device == "cuda")
     sample_on_cuda(o, *rule, sampling, std::move(weights), names, labels, x);
   else
 #endif
     sample_on_cpu(o, *rule, sampling, std::move(weights), names, labels, x);
+  for (const io::FileStamp& stamp : stamps) // at the end of the run, before any output is written
+    stamp.check_unchanged("model file");
 
   std::string wrote = detail::concat("wrote ", o.count, " samples");
   if (!o.png.empty()) {
-    io::GridOptions grid;
-    grid.columns = o.columns > 0 ? o.columns : std::min(o.count, 10);
-    grid.scale = shape.height < 64 ? 2 : 1;
+    g_stage = detail::concat("writing the PNG grid '", o.png, "'");
     io::write_png_grid(o.png, x, grid);
     wrote += " to " + o.png;
   }
   if (!o.npy.empty()) {
+    g_stage = detail::concat("writing '", o.npy, "'");
     io::write_npy(o.npy, x);
     wrote += (o.png.empty() ? " to " : " and ") + o.npy;
   }
@@ -435,8 +550,10 @@ int main(int argc, char** argv) {
   CLI::App app{"tstitch-sample: sample class-conditional DiTs (tstitch-dit safetensors) with "
                "trajectory stitching on the CPU or a CUDA GPU. The first model serves the "
                "first, noisiest steps."};
-  app.add_option("models", o.models, "model files, small first (2 or more)")
-      ->check(CLI::ExistingFile);
+  // No ExistingFile check here: CLI11 would run it on whatever an unknown option left behind
+  // ("--step 1": "File does not exist: 1") before reporting the unknown option; load_weights
+  // names a missing model instead.
+  app.add_option("models", o.models, "model files, small first (2 or more)");
   auto* fraction = app.add_option("--fraction", o.fraction,
                                   "two models: the first (small) model's fraction of the steps, "
                                   "in [0, 1] (default 0.5)");
@@ -461,7 +578,19 @@ int main(int argc, char** argv) {
   app.add_option("--steps", o.steps, "sampling steps")->capture_default_str();
   app.add_option("--guidance", o.guidance, "classifier-free guidance scale (1: off)")
       ->capture_default_str();
+  // CLI11 takes "-1" (wrapped to 2^64 - 1) and 2^64 (saturated) as seeds; from_chars refuses both.
+  const CLI::Validator seed_range(
+      [](std::string& text) -> std::string {
+        std::uint64_t value = 0;
+        const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+        if (text.empty() || error != std::errc() || end != text.data() + text.size())
+          return detail::concat("value '", text, "' is not an integer in [0, ",
+                                std::numeric_limits<std::uint64_t>::max(), "]");
+        return {};
+      },
+      "UINT64");
   app.add_option("--seed", o.seed, "noise seed; image i gets the same noise in any batch")
+      ->check(seed_range)
       ->capture_default_str();
   app.add_option("--count", o.count, "number of images")->capture_default_str();
   app.add_option("--batch", o.batch, "images per model call")->capture_default_str();
@@ -477,12 +606,26 @@ int main(int argc, char** argv) {
   app.add_flag("--batch-invariant", o.batch_invariant,
                "each image the same bits whatever --batch (one image per forward; slower; CPU "
                "only)");
+  app.add_flag("--no-mmap", o.no_mmap,
+               "read the model files into memory instead of mapping them: immune to a model "
+               "file truncated or rewritten during the run (a mapped one may crash with SIGBUS)");
   app.add_option("--device", o.device,
                  "cpu, or cuda: the models on the GPU (bf16 weights; a build with CUDA)")
       ->capture_default_str();
 
+  // A file size limit (ulimit -f) then fails the write with EFBIG, which names the file, instead
+  // of killing the program; the old file is kept either way (writes are atomic).
+  std::signal(SIGXFSZ, SIG_IGN);
   try {
     app.parse(argc, argv);
+  } catch (const CLI::ExtrasError&) {
+    // Every positional argument is a model, so what is left over is an unknown option.
+    std::string unknown;
+    for (const std::string& arg : app.remaining())
+      unknown += (unknown.empty() ? "" : " ") + arg;
+    std::fprintf(stderr, "tstitch-sample: error: unknown option: %s (see --help)\n",
+                 unknown.c_str());
+    return 1;
   } catch (const CLI::ParseError& e) {
     // CLI11 names the option and value itself ("--steps: Value x not in range ...").
     const int code = app.exit(e);
@@ -490,6 +633,9 @@ int main(int argc, char** argv) {
   }
   try {
     return run(o);
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "tstitch-sample: error: out of memory while %s\n", g_stage.c_str());
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "tstitch-sample: error: %s\n", e.what());
     return 1;

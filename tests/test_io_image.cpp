@@ -134,6 +134,29 @@ TEST_CASE("PNG grid sizes are checked before they can overflow", "[png]") {
                         Catch::Contains("padding 4611686018427387904"));
 }
 
+TEST_CASE("grid_size checks a grid before its images exist; encode_png checks its image", "[png]") {
+  // What a CLI checks before sampling: the size image_grid will make, or the error it will raise.
+  io::GridOptions options;
+  options.columns = 10;
+  options.scale = 2;
+  const io::GridSize size = io::grid_size(25, Shape{3, 16, 16}, options);
+  CHECK(size.width == 10 * 32 + 11 * 2);
+  CHECK(size.height == 3 * 32 + 4 * 2);
+  CHECK_THROWS_WITH(io::grid_size(2147483647, Shape{3, 16, 16}, options),
+                    Catch::Contains("grid height = 214748365 tiles"));
+  // Each extent within 2^24 pixels, but more bytes than stb_image_write's int sizes hold.
+  options.columns = 1 << 18;
+  CHECK_THROWS_WITH(io::grid_size(std::int64_t{1} << 20, Shape{3, 16, 16}, options),
+                    Catch::Contains("PNG size") && Catch::Contains("stb_image_write"));
+  // An Image8 whose pixels do not match its size is refused, not read out of bounds.
+  io::Image8 image;
+  image.width = 4;
+  image.height = 4;
+  image.channels = 3;
+  image.pixels.assign(10, 0);
+  CHECK_THROWS_WITH(io::encode_png(image), Catch::Contains("PNG pixel bytes = 10"));
+}
+
 TEST_CASE("npy header follows NumPy format 1.0 with 64-byte alignment", "[npy]") {
   const std::vector<std::int64_t> shape{2, 1, 3, 4};
   const std::string header = io::npy_header(shape);
@@ -168,10 +191,15 @@ TEST_CASE("write_npy checks the element count of the shape", "[npy]") {
   CHECK_THROWS_AS(io::write_npy(path, std::span<const float>{}, huge), tstitch::invalid_argument);
   CHECK_THROWS_WITH(io::write_npy(path, std::span<const float>{}, huge),
                     Catch::Contains("npy shape = [4611686018427387904, 4]"));
-  // With a 0 the array is empty, however large its other extents.
+  // A 0 makes the array empty, but the other extents must still multiply within int64: a
+  // reader that multiplies them in another order would overflow (read_npy refuses such a file).
   const std::vector<std::int64_t> empty{std::int64_t{1} << 62, 4, 0};
-  io::write_npy(path, std::span<const float>{}, empty);
-  CHECK(read_all(path).size() == io::npy_header(empty).size());
+  CHECK_THROWS_WITH(io::write_npy(path, std::span<const float>{}, empty),
+                    Catch::Contains("npy shape = [4611686018427387904, 4, 0]"));
+  const std::vector<std::int64_t> empty_ok{std::int64_t{1} << 62, 1, 0};
+  io::write_npy(path, std::span<const float>{}, empty_ok);
+  CHECK(read_all(path).size() == io::npy_header(empty_ok).size());
+  CHECK(io::read_npy(path).shape == empty_ok);
   const std::vector<float> six(6);
   const std::vector<std::int64_t> negative{-2, -3};
   CHECK_THROWS_WITH(io::write_npy(path, six, negative), Catch::Contains("npy shape[0] = -2"));

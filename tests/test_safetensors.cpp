@@ -8,6 +8,7 @@
 #include <fstream>
 #include <initializer_list>
 #include <limits>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -467,6 +468,17 @@ TEST_CASE("invalid safetensors files are rejected with the file and tensor named
         for (const std::string& needle : bad.needles)
           CHECK_THAT(what, Contains(needle));
       }
+      // The same bytes from memory: the same verdict, the given name in place of the path.
+      try {
+        const auto bytes = std::as_bytes(std::span<const char>(bad.bytes));
+        const SafetensorsFile parsed = SafetensorsFile::from_bytes(bytes, "memory:" + bad.name);
+        FAIL("parsed " << bad.name << " from memory without an error");
+      } catch (const tstitch::io::format_error& e) {
+        const std::string what = e.what();
+        CHECK_THAT(what, Contains("memory:" + bad.name));
+        for (const std::string& needle : bad.needles)
+          CHECK_THAT(what, Contains(needle));
+      }
     }
   }
 }
@@ -483,7 +495,8 @@ TEST_CASE("unreadable paths throw runtime_error naming the path", "[safetensors]
   CHECK_THROWS_WITH(SafetensorsFile(missing),
                     Contains(missing.string()) && Contains("No such file"));
   CHECK_THROWS_WITH(SafetensorsFile(scratch_dir()),
-                    Contains(scratch_dir().string()) && Contains("not a regular file"));
+                    Contains(scratch_dir().string()) &&
+                        Contains("not a regular file (a directory)"));
 }
 
 TEST_CASE("valid corner cases are accepted", "[safetensors]") {

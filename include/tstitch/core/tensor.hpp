@@ -4,7 +4,10 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
+#include <limits>
 #include <memory>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <type_traits>
@@ -16,6 +19,37 @@
 
 namespace tstitch {
 
+namespace detail {
+
+/// The product of `extents`, or nothing when the product of the non-zero ones does not fit in
+/// int64. A 0 does not excuse the others ([0, 2^62, 4] is refused): multiplied in another order
+/// they overflow, which for int64 is undefined behaviour, not a wrap-around.
+[[nodiscard]] constexpr std::optional<std::int64_t>
+checked_extent_product(std::initializer_list<std::int64_t> extents) {
+  constexpr auto int64_max = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
+  std::uint64_t magnitude = 1; // of the non-zero extents; stays <= int64_max
+  bool negative = false;
+  bool zero = false;
+  for (const std::int64_t extent : extents) {
+    if (extent == 0) {
+      zero = true;
+      continue;
+    }
+    const std::uint64_t size = extent < 0 ? std::uint64_t{0} - static_cast<std::uint64_t>(extent)
+                                          : static_cast<std::uint64_t>(extent);
+    if (magnitude > int64_max / size)
+      return std::nullopt;
+    magnitude *= size;
+    negative = negative != (extent < 0);
+  }
+  if (zero)
+    return 0;
+  const auto product = static_cast<std::int64_t>(magnitude);
+  return negative ? -product : product;
+}
+
+} // namespace detail
+
 /// The shape of one latent sample, [C, H, W]. The batch size travels with the tensor, not with
 /// the model: a denoiser declares the Shape it accepts and takes any batch of it.
 struct Shape {
@@ -23,8 +57,30 @@ struct Shape {
   std::int64_t height = 0;
   std::int64_t width = 0;
 
-  [[nodiscard]] constexpr std::int64_t numel() const { return channels * height * width; }
-  [[nodiscard]] constexpr std::int64_t plane() const { return height * width; }
+  /// C*H*W; throws tstitch::invalid_argument naming the shape if that does not fit in int64.
+  [[nodiscard]] constexpr std::int64_t numel() const {
+    const std::optional<std::int64_t> product =
+        detail::checked_extent_product({channels, height, width});
+    if (!product)
+      throw_invalid_argument("shape", *this, "has more elements than int64 can count");
+    return *product;
+  }
+  /// batch*C*H*W, checked like numel().
+  [[nodiscard]] constexpr std::int64_t numel(std::int64_t batch) const {
+    const std::optional<std::int64_t> product =
+        detail::checked_extent_product({batch, channels, height, width});
+    if (!product)
+      throw_invalid_argument("batch x shape", detail::concat(batch, " x ", *this),
+                             "has more elements than int64 can count");
+    return *product;
+  }
+  /// H*W, checked like numel().
+  [[nodiscard]] constexpr std::int64_t plane() const {
+    const std::optional<std::int64_t> product = detail::checked_extent_product({height, width});
+    if (!product)
+      throw_invalid_argument("shape", *this, "has more elements per channel than int64 can count");
+    return *product;
+  }
   friend constexpr bool operator==(const Shape&, const Shape&) = default;
   friend std::ostream& operator<<(std::ostream& out, const Shape& s) {
     return out << '[' << s.channels << ", " << s.height << ", " << s.width << ']';
@@ -59,7 +115,7 @@ public:
   [[nodiscard]] std::int64_t batch_stride() const { return batch_stride_; }
   /// Values in one sample (C*H*W).
   [[nodiscard]] std::int64_t sample_numel() const { return shape_.numel(); }
-  [[nodiscard]] std::int64_t numel() const { return batch_ * shape_.numel(); }
+  [[nodiscard]] std::int64_t numel() const { return shape_.numel(batch_); }
   [[nodiscard]] bool empty() const { return numel() == 0; }
   /// True when all N*C*H*W values are one contiguous block.
   [[nodiscard]] bool contiguous() const { return batch_ <= 1 || batch_stride_ == shape_.numel(); }
@@ -69,14 +125,14 @@ public:
   }
   /// Samples [first, first + count).
   [[nodiscard]] BasicView samples(std::int64_t first, std::int64_t count) const {
-    if (first < 0 || count < 0 || first + count > batch_)
+    if (first < 0 || count < 0 || first > batch_ || count > batch_ - first) // no overflow
       throw_invalid_argument("samples(first, count)", detail::concat(first, ", ", count),
                              detail::concat("outside a batch of ", batch_));
     return BasicView(data_ + first * batch_stride_, count, shape_, batch_stride_);
   }
   /// Channels [first, first + count) of every sample.
   [[nodiscard]] BasicView channels(std::int64_t first, std::int64_t count) const {
-    if (first < 0 || count < 0 || first + count > shape_.channels)
+    if (first < 0 || count < 0 || first > shape_.channels || count > shape_.channels - first)
       throw_invalid_argument(
           "channels(first, count)", detail::concat(first, ", ", count),
           detail::concat("outside a tensor with ", shape_.channels, " channels"));
@@ -108,7 +164,7 @@ public:
     require(batch >= 0, "batch", batch, "must not be negative");
     require(shape.channels >= 0 && shape.height >= 0 && shape.width >= 0, "shape", shape,
             "must not have negative extents");
-    values_.assign(static_cast<std::size_t>(batch * shape.numel()), 0.0f);
+    values_.assign(static_cast<std::size_t>(shape.numel(batch)), 0.0f);
   }
 
   [[nodiscard]] View view() { return {values_.data(), batch_, shape_}; }

@@ -12,11 +12,14 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <vector>
 
 #include "tstitch/core/error.hpp"
 #include "tstitch/core/tensor.hpp"
+#include "tstitch/io/atomic_write.hpp"
+#include "tstitch/io/mapped_file.hpp"
 #include "tstitch/io/shape.hpp"
 
 namespace tstitch::io {
@@ -55,26 +58,19 @@ namespace tstitch::io {
 
 namespace detail {
 
-/// The element count of a shape of non-negative extents, or nothing when it exceeds what int64
-/// can count (an unchecked product can wrap around to any count). A shape with a 0 is empty
-/// whatever its other extents.
+/// The element count of a shape, or nothing when it has a negative extent or the product of its
+/// non-zero extents exceeds int64 (see io::detail::element_count: (0, 2^62, 4) is refused too).
 [[nodiscard]] inline std::optional<std::uint64_t>
 npy_element_count(std::span<const std::int64_t> shape) {
-  if (std::ranges::find(shape, 0) != shape.end())
-    return 0;
-  std::uint64_t count = 1;
-  for (const std::int64_t extent : shape)
-    if (!checked_multiply(count, static_cast<std::uint64_t>(extent)) ||
-        count > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
-      return std::nullopt;
-  return count;
+  return element_count(shape);
 }
 
 } // namespace detail
 
-/// Writes `values` (C order, float32) with the given shape as a .npy file. Throws
-/// tstitch::invalid_argument when the shape does not match the value count and
-/// tstitch::runtime_error naming the path when the file cannot be written.
+/// Writes `values` (C order, float32) with the given shape as a .npy file, atomically (see
+/// write_file_atomically: a failed write leaves the old file). Throws tstitch::invalid_argument
+/// when the shape does not match the value count and tstitch::runtime_error naming the path and
+/// the OS reason when the file cannot be written.
 inline void write_npy(const std::filesystem::path& path, std::span<const float> values,
                       std::span<const std::int64_t> shape) {
   const std::string header = npy_header(shape); // rejects negative extents
@@ -88,27 +84,26 @@ inline void write_npy(const std::filesystem::path& path, std::span<const float> 
         tstitch::detail::concat("must equal the product of the shape, ", *count));
   static_assert(std::endian::native == std::endian::little,
                 "write_npy writes the host's floats as '<f4'");
-  std::ofstream out(path, std::ios::binary);
-  if (!out)
-    throw runtime_error(
-        tstitch::detail::concat("tstitch: cannot open '", path.string(), "' for writing"));
-  out.write(header.data(), static_cast<std::streamsize>(header.size()));
-  out.write(reinterpret_cast<const char*>(values.data()),
-            static_cast<std::streamsize>(values.size_bytes()));
-  out.close();
-  if (!out)
-    throw runtime_error(tstitch::detail::concat("tstitch: writing '", path.string(), "' failed"));
+  write_file_atomically(path, [&](AtomicWriter& out) {
+    out.write(header);
+    out.write(values.data(), values.size_bytes());
+  });
 }
 
-/// Writes a batch (N, C, H, W) as a float32 .npy array of that shape (any batch stride).
+/// Writes a batch (N, C, H, W) as a float32 .npy array of that shape (any batch stride), sample
+/// by sample: no copy of the batch is made.
 inline void write_npy(const std::filesystem::path& path, ConstView batch) {
   const Shape s = batch.shape();
   const std::vector<std::int64_t> shape{batch.batch(), s.channels, s.height, s.width};
-  std::vector<float> values(static_cast<std::size_t>(batch.numel()));
-  for (std::int64_t n = 0; n < batch.batch(); ++n)
-    std::memcpy(values.data() + n * s.numel(), batch.data() + n * batch.batch_stride(),
+  const std::string header = npy_header(shape);
+  static_assert(std::endian::native == std::endian::little,
+                "write_npy writes the host's floats as '<f4'");
+  write_file_atomically(path, [&](AtomicWriter& out) {
+    out.write(header);
+    for (std::int64_t n = 0; n < batch.batch(); ++n)
+      out.write(batch.data() + n * batch.batch_stride(),
                 static_cast<std::size_t>(s.numel()) * sizeof(float));
-  write_npy(path, values, shape);
+  });
 }
 
 /// A float32 array read from a .npy file: its shape and its values in C order.
@@ -176,71 +171,71 @@ template <class... Parts>
 
 } // namespace detail
 
-/// Reads a .npy file of little-endian float32 values in C order (what write_npy and NumPy's
-/// `np.save` of a float32 array write; format versions 1.0, 2.0 and 3.0). Throws
-/// tstitch::runtime_error naming the path and what is wrong: a missing file, no .npy magic, an
-/// unknown version, another dtype ('descr'), Fortran order, an unreadable shape, or data that is
-/// not the shape's size (a truncated file, or bytes after the data).
-[[nodiscard]] inline NpyArray read_npy(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    detail::npy_error(path, "cannot open for reading");
-  // Every length in the file is checked against its size before anything is allocated.
-  std::error_code size_error;
-  const std::uintmax_t file_bytes = std::filesystem::file_size(path, size_error);
-  if (size_error)
-    detail::npy_error(path, "cannot tell its size (", size_error.message(), ")");
-  std::string preamble(8, '\0');
-  if (!in.read(preamble.data(), 8) || preamble.compare(0, 6, "\x93NUMPY") != 0)
-    detail::npy_error(path, "not a .npy file (no \\x93NUMPY magic)");
-  const int major = static_cast<unsigned char>(preamble[6]);
+/// Parses .npy bytes already in memory (a fuzzer's input, an embedded resource) holding
+/// little-endian float32 values in C order (what write_npy and NumPy's `np.save` of a float32
+/// array write; format versions 1.0, 2.0 and 3.0). `name` stands for the path in messages.
+/// Throws tstitch::runtime_error naming it and what is wrong: no .npy magic, an unknown
+/// version, another dtype ('descr'), Fortran order, an unreadable shape, or data that is not the
+/// shape's size (a truncated file, or bytes after the data).
+[[nodiscard]] inline NpyArray parse_npy(std::span<const std::byte> bytes,
+                                        const std::filesystem::path& name = "<memory>") {
+  const auto* text = reinterpret_cast<const char*>(bytes.data());
+  const std::uint64_t file_bytes = bytes.size();
+  // Every length in the bytes is checked against their size before anything is allocated.
+  if (file_bytes < 8 || std::string_view(text, 6) != "\x93NUMPY")
+    detail::npy_error(name, "not a .npy file (no \\x93NUMPY magic)");
+  const int major = static_cast<unsigned char>(text[6]);
   if (major < 1 || major > 3)
-    detail::npy_error(path, "unsupported .npy version ", major, ".",
-                      static_cast<int>(static_cast<unsigned char>(preamble[7])),
+    detail::npy_error(name, "unsupported .npy version ", major, ".",
+                      static_cast<int>(static_cast<unsigned char>(text[7])),
                       " (1.0, 2.0 and 3.0 are read)");
   // Version 1.0 gives the header length in 2 bytes, later versions in 4 (little-endian).
   const int length_bytes = major == 1 ? 2 : 4;
-  unsigned char length_field[4] = {};
-  if (!in.read(reinterpret_cast<char*>(length_field), length_bytes))
-    detail::npy_error(path, "truncated in the header length");
+  const std::uint64_t header_start = 8 + static_cast<std::uint64_t>(length_bytes);
+  if (file_bytes < header_start)
+    detail::npy_error(name, "truncated in the header length");
   std::uint32_t header_length = 0;
   for (int i = length_bytes - 1; i >= 0; --i)
-    header_length = (header_length << 8) | length_field[i];
-  const std::uintmax_t header_start = 8 + static_cast<std::uintmax_t>(length_bytes);
+    header_length = (header_length << 8) | static_cast<unsigned char>(text[8 + i]);
   if (header_length > file_bytes - header_start)
-    detail::npy_error(path, "truncated in the header (", header_length, " bytes announced, ",
+    detail::npy_error(name, "truncated in the header (", header_length, " bytes announced, ",
                       file_bytes - header_start, " in the file)");
-  std::string dict(header_length, '\0');
-  if (!in.read(dict.data(), static_cast<std::streamsize>(header_length)))
-    detail::npy_error(path, "reading the header failed");
+  const std::string dict(text + header_start, header_length);
 
-  const std::string descr = detail::npy_header_value(path, dict, "descr");
+  const std::string descr = detail::npy_header_value(name, dict, "descr");
   if (descr != "'<f4'")
-    detail::npy_error(path, "dtype ", descr, " is not read; only little-endian float32 ('<f4')");
-  const std::string order = detail::npy_header_value(path, dict, "fortran_order");
+    detail::npy_error(name, "dtype ", descr, " is not read; only little-endian float32 ('<f4')");
+  const std::string order = detail::npy_header_value(name, dict, "fortran_order");
   if (order != "False")
-    detail::npy_error(path, "fortran_order ", order, " is not read; only C order (False)");
+    detail::npy_error(name, "fortran_order ", order, " is not read; only C order (False)");
   NpyArray array;
-  array.shape = detail::npy_shape(path, detail::npy_header_value(path, dict, "shape"));
+  array.shape = detail::npy_shape(name, detail::npy_header_value(name, dict, "shape"));
   const std::optional<std::uint64_t> elements = detail::npy_element_count(array.shape);
   if (!elements)
-    detail::npy_error(path, "shape ", shape_string(array.shape),
+    detail::npy_error(name, "shape ", shape_string(array.shape),
                       " has more elements than int64 can count");
   const std::uint64_t count = *elements;
   const std::uint64_t data_bytes = file_bytes - header_start - header_length;
   // count <= INT64_MAX, so count * 4 is only formed once it is known to fit.
   if (count > data_bytes / sizeof(float) || data_bytes != count * sizeof(float))
-    detail::npy_error(path, "shape ", shape_string(array.shape), " needs ", count,
+    detail::npy_error(name, "shape ", shape_string(array.shape), " needs ", count,
                       " float32 values but the file holds ", data_bytes, " bytes of data (",
                       count > data_bytes / sizeof(float) ? "truncated" : "bytes after the data",
                       ")");
   static_assert(std::endian::native == std::endian::little,
                 "read_npy reads '<f4' as the host's floats");
   array.values.resize(static_cast<std::size_t>(count));
-  if (!in.read(reinterpret_cast<char*>(array.values.data()),
-               static_cast<std::streamsize>(count * sizeof(float))))
-    detail::npy_error(path, "reading the data failed");
+  if (count > 0)
+    std::memcpy(array.values.data(), text + header_start + header_length,
+                static_cast<std::size_t>(count * sizeof(float)));
   return array;
+}
+
+/// Reads a .npy file; see parse_npy. Throws tstitch::runtime_error naming the path, also for a
+/// missing file or one that is not a regular file (a FIFO is refused, not waited on).
+[[nodiscard]] inline NpyArray read_npy(const std::filesystem::path& path) {
+  const MappedFile file(path, LoadMode::read); // a private copy: immune to concurrent writers
+  return parse_npy(file.bytes(), path);
 }
 
 /// Reads a 4-D float32 .npy array (N, C, H, W), as write_npy(path, batch) writes, into a Tensor.

@@ -18,13 +18,13 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "tstitch/core/error.hpp"
 #include "tstitch/core/tensor.hpp"
+#include "tstitch/io/atomic_write.hpp"
 
 namespace tstitch::io {
 
@@ -55,14 +55,34 @@ struct Image8 {
   return static_cast<std::uint8_t>(std::lround(unit * 255.0f));
 }
 
-/// Lays out images (N, C, H, W), C = 1 (grey) or 3 (RGB), as a grid: image n at row n / columns,
-/// column n % columns.
-[[nodiscard]] inline Image8 image_grid(ConstView images, const GridOptions& options = {}) {
-  const Shape s = images.shape();
+/// stb_image_write holds a PNG's filtered rows, (width x channels + 1) x height bytes, in int
+/// sizes; beyond this many bytes its arithmetic could overflow.
+inline constexpr std::int64_t png_max_filtered_bytes = std::int64_t{1} << 30;
+
+/// Throws tstitch::invalid_argument when a width x height x channels image is too large for
+/// encode_png (extents of at most 2^24 keep the product from overflowing int64).
+inline void check_png_size(std::int64_t width, std::int64_t height, std::int64_t channels) {
+  const std::int64_t filtered = (width * channels + 1) * height;
+  if (filtered > png_max_filtered_bytes)
+    throw_invalid_argument("PNG size",
+                           tstitch::detail::concat(width, "x", height, "x", channels, " (",
+                                                   filtered, " bytes filtered)"),
+                           tstitch::detail::concat("must be at most ", png_max_filtered_bytes,
+                                                   " bytes for stb_image_write"));
+}
+
+/// The pixel size of the grid image_grid makes of `count` images of shape `s`; throws
+/// tstitch::invalid_argument for options or sizes it cannot make (so a caller can check a grid
+/// before making its images).
+struct GridSize {
+  std::int64_t width = 0, height = 0;
+};
+[[nodiscard]] inline GridSize grid_size(std::int64_t count, Shape s,
+                                        const GridOptions& options = {}) {
   if (s.channels != 1 && s.channels != 3)
     throw_invalid_argument("image channels", s.channels,
                            "a PNG grid needs 1 (grey) or 3 (RGB) channels");
-  require(images.batch() >= 1, "image count", images.batch(), "must be at least 1");
+  require(count >= 1, "image count", count, "must be at least 1");
   require(options.columns >= 1, "grid columns", options.columns, "must be at least 1");
   require(options.scale >= 1, "grid scale", options.scale, "must be at least 1");
   require(options.padding >= 0, "grid padding", options.padding, "must be >= 0");
@@ -73,8 +93,8 @@ struct Image8 {
         "value_max must exceed value_min");
   require(s.height >= 1 && s.width >= 1, "image size",
           tstitch::detail::concat(s.height, "x", s.width), "must be at least 1x1");
-  const std::int64_t n = images.batch(), cols = std::min(options.columns, n);
-  const std::int64_t rows = (n + cols - 1) / cols;
+  const std::int64_t cols = std::min(options.columns, count);
+  const std::int64_t rows = (count + cols - 1) / cols;
   // Every factor is checked against the limit before it is multiplied, so nothing overflows.
   constexpr std::int64_t limit = std::int64_t{1} << 24;
   const auto extent = [&](std::string_view name, std::int64_t tiles, std::int64_t pixels) {
@@ -88,10 +108,21 @@ struct Image8 {
                                                      " pixels for a PNG written in memory"));
     return tiles * pixels * options.scale + (tiles + 1) * options.padding;
   };
+  const GridSize size{extent("grid width", cols, s.width), extent("grid height", rows, s.height)};
+  check_png_size(size.width, size.height, s.channels);
+  return size;
+}
+
+/// Lays out images (N, C, H, W), C = 1 (grey) or 3 (RGB), as a grid: image n at row n / columns,
+/// column n % columns.
+[[nodiscard]] inline Image8 image_grid(ConstView images, const GridOptions& options = {}) {
+  const Shape s = images.shape();
+  const GridSize size = grid_size(images.batch(), s, options);
+  const std::int64_t n = images.batch(), cols = std::min(options.columns, n);
   Image8 out;
   out.channels = s.channels;
-  out.width = extent("grid width", cols, s.width);
-  out.height = extent("grid height", rows, s.height);
+  out.width = size.width;
+  out.height = size.height;
   const std::int64_t tile_w = s.width * options.scale, tile_h = s.height * options.scale;
   out.pixels.assign(static_cast<std::size_t>(out.width * out.height * out.channels),
                     options.padding_value);
@@ -112,6 +143,16 @@ struct Image8 {
 
 /// Encodes an image as PNG bytes.
 [[nodiscard]] inline std::vector<std::uint8_t> encode_png(const Image8& image) {
+  require(image.width >= 1 && image.height >= 1 && image.width <= (1 << 24) &&
+              image.height <= (1 << 24) && (image.channels >= 1 && image.channels <= 4),
+          "PNG image", tstitch::detail::concat(image.width, "x", image.height, "x", image.channels),
+          "needs extents in [1, 2^24] and 1 to 4 channels");
+  check_png_size(image.width, image.height, image.channels);
+  require(image.pixels.size() ==
+              static_cast<std::size_t>(image.width * image.height * image.channels),
+          "PNG pixel bytes", image.pixels.size(),
+          tstitch::detail::concat("must be width x height x channels = ",
+                                  image.width * image.height * image.channels));
   std::vector<std::uint8_t> bytes;
   const auto append = [](void* context, void* data, int size) {
     auto* target = static_cast<std::vector<std::uint8_t>*>(context);
@@ -129,18 +170,11 @@ struct Image8 {
   return bytes;
 }
 
-/// Writes an image as a PNG file; errors name the path.
+/// Writes an image as a PNG file, atomically (a failed write leaves the old file); errors name
+/// the path and the OS reason.
 inline void write_png(const std::filesystem::path& path, const Image8& image) {
   const std::vector<std::uint8_t> bytes = encode_png(image);
-  std::ofstream out(path, std::ios::binary);
-  if (!out)
-    throw runtime_error(
-        tstitch::detail::concat("tstitch: cannot open '", path.string(), "' for writing"));
-  out.write(reinterpret_cast<const char*>(bytes.data()),
-            static_cast<std::streamsize>(bytes.size()));
-  out.close();
-  if (!out)
-    throw runtime_error(tstitch::detail::concat("tstitch: writing '", path.string(), "' failed"));
+  write_file_atomically(path, [&](AtomicWriter& out) { out.write(bytes.data(), bytes.size()); });
 }
 
 /// Writes images (N, C, H, W) as one PNG grid.

@@ -27,6 +27,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tstitch/core/error.hpp"
+#include "tstitch/io/atomic_write.hpp"
 #include "tstitch/io/half.hpp"
 #include "tstitch/io/mapped_file.hpp"
 #include "tstitch/io/shape.hpp"
@@ -51,12 +52,14 @@
 //     trailing bytes after the last tensor (the spec forbids holes to prevent polyglot files).
 //     Zero-size tensors may share an offset, as in the reference implementation.
 // Stricter than the reference implementation (which keeps the last of duplicate JSON keys):
+//   - the header nests at most 64 levels deep, checked before it is parsed (JSON code recurses
+//     per level: a hostile depth would overflow the stack in a destructor or dump());
 //   - duplicate keys anywhere in the header are rejected, as the spec requires;
 //   - the header must start with '{' after optional whitespace (a UTF-8 BOM is rejected);
 //   - shape extents, and the product of the non-zero ones, must fit in int64 (so that a zero-size
 //     tensor's element count can be computed in int64, left to right).
 // Every violation throws tstitch::io::format_error naming the file and, where one is involved,
-// the tensor.
+// the tensor. Error messages quote at most a short, one-level prefix of an offending value.
 
 namespace tstitch::io {
 
@@ -162,19 +165,24 @@ struct TensorInfo {
   /// The raw little-endian bytes, inside the file's mapping.
   std::span<const std::byte> bytes;
 
-  /// Element count (1 for a scalar, 0 for an empty tensor).
+  /// Element count (1 for a scalar, 0 for an empty tensor). Throws tstitch::invalid_argument
+  /// naming the shape for one the reader would refuse (negative or overflowing extents).
   [[nodiscard]] std::int64_t numel() const {
-    std::int64_t n = 1;
-    for (const std::int64_t extent : shape)
-      n *= extent; // cannot overflow: the reader checks the product of the non-zero extents
-    return n;
+    const std::optional<std::uint64_t> count = detail::element_count(shape);
+    if (!count)
+      throw_invalid_argument("tensor shape", shape_string(shape),
+                             "must have non-negative extents whose product fits in int64");
+    return static_cast<std::int64_t>(*count);
   }
 };
 
-/// A validated, memory-mapped safetensors file.
+/// A validated safetensors file: memory-mapped (the default), read into memory of its own
+/// (LoadMode::read; see LoadMode for the hazard of mapping a file another process may
+/// truncate), or bytes already in memory (from_bytes).
 ///
-/// Spans returned by info(), f32() point into the mapping: they stay valid while this object (or
-/// the one it was moved into) lives. names() lists the tensors sorted by name.
+/// Spans returned by info(), f32() point into the file's bytes: they stay valid while this object
+/// (or the one it was moved into) lives, and, for from_bytes, while the caller's bytes do.
+/// names() lists the tensors sorted by name.
 ///
 /// Zero-copy and alignment: the format only aligns data to the header length. The reference
 /// writer (and write_safetensors) pads the header to a multiple of 8 and orders tensors by
@@ -186,17 +194,42 @@ public:
   /// The largest header accepted; the reference implementation's limit.
   static constexpr std::uint64_t max_header_size = 100'000'000;
 
-  /// Maps and validates `path`. Throws tstitch::runtime_error if the file cannot be read and
+  /// The deepest JSON nesting accepted in the header (the format needs 3: {"t": {"shape": []}}).
+  static constexpr int max_nesting = 64;
+
+  /// Maps (or reads, see LoadMode) and validates `path`. Throws tstitch::runtime_error if the
+  /// file cannot be read (a FIFO or other non-regular file is refused without blocking) and
   /// tstitch::io::format_error if it is not valid safetensors.
-  explicit SafetensorsFile(std::filesystem::path path) : path_(std::move(path)), file_(path_) {
-    parse();
+  explicit SafetensorsFile(std::filesystem::path path, LoadMode mode = LoadMode::mmap)
+      : path_(std::move(path)), file_(path_, mode) {
+    parse(file_.bytes());
   }
 
-  [[nodiscard]] static SafetensorsFile open(const std::filesystem::path& path) {
-    return SafetensorsFile(path);
+  [[nodiscard]] static SafetensorsFile open(const std::filesystem::path& path,
+                                            LoadMode mode = LoadMode::mmap) {
+    return SafetensorsFile(path, mode);
   }
 
+  /// Validates safetensors bytes already in memory (a fuzzer's input, an embedded resource),
+  /// without copying them: they must outlive the result and stay unchanged. `name` stands for
+  /// the path in error messages. Throws tstitch::io::format_error as the constructor does.
+  [[nodiscard]] static SafetensorsFile from_bytes(std::span<const std::byte> bytes,
+                                                  std::filesystem::path name = "<memory>") {
+    SafetensorsFile result(std::move(name), InMemory{});
+    result.parse(bytes);
+    return result;
+  }
+
+  /// The path, or the name given to from_bytes.
   [[nodiscard]] const std::filesystem::path& path() const { return path_; }
+
+  /// Throws tstitch::runtime_error "tstitch: <what> changed during the run: <path> (...)" if the
+  /// file was rewritten or replaced since it was loaded (compared by device, inode, size and
+  /// modification time). A long run calls it before trusting its results: in mmap mode a rewrite
+  /// in place changes the tensors under it. Does nothing for from_bytes.
+  void check_unchanged(std::string_view what = "file") const { file_.check_unchanged(what); }
+  /// The file as it was when loaded (an empty path for from_bytes), to check it later.
+  [[nodiscard]] const FileStamp& stamp() const { return file_.stamp(); }
 
   /// Tensor names, sorted.
   [[nodiscard]] std::vector<std::string> names() const {
@@ -284,6 +317,9 @@ public:
 private:
   using json = nlohmann::json;
 
+  struct InMemory {};
+  SafetensorsFile(std::filesystem::path name, InMemory) : path_(std::move(name)) {}
+
   /// "tstitch: <path>: tensor '<name>': <parts>".
   template <class... Parts>
   [[nodiscard]] std::string message(std::string_view tensor, const Parts&... parts) const {
@@ -322,6 +358,64 @@ private:
     return out;
   }
 
+  /// At most a short, one-level prefix of `value` for an error message, in dump()'s compact form
+  /// for flat arrays ("[2,-1]"); nested values show as "[...]" or "{...}" and long arrays end in
+  /// ",...". Never recurses: a hostile value may be deep or huge.
+  static std::string preview(const json& value) {
+    constexpr std::size_t max_items = 8;
+    constexpr std::size_t max_string = 32;
+    const auto scalar = [](const json& item) -> std::string {
+      if (item.is_array())
+        return "[...]";
+      if (item.is_object())
+        return "{...}";
+      if (item.is_string()) {
+        const auto& text = item.get_ref<const std::string&>();
+        return '"' + escaped(std::string_view(text).substr(0, max_string)) +
+               (text.size() > max_string ? "...\"" : "\"");
+      }
+      return item.dump(); // a number, boolean or null
+    };
+    if (!value.is_array())
+      return scalar(value);
+    std::string out = "[";
+    std::size_t count = 0;
+    for (const json& item : value) {
+      if (count == max_items) {
+        out += ",...";
+        break;
+      }
+      if (count++ > 0)
+        out += ',';
+      out += scalar(item);
+    }
+    return out + ']';
+  }
+
+  /// Refuses nesting deeper than max_nesting before the header is parsed, so that no recursive
+  /// JSON code (destructor, dump(), comparison) ever runs over a hostile depth. Brackets inside
+  /// strings do not count; where the text is not JSON the parser will refuse it anyway.
+  void check_nesting(std::string_view text) const {
+    int depth = 0;
+    bool in_string = false;
+    for (std::size_t i = 0; i < text.size(); ++i) {
+      const char c = text[i];
+      if (in_string) {
+        if (c == '\\')
+          ++i; // skip the escaped character (\" does not end the string)
+        else if (c == '"')
+          in_string = false;
+      } else if (c == '"') {
+        in_string = true;
+      } else if (c == '[' || c == '{') {
+        if (++depth > max_nesting)
+          fail_file("header nests JSON deeper than ", max_nesting, " levels (at byte ", i, ")");
+      } else if (c == ']' || c == '}') {
+        --depth;
+      }
+    }
+  }
+
   static std::optional<std::uint64_t> as_count(const json& value) {
     if (value.is_number_unsigned())
       return value.get<std::uint64_t>();
@@ -330,8 +424,7 @@ private:
     return std::nullopt;
   }
 
-  void parse() {
-    const std::span<const std::byte> file = file_.bytes();
+  void parse(std::span<const std::byte> file) {
     if (file.size() < 8)
       fail_file("file is ", file.size(), " bytes, too short for the 8-byte header length");
     std::uint64_t header_size = 0;
@@ -360,6 +453,7 @@ private:
     const auto first = text.find_first_not_of(" \t\r\n");
     if (first == std::string_view::npos || text[first] != '{')
       fail_file("header is not a JSON object (it must start with '{')");
+    check_nesting(text);
 
     std::vector<std::set<std::string>> open_objects;
     std::string top_level_key;
@@ -445,13 +539,13 @@ private:
     for (const json& extent : shape) {
       const auto value = as_count(extent);
       if (!value)
-        fail(name, "shape ", shape.dump(), " has an entry that is not a non-negative integer");
+        fail(name, "shape ", preview(shape), " has an entry that is not a non-negative integer");
       if (*value > int64_max)
-        fail(name, "shape ", shape.dump(), " has an extent beyond int64");
+        fail(name, "shape ", preview(shape), " has an extent beyond int64");
       // A later 0 makes the tensor empty, but numel() multiplies in int64 from the left.
       if (*value != 0 &&
           (!detail::checked_multiply(nonzero_product, *value) || nonzero_product > int64_max))
-        fail(name, "shape ", shape.dump(), " has non-zero extents whose product overflows int64");
+        fail(name, "shape ", preview(shape), " has non-zero extents whose product overflows int64");
       tensor.shape.push_back(static_cast<std::int64_t>(*value));
       numel *= *value; // cannot overflow: at most the product of the non-zero extents
     }
@@ -459,7 +553,8 @@ private:
     const json& offsets = field("data_offsets");
     if (!offsets.is_array() || offsets.size() != 2 || !as_count(offsets[0]) ||
         !as_count(offsets[1]))
-      fail(name, "data_offsets ", offsets.dump(), " is not [begin, end] of non-negative integers");
+      fail(name, "data_offsets ", preview(offsets),
+           " is not [begin, end] of non-negative integers");
     tensor.begin = *as_count(offsets[0]);
     tensor.end = *as_count(offsets[1]);
     const std::string range = tstitch::detail::concat('[', tensor.begin, ", ", tensor.end, ')');
@@ -513,7 +608,7 @@ private:
   }
 
   std::filesystem::path path_;
-  MappedFile file_;
+  MappedFile file_; // empty for from_bytes
   std::uint64_t data_offset_ = 0;
   std::map<std::string, TensorInfo, std::less<>> tensors_;
   std::map<std::string, std::string> metadata_;
@@ -635,31 +730,12 @@ inline void write_safetensors(const std::filesystem::path& path,
   text.append((8 - text.size() % 8) % 8, ' ');
   const std::uint64_t header_size = text.size();
 
-  std::filesystem::path temporary = path;
-  temporary += ".tmp";
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    out.write(reinterpret_cast<const char*>(&header_size), 8);
-    out.write(text.data(), static_cast<std::streamsize>(text.size()));
+  write_file_atomically(path, [&](AtomicWriter& out) {
+    out.write(&header_size, 8);
+    out.write(text);
     for (const TensorData* tensor : order)
-      out.write(reinterpret_cast<const char*>(tensor->bytes.data()),
-                static_cast<std::streamsize>(tensor->bytes.size()));
-    out.close();
-    if (!out) {
-      std::error_code ignored;
-      std::filesystem::remove(temporary, ignored);
-      throw runtime_error(
-          tstitch::detail::concat("tstitch: ", temporary.string(), ": cannot write the file"));
-    }
-  }
-  std::error_code error;
-  std::filesystem::rename(temporary, path, error);
-  if (error) {
-    std::error_code ignored;
-    std::filesystem::remove(temporary, ignored);
-    throw runtime_error(tstitch::detail::concat("tstitch: ", path.string(),
-                                                ": cannot replace the file: ", error.message()));
-  }
+      out.write(tensor->bytes.data(), tensor->bytes.size());
+  });
 }
 
 } // namespace tstitch::io

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <string>
 #include <tuple>
@@ -19,6 +20,7 @@
 #include "tstitch/core/error.hpp"
 #include "tstitch/core/log.hpp"
 #include "tstitch/models/dit/attention_fused.hpp"
+#include "tstitch/models/dit/config.hpp"
 #include "tstitch/models/dit/deterministic.hpp"
 #include "tstitch/models/dit/gemm.hpp"
 #include "tstitch/models/dit/parallel.hpp"
@@ -65,6 +67,23 @@ public:
     eigen(qkv, samples, tokens, heads, head_dim, out);
   }
 
+  /// The floats of scores run() sizes for this shape when it runs on `threads` threads (its
+  /// omp_get_max_threads()), saturating at INT64_MAX: what CpuModel checks a forward's memory by
+  /// before it allocates. oneDNN's own primitives' scratchpads are not counted.
+  [[nodiscard]] static std::int64_t
+  scratch_floats([[maybe_unused]] Gemm gemm, [[maybe_unused]] std::int64_t samples,
+                 std::int64_t tokens, [[maybe_unused]] std::int64_t heads,
+                 [[maybe_unused]] std::int64_t head_dim, int threads) {
+#ifdef TSTITCH_HAS_ONEDNN
+    if (gemm == Gemm::onednn && uses_fused_kernel(tokens, head_dim))
+      return fused_floats(samples, tokens, head_dim, threads);
+    // A chunk's scores, or Eigen's per-thread scores where oneDNN offers only reference kernels.
+    if (gemm == Gemm::onednn)
+      return std::max(OneDnn::scores_floats(samples, tokens, heads), eigen_floats(tokens, threads));
+#endif
+    return eigen_floats(tokens, threads);
+  }
+
   /// What runs each shape seen so far, in the order first run. With Eigen, one entry for all.
   [[nodiscard]] std::vector<KernelChoice> kernels() const {
     if (gemm_ == Gemm::eigen)
@@ -93,6 +112,29 @@ private:
   using Strided = Eigen::Map<const Matrix, 0, Eigen::OuterStride<>>;
   using StridedOut = Eigen::Map<Matrix, 0, Eigen::OuterStride<>>;
 
+  /// Floats of one thread's T x T scores in the Eigen path, padded to whole packets.
+  static std::int64_t eigen_stride(std::int64_t t) {
+    const std::int64_t square = saturating_mul(t, t);
+    return square > std::numeric_limits<std::int64_t>::max() / 2 ? square : aligned_stride(square);
+  }
+  static std::int64_t eigen_floats(std::int64_t t, int threads) {
+    return saturating_mul(threads, eigen_stride(t));
+  }
+  /// The fused kernel's scratch per thread, on at most one thread per sample.
+  static std::int64_t fused_stride(std::int64_t t, std::int64_t hd) {
+    return aligned_stride(fused_attention_scratch_floats(t, hd));
+  }
+  static std::int64_t fused_floats(std::int64_t samples, std::int64_t t, std::int64_t hd,
+                                   int threads) {
+    return saturating_mul(std::min<std::int64_t>(threads, samples), fused_stride(t, hd));
+  }
+
+  /// Grows the scores buffer to `floats` (never shrinks it: shapes share it).
+  void reserve_scores(std::int64_t floats) {
+    if (static_cast<std::int64_t>(scores_.size()) < floats)
+      scores_.resize(static_cast<std::size_t>(floats));
+  }
+
   void eigen(const float* qkv, std::int64_t samples, std::int64_t t, std::int64_t heads,
              std::int64_t hd, float* out) {
     const std::int64_t d = heads * hd;
@@ -103,9 +145,8 @@ private:
 #endif
     // Each thread's T x T scores start aligned, so that a (sample, head) pair's softmax rounds the
     // same on whichever thread it runs (deterministic.hpp).
-    const std::int64_t per_thread = aligned_stride(t * t);
-    if (static_cast<std::int64_t>(scores_.size()) < threads * per_thread)
-      scores_.resize(static_cast<std::size_t>(threads * per_thread));
+    const std::int64_t per_thread = eigen_stride(t);
+    reserve_scores(eigen_floats(t, threads));
     parallel_for(
         samples * heads,
         [&](std::int64_t job) {
@@ -140,9 +181,8 @@ private:
 #ifdef _OPENMP
     threads = static_cast<int>(std::min<std::int64_t>(omp_get_max_threads(), samples));
 #endif
-    const std::int64_t per_thread = aligned_stride(fused_attention_scratch_floats(t, hd));
-    if (static_cast<std::int64_t>(scores_.size()) < threads * per_thread)
-      scores_.resize(static_cast<std::size_t>(threads * per_thread));
+    const std::int64_t per_thread = fused_stride(t, hd);
+    reserve_scores(fused_floats(samples, t, hd, threads));
     const auto key = std::make_tuple(samples, t, heads, hd);
     if (std::find(fused_shapes_.begin(), fused_shapes_.end(), key) == fused_shapes_.end()) {
       fused_shapes_.push_back(key);
@@ -178,15 +218,27 @@ private:
     /// tokens: 48 KB of scores per sample).
     static constexpr std::int64_t chunk_bytes = std::int64_t{1} << 20;
 
+    /// Samples per chunk: as many as fit in chunk_bytes of scores, at least one.
+    static std::int64_t chunk_samples(std::int64_t samples, std::int64_t t, std::int64_t heads) {
+      const std::int64_t per_sample = saturating_mul(heads, saturating_mul(t, t));
+      return std::clamp<std::int64_t>(
+          chunk_bytes / saturating_mul(per_sample, static_cast<std::int64_t>(sizeof(float))), 1,
+          samples);
+    }
+    /// Floats of one chunk's scores [chunk, heads, T, T].
+    static std::int64_t scores_floats(std::int64_t samples, std::int64_t t, std::int64_t heads) {
+      return saturating_mul(chunk_samples(samples, t, heads),
+                            saturating_mul(heads, saturating_mul(t, t)));
+    }
+
     /// `eigen(qkv, samples, out)` runs a chunk whose primitives would be reference kernels.
     template <class EigenChunk>
     void run(const float* qkv, std::int64_t samples, std::int64_t t, std::int64_t heads,
              std::int64_t hd, float* out, AlignedBuffer<float>& scores, EigenChunk&& eigen) {
-      const std::int64_t per_sample = heads * t * t;
-      const std::int64_t chunk = std::clamp<std::int64_t>(
-          chunk_bytes / (per_sample * static_cast<std::int64_t>(sizeof(float))), 1, samples);
-      if (static_cast<std::int64_t>(scores.size()) < chunk * per_sample)
-        scores.resize(static_cast<std::size_t>(chunk * per_sample));
+      const std::int64_t chunk = chunk_samples(samples, t, heads);
+      const std::int64_t floats = scores_floats(samples, t, heads);
+      if (static_cast<std::int64_t>(scores.size()) < floats)
+        scores.resize(static_cast<std::size_t>(floats));
       const std::int64_t d = heads * hd;
       for (std::int64_t first = 0; first < samples; first += chunk) {
         const std::int64_t count = std::min(chunk, samples - first);

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <map>
 #include <optional>
 #include <ostream>
@@ -16,6 +17,19 @@
 #include "tstitch/core/tensor.hpp"
 
 namespace tstitch::dit {
+
+/// a * b for sizes >= 0, saturating at INT64_MAX instead of overflowing: a forward's memory
+/// estimate multiplies a config's (bounded) sizes by a batch and a thread count that are not.
+inline std::int64_t saturating_mul(std::int64_t a, std::int64_t b) {
+  constexpr std::int64_t max = std::numeric_limits<std::int64_t>::max();
+  return a != 0 && b > max / a ? max : a * b;
+}
+
+/// a + b for sizes >= 0, saturating at INT64_MAX.
+inline std::int64_t saturating_add(std::int64_t a, std::int64_t b) {
+  constexpr std::int64_t max = std::numeric_limits<std::int64_t>::max();
+  return b > max - a ? max : a + b;
+}
 
 /// The hyper-parameters of a DiT (Peebles & Xie 2023, facebookresearch/DiT models.py).
 struct Config {

@@ -2,9 +2,15 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <new>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
@@ -14,6 +20,10 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+
+#if __has_include(<unistd.h>)
+#include <unistd.h>
 #endif
 
 #include "tstitch/core/cpu_isa.hpp"
@@ -49,7 +59,12 @@ namespace tstitch::dit {
 /// kernels and blockings by the CPU's instruction set and caches.)
 ///
 /// One predict at a time per model (the workspaces are reused): callers on several threads of
-/// their own use one model each (loading an F32 file again maps the same pages).
+/// their own use one model each (loading an F32 file again maps the same pages). A second
+/// concurrent predict is refused with tstitch::runtime_error rather than raced.
+///
+/// Before a forward allocates, its workspace is estimated (workspace_bytes) and refused above a
+/// limit (memory_limit: physical memory unless set), so that a config whose attention scores
+/// cannot fit fails with a message naming the model and the bytes rather than std::bad_alloc.
 class CpuModel {
 public:
   using condition_type = std::vector<int>;
@@ -116,10 +131,172 @@ public:
     return bytes;
   }
 
+  /// Bytes of workspace a forward of `images` images needs with the current settings (threads,
+  /// executor, batch invariance): the activation buffers and the attention scores of every
+  /// workspace it runs in, weights aside (and oneDNN's primitives' small scratchpads). Not counted
+  /// either: what a larger batch run earlier left allocated. Saturates at INT64_MAX.
+  [[nodiscard]] std::int64_t workspace_bytes(std::int64_t images) const {
+    const int team = threads();
+    if (!batch_invariant_ && !executor_ && !splits_batch(images, team)) {
+#ifdef _OPENMP
+      return one_workspace_bytes(images, team); // attention's scores: one slice per thread
+#else
+      return one_workspace_bytes(images, 1);
+#endif
+    }
+    const std::int64_t tasks = std::max<std::int64_t>(1, std::min<std::int64_t>(team, images));
+    const std::int64_t slice = batch_invariant_ ? 1 : (images + tasks - 1) / tasks;
+    return saturating_mul(tasks, one_workspace_bytes(slice, 1)); // single-threaded slices
+  }
+
+  /// The most workspace a forward may need (workspace_bytes) before predict() refuses it: `bytes`
+  /// > 0 sets it, 0 restores the default, the machine's physical memory (a forward that needs
+  /// more would fail to allocate or be killed swapping).
+  void set_memory_limit(std::int64_t bytes) {
+    require(bytes >= 0, "CpuModel::set_memory_limit: bytes", bytes, "must be >= 0 (0: default)");
+    memory_limit_ = bytes;
+  }
+  [[nodiscard]] std::int64_t memory_limit() const {
+    return memory_limit_ > 0 ? memory_limit_ : physical_memory_bytes();
+  }
+
   /// Writes the raw output (N, out_channels, H, W) for latents x (N, C, H, W) at model time
-  /// ctx.point.timestep and labels (one per row, in [0, num_classes]).
+  /// ctx.point.timestep and labels (one per row, in [0, num_classes]). Throws
+  /// tstitch::runtime_error when called while another call is running, when the forward's
+  /// workspace exceeds memory_limit(), or when an allocation fails.
   void predict(ConstView x, const StepContext& ctx, const condition_type& labels, View out) {
+    const InUse in_use(busy_, name_);
     check_forward(config(), x, out, labels, ctx.point.timestep, "DiT");
+    const std::int64_t images = x.batch();
+    const std::int64_t needed = workspace_bytes(images);
+    check_memory(images, needed);
+    try {
+      forward_batch(x, ctx, labels, out);
+    } catch (const std::bad_alloc&) { // from a buffer, Eigen's or oneDNN's internals
+      throw out_of_memory(images, needed, "an allocation failed");
+    } catch (const std::length_error&) { // a buffer beyond what std::vector can hold
+      throw out_of_memory(images, needed, "a buffer exceeds what std::vector can hold");
+    }
+  }
+
+  /// The number of threads this model's forwards use: `threads` > 0 sets it for this model alone
+  /// (a small model may run best on fewer threads than a large one); 0, the default, follows
+  /// OpenMP (omp_get_max_threads() of the calling thread, OMP_NUM_THREADS). With a host executor
+  /// (set_parallel_for) it is the number of tasks a forward hands to it.
+  void set_threads(int threads) {
+    require(threads >= 0, "CpuModel::set_threads: threads", threads, "must be >= 0");
+    threads_ = threads;
+  }
+  [[nodiscard]] int threads() const {
+    if (threads_ > 0)
+      return threads_;
+    if (executor_)
+      return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+  }
+
+  /// Runs the model's parallel work on the host application's thread pool instead of OpenMP's:
+  /// each forward hands `threads()` tasks to `executor`, slices of the batch that run
+  /// single-threaded on whichever thread takes them, so the model starts no threads of its own.
+  /// An empty executor restores OpenMP.
+  void set_parallel_for(ParallelFor executor) { executor_ = std::move(executor); }
+
+private:
+  /// Set while a predict() runs. Copying or moving a model gives the copy a clear flag (the
+  /// atomic itself can be neither), so models still go in vectors.
+  struct BusyFlag {
+    std::atomic<bool> busy{false};
+    BusyFlag() = default;
+    BusyFlag(const BusyFlag&) noexcept {}
+    BusyFlag& operator=(const BusyFlag&) noexcept { return *this; }
+  };
+
+  /// Holds the flag for one predict() (RAII, so an exception releases it), or throws if another
+  /// call holds it: concurrent calls would share the workspaces and race.
+  class InUse {
+  public:
+    InUse(BusyFlag& flag, const std::string& name) : flag_(flag) {
+      if (flag_.busy.exchange(true, std::memory_order_acquire))
+        throw runtime_error(detail::concat("CpuModel '", name,
+                                           "': predict() called from two threads at once; use one "
+                                           "model per thread"));
+    }
+    ~InUse() { flag_.busy.store(false, std::memory_order_release); }
+    InUse(const InUse&) = delete;
+    InUse& operator=(const InUse&) = delete;
+
+  private:
+    BusyFlag& flag_;
+  };
+
+  /// Total physical memory (POSIX sysconf), read once; INT64_MAX where it cannot be read.
+  static std::int64_t physical_memory_bytes() {
+    static const std::int64_t bytes = [] {
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+      const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+      if (pages > 0 && page > 0)
+        return saturating_mul(pages, page);
+#endif
+      return std::numeric_limits<std::int64_t>::max();
+    }();
+    return bytes;
+  }
+
+  /// "17.2 GB", "512.0 MB": decimal units, one decimal.
+  static std::string format_bytes(std::int64_t bytes) {
+    const auto b = static_cast<double>(bytes);
+    const char* unit = b >= 1e9 ? "GB" : b >= 1e6 ? "MB" : b >= 1e3 ? "kB" : "bytes";
+    const double scaled = b >= 1e9 ? b / 1e9 : b >= 1e6 ? b / 1e6 : b >= 1e3 ? b / 1e3 : b;
+    char text[64];
+    std::snprintf(text, sizeof text, "%.1f %s", scaled, unit);
+    return text;
+  }
+
+  [[nodiscard]] std::string describe_need(std::int64_t images, std::int64_t needed) const {
+    const std::string amount = needed == std::numeric_limits<std::int64_t>::max()
+                                   ? std::string("2^63 bytes or more")
+                                   : detail::concat(format_bytes(needed), " (", needed, " bytes)");
+    return detail::concat(
+        "CpuModel '", name_, "': a forward of ", images, images == 1 ? " image" : " images",
+        " needs ", amount, " of workspace (activations and attention scores, weights aside; ",
+        config().tokens(), " tokens of hidden size ", config().hidden_size, ", ",
+        config().num_heads, " heads, ", threads(), threads() == 1 ? " thread)" : " threads)");
+  }
+
+  /// Refuses a forward whose workspace exceeds the limit, before anything is allocated.
+  void check_memory(std::int64_t images, std::int64_t needed) const {
+    const std::int64_t limit = memory_limit();
+    if (needed <= limit && needed < std::numeric_limits<std::int64_t>::max())
+      return;
+    throw runtime_error(
+        detail::concat(describe_need(images, needed), ", more than the ", format_bytes(limit), " (",
+                       limit, " bytes) limit (",
+                       memory_limit_ > 0 ? "set by CpuModel::set_memory_limit" : "physical memory",
+                       "); use a smaller batch, fewer threads or a smaller input"));
+  }
+
+  [[nodiscard]] runtime_error out_of_memory(std::int64_t images, std::int64_t needed,
+                                            const char* what) const {
+    return runtime_error(detail::concat(describe_need(images, needed), ": ", what,
+                                        " (out of memory); use a smaller batch, fewer threads or "
+                                        "a smaller input"));
+  }
+
+  /// Bytes of one workspace forwarding `images` images with attention on `threads` threads.
+  [[nodiscard]] std::int64_t one_workspace_bytes(std::int64_t images, int threads) const {
+    const Config& c = config();
+    std::int64_t floats = SelfAttention::scratch_floats(gemm_, images, c.tokens(), c.num_heads,
+                                                        c.head_dim(), threads);
+    for (const std::int64_t buffer : buffer_floats(images))
+      floats = saturating_add(floats, buffer);
+    return saturating_mul(floats, static_cast<std::int64_t>(sizeof(float)));
+  }
+
+  void forward_batch(ConstView x, const StepContext& ctx, const condition_type& labels, View out) {
     const auto t = static_cast<float>(ctx.point.timestep);
     const std::int64_t images = x.batch();
     const int team = threads();
@@ -155,33 +332,6 @@ public:
         tasks);
   }
 
-  /// The number of threads this model's forwards use: `threads` > 0 sets it for this model alone
-  /// (a small model may run best on fewer threads than a large one); 0, the default, follows
-  /// OpenMP (omp_get_max_threads() of the calling thread, OMP_NUM_THREADS). With a host executor
-  /// (set_parallel_for) it is the number of tasks a forward hands to it.
-  void set_threads(int threads) {
-    require(threads >= 0, "CpuModel::set_threads: threads", threads, "must be >= 0");
-    threads_ = threads;
-  }
-  [[nodiscard]] int threads() const {
-    if (threads_ > 0)
-      return threads_;
-    if (executor_)
-      return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-  }
-
-  /// Runs the model's parallel work on the host application's thread pool instead of OpenMP's:
-  /// each forward hands `threads()` tasks to `executor`, slices of the batch that run
-  /// single-threaded on whichever thread takes them, so the model starts no threads of its own.
-  /// An empty executor restores OpenMP.
-  void set_parallel_for(ParallelFor executor) { executor_ = std::move(executor); }
-
-private:
   /// Whether a batch of `images` runs as `team` slices of whole images, one per thread, rather
   /// than as one forward with each layer threaded. Slices start no parallel region per layer and
   /// keep each thread's activations in its own cache: 1.05-1.5x faster on the Fashion DiTs and
@@ -225,6 +375,26 @@ private:
       buffer.resize(static_cast<std::size_t>(size));
   }
 
+  /// The floats of each activation buffer for a forward of n images, in Workspace's order from
+  /// tokens to temb (saturating: the estimate checks them before reserve() allocates them).
+  [[nodiscard]] std::array<std::int64_t, 12> buffer_floats(std::int64_t n) const {
+    const Config& c = config();
+    const auto mul = [](std::int64_t a, std::int64_t b) { return saturating_mul(a, b); };
+    const std::int64_t rows = mul(n, c.tokens()), d = c.hidden_size;
+    return {mul(rows, d),
+            mul(rows, d),
+            mul(rows, 3 * d),
+            mul(rows, d),
+            mul(rows, c.mlp_hidden()),
+            mul(rows, c.patch_size * c.patch_size * c.out_channels()),
+            mul(n, d),
+            mul(n, d),
+            mul(n, 6 * d),
+            mul(rows, c.in_channels * c.patch_size * c.patch_size),
+            mul(n, Config::frequency_embedding_size),
+            mul(n, d)};
+  }
+
   void forward(Workspace& w, ConstView x, float t, std::span<const int> labels, View out) {
     const std::int64_t n = x.batch();
     reserve(w, n);
@@ -237,20 +407,11 @@ private:
   }
 
   void reserve(Workspace& w, std::int64_t n) const {
-    const Config& c = config();
-    const std::int64_t rows = n * c.tokens(), d = c.hidden_size;
-    resize(w.tokens, rows * d);
-    resize(w.h, rows * d);
-    resize(w.qkv, rows * 3 * d);
-    resize(w.attn, rows * d);
-    resize(w.mlp, rows * c.mlp_hidden());
-    resize(w.out, rows * c.patch_size * c.patch_size * c.out_channels());
-    resize(w.patches, rows * c.in_channels * c.patch_size * c.patch_size);
-    resize(w.cond, n * d);
-    resize(w.silu, n * d);
-    resize(w.mod, n * 6 * d);
-    resize(w.freq, n * Config::frequency_embedding_size);
-    resize(w.temb, n * d);
+    const std::array<std::int64_t, 12> floats = buffer_floats(n);
+    AlignedBuffer<float>* buffers[12] = {&w.tokens, &w.h,    &w.qkv, &w.attn,    &w.mlp,  &w.out,
+                                         &w.cond,   &w.silu, &w.mod, &w.patches, &w.freq, &w.temb};
+    for (std::size_t i = 0; i < floats.size(); ++i)
+      resize(*buffers[i], floats[i]);
   }
 
   /// y = x W^T + b for the first `rows` rows.
@@ -375,6 +536,8 @@ private:
   bool batch_invariant_ = false;
   Gemm gemm_;
   int threads_ = 0;
+  std::int64_t memory_limit_ = 0; // 0: physical memory
+  BusyFlag busy_;
   ParallelFor executor_;
   std::vector<Workspace> batched_; // the batched forwards' (one, made at the first)
   std::vector<Workspace> slices_;  // the single-threaded slices', one per task

@@ -68,22 +68,37 @@ struct BlockWeights {
 /// The weights of a DiT, under the tensor names of the official checkpoints
 /// (facebookresearch/DiT): `x_embedder.proj.weight`, `t_embedder.mlp.0.weight`,
 /// `y_embedder.embedding_table.weight`, `blocks.{i}.attn.qkv.weight`, ...,
-/// `final_layer.linear.weight`. F32 tensors of a file are used in place (memory-mapped, not
-/// copied); F16 and BF16 tensors are converted once. `pos_embed` may be absent (it is recomputed).
+/// `final_layer.linear.weight`. F32 tensors of a file are used in place (memory-mapped, or in
+/// the one buffer LoadMode::read reads the file into; not copied per tensor); F16 and BF16 tensors
+/// are converted once. `pos_embed` may be absent (it is recomputed).
+///
+/// Mapped weights (the default) are only as stable as the file: see io::LoadMode. Truncating the
+/// file during a run kills the process with SIGBUS, rewriting it in place changes the weights
+/// under the run (check_unchanged() tells afterwards). LoadMode::read is immune to both.
 class Weights {
 public:
   /// Loads a file written by tools/convert_dit_checkpoint.py; the config comes from its metadata.
-  [[nodiscard]] static Weights load(const std::filesystem::path& path) {
-    io::SafetensorsFile file(path);
+  [[nodiscard]] static Weights load(const std::filesystem::path& path,
+                                    io::LoadMode mode = io::LoadMode::mmap) {
+    io::SafetensorsFile file(path, mode);
     const Config config = Config::from_metadata(file.metadata(), path.string());
     return Weights(std::move(file), config);
   }
 
   /// Loads a file and checks it against an expected config (tensor shapes must agree with it).
-  [[nodiscard]] static Weights load(const std::filesystem::path& path, const Config& config) {
+  [[nodiscard]] static Weights load(const std::filesystem::path& path, const Config& config,
+                                    io::LoadMode mode = io::LoadMode::mmap) {
     config.validate();
-    return Weights(io::SafetensorsFile(path), config);
+    return Weights(io::SafetensorsFile(path, mode), config);
   }
+
+  /// Throws tstitch::runtime_error "tstitch: model file changed during the run: <path> (...)"
+  /// if the file these weights came from was rewritten or replaced since load(). Call it at the
+  /// end of a run, before writing results. Does nothing for random() weights.
+  void check_unchanged() const { stamp().check_unchanged("model file"); }
+  /// The file as it was at load() (an empty path for random() weights): a copy to check later,
+  /// e.g. after the weights were moved into a model or uploaded to a device.
+  [[nodiscard]] io::FileStamp stamp() const { return file_ ? file_->stamp() : io::FileStamp{}; }
 
   /// Random weights (uniform in [-scale, scale], seeded) for benchmarks and tests: every tensor,
   /// including those DiT's initialisation zeroes, is non-zero.
