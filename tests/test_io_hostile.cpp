@@ -478,6 +478,57 @@ TEST_CASE("random mutations of a valid file either parse or throw format_error",
   CHECK(refused > 0);
 }
 
+/// The bytes of a file, in a vector (whose buffer is aligned for floats).
+std::vector<std::byte> file_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::vector<std::byte> bytes(fs::file_size(path));
+  in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  REQUIRE(in.good());
+  return bytes;
+}
+
+TEST_CASE("dit::Weights::from_bytes loads a DiT from memory as load() loads the file",
+          "[io][hostile][dit]") {
+  const fs::path path = fs::path(TSTITCH_TEST_DATA_DIR) / "dit" / "tiny_dit.safetensors";
+  const std::vector<std::byte> bytes = file_bytes(path);
+  const tstitch::dit::Weights loaded = tstitch::dit::Weights::load(path, LoadMode::read);
+  const tstitch::dit::Weights memory = tstitch::dit::Weights::from_bytes(bytes, "pack:tiny_dit");
+  CHECK(memory.config() == loaded.config());
+  CHECK(memory.parameter_count() == loaded.parameter_count());
+  CHECK(memory.copied_parameters() == 0); // F32 and aligned: viewed in place, not copied
+  CHECK(memory.stamp().path.empty());
+  REQUIRE(memory.named().size() == loaded.named().size());
+  for (std::size_t i = 0; i < memory.named().size(); ++i) {
+    const auto& [name, a] = memory.named()[i];
+    const tstitch::dit::Param b = loaded.named()[i].second;
+    INFO(name);
+    REQUIRE(name == loaded.named()[i].first);
+    REQUIRE((a.rows == b.rows && a.cols == b.cols));
+    // In place: the parameter points into the caller's bytes.
+    CHECK(reinterpret_cast<const std::byte*>(a.data) >= bytes.data());
+    CHECK(reinterpret_cast<const std::byte*>(a.data) < bytes.data() + bytes.size());
+    CHECK(std::memcmp(a.data, b.data, static_cast<std::size_t>(a.rows * a.cols) * 4) == 0);
+  }
+  const tstitch::dit::Weights checked =
+      tstitch::dit::Weights::from_bytes(bytes, loaded.config(), "pack:tiny_dit");
+  CHECK(checked.parameter_count() == loaded.parameter_count());
+
+  // Each kind of bad input gives its documented exception, naming the bytes.
+  tstitch::dit::Config other = loaded.config();
+  other.depth += 1;
+  CHECK_THROWS_WITH(tstitch::dit::Weights::from_bytes(bytes, other, "pack:tiny_dit"),
+                    Contains("pack:tiny_dit") && Contains("blocks."));
+  const std::span<const std::byte> truncated(bytes.data(), bytes.size() - 1);
+  CHECK_THROWS_AS(tstitch::dit::Weights::from_bytes(truncated), tstitch::io::format_error);
+  CHECK_THROWS_WITH(tstitch::dit::Weights::from_bytes(truncated, "pack:cut"), Contains("pack:cut"));
+  const std::string no_config = st_file(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                                        tstitch::test::float_bytes({1.0f}));
+  CHECK_THROWS_AS(tstitch::dit::Weights::from_bytes(as_bytes(no_config)),
+                  tstitch::invalid_argument);
+  CHECK_THROWS_WITH(tstitch::dit::Weights::from_bytes(as_bytes(no_config), "pack:bare"),
+                    Contains("pack:bare") && Contains("lacks 'depth'"));
+}
+
 TEST_CASE("parse_npy reads .npy bytes from memory; read_npy refuses a FIFO", "[io][hostile][npy]") {
   const std::vector<float> values{1.5f, -2.0f, 3.0f};
   const std::string header = tstitch::io::npy_header(std::vector<std::int64_t>{3});

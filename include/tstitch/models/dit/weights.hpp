@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <optional>
@@ -90,6 +91,26 @@ public:
                                     io::LoadMode mode = io::LoadMode::mmap) {
     config.validate();
     return Weights(io::SafetensorsFile(path, mode), config);
+  }
+
+  /// Loads safetensors bytes already in memory (weights embedded in an application's resources,
+  /// a fuzzer's input) as load() loads a file: the config comes from the metadata and every
+  /// tensor is checked against it. F32 tensors are used in place, so the bytes
+  /// must outlive the weights and stay unchanged. `name` stands for the path in error messages.
+  /// Throws tstitch::io::format_error (not safetensors), tstitch::invalid_argument (metadata that
+  /// is not a valid config) or tstitch::runtime_error (tensors that do not match the config).
+  [[nodiscard]] static Weights from_bytes(std::span<const std::byte> bytes,
+                                          const std::string& name = "<memory>") {
+    io::SafetensorsFile file = io::SafetensorsFile::from_bytes(bytes, name);
+    const Config config = Config::from_metadata(file.metadata(), name);
+    return Weights(std::move(file), config);
+  }
+
+  /// Loads bytes in memory and checks them against an expected config, as load(path, config).
+  [[nodiscard]] static Weights from_bytes(std::span<const std::byte> bytes, const Config& config,
+                                          const std::string& name = "<memory>") {
+    config.validate();
+    return Weights(io::SafetensorsFile::from_bytes(bytes, name), config);
   }
 
   /// Throws tstitch::runtime_error "tstitch: model file changed during the run: <path> (...)"
