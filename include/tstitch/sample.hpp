@@ -207,8 +207,12 @@ private:
     if (!std::isfinite(scale))
       throw_invalid_argument("guidance scale", scale, "must be finite");
     if (guidance.guided_channels < 0 || guidance.guided_channels > shape.channels)
-      throw_invalid_argument("guidance.guided_channels", guidance.guided_channels,
-                             detail::concat("must be in [0, ", shape.channels, "]"));
+      throw_invalid_argument(
+          "guidance.guided_channels", guidance.guided_channels,
+          detail::concat("must be in [0, ", shape.channels, "]: the latents have ", shape.channels,
+                         shape.channels == 1 ? " channel" : " channels",
+                         "; Guidance::dit(scale) guides DiT's first 3 of 4 channels, use "
+                         "Guidance::standard(scale) to guide every channel"));
     if (scale != 1.0 && uncond == nullptr)
       throw_invalid_argument("guidance scale", scale,
                              "needs an unconditional condition: pass uncond to sample() or give "
