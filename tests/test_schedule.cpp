@@ -614,7 +614,7 @@ TEST_CASE("FlowMatchSchedule point and timestep_at", "[schedule]") {
 // ---------------------------------------------------------------------------------------------
 
 TEST_CASE("ContinuousSchedule::cosine has exact ends", "[schedule]") {
-  const auto s = ContinuousSchedule::cosine();
+  const auto s = ContinuousSchedule::cosine(1.0);
   const auto noisy = s.point(1.0);
   CHECK(noisy.alpha == 0.0);
   CHECK(noisy.sigma == 1.0);
@@ -653,7 +653,7 @@ TEST_CASE("ContinuousSchedule::linear_flow spacing and inverse", "[schedule]") {
     INFO("t = " << t);
     CHECK(std::fabs(s.timestep_at(s.point(t).ve_sigma()) - t) < 1e-9);
   }
-  const auto cos = ContinuousSchedule::cosine();
+  const auto cos = ContinuousSchedule::cosine(1.0);
   for (double t : {0.0, 0.01, 0.25, 0.6, 0.95, 1.0}) {
     INFO("cosine t = " << t);
     CHECK(std::fabs(cos.timestep_at(cos.point(t).ve_sigma()) - t) < 1e-9);

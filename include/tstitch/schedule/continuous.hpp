@@ -29,6 +29,10 @@ class ContinuousSchedule {
 public:
   using Function = std::function<TimePoint(double)>;
 
+  /// Where cosine() starts by default: the end time of DPM-Solver's cosine VP schedule. There
+  /// alpha = 0.0085 and log(alpha^2 / sigma^2) = -9.5, near DDPM's linear schedule's -10.1.
+  static constexpr double cosine_t_max = 0.9946;
+
   /// `horizon` is the model-time scale T reported in Trajectory::num_train_timesteps (for rules
   /// stated as t / T); 0 picks max(|t_start|, |t_end|).
   ContinuousSchedule(Function function, double t_start, double t_end, double horizon = 0.0)
@@ -51,9 +55,12 @@ public:
 
   /// Variance-preserving cosine schedule (Nichol & Dhariwal): alpha = cos(pi/2 t),
   /// sigma = sin(pi/2 t), t from t_start down to t_end within [0, 1]. alpha is evaluated as
-  /// sin(pi/2 (1 - t)) so that both ends are exact: t = 1 gives alpha = 0 (pure noise, ve_sigma =
-  /// inf; pass t_start < 1 for solvers that need log alpha there), t = 0 gives sigma = 0.
-  [[nodiscard]] static ContinuousSchedule cosine(double t_start = 1.0, double t_end = 0.0) {
+  /// sin(pi/2 (1 - t)) so that both ends are exact: t = 0 gives sigma = 0, t = 1 alpha = 0.
+  /// The default t_start, cosine_t_max, keeps alpha > 0: at t = 1 an epsilon model's
+  /// x0 = (x - sigma eps) / alpha is 0/0 under every solver. t_start = 1 (pure noise) suits models
+  /// that predict x0, v or flow.
+  [[nodiscard]] static ContinuousSchedule cosine(double t_start = cosine_t_max,
+                                                 double t_end = 0.0) {
     require(t_start >= 0 && t_start <= 1, "t_start", t_start, "must lie in [0, 1]");
     require(t_end >= 0 && t_end <= 1, "t_end", t_end, "must lie in [0, 1]");
     constexpr double half_pi = 1.5707963267948966;
