@@ -429,10 +429,16 @@ private:
       fail_file("file is ", file.size(), " bytes, too short for the 8-byte header length");
     std::uint64_t header_size = 0;
     std::memcpy(&header_size, file.data(), 8);
+    // A header length that fits neither, with no '{' after it, is another kind of file (a text
+    // file renamed .safetensors): say so rather than quote its first bytes as a length.
+    const char* kind = file.size() > 8 && static_cast<char>(file[8]) == '{'
+                           ? ""
+                           : "not a safetensors file (no JSON header after the 8-byte length): ";
     if (header_size > max_header_size)
-      fail_file("header length ", header_size, " exceeds the limit of ", max_header_size, " bytes");
+      fail_file(kind, "header length ", header_size, " exceeds the limit of ", max_header_size,
+                " bytes");
     if (header_size > file.size() - 8)
-      fail_file("header length ", header_size, " exceeds the file (", file.size(), " bytes)");
+      fail_file(kind, "header length ", header_size, " exceeds the file (", file.size(), " bytes)");
     data_offset_ = 8 + header_size;
     const auto* header = reinterpret_cast<const char*>(file.data() + 8);
     const std::string_view header_text(header, static_cast<std::size_t>(header_size));
