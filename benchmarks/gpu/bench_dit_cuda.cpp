@@ -12,7 +12,7 @@
 //   4. stitched sampling (small model for the first fraction r of the steps, large for the rest)
 //      against the ideal speedup 1 / ((1 - r) + r c), c = small-only / large-only run time:
 //      DeviceSampler (DDIM, 50 steps, guidance) where tstitch/cuda/sampling.hpp exists.
-// Plain C++ (no nvcc): it links the kernels compiled in tstitch/cuda/tstitch_cuda.cu.
+// Plain C++ (no nvcc): it links the kernels compiled in src/cuda/tstitch_cuda.cu.
 //
 //   bench_dit_cuda [--models S/2,B/2,XL/2] [--batches 1,8,32,64] [--repeats 10] [--json path]
 //                  [--steps 50] [--sample-batch 8] [--gemm 8192] [--no-switch] [--no-stitch]
@@ -53,7 +53,7 @@
 #include "tstitch/core/step.hpp"
 #include "tstitch/core/tensor.hpp"
 #include "tstitch/cuda/dit.hpp"
-#include "tstitch/cuda/gemm.cuh"
+#include "tstitch/cuda/device/gemm.cuh"
 #include "tstitch/cuda/kernels.hpp"
 #include "tstitch/cuda/runtime.hpp"
 #include "tstitch/io/half.hpp"

@@ -18,8 +18,8 @@
 
 #include "../support/sample_variant.hpp"
 #include "device_buffers.hpp"
-#include "tstitch/cuda/backend.cuh"
-#include "tstitch/cuda/sampling.cuh"
+#include "tstitch/cuda/device/backend.cuh"
+#include "tstitch/cuda/device/sampling.cuh"
 #include "tstitch/schedule/discrete.hpp"
 #include "tstitch/schedule/flow.hpp"
 #include "tstitch/stitch/stitcher.hpp"

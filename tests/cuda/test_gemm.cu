@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "tstitch/core/philox.hpp"
-#include "tstitch/cuda/gemm.cuh"
+#include "tstitch/cuda/device/gemm.cuh"
 #include "tstitch/io/half.hpp"
 
 #include "device_buffers.hpp"

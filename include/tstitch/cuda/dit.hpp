@@ -3,7 +3,7 @@
 
 // The DiT denoiser on CUDA, declared for plain C++: a renderer's translation units include this
 // header with any C++20 compiler, and link the kernels compiled once from
-// tstitch/cuda/tstitch_cuda.cu (CMake target tstitch::cuda_dit, or the user's own nvcc build).
+// src/cuda/tstitch_cuda.cu (CMake target tstitch::cuda_dit, or the user's own nvcc build).
 #include <cstdint>
 #include <memory>
 #include <string>

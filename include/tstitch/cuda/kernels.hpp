@@ -2,8 +2,8 @@
 #pragma once
 
 // Host launchers of the CUDA kernels, declared for plain C++ (tests, benchmarks, users composing
-// their own models). Their definitions live in the .cuh headers beside this one and are compiled
-// in one CUDA translation unit (tstitch/cuda/tstitch_cuda.cu).
+// their own models). Their definitions live in src/cuda/*.cuh and are compiled
+// in one CUDA translation unit (src/cuda/tstitch_cuda.cu).
 //
 // Conventions. Pointers are device pointers. bf16 values travel as their raw 16-bit patterns
 // (std::uint16_t) so this header needs no CUDA type headers; the kernels read them as
@@ -73,7 +73,8 @@ inline constexpr FlashTiling flash_tilings[] = {{4, 16}, {4, 32}};
 void attention_flash(const std::uint16_t* qkv, std::uint16_t* out, int batch, int tokens, int heads,
                      int head_dim, FlashTiling tiling, cudaStream_t stream);
 
-// ---- the element-wise kernels of the DiT forward (definitions: dit_kernels.cuh) -------------
+// ---- the element-wise kernels of the DiT forward (definitions: src/cuda/dit_kernels.cuh)
+// -------------
 //
 // Row-major layouts: the residual stream h is fp32 [rows = batch * tokens, D]. GEMM inputs
 // written here are bf16 with a row stride ld = K + bias_columns whose column K holds 1 and columns

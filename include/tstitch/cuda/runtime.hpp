@@ -4,7 +4,7 @@
 // The CUDA backend's plain C++ side: error checks, the stream the backend runs on, and an owning
 // device tensor. Only the CUDA runtime's C API header is needed, which any C++ compiler reads:
 // a renderer's own translation units include this (and cuda/dit.hpp) without nvcc, and the
-// kernels are compiled once, in tstitch/cuda/tstitch_cuda.cu.
+// kernels are compiled once, in src/cuda/tstitch_cuda.cu.
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -19,9 +19,9 @@ namespace tstitch::cuda {
 /// Throws tstitch::runtime_error naming the call, the CUDA error and where it happened.
 inline void check(cudaError_t status, const char* what, const char* file, int line) {
   if (status != cudaSuccess)
-    throw runtime_error(detail::concat("tstitch: CUDA error in ", what, " (", file, ":", line,
-                                       "): ", cudaGetErrorName(status), ": ",
-                                       cudaGetErrorString(status)));
+    throw runtime_error(tstitch::detail::concat("tstitch: CUDA error in ", what, " (", file, ":",
+                                                line, "): ", cudaGetErrorName(status), ": ",
+                                                cudaGetErrorString(status)));
 }
 
 #define TSTITCH_CUDA_CHECK(call) ::tstitch::cuda::check((call), #call, __FILE__, __LINE__)
@@ -128,33 +128,34 @@ private:
   DeviceBuffer<float> memory_;
 };
 
-namespace transfer_detail {
+namespace detail {
 inline void check_extent(ConstView device, ConstView host, const char* what) {
   if (device.batch() != host.batch() || device.shape() != host.shape())
-    throw_invalid_argument(detail::concat(what, " host shape"), shape_string(host),
-                           detail::concat("must equal the device shape ", shape_string(device)));
+    throw_invalid_argument(
+        tstitch::detail::concat(what, " host shape"), shape_string(host),
+        tstitch::detail::concat("must equal the device shape ", shape_string(device)));
 }
-} // namespace transfer_detail
+} // namespace detail
 
 /// Host -> device copy of a whole batch (synchronous: for set-up, never inside the loop).
 inline void upload(View device, ConstView host, cudaStream_t stream = default_stream()) {
-  transfer_detail::check_extent(device, host, "upload");
+  detail::check_extent(device, host, "upload");
   for (std::int64_t n = 0; n < host.batch(); ++n)
-    TSTITCH_CUDA_CHECK(cudaMemcpyAsync(device.data() + n * device.batch_stride(),
-                                       host.data() + n * host.batch_stride(),
-                                       static_cast<std::size_t>(host.sample_numel()) * sizeof(float),
-                                       cudaMemcpyHostToDevice, stream));
+    TSTITCH_CUDA_CHECK(cudaMemcpyAsync(
+        device.data() + n * device.batch_stride(), host.data() + n * host.batch_stride(),
+        static_cast<std::size_t>(host.sample_numel()) * sizeof(float), cudaMemcpyHostToDevice,
+        stream));
   TSTITCH_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
 /// Device -> host copy of a whole batch; waits for the stream's work first.
 inline void download(View host, ConstView device, cudaStream_t stream = default_stream()) {
-  transfer_detail::check_extent(device, host, "download");
+  detail::check_extent(device, host, "download");
   for (std::int64_t n = 0; n < host.batch(); ++n)
-    TSTITCH_CUDA_CHECK(cudaMemcpyAsync(host.data() + n * host.batch_stride(),
-                                       device.data() + n * device.batch_stride(),
-                                       static_cast<std::size_t>(host.sample_numel()) * sizeof(float),
-                                       cudaMemcpyDeviceToHost, stream));
+    TSTITCH_CUDA_CHECK(cudaMemcpyAsync(
+        host.data() + n * host.batch_stride(), device.data() + n * device.batch_stride(),
+        static_cast<std::size_t>(host.sample_numel()) * sizeof(float), cudaMemcpyDeviceToHost,
+        stream));
   TSTITCH_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 

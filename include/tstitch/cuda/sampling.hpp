@@ -3,7 +3,7 @@
 
 // Stitched sampling with the latents on the GPU, declared for plain C++: a renderer's translation
 // units call sample_stitched / DeviceSampler with any C++20 compiler; the definitions (kernels,
-// the sampling loop on cuda::Backend) are compiled once in tstitch/cuda/tstitch_cuda.cu.
+// the sampling loop on cuda::Backend) are compiled once in src/cuda/tstitch_cuda.cu.
 //
 // While sampling, nothing is copied between host and device and nothing waits for the GPU:
 // models and solver updates are enqueued on one stream. Two documented exceptions:
@@ -80,7 +80,7 @@ private:
 ///     stitcher.set_names({"DiT-S/2", "DiT-XL/2"}).on_switch([](const SwitchEvent& e) {...});
 using DeviceStitcher = RuntimeStitcher<DeviceDenoiserRef, AnyPolicy>;
 
-struct SamplingWorkspace; // cuda/sampling.cuh: the backend, the loop's buffers, the solver
+struct SamplingWorkspace; // cuda/device/sampling.cuh: the backend, the loop's buffers, the solver
 
 /// Stitched DiT sampling on the device with a reusable workspace: the first run for a batch and
 /// solver allocates the loop's and the solver's device buffers, later runs with the same batch,

@@ -20,9 +20,9 @@ namespace tstitch::cuda {
 
 inline void check_cublas(cublasStatus_t status, const char* what, const char* file, int line) {
   if (status != CUBLAS_STATUS_SUCCESS)
-    throw runtime_error(detail::concat("tstitch: cuBLAS error in ", what, " (", file, ":", line,
-                                       "): ", cublasGetStatusName(status), ": ",
-                                       cublasGetStatusString(status)));
+    throw runtime_error(tstitch::detail::concat("tstitch: cuBLAS error in ", what, " (", file, ":",
+                                                line, "): ", cublasGetStatusName(status), ": ",
+                                                cublasGetStatusString(status)));
 }
 
 #define TSTITCH_CUBLAS_CHECK(call) ::tstitch::cuda::check_cublas((call), #call, __FILE__, __LINE__)
@@ -34,7 +34,7 @@ enum class GemmEpilogue {
   bias_gelu, ///< Y = GELU_tanh(X W^T + b)
 };
 
-namespace gemm_detail {
+namespace detail {
 
 /// Largest power of two (at most 256) dividing the address: cuBLASLt's heuristics assume
 /// 256-byte-aligned operands unless told otherwise.
@@ -77,7 +77,7 @@ struct Event {
   ~Event() { (void)cudaEventDestroy(event); }
 };
 
-} // namespace gemm_detail
+} // namespace detail
 
 /// cuBLAS and cuBLASLt handles bound to a stream, with one workspace of their own: cuBLAS must
 /// not allocate while a CUDA graph is being captured, so the workspace is given up front (both
@@ -131,17 +131,17 @@ public:
     require(y_type == CUDA_R_16BF || y_type == CUDA_R_32F, "GEMM output type",
             static_cast<int>(y_type), "must be CUDA_R_16BF or CUDA_R_32F");
     require(m >= 1 && n >= 1 && k >= 1, "GEMM shape m", m,
-            detail::concat("n = ", n, ", k = ", k, ": must be positive"));
+            tstitch::detail::concat("n = ", n, ", k = ", k, ": must be positive"));
     if (epilogue != GemmEpilogue::none) {
       require(bias != nullptr, "GEMM bias", "nullptr", "an epilogue with a bias needs one");
       // cuBLASLt's heuristics take no alignment for the bias and assume a vector-friendly one.
-      require(gemm_detail::alignment_of(bias) >= 16, "GEMM bias address",
+      require(detail::alignment_of(bias) >= 16, "GEMM bias address",
               reinterpret_cast<std::uintptr_t>(bias), "must be 16-byte aligned");
     }
-    const gemm_detail::LtPlan& plan = plan_for(
-        {m, n, k, ldx, ldw, ldy, static_cast<int>(y_type), static_cast<int>(epilogue),
-         gemm_detail::alignment_of(x), gemm_detail::alignment_of(w), gemm_detail::alignment_of(y)},
-        {x, w, y, bias});
+    const detail::LtPlan& plan =
+        plan_for({m, n, k, ldx, ldw, ldy, static_cast<int>(y_type), static_cast<int>(epilogue),
+                  detail::alignment_of(x), detail::alignment_of(w), detail::alignment_of(y)},
+                 {x, w, y, bias});
     if (epilogue != GemmEpilogue::none)
       TSTITCH_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
           plan.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
@@ -168,7 +168,7 @@ private:
     const void* bias;
   };
 
-  cublasStatus_t run(const gemm_detail::LtPlan& plan, const cublasLtMatmulAlgo_t& algo,
+  cublasStatus_t run(const detail::LtPlan& plan, const cublasLtMatmulAlgo_t& algo,
                      const Operands& o) const {
     const float alpha = 1.0f, beta = 0.0f;
     return cublasLtMatmul(lt_, plan.op, &alpha, o.w, plan.w, o.x, plan.x, &beta, o.y, plan.y, o.y,
@@ -180,12 +180,12 @@ private:
   /// times back to back (as the forward issues GEMMs) between two events. Candidates cuBLASLt
   /// refuses for these operands are skipped; if all are, the first is returned (and its call
   /// then reports the error).
-  int fastest(const gemm_detail::LtPlan& plan, const cublasLtMatmulHeuristicResult_t* candidates,
+  int fastest(const detail::LtPlan& plan, const cublasLtMatmulHeuristicResult_t* candidates,
               int count, const Operands& o) const {
     if (o.bias != nullptr)
       TSTITCH_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
           plan.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &o.bias, sizeof o.bias));
-    const gemm_detail::Event start, stop;
+    const detail::Event start, stop;
     int best = -1;
     float best_ms = 0.0f;
     for (int i = 0; i < count; ++i) {
@@ -211,12 +211,12 @@ private:
   using PlanKey = std::tuple<std::int64_t, int, int, int, int, int, int, int, std::uint32_t,
                              std::uint32_t, std::uint32_t>;
 
-  const gemm_detail::LtPlan& plan_for(const PlanKey& key, const Operands& operands) {
+  const detail::LtPlan& plan_for(const PlanKey& key, const Operands& operands) {
     if (auto it = plans_.find(key); it != plans_.end())
       return it->second;
     const auto [m, n, k, ldx, ldw, ldy, y_type_int, epilogue_int, align_x, align_w, align_y] = key;
     const auto y_type = static_cast<cudaDataType_t>(y_type_int);
-    gemm_detail::LtPlan& plan = plans_[key];
+    detail::LtPlan& plan = plans_[key];
     try {
       TSTITCH_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
       const cublasOperation_t transpose = CUBLAS_OP_T, keep = CUBLAS_OP_N;
@@ -263,7 +263,7 @@ private:
       (void)cublasLtMatmulPreferenceDestroy(preference);
       TSTITCH_CUBLAS_CHECK(status);
       if (found < 1)
-        throw runtime_error(detail::concat(
+        throw runtime_error(tstitch::detail::concat(
             "tstitch: cuBLASLt has no algorithm for the GEMM m = ", m, ", n = ", n, ", k = ", k,
             ", ldx = ", ldx, ", ldw = ", ldw, ", ldy = ", ldy, ", epilogue ", epilogue_int));
       cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
@@ -281,7 +281,7 @@ private:
   cublasLtHandle_t lt_ = nullptr;
   cudaStream_t stream_ = nullptr;
   DeviceBuffer<std::uint8_t> workspace_;
-  std::map<PlanKey, gemm_detail::LtPlan> plans_;
+  std::map<PlanKey, detail::LtPlan> plans_;
   bool autotune_ = true;
 };
 

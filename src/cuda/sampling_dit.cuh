@@ -2,12 +2,12 @@
 #pragma once
 
 // The out-of-line definitions of cuda/sampling.hpp (DeviceSampler, sample_stitched). Non-inline,
-// so exactly ONE CUDA translation unit includes this file: tstitch/cuda/tstitch_cuda.cu (or a
+// so exactly ONE CUDA translation unit includes this file: src/cuda/tstitch_cuda.cu (or a
 // user's own single .cu build of the kernels).
 #include <memory>
 
+#include "tstitch/cuda/device/sampling.cuh"
 #include "tstitch/cuda/dit.hpp"
-#include "tstitch/cuda/sampling.cuh"
 
 namespace tstitch::cuda {
 

@@ -4,7 +4,7 @@
 // Device-resident stitched sampling, the templates (nvcc only): the workspace and
 // sample_stitched_impl, the loop for any stitcher of device models (or a span of models of one
 // type). Safe to include in any number of CUDA translation units; the out-of-line definitions of
-// cuda/sampling.hpp are in cuda/sampling_dit.cuh, which exactly one translation unit
+// cuda/sampling.hpp are in src/cuda/sampling_dit.cuh, which exactly one translation unit
 // (tstitch_cuda.cu) includes.
 #include <concepts>
 #include <cstddef>
@@ -17,7 +17,7 @@
 
 #include "tstitch/core/denoiser.hpp"
 #include "tstitch/core/error.hpp"
-#include "tstitch/cuda/backend.cuh"
+#include "tstitch/cuda/device/backend.cuh"
 #include "tstitch/cuda/sampling.hpp"
 #include "tstitch/sample.hpp"
 
@@ -33,7 +33,7 @@ struct SamplingWorkspace {
   std::optional<DeviceSolver> solver;
 };
 
-namespace sampling_detail {
+namespace detail {
 
 /// Whether the workspace's solver can serve a run asked for with `wanted`: same kind, same
 /// options. Keeping it keeps its device workspace (copying a solver drops device workspace).
@@ -64,7 +64,7 @@ inline void check_solver(const DeviceSolver& solver) {
       solver);
 }
 
-} // namespace sampling_detail
+} // namespace detail
 
 /// Samples x (device memory) in place with `stitcher` and the workspace's backend; see
 /// DeviceSampler::run. The stitcher's models run on device views; when they have a stream()
@@ -80,12 +80,12 @@ SampleResult sample_stitched_impl(SamplingWorkspace& workspace, Stitcher& stitch
                   })
       if (stitcher.model(k).stream() != workspace.backend.stream())
         throw_invalid_argument(
-            detail::concat("stream of ", stitcher.model_name(k)),
+            tstitch::detail::concat("stream of ", stitcher.model_name(k)),
             static_cast<const void*>(stitcher.model(k).stream()),
-            detail::concat("must be the sampler's stream ",
-                           static_cast<const void*>(workspace.backend.stream())));
-  sampling_detail::check_solver(solver);
-  if (!workspace.solver || !sampling_detail::same_solver(*workspace.solver, solver))
+            tstitch::detail::concat("must be the sampler's stream ",
+                                    static_cast<const void*>(workspace.backend.stream())));
+  detail::check_solver(solver);
+  if (!workspace.solver || !detail::same_solver(*workspace.solver, solver))
     workspace.solver = solver;
   const std::optional<condition_of<Stitcher>> uncond = unconditional_of(stitcher, cond);
   return std::visit(
@@ -106,7 +106,7 @@ SampleResult sample_stitched_impl(SamplingWorkspace& workspace, std::span<D* con
   std::vector<DeviceDenoiserRef> refs;
   refs.reserve(models.size());
   for (std::size_t k = 0; k < models.size(); ++k) {
-    require(models[k] != nullptr, detail::concat("models[", k, "]"), "null",
+    require(models[k] != nullptr, tstitch::detail::concat("models[", k, "]"), "null",
             "must point to a model");
     refs.emplace_back(*models[k]);
   }

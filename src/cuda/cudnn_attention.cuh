@@ -2,7 +2,7 @@
 #pragma once
 
 // AttentionPath::cudnn: cuDNN's fused flash-attention forward, reached through cuDNN 9's graph
-// (backend) API. Included by tstitch/cuda/attention.cuh, which dispatches to the two functions at
+// (backend) API. Included by src/cuda/attention.cuh, which dispatches to the two functions at
 // the end of this file (cudnn_attention_supported, cudnn_attention).
 //
 // Built only with TSTITCH_HAS_CUDNN (CMake defines it when it finds cudnn_graph.h; the headers
@@ -55,7 +55,7 @@
 #include <vector>
 #endif
 
-namespace tstitch::cuda::kernels::attention_detail {
+namespace tstitch::cuda::detail {
 
 inline constexpr int kCudnnMinHeadDim = 8;
 inline constexpr int kCudnnMaxHeadDim =
@@ -63,7 +63,7 @@ inline constexpr int kCudnnMaxHeadDim =
 
 #if defined(TSTITCH_HAS_CUDNN)
 
-namespace cudnn_detail {
+namespace cudnn {
 
 // ---------------------------------------------------------------------------------------------
 // The library, opened once per process.
@@ -136,12 +136,14 @@ inline Api load_api() {
     void* library = dlopen(candidate.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (library == nullptr) {
       const char* why = dlerror();
-      tried += detail::concat(tried.empty() ? "" : "; ", why != nullptr ? why : candidate.c_str());
+      tried += tstitch::detail::concat(tried.empty() ? "" : "; ",
+                                       why != nullptr ? why : candidate.c_str());
       continue;
     }
     const std::string missing = resolve(library, api);
     if (!missing.empty()) {
-      tried += detail::concat(tried.empty() ? "" : "; ", candidate, ": no symbol ", missing);
+      tried +=
+          tstitch::detail::concat(tried.empty() ? "" : "; ", candidate, ": no symbol ", missing);
       (void)dlclose(library);
       api = Api{};
       continue;
@@ -150,16 +152,17 @@ inline Api load_api() {
     api.version = api.get_version();
     // Never dlclose'd: plans and handles made from it live until the process ends.
     if (api.version < 90000) {
-      api.failure = detail::concat(candidate, " is cuDNN ", api.version,
-                                   "; the graph API path needs cuDNN 9");
+      api.failure = tstitch::detail::concat(candidate, " is cuDNN ", api.version,
+                                            "; the graph API path needs cuDNN 9");
     } else if (api.version == 91000 || api.version == 91001) {
       // cudnn-frontend refuses bf16/fp16 SDPA forward on these two releases (known bugs).
-      api.failure = detail::concat(candidate, " is cuDNN ", api.version,
-                                   ", whose SDPA forward has known bugs (use 9.10.2 or newer)");
+      api.failure =
+          tstitch::detail::concat(candidate, " is cuDNN ", api.version,
+                                  ", whose SDPA forward has known bugs (use 9.10.2 or newer)");
     }
     return api;
   }
-  api.failure = detail::concat(
+  api.failure = tstitch::detail::concat(
       "libcudnn could not be loaded (",
       configured != nullptr && *configured != '\0' ? "" : "TSTITCH_CUDNN_LIBRARY is not set; ",
       tried, ")");
@@ -175,13 +178,13 @@ inline const Api& api() {
 inline std::string status_text(cudnnStatus_t status) {
   const Api& a = api();
   std::string text = a.error_string != nullptr ? a.error_string(status) : "cuDNN error";
-  text += detail::concat(" (", static_cast<int>(status), ")");
+  text += tstitch::detail::concat(" (", static_cast<int>(status), ")");
   if (a.last_error_string != nullptr) {
     std::array<char, 1024> message{};
     a.last_error_string(message.data(), message.size());
     message.back() = '\0';
     if (message[0] != '\0')
-      text += detail::concat(": ", message.data());
+      text += tstitch::detail::concat(": ", message.data());
   }
   return text;
 }
@@ -191,8 +194,8 @@ inline std::string status_text(cudnnStatus_t status) {
 class CudnnError : public runtime_error {
 public:
   CudnnError(cudnnStatus_t status, std::string_view what, const char* file, int line)
-      : runtime_error(detail::concat("tstitch: cuDNN error in ", what, " (", file, ":", line,
-                                     "): ", status_text(status))),
+      : runtime_error(tstitch::detail::concat("tstitch: cuDNN error in ", what, " (", file, ":",
+                                              line, "): ", status_text(status))),
         status_(status) {}
   [[nodiscard]] cudnnStatus_t status() const { return status_; }
   /// BAD_PARAM (2xxx) and NOT_SUPPORTED (3xxx): cuDNN refuses this graph, it would again.
@@ -211,7 +214,7 @@ inline void check(cudnnStatus_t status, std::string_view what, const char* file,
 }
 
 #define TSTITCH_CUDNN_CHECK(call)                                                                  \
-  ::tstitch::cuda::kernels::attention_detail::cudnn_detail::check((call), #call, __FILE__, __LINE__)
+  ::tstitch::cuda::detail::cudnn::check((call), #call, __FILE__, __LINE__)
 
 // ---------------------------------------------------------------------------------------------
 // Descriptors
@@ -252,13 +255,14 @@ inline void set(cudnnBackendDescriptor_t descriptor, cudnnBackendAttributeName_t
                 const char* what) {
   const cudnnStatus_t status = api().set_attribute(descriptor, name, type, count, value);
   if (status != CUDNN_STATUS_SUCCESS)
-    check(status, detail::concat("cudnnBackendSetAttribute(", what, ")"), __FILE__, __LINE__);
+    check(status, tstitch::detail::concat("cudnnBackendSetAttribute(", what, ")"), __FILE__,
+          __LINE__);
 }
 
 inline void finalize(cudnnBackendDescriptor_t descriptor, const char* what) {
   const cudnnStatus_t status = api().finalize(descriptor);
   if (status != CUDNN_STATUS_SUCCESS)
-    check(status, detail::concat("cudnnBackendFinalize(", what, ")"), __FILE__, __LINE__);
+    check(status, tstitch::detail::concat("cudnnBackendFinalize(", what, ")"), __FILE__, __LINE__);
 }
 
 using Dims = std::array<std::int64_t, 4>;
@@ -391,7 +395,7 @@ struct Plan {
 struct AttentionShape {
   int batch, tokens, heads, head_dim;
   [[nodiscard]] std::string text() const {
-    return detail::concat("(", batch, ", ", tokens, ", ", heads, ", ", head_dim, ")");
+    return tstitch::detail::concat("(", batch, ", ", tokens, ", ", heads, ", ", head_dim, ")");
   }
 };
 
@@ -405,9 +409,10 @@ struct Rejection {
 inline Rejection rejection(const AttentionShape& shape, std::string why, bool permanent) {
   if (why.rfind("tstitch: ", 0) == 0)
     why.erase(0, 9);
-  return {detail::concat("tstitch: attention (batch, tokens, heads, head_dim) = ", shape.text(),
-                         ": cuDNN (", api().path, ", version ", api().version,
-                         ") rejected the attention graph of path cudnn: ", why),
+  return {tstitch::detail::concat(
+              "tstitch: attention (batch, tokens, heads, head_dim) = ", shape.text(), ": cuDNN (",
+              api().path, ", version ", api().version,
+              ") rejected the attention graph of path cudnn: ", why),
           permanent};
 }
 
@@ -498,8 +503,8 @@ inline std::unique_ptr<Plan> make_plan(cudnnHandle_t handle, const AttentionShap
           1, &config, "execution plan engine config");
       const cudnnStatus_t status = api().finalize(candidate.get());
       if (status != CUDNN_STATUS_SUCCESS) {
-        failures += detail::concat(failures.empty() ? "" : "; ", "engine config ", i, ": ",
-                                   status_text(status));
+        failures += tstitch::detail::concat(failures.empty() ? "" : "; ", "engine config ", i, ": ",
+                                            status_text(status));
         continue;
       }
       TSTITCH_CUDNN_CHECK(api().get_attribute(candidate.get(),
@@ -511,10 +516,10 @@ inline std::unique_ptr<Plan> make_plan(cudnnHandle_t handle, const AttentionShap
     }
     if (plan->plan.get() == nullptr)
       throw rejection(shape,
-                      detail::concat("none of the ", returned,
-                                     " engine configurations of "
-                                     "heuristics mode A finalized: ",
-                                     failures),
+                      tstitch::detail::concat("none of the ", returned,
+                                              " engine configurations of "
+                                              "heuristics mode A finalized: ",
+                                              failures),
                       true);
   } catch (const CudnnError& e) {
     throw rejection(shape, e.what(), e.is_rejection());
@@ -612,7 +617,7 @@ inline void run(const std::uint16_t* qkv, std::uint16_t* out, const AttentionSha
   TSTITCH_CUDNN_CHECK(a.execute(handle, plan.plan.get(), pack.get()));
 }
 
-} // namespace cudnn_detail
+} // namespace cudnn
 
 /// Whether the cudnn path can run `head_dim`, and if not why (a sentence naming cuDNN).
 struct CudnnSupport {
@@ -624,9 +629,9 @@ struct CudnnSupport {
 /// libcudnn loaded, a device of sm_80 or newer, head_dim a multiple of 8 up to 128. Cheap: no
 /// graph is built (a shape can still be rejected at its first call).
 inline CudnnSupport cudnn_support(int head_dim) {
-  const cudnn_detail::Api& a = cudnn_detail::api();
+  const cudnn::Api& a = cudnn::api();
   if (!a.loaded())
-    return {false, false, detail::concat("cuDNN is not available: ", a.failure)};
+    return {false, false, tstitch::detail::concat("cuDNN is not available: ", a.failure)};
   int device = 0;
   int major = 0;
   int minor = 0;
@@ -638,12 +643,12 @@ inline CudnnSupport cudnn_support(int head_dim) {
   }
   if (major < 8)
     return {false, false,
-            detail::concat("cuDNN fused attention needs sm_80 or newer; device ", device, " is sm_",
-                           major, minor)};
+            tstitch::detail::concat("cuDNN fused attention needs sm_80 or newer; device ", device,
+                                    " is sm_", major, minor)};
   if (head_dim % 8 != 0 || head_dim < kCudnnMinHeadDim || head_dim > kCudnnMaxHeadDim)
     return {false, true,
-            detail::concat("the cuDNN path supports multiples of 8 from ", kCudnnMinHeadDim, " to ",
-                           kCudnnMaxHeadDim)};
+            tstitch::detail::concat("the cuDNN path supports multiples of 8 from ",
+                                    kCudnnMinHeadDim, " to ", kCudnnMaxHeadDim)};
   return {true, false, ""};
 }
 
@@ -662,7 +667,7 @@ inline void cudnn_attention(const std::uint16_t* qkv, std::uint16_t* out, int ba
           reinterpret_cast<std::uintptr_t>(qkv), "must be 16-byte aligned for the cudnn path");
   require(reinterpret_cast<std::uintptr_t>(out) % 16 == 0, "attention out address",
           reinterpret_cast<std::uintptr_t>(out), "must be 16-byte aligned for the cudnn path");
-  cudnn_detail::run(qkv, out, {batch, tokens, heads, head_dim}, stream);
+  cudnn::run(qkv, out, {batch, tokens, heads, head_dim}, stream);
 }
 
 #else // !TSTITCH_HAS_CUDNN
@@ -679,4 +684,4 @@ inline void cudnn_attention(const std::uint16_t* /*qkv*/, std::uint16_t* /*out*/
 
 #endif // TSTITCH_HAS_CUDNN
 
-} // namespace tstitch::cuda::kernels::attention_detail
+} // namespace tstitch::cuda::detail

@@ -16,11 +16,10 @@
 #include "tstitch/cuda/kernels.hpp"
 #include "tstitch/cuda/runtime.hpp"
 
-namespace tstitch::cuda::kernels {
+namespace tstitch::cuda::detail {
 
 using bf16 = __nv_bfloat16;
-
-namespace impl {
+using kernels::bias_columns;
 
 inline int blocks_for(std::int64_t work, int threads) {
   const std::int64_t blocks = (work + threads - 1) / threads;
@@ -389,11 +388,8 @@ __global__ void unpatchify_kernel(const float* tokens_out, float* out, int out_c
   }
 }
 
-} // namespace impl
+// ---- launchers' helpers ---------------------------------------------------------------------
 
-// ---- launchers (declared in kernels.hpp) ---------------------------------------------------
-
-namespace impl {
 constexpr int threads_per_block = 256;
 inline bf16* as_bf16(std::uint16_t* p) { return reinterpret_cast<bf16*>(p); }
 inline int blocks(std::int64_t work) { return blocks_for(work, threads_per_block); }
@@ -414,103 +410,111 @@ inline void require_batch(std::string_view what, std::int64_t batch) {
 // patchify / unpatchify: whole patches only (a ragged edge would address tokens past the grid).
 inline void require_patch_grid(const char* kernel, int channels, int size, int patch, int batch) {
   const auto name = [kernel](const char* parameter) {
-    return detail::concat(kernel, " ", parameter);
+    return tstitch::detail::concat(kernel, " ", parameter);
   };
   require(channels >= 1, name("channels"), channels, "must be at least 1");
   require(patch >= 1, name("patch"), patch, "must be at least 1");
   require(size >= patch && size % patch == 0, name("size"), size,
-          detail::concat("must be a positive multiple of the patch size ", patch));
+          tstitch::detail::concat("must be a positive multiple of the patch size ", patch));
   require_batch(name("batch"), batch);
 }
-} // namespace impl
+} // namespace tstitch::cuda::detail
 
-using impl::as_bf16;
-using impl::threads_per_block;
+// ---- launchers (declared in kernels.hpp) ---------------------------------------------------
+
+namespace tstitch::cuda::kernels {
+
+using detail::as_bf16;
+using detail::bf16;
+using detail::threads_per_block;
 
 void fill_bias_columns(std::uint16_t* out, int ld, int cols, std::int64_t rows, cudaStream_t s) {
-  require(
-      cols >= 0 && ld >= cols + bias_columns, "fill_bias_columns ld", ld,
-      detail::concat("must hold cols + ", bias_columns, " = ", cols + bias_columns, " columns"));
-  impl::require_batch("fill_bias_columns rows", rows);
-  impl::fill_bias_columns_kernel<<<impl::blocks(rows * bias_columns), threads_per_block, 0, s>>>(
-      as_bf16(out), ld, cols, rows);
-  impl::check_launch("fill_bias_columns_kernel");
+  require(cols >= 0 && ld >= cols + bias_columns, "fill_bias_columns ld", ld,
+          tstitch::detail::concat("must hold cols + ", bias_columns, " = ", cols + bias_columns,
+                                  " columns"));
+  detail::require_batch("fill_bias_columns rows", rows);
+  detail::
+      fill_bias_columns_kernel<<<detail::blocks(rows * bias_columns), threads_per_block, 0, s>>>(
+          as_bf16(out), ld, cols, rows);
+  detail::check_launch("fill_bias_columns_kernel");
 }
 
 void prepare_inputs(ConstView x, float* x_in, float t, float* t_out, const int* labels,
                     int* labels_out, cudaStream_t s) {
   const std::int64_t per_sample = x.sample_numel();
-  impl::prepare_inputs_kernel<<<impl::blocks(per_sample * x.batch()), threads_per_block, 0, s>>>(
-      x.data(), x.batch_stride(), per_sample, static_cast<int>(x.batch()), x_in, t, t_out, labels,
-      labels_out);
-  impl::check_launch("prepare_inputs_kernel");
+  detail::
+      prepare_inputs_kernel<<<detail::blocks(per_sample * x.batch()), threads_per_block, 0, s>>>(
+          x.data(), x.batch_stride(), per_sample, static_cast<int>(x.batch()), x_in, t, t_out,
+          labels, labels_out);
+  detail::check_launch("prepare_inputs_kernel");
 }
 
 void timestep_frequencies(const float* t, std::uint16_t* out, int ld, int batch, cudaStream_t s) {
   constexpr int frequencies = 256; // cos and sin of 128 frequencies, as the kernel writes
   require(ld >= frequencies, "timestep_frequencies ld", ld,
-          detail::concat("must hold the ", frequencies, " sinusoid columns"));
-  impl::require_batch("timestep_frequencies batch", batch);
-  impl::timestep_frequencies_kernel<<<1, 128, 0, s>>>(t, as_bf16(out), ld, batch);
-  impl::check_launch("timestep_frequencies_kernel");
+          tstitch::detail::concat("must hold the ", frequencies, " sinusoid columns"));
+  detail::require_batch("timestep_frequencies batch", batch);
+  detail::timestep_frequencies_kernel<<<1, 128, 0, s>>>(t, as_bf16(out), ld, batch);
+  detail::check_launch("timestep_frequencies_kernel");
 }
 
 void silu_to_bf16(const float* in, int ld_in, std::uint16_t* out, int ld_out, int cols,
                   std::int64_t rows, cudaStream_t s) {
-  impl::silu_to_bf16_kernel<<<impl::blocks(rows * cols), threads_per_block, 0, s>>>(
+  detail::silu_to_bf16_kernel<<<detail::blocks(rows * cols), threads_per_block, 0, s>>>(
       in, ld_in, as_bf16(out), ld_out, cols, rows);
-  impl::check_launch("silu_to_bf16_kernel");
+  detail::check_launch("silu_to_bf16_kernel");
 }
 
 void condition(const float* temb, const float* table, const int* labels, std::uint16_t* out,
                int ld_out, int dim, int batch, cudaStream_t s) {
-  impl::condition_kernel<<<impl::blocks(static_cast<std::int64_t>(batch) * dim), threads_per_block,
-                           0, s>>>(temb, table, labels, as_bf16(out), ld_out, dim, batch);
-  impl::check_launch("condition_kernel");
+  detail::condition_kernel<<<detail::blocks(static_cast<std::int64_t>(batch) * dim),
+                             threads_per_block, 0, s>>>(temb, table, labels, as_bf16(out), ld_out,
+                                                        dim, batch);
+  detail::check_launch("condition_kernel");
 }
 
 void patchify(const float* x, std::uint16_t* patches, int ld, int channels, int size, int patch,
               int batch, cudaStream_t s) {
-  impl::require_patch_grid("patchify", channels, size, patch, batch);
+  detail::require_patch_grid("patchify", channels, size, patch, batch);
   require(ld >= channels * patch * patch, "patchify ld", ld,
-          detail::concat("must hold a patch of ", channels * patch * patch, " values"));
+          tstitch::detail::concat("must hold a patch of ", channels * patch * patch, " values"));
   const std::int64_t total = static_cast<std::int64_t>(batch) * channels * size * size;
-  impl::patchify_kernel<<<impl::blocks(total), threads_per_block, 0, s>>>(
+  detail::patchify_kernel<<<detail::blocks(total), threads_per_block, 0, s>>>(
       x, as_bf16(patches), ld, channels, size, patch, batch);
-  impl::check_launch("patchify_kernel");
+  detail::check_launch("patchify_kernel");
 }
 
 void add_position(float* h, const float* pos, int tokens, int dim, std::int64_t rows,
                   cudaStream_t s) {
-  impl::require_groups_of_4("add_position dim", dim);
-  impl::add_position_kernel<<<impl::row_blocks(rows), impl::row_threads(dim / 4), 0, s>>>(
+  detail::require_groups_of_4("add_position dim", dim);
+  detail::add_position_kernel<<<detail::row_blocks(rows), detail::row_threads(dim / 4), 0, s>>>(
       h, pos, tokens, dim);
-  impl::check_launch("add_position_kernel");
+  detail::check_launch("add_position_kernel");
 }
 
 void layernorm_modulate(const float* h, const float* mod, int mod_ld, int shift_offset,
                         int scale_offset, std::uint16_t* out, int ld_out, int tokens, int dim,
                         std::int64_t rows, cudaStream_t s, float eps) {
-  impl::require_groups_of_4("layernorm_modulate dim", dim);
-  impl::require_groups_of_4("layernorm_modulate ld_out", ld_out);
-  impl::require_groups_of_4("layernorm_modulate mod_ld", mod_ld);
-  impl::require_groups_of_4("layernorm_modulate shift_offset", shift_offset);
-  impl::require_groups_of_4("layernorm_modulate scale_offset", scale_offset);
+  detail::require_groups_of_4("layernorm_modulate dim", dim);
+  detail::require_groups_of_4("layernorm_modulate ld_out", ld_out);
+  detail::require_groups_of_4("layernorm_modulate mod_ld", mod_ld);
+  detail::require_groups_of_4("layernorm_modulate shift_offset", shift_offset);
+  detail::require_groups_of_4("layernorm_modulate scale_offset", scale_offset);
   constexpr int warps = threads_per_block / 32;
-  impl::layernorm_modulate_kernel<<<static_cast<unsigned>((rows + warps - 1) / warps),
-                                    threads_per_block, 0, s>>>(
+  detail::layernorm_modulate_kernel<<<static_cast<unsigned>((rows + warps - 1) / warps),
+                                      threads_per_block, 0, s>>>(
       h, mod, mod_ld, shift_offset, scale_offset, as_bf16(out), ld_out, tokens, dim, rows, eps);
-  impl::check_launch("layernorm_modulate_kernel");
+  detail::check_launch("layernorm_modulate_kernel");
 }
 
 void gated_residual(float* h, const float* y, const float* bias, const float* mod, int mod_ld,
                     int gate_offset, int tokens, int dim, std::int64_t rows, cudaStream_t s) {
-  impl::require_groups_of_4("gated_residual dim", dim);
-  impl::require_groups_of_4("gated_residual mod_ld", mod_ld);
-  impl::require_groups_of_4("gated_residual gate_offset", gate_offset);
-  impl::gated_residual_kernel<<<impl::row_blocks(rows), impl::row_threads(dim / 4), 0, s>>>(
+  detail::require_groups_of_4("gated_residual dim", dim);
+  detail::require_groups_of_4("gated_residual mod_ld", mod_ld);
+  detail::require_groups_of_4("gated_residual gate_offset", gate_offset);
+  detail::gated_residual_kernel<<<detail::row_blocks(rows), detail::row_threads(dim / 4), 0, s>>>(
       h, y, bias, mod, mod_ld, gate_offset, tokens, dim);
-  impl::check_launch("gated_residual_kernel");
+  detail::check_launch("gated_residual_kernel");
 }
 
 void residual_layernorm_modulate(float* h, const std::uint16_t* y, const float* bias,
@@ -518,16 +522,16 @@ void residual_layernorm_modulate(float* h, const std::uint16_t* y, const float* 
                                  int scale_offset, std::uint16_t* out, int ld_out, int tokens,
                                  int dim, std::int64_t rows, cudaStream_t s, float eps,
                                  ParamStaging staging) {
-  impl::require_groups_of_4("residual_layernorm_modulate dim", dim);
-  impl::require_groups_of_4("residual_layernorm_modulate ld_out", ld_out);
-  impl::require_groups_of_4("residual_layernorm_modulate mod_ld", mod_ld);
-  impl::require_groups_of_4("residual_layernorm_modulate gate_offset", gate_offset);
-  impl::require_groups_of_4("residual_layernorm_modulate shift_offset", shift_offset);
-  impl::require_groups_of_4("residual_layernorm_modulate scale_offset", scale_offset);
+  detail::require_groups_of_4("residual_layernorm_modulate dim", dim);
+  detail::require_groups_of_4("residual_layernorm_modulate ld_out", ld_out);
+  detail::require_groups_of_4("residual_layernorm_modulate mod_ld", mod_ld);
+  detail::require_groups_of_4("residual_layernorm_modulate gate_offset", gate_offset);
+  detail::require_groups_of_4("residual_layernorm_modulate shift_offset", shift_offset);
+  detail::require_groups_of_4("residual_layernorm_modulate scale_offset", scale_offset);
   // The row lives in registers: at most 32 float4 per lane (dim <= 4096; DiT-XL has 1152).
   constexpr int max_dim = 4 * 32 * 32;
   require(dim <= max_dim, "residual_layernorm_modulate dim", dim,
-          detail::concat("must be at most ", max_dim, " (the row is held in registers)"));
+          tstitch::detail::concat("must be at most ", max_dim, " (the row is held in registers)"));
   require(rows >= 1, "residual_layernorm_modulate rows", rows, "must be at least 1");
   require(tokens >= 1, "residual_layernorm_modulate tokens", tokens, "must be at least 1");
   constexpr int warps = threads_per_block / 32;
@@ -537,8 +541,8 @@ void residual_layernorm_modulate(float* h, const std::uint16_t* y, const float* 
   const bool can_stage = tokens % warps == 0 && staged_bytes <= 48 * 1024;
   if (staging == ParamStaging::shared)
     require(can_stage, "residual_layernorm_modulate staging", "shared",
-            detail::concat("needs tokens % ", warps, " == 0 and dim <= 3072 (tokens ", tokens,
-                           ", dim ", dim, ")"));
+            tstitch::detail::concat("needs tokens % ", warps, " == 0 and dim <= 3072 (tokens ",
+                                    tokens, ", dim ", dim, ")"));
   const bool stage =
       staging == ParamStaging::shared || (staging == ParamStaging::automatic && can_stage);
   const auto grid = static_cast<unsigned>((rows + warps - 1) / warps);
@@ -554,8 +558,8 @@ void residual_layernorm_modulate(float* h, const std::uint16_t* y, const float* 
           scale_offset, as_bf16(out), ld_out, tokens, dim, rows, eps);
   };
 #define TSTITCH_RLM_LAUNCH(n)                                                                      \
-  launch(impl::residual_layernorm_modulate_kernel<n>,                                              \
-         impl::residual_layernorm_modulate_staged_kernel<n>)
+  launch(detail::residual_layernorm_modulate_kernel<n>,                                            \
+         detail::residual_layernorm_modulate_staged_kernel<n>)
   if (per_lane <= 1)
     TSTITCH_RLM_LAUNCH(1);
   else if (per_lane <= 3)
@@ -569,25 +573,25 @@ void residual_layernorm_modulate(float* h, const std::uint16_t* y, const float* 
   else
     TSTITCH_RLM_LAUNCH(32);
 #undef TSTITCH_RLM_LAUNCH
-  impl::check_launch("residual_layernorm_modulate_kernel");
+  detail::check_launch("residual_layernorm_modulate_kernel");
 }
 
 void bias_gelu(std::uint16_t* x, int ld, const float* bias, int cols, std::int64_t rows,
                cudaStream_t s) {
-  impl::require_groups_of_4("bias_gelu cols", cols);
-  impl::require_groups_of_4("bias_gelu ld", ld);
-  impl::bias_gelu_kernel<<<impl::row_blocks(rows), impl::row_threads(cols / 4), 0, s>>>(
+  detail::require_groups_of_4("bias_gelu cols", cols);
+  detail::require_groups_of_4("bias_gelu ld", ld);
+  detail::bias_gelu_kernel<<<detail::row_blocks(rows), detail::row_threads(cols / 4), 0, s>>>(
       as_bf16(x), ld, bias, cols);
-  impl::check_launch("bias_gelu_kernel");
+  detail::check_launch("bias_gelu_kernel");
 }
 
 void unpatchify(const float* tokens_out, float* out, int out_channels, int size, int patch,
                 int batch, cudaStream_t s) {
-  impl::require_patch_grid("unpatchify", out_channels, size, patch, batch);
+  detail::require_patch_grid("unpatchify", out_channels, size, patch, batch);
   const std::int64_t total = static_cast<std::int64_t>(batch) * out_channels * size * size;
-  impl::unpatchify_kernel<<<impl::blocks(total), threads_per_block, 0, s>>>(
+  detail::unpatchify_kernel<<<detail::blocks(total), threads_per_block, 0, s>>>(
       tokens_out, out, out_channels, size, patch, batch);
-  impl::check_launch("unpatchify_kernel");
+  detail::check_launch("unpatchify_kernel");
 }
 
 } // namespace tstitch::cuda::kernels

@@ -3,7 +3,7 @@
 
 // The CUDA sampling backend: HostBackend's element-wise members as kernels on device views, so
 // every solver runs unchanged and latents never leave the GPU while sampling. nvcc only; it is
-// compiled in tstitch/cuda/tstitch_cuda.cu (and in tests with device code of their own).
+// compiled in src/cuda/tstitch_cuda.cu (and in tests with device code of their own).
 //
 // Parity with HostBackend. combine adds its terms left to right in float32 with __fmul_rn /
 // __fadd_rn, which nvcc never fuses, so it matches the host bit for bit wherever the host compiler
@@ -36,7 +36,7 @@
 
 namespace tstitch::cuda {
 
-namespace backend_detail {
+namespace detail {
 
 constexpr int threads = 256;
 // Enough blocks to fill any current GPU several times over; the kernels stride over the rest.
@@ -168,7 +168,7 @@ inline void check_same_extent(ConstView out, ConstView in, const char* operation
         tstitch::detail::concat("must equal the output shape ", shape_string(out)));
 }
 
-} // namespace backend_detail
+} // namespace detail
 
 /// HostBackend's interface on device memory (see the file comment for parity and cost). Cheap to
 /// copy: copies share one stream and one small state (the find_nonfinite flag, the host_view
@@ -202,7 +202,7 @@ public:
   template <class... Ts>
   requires(sizeof...(Ts) >= 1 && sizeof...(Ts) <= 4 &&
            (std::is_same_v<Ts, Term> && ...)) void combine(View out, const Ts&... terms) const {
-    using namespace backend_detail;
+    using namespace detail;
     (check_same_extent(out, terms.x, "combine"), ...);
     if (out.empty())
       return;
@@ -220,7 +220,7 @@ public:
   template <class F, class... Inputs>
   requires(std::is_same_v<Inputs, ConstView>&&...) void map(View out, F f,
                                                             const Inputs&... in) const {
-    using namespace backend_detail;
+    using namespace detail;
     static_assert(std::is_trivially_copyable_v<F>,
                   "cuda::Backend::map: the functor is passed to a kernel by value and must be "
                   "trivially copyable");
@@ -230,7 +230,7 @@ public:
     const bool flat = out.contiguous() && (in.contiguous() && ...);
     const Layout l = layout(out, flat);
     constexpr int n = static_cast<int>(sizeof...(Inputs));
-    backend_detail::Inputs<n> operands{{operand(in, flat)...}};
+    detail::Inputs<n> operands{{operand(in, flat)...}};
     map_kernel<F, n>
         <<<grid_for(l), threads, 0, stream_>>>(out.data(), row_stride(out, flat), l, f, operands);
     TSTITCH_CUDA_CHECK(cudaGetLastError());
@@ -239,7 +239,7 @@ public:
   /// Device-to-device copy, row by row (one 2D copy). `out` may be `in` itself (nothing to do);
   /// other overlaps are rejected, since a device copy's order is unspecified.
   void copy(View out, ConstView in) const {
-    backend_detail::check_same_extent(out, in, "copy");
+    detail::check_same_extent(out, in, "copy");
     if (out.empty() || (out.data() == in.data() && out.batch_stride() == in.batch_stride()))
       return;
     const auto span_end = [](ConstView v) {
@@ -256,7 +256,7 @@ public:
   }
 
   void fill(View out, float value) const {
-    using namespace backend_detail;
+    using namespace detail;
     if (out.empty())
       return;
     const Layout l = layout(out, out.contiguous());
@@ -268,7 +268,7 @@ public:
   /// Standard normal noise, bit-identical to HostBackend::fill_normal: row b gets the stream of
   /// sample key.sample + b.
   void fill_normal(View out, NoiseKey key) const {
-    using namespace backend_detail;
+    using namespace detail;
     if (out.empty())
       return;
     const Layout l = layout(out, /*flat=*/false); // the stream changes per row
@@ -282,7 +282,7 @@ public:
   /// SampleOptions::check_finite is on (once before the loop and once per step). Allocates an
   /// 8-byte device flag on first use.
   [[nodiscard]] std::int64_t find_nonfinite(ConstView x) const {
-    using namespace backend_detail;
+    using namespace detail;
     if (x.empty())
       return -1;
     if (state_->flag.size() == 0)

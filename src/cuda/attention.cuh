@@ -3,7 +3,7 @@
 
 // Multi-head self-attention of DiT on the GPU: the launchers declared in tstitch/cuda/kernels.hpp
 // (attention, attention_flash, flash_tiling, attention_supported) and their kernels. Compiled by
-// nvcc in exactly one translation unit (tstitch/cuda/tstitch_cuda.cu). Helper host functions are
+// nvcc in exactly one translation unit (src/cuda/tstitch_cuda.cu). Helper host functions are
 // `inline`; the public ones are ordinary external definitions (see the note above flash_tiling).
 //
 // Three paths:
@@ -21,7 +21,7 @@
 //              (row max, then exp-weighted V). Slow, obviously correct, any head_dim <= 256: the
 //              GPU-side check of `flash`.
 //   cudnn      cuDNN's fused flash attention through its graph API, libcudnn opened at run time
-//              (tstitch/cuda/cudnn_attention.cuh; built when CMake found the cuDNN 9 headers).
+//              (src/cuda/cudnn_attention.cuh; built when CMake found the cuDNN 9 headers).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -31,13 +31,14 @@
 #include <limits>
 #include <type_traits>
 
+#include "cudnn_attention.cuh"
 #include "tstitch/core/error.hpp"
-#include "tstitch/cuda/cudnn_attention.cuh"
 #include "tstitch/cuda/kernels.hpp"
 #include "tstitch/cuda/runtime.hpp"
 
-namespace tstitch::cuda::kernels {
-namespace attention_detail {
+namespace tstitch::cuda::detail {
+
+using kernels::FlashTiling;
 
 // ---------------------------------------------------------------------------------------------
 // Flash kernel: compile-time shape of one CTA for a head dimension HD (a multiple of 8, <= 128).
@@ -73,11 +74,11 @@ template <int HD, int W, int MT> struct FlashShape {
   // spilling; pipelined with two M tiles, 255 registers and spills from HD 48 on), so two M tiles
   // compute S(it + 1) after P(it) V(it) instead of during the softmax.
   static constexpr bool kPipelined = MT == 1;
-  static constexpr int kChunks = HD / 8;         // 16-byte chunks per q/k/v row in global memory
-  static constexpr int kQkSteps = kPadDim / 16;  // k16 steps of Q K^T
-  static constexpr int kSTiles = kBlockN / 8;    // n8 tiles of S per M tile
-  static constexpr int kPvSteps = kBlockN / 16;  // k16 steps of P V
-  static constexpr int kOTiles = HD / 8;         // n8 tiles of O per M tile
+  static constexpr int kChunks = HD / 8;        // 16-byte chunks per q/k/v row in global memory
+  static constexpr int kQkSteps = kPadDim / 16; // k16 steps of Q K^T
+  static constexpr int kSTiles = kBlockN / 8;   // n8 tiles of S per M tile
+  static constexpr int kPvSteps = kBlockN / 16; // k16 steps of P V
+  static constexpr int kOTiles = HD / 8;        // n8 tiles of O per M tile
   // Q, then two buffers each of K and V (bf16).
   static constexpr int kSmemBytes = (kBlockM + 4 * kBlockN) * kStride * 2;
   // Q's A fragments (MT * kQkSteps * 4 registers) stay in registers across the key loop only
@@ -189,7 +190,8 @@ __global__ void __launch_bounds__(FlashShape<HD, W, MT>::kThreads,
   using Scores = float[MT][S::kSTiles][4]; // S (then P) of one key tile, as mma accumulators
   constexpr std::uint32_t kTileBytes = S::kBlockN * S::kStride * 2; // one K or V buffer
   extern __shared__ __align__(16) unsigned char flash_smem[];
-  // Layout: Q | K buffer 0 | K buffer 1 | V buffer 0 | V buffer 1. Key tile i lives in buffer i % 2.
+  // Layout: Q | K buffer 0 | K buffer 1 | V buffer 0 | V buffer 1. Key tile i lives in buffer i
+  // % 2.
   __nv_bfloat16* const sQ = reinterpret_cast<__nv_bfloat16*>(flash_smem);
   const std::uint32_t sQ_addr = smem_address(sQ);
   const std::uint32_t sK_addr = sQ_addr + S::kBlockM * S::kStride * 2;
@@ -286,8 +288,8 @@ __global__ void __launch_bounds__(FlashShape<HD, W, MT>::kThreads,
     for (int j = 0; j < S::kOTiles; ++j)
       o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.f;
   const float kNegInf = -INFINITY; // std::numeric_limits is host-only without relaxed constexpr
-  float row_max[MT][2]; // raw (unscaled) scores
-  float row_sum[MT][2]; // this thread's partial sum; the quad reduces at the end
+  float row_max[MT][2];            // raw (unscaled) scores
+  float row_sum[MT][2];            // this thread's partial sum; the quad reduces at the end
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
     row_max[mt][0] = row_max[mt][1] = kNegInf;
@@ -310,8 +312,8 @@ __global__ void __launch_bounds__(FlashShape<HD, W, MT>::kThreads,
       load_tile_async<S, S::kBlockN>(sV_addr + ((it + 1) & 1) * kTileBytes, v_base,
                                      kv0 + S::kBlockN, tokens, row_stride);
     if (it + 2 < kv_tiles)
-      load_tile_async<S, S::kBlockN>(sK_addr + (it & 1) * kTileBytes, k_base,
-                                     kv0 + 2 * S::kBlockN, tokens, row_stride);
+      load_tile_async<S, S::kBlockN>(sK_addr + (it & 1) * kTileBytes, k_base, kv0 + 2 * S::kBlockN,
+                                     tokens, row_stride);
     cp_async_commit();
 
     // Keys past the sequence end (only in the last tile) get -inf: exp2 turns them into 0.
@@ -541,7 +543,7 @@ void launch_flash(const __nv_bfloat16* qkv, __nv_bfloat16* out, int batch, int t
     launch_flash_shape<HD, 4, 2>(qkv, out, batch, tokens, heads, stream);
   else
     throw_invalid_argument("attention flash tiling (warps x rows per warp)",
-                           detail::concat(tiling.warps, "x", tiling.rows_per_warp),
+                           tstitch::detail::concat(tiling.warps, "x", tiling.rows_per_warp),
                            "is not offered (kernels::flash_tilings: 4x16, 4x32)");
 }
 
@@ -650,8 +652,8 @@ inline void launch_reference(const __nv_bfloat16* qkv, __nv_bfloat16* out, int b
 }
 
 // The checks every path shares (the path-specific ones follow in each).
-inline void check_attention_arguments(const std::uint16_t* qkv, const std::uint16_t* out,
-                                      int batch, int tokens, int heads) {
+inline void check_attention_arguments(const std::uint16_t* qkv, const std::uint16_t* out, int batch,
+                                      int tokens, int heads) {
   require(batch >= 1, "attention batch", batch, "must be at least 1");
   require(tokens >= 1, "attention tokens", tokens, "must be at least 1");
   require(heads >= 1, "attention heads", heads, "must be at least 1");
@@ -663,7 +665,9 @@ inline bool flash_head_dim_ok(int head_dim) {
   return head_dim % 8 == 0 && head_dim >= kFlashMinHeadDim && head_dim <= kFlashMaxHeadDim;
 }
 
-} // namespace attention_detail
+} // namespace tstitch::cuda::detail
+
+namespace tstitch::cuda::kernels {
 
 // The launchers declared in kernels.hpp are deliberately NOT `inline`: an inline definition
 // emits no symbol in a translation unit that does not call it, and the plain C++ callers (tests,
@@ -688,18 +692,18 @@ FlashTiling flash_tiling(int batch, int tokens, int heads, int head_dim) {
 bool attention_supported(AttentionPath path, int head_dim) {
   switch (path) {
   case AttentionPath::flash:
-    return attention_detail::flash_head_dim_ok(head_dim);
+    return detail::flash_head_dim_ok(head_dim);
   case AttentionPath::reference:
-    return head_dim >= 1 && head_dim <= attention_detail::kReferenceMaxHeadDim;
+    return head_dim >= 1 && head_dim <= detail::kReferenceMaxHeadDim;
   case AttentionPath::cudnn:
-    return attention_detail::cudnn_attention_supported(head_dim);
+    return detail::cudnn_attention_supported(head_dim);
   }
   return false;
 }
 
-void attention_flash(const std::uint16_t* qkv, std::uint16_t* out, int batch, int tokens,
-                     int heads, int head_dim, FlashTiling tiling, cudaStream_t stream) {
-  namespace ad = attention_detail;
+void attention_flash(const std::uint16_t* qkv, std::uint16_t* out, int batch, int tokens, int heads,
+                     int head_dim, FlashTiling tiling, cudaStream_t stream) {
+  namespace ad = detail;
   ad::check_attention_arguments(qkv, out, batch, tokens, heads);
   require(attention_supported(AttentionPath::flash, head_dim), "attention head_dim", head_dim,
           "the flash path supports multiples of 8 from 8 to 128");
@@ -741,7 +745,7 @@ void attention_flash(const std::uint16_t* qkv, std::uint16_t* out, int batch, in
 
 void attention(const std::uint16_t* qkv, std::uint16_t* out, int batch, int tokens, int heads,
                int head_dim, AttentionPath path, cudaStream_t stream) {
-  namespace ad = attention_detail;
+  namespace ad = detail;
   ad::check_attention_arguments(qkv, out, batch, tokens, heads);
   const auto* in = reinterpret_cast<const __nv_bfloat16*>(qkv);
   auto* dst = reinterpret_cast<__nv_bfloat16*>(out);

@@ -29,14 +29,14 @@
 #include <span>
 #include <vector>
 
+#include "tstitch/cuda/device/gemm.cuh"
 #include "tstitch/cuda/dit.hpp"
-#include "tstitch/cuda/gemm.cuh"
 #include "tstitch/cuda/kernels.hpp"
 #include "tstitch/io/half.hpp"
 
 namespace tstitch::cuda {
 
-namespace dit_detail {
+namespace detail {
 
 using kernels::bias_columns;
 
@@ -83,7 +83,7 @@ inline Linear make_linear(std::span<const std::pair<dit::Param, dit::Param>> par
   l.in = static_cast<int>(parts.front().first.cols);
   for (const auto& [w, b] : parts) {
     require(w.cols == l.in, "stacked linear input size", w.cols,
-            detail::concat("must equal ", l.in));
+            tstitch::detail::concat("must equal ", l.in));
     l.out += static_cast<int>(w.rows);
   }
   l.ld = fold ? l.in + bias_columns : l.in;
@@ -168,7 +168,7 @@ struct LabelSet {
   }
 };
 
-} // namespace dit_detail
+} // namespace detail
 
 struct DitModel::Impl {
   dit::Config config;
@@ -178,16 +178,16 @@ struct DitModel::Impl {
   AttentionPath attention = AttentionPath::flash;
   bool graphs = true;
 
-  dit_detail::Linear patch, t_fc1, t_fc2, modulation, final_linear;
-  std::vector<dit_detail::Block> blocks;
+  detail::Linear patch, t_fc1, t_fc2, modulation, final_linear;
+  std::vector<detail::Block> blocks;
   DeviceBuffer<float> class_table, position;
-  std::map<int, std::unique_ptr<dit_detail::Activations>> activations;
-  std::vector<std::unique_ptr<dit_detail::LabelSet>> label_sets;
+  std::map<int, std::unique_ptr<detail::Activations>> activations;
+  std::vector<std::unique_ptr<detail::LabelSet>> label_sets;
 
   Impl(const dit::Weights& w, std::string model_name, cudaStream_t s)
       : config(w.config()), name(std::move(model_name)), stream(s), blas(s) {
-    using dit_detail::BiasStorage;
-    using dit_detail::make_linear;
+    using detail::BiasStorage;
+    using detail::make_linear;
     const std::int64_t d = config.hidden_size;
     // Refuse a model these kernels cannot run before uploading anything, not at the first predict.
     const auto head_dim = static_cast<int>(config.head_dim());
@@ -198,7 +198,7 @@ struct DitModel::Impl {
         "no attention path supports it (flash: multiples of 8 up to 128, reference: up to 256)");
     constexpr std::int64_t max_hidden = 4 * 32 * 32; // the LayerNorm kernels hold a row in a warp
     require(d <= max_hidden, "CUDA DiT hidden_size", d,
-            detail::concat("must be at most ", max_hidden));
+            tstitch::detail::concat("must be at most ", max_hidden));
     patch = make_linear(w.patch_weight, w.patch_bias, BiasStorage::folded);
     t_fc1 = make_linear(w.t_fc1_weight, w.t_fc1_bias, BiasStorage::folded);
     t_fc2 = make_linear(w.t_fc2_weight, w.t_fc2_bias, BiasStorage::folded);
@@ -213,10 +213,10 @@ struct DitModel::Impl {
     ada.emplace_back(w.final_ada_weight, w.final_ada_bias);
     modulation = make_linear(ada, BiasStorage::folded);
     final_linear = make_linear(w.final_weight, w.final_bias, BiasStorage::fp32);
-    class_table = dit_detail::upload_floats(
+    class_table = detail::upload_floats(
         {w.class_table.data, static_cast<std::size_t>(w.class_table.rows * w.class_table.cols)});
-    position = dit_detail::upload_floats(
-        {w.pos_embed.data, static_cast<std::size_t>(config.tokens() * d)});
+    position =
+        detail::upload_floats({w.pos_embed.data, static_cast<std::size_t>(config.tokens() * d)});
     // cudaMemcpy from pageable memory may return before its DMA lands, and the model's stream is
     // non-blocking (not ordered after the legacy stream): wait once, here, for the uploads.
     TSTITCH_CUDA_CHECK(cudaDeviceSynchronize());
@@ -225,19 +225,19 @@ struct DitModel::Impl {
   [[nodiscard]] std::int64_t weight_bytes() const {
     std::int64_t bytes = patch.bytes() + t_fc1.bytes() + t_fc2.bytes() + modulation.bytes() +
                          final_linear.bytes() + class_table.bytes() + position.bytes();
-    for (const dit_detail::Block& b : blocks)
+    for (const detail::Block& b : blocks)
       bytes += b.qkv.bytes() + b.proj.bytes() + b.fc1.bytes() + b.fc2.bytes();
     return bytes;
   }
 
-  dit_detail::Activations& activations_for(int n) {
+  detail::Activations& activations_for(int n) {
     if (const auto found = activations.find(n); found != activations.end())
       return *found->second;
     const dit::Config& c = config;
     const int d = static_cast<int>(c.hidden_size);
     const std::int64_t rows = n * c.tokens();
     const int patch_k = static_cast<int>(c.in_channels * c.patch_size * c.patch_size);
-    auto act = std::make_unique<dit_detail::Activations>();
+    auto act = std::make_unique<detail::Activations>();
     act->batch = n;
     act->rows = rows;
     act->x_in = DeviceBuffer<float>(n * c.latent_shape().numel());
@@ -278,7 +278,7 @@ struct DitModel::Impl {
       TSTITCH_CUDA_CHECK(cudaStreamSynchronize(stream)); // the evicted copy may still be in use
       label_sets.erase(label_sets.begin());
     }
-    auto set = std::make_unique<dit_detail::LabelSet>();
+    auto set = std::make_unique<detail::LabelSet>();
     set->key = labels;
     set->device = DeviceBuffer<int>(static_cast<std::int64_t>(labels.size()));
     TSTITCH_CUDA_CHECK(
@@ -291,7 +291,7 @@ struct DitModel::Impl {
   }
 
   /// Everything after prepare_inputs: reads x_in, t, labels of `act`, writes act.out.
-  void forward(dit_detail::Activations& act) {
+  void forward(detail::Activations& act) {
     const dit::Config& c = config;
     const int n = act.batch;
     const int d = static_cast<int>(c.hidden_size);
@@ -328,7 +328,7 @@ struct DitModel::Impl {
     const int mlp = static_cast<int>(c.mlp_hidden());
     const int final_base = static_cast<int>(blocks.size()) * 6 * d; // shift, scale
     for (std::size_t i = 0; i < blocks.size(); ++i) {
-      const dit_detail::Block& b = blocks[i];
+      const detail::Block& b = blocks[i];
       const int base = static_cast<int>(i) * 6 * d; // shift1 scale1 gate1 shift2 scale2 gate2
       const int next = i + 1 < blocks.size() ? base + 6 * d : final_base; // its shift, scale
       blas.linear(act.a.data(), d, b.qkv.weight.data(), b.qkv.ld, act.qkv.data(), CUDA_R_16BF,
@@ -355,7 +355,7 @@ struct DitModel::Impl {
                         static_cast<int>(c.input_size), static_cast<int>(c.patch_size), n, s);
   }
 
-  void capture(dit_detail::Activations& act) {
+  void capture(detail::Activations& act) {
     // One forward outside the capture first: the GEMMs of new shapes time their candidate
     // algorithms (Blas::linear) and cuDNN builds its plans, neither of which a capture allows
     // (both wait for the GPU or allocate). The captured forward then only reuses their choices.
@@ -382,7 +382,7 @@ struct DitModel::Impl {
 
   void prepare(int n) {
     require(n >= 1, "DitModel::prepare batch", n, "must be at least 1");
-    dit_detail::Activations& act = activations_for(n);
+    detail::Activations& act = activations_for(n);
     if (graphs && act.exec != nullptr)
       return;
     // The forward needs valid inputs, whatever they are (predict overwrites them before every
@@ -403,7 +403,7 @@ struct DitModel::Impl {
   void predict(ConstView x, const StepContext& ctx, const std::vector<int>& labels, View out) {
     dit::check_forward(config, x, out, labels, ctx.point.timestep, "CUDA DiT");
     const std::int64_t n = x.batch();
-    dit_detail::Activations& act = activations_for(static_cast<int>(n));
+    detail::Activations& act = activations_for(static_cast<int>(n));
     const int* device_labels = labels_on_device(labels);
     kernels::prepare_inputs(x, act.x_in.data(), static_cast<float>(ctx.point.timestep),
                             act.t.data(), device_labels, act.labels.data(), stream);
@@ -419,7 +419,7 @@ struct DitModel::Impl {
     dit::check_forward(config, x, out_uncond, uncond, ctx.point.timestep,
                        "CUDA DiT (unconditional)");
     const std::int64_t n = x.batch();
-    dit_detail::Activations& act = activations_for(static_cast<int>(2 * n));
+    detail::Activations& act = activations_for(static_cast<int>(2 * n));
     std::vector<int> both(cond);
     both.insert(both.end(), uncond.begin(), uncond.end());
     const int* device_labels = labels_on_device(both);
@@ -435,7 +435,7 @@ struct DitModel::Impl {
   }
 
   /// Replays the batch's graph (capturing it at the first call), or launches the forward.
-  void run(dit_detail::Activations& act) {
+  void run(detail::Activations& act) {
     if (graphs) {
       if (act.exec == nullptr)
         capture(act);
@@ -446,7 +446,7 @@ struct DitModel::Impl {
   }
 
   /// Rows [first, first + out.batch()) of the forward's output into out (a strided view).
-  void copy_output(const dit_detail::Activations& act, std::int64_t first, View out) {
+  void copy_output(const detail::Activations& act, std::int64_t first, View out) {
     const std::int64_t per_sample = config.out_channels() * config.input_size * config.input_size;
     const std::size_t row_bytes = static_cast<std::size_t>(per_sample) * sizeof(float);
     TSTITCH_CUDA_CHECK(
@@ -490,9 +490,9 @@ void DitModel::prepare(int batch) { impl_->prepare(batch); }
 void DitModel::set_attention(AttentionPath path) {
   const int head_dim = static_cast<int>(impl_->config.head_dim());
   if (!kernels::attention_supported(path, head_dim))
-    throw_invalid_argument(
-        "attention path", to_string(path),
-        detail::concat("is not available for head dimension ", head_dim, " in this build"));
+    throw_invalid_argument("attention path", to_string(path),
+                           tstitch::detail::concat("is not available for head dimension ", head_dim,
+                                                   " in this build"));
   if (path != impl_->attention) {
     impl_->attention = path;
     for (auto& [batch, act] : impl_->activations) { // recapture with the new kernels
