@@ -529,6 +529,22 @@ TEST_CASE("dit::Weights::from_bytes loads a DiT from memory as load() loads the 
                     Contains("pack:bare") && Contains("lacks 'depth'"));
 }
 
+TEST_CASE("dit::Weights::parameter_count leaves out a pos_embed the file carries",
+          "[io][hostile][dit]") {
+  // tiny_dit.safetensors carries the optional (fixed, not learned) pos_embed; the count must be
+  // the model's, as for random weights and files without it, and the sum of the named views.
+  const fs::path path = fs::path(TSTITCH_TEST_DATA_DIR) / "dit" / "tiny_dit.safetensors";
+  const tstitch::dit::Weights loaded = tstitch::dit::Weights::load(path);
+  REQUIRE(tstitch::io::SafetensorsFile(path).contains("pos_embed"));
+  std::int64_t viewed = 0;
+  for (const auto& [name, param] : loaded.named())
+    viewed += param.rows * param.cols;
+  CHECK(loaded.parameter_count() == viewed);
+  CHECK(loaded.parameter_count() ==
+        tstitch::dit::Weights::random(loaded.config(), 1).parameter_count());
+  CHECK(loaded.copied_parameters() == 0);
+}
+
 TEST_CASE("parse_npy reads .npy bytes from memory; read_npy refuses a FIFO", "[io][hostile][npy]") {
   const std::vector<float> values{1.5f, -2.0f, 3.0f};
   const std::string header = tstitch::io::npy_header(std::vector<std::int64_t>{3});

@@ -196,7 +196,8 @@ private:
     if (f.contains("pos_embed")) {
       expected.insert("pos_embed");
       f.expect("pos_embed", {1, config.tokens(), config.hidden_size});
-      pos_embed = from_file(f, "pos_embed", config.tokens(), config.hidden_size);
+      // Fixed, not learned: like random(), parameter_count() and copied_parameters() omit it.
+      pos_embed = from_file(f, "pos_embed", config.tokens(), config.hidden_size, false);
     }
     for (const std::string& name : f.names())
       if (!expected.contains(name))
@@ -246,15 +247,17 @@ private:
   }
 
   /// The tensor `name` as a [rows, cols] matrix; its file shape must be the official one.
+  /// `parameter`: whether parameter_count() and copied_parameters() count it.
   Param from_file(const io::SafetensorsFile& f, const std::string& name, std::int64_t rows,
-                  std::int64_t cols) {
+                  std::int64_t cols, bool parameter = true) {
     const io::TensorInfo& info = f.info(name);
     f.expect(name, official_shape(name, rows, cols));
-    parameters_ += rows * cols;
+    const std::int64_t counted = parameter ? rows * cols : 0;
+    parameters_ += counted;
     if (info.dtype == io::DType::F32 &&
         reinterpret_cast<std::uintptr_t>(info.bytes.data()) % alignof(float) == 0)
       return Param{f.f32(name).data(), rows, cols}; // mapped, not copied
-    copied_ += rows * cols;
+    copied_ += counted;
     std::vector<float>& values = owned_.emplace_back(f.read_f32(name));
     return Param{values.data(), rows, cols};
   }
