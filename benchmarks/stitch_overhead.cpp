@@ -98,7 +98,7 @@ void BM_step_runtime(benchmark::State& s) { run_steps(s, Mode::runtime); }
       ->Args({1, 100, 0})                                                                          \
       ->Unit(benchmark::kMicrosecond)
 
-// What the stitcher adds to a step by itself: route() (policy, switch bookkeeping) and the
+// What the stitcher adds to a step by itself: route() (the policy) and the
 // dispatch of predict() to the serving model, against the same calls on the bare denoiser.
 template <class D> void route_and_predict(benchmark::State& state, D& denoiser) {
   const Shape shape{4, 32, 32};
@@ -106,8 +106,9 @@ template <class D> void route_and_predict(benchmark::State& state, D& denoiser) 
   const Trajectory trajectory = DiscreteSchedule{}.trajectory(100);
   int i = 0;
   for (auto _ : state) {
-    const StepContext ctx{i, 100, 0, trajectory[i]};
+    StepContext ctx{i, 100, 0, trajectory[i]};
     const Route r = route_of(denoiser, ctx);
+    ctx.serving.model = r.model;
     denoiser.predict(x, ctx, NoCondition{}, out);
     benchmark::DoNotOptimize(r);
     i = i == 99 ? 0 : i + 1;

@@ -15,7 +15,6 @@
 #include <vector>
 
 #include "tstitch/analytic/gaussian_mixture.hpp"
-#include "tstitch/core/denoiser_ref.hpp"
 #include "tstitch/sample.hpp"
 #include "tstitch/schedule/any_schedule.hpp"
 #include "tstitch/schedule/continuous.hpp"
@@ -29,6 +28,7 @@
 #include "tstitch/solver/heun.hpp"
 #include "tstitch/solver/lcm.hpp"
 #include "tstitch/solver/unipc.hpp"
+#include "tstitch/stitch/denoiser_ref.hpp"
 #include "tstitch/stitch/policy.hpp"
 #include "tstitch/stitch/stitcher.hpp"
 
@@ -201,6 +201,55 @@ TEST_CASE("DenoiserRef forwards every member the sampling loop asks for", "[stit
     for (std::size_t i = 0; i < r1.records.size(); ++i)
       CHECK(r2.records[i].model == r1.records[i].model);
   }
+}
+
+namespace {
+
+/// A model that counts its calls and those whose context carried the loop's route.
+struct RouteProbe {
+  using condition_type = Labels;
+  [[nodiscard]] Prediction prediction() const { return Prediction::epsilon; }
+  [[nodiscard]] Shape latent_shape() const { return shape; }
+  void predict(ConstView, const StepContext& ctx, const Labels&, View out) {
+    ++calls;
+    routed += ctx.serving.model.has_value() ? 1 : 0;
+    for (std::int64_t i = 0; i < out.batch() * out.sample_numel(); ++i)
+      out.data()[i] = 0.0f;
+  }
+  int calls = 0, routed = 0;
+};
+
+} // namespace
+
+TEST_CASE("The loop routes each step once and hands the route to the stitcher in the context",
+          "[stitch][runtime]") {
+  // The route is the stitcher's: a plain model sees none, directly, through a DenoiserRef or as
+  // one of a stitch's models (which may itself be a stitcher deciding on its own).
+  RouteProbe plain;
+  DenoiserRef<Labels> ref(plain);
+  (void)sample_rows(plain, DDIM{}, 4, 1.0, 1);
+  (void)sample_rows(ref, DDIM{}, 4, 1.0, 1);
+  CHECK(plain.calls == 8);
+  CHECK(plain.routed == 0);
+
+  RouteProbe a, b;
+  TrajectoryStitcher stitcher(a, b, 0.5);
+  std::vector<SwitchEvent> events;
+  stitcher.on_switch([&](const SwitchEvent& e) { events.push_back(e); });
+  (void)sample_rows(stitcher, DDIM{}, 4, 1.0, 1);
+  CHECK(a.calls == 2);
+  CHECK(b.calls == 2);
+  CHECK(a.routed + b.routed == 0);
+
+  // The switch the loop detects reaches the observer through a reference, once per run.
+  DenoiserRef<Labels> to_stitcher(stitcher);
+  const auto [x, result] = sample_rows(to_stitcher, DDIM{}, 4, 1.0, 1);
+  CHECK(result.switches == 1);
+  REQUIRE(events.size() == 2);
+  CHECK(events[1].from == 0);
+  CHECK(events[1].to == 1);
+  CHECK(events[1].context.step == 2);
+  CHECK(events[1].context.serving.model == std::optional<std::size_t>(1));
 }
 
 TEST_CASE("AnySchedule is the schedule it holds, number for number", "[stitch][runtime]") {

@@ -290,16 +290,25 @@ TEST_CASE("A reused stitcher starts each run afresh: switch events and direct pr
   CHECK(got[0].to == expected[0].to);
   CHECK(got[0].context.step == expected[0].context.step);
 
-  // The last route was step 9 of 10 (model 2); step 9 of 100 belongs to model 0.
-  const StepContext ctx{9, 100, 0, schedule.trajectory(100)[9]};
+  // predict() runs the model the loop routed the step to (ctx.serving), whatever the policy
+  // says at the evaluation's point; a context built by hand, with no route in it, asks the policy:
+  // step 9 of 100 belongs to model 0.
+  StepContext ctx{9, 100, 0, schedule.trajectory(100)[9]};
   Tensor x(1, shape), out(1, shape), reference(1, shape);
   fill_initial_noise(x, 3);
   reused.predict(x, ctx, Labels{0}, out);
   s.predict(x, ctx, Labels{0}, reference);
   CHECK(bit_identical(out, reference));
+  ctx.serving.model = 2;
+  reused.predict(x, ctx, Labels{0}, out);
+  xl.predict(x, ctx, Labels{0}, reference);
+  CHECK(bit_identical(out, reference));
+  ctx.serving.model = 3;
+  CHECK_THROWS_WITH(reused.predict(x, ctx, Labels{0}, out),
+                    Catch::Contains("serving.model = 3") && Catch::Contains("models, 3"));
 
-  // A run that starts right after the step where a cancelled one stopped looks like its
-  // continuation; reset_route() says it is a new run.
+  // A run that starts right after the step where a cancelled one stopped is a run of its own:
+  // the loop, not the stitcher, knows where runs begin.
   options.on_step = [](const StepRecord& r) { return r.step < 5; }; // cancels after step 5
   Stitcher cancelled({0.3, 0.3, 0.4}, s, b, xl);
   std::vector<SwitchEvent> switches;
@@ -308,7 +317,6 @@ TEST_CASE("A reused stitcher starts each run afresh: switch events and direct pr
   fill_initial_noise(y, 4);
   CHECK(sample(cancelled, schedule, ddim, y, Labels{0}, options).cancelled);
   REQUIRE(switches.size() == 1); // 0 -> 1 at step 3
-  cancelled.reset_route();
   SampleOptions next;
   next.steps = 10;
   next.start_step = 6; // model 2 from its first step: no switch

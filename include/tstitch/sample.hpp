@@ -15,6 +15,7 @@
 #include "tstitch/core/philox.hpp"
 #include "tstitch/schedule/trajectory.hpp"
 #include "tstitch/solver/concept.hpp"
+#include "tstitch/stitch/route.hpp"
 
 namespace tstitch {
 
@@ -128,10 +129,13 @@ public:
       const auto started = std::chrono::steady_clock::now();
       StepContext ctx{i, options.steps, 0, trajectory[i]};
       const Route route = route_of(denoiser, ctx);
+      if constexpr (routes_steps<D>)
+        ctx.serving.model = route.model; // every evaluation of step i goes to this model
       if (serving && *serving != route.model) {
         ++result.switches;
         if constexpr (requires { solver.on_model_switch(); })
           solver.on_model_switch();
+        announce_switch(denoiser, SwitchEvent{*serving, route.model, ctx});
       }
       serving = route.model;
 

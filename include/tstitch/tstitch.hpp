@@ -7,7 +7,6 @@
 #include "tstitch/core/config.hpp"
 #include "tstitch/core/cpu_isa.hpp"
 #include "tstitch/core/denoiser.hpp"
-#include "tstitch/core/denoiser_ref.hpp"
 #include "tstitch/core/error.hpp"
 #include "tstitch/core/host_backend.hpp"
 #include "tstitch/core/log.hpp"
@@ -48,7 +47,9 @@
 #include "tstitch/solver/tcd.hpp"
 #include "tstitch/solver/unipc.hpp"
 
+#include "tstitch/stitch/denoiser_ref.hpp"
 #include "tstitch/stitch/policy.hpp"
+#include "tstitch/stitch/route.hpp"
 #include "tstitch/stitch/stitcher.hpp"
 
 #include "tstitch/sample.hpp"

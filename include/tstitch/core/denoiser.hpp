@@ -49,8 +49,9 @@ concept predicts = has_condition_type<D> &&
 /// Optional members the sampling loop uses when present:
 ///   condition_type unconditional(const condition_type&) const  the "null" condition for
 ///                                                              classifier-free guidance
-///   Route route(const StepContext&)     called once per step, before the step's evaluations;
-///                                       lets a composite denoiser say which model serves it
+///   Route route(const StepContext&) const  which of its models serves a step (a stitcher; see
+///                                       stitch/route.hpp): the loop asks once per step and
+///                                       passes the answer back in StepContext::serving
 ///   std::int64_t output_channels() const  raw output channels (default: from prediction())
 ///   std::string model_name(std::size_t) const  names for per-step records
 ///   void predict_guided(x, ctx, cond, uncond, out_cond, out_uncond)
@@ -62,23 +63,6 @@ concept Denoiser =
 
 template <Denoiser D> using condition_of = typename std::remove_cvref_t<D>::condition_type;
 
-/// Which model serves a step and how: the answer of a denoiser's optional `route` member.
-struct Route {
-  std::size_t model = 0; ///< index of the serving model (0 for a plain denoiser)
-  Prediction prediction = Prediction::epsilon; ///< what that model's raw output means
-  std::optional<double> guidance_scale;        ///< overrides the sampling options' scale when set
-};
-
-/// The route of step ctx: the denoiser's own answer, or model 0 with its declared prediction.
-template <Denoiser D> [[nodiscard]] Route route_of(D& d, const StepContext& ctx) {
-  if constexpr (requires {
-                  { d.route(ctx) } -> std::same_as<Route>;
-                })
-    return d.route(ctx);
-  else
-    return Route{0, d.prediction(), std::nullopt};
-}
-
 /// Channels of the raw output buffer a denoiser needs.
 template <Denoiser D> [[nodiscard]] std::int64_t raw_output_channels(const D& d) {
   if constexpr (requires {
@@ -89,7 +73,8 @@ template <Denoiser D> [[nodiscard]] std::int64_t raw_output_channels(const D& d)
     return output_channels(d.prediction(), d.latent_shape().channels);
 }
 
-/// The display name of model k of a denoiser ("model k" unless it names its models).
+/// The name of model k of a denoiser: its model_name(k) (a single model ignores k by
+/// convention), else "model k". Every name in records and errors comes from here.
 template <Denoiser D> [[nodiscard]] std::string model_name_of(const D& d, std::size_t k) {
   if constexpr (requires {
                   { d.model_name(k) } -> std::convertible_to<std::string>;
@@ -139,23 +124,6 @@ void predict_guided_of(D& d, ConstView x, const StepContext& ctx, const conditio
     d.predict(x, ctx, cond, out_cond);
     d.predict(x, ctx, uncond, out_uncond);
   }
-}
-
-/// Whether a denoiser routes steps between models of its own (a stitcher has route()); its
-/// model_name(k) then names its k-th model, not itself.
-template <class D> inline constexpr bool routes_itself = requires(D& d, const StepContext& ctx) {
-  { d.route(ctx) } -> std::same_as<Route>;
-};
-
-/// The name of a denoiser serving as model k of a stitcher: its own model_name where it has one
-/// and is a single model (which ignores the index by convention), else "model k".
-template <Denoiser D> [[nodiscard]] std::string display_name_of(const D& d, std::size_t k) {
-  bool composite = routes_itself<D>;
-  if constexpr (requires {
-                  { d.composite() } -> std::same_as<bool>;
-                })
-    composite = d.composite(); // a type-erased reference knows what it refers to
-  return composite ? "model " + std::to_string(k) : model_name_of(d, k);
 }
 
 /// A denoiser from a callable `f(ConstView x, const StepContext&, const Cond&, View out)`: the

@@ -2,7 +2,9 @@
 #pragma once
 
 #include <cmath>
+#include <cstddef>
 #include <limits>
+#include <optional>
 
 namespace tstitch {
 
@@ -21,12 +23,22 @@ struct TimePoint {
   [[nodiscard]] double log_snr() const { return 2.0 * (std::log(alpha) - std::log(sigma)); }
 };
 
+/// Which of a composite denoiser's models serve an evaluation, as the sampling loop routed the
+/// step: a stitcher dispatches predict() on it rather than remembering its last answer. One model
+/// serves the whole batch; an assignment per row would be carried here beside it.
+struct Serving {
+  /// The model serving every row; empty where no loop routed the step (a context built by hand,
+  /// or one a wrapper passes on to a model inside it), and the denoiser then decides itself.
+  std::optional<std::size_t> model;
+};
+
 /// What a denoiser is told about the evaluation it is asked for.
 struct StepContext {
   int step = 0;       ///< sampling step i, 0-based
   int num_steps = 0;  ///< n, the number of sampling steps of this run
   int evaluation = 0; ///< which model evaluation of step i (0, or 1 for the second stage of Heun)
   TimePoint point{};  ///< where the model is evaluated
+  Serving serving{};  ///< the model(s) the loop routed step i to (set for denoisers that route)
 
   [[nodiscard]] double timestep() const { return point.timestep; }
   [[nodiscard]] double alpha() const { return point.alpha; }

@@ -23,12 +23,12 @@
 #include <vector>
 
 #include "tstitch/core/denoiser.hpp"
-#include "tstitch/core/denoiser_ref.hpp"
 #include "tstitch/core/tensor.hpp"
 #include "tstitch/sample.hpp"
 #include "tstitch/schedule/any_schedule.hpp"
 #include "tstitch/schedule/discrete.hpp"
 #include "tstitch/solver/any_solver.hpp"
+#include "tstitch/stitch/denoiser_ref.hpp"
 #include "tstitch/stitch/policy.hpp"
 #include "tstitch/stitch/stitcher.hpp"
 

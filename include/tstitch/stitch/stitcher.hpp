@@ -16,15 +16,9 @@
 #include "tstitch/core/error.hpp"
 #include "tstitch/schedule/trajectory.hpp"
 #include "tstitch/stitch/policy.hpp"
+#include "tstitch/stitch/route.hpp"
 
 namespace tstitch {
-
-/// What the switch observer is told: the step at which `to` takes over from `from`.
-struct SwitchEvent {
-  std::size_t from = 0;
-  std::size_t to = 0;
-  StepContext context{};
-};
 
 namespace detail {
 
@@ -37,17 +31,29 @@ template <class First, class Other> struct condition_types_match {
   static constexpr bool value = std::is_same_v<First, Other>;
 };
 
+/// The name a stitch gives its model k: the model's own name, unless the model routes steps
+/// itself (a stitcher, or a reference to one), whose model_name(k) would name its own k-th model.
+template <Denoiser D> [[nodiscard]] std::string name_in_stitch(const D& model, std::size_t k) {
+  bool routes = routes_steps<D>;
+  if constexpr (requires {
+                  { model.composite() } -> std::same_as<bool>;
+                })
+    routes = model.composite(); // a type-erased reference knows what it refers to
+  return routes ? "model " + std::to_string(k) : model_name_of(model, k);
+}
+
 } // namespace detail
 
 namespace detail {
 
-/// What every stitcher shares, whichever way it holds its models (BasicStitcher: a tuple of
-/// types fixed at compile time; RuntimeStitcher: a vector of one type): the policy, names,
-/// per-model guidance scales, the switch observer and the routing state. Derived provides
-/// size(), model_prediction(k), model_latent_shape(k) and model_display_name(k) (CRTP).
-template <class Derived, StitchPolicy Policy> class StitcherCore {
+/// What every stitcher is, whichever way it holds its models (BasicStitcher: a tuple of types
+/// fixed at compile time; RuntimeStitcher: a vector of one type): the policy, names, per-model
+/// guidance scales, the switch observer and the Denoiser members. Derived provides size(),
+/// first_model() and visit(k, f), which calls f with model k (CRTP); First is model 0's type.
+template <class Derived, StitchPolicy Policy, Denoiser First> class StitcherCore {
 public:
   using policy_type = Policy;
+  using condition_type = condition_of<First>;
 
   // --- configuration --------------------------------------------------------------------------
 
@@ -70,51 +76,72 @@ public:
     guidance_scales_ = std::move(scales);
     return derived();
   }
-  /// Called once at each switch, when route() sees the serving model change.
+  /// Called once at each switch of a run, when the sampling loop sees the serving model change.
   Derived& on_switch(std::function<void(const SwitchEvent&)> observer) {
     observer_ = std::move(observer);
     return derived();
   }
 
-  // --- the Denoiser interface: what does not depend on how the models are held ------------------
+  // --- the Denoiser interface ------------------------------------------------------------------
 
   /// The common prediction type. When the models differ there is none: use route(ctx).
   [[nodiscard]] Prediction prediction() const {
-    const Prediction first = derived().model_prediction(0);
+    const Prediction first = model_prediction(0);
     for (std::size_t k = 1; k < count(); ++k)
-      if (derived().model_prediction(k) != first)
-        throw invalid_argument(detail::concat(
-            "tstitch: stitched models predict different things (", model_name(0), ": ", first, ", ",
-            model_name(k), ": ", derived().model_prediction(k), "); ask route(ctx) per step"));
+      if (model_prediction(k) != first)
+        throw invalid_argument(detail::concat("tstitch: stitched models predict different things (",
+                                              model_name(0), ": ", first, ", ", model_name(k), ": ",
+                                              model_prediction(k), "); ask route(ctx) per step"));
     return first;
   }
-  [[nodiscard]] Shape latent_shape() const { return derived().model_latent_shape(0); }
+  [[nodiscard]] Shape latent_shape() const { return model_latent_shape(0); }
 
-  /// The model serving step ctx, its prediction and guidance scale. The sampling loop calls this
-  /// once per step, in step order; the switch observer fires from here. A step that does not
-  /// directly follow the last one routed (same step count, next index) starts a new run: a
-  /// reused stitcher (a second run, or one from start_step > 0) reports no switch from the model
-  /// that ended the previous run.
-  [[nodiscard]] Route route(const StepContext& ctx) {
+  [[nodiscard]] std::int64_t output_channels() const {
+    std::int64_t channels = 0;
+    for (std::size_t k = 0; k < count(); ++k)
+      derived().visit(
+          k, [&](const auto& model) { channels = std::max(channels, raw_output_channels(model)); });
+    return channels;
+  }
+
+  /// The unconditional condition for guidance, from the first model (all share the type).
+  [[nodiscard]] auto unconditional(const condition_type& c) const requires
+      requires(const First& m) {
+    m.unconditional(c);
+  }
+  { return derived().first_model().unconditional(c); }
+
+  /// The model serving step ctx, its prediction and guidance scale: what the policy says. The
+  /// sampling loop asks once per step and hands the answer back to predict() in ctx.serving, so
+  /// every evaluation of a step goes to the model chosen for it, even where a solver evaluates at
+  /// another point (Heun's second evaluation sits at the next step's point).
+  [[nodiscard]] Route route(const StepContext& ctx) const {
     const std::size_t k = model_index(ctx);
-    const bool same_run =
-        serving_ && ctx.num_steps == routed_.num_steps && ctx.step == routed_.step + 1;
-    if (same_run && *serving_ != k && observer_)
-      observer_(SwitchEvent{*serving_, k, ctx});
-    serving_ = k;
-    routed_ = ctx;
-    Route r{k, derived().model_prediction(k), std::nullopt};
+    Route r{k, model_prediction(k), std::nullopt};
     if (!guidance_scales_.empty())
       r.guidance_scale = guidance_scales_[k];
     return r;
   }
 
-  /// Forgets the last route: the next route() starts a run and predict() asks the policy. For
-  /// callers that drive route() and predict() by hand and start a run that route() cannot tell
-  /// from a continuation (e.g. resuming at the step after a cancelled run).
-  void reset_route() {
-    serving_.reset();
-    routed_ = StepContext{};
+  /// Runs the model ctx.serving names (the policy's choice for a context built by hand).
+  void predict(ConstView x, const StepContext& ctx, const condition_type& c, View out) {
+    const StepContext inner = model_context(ctx);
+    derived().visit(serving_model(ctx), [&](auto& model) { model.predict(x, inner, c, out); });
+  }
+  /// Both predictions of a guided evaluation from the serving model: in one call where that
+  /// model offers predict_guided.
+  void predict_guided(ConstView x, const StepContext& ctx, const condition_type& cond,
+                      const condition_type& uncond, View out_cond, View out_uncond) {
+    const StepContext inner = model_context(ctx);
+    derived().visit(serving_model(ctx), [&](auto& model) {
+      predict_guided_of(model, x, inner, cond, uncond, out_cond, out_uncond);
+    });
+  }
+
+  /// The sampling loop's word that the serving model changed: passed to the observer.
+  void model_switched(const SwitchEvent& event) const {
+    if (observer_)
+      observer_(event);
   }
 
   // --- queries --------------------------------------------------------------------------------
@@ -144,7 +171,11 @@ public:
   [[nodiscard]] std::string model_name(std::size_t k) const {
     if (k >= count())
       return "model " + std::to_string(k);
-    return names_.empty() ? derived().model_display_name(k) : names_[k];
+    if (!names_.empty())
+      return names_[k];
+    std::string name;
+    derived().visit(k, [&](const auto& model) { name = name_in_stitch(model, k); });
+    return name;
   }
   [[nodiscard]] const Policy& policy() const { return policy_; }
 
@@ -155,21 +186,12 @@ protected:
   void check_models() const {
     if constexpr (requires { policy_.check(count()); })
       policy_.check(count());
-    const Shape shape = derived().model_latent_shape(0);
+    const Shape shape = model_latent_shape(0);
     for (std::size_t k = 1; k < count(); ++k)
-      if (derived().model_latent_shape(k) != shape)
-        throw invalid_argument(detail::concat(
-            "tstitch: stitched models disagree on latent shape: ", model_name(0), " has ", shape,
-            ", ", model_name(k), " has ", derived().model_latent_shape(k)));
-  }
-
-  /// The model predict() runs for ctx: every evaluation of a step goes to the model route() chose
-  /// for it, even where a solver evaluates at another point (Heun's second evaluation sits at the
-  /// next step's point, which a threshold policy may give to the next model); a step route() has
-  /// not seen asks the policy.
-  [[nodiscard]] std::size_t serving_model(const StepContext& ctx) const {
-    const bool routed = serving_ && routed_.step == ctx.step && routed_.num_steps == ctx.num_steps;
-    return routed ? *serving_ : model_index(ctx);
+      if (model_latent_shape(k) != shape)
+        throw invalid_argument(
+            detail::concat("tstitch: stitched models disagree on latent shape: ", model_name(0),
+                           " has ", shape, ", ", model_name(k), " has ", model_latent_shape(k)));
   }
 
 private:
@@ -177,12 +199,40 @@ private:
   [[nodiscard]] const Derived& derived() const { return static_cast<const Derived&>(*this); }
   [[nodiscard]] std::size_t count() const { return derived().size(); }
 
+  [[nodiscard]] Prediction model_prediction(std::size_t k) const {
+    Prediction p = Prediction::epsilon;
+    derived().visit(k, [&](const auto& model) { p = model.prediction(); });
+    return p;
+  }
+  [[nodiscard]] Shape model_latent_shape(std::size_t k) const {
+    Shape s{};
+    derived().visit(k, [&](const auto& model) { s = model.latent_shape(); });
+    return s;
+  }
+
+  /// The model the loop routed ctx to, else (a context built by hand) the policy's choice.
+  [[nodiscard]] std::size_t serving_model(const StepContext& ctx) const {
+    if (!ctx.serving.model)
+      return model_index(ctx);
+    const std::size_t k = *ctx.serving.model;
+    if (k >= count())
+      throw_invalid_argument(
+          "StepContext::serving.model", k,
+          detail::concat("must be below the number of stitched models, ", count()));
+    return k;
+  }
+  /// The context a model of the stitch sees: the loop's answer was for the stitch, so a model
+  /// that is itself a stitcher decides for itself.
+  [[nodiscard]] static StepContext model_context(const StepContext& ctx) {
+    StepContext inner = ctx;
+    inner.serving = {};
+    return inner;
+  }
+
   Policy policy_;
   std::vector<std::string> names_;
   std::vector<std::optional<double>> guidance_scales_;
   std::function<void(const SwitchEvent&)> observer_;
-  std::optional<std::size_t> serving_; // the model route() chose for step routed_
-  StepContext routed_{};
 };
 
 } // namespace detail
@@ -196,16 +246,17 @@ private:
 /// into the solver's space. The models' types are fixed at compile time; RuntimeStitcher takes a
 /// number of models of one type (e.g. DenoiserRef) chosen at run time.
 template <StitchPolicy Policy, Denoiser... Ds>
-class BasicStitcher : public detail::StitcherCore<BasicStitcher<Policy, Ds...>, Policy> {
+class BasicStitcher
+    : public detail::StitcherCore<BasicStitcher<Policy, Ds...>, Policy,
+                                  std::remove_cvref_t<std::tuple_element_t<0, std::tuple<Ds...>>>> {
   static_assert(sizeof...(Ds) >= 2, "stitching needs at least two denoisers");
   using First = std::remove_cvref_t<std::tuple_element_t<0, std::tuple<Ds...>>>;
   static_assert((detail::condition_types_match<condition_of<First>, condition_of<Ds>>::value &&
                  ...));
-  using Core = detail::StitcherCore<BasicStitcher<Policy, Ds...>, Policy>;
+  using Core = detail::StitcherCore<BasicStitcher<Policy, Ds...>, Policy, First>;
   friend Core;
 
 public:
-  using condition_type = condition_of<First>;
   static constexpr std::size_t num_models = sizeof...(Ds);
 
   BasicStitcher(Policy policy, Ds&... models) : Core(std::move(policy)), models_(&models...) {
@@ -214,51 +265,8 @@ public:
 
   [[nodiscard]] static constexpr std::size_t size() { return num_models; }
 
-  [[nodiscard]] std::int64_t output_channels() const {
-    std::int64_t channels = 0;
-    for_each_model([&](std::size_t, const auto& model) {
-      channels = std::max(channels, raw_output_channels(model));
-    });
-    return channels;
-  }
-
-  /// The unconditional condition for guidance, from the first model (all share the type).
-  [[nodiscard]] auto unconditional(const condition_type& c) const requires
-      requires(const First& m) {
-    m.unconditional(c);
-  }
-  { return std::get<0>(models_)->unconditional(c); }
-
-  /// Runs the model serving ctx.step (see StitcherCore::serving_model).
-  void predict(ConstView x, const StepContext& ctx, const condition_type& c, View out) {
-    visit(Core::serving_model(ctx), [&](auto& model) { model.predict(x, ctx, c, out); });
-  }
-  /// Both predictions of a guided evaluation from the serving model: in one call where that
-  /// model offers predict_guided.
-  void predict_guided(ConstView x, const StepContext& ctx, const condition_type& cond,
-                      const condition_type& uncond, View out_cond, View out_uncond) {
-    visit(Core::serving_model(ctx), [&](auto& model) {
-      predict_guided_of(model, x, ctx, cond, uncond, out_cond, out_uncond);
-    });
-  }
-
 private:
-  [[nodiscard]] Prediction model_prediction(std::size_t k) const {
-    Prediction p = Prediction::epsilon;
-    visit(k, [&](const auto& model) { p = model.prediction(); });
-    return p;
-  }
-  [[nodiscard]] Shape model_latent_shape(std::size_t k) const {
-    Shape s{};
-    visit(k, [&](const auto& model) { s = model.latent_shape(); });
-    return s;
-  }
-  [[nodiscard]] std::string model_display_name(std::size_t k) const {
-    std::string name;
-    visit(k, [&](const auto& model) { name = display_name_of(model, k); });
-    return name;
-  }
-
+  [[nodiscard]] const First& first_model() const { return *std::get<0>(models_); }
   template <class F> void visit(std::size_t k, F&& f) {
     [&]<std::size_t... I>(std::index_sequence<I...>) {
       (void)((k == I ? (f(*std::get<I>(models_)), true) : false) || ...);
@@ -268,12 +276,6 @@ private:
   template <class F> void visit(std::size_t k, F&& f) const {
     [&]<std::size_t... I>(std::index_sequence<I...>) {
       (void)((k == I ? (f(std::as_const(*std::get<I>(models_))), true) : false) || ...);
-    }
-    (std::index_sequence_for<Ds...>{});
-  }
-  template <class F> void for_each_model(F&& f) const {
-    [&]<std::size_t... I>(std::index_sequence<I...>) {
-      (f(I, std::as_const(*std::get<I>(models_))), ...);
     }
     (std::index_sequence_for<Ds...>{});
   }
@@ -289,12 +291,11 @@ private:
 /// Model 0 serves first; the policy picks the model of each step. Everything else is
 /// BasicStitcher's: names, per-model guidance scales, the switch observer, route(), assignment().
 template <Denoiser Model, StitchPolicy Policy = StepFraction>
-class RuntimeStitcher : public detail::StitcherCore<RuntimeStitcher<Model, Policy>, Policy> {
-  using Core = detail::StitcherCore<RuntimeStitcher<Model, Policy>, Policy>;
+class RuntimeStitcher : public detail::StitcherCore<RuntimeStitcher<Model, Policy>, Policy, Model> {
+  using Core = detail::StitcherCore<RuntimeStitcher<Model, Policy>, Policy, Model>;
   friend Core;
 
 public:
-  using condition_type = condition_of<Model>;
   using model_type = Model;
 
   RuntimeStitcher(Policy policy, std::vector<Model> models)
@@ -307,38 +308,10 @@ public:
   [[nodiscard]] Model& model(std::size_t k) { return models_.at(k); }
   [[nodiscard]] const Model& model(std::size_t k) const { return models_.at(k); }
 
-  [[nodiscard]] std::int64_t output_channels() const {
-    std::int64_t channels = 0;
-    for (const Model& m : models_)
-      channels = std::max(channels, raw_output_channels(m));
-    return channels;
-  }
-
-  /// The unconditional condition for guidance, from the first model (all share the type).
-  [[nodiscard]] auto unconditional(const condition_type& c) const requires
-      requires(const Model& m) {
-    m.unconditional(c);
-  }
-  { return models_[0].unconditional(c); }
-
-  /// Runs the model serving ctx.step (see StitcherCore::serving_model).
-  void predict(ConstView x, const StepContext& ctx, const condition_type& c, View out) {
-    models_[Core::serving_model(ctx)].predict(x, ctx, c, out);
-  }
-  /// Both predictions of a guided evaluation from the serving model: in one call where that
-  /// model offers predict_guided.
-  void predict_guided(ConstView x, const StepContext& ctx, const condition_type& cond,
-                      const condition_type& uncond, View out_cond, View out_uncond) {
-    predict_guided_of(models_[Core::serving_model(ctx)], x, ctx, cond, uncond, out_cond,
-                      out_uncond);
-  }
-
 private:
-  [[nodiscard]] Prediction model_prediction(std::size_t k) const { return models_[k].prediction(); }
-  [[nodiscard]] Shape model_latent_shape(std::size_t k) const { return models_[k].latent_shape(); }
-  [[nodiscard]] std::string model_display_name(std::size_t k) const {
-    return display_name_of(models_[k], k);
-  }
+  [[nodiscard]] const Model& first_model() const { return models_[0]; }
+  template <class F> void visit(std::size_t k, F&& f) { f(models_[k]); }
+  template <class F> void visit(std::size_t k, F&& f) const { f(models_[k]); }
 
   std::vector<Model> models_;
 };
