@@ -1,15 +1,20 @@
 // SPDX-License-Identifier: Apache-2.0
 // tstitch-sample: samples class-conditional DiT checkpoints (safetensors, tstitch-dit format) with
 // trajectory stitching on the CPU, or on an NVIDIA GPU (--device cuda, in builds with CUDA), and
-// writes a PNG grid and/or a .npy array.
+// writes a PNG or JPEG grid and/or a .npy array (the format follows the file's extension).
 //
 //   tstitch-sample models/fashion_dit_s.safetensors models/fashion_dit_l.safetensors
-//       --fraction 0.4 --steps 50 --guidance 2 --count 20 --png out.png
+//       --fraction 0.4 --steps 50 --count 20 -o grid.png
 //
-// Image i starts from the same Philox noise (seed, i) on either device and in any batch.
+// Image i starts from the same Philox noise (seed, i) on either device and in any batch. The seed
+// in use is printed and written into every output (PNG text, JPEG comment, the .npy's sidecar).
+// stable-diffusion.cpp's and diffusers' option names are accepted where they mean the same
+// (--cfg-scale, -s, -o, --sampling-method, -t); others get a hint or "unknown option".
 //
 // Every error (bad argument, unreadable or mismatched model, unwritable output) ends the program
 // with exit code 1 and a message naming the argument or file and the offending value.
+#include "sample_outputs.hpp" // first: includes tstitch/io/png.hpp, which compiles stb
+
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
@@ -21,6 +26,7 @@
 #include <limits>
 #include <new>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <string>
 #include <system_error>
@@ -31,9 +37,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "tstitch/io/png.hpp"
-
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include "tstitch/diffusers/scheduler_config.hpp"
 #include "tstitch/io/npy.hpp"
@@ -58,28 +63,45 @@ template <class... Parts> [[noreturn]] void bad(const Parts&... parts) {
   throw usage_error(detail::concat(parts...));
 }
 
+/// The guidance scale used when none is given: the shipped Fashion pair's recommended scale (the
+/// large model's best FD-cls in the demo; examples/fashion_demo.cpp and the README use the same).
+constexpr double default_guidance = 1.25;
+
+/// The output file used when none is given (stable-diffusion.cpp's default name).
+constexpr const char* default_output = "output.png";
+
 struct Options {
   std::vector<std::string> models;
   std::optional<double> fraction;
   std::vector<double> fractions;
   std::string rule = "fraction";
   std::string solver = "ddim";
+  std::string sampling_method;
   std::string scheduler_config;
   std::string sigmas;
   int steps = 50;
-  double guidance = 1.0;
-  std::uint64_t seed = 0;
+  std::optional<double> guidance;
+  std::string seed = "0"; // negative: a random seed
   int count = 8;
   int batch = 16;
   std::string labels;
   std::string png;
   std::string npy;
+  std::string output;
   int columns = 0;
+  int threads = 0;
   bool quiet = false;
   bool batch_invariant = false;
   bool no_mmap = false;
   std::string device = "cpu";
   std::vector<std::string> names;
+};
+
+/// One output file: the option that named it, its path and its format.
+struct Output {
+  std::string option;
+  std::string path;
+  tstitch_sample::Format format;
 };
 
 /// What the steps run on: the schedule and the solver (the DiT's training schedule and --solver,
@@ -204,7 +226,9 @@ void check_output_path(const Options& o, const std::string& option, const std::s
   }
   // The writers create a temporary next to the file (a symlink's target) and rename it.
   std::error_code ignored;
-  const std::filesystem::path resolved = std::filesystem::weakly_canonical(path, ignored);
+  // Absolute first: weakly_canonical leaves a relative name with no existing part relative.
+  const std::filesystem::path resolved =
+      std::filesystem::weakly_canonical(std::filesystem::absolute(path), ignored);
   const std::filesystem::path parent =
       (resolved.empty() ? std::filesystem::absolute(path) : resolved).parent_path();
   if (!std::filesystem::is_directory(parent))
@@ -212,17 +236,6 @@ void check_output_path(const Options& o, const std::string& option, const std::s
   if (::access(parent.c_str(), W_OK | X_OK) != 0)
     bad(option, " = '", path, "': directory '", parent.string(),
         "' is not writable: ", std::generic_category().message(errno));
-}
-
-/// --png and --npy naming one file would leave only the second.
-void check_distinct_outputs(const Options& o) {
-  if (o.png.empty() || o.npy.empty())
-    return;
-  std::error_code ignored;
-  const std::filesystem::path png = std::filesystem::weakly_canonical(o.png, ignored);
-  const std::filesystem::path npy = std::filesystem::weakly_canonical(o.npy, ignored);
-  if (o.png == o.npy || (!png.empty() && png == npy))
-    bad("--png = '", o.png, "' and --npy = '", o.npy, "' name the same file");
 }
 
 /// Bytes as "1.5 GiB".
@@ -258,11 +271,317 @@ void check_memory(const Options& o, const Shape& shape, const std::optional<io::
         byte_string(limit), " of memory");
 }
 
+/// The run's settings as resolved from the options: what every phase after the argument checks
+/// needs, and what the outputs record.
+struct Plan {
+  std::size_t k = 0; // models
+  std::optional<AnyPolicy> rule;
+  std::string rule_text; // "fraction 0.4,0.6"
+  AnySolver solver;
+  std::optional<DiscreteSchedule> schedule; // --sampling-method ddim_trailing: trailing spacing
+  std::string solver_text;
+  double guidance = default_guidance;
+  std::uint64_t seed = 0;
+  std::vector<Output> outputs;
+};
+
+/// --seed: an unsigned 64-bit integer, or a negative one for a random seed (as in
+/// stable-diffusion.cpp). CLI11 would wrap "-1" to 2^64 - 1 and saturate 2^64; from_chars refuses
+/// both.
+std::uint64_t resolve_seed(const std::string& text) {
+  const char* const first = text.data();
+  const char* const last = text.data() + text.size();
+  if (!text.empty() && text[0] == '-') {
+    std::int64_t negative = 0;
+    const auto [end, error] = std::from_chars(first, last, negative);
+    if (error != std::errc() || end != last)
+      bad("--seed = '", text, "': not an integer (a negative seed picks a random one)");
+    std::random_device device;
+    return (static_cast<std::uint64_t>(device()) << 32) ^ device();
+  }
+  std::uint64_t value = 0;
+  const auto [end, error] = std::from_chars(first, last, value);
+  if (text.empty() || error != std::errc() || end != last)
+    bad("--seed = '", text, "': not an integer in [0, ", std::numeric_limits<std::uint64_t>::max(),
+        "] (a negative seed picks a random one)");
+  return value;
+}
+
+/// --sampling-method: stable-diffusion.cpp's sampler names, mapped to the solver of the same
+/// method (solver_names records each solver's sd.cpp name); ddim_trailing is DDIM on trailing
+/// timesteps.
+void resolve_sampling_method(const std::string& method, Plan& plan) {
+  std::string known;
+  for (const SolverName& s : solver_names) {
+    const std::string_view sd = s.sd_cpp.substr(0, s.sd_cpp.find(' '));
+    if (sd == "-")
+      continue;
+    known += (known.empty() ? "" : ", ") + std::string(sd);
+    if (method != sd)
+      continue;
+    plan.solver = s.make();
+    plan.solver_text = detail::concat(s.name, " (--sampling-method ", method, ")");
+    if (method == "ddim_trailing") {
+      DiscreteScheduleOptions trailing;
+      trailing.spacing = TimestepSpacing::trailing;
+      plan.schedule.emplace(trailing);
+    }
+    return;
+  }
+  bad("--sampling-method = '", method, "': stable-diffusion.cpp's names with a tstitch solver are ",
+      known,
+      " (its ipndm, ipndm_v and dpm++2mv2 are other variants); --solver takes tstitch's "
+      "names");
+}
+
+/// The output files, each with the format its extension asks for. --png and --npy keep their
+/// format (a name with another format's extension is refused); -o follows the extension; with no
+/// output option at all, -o output.png.
+std::vector<Output> resolve_outputs(const Options& o) {
+  using tstitch_sample::Format;
+  std::vector<Output> outputs;
+  const auto add = [&](const std::string& option, const std::string& path, Format format) {
+    check_output_path(o, option, path);
+    const Format named = tstitch_sample::format_of(path);
+    if (option == "-o" && named == Format::unknown)
+      bad("-o = '", path, "': the format follows the extension; use .png, .jpg, .jpeg or .npy");
+    if (option != "-o" && named != Format::unknown && named != format)
+      bad(option, " = '", path, "': a ", tstitch_sample::format_name(named), " name for a ",
+          tstitch_sample::format_name(format), " output; use -o '", path,
+          "' (the format follows the extension)");
+    for (const Output& other : outputs) {
+      std::error_code ignored;
+      const std::filesystem::path a = std::filesystem::weakly_canonical(other.path, ignored);
+      const std::filesystem::path b = std::filesystem::weakly_canonical(path, ignored);
+      if (other.path == path || (!a.empty() && a == b))
+        bad(other.option, " = '", other.path, "' and ", option, " = '", path,
+            "' name the same file");
+    }
+    outputs.push_back({option, path, option == "-o" ? named : format});
+  };
+  if (!o.png.empty())
+    add("--png", o.png, Format::png);
+  if (!o.npy.empty())
+    add("--npy", o.npy, Format::npy);
+  if (!o.output.empty() || outputs.empty())
+    add("-o", o.output.empty() ? default_output : o.output, Format::unknown);
+  for (const Output& out : outputs)
+    if (out.format == Format::npy) // the sidecar is an output too
+      check_output_path(o, out.option + " (its sidecar)",
+                        tstitch_sample::sidecar_of(out.path).string());
+  return outputs;
+}
+
+/// The stitching rule, built and checked against the model count by the policy itself.
+void resolve_rule(const Options& o, Plan& plan) {
+  const bool many = !o.fractions.empty();
+  const char* option = many ? "--fractions" : "--fraction";
+  try {
+    if (!many && plan.k != 2)
+      bad("--fraction: one fraction stitches 2 models; with ", plan.k, " models use --fractions");
+    const double r = o.fraction.value_or(0.5);
+    std::vector<double> fractions = many ? o.fractions : std::vector<double>{r, 1.0 - r};
+    if (o.rule == "fraction")
+      plan.rule.emplace(many ? StepFraction(fractions) : StepFraction::small_fraction(r));
+    else if (o.rule == "paper")
+      plan.rule.emplace(PaperTimestep(fractions[0]));
+    else
+      bad("--rule = '", o.rule, "': must be fraction or paper");
+    plan.rule->check(plan.k);
+    std::string listed;
+    for (const double f : fractions)
+      listed += (listed.empty() ? "" : ",") + detail::concat(f);
+    plan.rule_text = o.rule + " " + listed;
+  } catch (const tstitch::invalid_argument& e) {
+    if (o.rule == "paper")
+      bad("--rule = paper: ", e.what());
+    bad(option, ": ", e.what());
+  }
+}
+
+/// Phase 1: every argument that needs no model, checked before anything is loaded.
+Plan check_arguments(const Options& o) {
+  Plan plan;
+  plan.k = o.models.size();
+  if (plan.k < 2)
+    bad("model files: got ", plan.k, "; stitching needs at least 2 (small first)");
+  if (o.steps < 1 || o.steps > 1000)
+    bad("--steps = ", o.steps, ": must be in [1, 1000] (the training schedule has 1000 steps)");
+  if (o.count < 1)
+    bad("--count = ", o.count, ": must be at least 1");
+  if (o.batch < 1)
+    bad("--batch = ", o.batch, ": must be at least 1");
+  if (o.threads < 0)
+    bad("--threads = ", o.threads, ": must be >= 0 (0: OpenMP's default, OMP_NUM_THREADS)");
+  plan.guidance = o.guidance.value_or(default_guidance);
+  if (!std::isfinite(plan.guidance))
+    bad("--guidance = ", plan.guidance, ": must be finite");
+  if (o.columns < 0)
+    bad("--columns = ", o.columns, ": must be >= 0 (0: one row per 10 images)");
+  if (!o.names.empty() && o.names.size() != plan.k)
+    bad("--names: got ", o.names.size(), " names for ", plan.k, " models");
+  resolve_rule(o, plan);
+  if (!o.sampling_method.empty()) {
+    resolve_sampling_method(o.sampling_method, plan);
+  } else {
+    try {
+      plan.solver = make_solver(o.solver);
+    } catch (const tstitch::invalid_argument&) {
+      bad("--solver = '", o.solver, "': must be one of ", solver_name_list());
+    }
+    plan.solver_text = o.solver;
+  }
+  if (std::holds_alternative<CMStochasticIterative>(plan.solver))
+    bad("--solver = 'cm': consistency-model sampling reads the raw output as the consistency "
+        "function; the DiTs predict noise");
+  if (o.device != "cpu" && o.device != "cuda")
+    bad("--device = '", o.device, "': must be cpu or cuda");
+  if (o.device == "cuda" && o.batch_invariant)
+    bad("--batch-invariant: the CUDA DiT is not batch-invariant (its GEMM algorithms depend on "
+        "the batch); use --device cpu");
+  if (o.device == "cuda" && o.threads > 0)
+    bad("--threads = ", o.threads, ": the CPU models' thread count; --device cuda runs on the GPU");
+  plan.outputs = resolve_outputs(o);
+  plan.seed = resolve_seed(o.seed);
+  if (o.device == "cuda") {
+#ifdef TSTITCH_SAMPLE_CUDA
+    if (!cuda::device_available())
+      throw tstitch::runtime_error("--device = cuda: no CUDA device available");
+#else
+    throw tstitch::runtime_error("--device = cuda: this tstitch-sample was built without CUDA "
+                                 "(configure with -DTSTITCH_ENABLE_CUDA=ON and nvcc)");
+#endif
+  }
+  return plan;
+}
+
+/// Phase 2: the model files, loaded and checked against each other.
+struct Models {
+  std::vector<dit::Weights> weights;
+  std::vector<io::FileStamp> stamps; // each file as loaded, checked again before writing
+  std::vector<std::string> names;    // --names, else each file's stem
+  Shape shape;
+  int classes = 0;
+  Prediction prediction = Prediction::epsilon;
+};
+
+Models load_models(const Options& o) {
+  g_stage = "loading the models";
+  Models m;
+  const std::size_t k = o.models.size();
+  m.weights.reserve(k);
+  for (std::size_t i = 0; i < k; ++i) {
+    m.weights.push_back(
+        load_weights(o.models[i], i, o.no_mmap ? io::LoadMode::read : io::LoadMode::mmap));
+    m.stamps.push_back(m.weights.back().stamp());
+  }
+  const dit::Config first = m.weights[0].config();
+  for (std::size_t i = 1; i < k; ++i) {
+    const dit::Config& c = m.weights[i].config();
+    if (c.latent_shape() != first.latent_shape())
+      bad("models disagree on latent shape: '", o.models[0], "' has ", first.latent_shape(), ", '",
+          o.models[i], "' has ", c.latent_shape());
+    if (c.num_classes != first.num_classes)
+      bad("models disagree on the class count: '", o.models[0], "' has ", first.num_classes, ", '",
+          o.models[i], "' has ", c.num_classes);
+  }
+  m.shape = first.latent_shape();
+  m.classes = static_cast<int>(first.num_classes);
+  m.prediction = first.learn_sigma ? Prediction::epsilon_learned_sigma : Prediction::epsilon;
+  m.names = o.names;
+  for (std::size_t i = m.names.size(); i < k; ++i)
+    m.names.push_back(std::filesystem::path(o.models[i]).stem().string());
+  return m;
+}
+
+/// Phase 3: what the models' shape decides before sampling: image outputs need 1 or 3 channels and
+/// a grid that can be made, and the run must fit in memory.
+io::GridOptions check_shape_fits(const Options& o, const Plan& plan, const Shape& shape) {
+  io::GridOptions grid;
+  grid.columns = o.columns > 0 ? o.columns : std::min(o.count, 10);
+  grid.scale = shape.height < 64 ? 2 : 1;
+  std::optional<io::GridSize> grid_size;
+  for (const Output& out : plan.outputs) {
+    if (out.format == tstitch_sample::Format::npy)
+      continue;
+    const char* what = tstitch_sample::format_name(out.format);
+    if (shape.channels != 1 && shape.channels != 3)
+      bad(out.option, " = '", out.path, "': the models make ", shape.channels,
+          " channels images; a ", what, " needs 1 or 3 (use --npy for latents)");
+    try {
+      grid_size = io::grid_size(o.count, shape, grid); // before sampling, not after
+    } catch (const tstitch::invalid_argument& e) {
+      bad(out.option, " = '", out.path, "': ", o.count, " images of ", shape, " make no ", what,
+          " grid: ", e.what());
+    }
+  }
+  check_memory(o, shape, grid_size);
+  return grid;
+}
+
+/// --labels cycled over the images, or every class in turn.
+std::vector<int> make_labels(const Options& o, int classes) {
+  const std::vector<int> cycle =
+      o.labels.empty() ? std::vector<int>{} : parse_labels(o.labels, classes);
+  g_stage = detail::concat("allocating the labels (", o.count, " ints)");
+  std::vector<int> labels;
+  labels.reserve(static_cast<std::size_t>(o.count));
+  for (int i = 0; i < o.count; ++i)
+    labels.push_back(cycle.empty() ? i % classes
+                                   : cycle[static_cast<std::size_t>(i) % cycle.size()]);
+  return labels;
+}
+
+/// The schedule and the solver: a diffusers --scheduler-config, else the DiT's training schedule
+/// (with --sigmas' rule, or --sampling-method's spacing) and the chosen solver.
+Sampling make_sampling(const Options& o, Plan& plan, Prediction models_predict) {
+  if (!o.scheduler_config.empty())
+    return load_scheduler_config(o.scheduler_config, models_predict);
+  const DiscreteSchedule base = plan.schedule.value_or(DiscreteSchedule{});
+  return Sampling{o.sigmas.empty() ? AnySchedule(base)
+                                   : AnySchedule(SigmaSchedule(base, parse_sigma_rule(o.sigmas))),
+                  std::move(plan.solver)};
+}
+
+/// How long a duration is, for the progress line: "42 s", "3 min 5 s".
+std::string duration_string(double seconds) {
+  if (!(seconds >= 0) || seconds > 1e7)
+    return "?";
+  const auto s = static_cast<long long>(std::lround(seconds));
+  return s < 60 ? detail::concat(s, " s") : detail::concat(s / 60, " min ", s % 60, " s");
+}
+
+/// The progress line on stderr: a bar, the batch and step, the speed, the time left (from the
+/// speed so far over every batch's steps) and the serving model.
+struct Progress {
+  bool show = false, tty = false;
+  int steps = 0, batches = 0;
+  long long done = 0;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+
+  void step(int batch, int step_index, const std::string& serving) {
+    ++done;
+    if (!show || (!tty && step_index + 1 != steps))
+      return;
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    const double rate = static_cast<double>(done) / elapsed;
+    const double left = static_cast<double>(static_cast<long long>(batches) * steps - done) / rate;
+    constexpr int width = 30;
+    const int filled = (step_index + 1) * width / steps;
+    std::fprintf(stderr, "%s[%s%s] batch %d/%d step %d/%d  %.1f steps/s  %s left  serving: %s%s",
+                 tty ? "\r" : "", std::string(static_cast<std::size_t>(filled), '#').c_str(),
+                 std::string(static_cast<std::size_t>(width - filled), '.').c_str(), batch + 1,
+                 batches, step_index + 1, steps, rate, duration_string(left).c_str(),
+                 serving.c_str(), tty ? "   " : "\n");
+  }
+};
+
 /// The batch loop of both devices: each batch's x_T (Philox noise of its images), its options and
 /// the progress line; sample_batch(part, labels, options) samples `part` (host memory) in place.
 template <class Stitcher, class SampleBatch>
-void sample_batches(const Options& o, const Stitcher& stitcher, const std::vector<int>& labels,
-                    Tensor& x, SampleBatch&& sample_batch) {
+void sample_batches(const Options& o, const Plan& plan, const Stitcher& stitcher,
+                    const std::vector<int>& labels, Tensor& x, SampleBatch&& sample_batch) {
   const std::vector<int> counts = stitcher.steps_per_model(DiscreteSchedule().trajectory(o.steps));
   std::string per_model, names;
   for (std::size_t k = 0; k < counts.size(); ++k) {
@@ -271,71 +590,63 @@ void sample_batches(const Options& o, const Stitcher& stitcher, const std::vecto
   }
   std::fprintf(stderr, "steps per model: %s (%s)\n", per_model.c_str(), names.c_str());
 
-  const bool tty = isatty(fileno(stderr)) != 0;
   // A batch larger than the count is the whole count (and --batch INT_MAX cannot overflow).
   const int batch = std::min(o.batch, o.count);
-  const int batches = (o.count - 1) / batch + 1;
+  Progress progress;
+  progress.tty = isatty(fileno(stderr)) != 0;
+  progress.show = !o.quiet;
+  progress.steps = o.steps;
+  progress.batches = (o.count - 1) / batch + 1;
   g_stage = detail::concat("sampling batches of ", batch,
                            " images (a smaller --batch needs less memory)");
-  const auto started = std::chrono::steady_clock::now();
-  long long done_steps = 0;
-  for (int b = 0; b < batches; ++b) {
+  for (int b = 0; b < progress.batches; ++b) {
     const int first = b * batch, size = std::min(batch, o.count - first);
     const View part = View(x.view()).samples(first, size);
-    fill_initial_noise(part, o.seed, static_cast<std::uint32_t>(first));
+    fill_initial_noise(part, plan.seed, static_cast<std::uint32_t>(first));
     const std::vector<int> cond(labels.begin() + first, labels.begin() + first + size);
     SampleOptions options;
     options.steps = o.steps;
-    options.seed = o.seed;
+    options.seed = plan.seed;
     options.first_sample = static_cast<std::uint32_t>(first);
-    options.guidance = Guidance::standard(o.guidance);
+    options.guidance = Guidance::standard(plan.guidance);
     options.on_step = [&](const StepRecord& r) {
-      ++done_steps;
-      if (o.quiet || (!tty && r.step + 1 != o.steps))
-        return true;
-      const double elapsed =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-      constexpr int width = 30;
-      const int filled = (r.step + 1) * width / o.steps;
-      std::fprintf(stderr, "%s[%s%s] batch %d/%d step %d/%d  %.1f steps/s  serving: %s%s",
-                   tty ? "\r" : "", std::string(static_cast<std::size_t>(filled), '#').c_str(),
-                   std::string(static_cast<std::size_t>(width - filled), '.').c_str(), b + 1,
-                   batches, r.step + 1, o.steps, static_cast<double>(done_steps) / elapsed,
-                   stitcher.model_name(r.model).c_str(), tty ? "   " : "\n");
+      progress.step(b, r.step, stitcher.model_name(r.model));
       return true;
     };
     sample_batch(part, cond, options);
   }
-  if (tty && !o.quiet)
+  if (progress.tty && progress.show)
     std::fprintf(stderr, "\n");
   const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - progress.started).count();
   std::fprintf(stderr, "sampled %d images in %.2f s\n", o.count, seconds);
 }
 
-void sample_on_cpu(const Options& o, const AnyPolicy& rule, const Sampling& sampling,
-                   std::vector<dit::Weights> weights, const std::vector<std::string>& names,
+void sample_on_cpu(const Options& o, const Plan& plan, const Sampling& sampling, Models models_in,
                    const std::vector<int>& labels, Tensor& x) {
   std::vector<dit::CpuModel> models;
-  models.reserve(weights.size());
-  for (std::size_t k = 0; k < weights.size(); ++k) {
+  models.reserve(models_in.weights.size());
+  for (std::size_t k = 0; k < models_in.weights.size(); ++k) {
     try {
-      models.emplace_back(std::move(weights[k]), names[k]);
+      models.emplace_back(std::move(models_in.weights[k]), models_in.names[k]);
     } catch (const std::exception& e) {
       throw model_error(o, k, e);
     }
     models.back().set_batch_invariant(o.batch_invariant);
+    models.back().set_threads(o.threads);
   }
-  ModelStitcher stitcher(rule,
+  std::fprintf(stderr, "threads: %d per model%s\n", models.front().threads(),
+               o.threads > 0 ? " (--threads)" : " (OpenMP's default; -t to set)");
+  ModelStitcher stitcher(*plan.rule,
                          std::vector<DenoiserRef<std::vector<int>>>(models.begin(), models.end()));
   Sampler<> sampler;
   std::visit(
       [&](auto chosen) {
-        sample_batches(o, stitcher, labels, x,
+        sample_batches(o, plan, stitcher, labels, x,
                        [&](View part, const std::vector<int>& cond, const SampleOptions& options) {
                          const std::optional<std::vector<int>> uncond =
-                             o.guidance != 1.0 ? stitcher.unconditional(cond) // DiT's null class
-                                               : std::nullopt;
+                             plan.guidance != 1.0 ? stitcher.unconditional(cond) // the null class
+                                                  : std::nullopt;
                          sampler.run(stitcher, sampling.schedule, chosen, part, cond,
                                      uncond ? &*uncond : nullptr, options);
                        });
@@ -347,27 +658,26 @@ void sample_on_cpu(const Options& o, const AnyPolicy& rule, const Sampling& samp
 /// The same sampling with the latents on the GPU: each batch's x_T is made on the host (the same
 /// noise as on the CPU), uploaded, sampled by cuda::DeviceSampler and downloaded. Weights are
 /// uploaded once (bf16); the host copies are dropped.
-void sample_on_cuda(const Options& o, const AnyPolicy& rule, const Sampling& sampling,
-                    std::vector<dit::Weights> weights, const std::vector<std::string>& names,
+void sample_on_cuda(const Options& o, const Plan& plan, const Sampling& sampling, Models models_in,
                     const std::vector<int>& labels, Tensor& x) {
   const cuda::DeviceInfo device = cuda::device_info();
   std::fprintf(stderr, "device: %s (compute capability %d.%d)\n", device.name.c_str(),
                device.compute_major, device.compute_minor);
   std::vector<cuda::DitModel> models;
-  models.reserve(weights.size());
-  for (std::size_t k = 0; k < weights.size(); ++k) {
+  models.reserve(models_in.weights.size());
+  for (std::size_t k = 0; k < models_in.weights.size(); ++k) {
     try {
-      models.emplace_back(weights[k], names[k]); // uploads the weights (bf16)
+      models.emplace_back(models_in.weights[k], models_in.names[k]); // uploads the weights (bf16)
     } catch (const std::exception& e) {
       throw model_error(o, k, e);
     }
   }
-  weights.clear(); // on the device now
-  cuda::DeviceStitcher stitcher(rule,
+  models_in.weights.clear(); // on the device now
+  cuda::DeviceStitcher stitcher(*plan.rule,
                                 std::vector<cuda::DeviceDenoiserRef>(models.begin(), models.end()));
   cuda::DeviceSampler sampler;
   cuda::DeviceTensor latents(std::min(o.batch, o.count), x.shape());
-  sample_batches(o, stitcher, labels, x,
+  sample_batches(o, plan, stitcher, labels, x,
                  [&](View part, const std::vector<int>& cond, const SampleOptions& options) {
                    const View on_device = latents.view().samples(0, part.batch());
                    cuda::upload(on_device, part);
@@ -378,169 +688,100 @@ void sample_on_cuda(const Options& o, const AnyPolicy& rule, const Sampling& sam
 }
 #endif
 
-int run(const Options& o) {
-  // --- arguments that need no model ---------------------------------------------------------
-  if (o.models.size() < 2)
-    bad("model files: got ", o.models.size(), "; stitching needs at least 2 (small first)");
-  if (o.png.empty() && o.npy.empty())
-    bad("no output: give --png or --npy (or both)");
-  if (o.steps < 1 || o.steps > 1000)
-    bad("--steps = ", o.steps, ": must be in [1, 1000] (the training schedule has 1000 steps)");
-  if (o.count < 1)
-    bad("--count = ", o.count, ": must be at least 1");
-  if (o.batch < 1)
-    bad("--batch = ", o.batch, ": must be at least 1");
-  if (!std::isfinite(o.guidance))
-    bad("--guidance = ", o.guidance, ": must be finite");
-  if (o.columns < 0)
-    bad("--columns = ", o.columns, ": must be >= 0 (0: one row per 10 images)");
-  const std::size_t k = o.models.size();
-  std::vector<double> fractions;
-  if (!o.fractions.empty()) {
-    if (o.fractions.size() != k)
-      bad("--fractions: got ", o.fractions.size(), " values for ", k,
-          " models; give one fraction per model");
-    fractions = o.fractions;
-  } else {
-    const double r = o.fraction.value_or(0.5);
-    if (!(r >= 0.0 && r <= 1.0))
-      bad("--fraction = ", r, ": must be in [0, 1]");
-    if (k != 2)
-      bad("--fraction: one fraction stitches 2 models; with ", k, " models use --fractions");
-    fractions = {r, 1.0 - r};
-  }
-  if (!o.names.empty() && o.names.size() != k)
-    bad("--names: got ", o.names.size(), " names for ", k, " models");
-  std::optional<AnyPolicy> rule;
-  try {
-    if (o.rule == "fraction")
-      rule.emplace(StepFraction(fractions));
-    else if (o.rule == "paper") {
-      if (k != 2)
-        bad("--rule = paper: the paper's timestep rule stitches exactly 2 models, got ", k);
-      rule.emplace(PaperTimestep(fractions[0]));
-    } else
-      bad("--rule = '", o.rule, "': must be fraction or paper");
-  } catch (const tstitch::invalid_argument& e) {
-    bad(o.fractions.empty() ? "--fraction" : "--fractions", ": ", e.what());
-  }
-  AnySolver solver;
-  try {
-    solver = make_solver(o.solver);
-  } catch (const tstitch::invalid_argument&) {
-    bad("--solver = '", o.solver, "': must be one of ", solver_name_list());
-  }
-  if (std::holds_alternative<CMStochasticIterative>(solver))
-    bad("--solver = 'cm': consistency-model sampling reads the raw output as the consistency "
-        "function; the DiTs predict noise");
-  if (o.device != "cpu" && o.device != "cuda")
-    bad("--device = '", o.device, "': must be cpu or cuda");
-  if (o.device == "cuda" && o.batch_invariant)
-    bad("--batch-invariant: the CUDA DiT is not batch-invariant (its GEMM algorithms depend on "
-        "the batch); use --device cpu");
-  check_output_path(o, "--png", o.png);
-  check_output_path(o, "--npy", o.npy);
-  check_distinct_outputs(o);
-  if (o.device == "cuda") {
-#ifdef TSTITCH_SAMPLE_CUDA
-    if (!cuda::device_available())
-      throw tstitch::runtime_error("--device = cuda: no CUDA device available");
-#else
-    throw tstitch::runtime_error("--device = cuda: this tstitch-sample was built without CUDA "
-                                 "(configure with -DTSTITCH_ENABLE_CUDA=ON and nvcc)");
-#endif
-  }
+/// The run's parameters as one line, for the PNG text chunk and the JPEG comment.
+std::string parameters_line(const Options& o, const Plan& plan) {
+  std::string models;
+  for (const std::string& m : o.models)
+    models += (models.empty() ? "" : ", ") + std::filesystem::path(m).filename().string();
+  return detail::concat(
+      "tstitch-sample; seed: ", plan.seed, "; steps: ", o.steps, "; solver: ", plan.solver_text,
+      "; guidance: ", plan.guidance, "; rule: ", plan.rule_text,
+      "; labels: ", o.labels.empty() ? std::string("every class in turn") : o.labels,
+      "; count: ", o.count, "; models: ", models);
+}
 
-  // --- models ---------------------------------------------------------------------------------
-  g_stage = "loading the models";
-  std::vector<dit::Weights> weights;
-  weights.reserve(k);
-  // Each file as loaded: a model rewritten during the run must not yield results silently.
-  std::vector<io::FileStamp> stamps;
-  for (std::size_t i = 0; i < k; ++i) {
-    weights.push_back(
-        load_weights(o.models[i], i, o.no_mmap ? io::LoadMode::read : io::LoadMode::mmap));
-    stamps.push_back(weights.back().stamp());
-  }
-  const dit::Config first = weights[0].config();
-  for (std::size_t i = 1; i < k; ++i) {
-    const dit::Config& c = weights[i].config();
-    if (c.latent_shape() != first.latent_shape())
-      bad("models disagree on latent shape: '", o.models[0], "' has ", first.latent_shape(), ", '",
-          o.models[i], "' has ", c.latent_shape());
-    if (c.num_classes != first.num_classes)
-      bad("models disagree on the class count: '", o.models[0], "' has ", first.num_classes, ", '",
-          o.models[i], "' has ", c.num_classes);
-  }
-  const Shape shape = first.latent_shape();
-  if (!o.png.empty() && shape.channels != 1 && shape.channels != 3)
-    bad("--png = '", o.png, "': the models make ", shape.channels,
-        " channels images; a PNG needs 1 or 3 (use --npy for latents)");
+/// The .npy's sidecar: the same parameters as JSON, with each image's label.
+void write_sidecar(const std::filesystem::path& npy, const Options& o, const Plan& plan,
+                   const std::vector<int>& labels) {
+  nlohmann::json j;
+  j["seed"] = plan.seed;
+  j["steps"] = o.steps;
+  j["solver"] = plan.solver_text;
+  j["guidance"] = plan.guidance;
+  j["rule"] = plan.rule_text;
+  j["models"] = o.models;
+  j["labels"] = labels;
+  j["generator"] = "tstitch-sample";
+  const std::string text = j.dump(2) + "\n";
+  io::write_file_atomically(tstitch_sample::sidecar_of(npy),
+                            [&](io::AtomicWriter& out) { out.write(text.data(), text.size()); });
+}
 
-  io::GridOptions grid;
-  grid.columns = o.columns > 0 ? o.columns : std::min(o.count, 10);
-  grid.scale = shape.height < 64 ? 2 : 1;
-  std::optional<io::GridSize> grid_size;
-  if (!o.png.empty()) {
-    try {
-      grid_size = io::grid_size(o.count, shape, grid); // before sampling, not after
-    } catch (const tstitch::invalid_argument& e) {
-      bad("--png = '", o.png, "': ", o.count, " images of ", shape,
-          " make no PNG grid: ", e.what());
-    }
-  }
-  check_memory(o, shape, grid_size);
-
-  const int classes = static_cast<int>(first.num_classes);
-  const std::vector<int> cycle =
-      o.labels.empty() ? std::vector<int>{} : parse_labels(o.labels, classes);
-  g_stage = detail::concat("allocating the labels (", o.count, " ints)");
-  std::vector<int> labels;
-  labels.reserve(static_cast<std::size_t>(o.count));
-  for (int i = 0; i < o.count; ++i)
-    labels.push_back(cycle.empty() ? i % classes
-                                   : cycle[static_cast<std::size_t>(i) % cycle.size()]);
-
-  // Each model's display name: --names, else its file's stem.
-  std::vector<std::string> names = o.names;
-  for (std::size_t i = names.size(); i < k; ++i)
-    names.push_back(std::filesystem::path(o.models[i]).stem().string());
-  const Prediction models_predict =
-      first.learn_sigma ? Prediction::epsilon_learned_sigma : Prediction::epsilon;
-  const Sampling sampling =
-      !o.scheduler_config.empty()
-          ? load_scheduler_config(o.scheduler_config, models_predict)
-          : Sampling{o.sigmas.empty() ? AnySchedule(DiscreteSchedule{})
-                                      : AnySchedule(SigmaSchedule(DiscreteSchedule{},
-                                                                  parse_sigma_rule(o.sigmas))),
-                     std::move(solver)};
-  g_stage = detail::concat(
-      "allocating the latents (", o.count, " x ", shape, " float32, ",
-      byte_string(static_cast<double>(o.count) * static_cast<double>(shape.numel()) * 4.0), ")");
-  Tensor x(o.count, shape);
-  g_stage = "setting up the models";
-#ifdef TSTITCH_SAMPLE_CUDA
-  if (o.device == "cuda")
-    sample_on_cuda(o, *rule, sampling, std::move(weights), names, labels, x);
-  else
-#endif
-    sample_on_cpu(o, *rule, sampling, std::move(weights), names, labels, x);
-  for (const io::FileStamp& stamp : stamps) // at the end of the run, before any output is written
+/// Phase 5: the model files must be unchanged, then every output is written.
+void write_outputs(const Options& o, const Plan& plan, const Models& models,
+                   const io::GridOptions& grid, const std::vector<int>& labels, const Tensor& x) {
+  for (const io::FileStamp& stamp : models.stamps) // before any output is written
     stamp.check_unchanged("model file");
-
   std::string wrote = detail::concat("wrote ", o.count, " samples");
-  if (!o.png.empty()) {
-    g_stage = detail::concat("writing the PNG grid '", o.png, "'");
-    io::write_png_grid(o.png, x, grid);
-    wrote += " to " + o.png;
-  }
-  if (!o.npy.empty()) {
-    g_stage = detail::concat("writing '", o.npy, "'");
-    io::write_npy(o.npy, x);
-    wrote += (o.png.empty() ? " to " : " and ") + o.npy;
+  for (std::size_t i = 0; i < plan.outputs.size(); ++i) {
+    const Output& out = plan.outputs[i];
+    g_stage = detail::concat("writing '", out.path, "'");
+    if (out.format == tstitch_sample::Format::npy) {
+      io::write_npy(out.path, x);
+      struct stat st {};
+      if (::stat(out.path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) // not /dev/null, a pipe
+        write_sidecar(out.path, o, plan, labels);
+    } else {
+      tstitch_sample::write_image_grid(out.path, out.format, x, grid, plan.seed,
+                                       parameters_line(o, plan));
+    }
+    wrote += (i == 0 ? " to " : " and ") + out.path;
   }
   std::printf("%s\n", wrote.c_str());
+}
+
+int run(const Options& o) {
+  Plan plan = check_arguments(o);
+  std::fprintf(stderr, "seed: %llu%s\n", static_cast<unsigned long long>(plan.seed),
+               !o.seed.empty() && o.seed[0] == '-' ? " (random)" : "");
+  Models models = load_models(o);
+  const io::GridOptions grid = check_shape_fits(o, plan, models.shape);
+  const std::vector<int> labels = make_labels(o, models.classes);
+  const Sampling sampling = make_sampling(o, plan, models.prediction);
+  std::fprintf(stderr, "guidance: %g%s\n", plan.guidance,
+               o.guidance ? (plan.guidance == 1.0 ? " (off)" : "")
+                          : " (the default, recommended for the shipped Fashion pair; "
+                            "--guidance 1 turns it off)");
+  g_stage = detail::concat(
+      "allocating the latents (", o.count, " x ", models.shape, " float32, ",
+      byte_string(static_cast<double>(o.count) * static_cast<double>(models.shape.numel()) * 4.0),
+      ")");
+  Tensor x(o.count, models.shape);
+  g_stage = "setting up the models";
+  const std::vector<io::FileStamp> stamps = models.stamps;
+#ifdef TSTITCH_SAMPLE_CUDA
+  if (o.device == "cuda")
+    sample_on_cuda(o, plan, sampling, std::move(models), labels, x);
+  else
+#endif
+    sample_on_cpu(o, plan, sampling, std::move(models), labels, x);
+  models.stamps = stamps;
+  write_outputs(o, plan, models, grid, labels, x);
   return 0;
+}
+
+/// Options of stable-diffusion.cpp and diffusers that mean something else here, or nothing: the
+/// hint printed with "unknown option".
+std::string hint_for(const std::string& option) {
+  if (option == "-p" || option == "--prompt" || option == "-n" || option == "--negative-prompt")
+    return "these DiTs are class-conditional: use --labels";
+  if (option == "-W" || option == "-H" || option == "--width" || option == "--height")
+    return "the image size is the models' own";
+  if (option == "--scheduler")
+    return "use --sigmas (a sigma rule) or --scheduler-config (a diffusers config)";
+  if (option == "-m" || option == "--model" || option == "--diffusion-model")
+    return "give the model files as arguments, small first";
+  return "";
 }
 
 } // namespace
@@ -567,41 +808,47 @@ int main(int argc, char** argv) {
   auto* solver_option =
       app.add_option("--solver", o.solver, detail::concat("one of ", solver_name_list()))
           ->capture_default_str();
+  auto* method_option =
+      app.add_option("--sampling-method", o.sampling_method,
+                     "stable-diffusion.cpp's sampler name (euler, euler_a, heun, dpm2, dpm++2m, "
+                     "dpm++2s_a, lcm, tcd, ddim_trailing), mapped to the same solver")
+          ->excludes(solver_option);
   app.add_option("--scheduler-config", o.scheduler_config,
                  "a diffusers scheduler_config.json (or a model folder holding one): its schedule "
                  "and solver replace the DiT's training schedule and --solver")
-      ->excludes(solver_option);
+      ->excludes(solver_option)
+      ->excludes(method_option);
   app.add_option("--sigmas", o.sigmas,
                  "a named sigma rule over the DiT's schedule (stable-diffusion.cpp's --scheduler): "
                  "ays_sd15, ays_sdxl, ays_svd, gits, sgm_uniform, simple or kl_optimal")
       ->excludes("--scheduler-config");
-  app.add_option("--steps", o.steps, "sampling steps")->capture_default_str();
-  app.add_option("--guidance", o.guidance, "classifier-free guidance scale (1: off)")
+  app.add_option("--steps,--num-inference-steps", o.steps, "sampling steps")->capture_default_str();
+  app.add_option("--guidance,--cfg-scale,--guidance-scale", o.guidance,
+                 detail::concat("classifier-free guidance scale (default ", default_guidance,
+                                ", recommended for the shipped Fashion pair; 1: off)"));
+  app.add_option("-s,--seed", o.seed,
+                 "noise seed, an integer in [0, 2^64); negative: a random seed. Image i gets the "
+                 "same noise in any batch; the seed is printed and recorded in every output")
       ->capture_default_str();
-  // CLI11 takes "-1" (wrapped to 2^64 - 1) and 2^64 (saturated) as seeds; from_chars refuses both.
-  const CLI::Validator seed_range(
-      [](std::string& text) -> std::string {
-        std::uint64_t value = 0;
-        const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-        if (text.empty() || error != std::errc() || end != text.data() + text.size())
-          return detail::concat("value '", text, "' is not an integer in [0, ",
-                                std::numeric_limits<std::uint64_t>::max(), "]");
-        return {};
-      },
-      "UINT64");
-  app.add_option("--seed", o.seed, "noise seed; image i gets the same noise in any batch")
-      ->check(seed_range)
-      ->capture_default_str();
-  app.add_option("--count", o.count, "number of images")->capture_default_str();
+  app.add_option("--count,-b,--batch-count", o.count, "number of images")->capture_default_str();
   app.add_option("--batch", o.batch, "images per model call")->capture_default_str();
   app.add_option("--labels", o.labels,
                  "class labels, comma-separated, cycled over the images (default 0, 1, ..., "
                  "num_classes - 1 cycling)");
+  app.add_option("-o,--output", o.output,
+                 detail::concat("output file; the format follows the extension: .png or .jpg/.jpeg "
+                                "(a grid) or .npy (float32 [N, C, H, W]). Default ",
+                                default_output, " when no output is given"));
   app.add_option("--png", o.png, "write a PNG grid (1- or 3-channel models)");
-  app.add_option("--npy", o.npy, "write the samples as float32 .npy [N, C, H, W]");
-  app.add_option("--columns", o.columns, "PNG grid columns (default min(count, 10))");
+  app.add_option("--npy", o.npy,
+                 "write the samples as float32 .npy [N, C, H, W], with the run's parameters in "
+                 "FILE.json");
+  app.add_option("--columns", o.columns, "image grid columns (default min(count, 10))");
   app.add_option("--names", o.names, "display names of the models, comma-separated")
       ->delimiter(',');
+  app.add_option("-t,--threads", o.threads,
+                 "threads per model on the CPU (0: OpenMP's default, OMP_NUM_THREADS)")
+      ->capture_default_str();
   app.add_flag("--quiet,-q", o.quiet, "no progress bar");
   app.add_flag("--batch-invariant", o.batch_invariant,
                "each image the same bits whatever --batch (one image per forward; slower; CPU "
@@ -623,8 +870,9 @@ int main(int argc, char** argv) {
     std::string unknown;
     for (const std::string& arg : app.remaining())
       unknown += (unknown.empty() ? "" : " ") + arg;
-    std::fprintf(stderr, "tstitch-sample: error: unknown option: %s (see --help)\n",
-                 unknown.c_str());
+    const std::string hint = app.remaining().empty() ? "" : hint_for(app.remaining().front());
+    std::fprintf(stderr, "tstitch-sample: error: unknown option: %s (%s%ssee --help)\n",
+                 unknown.c_str(), hint.c_str(), hint.empty() ? "" : "; ");
     return 1;
   } catch (const CLI::ParseError& e) {
     // CLI11 names the option and value itself ("--steps: Value x not in range ...").
