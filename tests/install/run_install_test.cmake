@@ -6,7 +6,9 @@
 #         -P run_install_test.cmake
 #
 # consumer:         install into <scratch>/prefix, configure tests/install/consumer against it with
-#                   find_package(tstitch 0.1 REQUIRED), build it and run the executable.
+#                   find_package(tstitch 0.1 REQUIRED), build it and run the executable; run the
+#                   installed tstitch-sample (where built); configure and install a second, unbuilt
+#                   tree, and find it.
 # version_mismatch: same install, but the consumer asks for tstitch 0.2; configuring must FAIL
 #                   because the installed 0.1.0 is not compatible (SameMinorVersion).
 cmake_minimum_required(VERSION 3.25)
@@ -125,3 +127,45 @@ if(_cuda_exe)
   message(STATUS "install_consumer: ${_last_output}")
 endif()
 message(STATUS "install_consumer: installed, found (${_found_dir}), built and ran ${_exe}")
+
+# (e) The command line, where the build has it, runs from the prefix on the tiny test models.
+if(EXISTS "${TSTITCH_BUILD_DIR}/apps/tstitch-sample")
+  set(_installed_cli "${_prefix}/bin/tstitch-sample")
+  if(NOT EXISTS "${_installed_cli}")
+    message(FATAL_ERROR "install: ${_installed_cli} missing (the build has apps/tstitch-sample)")
+  endif()
+  set(_tiny "${TSTITCH_SOURCE_DIR}/tests/data/dit/tiny_dit_p4.safetensors")
+  _run("run the installed tstitch-sample" FALSE
+       "${_installed_cli}" "${_tiny}" "${_tiny}" --steps 2 --count 2 -q -t 1
+       -o "${TSTITCH_WORK_DIR}/installed_cli.png")
+  if(NOT _last_output MATCHES "wrote 2 samples to .*installed_cli\\.png"
+     OR NOT EXISTS "${TSTITCH_WORK_DIR}/installed_cli.png")
+    message(FATAL_ERROR "the installed tstitch-sample wrote no grid:\n${_last_output}")
+  endif()
+  message(STATUS "install_consumer: ran ${_installed_cli}")
+endif()
+
+# (f) Configure and install with nothing built (the CUDA DiT library included, where nvcc makes
+# it part of the build): the install must succeed, and the package must still be found.
+set(_unbuilt "${TSTITCH_WORK_DIR}/unbuilt")
+set(_unbuilt_configure
+    "${CMAKE_COMMAND}" -S "${TSTITCH_SOURCE_DIR}" -B "${_unbuilt}/build"
+    "-DCMAKE_CXX_COMPILER=${TSTITCH_CXX_COMPILER}" "-DCMAKE_BUILD_TYPE=${TSTITCH_CONFIG}"
+    -DTSTITCH_BUILD_TESTS=OFF -DTSTITCH_BUILD_EXAMPLES=OFF -DTSTITCH_BUILD_BENCHMARKS=OFF)
+if(TSTITCH_GENERATOR)
+  list(APPEND _unbuilt_configure -G "${TSTITCH_GENERATOR}")
+endif()
+_run("configure tstitch (not built)" FALSE ${_unbuilt_configure})
+_run("install tstitch without building it" FALSE
+     "${CMAKE_COMMAND}" --install "${_unbuilt}/build" --prefix "${_unbuilt}/prefix"
+     --config "${TSTITCH_CONFIG}")
+set(_unbuilt_consumer
+    "${CMAKE_COMMAND}" -S "${TSTITCH_SOURCE_DIR}/tests/install/consumer"
+    -B "${_unbuilt}/consumer-build" "-DCMAKE_CXX_COMPILER=${TSTITCH_CXX_COMPILER}"
+    "-DCMAKE_PREFIX_PATH=${_unbuilt}/prefix" "-DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF"
+    "-DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF")
+if(TSTITCH_GENERATOR)
+  list(APPEND _unbuilt_consumer -G "${TSTITCH_GENERATOR}")
+endif()
+_run("configure the consumer against the unbuilt install" FALSE ${_unbuilt_consumer})
+message(STATUS "install_consumer: an unbuilt configure installs and is found")
