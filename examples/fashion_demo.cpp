@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 
 #include "tstitch/io/png.hpp"
@@ -43,7 +45,7 @@ struct Args {
   int count = 80;
   int steps = 50;
   int batch = 80;
-  double guidance = 1.25;
+  double guidance = 1.25; // the shipped pair's recommended scale, as tstitch-sample's default
   std::uint64_t seed = 1;
   int bootstrap = 50;
 };
@@ -53,11 +55,14 @@ Args parse(int argc, char** argv) {
   Args args;
   CLI::App app{"fashion_demo: T-Stitch on the DiT pair trained on Fashion-MNIST (models/): time "
                "and quality of every small-model fraction 0.0, 0.1, ..., 1.0"};
-  app.add_option("--models", args.models_dir,
-                 "where fashion_dit_s/_l, fashion_fd_stats and fashion_classifier .safetensors live")
+  app.add_option(
+         "--models", args.models_dir,
+         "where fashion_dit_s/_l, fashion_fd_stats and fashion_classifier .safetensors live")
       ->capture_default_str();
-  app.add_option("--small", args.small, "small model (default: <models>/fashion_dit_s.safetensors)");
-  app.add_option("--large", args.large, "large model (default: <models>/fashion_dit_l.safetensors)");
+  app.add_option("--small", args.small,
+                 "small model (default: <models>/fashion_dit_s.safetensors)");
+  app.add_option("--large", args.large,
+                 "large model (default: <models>/fashion_dit_l.safetensors)");
   app.add_option("--stats", args.stats,
                  "PCA FD statistics (default: <models>/fashion_fd_stats.safetensors)");
   app.add_option("--classifier", args.classifier,
@@ -137,158 +142,251 @@ dit::CpuModel load_model(const std::filesystem::path& path, const char* name) {
   return dit::CpuModel(dit::Weights::load(path), name);
 }
 
-int run(const Args& args) {
-  dit::CpuModel small = load_model(args.small, "DiT-S");
-  dit::CpuModel large = load_model(args.large, "DiT-L");
-  const metrics::PcaFeatures features = metrics::PcaFeatures::load(args.stats);
-  const metrics::MlpClassifier classifier = metrics::MlpClassifier::load(args.classifier);
-  const Shape shape = large.latent_shape();
-  if (small.latent_shape() != shape)
-    throw tstitch::invalid_argument(detail::concat("fashion_demo: the models' image shapes differ: ",
-                                                   args.small.string(), " has ",
-                                                   small.latent_shape(), ", ", args.large.string(),
-                                                   " has ", shape));
-  if (small.config().num_classes != large.config().num_classes)
+/// The two models and the two scorers, checked against each other.
+struct Setup {
+  dit::CpuModel small, large;
+  metrics::PcaFeatures features;
+  metrics::MlpClassifier classifier;
+  Shape shape;
+  int classes = 0;
+};
+
+Setup load_setup(const Args& args) {
+  Setup s{load_model(args.small, "DiT-S"),
+          load_model(args.large, "DiT-L"),
+          metrics::PcaFeatures::load(args.stats),
+          metrics::MlpClassifier::load(args.classifier),
+          Shape{},
+          0};
+  s.shape = s.large.latent_shape();
+  s.classes = static_cast<int>(s.large.config().num_classes);
+  if (s.small.latent_shape() != s.shape)
     throw tstitch::invalid_argument(detail::concat(
-        "fashion_demo: the models' class counts differ: ", small.config().num_classes, " vs ",
-        large.config().num_classes));
-  if (shape.numel() != classifier.pixels())
-    throw tstitch::invalid_argument(detail::concat("fashion_demo: classifier '",
-                                                   args.classifier.string(), "' is for ",
-                                                   classifier.pixels(), " pixels; the models make ",
-                                                   shape));
-  if (shape.numel() != features.pixels())
+        "fashion_demo: the models' image shapes differ: ", args.small.string(), " has ",
+        s.small.latent_shape(), ", ", args.large.string(), " has ", s.shape));
+  if (s.small.config().num_classes != s.large.config().num_classes)
+    throw tstitch::invalid_argument(detail::concat(
+        "fashion_demo: the models' class counts differ: ", s.small.config().num_classes, " vs ",
+        s.large.config().num_classes));
+  if (s.shape.numel() != s.classifier.pixels())
+    throw tstitch::invalid_argument(
+        detail::concat("fashion_demo: classifier '", args.classifier.string(), "' is for ",
+                       s.classifier.pixels(), " pixels; the models make ", s.shape));
+  if (s.shape.numel() != s.features.pixels())
     throw tstitch::invalid_argument(detail::concat("fashion_demo: FD stats '", args.stats.string(),
-                                                   "' are for ", features.pixels(),
-                                                   " pixels; the models make ", shape));
+                                                   "' are for ", s.features.pixels(),
+                                                   " pixels; the models make ", s.shape));
+  return s;
+}
 
-  const int n = args.count;
-  const int classes = static_cast<int>(large.config().num_classes);
-  std::vector<int> labels(static_cast<std::size_t>(n));
-  for (int i = 0; i < n; ++i)
-    labels[static_cast<std::size_t>(i)] = i % classes;
-  Tensor noise(n, shape);
-  fill_initial_noise(noise, args.seed);
+/// What the run is and how it is scored, printed and flushed before the first (slow) row.
+void print_header(const Args& args, const Setup& s, double cost_ratio) {
+  std::printf("tstitch demo: T-Stitch on two DiTs trained on Fashion-MNIST (tools/train_dit.py)\n");
+  std::printf("  small %s: %s, %.1f M MACs/image\n  large %s: %s, %.1f M MACs/image (%.1fx)\n",
+              args.small.filename().string().c_str(), detail::concat(s.small.config()).c_str(),
+              s.small.config().macs() / 1e6, args.large.filename().string().c_str(),
+              detail::concat(s.large.config()).c_str(), s.large.config().macs() / 1e6,
+              1.0 / cost_ratio);
+  std::printf("  DDIM %d steps (x0 clipped to [-1, 1]), classifier-free guidance %.3g, %d images "
+              "per fraction (labels 0..%d cycling, seed %llu)\n",
+              args.steps, args.guidance, args.count, s.classes - 1,
+              static_cast<unsigned long long>(args.seed));
+  std::printf("  FD-pca: Frechet distance to the training images in a %lld-d PCA space (%s)\n",
+              static_cast<long long>(s.features.dims()), args.stats.filename().string().c_str());
+  std::printf("  FD-cls: the same in the %lld-d penultimate features of an MLP classifier (%s); "
+              "acc: how many images it assigns to their conditioning class\n",
+              static_cast<long long>(s.classifier.dims()),
+              args.classifier.filename().string().c_str());
+  std::printf("  lower FD is better; +- is the bootstrap standard deviation at this N\n\n");
+  std::fflush(stdout);
+}
 
+/// The noise floor: `n` real held-out images scored the same way.
+void print_noise_floor(const char* name, const Eigen::MatrixXd& test,
+                       const metrics::FeatureStats& real, int n, int bootstrap) {
+  if (test.rows() < n)
+    return;
+  const Eigen::MatrixXd real_rows = test.topRows(n);
+  const double floor = metrics::frechet_distance(metrics::feature_stats(real_rows), real);
+  const double floor_sd = bootstrap_sd(real_rows, real, bootstrap);
+  std::printf("noise floor: %s of %d real test images (t10k) = %.3f%s\n", name, n, floor,
+              (" " + plus_minus(floor_sd)).c_str());
+  std::fflush(stdout);
+}
+
+/// One row of the table: a fraction's steps per model, time and scores.
+struct Row {
+  double fraction = 0;
+  std::vector<int> counts;
+  double seconds = 0, fd = 0, sd = 0, fd_cls = 0, sd_cls = 0, accuracy = 0;
+};
+
+/// Samples every image at one fraction, in batches, showing the row's progress on a terminal;
+/// fills the row's steps per model and wall time.
+void sample_fraction(const Args& args, Setup& s, Sampler<>& sampler, const std::vector<int>& labels,
+                     Tensor& x, Row& row) {
+  const double fraction = row.fraction;
+  TrajectoryStitcher stitcher(s.small, s.large, fraction);
+  stitcher.set_names({"DiT-S", "DiT-L"});
   const DiscreteSchedule schedule; // DDPM linear betas 1e-4..0.02, 1000 steps: the training one
   // Pixel-space model: clip the x0 estimate to the data range [-1, 1], as diffusers' DDIM does
   // for pixel-space DDPMs (clip_sample).
   DDIM solver(DDIMOptions{0.0, 1.0f});
-  const double cost_ratio = small.config().macs() / large.config().macs();
-
-  std::printf("tstitch demo: T-Stitch on two DiTs trained on Fashion-MNIST (tools/train_dit.py)\n");
-  std::printf("  small %s: %s, %.1f M MACs/image\n  large %s: %s, %.1f M MACs/image (%.1fx)\n",
-              args.small.filename().string().c_str(),
-              detail::concat(small.config()).c_str(), small.config().macs() / 1e6,
-              args.large.filename().string().c_str(), detail::concat(large.config()).c_str(),
-              large.config().macs() / 1e6, 1.0 / cost_ratio);
-  std::printf("  DDIM %d steps (x0 clipped to [-1, 1]), classifier-free guidance %.3g, %d images "
-              "per fraction (labels 0..%d cycling, seed %llu)\n",
-              args.steps, args.guidance, n, classes - 1,
-              static_cast<unsigned long long>(args.seed));
-  std::printf("  FD-pca: Frechet distance to the training images in a %lld-d PCA space (%s)\n",
-              static_cast<long long>(features.dims()), args.stats.filename().string().c_str());
-  std::printf("  FD-cls: the same in the %lld-d penultimate features of an MLP classifier (%s); "
-              "acc: how many images it assigns to their conditioning class\n",
-              static_cast<long long>(classifier.dims()),
-              args.classifier.filename().string().c_str());
-  std::printf("  lower FD is better; +- is the bootstrap standard deviation at this N\n\n");
-
-  // The noise floor: real held-out images scored the same way, at the same N.
-  const Eigen::MatrixXd& test = features.test_features();
-  if (test.rows() >= n) {
-    const Eigen::MatrixXd real_rows = test.topRows(n);
-    const double floor = metrics::frechet_distance(metrics::feature_stats(real_rows),
-                                                   features.real_stats());
-    const double floor_sd = bootstrap_sd(real_rows, features.real_stats(), args.bootstrap);
-    std::printf("noise floor: FD-pca of %d real test images (t10k) = %.3f%s\n", n, floor,
-                (" " + plus_minus(floor_sd)).c_str());
+  row.counts = stitcher.steps_per_model(schedule.trajectory(args.steps));
+  const int n = args.count;
+  const bool tty = isatty(fileno(stderr)) != 0;
+  SampleOptions options;
+  options.steps = args.steps;
+  options.seed = args.seed;
+  options.guidance = Guidance::standard(args.guidance);
+  const auto started = std::chrono::steady_clock::now();
+  for (int first = 0; first < n; first += args.batch) {
+    const int b = std::min(args.batch, n - first);
+    const View part = View(x.view()).samples(first, b);
+    const std::vector<int> part_labels(labels.begin() + first, labels.begin() + first + b);
+    const std::vector<int> uncond = stitcher.unconditional(part_labels);
+    options.first_sample = static_cast<std::uint32_t>(first);
+    options.on_step = [&](const StepRecord& r) {
+      if (tty) // within the row: images done, step, serving model (erased when the row prints)
+        std::fprintf(stderr, "\r  %.1f  images %d-%d of %d  step %d/%d  %s   ", fraction, first + 1,
+                     first + b, n, r.step + 1, args.steps, stitcher.model_name(r.model).c_str());
+      return true;
+    };
+    sampler.run(stitcher, schedule, solver, part, part_labels, &uncond, options);
   }
-  const Eigen::MatrixXd& test_cls = classifier.test_features();
-  if (test_cls.rows() >= n) {
-    const Eigen::MatrixXd real_rows = test_cls.topRows(n);
-    const double floor = metrics::frechet_distance(metrics::feature_stats(real_rows),
-                                                   classifier.real_stats());
-    const double floor_sd = bootstrap_sd(real_rows, classifier.real_stats(), args.bootstrap);
-    std::printf("noise floor: FD-cls of %d real test images (t10k) = %.3f%s\n", n, floor,
-                (" " + plus_minus(floor_sd)).c_str());
+  if (tty)
+    std::fprintf(stderr, "\r%72s\r", "");
+  row.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+}
+
+/// The row's scores: both FDs with their bootstrap deviations, and the classifier's accuracy.
+void score_fraction(const Args& args, const Setup& s, const std::vector<int>& labels,
+                    const Tensor& x, Row& row) {
+  const Eigen::MatrixXd f = s.features.project(x);
+  row.fd = metrics::frechet_distance(metrics::feature_stats(f), s.features.real_stats());
+  row.sd = bootstrap_sd(f, s.features.real_stats(), args.bootstrap);
+  const Eigen::MatrixXd fc = s.classifier.features(x);
+  row.fd_cls = metrics::frechet_distance(metrics::feature_stats(fc), s.classifier.real_stats());
+  row.sd_cls = bootstrap_sd(fc, s.classifier.real_stats(), args.bootstrap);
+  const std::vector<int> predicted = s.classifier.predict(x);
+  int correct = 0;
+  for (std::size_t i = 0; i < predicted.size(); ++i)
+    correct += predicted[i] == labels[i];
+  row.accuracy = 100.0 * correct / args.count;
+}
+
+void print_row(const Row& row, const Row& large_only, double cost_ratio, int steps) {
+  const double mac_cost = (row.counts[1] + cost_ratio * row.counts[0]) / steps;
+  std::printf("  %.1f     %4d   %4d   %6.1f   %5.2fx     %5.2fx   %7.2f %-9s %4.2f   %7.2f %-9s"
+              " %4.2f   %3.0f%%\n",
+              row.fraction, row.counts[0], row.counts[1], row.seconds,
+              large_only.seconds / row.seconds, 1.0 / mac_cost, row.fd, plus_minus(row.sd).c_str(),
+              row.fd / large_only.fd, row.fd_cls, plus_minus(row.sd_cls).c_str(),
+              row.fd_cls / large_only.fd_cls, row.accuracy);
+  std::fflush(stdout);
+}
+
+/// Untimed warm-up: two steps that call both models at the sampling batch size, so that the first
+/// row's time does not include sizing activation buffers and building oneDNN primitives.
+void warm_up(const Args& args, Setup& s, Sampler<>& sampler, const std::vector<int>& labels,
+             const Tensor& noise) {
+  TrajectoryStitcher stitcher(s.small, s.large, 0.5);
+  Tensor x = noise;
+  const int b = std::min(args.batch, args.count);
+  const View part = View(x.view()).samples(0, b);
+  const std::vector<int> part_labels(labels.begin(), labels.begin() + b);
+  const std::vector<int> uncond = stitcher.unconditional(part_labels);
+  SampleOptions options;
+  options.steps = 2;
+  options.guidance = Guidance::standard(args.guidance);
+  DDIM solver(DDIMOptions{0.0, 1.0f});
+  sampler.run(stitcher, DiscreteSchedule{}, solver, part, part_labels, &uncond, options);
+}
+
+// Digits and the point in a 3x5 pixel font, one row of 3 bits per line, for the grid's labels.
+constexpr int glyph_rows[11][5] = {{7, 5, 5, 5, 7}, {2, 6, 2, 2, 7}, {7, 1, 7, 4, 7},
+                                   {7, 1, 7, 1, 7}, {5, 5, 7, 1, 1}, {7, 4, 7, 1, 7},
+                                   {7, 4, 7, 5, 7}, {7, 1, 1, 1, 1}, {7, 5, 7, 5, 7},
+                                   {7, 5, 7, 1, 7}, {0, 0, 0, 0, 2}};
+
+/// The grid with a strip on its left naming each row's fraction ("0.3"), drawn in white.
+io::Image8 label_rows(const io::Image8& grid, const io::GridOptions& options, Shape shape,
+                      int rows) {
+  constexpr int pixel = 3, strip = 4 * 3 * pixel + 2;
+  io::Image8 out;
+  out.width = grid.width + strip;
+  out.height = grid.height;
+  out.channels = grid.channels;
+  out.pixels.assign(static_cast<std::size_t>(out.width * out.height * out.channels),
+                    options.padding_value);
+  for (std::int64_t y = 0; y < grid.height; ++y)
+    std::copy_n(grid.pixels.begin() + y * grid.width * grid.channels, grid.width * grid.channels,
+                out.pixels.begin() + (y * out.width + strip) * out.channels);
+  const std::int64_t tile = shape.height * options.scale;
+  for (int r = 0; r < rows; ++r) {
+    const std::string text = detail::concat(r / 10, ".", r % 10);
+    const std::int64_t top =
+        options.padding + r * (tile + options.padding) + (tile - 5 * pixel) / 2;
+    for (std::size_t g = 0; g < text.size(); ++g) {
+      const int glyph = text[g] == '.' ? 10 : text[g] - '0';
+      for (int gy = 0; gy < 5 * pixel; ++gy)
+        for (int gx = 0; gx < 3 * pixel; ++gx)
+          if ((glyph_rows[glyph][gy / pixel] >> (2 - gx / pixel)) & 1)
+            for (std::int64_t c = 0; c < out.channels; ++c)
+              out.pixels[static_cast<std::size_t>(
+                  ((top + gy) * out.width + 2 + static_cast<std::int64_t>(g) * 4 * pixel + gx) *
+                      out.channels +
+                  c)] = 255;
+    }
   }
+  return out;
+}
+
+int run(const Args& args) {
+  Setup s = load_setup(args);
+  const int n = args.count;
+  std::vector<int> labels(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i)
+    labels[static_cast<std::size_t>(i)] = i % s.classes;
+  Tensor noise(n, s.shape);
+  fill_initial_noise(noise, args.seed);
+  const double cost_ratio = s.small.config().macs() / s.large.config().macs();
+
+  print_header(args, s, cost_ratio);
+  print_noise_floor("FD-pca", s.features.test_features(), s.features.real_stats(), n,
+                    args.bootstrap);
+  print_noise_floor("FD-cls", s.classifier.test_features(), s.classifier.real_stats(), n,
+                    args.bootstrap);
   std::printf("\n");
 
-  const int columns = std::min(n, classes);
-  Tensor grid(11 * columns, shape);
+  const int columns = std::min(n, s.classes);
+  Tensor grid(11 * columns, s.shape);
   std::printf("fraction  small  large   wall s  speedup  MAC speedup     FD-pca (x large)"
               "          FD-cls (x large)    acc\n");
-  double large_seconds = 0, large_fd = 0, large_fd_cls = 0;
+  std::fflush(stdout);
   Sampler<> sampler;
-  {
-    // Untimed warm-up: two steps that call both models at the sampling batch size, so that the
-    // first row's time does not include sizing activation buffers and building oneDNN primitives.
-    TrajectoryStitcher warm_up(small, large, 0.5);
-    Tensor x = noise;
-    const int b = std::min(args.batch, n);
-    const View part = View(x.view()).samples(0, b);
-    const std::vector<int> part_labels(labels.begin(), labels.begin() + b);
-    const std::vector<int> uncond = warm_up.unconditional(part_labels);
-    SampleOptions options;
-    options.steps = 2;
-    options.guidance = Guidance::standard(args.guidance);
-    sampler.run(warm_up, schedule, solver, part, part_labels, &uncond, options);
-  }
+  warm_up(args, s, sampler, labels, noise);
+  Row large_only;
   for (int tenth = 0; tenth <= 10; ++tenth) {
-    const double fraction = tenth / 10.0;
-    TrajectoryStitcher stitcher(small, large, fraction);
-    stitcher.set_names({"DiT-S", "DiT-L"});
-    const std::vector<int> counts = stitcher.steps_per_model(schedule.trajectory(args.steps));
     Tensor x = noise;
-    SampleOptions options;
-    options.steps = args.steps;
-    options.seed = args.seed;
-    options.guidance = Guidance::standard(args.guidance);
-    const auto started = std::chrono::steady_clock::now();
-    for (int first = 0; first < n; first += args.batch) {
-      const int b = std::min(args.batch, n - first);
-      const View part = View(x.view()).samples(first, b);
-      const std::vector<int> part_labels(labels.begin() + first, labels.begin() + first + b);
-      const std::vector<int> uncond = stitcher.unconditional(part_labels);
-      options.first_sample = static_cast<std::uint32_t>(first);
-      sampler.run(stitcher, schedule, solver, part, part_labels, &uncond, options);
-    }
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    const Eigen::MatrixXd f = features.project(x);
-    const double fd = metrics::frechet_distance(metrics::feature_stats(f), features.real_stats());
-    const double sd = bootstrap_sd(f, features.real_stats(), args.bootstrap);
-    const Eigen::MatrixXd fc = classifier.features(x);
-    const double fd_cls =
-        metrics::frechet_distance(metrics::feature_stats(fc), classifier.real_stats());
-    const double sd_cls = bootstrap_sd(fc, classifier.real_stats(), args.bootstrap);
-    const std::vector<int> predicted = classifier.predict(x);
-    int correct = 0;
-    for (std::size_t i = 0; i < predicted.size(); ++i)
-      correct += predicted[i] == labels[i];
-    if (tenth == 0) {
-      large_seconds = seconds;
-      large_fd = fd;
-      large_fd_cls = fd_cls;
-    }
-    const double mac_cost = (counts[1] + cost_ratio * counts[0]) / args.steps;
-    std::printf("  %.1f     %4d   %4d   %6.1f   %5.2fx     %5.2fx   %7.2f %-9s %4.2f   %7.2f %-9s"
-                " %4.2f   %3.0f%%\n",
-                fraction, counts[0], counts[1], seconds, large_seconds / seconds, 1.0 / mac_cost,
-                fd, plus_minus(sd).c_str(), fd / large_fd, fd_cls, plus_minus(sd_cls).c_str(),
-                fd_cls / large_fd_cls, 100.0 * correct / n);
-    std::fflush(stdout);
-    std::copy(x.data(), x.data() + columns * shape.numel(),
-              grid.data() + tenth * columns * shape.numel());
+    Row row;
+    row.fraction = tenth / 10.0;
+    sample_fraction(args, s, sampler, labels, x, row);
+    score_fraction(args, s, labels, x, row);
+    if (tenth == 0)
+      large_only = row;
+    print_row(row, large_only, cost_ratio, args.steps);
+    std::copy(x.data(), x.data() + columns * s.shape.numel(),
+              grid.data() + tenth * columns * s.shape.numel());
   }
 
   io::GridOptions grid_options;
   grid_options.columns = columns;
   grid_options.scale = 2;
-  io::write_png_grid(args.png, grid, grid_options);
+  io::write_png(args.png,
+                label_rows(io::image_grid(grid, grid_options), grid_options, s.shape, 11));
   std::printf("\nwrote %s: rows = fractions 0.0 (top, large only) .. 1.0 (bottom, small only), "
-              "columns = the same %d seeds (labels 0..%d)\n",
+              "labelled on the left; columns = the same %d seeds (labels 0..%d)\n",
               std::filesystem::absolute(args.png).string().c_str(), columns, columns - 1);
   return 0;
 }
