@@ -5,6 +5,8 @@
 
 #include "tstitch/tstitch.hpp"
 
+#include "support/gaussian_mixture.hpp" // exact denoisers for known data (tests/support)
+
 int main() {
   using namespace tstitch;
   const Shape latent{4, 32, 32};

@@ -21,6 +21,8 @@
 
 #include "tstitch/tstitch.hpp"
 
+#include "support/gaussian_mixture.hpp" // exact denoisers for known data (tests/support)
+
 using namespace tstitch;
 
 namespace {

@@ -16,7 +16,7 @@
 #include <numbers>
 #include <vector>
 
-#include "tstitch/analytic/gaussian_mixture.hpp"
+#include "support/gaussian_mixture.hpp"
 #include "tstitch/sample.hpp"
 #include "tstitch/schedule/discrete.hpp"
 #include "tstitch/solver/dpm_solver_singlestep.hpp"

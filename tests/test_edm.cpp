@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "tstitch/analytic/gaussian_mixture.hpp"
+#include "support/gaussian_mixture.hpp"
 #include "tstitch/sample.hpp"
 #include "tstitch/schedule/edm.hpp"
 #include "tstitch/solver/dpm_solver.hpp"

@@ -12,14 +12,14 @@
 #include <utility>
 #include <vector>
 
-#include "tstitch/analytic/gaussian_mixture.hpp"
+#include "support/gaussian_mixture.hpp"
 #include "tstitch/sample.hpp"
 #include "tstitch/schedule/discrete.hpp"
 #include "tstitch/schedule/inverse.hpp"
 #include "tstitch/solver/ddim.hpp"
 #include "tstitch/solver/ddpm.hpp"
-#include "tstitch/solver/euler_ancestral.hpp"
 #include "tstitch/solver/dpm_solver.hpp"
+#include "tstitch/solver/euler_ancestral.hpp"
 #include "tstitch/stitch/policy.hpp"
 #include "tstitch/stitch/stitcher.hpp"
 

@@ -10,7 +10,7 @@
 #include <iomanip>
 #include <vector>
 
-#include "tstitch/analytic/gaussian_mixture.hpp"
+#include "support/gaussian_mixture.hpp"
 #include "tstitch/sample.hpp"
 #include "tstitch/schedule/continuous.hpp"
 #include "tstitch/schedule/discrete.hpp"

@@ -14,7 +14,7 @@
 #include <variant>
 #include <vector>
 
-#include "tstitch/analytic/gaussian_mixture.hpp"
+#include "support/gaussian_mixture.hpp"
 #include "tstitch/sample.hpp"
 #include "tstitch/schedule/any_schedule.hpp"
 #include "tstitch/schedule/continuous.hpp"

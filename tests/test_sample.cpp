@@ -6,7 +6,7 @@
 #include <limits>
 #include <vector>
 
-#include "tstitch/analytic/gaussian_mixture.hpp"
+#include "support/gaussian_mixture.hpp"
 #include "tstitch/sample.hpp"
 #include "tstitch/schedule/discrete.hpp"
 #include "tstitch/solver/ddim.hpp"

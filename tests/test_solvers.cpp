@@ -3,7 +3,7 @@
 
 #include <cmath>
 
-#include "tstitch/analytic/gaussian_mixture.hpp"
+#include "support/gaussian_mixture.hpp"
 #include "tstitch/sample.hpp"
 #include "tstitch/schedule/discrete.hpp"
 #include "tstitch/solver/ddim.hpp"

@@ -8,7 +8,7 @@
 #include <iomanip>
 #include <vector>
 
-#include "tstitch/analytic/gaussian_mixture.hpp"
+#include "support/gaussian_mixture.hpp"
 #include "tstitch/sample.hpp"
 #include "tstitch/schedule/discrete.hpp"
 #include "tstitch/solver/tcd.hpp"

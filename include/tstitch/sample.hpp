@@ -93,6 +93,43 @@ public:
   template <Denoiser D, NoiseSchedule S, Solver<Backend> V>
   SampleResult run(D& denoiser, const S& schedule, V& solver, View x, const condition_of<D>& cond,
                    const condition_of<D>* uncond, const SampleOptions& options) {
+    validate(denoiser, x, uncond, options);
+    const Trajectory trajectory = trajectory_of(schedule, options.steps);
+    prepare(x.batch(), x.shape(), raw_output_channels(denoiser), uncond != nullptr);
+    solver.begin(backend_, trajectory, x.batch(), x.shape());
+
+    SampleResult result;
+    result.records.reserve(static_cast<std::size_t>(options.steps - options.start_step));
+    std::optional<std::size_t> serving; // the model of this run's previous step
+    for (int i = options.start_step; i < options.steps && !result.cancelled; ++i) {
+      const auto started = std::chrono::steady_clock::now();
+      StepState step =
+          begin_step(denoiser, solver, trajectory, i, uncond, options, serving, result);
+      evaluate_and_update(denoiser, solver, step, x, cond, uncond, options);
+      finish_step(denoiser, step, x, options, started, result);
+    }
+    return result;
+  }
+
+  [[nodiscard]] Backend& backend() { return backend_; }
+
+private:
+  using tensor_type = typename Backend::tensor_type;
+
+  /// One step of a run while it runs: what the denoiser is told, which model serves it, where the
+  /// solver stands and what the record will say.
+  struct StepState {
+    StepContext ctx;
+    Route route;
+    SolverStep solver_step;
+    StepRecord record;
+  };
+
+  // --- the phases of run() ----------------------------------------------------------------------
+
+  /// Everything checked before the first step: step range, latent shape, guidance, finite input.
+  template <Denoiser D>
+  void validate(const D& denoiser, ConstView x, const void* uncond, const SampleOptions& options) {
     require(options.steps >= 1, "steps", options.steps, "must be at least 1");
     require(options.start_step >= 0 && options.start_step < options.steps, "start_step",
             options.start_step, detail::concat("must be in [0, steps = ", options.steps, ")"));
@@ -110,83 +147,95 @@ public:
                                               "flat index ",
                                               bad));
     }
+  }
 
-    Trajectory trajectory = schedule.trajectory(options.steps);
-    if (trajectory.steps() != options.steps)
+  /// The schedule's n-step trajectory, with its maps for solvers that evaluate between points.
+  template <NoiseSchedule S> static Trajectory trajectory_of(const S& schedule, int steps) {
+    Trajectory trajectory = schedule.trajectory(steps);
+    if (trajectory.steps() != steps)
       throw runtime_error(detail::concat("tstitch: the schedule returned ", trajectory.steps(),
-                                         " steps for steps = ", options.steps));
+                                         " steps for steps = ", steps));
     trajectory.point_at = [&schedule](double t) { return schedule.point(t); };
     trajectory.timestep_at = [&schedule](double s) {
       return static_cast<double>(schedule.timestep_at(s));
     };
-    prepare(x.batch(), shape, raw_output_channels(denoiser), uncond != nullptr);
-    solver.begin(backend_, trajectory, x.batch(), shape);
-
-    SampleResult result;
-    result.records.reserve(static_cast<std::size_t>(options.steps - options.start_step));
-    std::optional<std::size_t> serving;
-    for (int i = options.start_step; i < options.steps; ++i) {
-      const auto started = std::chrono::steady_clock::now();
-      StepContext ctx{i, options.steps, 0, trajectory[i]};
-      const Route route = route_of(denoiser, ctx);
-      if constexpr (routes_steps<D>)
-        ctx.serving.model = route.model; // every evaluation of step i goes to this model
-      if (serving && *serving != route.model) {
-        ++result.switches;
-        if constexpr (requires { solver.on_model_switch(); })
-          solver.on_model_switch();
-        announce_switch(denoiser, SwitchEvent{*serving, route.model, ctx});
-      }
-      serving = route.model;
-
-      StepRecord record;
-      record.step = i;
-      record.model = route.model;
-      record.timestep = ctx.point.timestep;
-      record.sigma = ctx.point.sigma;
-      record.alpha = ctx.point.alpha;
-      record.guidance_scale = route.guidance_scale.value_or(options.guidance.scale);
-      if (route.guidance_scale)
-        check_guidance(options.guidance, record.guidance_scale, shape, uncond);
-
-      SolverStep step{i, 0, &trajectory,
-                      NoiseKey{options.seed, options.first_sample, static_cast<std::uint32_t>(i),
-                               stream_solver}};
-      const int evaluations = evaluations_of(solver, i);
-      for (int e = 0; e < evaluations; ++e) {
-        step.evaluation = e;
-        ctx.evaluation = e;
-        ctx.point = evaluation_point(solver, step);
-        const ConstView input = evaluation_input(solver, step, x);
-        const ModelOutput output =
-            evaluate(denoiser, ctx, route, input, cond, uncond, options.guidance, record);
-        if (e == 0 && options.on_preview)
-          options.on_preview(record, output.x0);
-        solver.update(backend_, step, output, x);
-      }
-      if (options.check_finite) {
-        const std::int64_t bad = backend_.find_nonfinite(x);
-        if (bad >= 0)
-          throw numerical_error(detail::concat(
-              "tstitch: NaN or Inf in the latents after step ", i, " of ", options.steps,
-              " (served by ", model_name_of(denoiser, route.model), ", timestep ",
-              ctx.point.timestep, ", sigma ", ctx.point.sigma, "), first at flat index ", bad));
-      }
-      record.seconds =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-      result.records.push_back(record);
-      if (options.on_step && !options.on_step(record)) {
-        result.cancelled = true;
-        break;
-      }
-    }
-    return result;
+    return trajectory;
   }
 
-  [[nodiscard]] Backend& backend() { return backend_; }
+  /// Routes step i once (every evaluation of the step goes to that model), counts a switch of
+  /// the serving model and tells the solver and the denoiser about it, and opens the record.
+  template <Denoiser D, class V>
+  StepState begin_step(D& denoiser, V& solver, const Trajectory& trajectory, int i,
+                       const void* uncond, const SampleOptions& options,
+                       std::optional<std::size_t>& serving, SampleResult& result) {
+    StepState s{StepContext{i, options.steps, 0, trajectory[i]}, Route{},
+                SolverStep{i, 0, &trajectory,
+                           NoiseKey{options.seed, options.first_sample,
+                                    static_cast<std::uint32_t>(i), stream_solver}},
+                StepRecord{}};
+    s.route = route_of(denoiser, s.ctx);
+    if constexpr (routes_steps<D>)
+      s.ctx.serving.model = s.route.model;
+    if (serving && *serving != s.route.model) {
+      ++result.switches;
+      if constexpr (requires { solver.on_model_switch(); })
+        solver.on_model_switch();
+      announce_switch(denoiser, SwitchEvent{*serving, s.route.model, s.ctx});
+    }
+    serving = s.route.model;
 
-private:
-  using tensor_type = typename Backend::tensor_type;
+    s.record.step = i;
+    s.record.model = s.route.model;
+    s.record.timestep = s.ctx.point.timestep;
+    s.record.sigma = s.ctx.point.sigma;
+    s.record.alpha = s.ctx.point.alpha;
+    s.record.guidance_scale = s.route.guidance_scale.value_or(options.guidance.scale);
+    if (s.route.guidance_scale)
+      check_guidance(options.guidance, s.record.guidance_scale, denoiser.latent_shape(), uncond);
+    return s;
+  }
+
+  /// The solver's evaluations of the step: each one asks the serving model (guided where the
+  /// scale says so), converts its output and lets the solver update x.
+  template <Denoiser D, class V>
+  void evaluate_and_update(D& denoiser, V& solver, StepState& s, View x,
+                           const condition_of<D>& cond, const condition_of<D>* uncond,
+                           const SampleOptions& options) {
+    const int evaluations = evaluations_of(solver, s.solver_step.step);
+    for (int e = 0; e < evaluations; ++e) {
+      s.solver_step.evaluation = e;
+      s.ctx.evaluation = e;
+      s.ctx.point = evaluation_point(solver, s.solver_step);
+      const ConstView input = evaluation_input(solver, s.solver_step, x);
+      const ModelOutput output =
+          evaluate(denoiser, s.ctx, s.route, input, cond, uncond, options.guidance, s.record);
+      if (e == 0 && options.on_preview)
+        options.on_preview(s.record, output.x0);
+      solver.update(backend_, s.solver_step, output, x);
+    }
+  }
+
+  /// Checks the latents, closes the record and asks on_step whether to go on.
+  template <Denoiser D>
+  void finish_step(const D& denoiser, StepState& s, ConstView x, const SampleOptions& options,
+                   std::chrono::steady_clock::time_point started, SampleResult& result) {
+    if (options.check_finite) {
+      const std::int64_t bad = backend_.find_nonfinite(x);
+      if (bad >= 0)
+        throw numerical_error(detail::concat(
+            "tstitch: NaN or Inf in the latents after step ", s.ctx.step, " of ", options.steps,
+            " (served by ", model_name_of(denoiser, s.route.model), ", timestep ",
+            s.ctx.point.timestep, ", sigma ", s.ctx.point.sigma, "), first at flat index ", bad));
+    }
+    s.record.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    result.records.push_back(s.record);
+    if (options.on_step && !options.on_step(s.record))
+      result.cancelled = true;
+  }
+
+  // --- helpers
+  // ------------------------------------------------------------------------------------
 
   template <class V> static TimePoint evaluation_point(const V& solver, const SolverStep& step) {
     if constexpr (requires {

@@ -21,6 +21,7 @@
 #include "tstitch/schedule/edm.hpp"
 #include "tstitch/schedule/flow.hpp"
 #include "tstitch/schedule/inverse.hpp"
+#include "tstitch/schedule/lcm.hpp"
 #include "tstitch/schedule/sigma_rules.hpp"
 #include "tstitch/schedule/trajectory.hpp"
 
@@ -53,5 +54,3 @@
 #include "tstitch/stitch/stitcher.hpp"
 
 #include "tstitch/sample.hpp"
-
-#include "tstitch/analytic/gaussian_mixture.hpp"

@@ -13,7 +13,7 @@
 #include <numbers>
 #include <vector>
 
-#include "tstitch/analytic/gaussian_mixture.hpp"
+#include "gaussian_mixture.hpp"
 #include "tstitch/sample.hpp"
 #include "tstitch/schedule/continuous.hpp"
 

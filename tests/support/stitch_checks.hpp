@@ -11,8 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include "gaussian_mixture.hpp"
 #include "gaussian_problems.hpp"
-#include "tstitch/analytic/gaussian_mixture.hpp"
 #include "tstitch/sample.hpp"
 
 namespace tstitch::testing {

@@ -10,7 +10,8 @@
 #include "tstitch/core/error.hpp"
 #include "tstitch/core/tensor.hpp"
 
-/// Denoisers that are exact for known data, so solvers and stitching can be tested against truth.
+/// Denoisers that are exact for known data, so solvers and stitching can be tested against truth:
+/// the tests' oracle, which the quickstart and the analytic demo borrow (they have no model files).
 namespace tstitch::analytic {
 
 /// A diagonal Gaussian over latents of one shape: every element e of a sample is independent,
