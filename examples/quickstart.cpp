@@ -23,10 +23,11 @@ int main() {
 
   const DiscreteSchedule schedule; // DDPM linear betas, 1000 training steps
   DDIM solver;
-  Tensor x(2, latent);                // a batch of 2
-  fill_initial_noise(x, /*seed=*/42); // x_T
   SampleOptions options;
   options.steps = 50;
+  options.seed = 42;              // one seed for the whole run: x_T and any solver noise
+  Tensor x(2, latent);            // a batch of 2
+  fill_initial_noise(x, options); // x_T
   options.guidance = Guidance::standard(1.5); // needs an unconditional branch: see below
   const analytic::Labels labels{0, 0};        // the exact denoiser provides unconditional(labels)
   const SampleResult result = sample(stitcher, schedule, solver, x, labels, options);

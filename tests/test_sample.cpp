@@ -243,6 +243,54 @@ TEST_CASE("A sample's noise does not depend on its batch or position", "[sample]
   CHECK(std::memcmp(single.data(), &batch.at(2, 0, 0, 0), sizeof(float) * 16) != 0);
 }
 
+TEST_CASE("One seed, options.seed, drives the initial latents and the step noise", "[sample]") {
+  analytic::ExactDenoiser model(
+      small_shape,
+      analytic::DiagonalGaussian{std::vector<double>(16, 0.2), std::vector<double>(16, 0.7)});
+  const DiscreteSchedule schedule;
+  auto bytes_equal = [](const Tensor& a, const Tensor& b) {
+    return std::memcmp(a.data(), b.data(), sizeof(float) * 2 * 16) == 0;
+  };
+  SampleOptions options;
+  options.steps = 12;
+  options.seed = 77;
+  options.first_sample = 2;
+
+  // fill_initial_noise(x, options) draws x_T from the run's seed and first sample...
+  Tensor from_options(2, small_shape), explicit_seed(2, small_shape);
+  fill_initial_noise(from_options, options);
+  fill_initial_noise(explicit_seed, 77, 2);
+  CHECK(bytes_equal(from_options, explicit_seed));
+  fill_initial_noise(explicit_seed, 77, 0);
+  CHECK_FALSE(bytes_equal(from_options, explicit_seed));
+
+  // ...so one number reproduces a stochastic run and another number changes all of it.
+  auto run = [&](std::uint64_t seed) {
+    SampleOptions o = options;
+    o.seed = seed;
+    Tensor x(2, small_shape);
+    fill_initial_noise(x, o);
+    DDPM ddpm;
+    sample(model, schedule, ddpm, x, analytic::Labels{}, o);
+    return x;
+  };
+  CHECK(bytes_equal(run(77), run(77)));
+  CHECK_FALSE(bytes_equal(run(77), run(78)));
+
+  // The initial latents keep a seed of their own where wanted: the step noise alone changes.
+  auto run_with_start = [&](std::uint64_t step_seed) {
+    SampleOptions o = options;
+    o.seed = step_seed;
+    Tensor x(2, small_shape);
+    fill_initial_noise(x, 77, 2);
+    DDPM ddpm;
+    sample(model, schedule, ddpm, x, analytic::Labels{}, o);
+    return x;
+  };
+  CHECK(bytes_equal(run_with_start(77), run(77)));
+  CHECK_FALSE(bytes_equal(run_with_start(5), run(77)));
+}
+
 TEST_CASE("start_step continues a trajectory from noised latents", "[sample]") {
   // Running steps [4, 10) after add_noise at trajectory[4] equals the last six steps of a full
   // run that passed through the same latents.

@@ -50,7 +50,9 @@ struct SampleOptions {
   /// trajectory[start_step] (image-to-image: see add_noise). Steps before it are skipped.
   int start_step = 0;
   Guidance guidance{};
-  /// Seeds the noise of stochastic solvers; sample k of a run uses stream (seed, first_sample + k).
+  /// The run's seed: the noise of stochastic solvers and, through fill_initial_noise(x, options),
+  /// the initial latents x_T. Sample k of a run uses streams (seed, first_sample + k), so it gets
+  /// the same noise in any batch.
   std::uint64_t seed = 0;
   std::uint32_t first_sample = 0;
   /// Called after every step; return false to stop (the result then says cancelled).
@@ -68,10 +70,22 @@ struct SampleResult {
 };
 
 /// Fills x with standard normal noise from stream (seed, first_sample + row): the usual x_T.
+/// Its own seed, for initial latents drawn apart from the run's (e.g. one x_T, several runs).
 template <class Backend = HostBackend>
 void fill_initial_noise(View x, std::uint64_t seed, std::uint32_t first_sample = 0,
                         const Backend& backend = {}) {
   backend.fill_normal(x, NoiseKey{seed, first_sample, 0, stream_initial_latents});
+}
+
+/// The same from the run's options: x_T from options.seed and options.first_sample, the seed that
+/// also drives the solver's noise, so one number reproduces the whole run:
+///     SampleOptions options;
+///     options.seed = 42;
+///     fill_initial_noise(x, options);
+///     sample(model, schedule, solver, x, cond, options);
+template <class Backend = HostBackend>
+void fill_initial_noise(View x, const SampleOptions& options, const Backend& backend = {}) {
+  fill_initial_noise(x, options.seed, options.first_sample, backend);
 }
 
 /// Noises clean latents to a point of a schedule: x = alpha * x + sigma * noise (diffusers'
