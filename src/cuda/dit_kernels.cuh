@@ -51,13 +51,6 @@ __device__ inline float4 modulate(float4 v, float mean, float rstd, float4 shift
 
 __device__ inline float silu(float v) { return v / (1.0f + expf(-v)); }
 
-// DiT's MLP activation: GELU with the tanh approximation (nn.GELU(approximate="tanh")).
-__device__ inline float gelu_tanh(float v) {
-  constexpr float k0 = 0.7978845608028654f; // sqrt(2 / pi)
-  constexpr float k1 = 0.044715f;
-  return 0.5f * v * (1.0f + tanhf(k0 * (v + k1 * v * v * v)));
-}
-
 // ---- kernels ---------------------------------------------------------------------------------
 
 __global__ void fill_bias_columns_kernel(bf16* out, int ld, int cols, std::int64_t rows) {
@@ -223,25 +216,6 @@ __global__ void layernorm_modulate_kernel(const float* h, const float* mod, int 
   }
 }
 
-// h += gate * (y + bias): a block's output joins the residual stream (the gate of adaLN-Zero).
-__global__ void gated_residual_kernel(float* h, const float* y, const float* bias, const float* mod,
-                                      int mod_ld, int gate_offset, int tokens, int dim) {
-  const std::int64_t row = blockIdx.x;
-  float4* x = reinterpret_cast<float4*>(h + row * dim);
-  const float4* in = reinterpret_cast<const float4*>(y + row * dim);
-  const float4* b = reinterpret_cast<const float4*>(bias);
-  const float4* g = reinterpret_cast<const float4*>(mod + (row / tokens) * mod_ld + gate_offset);
-  for (int c = static_cast<int>(threadIdx.x); c < dim / 4; c += static_cast<int>(blockDim.x)) {
-    float4 v = x[c];
-    const float4 u = in[c], bb = b[c], gg = g[c];
-    v.x += gg.x * (u.x + bb.x);
-    v.y += gg.y * (u.y + bb.y);
-    v.z += gg.z * (u.z + bb.z);
-    v.w += gg.w * (u.w + bb.w);
-    x[c] = v;
-  }
-}
-
 // The gated residual of one sublayer and the LayerNorm-modulate of the next for one row, by one
 // warp: h + gate * (y + bias) stays in registers (kGroups float4 per lane, enough for the row) for
 // the two LayerNorm passes, so h is read and written once instead of three reads and a write.
@@ -352,23 +326,6 @@ __global__ void residual_layernorm_modulate_staged_kernel(
   residual_layernorm_modulate_row<kGroups>(reinterpret_cast<float4*>(h + row * dim), y + row * dim,
                                            staged, staged + groups, staged + 2 * groups,
                                            staged + 3 * groups, out + row * ld_out, dim, eps);
-}
-
-// In place on the fc1 output (bias already added by the GEMM), or with a bias when given.
-__global__ void bias_gelu_kernel(bf16* x, int ld, const float* bias, int cols) {
-  bf16* r = x + static_cast<std::int64_t>(blockIdx.x) * ld;
-  for (int c = static_cast<int>(threadIdx.x); c < cols / 4; c += static_cast<int>(blockDim.x)) {
-    float4 v = load_bf16x4(r + 4 * c);
-    if (bias != nullptr) {
-      const float4 bb = reinterpret_cast<const float4*>(bias)[c];
-      v.x += bb.x;
-      v.y += bb.y;
-      v.z += bb.z;
-      v.w += bb.w;
-    }
-    store_bf16x4(r + 4 * c,
-                 make_float4(gelu_tanh(v.x), gelu_tanh(v.y), gelu_tanh(v.z), gelu_tanh(v.w)));
-  }
 }
 
 // Token (r, c), column (i*p + j)*Co + o  ->  out[n, o, r*p + i, c*p + j].
@@ -507,16 +464,6 @@ void layernorm_modulate(const float* h, const float* mod, int mod_ld, int shift_
   detail::check_launch("layernorm_modulate_kernel");
 }
 
-void gated_residual(float* h, const float* y, const float* bias, const float* mod, int mod_ld,
-                    int gate_offset, int tokens, int dim, std::int64_t rows, cudaStream_t s) {
-  detail::require_groups_of_4("gated_residual dim", dim);
-  detail::require_groups_of_4("gated_residual mod_ld", mod_ld);
-  detail::require_groups_of_4("gated_residual gate_offset", gate_offset);
-  detail::gated_residual_kernel<<<detail::row_blocks(rows), detail::row_threads(dim / 4), 0, s>>>(
-      h, y, bias, mod, mod_ld, gate_offset, tokens, dim);
-  detail::check_launch("gated_residual_kernel");
-}
-
 void residual_layernorm_modulate(float* h, const std::uint16_t* y, const float* bias,
                                  const float* mod, int mod_ld, int gate_offset, int shift_offset,
                                  int scale_offset, std::uint16_t* out, int ld_out, int tokens,
@@ -574,15 +521,6 @@ void residual_layernorm_modulate(float* h, const std::uint16_t* y, const float* 
     TSTITCH_RLM_LAUNCH(32);
 #undef TSTITCH_RLM_LAUNCH
   detail::check_launch("residual_layernorm_modulate_kernel");
-}
-
-void bias_gelu(std::uint16_t* x, int ld, const float* bias, int cols, std::int64_t rows,
-               cudaStream_t s) {
-  detail::require_groups_of_4("bias_gelu cols", cols);
-  detail::require_groups_of_4("bias_gelu ld", ld);
-  detail::bias_gelu_kernel<<<detail::row_blocks(rows), detail::row_threads(cols / 4), 0, s>>>(
-      as_bf16(x), ld, bias, cols);
-  detail::check_launch("bias_gelu_kernel");
 }
 
 void unpatchify(const float* tokens_out, float* out, int out_channels, int size, int patch,

@@ -112,29 +112,6 @@ TEST_CASE("CUDA layernorm_modulate matches LayerNorm * (1 + scale) + shift", "[c
       REQUIRE(got[static_cast<std::size_t>(r * ld + c)] == 0.0f);
 }
 
-TEST_CASE("CUDA gated_residual adds gate * (y + bias) in fp32", "[cuda][kernels]") {
-  const int tokens = 7, dim = 40, batch = 2, mod_ld = 6 * dim;
-  const std::int64_t rows = static_cast<std::int64_t>(batch) * tokens;
-  const std::vector<float> h = randn(static_cast<std::size_t>(rows * dim), 3);
-  const std::vector<float> y = randn(h.size(), 4);
-  const std::vector<float> bias = randn(static_cast<std::size_t>(dim), 5);
-  const std::vector<float> mod = randn(static_cast<std::size_t>(batch * mod_ld), 6);
-  auto dh = to_device(h);
-  auto dy = to_device(y);
-  auto db = to_device(bias);
-  auto dm = to_device(mod);
-  k::gated_residual(dh.data(), dy.data(), db.data(), dm.data(), mod_ld, 5 * dim, tokens, dim, rows,
-                    nullptr);
-  const std::vector<float> got = to_host(dh);
-  std::vector<double> want(h.size());
-  for (std::size_t i = 0; i < h.size(); ++i) {
-    const std::size_t r = i / dim, c = i % dim;
-    want[i] = h[i] + static_cast<double>(mod[(r / tokens) * mod_ld + 5 * dim + c]) *
-                         (static_cast<double>(y[i]) + bias[c]);
-  }
-  CHECK(compare(got, want, 1e-5, "gated_residual") < 1e-5);
-}
-
 TEST_CASE("CUDA residual_layernorm_modulate: gated residual then LayerNorm-modulate",
           "[cuda][kernels]") {
   // Dims covering each register-cache size of the kernel (1, 3, 9 and 32 float4 per lane), the
@@ -248,34 +225,6 @@ TEST_CASE("CUDA launchers reject geometry their kernels cannot address, naming i
   CHECK_THROWS_WITH(k::timestep_frequencies(nullptr, nullptr, 200, 2, nullptr),
                     Catch::Contains("timestep_frequencies ld = 200"));
   CHECK_THROWS_AS(k::timestep_frequencies(nullptr, nullptr, 264, 0, nullptr), invalid_argument);
-}
-
-TEST_CASE("CUDA bias_gelu applies tanh-GELU", "[cuda][kernels]") {
-  const int cols = 36, ld = 40;
-  const std::int64_t rows = 9;
-  const std::vector<float> x = randn(static_cast<std::size_t>(rows * ld), 7, 2.0f);
-  const std::vector<float> bias = randn(static_cast<std::size_t>(cols), 8);
-  std::vector<std::uint16_t> xb(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i)
-    xb[i] = io::f32_to_bf16_rne(x[i]);
-  const std::vector<float> xr = bf16_to_float(xb); // the kernel's input, as rounded
-  auto dx = to_device(xb);
-  auto dbias = to_device(bias);
-  k::bias_gelu(dx.data(), ld, dbias.data(), cols, rows, nullptr);
-  const std::vector<float> got = bf16_to_float(to_host(dx));
-  std::vector<double> want(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    const std::size_t c = i % ld;
-    if (c >= static_cast<std::size_t>(cols)) {
-      want[i] = xr[i]; // untouched
-      continue;
-    }
-    const double v = static_cast<double>(xr[i]) + bias[c];
-    want[i] = 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
-  }
-  CHECK(compare(got, want, 2e-2, "bias_gelu") < 1e-2);
-  // The row kernels read 4 values at a time.
-  CHECK_THROWS_AS(k::bias_gelu(dx.data(), ld, nullptr, 33, rows, nullptr), invalid_argument);
 }
 
 TEST_CASE("CUDA patchify and unpatchify follow DiT's token and channel order", "[cuda][kernels]") {

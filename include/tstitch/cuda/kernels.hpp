@@ -73,16 +73,15 @@ inline constexpr FlashTiling flash_tilings[] = {{4, 16}, {4, 32}};
 void attention_flash(const std::uint16_t* qkv, std::uint16_t* out, int batch, int tokens, int heads,
                      int head_dim, FlashTiling tiling, cudaStream_t stream);
 
-// ---- the element-wise kernels of the DiT forward (definitions: src/cuda/dit_kernels.cuh)
-// -------------
+// ---- the element-wise kernels of the DiT forward (defined in src/cuda/dit_kernels.cuh) ----
 //
 // Row-major layouts: the residual stream h is fp32 [rows = batch * tokens, D]. GEMM inputs
 // written here are bf16 with a row stride ld = K + bias_columns whose column K holds 1 and columns
 // K+1.. hold 0: the weight carries its bias in column K, so the GEMM adds it for free, and ld
 // stays a multiple of 8 elements (16 bytes, as the tensor cores like). fill_bias_columns writes
 // those constant columns once per buffer; the other kernels only write columns [0, K).
-// The row kernels (add_position, layernorm_modulate, gated_residual, bias_gelu) access 4 values at
-// a time: their dims, row strides and offsets must be multiples of 4 (else invalid_argument).
+// The row kernels (add_position, layernorm_modulate, residual_layernorm_modulate) access 4 values
+// at a time: their dims, row strides and offsets must be multiples of 4 (else invalid_argument).
 
 /// Extra columns of a GEMM input buffer that carry the folded bias.
 inline constexpr int bias_columns = 8;
@@ -112,9 +111,6 @@ void add_position(float* h, const float* pos, int tokens, int dim, std::int64_t 
 void layernorm_modulate(const float* h, const float* mod, int mod_ld, int shift_offset,
                         int scale_offset, std::uint16_t* out, int ld_out, int tokens, int dim,
                         std::int64_t rows, cudaStream_t s, float eps = 1e-6f);
-/// h += mod[gate] * (y + bias).
-void gated_residual(float* h, const float* y, const float* bias, const float* mod, int mod_ld,
-                    int gate_offset, int tokens, int dim, std::int64_t rows, cudaStream_t s);
 /// Where residual_layernorm_modulate's warps read the bias and the sample's gate, shift and
 /// scale: `global`, each warp (row) from global memory; `shared`, each block of 8 rows of one
 /// sample stages them in shared memory first, so that L2 serves them once per block instead of
@@ -130,9 +126,6 @@ void residual_layernorm_modulate(float* h, const std::uint16_t* y, const float* 
                                  int scale_offset, std::uint16_t* out, int ld_out, int tokens,
                                  int dim, std::int64_t rows, cudaStream_t s, float eps = 1e-6f,
                                  ParamStaging staging = ParamStaging::automatic);
-/// x = GELU_tanh(x + bias) in place (bias may be null when the GEMM added it).
-void bias_gelu(std::uint16_t* x, int ld, const float* bias, int cols, std::int64_t rows,
-               cudaStream_t s);
 /// tokens [batch * T, p*p*Co] -> out [batch, Co, S, S]; S a multiple of p.
 void unpatchify(const float* tokens_out, float* out, int out_channels, int size, int patch,
                 int batch, cudaStream_t s);

@@ -1,0 +1,122 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+// What every kernel-lab program shares: random inputs, device copies, a comparison against the
+// CPU reference and an event timer. Each lab program is one op: a CPU reference, numbered
+// versions of its kernels, a check of every version against the reference, then timings.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "tstitch/core/philox.hpp"
+#include "tstitch/cuda/runtime.hpp"
+#include "tstitch/io/half.hpp"
+
+namespace lab {
+
+using tstitch::cuda::DeviceBuffer;
+
+/// Normal random values (the project's Philox stream), times `scale`.
+inline std::vector<float> randn(std::size_t count, std::uint64_t seed, float scale = 1.0f) {
+  std::vector<float> v(count);
+  tstitch::fill_normal(v.data(), v.size(), tstitch::NoiseKey{seed, 0, 0, 0});
+  for (float& x : v)
+    x *= scale;
+  return v;
+}
+
+inline std::vector<std::uint16_t> to_bf16(const std::vector<float>& v) {
+  std::vector<std::uint16_t> out(v.size());
+  std::transform(v.begin(), v.end(), out.begin(), tstitch::io::f32_to_bf16_rne);
+  return out;
+}
+
+inline std::vector<float> from_bf16(const std::vector<std::uint16_t>& v) {
+  std::vector<float> out(v.size());
+  std::transform(v.begin(), v.end(), out.begin(), tstitch::io::bf16_to_f32);
+  return out;
+}
+
+template <class T> DeviceBuffer<T> to_device(const std::vector<T>& host) {
+  DeviceBuffer<T> d(static_cast<std::int64_t>(host.size()), "lab input");
+  TSTITCH_CUDA_CHECK(
+      cudaMemcpy(d.data(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return d;
+}
+
+template <class T> std::vector<T> to_host(const DeviceBuffer<T>& d) {
+  TSTITCH_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<T> host(static_cast<std::size_t>(d.size()));
+  TSTITCH_CUDA_CHECK(
+      cudaMemcpy(host.data(), d.data(), host.size() * sizeof(T), cudaMemcpyDeviceToHost));
+  return host;
+}
+
+/// Relative L2 error of `got` against the fp64 reference over the entries `mask` keeps; prints
+/// it and returns whether it is below `tolerance`.
+template <class Mask>
+bool validate(const char* what, const std::vector<float>& got, const std::vector<double>& want,
+              double tolerance, Mask mask) {
+  double diff = 0, norm = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    if (!mask(i))
+      continue;
+    const double d = static_cast<double>(got[i]) - want[i];
+    diff += d * d;
+    norm += want[i] * want[i];
+  }
+  const double rel = std::sqrt(diff / std::max(norm, 1e-300));
+  const bool ok = std::isfinite(rel) && rel < tolerance;
+  std::printf("  %-32s rel L2 %.3e (bound %.0e) %s\n", what, rel, tolerance, ok ? "ok" : "FAIL");
+  return ok;
+}
+
+inline bool validate(const char* what, const std::vector<float>& got,
+                     const std::vector<double>& want, double tolerance) {
+  return validate(what, got, want, tolerance, [](std::size_t) { return true; });
+}
+
+/// Milliseconds per call of `launch` (which enqueues on the default stream), the mean of
+/// `repeats` calls after one warm-up call, timed with CUDA events.
+template <class Launch> double time_ms(int repeats, Launch launch) {
+  launch();
+  cudaEvent_t start = nullptr, stop = nullptr;
+  TSTITCH_CUDA_CHECK(cudaEventCreate(&start));
+  TSTITCH_CUDA_CHECK(cudaEventCreate(&stop));
+  TSTITCH_CUDA_CHECK(cudaEventRecord(start));
+  for (int i = 0; i < repeats; ++i)
+    launch();
+  TSTITCH_CUDA_CHECK(cudaEventRecord(stop));
+  TSTITCH_CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0;
+  TSTITCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  TSTITCH_CUDA_CHECK(cudaEventDestroy(start));
+  TSTITCH_CUDA_CHECK(cudaEventDestroy(stop));
+  return static_cast<double>(ms) / repeats;
+}
+
+/// The version to run from argv[1] (0: all), refusing anything outside [0, versions].
+inline int version_argument(int argc, char** argv, int versions) {
+  if (argc < 2)
+    return 0;
+  const int v = std::atoi(argv[1]);
+  if (v < 0 || v > versions) {
+    std::fprintf(stderr, "usage: %s [version 1..%d, default all]\n", argv[0], versions);
+    std::exit(2);
+  }
+  return v;
+}
+
+/// Exit code 77 (skipped) when there is no CUDA device to run on.
+inline void require_device(const char* program) {
+  if (!tstitch::cuda::device_available()) {
+    std::printf("%s: no CUDA device; skipped\n", program);
+    std::exit(77);
+  }
+}
+
+} // namespace lab
