@@ -179,6 +179,188 @@ __device__ __forceinline__ void load_tile_async(std::uint32_t tile, const __nv_b
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The stages of one key tile of the flash kernel, as device functions on one warp's fragments.
+// ---------------------------------------------------------------------------------------------
+
+// S (then P) of one key tile for a warp's MT M tiles, as mma accumulators.
+template <class S, int MT> using FlashScores = float[MT][S::kSTiles][4];
+// Q's A fragments: every k16 step when they stay in registers, else one step's, reloaded.
+template <class S, int MT>
+using FlashQFragments = std::uint32_t[MT][S::kQInRegisters ? S::kQkSteps : 1][4];
+// The O accumulators: this thread's part of the warp's 16 MT rows x HD output columns.
+template <class S, int MT> using FlashOutput = float[MT][S::kOTiles][4];
+
+// Where a CTA's K and V tiles come from (one head of one sample in global memory) and go (two
+// shared buffers each, key tile i in buffer i % 2).
+struct FlashKeyValueSource {
+  std::uint32_t k_smem, v_smem;
+  const __nv_bfloat16* k_base;
+  const __nv_bfloat16* v_base;
+  int tokens, row_stride, kv_tiles;
+};
+
+template <class S, int MT> __device__ __forceinline__ void clear_scores(FlashScores<S, MT>& s) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < S::kSTiles; ++j)
+      s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
+}
+
+// k16 step ks of S = Q K^T for 16 MT rows x 64 keys, K from the buffer at k_tile. K is stored
+// [key][dim], which is B = K^T "col" layout: non-transposed ldmatrix gives B fragments
+// directly; one x4 covers two n8 key tiles and serves every M tile of the warp.
+template <class S, int MT>
+__device__ __forceinline__ void qk_step(FlashScores<S, MT>& s, FlashQFragments<S, MT>& qf,
+                                        std::uint32_t q_frag_addr, std::uint32_t k_tile, int ks,
+                                        int lane) {
+  constexpr std::uint32_t kMTileBytes = 16 * S::kStride * 2;
+  const int qi = S::kQInRegisters ? ks : 0;
+  if constexpr (!S::kQInRegisters) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+      ldmatrix_x4(qf[mt][0], q_frag_addr + mt * kMTileBytes + ks * 32);
+  }
+#pragma unroll
+  for (int jp = 0; jp < S::kSTiles / 2; ++jp) {
+    std::uint32_t kb[4];
+    const int key = jp * 16 + (lane & 7) + ((lane >> 4) << 3);
+    const int col = ks * 16 + ((lane >> 3) & 1) * 8;
+    ldmatrix_x4(kb, k_tile + static_cast<std::uint32_t>((key * S::kStride + col) * 2));
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      mma_bf16_16816(s[mt][2 * jp], qf[mt][qi], kb[0], kb[1]);
+      mma_bf16_16816(s[mt][2 * jp + 1], qf[mt][qi], kb[2], kb[3]);
+    }
+  }
+}
+
+// Waits for V(it) and K(it + 1), then requests V(it + 1) and K(it + 2) into the buffers that
+// step it - 1 has finished with. kv0 = it * kBlockN, the first key of tile it.
+template <class S>
+__device__ __forceinline__ void request_next_tiles(const FlashKeyValueSource& kv, int it, int kv0) {
+  constexpr std::uint32_t kTileBytes = S::kBlockN * S::kStride * 2; // one K or V buffer
+  cp_async_wait_all(); // V(it) and K(it + 1) landed (this thread's part) ...
+  __syncthreads();     // ... everyone's, and every warp is done with step it - 1, which read
+                       // V(it - 1) and K(it): their buffers take V(it + 1) and K(it + 2).
+  if (it + 1 < kv.kv_tiles)
+    load_tile_async<S, S::kBlockN>(kv.v_smem + ((it + 1) & 1) * kTileBytes, kv.v_base,
+                                   kv0 + S::kBlockN, kv.tokens, kv.row_stride);
+  if (it + 2 < kv.kv_tiles)
+    load_tile_async<S, S::kBlockN>(kv.k_smem + (it & 1) * kTileBytes, kv.k_base,
+                                   kv0 + 2 * S::kBlockN, kv.tokens, kv.row_stride);
+  cp_async_commit();
+}
+
+// Keys past the sequence end (only in the last tile) get -inf: exp2 turns them into 0.
+template <class S, int MT>
+__device__ __forceinline__ void mask_keys_past_end(FlashScores<S, MT>& s, int kv0, int tokens,
+                                                   int lane) {
+  const float kNegInf = -INFINITY;
+  if (kv0 + S::kBlockN > tokens) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < S::kSTiles; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (kv0 + j * 8 + 2 * (lane & 3) + (e & 1) >= tokens)
+            s[mt][j][e] = kNegInf;
+  }
+}
+
+// Online softmax, part 1: the new row max (m_scaled: times scale_log2), and the old sum and O
+// rescaled to it.
+template <class S, int MT>
+__device__ __forceinline__ void
+rescale_to_new_max(const FlashScores<S, MT>& s, float (&row_max)[MT][2], float (&row_sum)[MT][2],
+                   FlashOutput<S, MT>& o, float (&m_scaled)[MT][2], float scale_log2) {
+  const float kNegInf = -INFINITY;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float m = row_max[mt][r];
+#pragma unroll
+      for (int j = 0; j < S::kSTiles; ++j)
+        m = fmaxf(m, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
+      // The 4 threads of a quad share the row.
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+      // Key 0 is always valid, so m is finite from the first tile on; the guard keeps a fully
+      // masked row from computing (-inf) - (-inf) = NaN should that ever change.
+      m_scaled[mt][r] = (m == kNegInf) ? 0.f : m * scale_log2;
+      const float correction = fast_exp2(row_max[mt][r] * scale_log2 - m_scaled[mt][r]);
+      row_max[mt][r] = m;
+      row_sum[mt][r] *= correction;
+#pragma unroll
+      for (int j = 0; j < S::kOTiles; ++j) {
+        o[mt][j][2 * r] *= correction;
+        o[mt][j][2 * r + 1] *= correction;
+      }
+    }
+  }
+}
+
+// Online softmax, part 2, for the n8 tiles j = ks, ks + kQkSteps, ... of S:
+// P = exp2(S * scale * log2(e) - max), added to this thread's row sums.
+template <class S, int MT>
+__device__ __forceinline__ void exponentiate_scores(FlashScores<S, MT>& s, int ks,
+                                                    const float (&m_scaled)[MT][2],
+                                                    float (&row_sum)[MT][2], float scale_log2) {
+#pragma unroll
+  for (int j = ks; j < S::kSTiles; j += S::kQkSteps)
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float p = fast_exp2(fmaf(s[mt][j][e], scale_log2, -m_scaled[mt][e >> 1]));
+        s[mt][j][e] = p;
+        row_sum[mt][e >> 1] += p;
+      }
+}
+
+// O += P V for the V tile at v_tile. The P accumulators of n8 tiles 2kk and 2kk+1, packed to
+// bf16, are the A fragment of k16 step kk. V is stored [key][dim] (row-major k x n), so B comes
+// from ldmatrix.trans; each V fragment serves every M tile of the warp.
+template <class S, int MT>
+__device__ __forceinline__ void accumulate_pv(FlashOutput<S, MT>& o, const FlashScores<S, MT>& p,
+                                              std::uint32_t v_tile, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < S::kPvSteps; ++kk) {
+    std::uint32_t pa[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      pa[mt][0] = pack_bf16x2(p[mt][2 * kk][0], p[mt][2 * kk][1]);
+      pa[mt][1] = pack_bf16x2(p[mt][2 * kk][2], p[mt][2 * kk][3]);
+      pa[mt][2] = pack_bf16x2(p[mt][2 * kk + 1][0], p[mt][2 * kk + 1][1]);
+      pa[mt][3] = pack_bf16x2(p[mt][2 * kk + 1][2], p[mt][2 * kk + 1][3]);
+    }
+#pragma unroll
+    for (int jp = 0; jp < S::kOTiles / 2; ++jp) {
+      std::uint32_t vb[4];
+      const int key = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+      const int col = jp * 16 + (lane >> 4) * 8;
+      ldmatrix_x4_trans(vb, v_tile + static_cast<std::uint32_t>((key * S::kStride + col) * 2));
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma_bf16_16816(o[mt][2 * jp], pa[mt], vb[0], vb[1]);
+        mma_bf16_16816(o[mt][2 * jp + 1], pa[mt], vb[2], vb[3]);
+      }
+    }
+    if constexpr (S::kOTiles % 2 != 0) { // HD = 72 etc.: the last n8 tile alone
+      std::uint32_t vb[2];
+      const int key = kk * 16 + (lane & 15);
+      const int col = (S::kOTiles - 1) * 8;
+      ldmatrix_x2_trans(vb, v_tile + static_cast<std::uint32_t>((key * S::kStride + col) * 2));
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+        mma_bf16_16816(o[mt][S::kOTiles - 1], pa[mt], vb[0], vb[1]);
+    }
+  }
+}
+
 // grid.x = batch * heads * q_tiles (q tiles of one (sample, head) adjacent, so they share K/V in
 // L2); block = 32 W threads; dynamic shared memory FlashShape<HD, W, MT>::kSmemBytes.
 template <int HD, int W, int MT>
@@ -187,7 +369,7 @@ __global__ void __launch_bounds__(FlashShape<HD, W, MT>::kThreads,
     flash_attention_kernel(const __nv_bfloat16* __restrict__ qkv, __nv_bfloat16* __restrict__ out,
                            int tokens, int heads, int q_tiles, float scale_log2) {
   using S = FlashShape<HD, W, MT>;
-  using Scores = float[MT][S::kSTiles][4]; // S (then P) of one key tile, as mma accumulators
+  using Scores = FlashScores<S, MT>; // S (then P) of one key tile, as mma accumulators
   constexpr std::uint32_t kTileBytes = S::kBlockN * S::kStride * 2; // one K or V buffer
   extern __shared__ __align__(16) unsigned char flash_smem[];
   // Layout: Q | K buffer 0 | K buffer 1 | V buffer 0 | V buffer 1. Key tile i lives in buffer i
@@ -238,7 +420,7 @@ __global__ void __launch_bounds__(FlashShape<HD, W, MT>::kThreads,
       sQ_addr +
       static_cast<std::uint32_t>(((warp_row0 + (lane & 15)) * S::kStride + (lane >> 4) * 8) * 2);
   constexpr std::uint32_t kMTileBytes = 16 * S::kStride * 2;
-  std::uint32_t qf[MT][S::kQInRegisters ? S::kQkSteps : 1][4];
+  FlashQFragments<S, MT> qf;
   if constexpr (S::kQInRegisters) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -247,41 +429,23 @@ __global__ void __launch_bounds__(FlashShape<HD, W, MT>::kThreads,
         ldmatrix_x4(qf[mt][ks], q_frag_addr + mt * kMTileBytes + ks * 32);
   }
 
-  // k16 step ks of S = Q K^T for 16 MT rows x 64 keys, K from the buffer at k_tile. K is stored
-  // [key][dim], which is B = K^T "col" layout: non-transposed ldmatrix gives B fragments
-  // directly; one x4 covers two n8 key tiles and serves every M tile of the warp.
+  FlashKeyValueSource kv{};
+  kv.k_smem = sK_addr;
+  kv.v_smem = sV_addr;
+  kv.k_base = k_base;
+  kv.v_base = v_base;
+  kv.tokens = tokens;
+  kv.row_stride = row_stride;
+  kv.kv_tiles = kv_tiles;
+  const auto clear = [](Scores& s) { clear_scores<S, MT>(s); };
   const auto qk_step = [&](Scores& s, std::uint32_t k_tile, int ks) {
-    const int qi = S::kQInRegisters ? ks : 0;
-    if constexpr (!S::kQInRegisters) {
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-        ldmatrix_x4(qf[mt][0], q_frag_addr + mt * kMTileBytes + ks * 32);
-    }
-#pragma unroll
-    for (int jp = 0; jp < S::kSTiles / 2; ++jp) {
-      std::uint32_t kb[4];
-      const int key = jp * 16 + (lane & 7) + ((lane >> 4) << 3);
-      const int col = ks * 16 + ((lane >> 3) & 1) * 8;
-      ldmatrix_x4(kb, k_tile + static_cast<std::uint32_t>((key * S::kStride + col) * 2));
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        mma_bf16_16816(s[mt][2 * jp], qf[mt][qi], kb[0], kb[1]);
-        mma_bf16_16816(s[mt][2 * jp + 1], qf[mt][qi], kb[2], kb[3]);
-      }
-    }
-  };
-  const auto clear = [](Scores& s) {
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int j = 0; j < S::kSTiles; ++j)
-        s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
+    detail::qk_step<S, MT>(s, qf, q_frag_addr, k_tile, ks, lane);
   };
 
   // Accumulator fragment layout (m16n8): this thread owns rows g = lane/4 and g + 8 of each M
   // tile, columns 2 * (lane % 4) + {0, 1} of each n8 tile; elements [0..1] are row g, [2..3]
   // row g + 8.
-  float o[MT][S::kOTiles][4];
+  FlashOutput<S, MT> o;
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -305,60 +469,13 @@ __global__ void __launch_bounds__(FlashShape<HD, W, MT>::kThreads,
   const auto step = [&](auto has_next, int it, Scores& cur, Scores& next) {
     constexpr bool kHasNext = decltype(has_next)::value;
     const int kv0 = it * S::kBlockN;
-    cp_async_wait_all(); // V(it) and K(it + 1) landed (this thread's part) ...
-    __syncthreads();     // ... everyone's, and every warp is done with step it - 1, which read
-                         // V(it - 1) and K(it): their buffers take V(it + 1) and K(it + 2).
-    if (it + 1 < kv_tiles)
-      load_tile_async<S, S::kBlockN>(sV_addr + ((it + 1) & 1) * kTileBytes, v_base,
-                                     kv0 + S::kBlockN, tokens, row_stride);
-    if (it + 2 < kv_tiles)
-      load_tile_async<S, S::kBlockN>(sK_addr + (it & 1) * kTileBytes, k_base, kv0 + 2 * S::kBlockN,
-                                     tokens, row_stride);
-    cp_async_commit();
-
-    // Keys past the sequence end (only in the last tile) get -inf: exp2 turns them into 0.
-    if constexpr (!kHasNext) {
-      if (kv0 + S::kBlockN > tokens) {
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-          for (int j = 0; j < S::kSTiles; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-              if (kv0 + j * 8 + 2 * (lane & 3) + (e & 1) >= tokens)
-                cur[mt][j][e] = kNegInf;
-      }
-    }
-
-    // Online softmax, part 1: the new row max, and the old sum and O rescaled to it.
+    request_next_tiles<S>(kv, it, kv0);
+    if constexpr (!kHasNext)
+      mask_keys_past_end<S, MT>(cur, kv0, tokens, lane);
     float m_scaled[MT][2];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float m = row_max[mt][r];
-#pragma unroll
-        for (int j = 0; j < S::kSTiles; ++j)
-          m = fmaxf(m, fmaxf(cur[mt][j][2 * r], cur[mt][j][2 * r + 1]));
-        // The 4 threads of a quad share the row.
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-        // Key 0 is always valid, so m is finite from the first tile on; the guard keeps a fully
-        // masked row from computing (-inf) - (-inf) = NaN should that ever change.
-        m_scaled[mt][r] = (m == kNegInf) ? 0.f : m * scale_log2;
-        const float correction = fast_exp2(row_max[mt][r] * scale_log2 - m_scaled[mt][r]);
-        row_max[mt][r] = m;
-        row_sum[mt][r] *= correction;
-#pragma unroll
-        for (int j = 0; j < S::kOTiles; ++j) {
-          o[mt][j][2 * r] *= correction;
-          o[mt][j][2 * r + 1] *= correction;
-        }
-      }
-    }
-
-    // Part 2: P = exp2(S * scale * log2(e) - max); n8 tile j is exponentiated right after k16
-    // step j % kQkSteps of the next tile's Q K^T is issued (kQkSteps <= kSTiles: HD <= 128).
+    rescale_to_new_max<S, MT>(cur, row_max, row_sum, o, m_scaled, scale_log2);
+    // n8 tile j is exponentiated right after k16 step j % kQkSteps of the next tile's Q K^T is
+    // issued (kQkSteps <= kSTiles: HD <= 128).
     const std::uint32_t next_k_tile = sK_addr + ((it + 1) & 1) * kTileBytes;
     if constexpr (kHasNext && S::kPipelined)
       clear(next);
@@ -366,55 +483,9 @@ __global__ void __launch_bounds__(FlashShape<HD, W, MT>::kThreads,
     for (int ks = 0; ks < S::kQkSteps; ++ks) {
       if constexpr (kHasNext && S::kPipelined)
         qk_step(next, next_k_tile, ks);
-#pragma unroll
-      for (int j = ks; j < S::kSTiles; j += S::kQkSteps)
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const float p = fast_exp2(fmaf(cur[mt][j][e], scale_log2, -m_scaled[mt][e >> 1]));
-            cur[mt][j][e] = p;
-            row_sum[mt][e >> 1] += p;
-          }
+      exponentiate_scores<S, MT>(cur, ks, m_scaled, row_sum, scale_log2);
     }
-
-    // O += P V(it). The P accumulators of n8 tiles 2kk and 2kk+1, packed to bf16, are the A
-    // fragment of k16 step kk. V is stored [key][dim] (row-major k x n), so B comes from
-    // ldmatrix.trans; each V fragment serves every M tile of the warp.
-    const std::uint32_t v_tile = sV_addr + (it & 1) * kTileBytes;
-#pragma unroll
-    for (int kk = 0; kk < S::kPvSteps; ++kk) {
-      std::uint32_t pa[MT][4];
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        pa[mt][0] = pack_bf16x2(cur[mt][2 * kk][0], cur[mt][2 * kk][1]);
-        pa[mt][1] = pack_bf16x2(cur[mt][2 * kk][2], cur[mt][2 * kk][3]);
-        pa[mt][2] = pack_bf16x2(cur[mt][2 * kk + 1][0], cur[mt][2 * kk + 1][1]);
-        pa[mt][3] = pack_bf16x2(cur[mt][2 * kk + 1][2], cur[mt][2 * kk + 1][3]);
-      }
-#pragma unroll
-      for (int jp = 0; jp < S::kOTiles / 2; ++jp) {
-        std::uint32_t vb[4];
-        const int key = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-        const int col = jp * 16 + (lane >> 4) * 8;
-        ldmatrix_x4_trans(vb, v_tile + static_cast<std::uint32_t>((key * S::kStride + col) * 2));
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          mma_bf16_16816(o[mt][2 * jp], pa[mt], vb[0], vb[1]);
-          mma_bf16_16816(o[mt][2 * jp + 1], pa[mt], vb[2], vb[3]);
-        }
-      }
-      if constexpr (S::kOTiles % 2 != 0) { // HD = 72 etc.: the last n8 tile alone
-        std::uint32_t vb[2];
-        const int key = kk * 16 + (lane & 15);
-        const int col = (S::kOTiles - 1) * 8;
-        ldmatrix_x2_trans(vb, v_tile + static_cast<std::uint32_t>((key * S::kStride + col) * 2));
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-          mma_bf16_16816(o[mt][S::kOTiles - 1], pa[mt], vb[0], vb[1]);
-      }
-    }
-
+    accumulate_pv<S, MT>(o, cur, sV_addr + (it & 1) * kTileBytes, lane);
     // Without pipelining, S(it + 1) is computed after P(it) is dead, in the same registers.
     if constexpr (kHasNext && !S::kPipelined) {
       clear(next);
