@@ -284,7 +284,7 @@ TEST_CASE("AnySchedule is the schedule it holds, number for number", "[stitch][r
     same(FlowMatchSchedule(FlowMatchScheduleOptions{.shift = 3.0}));
   }
   SECTION("LCMSchedule") { same(LCMSchedule{}); }
-  SECTION("ContinuousSchedule::cosine") { same(ContinuousSchedule::cosine()); }
+  SECTION("ContinuousSchedule::cosine") { same(ContinuousSchedule::cosine(/*t_start=*/1.0)); }
   SECTION("errors are the held schedule's") {
     const AnySchedule any = DiscreteSchedule{};
     CHECK_THROWS_WITH(any.trajectory(0), Catch::Contains("steps"));

@@ -291,6 +291,24 @@ TEST_CASE("One seed, options.seed, drives the initial latents and the step noise
   CHECK_FALSE(bytes_equal(run_with_start(5), run(77)));
 }
 
+TEST_CASE("sample() takes a temporary solver, as it takes a temporary schedule", "[sample]") {
+  analytic::ExactDenoiser model(
+      small_shape,
+      analytic::DiagonalGaussian{std::vector<double>(16, 0.1), std::vector<double>(16, 0.4)});
+  SampleOptions options;
+  options.steps = 8;
+  options.seed = 3;
+  Tensor named(2, small_shape), temporary(2, small_shape);
+  fill_initial_noise(named, options);
+  fill_initial_noise(temporary, options);
+  DDPM ddpm;
+  sample(model, DiscreteSchedule{}, ddpm, named, analytic::Labels{}, options);
+  const SampleResult result =
+      sample(model, DiscreteSchedule{}, DDPM{}, temporary, analytic::Labels{}, options);
+  CHECK(result.records.size() == 8);
+  CHECK(std::memcmp(named.data(), temporary.data(), sizeof(float) * 2 * 16) == 0);
+}
+
 TEST_CASE("start_step continues a trajectory from noised latents", "[sample]") {
   // Running steps [4, 10) after add_noise at trajectory[4] equals the last six steps of a full
   // run that passed through the same latents.

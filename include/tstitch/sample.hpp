@@ -7,6 +7,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "tstitch/core/denoiser.hpp"
@@ -351,22 +352,98 @@ private:
   tensor_type raw_, raw_uncond_, x0_, eps_;
 };
 
-/// Samples in place with the host backend: x holds x_T on entry (see fill_initial_noise) and
-/// the result on return. Guidance uses the denoiser's unconditional(cond) member.
-template <Denoiser D, NoiseSchedule S, Solver V>
-SampleResult sample(D& denoiser, const S& schedule, V& solver, View x, const condition_of<D>& cond,
-                    const SampleOptions& options = {}) {
-  const std::optional<condition_of<D>> uncond = unconditional_of(denoiser, cond);
-  Sampler<> sampler;
-  return sampler.run(denoiser, schedule, solver, x, cond, uncond ? &*uncond : nullptr, options);
+namespace detail {
+
+/// The schedule half of sample()'s checks: one static_assert per member (see check_denoiser).
+template <class S> consteval bool check_schedule() {
+  static_assert(maps_time_to_point<S>,
+                "tstitch: a NoiseSchedule maps model time to a point: `TimePoint point(double t) "
+                "const`");
+  static_assert(maps_sigma_to_time<S>,
+                "tstitch: a NoiseSchedule maps a VE sigma back to model time: "
+                "`double timestep_at(double ve_sigma) const`");
+  static_assert(produces_trajectory<S>,
+                "tstitch: a NoiseSchedule gives the trajectory of an n-step run: "
+                "`Trajectory trajectory(int n) const`");
+  return NoiseSchedule<S>;
 }
 
-/// As above, with an explicit unconditional condition for classifier-free guidance.
-template <Denoiser D, NoiseSchedule S, Solver V>
-SampleResult sample(D& denoiser, const S& schedule, V& solver, View x, const condition_of<D>& cond,
-                    const condition_of<D>& uncond, const SampleOptions& options) {
-  Sampler<> sampler;
-  return sampler.run(denoiser, schedule, solver, x, cond, &uncond, options);
+/// The solver half: its two members, and a solver that can change (it keeps state per run).
+template <class V> consteval bool check_solver() {
+  using S = std::remove_reference_t<V>;
+  static_assert(!std::is_const_v<S>,
+                "tstitch: sample() needs a solver it can change (it keeps per-run state): pass a "
+                "non-const one or a temporary");
+  static_assert(std::is_const_v<S> || prepares_for_a_run<S>,
+                "tstitch: a Solver prepares for a run: `void begin(Backend&, const Trajectory&, "
+                "std::int64_t batch, Shape shape)`");
+  static_assert(std::is_const_v<S> || advances_latents<S>,
+                "tstitch: a Solver advances the latents: `void update(Backend&, const "
+                "SolverStep&, const ModelOutput&, View x)`");
+  return !std::is_const_v<S> && Solver<S>;
 }
+
+template <class D, class S, class V> consteval bool check_sample_arguments() {
+  static_assert(
+      !std::is_const_v<D>,
+      "tstitch: sample() needs a denoiser it can call predict() on: pass a non-const one");
+  const bool denoiser = check_denoiser<std::remove_const_t<D>>();
+  const bool schedule = check_schedule<S>();
+  const bool solver = check_solver<V>();
+  return !std::is_const_v<D> && denoiser && schedule && solver;
+}
+
+/// sample()'s condition parameter: the denoiser's condition type, or, for a type without one,
+/// anything, so that such a call reaches the checks that say what is missing.
+struct unchecked_condition {
+  template <class T> unchecked_condition(const T&) {} // NOLINT: implicit by design
+};
+template <class D> struct condition_parameter { using type = unchecked_condition; };
+template <has_condition_type D> struct condition_parameter<D> {
+  using type = typename std::remove_cvref_t<D>::condition_type;
+};
+template <class D> using condition_parameter_t = typename condition_parameter<D>::type;
+
+/// sample() as a function object: an unqualified call finds it and nothing else (no
+/// argument-dependent lookup, so std::sample never joins an error message), and a call with
+/// arguments of the wrong kind fails in the checks above, each naming what is missing.
+struct sample_fn {
+  /// Samples in place with the host backend: x holds x_T on entry (see fill_initial_noise) and
+  /// the result on return. Guidance uses the denoiser's unconditional(cond) member. The solver
+  /// may be a temporary (`DDIM{}`), like the schedule.
+  template <class D, class S, class V>
+  SampleResult operator()(D& denoiser, const S& schedule, V&& solver, View x,
+                          const condition_parameter_t<D>& cond,
+                          const SampleOptions& options = {}) const {
+    if constexpr (check_sample_arguments<D, S, V>()) {
+      const std::optional<condition_of<D>> uncond = unconditional_of(denoiser, cond);
+      Sampler<> sampler;
+      return sampler.run(denoiser, schedule, solver, x, cond, uncond ? &*uncond : nullptr, options);
+    } else {
+      return {};
+    }
+  }
+
+  /// As above, with an explicit unconditional condition for classifier-free guidance.
+  template <class D, class S, class V>
+  SampleResult operator()(D& denoiser, const S& schedule, V&& solver, View x,
+                          const condition_parameter_t<D>& cond,
+                          const condition_parameter_t<D>& uncond,
+                          const SampleOptions& options) const {
+    if constexpr (check_sample_arguments<D, S, V>()) {
+      Sampler<> sampler;
+      return sampler.run(denoiser, schedule, solver, x, cond, &uncond, options);
+    } else {
+      return {};
+    }
+  }
+};
+
+} // namespace detail
+
+/// Samples in place with the host backend (see detail::sample_fn for both forms):
+///     sample(denoiser, schedule, solver, x, cond, options);
+///     sample(denoiser, schedule, solver, x, cond, uncond, options);
+inline constexpr detail::sample_fn sample{};
 
 } // namespace tstitch

@@ -61,6 +61,26 @@ template <class D>
 concept Denoiser =
     has_condition_type<D> && declares_prediction<D> && declares_latent_shape<D> && predicts<D>;
 
+/// Checks that D is a Denoiser with one static_assert per member, each naming the member and the
+/// form it must have, where the concept alone leaves the compiler to list every candidate:
+///     static_assert(tstitch::check_denoiser<MyEngine>());
+/// sample() runs it on its argument.
+template <class D> consteval bool check_denoiser() {
+  static_assert(has_condition_type<D>,
+                "tstitch: a Denoiser names its condition: `using condition_type = ...;` "
+                "(NoCondition for an unconditional model)");
+  static_assert(declares_prediction<D>,
+                "tstitch: a Denoiser declares what its output means: "
+                "`Prediction prediction() const` (a const member returning tstitch::Prediction)");
+  static_assert(declares_latent_shape<D>,
+                "tstitch: a Denoiser declares the shape of one latent: "
+                "`Shape latent_shape() const` (a const member returning tstitch::Shape)");
+  static_assert(!has_condition_type<D> || predicts<D>,
+                "tstitch: a Denoiser predicts: `void predict(ConstView x, const StepContext& ctx, "
+                "const condition_type& c, View out)`, callable on a non-const model");
+  return has_condition_type<D> && declares_prediction<D> && declares_latent_shape<D> && predicts<D>;
+}
+
 template <Denoiser D> using condition_of = typename std::remove_cvref_t<D>::condition_type;
 
 /// Channels of the raw output buffer a denoiser needs.
