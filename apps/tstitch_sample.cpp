@@ -784,13 +784,12 @@ std::string hint_for(const std::string& option) {
   return "";
 }
 
-} // namespace
-
-int main(int argc, char** argv) {
-  Options o;
-  CLI::App app{"tstitch-sample: sample class-conditional DiTs (tstitch-dit safetensors) with "
-               "trajectory stitching on the CPU or a CUDA GPU. The first model serves the "
-               "first, noisiest steps."};
+/// Every option, with stable-diffusion.cpp's and diffusers' names as aliases where they mean the
+/// same.
+void add_options(CLI::App& app, Options& o) {
+  app.description("tstitch-sample: sample class-conditional DiTs (tstitch-dit safetensors) with "
+                  "trajectory stitching on the CPU or a CUDA GPU. The first model serves the "
+                  "first, noisiest steps.");
   // No ExistingFile check here: CLI11 would run it on whatever an unknown option left behind
   // ("--step 1": "File does not exist: 1") before reporting the unknown option; load_weights
   // names a missing model instead.
@@ -859,6 +858,14 @@ int main(int argc, char** argv) {
   app.add_option("--device", o.device,
                  "cpu, or cuda: the models on the GPU (bf16 weights; a build with CUDA)")
       ->capture_default_str();
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app;
+  add_options(app, o);
 
   // A file size limit (ulimit -f) then fails the write with EFBIG, which names the file, instead
   // of killing the program; the old file is kept either way (writes are atomic).
