@@ -24,9 +24,13 @@
 
 #include <algorithm>
 #include <cstring>
+#include <initializer_list>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "tstitch/cuda/device/gemm.cuh"
@@ -60,7 +64,46 @@ struct Linear {
   [[nodiscard]] std::int64_t bytes() const {
     return weight.bytes() + bias.bytes() + bias_bf16.bytes();
   }
+
+  /// Y [rows, out] (fp32) = X [rows, ld] W^T for a layer with its bias folded into column `in`
+  /// (X carries a 1 there): a plain cuBLAS GEMM, no epilogue.
+  void apply_folded(const Blas& blas, const std::uint16_t* x, float* y, std::int64_t rows) const {
+    blas.linear(x, ld, weight.data(), ld, y, CUDA_R_32F, out, rows, out, ld);
+  }
+
+  /// Y [rows, out] (bf16 or fp32) = X [rows, in] W^T, then `epilogue` (cuBLASLt) with this
+  /// layer's bias in Y's type. GemmEpilogue::none leaves the bias to the kernel that reads Y.
+  void apply(Blas& blas, const std::uint16_t* x, void* y, cudaDataType_t y_type, std::int64_t rows,
+             GemmEpilogue epilogue) const {
+    const void* b = nullptr;
+    if (epilogue != GemmEpilogue::none)
+      b = y_type == CUDA_R_16BF ? static_cast<const void*>(bias_bf16.data())
+                                : static_cast<const void*>(bias.data());
+    blas.linear(x, in, weight.data(), ld, y, y_type, out, rows, out, in, epilogue, b);
+  }
 };
+
+/// Offsets into a row of the modulation GEMM's output (every block's adaLN modulations, then the
+/// final layer's), in DiT's chunk order: block i holds shift, scale and gate of its attention
+/// (msa), then of its MLP, at i * 6 * hidden_size; the final layer its shift and scale after the
+/// last block.
+struct ShiftScale {
+  int shift = 0;
+  int scale = 0;
+};
+struct BlockModulation {
+  int shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp;
+  [[nodiscard]] ShiftScale msa() const { return {shift_msa, scale_msa}; }
+  [[nodiscard]] ShiftScale mlp() const { return {shift_mlp, scale_mlp}; }
+};
+inline BlockModulation block_modulation(std::size_t block, int d) {
+  const int base = static_cast<int>(block) * 6 * d;
+  return {base, base + d, base + 2 * d, base + 3 * d, base + 4 * d, base + 5 * d};
+}
+inline ShiftScale final_modulation(std::size_t depth, int d) {
+  const int base = static_cast<int>(depth) * 6 * d;
+  return {base, base + d};
+}
 
 inline void upload_bits(std::uint16_t* device, const std::vector<std::uint16_t>& host) {
   TSTITCH_CUDA_CHECK(
@@ -72,6 +115,29 @@ inline DeviceBuffer<float> upload_floats(std::span<const float> values) {
   TSTITCH_CUDA_CHECK(cudaMemcpy(buffer.data(), values.data(), values.size() * sizeof(float),
                                 cudaMemcpyHostToDevice));
   return buffer;
+}
+
+/// The product of `extents`, checked: throws tstitch::invalid_argument naming `owner` and
+/// `what` when int64 cannot count it (a batch far too large), before anything is allocated.
+inline std::int64_t count_of(std::initializer_list<std::int64_t> extents, std::string_view owner,
+                             std::string_view what) {
+  const std::optional<std::int64_t> count = tstitch::detail::checked_extent_product(extents);
+  if (!count) {
+    std::string product;
+    for (const std::int64_t extent : extents)
+      product += tstitch::detail::concat(product.empty() ? "" : " x ", extent);
+    throw_invalid_argument(tstitch::detail::concat(owner, ": ", what), product,
+                           "has more values than int64 can count");
+  }
+  return *count;
+}
+
+/// A device array of the product of `extents` values, named "<owner>: <what>" in its errors.
+template <class T>
+DeviceBuffer<T> device_array(std::initializer_list<std::int64_t> extents, std::string_view owner,
+                             std::string_view what) {
+  return DeviceBuffer<T>(count_of(extents, owner, what),
+                         tstitch::detail::concat(owner, ": ", what));
 }
 
 /// Stacks the weights (and biases) of several layers with the same input into one [sum out, ld]
@@ -235,29 +301,34 @@ struct DitModel::Impl {
       return *found->second;
     const dit::Config& c = config;
     const int d = static_cast<int>(c.hidden_size);
-    const std::int64_t rows = n * c.tokens();
+    const std::int64_t rows = detail::count_of({n, c.tokens()}, name, "rows of a batch");
     const int patch_k = static_cast<int>(c.in_channels * c.patch_size * c.patch_size);
     auto act = std::make_unique<detail::Activations>();
     act->batch = n;
     act->rows = rows;
-    act->x_in = DeviceBuffer<float>(n * c.latent_shape().numel());
-    act->t = DeviceBuffer<float>(1);
-    act->labels = DeviceBuffer<int>(n);
-    act->freq = DeviceBuffer<std::uint16_t>(n * t_fc1.ld);
-    act->temb_hidden = DeviceBuffer<float>(static_cast<std::int64_t>(n) * d);
-    act->temb_hidden_bf16 = DeviceBuffer<std::uint16_t>(static_cast<std::int64_t>(n) * t_fc2.ld);
-    act->temb = DeviceBuffer<float>(static_cast<std::int64_t>(n) * d);
-    act->cond = DeviceBuffer<std::uint16_t>(static_cast<std::int64_t>(n) * modulation.ld);
-    act->mod = DeviceBuffer<float>(static_cast<std::int64_t>(n) * modulation.out);
-    act->patches = DeviceBuffer<std::uint16_t>(rows * patch.ld);
-    act->h = DeviceBuffer<float>(rows * d);
-    act->a = DeviceBuffer<std::uint16_t>(rows * d);
-    act->qkv = DeviceBuffer<std::uint16_t>(rows * 3 * d);
-    act->attn = DeviceBuffer<std::uint16_t>(rows * d);
-    act->y = DeviceBuffer<std::uint16_t>(rows * d);
-    act->mlp = DeviceBuffer<std::uint16_t>(rows * c.mlp_hidden());
-    act->final_out = DeviceBuffer<float>(rows * final_linear.out);
-    act->out = DeviceBuffer<float>(n * c.out_channels() * c.input_size * c.input_size);
+    // Every buffer is named after the model and the batch, so that a batch too large for the card
+    // fails with "cannot allocate CUDA DiT '<name>' activations for batch <n>: <buffer>: <bytes>".
+    const std::string owner =
+        tstitch::detail::concat("CUDA DiT '", name, "' activations for batch ", n);
+    using detail::device_array;
+    act->x_in = device_array<float>({n, c.latent_shape().numel()}, owner, "x_in");
+    act->t = device_array<float>({1}, owner, "t");
+    act->labels = device_array<int>({n}, owner, "labels");
+    act->freq = device_array<std::uint16_t>({n, t_fc1.ld}, owner, "freq");
+    act->temb_hidden = device_array<float>({n, d}, owner, "temb_hidden");
+    act->temb_hidden_bf16 = device_array<std::uint16_t>({n, t_fc2.ld}, owner, "temb_hidden_bf16");
+    act->temb = device_array<float>({n, d}, owner, "temb");
+    act->cond = device_array<std::uint16_t>({n, modulation.ld}, owner, "cond");
+    act->mod = device_array<float>({n, modulation.out}, owner, "mod");
+    act->patches = device_array<std::uint16_t>({rows, patch.ld}, owner, "patches");
+    act->h = device_array<float>({rows, d}, owner, "h");
+    act->a = device_array<std::uint16_t>({rows, d}, owner, "a");
+    act->qkv = device_array<std::uint16_t>({rows, 3, d}, owner, "qkv");
+    act->attn = device_array<std::uint16_t>({rows, d}, owner, "attn");
+    act->y = device_array<std::uint16_t>({rows, d}, owner, "y");
+    act->mlp = device_array<std::uint16_t>({rows, c.mlp_hidden()}, owner, "mlp");
+    act->final_out = device_array<float>({rows, final_linear.out}, owner, "final_out");
+    act->out = device_array<float>({n, c.out_channels(), c.input_size, c.input_size}, owner, "out");
     kernels::fill_bias_columns(act->freq.data(), t_fc1.ld, t_fc1.in, n, stream);
     kernels::fill_bias_columns(act->temb_hidden_bf16.data(), t_fc2.ld, t_fc2.in, n, stream);
     kernels::fill_bias_columns(act->cond.data(), modulation.ld, modulation.in, n, stream);
@@ -290,69 +361,93 @@ struct DitModel::Impl {
     return label_sets.back()->device.data();
   }
 
-  /// Everything after prepare_inputs: reads x_in, t, labels of `act`, writes act.out.
+  /// Everything after prepare_inputs: reads x_in, t, labels of `act`, writes act.out. The
+  /// stages of the CPU model (cpu_model.hpp), on the device.
   void forward(detail::Activations& act) {
-    const dit::Config& c = config;
+    embed_condition(act);
+    embed_patches(act);
+    // Every block's input LayerNorm but the first is fused with the previous block's residual
+    // (with no blocks, the final layer's shift and scale sit where block 0's would).
+    modulated_norm(act, detail::block_modulation(0, hidden()).msa());
+    for (std::size_t i = 0; i < blocks.size(); ++i)
+      run_block(act, i);
+    final_layer(act);
+    unpatchify(act);
+  }
+
+  [[nodiscard]] int hidden() const { return static_cast<int>(config.hidden_size); }
+  [[nodiscard]] int tokens() const { return static_cast<int>(config.tokens()); }
+
+  /// Conditioning: SiLU(t_embedder(t) + table[y]), then every modulation at once (act.mod).
+  void embed_condition(detail::Activations& act) {
     const int n = act.batch;
-    const int d = static_cast<int>(c.hidden_size);
-    const int tokens = static_cast<int>(c.tokens());
-    const std::int64_t rows = act.rows;
-    const int mod_ld = modulation.out;
-    cudaStream_t s = stream;
-
-    // Conditioning: SiLU(t_embedder(t) + table[y]), then every modulation at once.
-    kernels::timestep_frequencies(act.t.data(), act.freq.data(), t_fc1.ld, n, s);
-    blas.linear(act.freq.data(), t_fc1.ld, t_fc1.weight.data(), t_fc1.ld, act.temb_hidden.data(),
-                CUDA_R_32F, d, n, t_fc1.out, t_fc1.ld);
+    const int d = hidden();
+    kernels::timestep_frequencies(act.t.data(), act.freq.data(), t_fc1.ld, n, stream);
+    t_fc1.apply_folded(blas, act.freq.data(), act.temb_hidden.data(), n);
     kernels::silu_to_bf16(act.temb_hidden.data(), d, act.temb_hidden_bf16.data(), t_fc2.ld, d, n,
-                          s);
-    blas.linear(act.temb_hidden_bf16.data(), t_fc2.ld, t_fc2.weight.data(), t_fc2.ld,
-                act.temb.data(), CUDA_R_32F, d, n, t_fc2.out, t_fc2.ld);
+                          stream);
+    t_fc2.apply_folded(blas, act.temb_hidden_bf16.data(), act.temb.data(), n);
     kernels::condition(act.temb.data(), class_table.data(), act.labels.data(), act.cond.data(),
-                       modulation.ld, d, n, s);
-    blas.linear(act.cond.data(), modulation.ld, modulation.weight.data(), modulation.ld,
-                act.mod.data(), CUDA_R_32F, mod_ld, n, modulation.out, modulation.ld);
+                       modulation.ld, d, n, stream);
+    modulation.apply_folded(blas, act.cond.data(), act.mod.data(), n);
+  }
 
-    // Patch embedding.
+  /// Patch embedding: patchify, the patch GEMM, + position (act.h, the residual stream).
+  void embed_patches(detail::Activations& act) {
+    const dit::Config& c = config;
     kernels::patchify(act.x_in.data(), act.patches.data(), patch.ld,
                       static_cast<int>(c.in_channels), static_cast<int>(c.input_size),
-                      static_cast<int>(c.patch_size), n, s);
-    blas.linear(act.patches.data(), patch.ld, patch.weight.data(), patch.ld, act.h.data(),
-                CUDA_R_32F, d, rows, patch.out, patch.ld);
-    kernels::add_position(act.h.data(), position.data(), tokens, d, rows, s);
+                      static_cast<int>(c.patch_size), act.batch, stream);
+    patch.apply_folded(blas, act.patches.data(), act.h.data(), act.rows);
+    kernels::add_position(act.h.data(), position.data(), tokens(), hidden(), act.rows, stream);
+  }
 
-    // Every block's input LayerNorm but the first is fused with the previous block's residual
-    // (with no blocks, offsets 0 and d are the final layer's shift and scale).
-    kernels::layernorm_modulate(act.h.data(), act.mod.data(), mod_ld, 0, d, act.a.data(), d, tokens,
-                                d, rows, s);
-    const int mlp = static_cast<int>(c.mlp_hidden());
-    const int final_base = static_cast<int>(blocks.size()) * 6 * d; // shift, scale
-    for (std::size_t i = 0; i < blocks.size(); ++i) {
-      const detail::Block& b = blocks[i];
-      const int base = static_cast<int>(i) * 6 * d; // shift1 scale1 gate1 shift2 scale2 gate2
-      const int next = i + 1 < blocks.size() ? base + 6 * d : final_base; // its shift, scale
-      blas.linear(act.a.data(), d, b.qkv.weight.data(), b.qkv.ld, act.qkv.data(), CUDA_R_16BF,
-                  3 * d, rows, b.qkv.out, d, GemmEpilogue::bias, b.qkv.bias_bf16.data());
-      kernels::attention(act.qkv.data(), act.attn.data(), n, tokens, static_cast<int>(c.num_heads),
-                         static_cast<int>(c.head_dim()), attention, s);
-      blas.linear(act.attn.data(), d, b.proj.weight.data(), b.proj.ld, act.y.data(), CUDA_R_16BF, d,
-                  rows, d, d, GemmEpilogue::none, nullptr);
-      kernels::residual_layernorm_modulate(act.h.data(), act.y.data(), b.proj.bias.data(),
-                                           act.mod.data(), mod_ld, base + 2 * d, base + 3 * d,
-                                           base + 4 * d, act.a.data(), d, tokens, d, rows, s);
-      blas.linear(act.a.data(), d, b.fc1.weight.data(), b.fc1.ld, act.mlp.data(), CUDA_R_16BF, mlp,
-                  rows, mlp, d, GemmEpilogue::bias_gelu, b.fc1.bias_bf16.data());
-      blas.linear(act.mlp.data(), mlp, b.fc2.weight.data(), b.fc2.ld, act.y.data(), CUDA_R_16BF, d,
-                  rows, d, mlp, GemmEpilogue::none, nullptr);
-      kernels::residual_layernorm_modulate(act.h.data(), act.y.data(), b.fc2.bias.data(),
-                                           act.mod.data(), mod_ld, base + 5 * d, next, next + d,
-                                           act.a.data(), d, tokens, d, rows, s);
-    }
-    blas.linear(act.a.data(), d, final_linear.weight.data(), final_linear.ld, act.final_out.data(),
-                CUDA_R_32F, final_linear.out, rows, final_linear.out, d, GemmEpilogue::bias,
-                final_linear.bias.data());
+  /// act.a = LayerNorm(h) * (1 + scale) + shift.
+  void modulated_norm(detail::Activations& act, detail::ShiftScale m) {
+    const int d = hidden();
+    kernels::layernorm_modulate(act.h.data(), act.mod.data(), modulation.out, m.shift, m.scale,
+                                act.a.data(), d, tokens(), d, act.rows, stream);
+  }
+
+  /// Block i, from act.a (its modulated input) to act.a (the next block's or the final layer's):
+  /// attention and MLP, each ending in the seam kernel (gated residual + the next LayerNorm).
+  void run_block(detail::Activations& act, std::size_t i) {
+    const dit::Config& c = config;
+    const detail::Block& b = blocks[i];
+    const int d = hidden();
+    const int mod_ld = modulation.out;
+    const std::int64_t rows = act.rows;
+    const detail::BlockModulation m = detail::block_modulation(i, d);
+    const detail::ShiftScale next = i + 1 < blocks.size()
+                                        ? detail::block_modulation(i + 1, d).msa()
+                                        : detail::final_modulation(blocks.size(), d);
+    b.qkv.apply(blas, act.a.data(), act.qkv.data(), CUDA_R_16BF, rows, GemmEpilogue::bias);
+    kernels::attention(act.qkv.data(), act.attn.data(), act.batch, tokens(),
+                       static_cast<int>(c.num_heads), static_cast<int>(c.head_dim()), attention,
+                       stream);
+    b.proj.apply(blas, act.attn.data(), act.y.data(), CUDA_R_16BF, rows, GemmEpilogue::none);
+    kernels::residual_layernorm_modulate(act.h.data(), act.y.data(), b.proj.bias.data(),
+                                         act.mod.data(), mod_ld, m.gate_msa, m.shift_mlp,
+                                         m.scale_mlp, act.a.data(), d, tokens(), d, rows, stream);
+    b.fc1.apply(blas, act.a.data(), act.mlp.data(), CUDA_R_16BF, rows, GemmEpilogue::bias_gelu);
+    b.fc2.apply(blas, act.mlp.data(), act.y.data(), CUDA_R_16BF, rows, GemmEpilogue::none);
+    kernels::residual_layernorm_modulate(act.h.data(), act.y.data(), b.fc2.bias.data(),
+                                         act.mod.data(), mod_ld, m.gate_mlp, next.shift, next.scale,
+                                         act.a.data(), d, tokens(), d, rows, stream);
+  }
+
+  /// The final layer's linear (its LayerNorm-modulate ran in the last block's seam): act.final_out.
+  void final_layer(detail::Activations& act) {
+    final_linear.apply(blas, act.a.data(), act.final_out.data(), CUDA_R_32F, act.rows,
+                       GemmEpilogue::bias);
+  }
+
+  /// act.final_out's tokens back to latents: act.out.
+  void unpatchify(detail::Activations& act) {
+    const dit::Config& c = config;
     kernels::unpatchify(act.final_out.data(), act.out.data(), static_cast<int>(c.out_channels()),
-                        static_cast<int>(c.input_size), static_cast<int>(c.patch_size), n, s);
+                        static_cast<int>(c.input_size), static_cast<int>(c.patch_size), act.batch,
+                        stream);
   }
 
   void capture(detail::Activations& act) {

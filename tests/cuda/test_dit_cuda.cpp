@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The CUDA DiT against the CPU DiT (the reference, itself checked against diffusers to 1e-6) and
 // against the golden files; bf16 weights and GEMM inputs give relative L2 errors of a few 1e-3,
-// hence the 1e-2 bound of the issue. Plain C++: it uses the CUDA DiT through cuda/dit.hpp only,
+// hence a 1e-2 bound. Plain C++: it uses the CUDA DiT through cuda/dit.hpp only,
 // which is also the proof that a translation unit without nvcc can drive it.
 #include <catch2/catch.hpp>
 
@@ -277,4 +277,23 @@ TEST_CASE("CUDA DiT rejects bad inputs, naming them", "[cuda][dit][errors]") {
     const std::string what = "cudnn vs " + std::string(to_string(before)) + " attention";
     CHECK(relative_l2(got, want, what.c_str()) < 1e-2);
   }
+}
+
+TEST_CASE("CUDA DiT: a batch too large for the card names the model, the buffer and the bytes",
+          "[cuda][dit][errors]") {
+  const std::filesystem::path dir = std::filesystem::path(TSTITCH_TEST_DATA_DIR) / "dit";
+  cuda::DitModel gpu(dit::Weights::load(dir / "tiny_dit.safetensors"), "tiny");
+  const dit::Config& c = gpu.config();
+  // Two billion samples: terabytes of activations, more than any card holds.
+  constexpr int huge = 2'000'000'000;
+  const std::int64_t x_in_bytes = c.latent_shape().numel(huge) * 4;
+  CHECK_THROWS_AS(gpu.prepare(huge), runtime_error);
+  CHECK_THROWS_WITH(gpu.prepare(huge),
+                    Catch::Contains("cannot allocate CUDA DiT 'tiny' activations for batch "
+                                    "2000000000: x_in") &&
+                        Catch::Contains(std::to_string(x_in_bytes) + " bytes"));
+  // Nothing of the failed batch is kept: the model still runs, and reports no activations.
+  CHECK(gpu.memory().activations == 0);
+  gpu.prepare(2);
+  CHECK(gpu.memory().activations > 0);
 }

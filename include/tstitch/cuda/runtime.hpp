@@ -7,8 +7,11 @@
 // kernels are compiled once, in src/cuda/tstitch_cuda.cu.
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include "tstitch/core/error.hpp"
@@ -66,15 +69,56 @@ struct DeviceInfo {
   return stream;
 }
 
+namespace detail {
+
+/// count * element_size, the bytes of a device allocation; throws tstitch::invalid_argument
+/// naming `what` when the count is negative or the bytes do not fit in int64 (a batch too large
+/// to count is refused here, before any CUDA call, instead of wrapping around).
+[[nodiscard]] inline std::int64_t device_bytes(std::int64_t count, std::size_t element_size,
+                                               std::string_view what) {
+  require(count >= 0, tstitch::detail::concat(what, " size"), count, "must not be negative");
+  const std::optional<std::int64_t> bytes =
+      tstitch::detail::checked_extent_product({count, static_cast<std::int64_t>(element_size)});
+  if (!bytes)
+    throw_invalid_argument(tstitch::detail::concat(what, " size"), count,
+                           tstitch::detail::concat("values of ", element_size,
+                                                   " bytes each: more bytes than int64 can count"));
+  return *bytes;
+}
+
+/// cudaMalloc that names what failed: a batch too large for the card reads "cannot allocate
+/// <what>: <bytes> bytes ..." with the CUDA error and the device's free memory, not a bare
+/// cudaErrorMemoryAllocation.
+inline void* device_malloc(std::int64_t bytes, std::string_view what) {
+  void* pointer = nullptr;
+  const cudaError_t status = cudaMalloc(&pointer, static_cast<std::size_t>(bytes));
+  if (status == cudaSuccess)
+    return pointer;
+  (void)cudaGetLastError(); // an allocation failure is not sticky; clear it for later calls
+  std::size_t free_bytes = 0, total_bytes = 0;
+  std::string memory = "device memory unknown";
+  if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess)
+    memory = tstitch::detail::concat(free_bytes, " of ", total_bytes, " bytes free on the device");
+  else
+    (void)cudaGetLastError();
+  throw runtime_error(tstitch::detail::concat("tstitch: cannot allocate ", what, ": cudaMalloc of ",
+                                              bytes, " bytes (", (bytes + (1 << 20) - 1) >> 20,
+                                              " MiB) failed: ", cudaGetErrorName(status), ": ",
+                                              cudaGetErrorString(status), " (", memory, ")"));
+}
+
+} // namespace detail
+
 /// Owning device memory for `count` values of T (no construction: device memory is raw).
+/// `what` names the buffer in the errors of a refused size or a failed allocation.
 template <class T> class DeviceBuffer {
 public:
   DeviceBuffer() = default;
-  explicit DeviceBuffer(std::int64_t count) : count_(count) {
-    require(count >= 0, "device buffer size", count, "must not be negative");
+  explicit DeviceBuffer(std::int64_t count, std::string_view what = "device buffer")
+      : count_(count) {
+    const std::int64_t bytes = detail::device_bytes(count, sizeof(T), what);
     if (count > 0)
-      TSTITCH_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&data_),
-                                    static_cast<std::size_t>(count) * sizeof(T)));
+      data_ = static_cast<T*>(detail::device_malloc(bytes, what));
   }
   DeviceBuffer(DeviceBuffer&& other) noexcept
       : data_(std::exchange(other.data_, nullptr)), count_(std::exchange(other.count_, 0)) {}
@@ -109,20 +153,25 @@ private:
 class DeviceTensor {
 public:
   DeviceTensor() = default;
+  /// Throws tstitch::invalid_argument for a negative batch or a batch x shape whose values or
+  /// bytes int64 cannot count, and tstitch::runtime_error naming the bytes when cudaMalloc fails.
   DeviceTensor(std::int64_t batch, Shape shape)
-      : batch_(batch), shape_(shape), memory_(batch * shape.numel()) {
-    require(batch >= 0, "device tensor batch", batch, "must not be negative");
-  }
+      : batch_(batch), shape_(shape), memory_(values(batch, shape), "device tensor") {}
 
   [[nodiscard]] View view() { return {memory_.data(), batch_, shape_}; }
   [[nodiscard]] ConstView view() const { return {memory_.data(), batch_, shape_}; }
   [[nodiscard]] std::int64_t batch() const { return batch_; }
   [[nodiscard]] Shape shape() const { return shape_; }
-  [[nodiscard]] std::int64_t numel() const { return batch_ * shape_.numel(); }
+  [[nodiscard]] std::int64_t numel() const { return shape_.numel(batch_); }
   [[nodiscard]] float* data() { return memory_.data(); }
   [[nodiscard]] const float* data() const { return memory_.data(); }
 
 private:
+  static std::int64_t values(std::int64_t batch, Shape shape) {
+    require(batch >= 0, "device tensor batch", batch, "must not be negative");
+    return shape.numel(batch);
+  }
+
   std::int64_t batch_ = 0;
   Shape shape_{};
   DeviceBuffer<float> memory_;
