@@ -141,7 +141,7 @@ int main(int argc, char** argv) {
 
     namespace k = tstitch::cuda::kernels;
     std::vector<Config> configs;
-    // (batch, heads, head_dim, tokens): the head dims 64 and 72 at 256 and 1024 tokens
+    // (batch, heads, head_dim, tokens): the H100 goals' head dims 64 and 72 at 256 and 1024 tokens
     // and 64 samples x 16 heads, then DiT-S/2 at 8 images with guidance (16 samples x 6 heads x
     // 256 tokens: a grid too small for 128-query CTAs to fill the GPU).
     struct Shape {

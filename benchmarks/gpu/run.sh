@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# The GPU run of issue 5, on a machine with an NVIDIA GPU, nvcc, CMake and python3 + torch and
+# The GPU run (the CUDA DiT against its H100 goals), on a machine with an NVIDIA GPU, nvcc, CMake and python3 + torch and
 # nothing else prepared (header-only dependencies from .deps/: benchmarks/gpu/pack_deps.sh):
 #
 #   benchmarks/gpu/run.sh [stage...]     # default: all stages, in this order
@@ -17,7 +17,7 @@
 #     torch      tools/bench_dit_gpu_torch.py (PyTorch eager and torch.compile on the same card)
 #     profile    per-kernel times of one forward under ncu (benchmarks/gpu/profile.sh; PROFILE,
 #                default XL/2:64,S/2:8); not in the default set
-#     summary    the combined table and the goals of issue 5 (always runs last)
+#     summary    the combined table and the H100 goals (tools/gpu_run_summary.py; always last)
 #
 # Every stage may fail without stopping the others; each prints its time and status. Logs and
 # JSON go to ${OUT:-build/gpu/out} (7 files, the device tool returns at most 8: run.log,
@@ -184,7 +184,7 @@ stage_tests() {
   local t0=$SECONDS
   rm -f "$BUILD/logs/tests.log" "$BUILD/logs/tests_cli.log" # never report an earlier run's result
   # On a GPU machine the CLI's GPU tests must run: a missing device fails them instead of
-  # skipping them (apps/cli_cuda_check.cmake).
+  # skipping them (tests/cli/cli_cuda_check.cmake).
   have_gpu && export TSTITCH_REQUIRE_CUDA=1
   if [[ -n "${TESTS_VIA_CTEST:-}" ]]; then
     (cd "$BUILD" && timeout -k 5 "$STAGE_LIMIT" ctest -L cuda --output-on-failure) \
@@ -352,158 +352,10 @@ stage_profile() {
 
 # ---------------------------------------------------------------------------------------------
 # The combined table: tstitch against PyTorch per model x batch, attention, switch, stitching, the
-# goals of issue 5, the tests and the sanitizer. Reads what the stages left in $OUT.
+# H100 goals, the tests and the sanitizer (tools/gpu_run_summary.py reads what the stages left in
+# $OUT).
 summarize() {
-  "$PYTHON" - "$OUT" "$BUILD/logs" <<'PY'
-import json, os, sys
-
-out, logs = sys.argv[1], sys.argv[2]
-
-
-def load(name):
-    try:
-        with open(os.path.join(out, name)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def fmt(v, digits=2):
-    return f"{v:.{digits}f}" if isinstance(v, (int, float)) and v == v else "-"
-
-
-stages = []
-try:
-    with open(os.path.join(out, "stages.tsv")) as f:
-        next(f)
-        stages = [line.rstrip("\n").split("\t") for line in f]
-except OSError:
-    pass
-ours, torch_ = load("bench_dit_cuda.json"), load("bench_dit_gpu_torch.json")
-
-device = (ours or {}).get("device", {}).get("name") or (torch_ or {}).get("environment", {}).get("device", "?")
-print(f"===== issue 5 GPU run: {device} =====")
-for name, rc, seconds, note in stages:
-    status = "ok" if rc == "0" else ("skipped" if rc in ("skipped", "77") else
-                                     ("TIMED OUT" if rc in ("124", "137") else f"FAILED rc {rc}"))
-    print(f"stage {name:10s} {status:12s} {seconds:>4s}s  {note}")
-
-peak = ((ours or {}).get("gemm_peak") or {}).get("tflops")
-print(f"\nbf16 GEMM peak (cublasGemmEx 8192^3, this run): {fmt(peak, 1)} TFLOP/s")
-theirs = {(r["model"], r["images"]): r for r in (torch_ or {}).get("results", [])}
-rows = (ours or {}).get("forward", [])
-keys = [(r["model"], r["images"]) for r in rows] or list(theirs)
-print("ms per forward (rows = 2 x images, guidance); ratio = PyTorch time / tstitch time")
-print(f"{'model':9s} {'images':>6s} {'rows':>4s} {'tstitch':>8s} {'TFLOP/s':>7s} {'%peak':>5s} "
-      f"{'eager':>8s} {'compile':>8s} {'eager/ts':>8s} {'comp/ts':>7s} {'cudnn-attn':>10s} {'%peak':>5s}")
-by_key = {(r["model"], r["images"]): r for r in rows}
-for key in keys:
-    o, t = by_key.get(key, {}), theirs.get(key, {})
-    ms, em, cm = o.get("ms"), t.get("eager_ms"), t.get("compile_ms")
-    frac = o.get("fraction_of_peak")
-    print(f"{key[0]:9s} {key[1]:6d} {2 * key[1]:4d} {fmt(ms, 3):>8s} {fmt(o.get('tflops'), 1):>7s} "
-          f"{fmt(100 * frac if frac is not None else None, 1):>5s} {fmt(em, 3):>8s} {fmt(cm, 3):>8s} "
-          f"{fmt(em / ms if em and ms else None):>8s} {fmt(cm / ms if cm and ms else None):>7s} "
-          f"{fmt(o.get('ms_cudnn_attention'), 3):>10s} "
-          f"{fmt(100 * frac * ms / o['ms_cudnn_attention'] if frac and ms and o.get('ms_cudnn_attention') else None, 1):>5s}")
-
-# The first predict of each batch size (allocation, GEMM algorithm timing, graph capture, one
-# replay; host wall time): the cost DitModel::prepare moves out of the first frame.
-first = {}
-for r in rows:
-    if r.get("first_call_ms") is not None:
-        first.setdefault(r["model"], []).append(f"{r['images']}: {fmt(r['first_call_ms'], 1)}")
-for m, items in first.items():
-    print(f"first call {m} (images: ms): " + ", ".join(items))
-
-# One guided evaluation at small batches: two N-row predicts (how the loops ran guidance before
-# predict_guided) against one predict_guided (2N rows in one forward, how they run it now).
-for r in rows:
-    two, one = r.get("guided_two_calls_ms"), r.get("guided_one_call_ms")
-    if two is not None and one is not None:
-        print(f"guided evaluation {r['model']} {r['images']} images: two N-row calls {fmt(two, 3)} "
-              f"ms, predict_guided {fmt(one, 3)} ms ({fmt(two / one, 2)}x)")
-
-for m, mem in ((ours or {}).get("memory") or {}).items():
-    if "total" in mem:
-        print(f"memory DiT-{m}: weights {mem['weights'] / 2**20:.1f} MiB, activations "
-              f"{mem['activations'] / 2**20:.1f} MiB, workspace {mem['workspace'] / 2**20:.1f} MiB")
-
-
-# Attention: the CSV rows bench_attention --csv prints after its table. The goal counts the flash
-# path's automatic tiling (what kernels::attention runs), the forced tilings are for comparison.
-attention_best = None
-attention_rows = []
-header = "path,tiling,head_dim,tokens,batch,heads,ms,tflops"
-try:
-    with open(os.path.join(logs, "attention.log")) as f:
-        lines = f.read().splitlines()
-    if header in lines:
-        for line in lines[lines.index(header) + 1:]:
-            parts = line.split(",")
-            if len(parts) == 8:
-                attention_rows.append((parts[0], parts[1], int(parts[2]), int(parts[3]),
-                                       int(parts[4]), int(parts[5]), float(parts[6]),
-                                       float(parts[7])))
-except (OSError, ValueError):
-    pass
-if attention_rows:
-    print("\nattention (bench_attention): TFLOP/s = 4 b h T^2 d / time; tiling = warps x rows per warp")
-    print(f"{'path':10s} {'tiling':10s} {'head_dim':>8s} {'tokens':>6s} {'batch':>5s} {'heads':>5s} {'ms':>9s} {'TFLOP/s':>8s}")
-    for p, tiling, d, t, b, h, ms, tf in attention_rows:
-        print(f"{p:10s} {tiling:10s} {d:8d} {t:6d} {b:5d} {h:5d} {ms:9.4f} {tf:8.1f}")
-        if p == "flash" and tiling.startswith("auto") and d == 64 and t == 1024 and b == 64:
-            attention_best = max(attention_best or 0.0, tf)
-else:
-    print("\nattention: no result (see build/gpu/logs/attention.log)")
-
-for s in (ours or {}).get("switch", []):
-    print(f"switch {s['pair']}, batch 2: {fmt(s.get('cost_us_per_switch'))} us per switch "
-          f"(same {fmt(s.get('same_ms_per_call'), 4)} ms, alternating {fmt(s.get('alternating_ms_per_call'), 4)} ms per call)")
-
-st = (ours or {}).get("stitched")
-worst = None
-if st:
-    print(f"\nstitched DiT-S/2 -> DiT-XL/2, {st['images']} images, {st['steps']} steps, "
-          f"{st['mode']}; c = {fmt(st.get('c'), 4)}")
-    print(f"{'r':>4s} {'ms':>9s} {'speedup':>8s} {'ideal':>7s} {'dev':>7s}")
-    for r in st["fractions"]:
-        print(f"{r['small_fraction']:4.1f} {fmt(r['ms'], 1):>9s} {fmt(r['speedup'], 3):>8s} "
-              f"{fmt(r['ideal'], 3):>7s} {fmt(100 * r['deviation'] if r['deviation'] is not None else None, 2):>6s}%")
-        if r["deviation"] is not None:
-            worst = max(worst or 0.0, abs(r["deviation"]))
-
-
-def goal(text, value, ok):
-    verdict = "not measured" if ok is None else ("MET" if ok else "NOT MET")
-    print(f"  {verdict:12s} {text}: {value}")
-
-
-print("\ngoals of issue 5 (stated for an H100; this card: " + device + "):")
-xl64 = by_key.get(("DiT-XL/2", 64), {}).get("fraction_of_peak")
-xl64_cudnn = by_key.get(("DiT-XL/2", 64), {}).get("ms_cudnn_attention")
-xl64_ms = by_key.get(("DiT-XL/2", 64), {}).get("ms")
-goal("DiT-XL/2 forward at batch 64 >= 60% of the measured bf16 peak",
-     (f"{fmt(100 * xl64, 1)}%" if xl64 is not None else "-") +
-     (f" (with cuDNN attention {fmt(100 * xl64 * xl64_ms / xl64_cudnn, 1)}%)" if xl64 and xl64_cudnn else ""),
-     None if xl64 is None else xl64 >= 0.6)
-s8, x8 = by_key.get(("DiT-S/2", 8), {}).get("ms"), by_key.get(("DiT-XL/2", 8), {}).get("ms")
-ratio = x8 / s8 if s8 and x8 else None
-s8_gemms = next((g.get("ms") for g in (ours or {}).get("gemms_alone", []) if g.get("model") == "DiT-S/2"), None)
-goal("DiT-S/2 : DiT-XL/2 latency ratio >= 15 at batch 8",
-     fmt(ratio) + (f" (at most {fmt(x8 / s8_gemms)} with S/2's block GEMMs alone, {fmt(s8_gemms, 3)} ms)"
-                   if s8_gemms and x8 else ""),
-     None if ratio is None else ratio >= 15)
-goal("stitched speedup within 3% of ideal" + (f" ({st['mode']})" if st else ""),
-     f"worst {fmt(100 * worst, 2)}%" if worst is not None else "-", None if worst is None else worst <= 0.03)
-goal("attention >= 300 TFLOP/s at head dim 64, sequence 1024 (hand-written, automatic tiling)", fmt(attention_best, 1),
-     None if attention_best is None else attention_best >= 300)
-xl = [(k[1], theirs[k]["eager_ms"] / by_key[k]["ms"]) for k in by_key
-      if k[0] == "DiT-XL/2" and k in theirs and by_key[k].get("ms") and theirs[k].get("eager_ms")]
-low = min(xl, key=lambda v: v[1]) if xl else None
-goal(">= 1.3x PyTorch eager on DiT-XL/2 (every batch)",
-     f"lowest {fmt(low[1])}x at batch {low[0]}" if low else "-", None if low is None else low[1] >= 1.3)
-PY
+  "$PYTHON" "$ROOT/tools/gpu_run_summary.py" "$OUT" "$BUILD/logs"
 }
 
 # ---------------------------------------------------------------------------------------------
