@@ -365,10 +365,13 @@ std::vector<Output> resolve_outputs(const Options& o) {
     add("--npy", o.npy, Format::npy);
   if (!o.output.empty() || outputs.empty())
     add("-o", o.output.empty() ? default_output : o.output, Format::unknown);
-  for (const Output& out : outputs)
-    if (out.format == Format::npy) // the sidecar is an output too
+  for (const Output& out : outputs) {
+    struct stat st {};
+    const bool special = ::stat(out.path.c_str(), &st) == 0 && !S_ISREG(st.st_mode);
+    if (out.format == Format::npy && !special) // the sidecar is an output too (not for /dev/null)
       check_output_path(o, out.option + " (its sidecar)",
                         tstitch_sample::sidecar_of(out.path).string());
+  }
   return outputs;
 }
 

@@ -87,3 +87,10 @@ set_tests_properties(cli_progress_time_left PROPERTIES PASS_REGULAR_EXPRESSION
 add_test(NAME cli_guidance_given COMMAND ${_cli} ${_pair} --steps 1 --count 1 --guidance 1 -q
   --npy "${_work}/guidance_given.npy")
 set_tests_properties(cli_guidance_given PROPERTIES PASS_REGULAR_EXPRESSION "guidance: 1 \\(off\\)")
+
+# A special file as the .npy output gets no sidecar (none can be made beside /dev/null).
+if(EXISTS /dev/null)
+  add_test(NAME cli_npy_dev_null COMMAND ${_cli} ${_pair} --steps 1 --count 1 -q --npy /dev/null)
+  set_tests_properties(cli_npy_dev_null PROPERTIES
+    PASS_REGULAR_EXPRESSION "wrote 1 samples to /dev/null")
+endif()
