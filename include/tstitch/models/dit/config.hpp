@@ -204,7 +204,7 @@ inline void check_forward(const Config& c, ConstView x, ConstView out,
                                           c.input_size, ", ", c.input_size, "]"));
   if (static_cast<std::int64_t>(labels.size()) != n)
     throw_invalid_argument("labels.size()", labels.size(),
-                           detail::concat("must equal the batch, ", n));
+                           detail::concat("must equal the batch, ", n, " (one label per image)"));
   for (std::size_t i = 0; i < labels.size(); ++i)
     if (labels[i] < 0 || labels[i] > c.num_classes)
       throw_invalid_argument(
