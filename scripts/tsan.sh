@@ -35,6 +35,7 @@ sources=(test_main test_dit test_dit_threads test_dit_determinism test_dit_limit
 echo "=== tsan: compile (${cxx}, Eigen only, OpenMP) ==="
 start=$(date +%s)
 # Two compilers at a time; each object is rebuilt only when a header or its source is newer.
+# shellcheck disable=SC2016  # the single-quoted script expands its variables in the inner sh
 printf '%s\n' "${sources[@]}" | xargs -P "${TSTITCH_TSAN_JOBS:-2}" -I{} sh -c '
   obj="$0/{}.o"
   if [ ! -f "$obj" ] || [ -n "$(find tests/{}.cpp tests/support include -newer "$obj" -print -quit)" ]; then
