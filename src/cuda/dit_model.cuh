@@ -5,17 +5,19 @@
 // Its members are defined out of line (not inline), so include this in exactly one translation
 // unit: that one emits them for every plain C++ user.
 //
-// One forward, for a batch of n samples and rows = n * tokens:
+// One forward, for a batch of n samples and rows = n * tokens (the stage each member function
+// of DitModel::Impl runs, named as in the CPU model):
 //   prepare_inputs        x -> x_in, timestep, labels (the only per-call data; see predict)
-//   conditioning          freq(t) -> fc1 -> SiLU -> fc2 (+ table[y]) -> SiLU(c) -> all adaLN
+//   embed_condition       freq(t) -> fc1 -> SiLU -> fc2 (+ table[y]) -> SiLU(c) -> all adaLN
 //                         modulations of every block and the final layer in one GEMM
-//   patch embedding       patchify -> GEMM -> + position
-//   first block's input   LN-modulate
-//   per block             qkv GEMM (+ bias, bf16 out) -> attention -> proj GEMM (bf16 out) ->
+//   embed_patches         patchify -> GEMM -> + position
+//   modulated_norm        the first block's input: LN-modulate
+//   run_block (each)      qkv GEMM (+ bias, bf16 out) -> attention -> proj GEMM (bf16 out) ->
 //                         [h += gate (y + b); LN-modulate] -> fc1 GEMM (+ bias, GELU, bf16 out)
 //                         -> fc2 GEMM (bf16 out) -> [h += gate (y + b); LN-modulate of the next
 //                         block or of the final layer]
-//   final layer           GEMM (+ bias, fp32 out) -> unpatchify
+//   final_layer           GEMM (+ bias, fp32 out)
+//   unpatchify            tokens -> latents
 // The block GEMMs run in cuBLASLt with their bias (and fc1's GELU) as epilogues; the bracketed
 // pairs are one kernel (residual_layernorm_modulate). The conditioning GEMMs are tiny: their
 // biases are folded into the weight as an extra input column (dit_kernels.cuh).
