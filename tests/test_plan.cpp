@@ -1,0 +1,325 @@
+// SPDX-License-Identifier: Apache-2.0
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstddef>
+#include <fstream>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "tstitch/core/host_backend.hpp"
+#include "tstitch/plan/planner.hpp"
+#include "tstitch/schedule/discrete.hpp"
+#include "tstitch/solver/ddim.hpp"
+#include "tstitch/solver/heun.hpp"
+#include "tstitch/stitch/policy.hpp"
+
+using namespace tstitch;
+using plan::Planner;
+
+namespace {
+
+// A model whose predict advances a fake clock by a fixed cost: timings are exact, so no test
+// depends on the speed of the machine.
+struct FakeClock {
+  double now = 0;
+};
+
+struct TimedModel {
+  using condition_type = NoCondition;
+  FakeClock* clock;
+  double cost; // seconds per predict call
+  int calls = 0;
+  double slow_first = 0; // extra seconds on the first call (a cold start)
+  [[nodiscard]] Prediction prediction() const { return Prediction::epsilon; }
+  [[nodiscard]] Shape latent_shape() const { return {1, 2, 2}; }
+  void predict(ConstView, const StepContext&, const NoCondition&, View out) {
+    clock->now += cost + (calls == 0 ? slow_first : 0.0);
+    ++calls;
+    for (std::int64_t i = 0; i < out.numel(); ++i)
+      out.data()[i] = 0.0f;
+  }
+};
+
+plan::MeasureOptions fake_options(FakeClock& clock, int warmup = 2, int repeats = 5) {
+  plan::MeasureOptions o;
+  o.warmup = warmup;
+  o.repeats = repeats;
+  o.clock = [&clock] { return clock.now; };
+  return o;
+}
+
+template <class F> std::string message_of(F&& f) {
+  try {
+    f();
+  } catch (const tstitch::error& e) {
+    return e.message();
+  }
+  return "(no error)";
+}
+
+// Small model 0.25 s, large 1 s per evaluation: binary-exact sums.
+Planner pair(int steps, int evaluations = 1) { return Planner({0.25, 1.0}, steps, evaluations); }
+
+int small_steps_of(const StepFraction& policy, int steps) {
+  int small = 0;
+  for (int i = 0; i < steps; ++i) {
+    StepContext ctx;
+    ctx.step = i;
+    ctx.num_steps = steps;
+    small += policy.model_for(ctx, 2) == 0 ? 1 : 0;
+  }
+  return small;
+}
+
+const char* const fashion_like = R"({
+  "metric": "FD-cls", "steps": 10, "date": "2026-12-07", "machine": "test", "command": "none",
+  "fractions": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+  "values": {"FD-cls": [40.0, 39.0, 41.0, 50.0, 60.0, 70.0], "FD-pca": [1, 2, 3, 4, 5, 6]}
+})";
+
+} // namespace
+
+TEST_CASE("plan: measure_costs takes the median after the warm-up, per model", "[plan]") {
+  FakeClock clock;
+  TimedModel small{&clock, 0.25, 0, 100.0}; // a cold first call, absorbed by the warm-up
+  TimedModel large{&clock, 1.5};
+  Tensor x(3, {1, 2, 2});
+  StepContext ctx;
+  const plan::ModelCosts costs =
+      plan::measure_costs(x.view(), ctx, NoCondition{}, nullptr, fake_options(clock), small, large);
+  REQUIRE(costs.seconds == std::vector<double>{0.25, 1.5});
+  REQUIRE(costs.batch == 3);
+  REQUIRE(small.calls == 7);
+  REQUIRE(large.calls == 7);
+  REQUIRE(costs.names.size() == 2);
+
+  // Without a warm-up the cold call is one of five: the median ignores it.
+  TimedModel cold{&clock, 0.5, 0, 100.0};
+  REQUIRE(
+      plan::measure_costs(x.view(), ctx, NoCondition{}, nullptr, fake_options(clock, 0, 5), cold)
+          .seconds == std::vector<double>{0.5});
+  // A guided evaluation is two predictions.
+  const NoCondition uncond;
+  TimedModel guided{&clock, 0.5};
+  REQUIRE(plan::measure_costs(x.view(), ctx, NoCondition{}, &uncond, fake_options(clock), guided)
+              .seconds == std::vector<double>{1.0});
+}
+
+TEST_CASE("plan: median_seconds of an even count averages the middle two", "[plan]") {
+  FakeClock clock;
+  std::vector<double> costs{4.0, 1.0, 3.0, 2.0};
+  std::size_t k = 0;
+  const double m =
+      plan::median_seconds([&] { clock.now += costs[k++]; }, fake_options(clock, 0, 4));
+  REQUIRE(m == 2.5);
+  REQUIRE_THROWS_WITH(plan::median_seconds([] {}, fake_options(clock, 0, 0)),
+                      Catch::Contains("repeats = 0"));
+  REQUIRE_THROWS_WITH(plan::median_seconds([] {}, fake_options(clock, -1, 1)),
+                      Catch::Contains("warmup = -1"));
+  double t = 10;
+  plan::MeasureOptions backwards;
+  backwards.warmup = 0;
+  backwards.clock = [&t] { return t -= 1; };
+  REQUIRE_THROWS_WITH(plan::median_seconds([] {}, backwards), Catch::Contains("= -1"));
+}
+
+TEST_CASE("plan: predicted time of a routing counts each step's evaluations", "[plan]") {
+  // 4 steps, Heun-like evaluations 2, 2, 2, 1.
+  const Planner p({0.25, 1.0}, std::vector<int>{2, 2, 2, 1});
+  const std::vector<std::size_t> routing{0, 0, 1, 1};
+  REQUIRE(p.predicted_seconds(routing) == 2 * 0.25 + 2 * 0.25 + 2 * 1.0 + 1 * 1.0);
+  REQUIRE(p.predicted_seconds(std::vector<std::size_t>{1, 1, 1, 1}) == 7.0);
+  REQUIRE(p.predicted_seconds(std::vector<std::size_t>{0, 0, 0, 0}) == 1.75);
+  REQUIRE(p.predicted_seconds(StepFraction::small_fraction(0.5)) == 4.0);
+  REQUIRE(p.at_small_steps(2).predicted_seconds == 4.0);
+  REQUIRE(p.at_small_steps(2).speedup == 7.0 / 4.0);
+  // Three models and a three-way policy.
+  const Planner three({0.25, 0.5, 1.0}, 4);
+  REQUIRE(three.predicted_seconds(StepFraction({0.25, 0.25, 0.5})) == 0.25 + 0.5 + 2.0);
+  REQUIRE_THROWS_WITH(three.predicted_seconds(std::vector<std::size_t>{0, 3, 1, 1}),
+                      Catch::Contains("routing[1] = 3"));
+  REQUIRE_THROWS_WITH(three.predicted_seconds(std::vector<std::size_t>{0, 1}),
+                      Catch::Contains("routing length = 2"));
+}
+
+TEST_CASE("plan: evaluations_per_step reads the solver (Heun: 2 per step, 1 into sigma 0)",
+          "[plan]") {
+  const int n = 6;
+  const Trajectory trajectory = DiscreteSchedule{}.trajectory(n);
+  HostBackend backend;
+  Heun heun;
+  heun.begin(backend, trajectory, 1, Shape{1, 2, 2});
+  const std::vector<int> evals = plan::evaluations_per_step(heun, n);
+  REQUIRE(evals.size() == static_cast<std::size_t>(n));
+  int total = 0;
+  for (int i = 0; i < n; ++i) {
+    REQUIRE(evals[static_cast<std::size_t>(i)] == heun.evaluations(i));
+    total += evals[static_cast<std::size_t>(i)];
+  }
+  REQUIRE(total > n); // some steps take two evaluations
+  REQUIRE(plan::evaluations_per_step(DDIM{}, n) == std::vector<int>(n, 1));
+  // Policies that read the trajectory: a timestep threshold.
+  const Planner p({0.25, 1.0}, evals);
+  const double cut = trajectory[2].timestep;
+  const std::vector<std::size_t> route = p.routing_of(TimestepThreshold(cut), &trajectory);
+  REQUIRE(route[0] == 0);
+  REQUIRE(route[1] == 0);
+  REQUIRE(route[2] == 0);
+  REQUIRE(route[3] == 1);
+}
+
+TEST_CASE("plan: fraction_for_steps gives StepFraction exactly the whole steps", "[plan]") {
+  for (int n = 1; n <= 120; ++n)
+    for (int m = 0; m <= n; ++m)
+      REQUIRE(small_steps_of(StepFraction::small_fraction(plan::fraction_for_steps(m, n)), n) == m);
+  REQUIRE(plan::fraction_for_steps(0, 7) == 0.0);
+  REQUIRE(plan::fraction_for_steps(7, 7) == 1.0);
+  REQUIRE_THROWS_WITH(plan::fraction_for_steps(8, 7), Catch::Contains("small_steps = 8"));
+}
+
+TEST_CASE("plan: fraction for a target speed-up", "[plan]") {
+  const Planner p = pair(4); // large-only 4 s; m small steps: 4 - 0.75 m
+  // speed-up 1 (or less): no small steps.
+  REQUIRE(p.for_speedup(1.0).small_steps == 0);
+  REQUIRE(p.for_speedup(0.5).small_steps == 0);
+  // Exactly met: 2 small steps give 4 / 2.5 = 1.6.
+  const plan::Plan exact = p.for_speedup(4.0 / 2.5);
+  REQUIRE(exact.small_steps == 2);
+  REQUIRE(exact.predicted_seconds == 2.5);
+  REQUIRE(exact.speedup == 4.0 / 2.5);
+  // Just above: rounds up to the next whole step, reporting what it achieves.
+  const plan::Plan above = p.for_speedup(1.61);
+  REQUIRE(above.small_steps == 3);
+  REQUIRE(above.speedup == 4.0 / 1.75);
+  REQUIRE(small_steps_of(above.policy(), 4) == 3);
+  REQUIRE(above.small_fraction() == 0.75);
+  // Small only: 4x.
+  REQUIRE(p.for_speedup(4.0).small_steps == 4);
+  REQUIRE(p.for_speedup(4.0).policy().cumulative_nanos().front() == 1'000'000'000);
+  REQUIRE_THROWS_WITH(p.for_speedup(4.5), Catch::Contains("target speed-up = 4.5") &&
+                                              Catch::Contains("unreachable") &&
+                                              Catch::Contains("gives 4x"));
+}
+
+TEST_CASE("plan: fraction for a deadline", "[plan]") {
+  const Planner p = pair(4, 2); // large-only 8 s, small-only 2 s, 1.5 s saved per small step
+  REQUIRE(p.for_deadline(8.0).small_steps == 0); // exactly met by the large model alone
+  REQUIRE(p.for_deadline(100.0).small_steps == 0);
+  REQUIRE(p.for_deadline(5.0).small_steps == 2);  // exactly met: 8 - 3
+  REQUIRE(p.for_deadline(4.99).small_steps == 3); // just missed at 2: one more
+  REQUIRE(p.for_deadline(4.99).predicted_seconds == 3.5);
+  REQUIRE(p.for_deadline(2.0).small_steps == 4); // small only, exactly met
+  REQUIRE(p.for_deadline(2.0).speedup == 4.0);
+  REQUIRE_THROWS_WITH(p.for_deadline(1.5),
+                      Catch::Contains("deadline (s) = 1.5") && Catch::Contains("takes 2 s"));
+}
+
+TEST_CASE("plan: bad inputs name the value", "[plan]") {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  REQUIRE_THROWS_WITH(Planner({0.25, -1.0}, 4), Catch::Contains("seconds_per_evaluation[1] = -1"));
+  REQUIRE_THROWS_WITH(Planner({nan, 1.0}, 4), Catch::Contains("seconds_per_evaluation[0] = nan"));
+  REQUIRE_THROWS_WITH(Planner(std::vector<double>{}, 4), Catch::Contains("number of models = 0"));
+  REQUIRE_THROWS_WITH(Planner({0.25, 1.0}, 0), Catch::Contains("steps = 0"));
+  REQUIRE_THROWS_WITH(Planner({0.25, 1.0}, std::vector<int>{1, 0}),
+                      Catch::Contains("evaluations[1] = 0"));
+  const Planner p = pair(4);
+  REQUIRE_THROWS_WITH(p.for_deadline(0.0), Catch::Contains("deadline (s) = 0"));
+  REQUIRE_THROWS_WITH(p.for_deadline(-2.0), Catch::Contains("deadline (s) = -2"));
+  REQUIRE_THROWS_WITH(p.for_deadline(nan), Catch::Contains("deadline (s) = nan"));
+  REQUIRE_THROWS_WITH(p.for_speedup(0.0), Catch::Contains("target speed-up = 0"));
+  REQUIRE_THROWS_WITH(Planner({0.25, 0.5, 1.0}, 4).for_deadline(3.0),
+                      Catch::Contains("number of models = 3"));
+}
+
+TEST_CASE("plan: the quality table picks the best metric within the budget", "[plan]") {
+  const plan::QualityTable table = plan::parse_quality_table(fashion_like);
+  REQUIRE(table.metric == "FD-cls");
+  REQUIRE(table.steps == 10);
+  REQUIRE(table.entries.size() == 6);
+  const Planner p = pair(10); // large-only 10 s, 0.75 s saved per small step
+  // Any budget that allows 0.2 picks it: it beats the large model alone (39 < 40).
+  const plan::Plan roomy = p.for_deadline(100.0, table);
+  REQUIRE(roomy.small_steps == 2);
+  REQUIRE(roomy.quality == 39.0);
+  // 0.2 needs 8.5 s; at 8.49 s the next reachable entry is 0.4 (7 s).
+  REQUIRE(p.for_deadline(8.5, table).small_steps == 2);
+  const plan::Plan tight = p.for_deadline(8.49, table);
+  REQUIRE(tight.small_steps == 4);
+  REQUIRE(tight.quality == 41.0);
+  REQUIRE(tight.predicted_seconds == 7.0);
+  // Speed-up 2 needs 5 s: 0.8 (4 s) is the first table entry, not 0.7 (4.75 s, not in the table).
+  REQUIRE(p.for_speedup(2.0).small_steps == 7);
+  REQUIRE(p.for_speedup(2.0, table).small_steps == 8);
+  REQUIRE(p.for_speedup(2.0, table).quality == 60.0);
+  // Another metric of the same file.
+  const plan::QualityTable pca = plan::parse_quality_table(fashion_like, "FD-pca");
+  REQUIRE(p.for_deadline(100.0, pca).small_steps == 0);
+  // Unreachable budget and fractions that are no whole number of the steps.
+  REQUIRE_THROWS_WITH(p.for_deadline(2.0, table),
+                      Catch::Contains("deadline (s) = 2") && Catch::Contains("takes 2.5 s"));
+  const Planner three_steps = pair(3); // 0.2 * 3 etc. are not whole; 0.0 and 1.0 are
+  REQUIRE(three_steps.for_deadline(100.0, table).small_steps == 0);
+  plan::QualityTable odd = table;
+  odd.entries = {{0.2, 1.0}, {0.4, 2.0}};
+  REQUIRE_THROWS_WITH(three_steps.for_deadline(100.0, odd), Catch::Contains("steps = 3"));
+}
+
+TEST_CASE("plan: hostile quality tables are refused, naming the key and value", "[plan]") {
+  using plan::parse_quality_table;
+  REQUIRE_THROWS_WITH(parse_quality_table("[1, 2]"), Catch::Contains("must be an object"));
+  REQUIRE_THROWS_WITH(parse_quality_table("{\"metric\": \"m\", \"values\": {}}"),
+                      Catch::Contains("\"fractions\""));
+  REQUIRE_THROWS_WITH(
+      parse_quality_table(R"({"metric": "m", "fractions": [0, 1], "values": {"m": [1]}})"),
+      Catch::Contains("m length = 1"));
+  REQUIRE_THROWS_WITH(
+      parse_quality_table(R"({"metric": "m", "fractions": [0, 1.5], "values": {"m": [1, 2]}})"),
+      Catch::Contains("fractions[1] = 1.5"));
+  REQUIRE_THROWS_WITH(
+      parse_quality_table(R"({"metric": "m", "fractions": [0.5, 0.5], "values": {"m": [1, 2]}})"),
+      Catch::Contains("fractions[1] = 0.5") && Catch::Contains("increase"));
+  REQUIRE_THROWS_WITH(
+      parse_quality_table(R"({"metric": "m", "fractions": [0, 1], "values": {"m": [1, "x"]}})"),
+      Catch::Contains("m[1]"));
+  REQUIRE_THROWS_WITH(
+      parse_quality_table(R"({"metric": "m", "fractions": [0, 1], "values": {"m": [1, 1e999]}})"),
+      Catch::Contains("finite number"));
+  REQUIRE_THROWS_WITH(
+      parse_quality_table(R"({"metric": "q", "fractions": [0, 1], "values": {"m": [1, 2]}})"),
+      Catch::Contains("metric = \"q\""));
+  REQUIRE_THROWS_WITH(parse_quality_table(R"({"metric": "m", "metric": "m"})"),
+                      Catch::Contains("duplicate key"));
+  REQUIRE_THROWS_WITH(parse_quality_table("{\"a\": [[[[[[1]]]]]]}"),
+                      Catch::Contains("nested deeper"));
+  REQUIRE_THROWS_WITH(parse_quality_table("{\"a\": \"\\u0041\"}"), Catch::Contains("escapes"));
+  REQUIRE_THROWS_WITH(parse_quality_table("{\"a\": 1} x"), Catch::Contains("trailing"));
+  REQUIRE_THROWS_WITH(parse_quality_table("{\"a\": \"unterminated"),
+                      Catch::Contains("unterminated"));
+  REQUIRE_THROWS_WITH(parse_quality_table(std::string(70000, ' ')),
+                      Catch::Contains("size (bytes) = 70000"));
+  REQUIRE_THROWS_WITH(
+      parse_quality_table(
+          R"({"metric": "m", "steps": 2.5, "fractions": [0, 1], "values": {"m": [1, 2]}})"),
+      Catch::Contains("\"steps\" = 2.5"));
+  REQUIRE_THROWS_WITH(plan::load_quality_table("/nonexistent/q.json"),
+                      Catch::Contains("cannot open"));
+}
+
+#ifdef TSTITCH_MODELS_DIR
+TEST_CASE("plan: the shipped Fashion quality table loads and matches its fractions", "[plan]") {
+  const std::string path = std::string(TSTITCH_MODELS_DIR) + "/fashion_quality.json";
+  const plan::QualityTable cls = plan::load_quality_table(path);
+  REQUIRE(cls.metric == "FD-cls");
+  REQUIRE(cls.steps == 50);
+  REQUIRE(cls.entries.size() == 11);
+  REQUIRE(cls.entries.front().value == 37.90);
+  REQUIRE(cls.entries.back().value == 62.90);
+  const plan::QualityTable pca = plan::load_quality_table(path, "FD-pca");
+  REQUIRE(pca.entries.size() == 11);
+  REQUIRE(!cls.date.empty());
+  REQUIRE(!cls.machine.empty());
+  REQUIRE(!cls.command.empty());
+}
+#endif
