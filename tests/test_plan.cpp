@@ -9,11 +9,13 @@
 #include <vector>
 
 #include "tstitch/core/host_backend.hpp"
+#include "tstitch/plan/deadline.hpp"
 #include "tstitch/plan/planner.hpp"
 #include "tstitch/schedule/discrete.hpp"
 #include "tstitch/solver/ddim.hpp"
 #include "tstitch/solver/heun.hpp"
 #include "tstitch/stitch/policy.hpp"
+#include "tstitch/stitch/stitcher.hpp"
 
 using namespace tstitch;
 using plan::Planner;
@@ -323,3 +325,130 @@ TEST_CASE("plan: the shipped Fashion quality table loads and matches its fractio
   REQUIRE(!cls.command.empty());
 }
 #endif
+
+namespace {
+
+// Routes n steps with a Deadline, advancing the fake clock by each step's model cost times the
+// machine's speed factor (factor_from applies from step `slow_from` on).
+std::vector<std::size_t> simulate(const plan::Deadline& deadline, FakeClock& clock, int n,
+                                  const std::vector<double>& costs, int slow_from, double factor) {
+  std::vector<std::size_t> route;
+  for (int i = 0; i < n; ++i) {
+    StepContext ctx;
+    ctx.step = i;
+    ctx.num_steps = n;
+    const std::size_t k = deadline.model_for(ctx, 2);
+    route.push_back(k);
+    clock.now += costs[k] * (i >= slow_from ? factor : 1.0);
+  }
+  return route;
+}
+
+std::vector<std::size_t> small_then_large(int small, int n) {
+  std::vector<std::size_t> r(static_cast<std::size_t>(n), 1);
+  for (int i = 0; i < small; ++i)
+    r[static_cast<std::size_t>(i)] = 0;
+  return r;
+}
+
+} // namespace
+
+TEST_CASE("plan: Deadline at the predicted speed routes as Planner::for_deadline", "[plan]") {
+  FakeClock clock;
+  const Planner p = pair(10); // T(m) = 10 - 0.75 m
+  for (const double budget : {10.0, 9.0, 7.0, 6.99, 2.5}) {
+    const plan::Deadline deadline(budget, p, [&clock] { return clock.now; });
+    const double start = clock.now;
+    const std::vector<std::size_t> route = simulate(deadline, clock, 10, {0.25, 1.0}, 10, 1.0);
+    REQUIRE(route == small_then_large(p.for_deadline(budget).small_steps, 10));
+    REQUIRE(deadline.routing() == route);
+    REQUIRE(clock.now - start <= budget);
+  }
+  REQUIRE_THROWS_WITH(plan::Deadline(2.0, p, [&clock] { return clock.now; }),
+                      Catch::Contains("deadline (s) = 2") && Catch::Contains("takes 2.5 s"));
+  REQUIRE_THROWS_WITH(plan::Deadline(-1.0, p), Catch::Contains("deadline (s) = -1"));
+}
+
+TEST_CASE("plan: Deadline moves the switch when the machine slows down mid-run", "[plan]") {
+  FakeClock clock;
+  const Planner p = pair(10);
+  // Budget 7: 4 small steps then 6 large at the predicted speed (7 s exactly).
+  const plan::Deadline deadline(7.0, p, [&clock] { return clock.now; });
+  // Twice as slow from step 2: at step i >= 3 the time left is 7.5 - 0.5 i against 2 (10 - i)
+  // for the large model on every remaining step, first enough at i = 9.
+  const std::vector<std::size_t> route = simulate(deadline, clock, 10, {0.25, 1.0}, 2, 2.0);
+  REQUIRE(route == small_then_large(9, 10));
+  REQUIRE(deadline.slowdown() == 2.0);
+  REQUIRE(clock.now == 6.0);
+  REQUIRE(clock.now <= 7.0);
+
+  // Large first: the large model while the time left also covers the small one for the rest.
+  clock.now = 0;
+  const plan::Deadline large_first(
+      7.0, p, [&clock] { return clock.now; }, plan::Deadline::Order::large_first);
+  // At the predicted speed: large while 7 - i >= 1 + 0.25 (9 - i), i.e. i <= 5: 6 large steps
+  // (6 s), then 4 small (1 s): the budget exactly.
+  const std::vector<std::size_t> steady = simulate(large_first, clock, 10, {0.25, 1.0}, 10, 1.0);
+  REQUIRE(steady == std::vector<std::size_t>{1, 1, 1, 1, 1, 1, 0, 0, 0, 0});
+  REQUIRE(clock.now == 7.0);
+  // Twice as slow from step 1: at step 2 the slowdown is 2; time left 7 - 3 = 4 against
+  // 2 (1 + 0.25 * 7) = 5.5: the small model from step 2 on.
+  clock.now = 0;
+  const std::vector<std::size_t> slowed = simulate(large_first, clock, 10, {0.25, 1.0}, 1, 2.0);
+  REQUIRE(slowed == std::vector<std::size_t>{1, 1, 0, 0, 0, 0, 0, 0, 0, 0});
+  REQUIRE(clock.now == 1.0 + 2.0 + 8 * 0.5);
+  REQUIRE(clock.now <= 7.0);
+}
+
+namespace {
+
+// A fake model that advances the clock and writes a prediction that depends on its identity.
+struct TimedLinear {
+  using condition_type = NoCondition;
+  FakeClock* clock;
+  double cost;
+  float gain;
+  [[nodiscard]] Prediction prediction() const { return Prediction::epsilon; }
+  [[nodiscard]] Shape latent_shape() const { return {1, 2, 2}; }
+  void predict(ConstView x, const StepContext&, const NoCondition&, View out) {
+    clock->now += cost;
+    for (std::int64_t i = 0; i < out.numel(); ++i)
+      out.data()[i] = gain * x.data()[i];
+  }
+};
+
+} // namespace
+
+TEST_CASE("plan: a Deadline run's records replay it bit for bit", "[plan]") {
+  FakeClock clock;
+  TimedLinear small{&clock, 0.25, 0.3f};
+  TimedLinear large{&clock, 1.0, 0.7f};
+  const Planner p = pair(10);
+  const plan::Deadline deadline(7.0, p, [&clock] { return clock.now; });
+  TrajectoryStitcher stitcher(small, large, deadline);
+  SampleOptions options;
+  options.steps = 10;
+  Tensor x(2, {1, 2, 2});
+  fill_initial_noise(x.view(), 7);
+  Tensor y = x;
+  const SampleResult run =
+      sample(stitcher, DiscreteSchedule{}, DDIM{}, x.view(), NoCondition{}, options);
+  REQUIRE(run.records.size() == 10);
+  std::vector<std::size_t> models;
+  for (const StepRecord& r : run.records)
+    models.push_back(r.model);
+  REQUIRE(models == small_then_large(4, 10)); // no solver time on the fake clock
+  REQUIRE(deadline.routing() == models);
+
+  const plan::Routing replay = plan::Routing::from_records(run.records);
+  TrajectoryStitcher again(small, large, replay);
+  const SampleResult second =
+      sample(again, DiscreteSchedule{}, DDIM{}, y.view(), NoCondition{}, options);
+  for (std::int64_t i = 0; i < x.numel(); ++i)
+    REQUIRE(x[i] == y[i]);
+  REQUIRE(second.records.size() == 10);
+  // A routing of the wrong length or model is refused, naming it.
+  REQUIRE_THROWS_WITH(plan::Routing({0, 2}).check(2), Catch::Contains("routing[1] = 2"));
+  std::vector<StepRecord> partial(run.records.begin() + 1, run.records.end());
+  REQUIRE_THROWS_WITH(plan::Routing::from_records(partial), Catch::Contains("records[0].step = 1"));
+}

@@ -92,6 +92,7 @@ public:
   [[nodiscard]] int steps() const { return static_cast<int>(evaluations_.size()); }
   [[nodiscard]] std::size_t num_models() const { return costs_.size(); }
   [[nodiscard]] const std::vector<double>& seconds_per_evaluation() const { return costs_; }
+  [[nodiscard]] const std::vector<int>& evaluations() const { return evaluations_; }
 
   /// The predicted time of a routing given as the serving model of each step.
   [[nodiscard]] double predicted_seconds(std::span<const std::size_t> model_per_step) const {
