@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstddef>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -125,6 +126,24 @@ TEST_CASE("plan: median_seconds of an even count averages the middle two", "[pla
   backwards.warmup = 0;
   backwards.clock = [&t] { return t -= 1; };
   REQUIRE_THROWS_WITH(plan::median_seconds([] {}, backwards), Catch::Contains("= -1"));
+}
+
+TEST_CASE("plan: median_seconds_each times its callables in turns", "[plan]") {
+  FakeClock clock;
+  std::vector<int> order;
+  std::vector<double> slow{0.5, 9.0, 0.5}; // the second call of the first callable is slow
+  std::size_t k = 0;
+  const std::vector<std::function<void()>> fns{[&] {
+                                                 order.push_back(0);
+                                                 clock.now += slow[k++ % 3];
+                                               },
+                                               [&] {
+                                                 order.push_back(1);
+                                                 clock.now += 2.0;
+                                               }};
+  const std::vector<double> medians = plan::median_seconds_each(fns, fake_options(clock, 1, 3));
+  REQUIRE(order == std::vector<int>{0, 1, 0, 1, 0, 1, 0, 1});
+  REQUIRE(medians == std::vector<double>{0.5, 2.0});
 }
 
 TEST_CASE("plan: predicted time of a routing counts each step's evaluations", "[plan]") {

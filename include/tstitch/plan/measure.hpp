@@ -35,29 +35,63 @@ struct MeasureOptions {
   Clock clock = steady_seconds;
 };
 
-/// The median duration in seconds of `repeats` calls of fn, after `warmup` untimed ones.
-template <class F> [[nodiscard]] double median_seconds(F&& fn, const MeasureOptions& options) {
+namespace measure_detail {
+
+inline void check_measure_options(const MeasureOptions& options) {
   require(options.warmup >= 0, "MeasureOptions::warmup", options.warmup, "must not be negative");
   require(options.repeats >= 1, "MeasureOptions::repeats", options.repeats, "must be at least 1");
   require(static_cast<bool>(options.clock), "MeasureOptions::clock", "empty",
           "must be a callable returning seconds");
-  for (int i = 0; i < options.warmup; ++i)
-    fn();
-  std::vector<double> times(static_cast<std::size_t>(options.repeats));
-  for (double& t : times) {
-    const double start = options.clock();
-    fn();
-    t = options.clock() - start;
-    if (!(t >= 0.0 && std::isfinite(t))) // a clock that runs backwards or returns NaN
-      throw_invalid_argument("measured duration (s)", t,
-                             "must be finite and >= 0; is MeasureOptions::clock monotonic?");
-  }
+}
+
+inline double median_of(std::vector<double> times) {
   const auto mid = times.begin() + static_cast<std::ptrdiff_t>(times.size() / 2);
   std::nth_element(times.begin(), mid, times.end());
   if (times.size() % 2 == 1)
     return *mid;
   const double upper = *mid;
   return 0.5 * (upper + *std::max_element(times.begin(), mid));
+}
+
+template <class F> double timed(F& fn, const MeasureOptions& options) {
+  const double start = options.clock();
+  fn();
+  const double t = options.clock() - start;
+  if (!(t >= 0.0 && std::isfinite(t))) // a clock that runs backwards or returns NaN
+    throw_invalid_argument("measured duration (s)", t,
+                           "must be finite and >= 0; is MeasureOptions::clock monotonic?");
+  return t;
+}
+
+} // namespace measure_detail
+
+/// The median duration in seconds of `repeats` calls of fn, after `warmup` untimed ones.
+template <class F> [[nodiscard]] double median_seconds(F&& fn, const MeasureOptions& options) {
+  measure_detail::check_measure_options(options);
+  for (int i = 0; i < options.warmup; ++i)
+    fn();
+  std::vector<double> times(static_cast<std::size_t>(options.repeats));
+  for (double& t : times)
+    t = measure_detail::timed(fn, options);
+  return measure_detail::median_of(std::move(times));
+}
+
+/// The median duration of each callable, timed in rounds of one call each (interleaved), so that
+/// a change of machine load during the measurement affects all of them alike.
+[[nodiscard]] inline std::vector<double>
+median_seconds_each(const std::vector<std::function<void()>>& fns, const MeasureOptions& options) {
+  measure_detail::check_measure_options(options);
+  for (int i = 0; i < options.warmup; ++i)
+    for (const auto& fn : fns)
+      fn();
+  std::vector<std::vector<double>> times(fns.size());
+  for (int r = 0; r < options.repeats; ++r)
+    for (std::size_t j = 0; j < fns.size(); ++j)
+      times[j].push_back(measure_detail::timed(fns[j], options));
+  std::vector<double> out;
+  for (auto& t : times)
+    out.push_back(measure_detail::median_of(std::move(t)));
+  return out;
 }
 
 /// Seconds per model evaluation, one entry per model, for one batch size.
@@ -69,8 +103,8 @@ struct ModelCosts {
 
 /// Times each model's evaluation of the latents x (host memory) at the step described by ctx:
 /// predict(x, ctx, cond), or, when `uncond` is given, both predictions of a classifier-free-guided
-/// evaluation (predict_guided_of), as the sampling loop makes them. Models are timed one after
-/// the other in the order given; the first is usually the small one.
+/// evaluation (predict_guided_of), as the sampling loop makes them. The models take turns, one call
+/// each per round (median_seconds_each).
 template <class Cond, Denoiser... Models>
 requires(std::same_as<condition_of<Models>, Cond>&&...) [[nodiscard]] ModelCosts
     measure_costs(ConstView x, const StepContext& ctx, const Cond& cond,
@@ -79,24 +113,26 @@ requires(std::same_as<condition_of<Models>, Cond>&&...) [[nodiscard]] ModelCosts
   static_assert(sizeof...(Models) >= 1, "tstitch::plan::measure_costs: give at least one model");
   ModelCosts costs;
   costs.batch = x.batch();
-  auto one = [&](auto& model) {
+  std::vector<Tensor> outputs;
+  outputs.reserve(2 * sizeof...(Models)); // stable addresses for the calls below
+  std::vector<std::function<void()>> calls;
+  auto add = [&](auto& model) {
     require(model.latent_shape() == x.shape(), "x shape", x.shape(),
             detail::concat("must be the latent shape of model ", model_name_of(model, 0), ", ",
                            model.latent_shape()));
     const Shape out_shape{raw_output_channels(model), x.shape().height, x.shape().width};
-    Tensor out(x.batch(), out_shape);
-    Tensor out_uncond(uncond ? x.batch() : 0, out_shape);
-    costs.seconds.push_back(median_seconds(
-        [&] {
-          if (uncond)
-            predict_guided_of(model, x, ctx, cond, *uncond, out.view(), out_uncond.view());
-          else
-            model.predict(x, ctx, cond, out.view());
-        },
-        options));
+    Tensor& out = outputs.emplace_back(x.batch(), out_shape);
+    Tensor& out_uncond = outputs.emplace_back(uncond ? x.batch() : 0, out_shape);
+    calls.emplace_back([&model, &out, &out_uncond, x, &ctx, &cond, uncond] {
+      if (uncond)
+        predict_guided_of(model, x, ctx, cond, *uncond, out.view(), out_uncond.view());
+      else
+        model.predict(x, ctx, cond, out.view());
+    });
     costs.names.push_back(model_name_of(model, 0));
   };
-  (one(models), ...);
+  (add(models), ...);
+  costs.seconds = median_seconds_each(calls, options);
   return costs;
 }
 
