@@ -386,6 +386,15 @@ TEST_CASE("plan: Deadline at the predicted speed routes as Planner::for_deadline
   REQUIRE_THROWS_WITH(plan::Deadline(2.0, p, [&clock] { return clock.now; }),
                       Catch::Contains("deadline (s) = 2") && Catch::Contains("takes 2.5 s"));
   REQUIRE_THROWS_WITH(plan::Deadline(-1.0, p), Catch::Contains("deadline (s) = -1"));
+  const plan::Deadline deadline(9.0, p, [&clock] { return clock.now; });
+  StepContext ctx;
+  ctx.num_steps = 10;
+  ctx.step = 10;
+  REQUIRE_THROWS_WITH(deadline.model_for(ctx, 2), Catch::Contains("step = 10"));
+  ctx.num_steps = 11;
+  ctx.step = 0;
+  REQUIRE_THROWS_WITH(deadline.model_for(ctx, 2), Catch::Contains("steps = 11"));
+  REQUIRE_THROWS_WITH(deadline.check(3), Catch::Contains("number of models = 3"));
 }
 
 TEST_CASE("plan: Deadline moves the switch when the machine slows down mid-run", "[plan]") {
@@ -468,6 +477,12 @@ TEST_CASE("plan: a Deadline run's records replay it bit for bit", "[plan]") {
   REQUIRE(second.records.size() == 10);
   // A routing of the wrong length or model is refused, naming it.
   REQUIRE_THROWS_WITH(plan::Routing({0, 2}).check(2), Catch::Contains("routing[1] = 2"));
+  StepContext ctx;
+  ctx.num_steps = 2;
+  ctx.step = 2;
+  REQUIRE_THROWS_WITH(plan::Routing({0, 1}).model_for(ctx, 2), Catch::Contains("step = 2"));
+  ctx.num_steps = 3;
+  REQUIRE_THROWS_WITH(plan::Routing({0, 1}).model_for(ctx, 2), Catch::Contains("steps = 3"));
   std::vector<StepRecord> partial(run.records.begin() + 1, run.records.end());
   REQUIRE_THROWS_WITH(plan::Routing::from_records(partial), Catch::Contains("records[0].step = 1"));
 }

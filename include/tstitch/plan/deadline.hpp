@@ -46,6 +46,8 @@ public:
   [[nodiscard]] std::size_t model_for(const StepContext& ctx, std::size_t) const {
     require(ctx.num_steps == static_cast<int>(route_.size()), "steps", ctx.num_steps,
             detail::concat("must equal the routing's length, ", route_.size()));
+    require(ctx.step >= 0 && ctx.step < ctx.num_steps, "step", ctx.step,
+            detail::concat("must be in [0, ", ctx.num_steps, ")"));
     return route_[static_cast<std::size_t>(ctx.step)];
   }
 
@@ -92,6 +94,8 @@ public:
   [[nodiscard]] std::size_t model_for(const StepContext& ctx, std::size_t) const {
     require(ctx.num_steps == static_cast<int>(evaluations_.size()), "steps", ctx.num_steps,
             detail::concat("must equal the planner's steps, ", evaluations_.size()));
+    require(ctx.step >= 0 && ctx.step < ctx.num_steps, "step", ctx.step,
+            detail::concat("must be in [0, ", ctx.num_steps, ")"));
     State& s = *state_;
     const auto i = static_cast<std::size_t>(ctx.step);
     if (ctx.step == s.last_step && ctx.evaluation > 0)
