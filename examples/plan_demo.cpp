@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "tstitch/io/quality_table.hpp"
 #include "tstitch/models/dit/cpu_model.hpp"
 #include "tstitch/plan/deadline.hpp"
 #include "tstitch/plan/planner.hpp"

@@ -53,4 +53,8 @@
 #include "tstitch/stitch/route.hpp"
 #include "tstitch/stitch/stitcher.hpp"
 
+#include "tstitch/plan/deadline.hpp"
+#include "tstitch/plan/measure.hpp"
+#include "tstitch/plan/planner.hpp"
+#include "tstitch/plan/quality_table.hpp"
 #include "tstitch/sample.hpp"

@@ -363,6 +363,8 @@ __device__ __forceinline__ void accumulate_pv(FlashOutput<S, MT>& o, const Flash
 
 // grid.x = batch * heads * q_tiles (q tiles of one (sample, head) adjacent, so they share K/V in
 // L2); block = 32 W threads; dynamic shared memory FlashShape<HD, W, MT>::kSmemBytes.
+// Longer than our usual limit: the prologue, the key loop and the epilogue share register-resident
+// accumulators (o, running max and sum); the key loop's stages are the device functions above.
 template <int HD, int W, int MT>
 __global__ void __launch_bounds__(FlashShape<HD, W, MT>::kThreads,
                                   FlashShape<HD, W, MT>::kMinBlocksPerSm)

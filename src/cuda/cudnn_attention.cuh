@@ -418,6 +418,8 @@ inline Rejection rejection(const AttentionShape& shape, std::string why, bool pe
 
 // The SDPA graph of the file comment; then heuristics mode A, and the first of its engine
 // configurations (best first) that finalizes into an execution plan. Throws Rejection.
+// Longer than our usual limit because cuDNN's graph API spells out every tensor and operation;
+// split, it would only pass the same dozen descriptors around, so it reads top to bottom instead.
 inline std::unique_ptr<Plan> make_plan(cudnnHandle_t handle, const AttentionShape& shape) {
   const std::int64_t b = shape.batch, t = shape.tokens, h = shape.heads, d = shape.head_dim;
   const std::int64_t qkv_row = 3 * h * d; // elements from one token's q (k, v) to the next

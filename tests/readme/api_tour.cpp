@@ -40,6 +40,7 @@ struct MyEngine {
   // optional: both guidance branches in one call, e.g. one batch of 2N rows on a GPU
   // void predict_guided(x, ctx, cond, uncond, View out_cond, View out_uncond);
 };
+static_assert(check_denoiser<MyEngine>());  // optional: names any member that is missing or wrong
 
 int main() {
   // 2. Stitch: the small model serves the first 40% of the steps. The stitcher is a Denoiser too.
@@ -50,10 +51,11 @@ int main() {
   DiscreteSchedule schedule;            // DDPM linear betas, diffusers' float32 numerics
   DDIM solver;                          // or DPMSolverMultistep{}, UniPC{}, Heun{}, ...
   Tensor x(8, small.latent_shape());    // a batch of 8
-  fill_initial_noise(x, /*seed=*/42);   // x_T; sample k's noise is the same in any batch
   std::vector<int> labels(8, 207);      // one label per image
   SampleOptions options;
   options.steps = 100;
+  options.seed = 42;                    // one seed: x_T here and any solver noise
+  fill_initial_noise(x, options);       // x_T; sample k's noise is the same in any batch
   options.guidance = Guidance::dit(4.0);  // DiT's variant: guides the first 3 channels only
   SampleResult result = sample(stitcher, schedule, solver, x, labels, options);
   // result.records: per step, which model served it, timestep, sigma, wall time.
