@@ -28,7 +28,7 @@ inline constexpr std::size_t max_bytes = 1 << 16; // 64 KiB: a table is a few hu
 inline constexpr int max_depth = 4; // the format nests 2 levels: {"values": {"m": []}}
 } // namespace quality_table_limits
 
-namespace detail {
+namespace quality_table_detail {
 
 // Parses with a depth limit and duplicate-key check; the callback runs as the parser meets each
 // token, so a hostile file is refused before a deep value exists.
@@ -89,13 +89,13 @@ namespace detail {
   return it->get<std::string>();
 }
 
-} // namespace detail
+} // namespace quality_table_detail
 
 /// Reads a quality table from JSON text. `metric` picks one of "values" (empty: the file's
 /// "metric"). Other keys are ignored (notes, provenance).
 [[nodiscard]] inline QualityTable parse_quality_table(std::string_view text,
                                                       std::string_view metric = {}) {
-  const nlohmann::json root = detail::parse_quality_json(text);
+  const nlohmann::json root = quality_table_detail::parse_quality_json(text);
   if (!root.is_object())
     throw_invalid_argument("quality table", root.type_name(), "must be an object");
   auto find = [&](const nlohmann::json& object, const char* key) -> const nlohmann::json& {
@@ -107,10 +107,11 @@ namespace detail {
   };
 
   QualityTable table;
-  table.metric = metric.empty() ? detail::quality_text(root, "metric") : std::string(metric);
-  table.date = detail::quality_text(root, "date");
-  table.machine = detail::quality_text(root, "machine");
-  table.command = detail::quality_text(root, "command");
+  table.metric =
+      metric.empty() ? quality_table_detail::quality_text(root, "metric") : std::string(metric);
+  table.date = quality_table_detail::quality_text(root, "date");
+  table.machine = quality_table_detail::quality_text(root, "machine");
+  table.command = quality_table_detail::quality_text(root, "command");
   if (const auto it = root.find("steps"); it != root.end()) {
     const double steps = it->is_number() ? it->get<double>() : -1.0;
     if (!(steps >= 1 && steps <= 1e6 && std::floor(steps) == steps))
@@ -119,7 +120,7 @@ namespace detail {
     table.steps = static_cast<int>(steps);
   }
   const std::vector<double> fractions =
-      detail::quality_numbers(find(root, "fractions"), "fractions");
+      quality_table_detail::quality_numbers(find(root, "fractions"), "fractions");
   const nlohmann::json& values = find(root, "values");
   if (!values.is_object())
     throw_invalid_argument("quality table key \"values\"", values.type_name(),
@@ -128,7 +129,8 @@ namespace detail {
   if (it == values.end())
     throw_invalid_argument("quality table metric", '"' + table.metric + '"',
                            "is not a key of \"values\"");
-  const std::vector<double> metric_values = detail::quality_numbers(*it, table.metric);
+  const std::vector<double> metric_values =
+      quality_table_detail::quality_numbers(*it, table.metric);
   require(metric_values.size() == fractions.size(),
           tstitch::detail::concat("quality table ", table.metric, " length"), metric_values.size(),
           tstitch::detail::concat("must equal the number of fractions, ", fractions.size()));
