@@ -10,6 +10,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 ./scripts/install-deps.sh
 
+# Every relative link in the Markdown documents resolves inside the repository.
+python3 tools/check_links.py
+
 common=(
   -DCMAKE_BUILD_TYPE=Release
   -DTSTITCH_BUILD_TESTS=ON

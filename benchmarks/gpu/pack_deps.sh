@@ -3,12 +3,12 @@
 # shellcheck disable=SC2016  # sed scripts below write CMake ${...} references, not shell ones
 # Copies tstitch's header-only dependencies, with their CMake package files, into a prefix folder
 # (default: .deps/ in the repository root, git-ignored), so that a machine without the Debian
-# packages (the lent GPU machines: nvcc, CMake and g++, but no network) configures with
+# packages (a GPU machine with nvcc, CMake and g++, but no network) configures with
 #
 #   cmake -S . -B build/gpu -DCMAKE_PREFIX_PATH=$PWD/.deps ...
 #
 # Run it here, on the development machine, before handing the working tree to the GPU machine
-# (the device tool carries ignored paths only when named: carry [".deps"]).
+# (.deps/ is git-ignored: copy it along with the working tree).
 #
 #   benchmarks/gpu/pack_deps.sh [prefix]          # copy (about 15 MB) and verify
 #   benchmarks/gpu/pack_deps.sh --verify [prefix] # only verify an existing prefix

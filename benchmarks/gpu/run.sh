@@ -20,7 +20,7 @@
 #     summary    the combined table and the H100 goals (tools/gpu_run_summary.py; always last)
 #
 # Every stage may fail without stopping the others; each prints its time and status. Logs and
-# JSON go to ${OUT:-build/gpu/out} (7 files, the device tool returns at most 8: run.log,
+# JSON go to ${OUT:-build/gpu/out} (7 files, so that a caller copying back at most 8 gets them all: run.log,
 # summary.txt, stages.tsv, tests.log, sanitize.log and the benchmarks' JSON); the build log and the
 # rest stay in build/gpu/logs/. The whole run keeps to
 # TOTAL_BUDGET_S seconds (default 540): a stage gets at most what is left, so the summary prints.
