@@ -25,6 +25,8 @@ elif [[ $# -gt 0 && "$1" =~ ^[0-9]+$ ]]; then
   limit=(-max_total_time="$1")
   shift
 fi
+# TSTITCH_FUZZ_SEED fixes libFuzzer's random seed, so a run explores the same inputs each time.
+[[ -z "${TSTITCH_FUZZ_SEED:-}" ]] || limit+=(-seed="${TSTITCH_FUZZ_SEED}")
 targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=(safetensors npy dit_weights)
 for target in "${targets[@]}"; do

@@ -9,6 +9,7 @@ packages=(
   libeigen3-dev catch2 libbenchmark-dev nlohmann-json3-dev libcli11-dev libstb-dev
   libdnnl-dev  # oneDNN: the CPU DiT's GEMMs and attention (optional: Eigen is the fallback)
   libopenblas0-pthread
+  python3  # scripts/test.sh checks the documents' links (tools/check_links.py)
 )
 
 missing=()

@@ -288,8 +288,13 @@ TEST_CASE("plan: the quality table picks the best metric within the budget", "[p
   REQUIRE_THROWS_WITH(p.for_deadline(2.0, table),
                       Catch::Contains("deadline (s) = 2") && Catch::Contains("takes 2.5 s"));
   const Planner three_steps = pair(3); // 0.2 * 3 etc. are not whole; 0.0 and 1.0 are
-  REQUIRE(three_steps.for_deadline(100.0, table).small_steps == 0);
-  plan::QualityTable odd = table;
+  REQUIRE_THROWS_WITH(three_steps.for_deadline(100.0, table),
+                      Catch::Contains("quality table steps = 10") &&
+                          Catch::Contains("must equal the planned steps, 3"));
+  plan::QualityTable any_steps = table;
+  any_steps.steps = 0; // a table that does not say where it was measured
+  REQUIRE(three_steps.for_deadline(100.0, any_steps).small_steps == 0);
+  plan::QualityTable odd = any_steps;
   odd.entries = {{0.2, 1.0}, {0.4, 2.0}};
   REQUIRE_THROWS_WITH(three_steps.for_deadline(100.0, odd), Catch::Contains("steps = 3"));
 }

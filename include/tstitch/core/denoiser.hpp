@@ -78,6 +78,12 @@ template <class D> consteval bool check_denoiser() {
   static_assert(!has_condition_type<D> || predicts<D>,
                 "tstitch: a Denoiser predicts: `void predict(ConstView x, const StepContext& ctx, "
                 "const condition_type& c, View out)`, callable on a non-const model");
+  // A non-const route() would not be seen by the loop, which routes through a const reference.
+  static_assert(
+      !requires(D & d, const StepContext& ctx) { d.route(ctx); } ||
+          requires(const D& d, const StepContext& ctx) { d.route(ctx); },
+      "tstitch: a denoiser that routes between its models declares "
+      "`Route route(const StepContext&) const` (a const member)");
   return has_condition_type<D> && declares_prediction<D> && declares_latent_shape<D> && predicts<D>;
 }
 

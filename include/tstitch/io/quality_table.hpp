@@ -113,7 +113,10 @@ namespace quality_table_detail {
   table.machine = quality_table_detail::quality_text(root, "machine");
   table.command = quality_table_detail::quality_text(root, "command");
   if (const auto it = root.find("steps"); it != root.end()) {
-    const double steps = it->is_number() ? it->get<double>() : -1.0;
+    if (!it->is_number())
+      throw_invalid_argument("quality table key \"steps\"", it->type_name(),
+                             "must be a whole number in [1, 1000000]");
+    const double steps = it->get<double>();
     if (!(steps >= 1 && steps <= 1e6 && std::floor(steps) == steps))
       throw_invalid_argument("quality table key \"steps\"", steps,
                              "must be a whole number in [1, 1000000]");

@@ -69,7 +69,9 @@ private:
 /// The loop asks once per step (evaluation 0); the budget starts at the first step routed, and a
 /// new run starts when a step is not after the last one routed (steps_per_model() runs one too).
 /// Copies share their state (the stitcher holds a copy; routing() on the original shows the run);
-/// one run at a time.
+/// one run at a time. model_for reads the clock and advances the run, so during a run ask
+/// routing(), not the stitcher's assignment() or steps_per_model() (they ask every step), and
+/// give each concurrent stitcher a Deadline of its own.
 class Deadline {
 public:
   enum class Order { small_first, large_first };

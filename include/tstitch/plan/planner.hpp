@@ -248,6 +248,9 @@ private:
                              double value) const {
     require_two_models();
     table.validate();
+    // A table measured at another step count says nothing of this one (0: the table does not say).
+    require(table.steps == 0 || table.steps == steps(), "quality table steps", table.steps,
+            detail::concat("must equal the planned steps, ", steps()));
     std::optional<Plan> best;
     bool any_reachable = false;
     for (const QualityEntry& e : table.entries) {
