@@ -25,13 +25,16 @@ TEST_CASE("DiT labels must cover the batch, also through sample() and a stitcher
   SampleOptions options;
   options.steps = 2;
   CHECK_THROWS_WITH(sample(small, DiscreteSchedule{}, ddim, x, one_label, options),
-                    Catch::Contains("labels.size() = 1") && Catch::Contains("batch, 2 (one label per image)"));
+                    Catch::Contains("labels.size() = 1") &&
+                        Catch::Contains("batch, 2 (one label per image)"));
   TrajectoryStitcher stitcher(small, large, 0.5);
   CHECK_THROWS_WITH(sample(stitcher, DiscreteSchedule{}, ddim, x, one_label, options),
-                    Catch::Contains("labels.size() = 1") && Catch::Contains("batch, 2 (one label per image)"));
+                    Catch::Contains("labels.size() = 1") &&
+                        Catch::Contains("batch, 2 (one label per image)"));
   options.guidance = Guidance::standard(2.0); // the unconditional branch is as long
   CHECK_THROWS_WITH(sample(stitcher, DiscreteSchedule{}, ddim, x, one_label, options),
-                    Catch::Contains("labels.size() = 1") && Catch::Contains("batch, 2 (one label per image)"));
+                    Catch::Contains("labels.size() = 1") &&
+                        Catch::Contains("batch, 2 (one label per image)"));
   const std::vector<int> two_labels = {1, 2};
   CHECK_NOTHROW(sample(stitcher, DiscreteSchedule{}, ddim, x, two_labels, options));
 }

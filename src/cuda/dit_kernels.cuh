@@ -303,7 +303,8 @@ __global__ void residual_layernorm_modulate_kernel(
 // shift and scale rows into shared memory and its warps read them there. Per row they are 16 bytes
 // per column, more than the row's own traffic (12: h read and written, y read, out written): most
 // of the kernel above's L2 traffic. Staged: 1.26x faster at DiT-XL/2's sizes on an H100, 1.02x at
-// DiT-S/2's 8 images, where the kernel is latency-bound (benchmarks/results/2026-11-26-dit-cuda-h100.md).
+// DiT-S/2's 8 images, where the kernel is latency-bound
+// (benchmarks/results/2026-11-26-dit-cuda-h100.md).
 template <int kGroups>
 __global__ void residual_layernorm_modulate_staged_kernel(
     float* __restrict__ h, const bf16* __restrict__ y, const float* __restrict__ bias,

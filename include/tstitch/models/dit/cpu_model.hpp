@@ -93,7 +93,8 @@ public:
   /// (or the executor's tasks), so that an image's output has the same bits in any batch, at any
   /// position and at any thread count: for renderers that must reproduce an image whatever else was
   /// generated with it. Off by default: it costs 1.0-1.4x the batched time on small models
-  /// (benchmarks/results/2026-11-26-batch-invariant-xeon.md) and uses one thread for a batch of one.
+  /// (benchmarks/results/2026-11-26-batch-invariant-xeon.md) and uses one thread for a batch of
+  /// one.
   void set_batch_invariant(bool invariant) { batch_invariant_ = invariant; }
   [[nodiscard]] bool batch_invariant() const { return batch_invariant_; }
 

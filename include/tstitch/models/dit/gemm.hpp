@@ -39,8 +39,8 @@ enum class Gemm { eigen, onednn };
 #endif
 }
 
-/// oneDNN when it was built in (1.0-1.5x faster per forward on AVX-512; benchmarks/results/2026-11-26-dit-cpu-xeon.md),
-/// Eigen otherwise.
+/// oneDNN when it was built in (1.0-1.5x faster per forward on AVX-512;
+/// benchmarks/results/2026-11-26-dit-cpu-xeon.md), Eigen otherwise.
 [[nodiscard]] constexpr Gemm default_gemm() {
   return gemm_available(Gemm::onednn) ? Gemm::onednn : Gemm::eigen;
 }

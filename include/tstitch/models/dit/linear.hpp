@@ -168,8 +168,9 @@ private:
   /// runs them as a slow pass of its own (DiT's fc1 with GELU at AVX2: 2.9 ms against 0.7 ms
   /// without), and it fuses the gated residual's per-sample gate nowhere but in its AVX-512
   /// brgemm kernels, falling back to a reference kernel that takes seconds. Fused brgemm was no
-  /// faster than the separate pass on the Fashion DiTs or DiT-S/2 either (benchmarks/results/2026-12-07-cpu-amd-epyc.md).
-  /// A shape whose matmul would still be a reference kernel runs in Eigen (run() returns false).
+  /// faster than the separate pass on the Fashion DiTs or DiT-S/2 either
+  /// (benchmarks/results/2026-12-07-cpu-amd-epyc.md). A shape whose matmul would still be a
+  /// reference kernel runs in Eigen (run() returns false).
   class OneDnn {
   public:
     /// Returns false when this shape is left to Eigen.
