@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -43,6 +44,8 @@ struct StepRecord {
   double guidance_scale = 1; ///< scale used at this step
   int evaluations = 0;       ///< denoiser calls (twice the solver's evaluations with guidance)
   double seconds = 0;        ///< wall time of the step, model and solver
+  /// The model of each batch row, for a step routed per row (a RowStitcher); empty otherwise.
+  std::vector<std::size_t> rows;
 };
 
 struct SampleOptions {
@@ -66,7 +69,8 @@ struct SampleOptions {
 
 struct SampleResult {
   std::vector<StepRecord> records;
-  int switches = 0; ///< how often the serving model changed
+  int switches =
+      0; ///< how often the serving model changed (routed per row: steps where any row's did)
   bool cancelled = false;
 };
 
@@ -111,6 +115,12 @@ public:
     validate(denoiser, x, uncond, options);
     const Trajectory trajectory = trajectory_of(schedule, options.steps);
     prepare(x.batch(), x.shape(), raw_output_channels(denoiser), uncond != nullptr);
+    if constexpr (routes_rows<D>) {
+      static_assert(std::is_same_v<Backend, HostBackend>,
+                    "tstitch: per-row routing (a RowStitcher) runs on the host backend only");
+      rows_.resize(static_cast<std::size_t>(x.batch()));
+      previous_rows_.clear();
+    }
     solver.begin(backend_, trajectory, x.batch(), x.shape());
 
     SampleResult result;
@@ -189,9 +199,19 @@ private:
                                     static_cast<std::uint32_t>(i), stream_solver}},
                 StepRecord{}};
     s.route = route_of(denoiser, s.ctx);
-    if constexpr (routes_steps<D>)
+    if constexpr (routes_rows<D>) {
+      // Rows switch models at different steps; the solver keeps every row's history (one batch,
+      // one history), so the switch hooks are not called.
+      denoiser.route_rows(s.ctx, std::span<std::size_t>(rows_));
+      s.ctx.serving.rows = rows_;
+      if (!previous_rows_.empty() && previous_rows_ != rows_)
+        ++result.switches;
+      previous_rows_.assign(rows_.begin(), rows_.end());
+      s.record.rows.assign(rows_.begin(), rows_.end());
+    } else if constexpr (routes_steps<D>) {
       s.ctx.serving.model = s.route.model;
-    if (serving && *serving != s.route.model) {
+    }
+    if (!routes_rows<D> && serving && *serving != s.route.model) {
       ++result.switches;
       if constexpr (requires { solver.on_model_switch(); })
         solver.on_model_switch();
@@ -350,6 +370,7 @@ public:
 private:
   Backend backend_;
   tensor_type raw_, raw_uncond_, x0_, eps_;
+  std::vector<std::size_t> rows_, previous_rows_; // per-row routing: this step's and the last
 };
 
 namespace detail {

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <limits>
 #include <optional>
+#include <span>
 
 namespace tstitch {
 
@@ -25,11 +26,14 @@ struct TimePoint {
 
 /// Which of a composite denoiser's models serve an evaluation, as the sampling loop routed the
 /// step: a stitcher dispatches predict() on it rather than remembering its last answer. One model
-/// serves the whole batch; an assignment per row would be carried here beside it.
+/// serves the whole batch, or (a RowStitcher) each row has its own.
 struct Serving {
   /// The model serving every row; empty where no loop routed the step (a context built by hand,
   /// or one a wrapper passes on to a model inside it), and the denoiser then decides itself.
   std::optional<std::size_t> model;
+  /// The model of each batch row, for a step routed per row (see stitch/row_stitcher.hpp); empty
+  /// otherwise. It views the loop's workspace, valid for the step's evaluations.
+  std::span<const std::size_t> rows{};
 };
 
 /// What a denoiser is told about the evaluation it is asked for.

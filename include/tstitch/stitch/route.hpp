@@ -8,6 +8,7 @@
 #include <concepts>
 #include <cstddef>
 #include <optional>
+#include <span>
 
 #include "tstitch/core/denoiser.hpp"
 #include "tstitch/core/prediction.hpp"
@@ -35,6 +36,14 @@ struct SwitchEvent {
 template <class D>
 concept routes_steps = requires(const D& d, const StepContext& ctx) {
   { d.route(ctx) } -> std::same_as<Route>;
+};
+
+/// Whether a denoiser routes each batch row of a step on its own (a RowStitcher): route_rows(ctx,
+/// out) writes the model of every row, and the loop passes that to predict() in ctx.serving.rows.
+template <class D>
+concept routes_rows = routes_steps<D> &&
+    requires(const D& d, const StepContext& ctx, std::span<std::size_t> out) {
+  d.route_rows(ctx, out);
 };
 
 /// The route of step ctx: the denoiser's own answer, or model 0 with its declared prediction.
