@@ -10,7 +10,6 @@
 #include <cmath>
 #include <cstddef>
 #include <filesystem>
-#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -18,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tstitch/core/error.hpp"
+#include "tstitch/io/json_keys.hpp"
 #include "tstitch/io/mapped_file.hpp"
 #include "tstitch/plan/quality_table.hpp"
 
@@ -36,21 +36,16 @@ namespace quality_table_detail {
   using nlohmann::json;
   require(text.size() <= quality_table_limits::max_bytes, "quality table size (bytes)", text.size(),
           tstitch::detail::concat("must be at most ", quality_table_limits::max_bytes));
-  std::vector<std::set<std::string>> keys; // the keys seen in each open object
+  io::detail::DuplicateKeyFinder keys;
   const json::parser_callback_t check = [&](int depth, json::parse_event_t event, json& parsed) {
     if (depth > quality_table_limits::max_depth)
       throw_invalid_argument("quality table nesting", depth,
                              tstitch::detail::concat("must be at most ",
                                                      quality_table_limits::max_depth,
                                                      " (nested deeper than the format)"));
-    if (event == json::parse_event_t::object_start)
-      keys.emplace_back();
-    else if (event == json::parse_event_t::object_end && !keys.empty())
-      keys.pop_back();
-    else if (event == json::parse_event_t::key && !keys.empty() &&
-             !keys.back().insert(parsed.get<std::string>()).second)
-      throw_invalid_argument("quality table key", '"' + parsed.get<std::string>() + '"',
-                             "is a duplicate key");
+    keys.on_event(depth, event, parsed);
+    if (const auto& duplicate = keys.duplicate())
+      throw_invalid_argument("quality table key", '"' + duplicate->key + '"', "is a duplicate key");
     return true;
   };
   try {

@@ -29,6 +29,7 @@
 #include "tstitch/core/error.hpp"
 #include "tstitch/io/atomic_write.hpp"
 #include "tstitch/io/half.hpp"
+#include "tstitch/io/json_keys.hpp"
 #include "tstitch/io/mapped_file.hpp"
 #include "tstitch/io/shape.hpp"
 
@@ -461,24 +462,10 @@ private:
       fail_file("header is not a JSON object (it must start with '{')");
     check_nesting(text);
 
-    std::vector<std::set<std::string>> open_objects;
-    std::string top_level_key;
-    // The first duplicate: {enclosing top-level key, or "" at the top level; the key}.
-    std::optional<std::pair<std::string, std::string>> duplicate;
+    detail::DuplicateKeyFinder keys;
     const json::parser_callback_t track_keys = [&](int depth, json::parse_event_t event,
                                                    json& parsed) {
-      if (event == json::parse_event_t::object_start) {
-        open_objects.emplace_back();
-      } else if (event == json::parse_event_t::object_end) {
-        if (!open_objects.empty())
-          open_objects.pop_back();
-      } else if (event == json::parse_event_t::key && !open_objects.empty()) {
-        const auto& key = parsed.get_ref<const std::string&>();
-        if (depth == 1)
-          top_level_key = key;
-        if (!open_objects.back().insert(key).second && !duplicate)
-          duplicate.emplace(depth == 1 ? std::string() : top_level_key, key);
-      }
+      keys.on_event(depth, event, parsed);
       return true;
     };
 
@@ -488,7 +475,7 @@ private:
     } catch (const json::exception& e) {
       fail_file("header is not valid JSON: ", escaped(e.what()));
     }
-    if (duplicate) {
+    if (const auto& duplicate = keys.duplicate()) {
       const auto& [context, key] = *duplicate;
       if (context.empty() && key == "__metadata__")
         fail_file("__metadata__ appears twice in the header");
