@@ -583,9 +583,11 @@ struct Progress {
 /// The batch loop of both devices: each batch's x_T (Philox noise of its images), its options and
 /// the progress line; sample_batch(part, labels, options) samples `part` (host memory) in place.
 template <class Stitcher, class SampleBatch>
-void sample_batches(const Options& o, const Plan& plan, const Stitcher& stitcher,
-                    const std::vector<int>& labels, Tensor& x, SampleBatch&& sample_batch) {
-  const std::vector<int> counts = stitcher.steps_per_model(DiscreteSchedule().trajectory(o.steps));
+void sample_batches(const Options& o, const Plan& plan, const Sampling& sampling,
+                    const Stitcher& stitcher, const std::vector<int>& labels, Tensor& x,
+                    SampleBatch&& sample_batch) {
+  // The run's own schedule: a threshold rule splits trailing or config timesteps differently.
+  const std::vector<int> counts = stitcher.steps_per_model(sampling.schedule.trajectory(o.steps));
   std::string per_model, names;
   for (std::size_t k = 0; k < counts.size(); ++k) {
     per_model += (k ? ", " : "") + std::to_string(counts[k]);
@@ -645,7 +647,7 @@ void sample_on_cpu(const Options& o, const Plan& plan, const Sampling& sampling,
   Sampler<> sampler;
   std::visit(
       [&](auto chosen) {
-        sample_batches(o, plan, stitcher, labels, x,
+        sample_batches(o, plan, sampling, stitcher, labels, x,
                        [&](View part, const std::vector<int>& cond, const SampleOptions& options) {
                          const std::optional<std::vector<int>> uncond =
                              plan.guidance != 1.0 ? stitcher.unconditional(cond) // the null class
@@ -680,7 +682,7 @@ void sample_on_cuda(const Options& o, const Plan& plan, const Sampling& sampling
                                 std::vector<cuda::DeviceDenoiserRef>(models.begin(), models.end()));
   cuda::DeviceSampler sampler;
   cuda::DeviceTensor latents(std::min(o.batch, o.count), x.shape());
-  sample_batches(o, plan, stitcher, labels, x,
+  sample_batches(o, plan, sampling, stitcher, labels, x,
                  [&](View part, const std::vector<int>& cond, const SampleOptions& options) {
                    const View on_device = latents.view().samples(0, part.batch());
                    cuda::upload(on_device, part);
