@@ -51,6 +51,8 @@
 #include "tstitch/stitch/denoiser_ref.hpp"
 #include "tstitch/stitch/policy.hpp"
 #include "tstitch/stitch/route.hpp"
+#include "tstitch/stitch/row_policy.hpp"
+#include "tstitch/stitch/row_stitcher.hpp"
 #include "tstitch/stitch/stitcher.hpp"
 
 #include "tstitch/plan/deadline.hpp"
