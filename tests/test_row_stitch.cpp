@@ -167,6 +167,13 @@ TEST_CASE("RowStitcher: errors name the values", "[stitch][rows]") {
                       Catch::Contains("serving.rows[1]") && Catch::Contains("7") &&
                           Catch::Contains("number of models, 2"));
   }
+  SECTION("a solver that resets its history at a switch") {
+    DPMSolverMultistepOptions reset;
+    reset.history = HistoryPolicy::reset;
+    CHECK_THROWS_WITH(
+        sample(rows, DiscreteSchedule{}, DPMSolverMultistep{reset}, x.view(), Labels{0, 1}),
+        Catch::Contains("solver history = reset") && Catch::Contains("HistoryPolicy::keep"));
+  }
   SECTION("a batch other than the policy's rows") {
     Tensor three(3, shape);
     fill_initial_noise(three.view(), 3);

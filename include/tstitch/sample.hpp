@@ -118,6 +118,10 @@ public:
     if constexpr (routes_rows<D>) {
       static_assert(std::is_same_v<Backend, HostBackend>,
                     "tstitch: per-row routing (a RowStitcher) runs on the host backend only");
+      // One batch keeps one solver history: a reset at each row's switch cannot be honoured.
+      if constexpr (requires { solver.options().history; })
+        require(solver.options().history != HistoryPolicy::reset, "solver history", "reset",
+                "per-row routing keeps one history for the whole batch; use HistoryPolicy::keep");
       rows_.resize(static_cast<std::size_t>(x.batch()));
       previous_rows_.clear();
     }
