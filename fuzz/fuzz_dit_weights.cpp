@@ -123,16 +123,7 @@ void fresh_dit(std::vector<Tensor>& tensors, std::map<std::string, std::string>&
       shape = {p.cols};
     tensors.push_back({name, dtype, shape, values(dtype, p.rows * p.cols, rng)});
   }
-  const auto text = [](std::int64_t v) { return std::to_string(v); };
-  metadata = {{"depth", text(c.depth)},
-              {"hidden_size", text(c.hidden_size)},
-              {"num_heads", text(c.num_heads)},
-              {"patch_size", text(c.patch_size)},
-              {"input_size", text(c.input_size)},
-              {"in_channels", text(c.in_channels)},
-              {"num_classes", text(c.num_classes)},
-              {"mlp_ratio", text(c.mlp_ratio)},
-              {"learn_sigma", c.learn_sigma ? "true" : "false"}};
+  metadata = c.to_metadata();
 }
 
 /// One structure-aware edit of a parsed DiT file.

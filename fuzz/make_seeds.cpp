@@ -104,17 +104,8 @@ void dit_seeds(const fs::path& dir) {
   tensors.push_back(
       tstitch::io::f32_tensor("pos_embed", {1, pos.rows, pos.cols},
                               std::vector<float>(pos.data, pos.data + pos.rows * pos.cols)));
-  const auto text = [](std::int64_t v) { return std::to_string(v); };
   tstitch::io::write_safetensors(dir / "dit_f16_pos_embed.safetensors", tensors,
-                                 {{"depth", text(config.depth)},
-                                  {"hidden_size", text(config.hidden_size)},
-                                  {"num_heads", text(config.num_heads)},
-                                  {"patch_size", text(config.patch_size)},
-                                  {"input_size", text(config.input_size)},
-                                  {"in_channels", text(config.in_channels)},
-                                  {"num_classes", text(config.num_classes)},
-                                  {"mlp_ratio", text(config.mlp_ratio)},
-                                  {"learn_sigma", "true"}});
+                                 config.to_metadata());
 }
 
 } // namespace

@@ -136,6 +136,19 @@ struct Config {
     return c;
   }
 
+  /// The config as safetensors metadata strings, the keys from_metadata reads.
+  [[nodiscard]] std::map<std::string, std::string> to_metadata() const {
+    return {{"depth", std::to_string(depth)},
+            {"hidden_size", std::to_string(hidden_size)},
+            {"num_heads", std::to_string(num_heads)},
+            {"patch_size", std::to_string(patch_size)},
+            {"input_size", std::to_string(input_size)},
+            {"in_channels", std::to_string(in_channels)},
+            {"num_classes", std::to_string(num_classes)},
+            {"mlp_ratio", std::to_string(mlp_ratio)},
+            {"learn_sigma", learn_sigma ? "true" : "false"}};
+  }
+
   /// Reads a config from safetensors metadata strings (as written by
   /// tools/convert_dit_checkpoint.py): depth, hidden_size, num_heads, patch_size, input_size,
   /// in_channels, num_classes, learn_sigma, mlp_ratio (optional, default 4).

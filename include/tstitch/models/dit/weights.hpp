@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <set>
 #include <span>
@@ -157,18 +158,9 @@ public:
           name, shape,
           std::span<const float>(param.data, static_cast<std::size_t>(param.rows * param.cols))));
     }
-    const Config& c = config_;
-    io::write_safetensors(path, tensors,
-                          {{"format", "tstitch-dit"},
-                           {"depth", std::to_string(c.depth)},
-                           {"hidden_size", std::to_string(c.hidden_size)},
-                           {"num_heads", std::to_string(c.num_heads)},
-                           {"patch_size", std::to_string(c.patch_size)},
-                           {"input_size", std::to_string(c.input_size)},
-                           {"in_channels", std::to_string(c.in_channels)},
-                           {"num_classes", std::to_string(c.num_classes)},
-                           {"mlp_ratio", std::to_string(c.mlp_ratio)},
-                           {"learn_sigma", c.learn_sigma ? "true" : "false"}});
+    std::map<std::string, std::string> metadata = config_.to_metadata();
+    metadata["format"] = "tstitch-dit";
+    io::write_safetensors(path, tensors, metadata);
   }
   /// Number of parameters (the fixed position embedding not included).
   [[nodiscard]] std::int64_t parameter_count() const { return parameters_; }
