@@ -9,7 +9,10 @@ packages=(
   libeigen3-dev catch2 libbenchmark-dev nlohmann-json3-dev libcli11-dev libstb-dev
   libdnnl-dev  # oneDNN: the CPU DiT's GEMMs and attention (optional: Eigen is the fallback)
   libopenblas0-pthread
+  libtorch-dev  # LibTorch: the TorchScript Denoiser adapter (optional, tstitch::libtorch)
+  libopenmpi-dev openmpi-bin  # Open MPI: sampling across ranks (optional, tstitch::mpi)
   python3  # scripts/test.sh checks the documents' links (tools/check_links.py)
+  python3-numpy python3-torch  # oracles: torch.randn parity, TorchScript export, npz checks
 )
 
 missing=()
