@@ -7,7 +7,6 @@
 #include <functional>
 #include <limits>
 #include <map>
-#include <optional>
 #include <ostream>
 #include <string>
 #include <string_view>
@@ -15,6 +14,7 @@
 
 #include "tstitch/core/error.hpp"
 #include "tstitch/core/tensor.hpp"
+#include "tstitch/models/dit/metadata.hpp"
 
 namespace tstitch::dit {
 
@@ -151,44 +151,42 @@ struct Config {
 
   /// Reads a config from safetensors metadata strings (as written by
   /// tools/convert_dit_checkpoint.py): depth, hidden_size, num_heads, patch_size, input_size,
-  /// in_channels, num_classes, learn_sigma, mlp_ratio (optional, default 4).
+  /// in_channels, num_classes, learn_sigma, mlp_ratio (optional, default 4). Integers and booleans
+  /// are read in every spelling Python's writers produce (metadata.hpp: "4" or "4.0"; "true",
+  /// "True" or "1"). Every error names `source`, the key and the value found.
   [[nodiscard]] static Config from_metadata(const std::map<std::string, std::string>& metadata,
                                             std::string_view source) {
-    auto integer = [&](const std::string& key, std::optional<std::int64_t> fallback) {
+    auto value = [&](const std::string& key, bool required) -> const std::string* {
       const auto found = metadata.find(key);
-      if (found == metadata.end()) {
-        if (fallback)
-          return *fallback;
+      if (found != metadata.end())
+        return &found->second;
+      if (required)
         throw invalid_argument(
             detail::concat("tstitch: ", source, ": DiT metadata lacks '", key, "'"));
-      }
-      std::size_t used = 0;
-      std::int64_t value = 0;
-      try {
-        value = std::stoll(found->second, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (used == 0 || used != found->second.size())
-        throw invalid_argument(detail::concat("tstitch: ", source, ": DiT metadata '", key, "' = '",
-                                              found->second, "' is not an integer"));
-      return value;
+      return nullptr;
+    };
+    auto integer = [&](const std::string& key) {
+      return metadata_integer(source, key, *value(key, true));
     };
     Config c;
-    c.depth = integer("depth", std::nullopt);
-    c.hidden_size = integer("hidden_size", std::nullopt);
-    c.num_heads = integer("num_heads", std::nullopt);
-    c.patch_size = integer("patch_size", std::nullopt);
-    c.input_size = integer("input_size", std::nullopt);
-    c.in_channels = integer("in_channels", std::nullopt);
-    c.num_classes = integer("num_classes", std::nullopt);
-    c.mlp_ratio = integer("mlp_ratio", 4);
-    const auto sigma = metadata.find("learn_sigma");
-    if (sigma == metadata.end() || (sigma->second != "true" && sigma->second != "false"))
-      throw invalid_argument(detail::concat("tstitch: ", source,
-                                            ": DiT metadata 'learn_sigma' must be true or false"));
-    c.learn_sigma = sigma->second == "true";
-    c.validate();
+    c.depth = integer("depth");
+    c.hidden_size = integer("hidden_size");
+    c.num_heads = integer("num_heads");
+    c.patch_size = integer("patch_size");
+    c.input_size = integer("input_size");
+    c.in_channels = integer("in_channels");
+    c.num_classes = integer("num_classes");
+    if (const std::string* ratio = value("mlp_ratio", false))
+      c.mlp_ratio = metadata_integer(source, "mlp_ratio", *ratio);
+    c.learn_sigma = metadata_bool(source, "learn_sigma", *value("learn_sigma", true));
+    try {
+      c.validate();
+    } catch (const invalid_argument& e) { // names the field and its value; add the file
+      std::string_view what = e.what();
+      if (what.starts_with("tstitch: "))
+        what.remove_prefix(std::string_view("tstitch: ").size());
+      throw invalid_argument(detail::concat("tstitch: ", source, ": DiT metadata: ", what));
+    }
     return c;
   }
 
