@@ -4,7 +4,9 @@
 #include <concepts>
 #include <cstddef>
 #include <optional>
+#include <span>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "tstitch/core/prediction.hpp"
@@ -57,6 +59,11 @@ concept predicts = has_condition_type<D> &&
 ///   void predict_guided(x, ctx, cond, uncond, out_cond, out_uncond)
 ///                                       both predictions of a guided evaluation in one call, e.g.
 ///                                       one batch of 2N rows on a GPU (see predict_guided_of)
+///   void predict_timesteps(x, std::span<const double> timesteps, cond, out)
+///                                       one model time per batch row, as the official DiT's
+///                                       forward(x, t, y) takes them (see
+///                                       predicts_per_row_timesteps); for callers, the sampling
+///                                       loop does not use it
 template <class D>
 concept Denoiser =
     has_condition_type<D> && declares_prediction<D> && declares_latent_shape<D> && predicts<D>;
@@ -151,6 +158,24 @@ void predict_guided_of(D& d, ConstView x, const StepContext& ctx, const conditio
     d.predict(x, ctx, uncond, out_uncond);
   }
 }
+
+/// Whether a denoiser takes one model time per batch row: `predict_timesteps(x, timesteps, c,
+/// out)` writes for each row k what predict() writes at timestep timesteps[k] (timesteps.size()
+/// is the batch). For comparing against a reference that evaluates a batch at mixed times (the
+/// official DiT's forward, a training step) without splitting the batch. With every row at the
+/// same time it should write predict()'s bits (dit::CpuModel does).
+template <class D>
+concept predicts_per_row_timesteps = Denoiser<D> &&
+    requires(D& d, ConstView x, std::span<const double> timesteps, const condition_of<D>& c,
+             View out) {
+  d.predict_timesteps(x, timesteps, c, out);
+};
+
+/// The same as a type trait, for `if constexpr` and static_assert in code that predates concepts
+/// or passes traits on: std::true_type where D offers predict_timesteps.
+template <class D>
+struct has_per_row_timesteps : std::bool_constant<predicts_per_row_timesteps<D>> {};
+template <class D> inline constexpr bool has_per_row_timesteps_v = has_per_row_timesteps<D>::value;
 
 /// A denoiser from a callable `f(ConstView x, const StepContext&, const Cond&, View out)`: the
 /// quickest way to plug in an existing engine.

@@ -168,16 +168,24 @@ public:
   void predict(ConstView x, const StepContext& ctx, const condition_type& labels, View out) {
     const InUse in_use(busy_, name_);
     check_forward(config(), x, out, labels, ctx.point.timestep, "DiT");
-    const std::int64_t images = x.batch();
-    const std::int64_t needed = workspace_bytes(images);
-    check_memory(images, needed);
-    try {
-      forward_batch(x, ctx, labels, out);
-    } catch (const std::bad_alloc&) { // from a buffer, Eigen's or oneDNN's internals
-      throw out_of_memory(images, needed, "an allocation failed");
-    } catch (const std::length_error&) { // a buffer beyond what std::vector can hold
-      throw out_of_memory(images, needed, "a buffer exceeds what std::vector can hold");
-    }
+    run(x, Times{{}, static_cast<float>(ctx.point.timestep)}, labels, out);
+  }
+
+  /// predict() with one model time per row, as the official DiT's forward(x, t, y) takes them
+  /// (the optional Denoiser member predict_timesteps, core/denoiser.hpp): row k of out is what
+  /// predict() writes for row k at timestep timesteps[k]. With timesteps all equal it writes
+  /// predict()'s bits; with set_batch_invariant, each row's bits are those of the row alone.
+  void predict_timesteps(ConstView x, std::span<const double> timesteps,
+                         const condition_type& labels, View out) {
+    const InUse in_use(busy_, name_);
+    check_forward(config(), x, out, labels, 0.0, "DiT");
+    require(static_cast<std::int64_t>(timesteps.size()) == x.batch(), "timesteps.size()",
+            timesteps.size(),
+            detail::concat("must equal the batch, ", x.batch(), " (one timestep per image)"));
+    for (std::size_t i = 0; i < timesteps.size(); ++i)
+      require(std::isfinite(timesteps[i]), detail::concat("timesteps[", i, "]"), timesteps[i],
+              "must be finite");
+    run(x, Times{timesteps, 0.0f}, labels, out);
   }
 
   /// The number of threads this model's forwards use: `threads` > 0 sets it for this model alone
@@ -297,8 +305,36 @@ private:
     return saturating_mul(floats, static_cast<std::int64_t>(sizeof(float)));
   }
 
-  void forward_batch(ConstView x, const StepContext& ctx, const condition_type& labels, View out) {
-    const auto t = static_cast<float>(ctx.point.timestep);
+  /// The model time of each row: one for the whole batch (rows empty), or one per row.
+  struct Times {
+    std::span<const double> rows;
+    float uniform = 0;
+    [[nodiscard]] float operator[](std::int64_t row) const {
+      return rows.empty() ? uniform : static_cast<float>(rows[static_cast<std::size_t>(row)]);
+    }
+    [[nodiscard]] Times slice(std::int64_t first, std::int64_t count) const {
+      return rows.empty() ? *this
+                          : Times{rows.subspan(static_cast<std::size_t>(first),
+                                               static_cast<std::size_t>(count)),
+                                  uniform};
+    }
+  };
+
+  /// A checked forward: refuses one that cannot fit, and names the model when memory runs out.
+  void run(ConstView x, Times t, const condition_type& labels, View out) {
+    const std::int64_t images = x.batch();
+    const std::int64_t needed = workspace_bytes(images);
+    check_memory(images, needed);
+    try {
+      forward_batch(x, t, labels, out);
+    } catch (const std::bad_alloc&) { // from a buffer, Eigen's or oneDNN's internals
+      throw out_of_memory(images, needed, "an allocation failed");
+    } catch (const std::length_error&) { // a buffer beyond what std::vector can hold
+      throw out_of_memory(images, needed, "a buffer exceeds what std::vector can hold");
+    }
+  }
+
+  void forward_batch(ConstView x, Times t, const condition_type& labels, View out) {
     const std::int64_t images = x.batch();
     const int team = threads();
     if (!batch_invariant_ && !executor_ && !splits_batch(images, team)) {
@@ -325,7 +361,7 @@ private:
           const SingleThreadedScope serial;
           const std::int64_t step = batch_invariant_ ? 1 : last - first;
           for (std::int64_t n = first; n < last; n += step)
-            forward(w, x.samples(n, step), t,
+            forward(w, x.samples(n, step), t.slice(n, step),
                     std::span(labels).subspan(static_cast<std::size_t>(n),
                                               static_cast<std::size_t>(step)),
                     out.samples(n, step));
@@ -396,7 +432,7 @@ private:
             mul(n, d)};
   }
 
-  void forward(Workspace& w, ConstView x, float t, std::span<const int> labels, View out) {
+  void forward(Workspace& w, ConstView x, Times t, std::span<const int> labels, View out) {
     const std::int64_t n = x.batch();
     reserve(w, n);
     embed_condition(w, t, labels);
@@ -421,8 +457,9 @@ private:
     w.linear.run(x, rows, weight, bias, y, Epilogue{});
   }
 
-  /// c = t_embedder(t) + y_embedder(labels): the conditioning vector of every row (N, D).
-  void embed_condition(Workspace& w, float t, std::span<const int> labels) const {
+  /// c = t_embedder(t) + y_embedder(labels): the conditioning vector of every row (N, D), each
+  /// row at its own time t[row] (the adaLN modulation that follows is per row already).
+  void embed_condition(Workspace& w, Times t, std::span<const int> labels) const {
     const Config& c = config();
     const std::int64_t n = static_cast<std::int64_t>(labels.size()), d = c.hidden_size;
     const std::int64_t half = Config::frequency_embedding_size / 2;
@@ -431,8 +468,8 @@ private:
     const auto log_period = static_cast<float>(-std::log(10000.0));
     for (std::int64_t k = 0; k < half; ++k) {
       const float f = std::exp(log_period * static_cast<float>(k) / static_cast<float>(half));
-      const float arg = t * f;
       for (std::int64_t row = 0; row < n; ++row) {
+        const float arg = t[row] * f;
         w.freq[static_cast<std::size_t>(row * 2 * half + k)] = std::cos(arg);
         w.freq[static_cast<std::size_t>(row * 2 * half + half + k)] = std::sin(arg);
       }
