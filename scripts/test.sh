@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # Configures, builds and tests tstitch twice: with g++ (build/gcc, Release, the CUDA code compiled
-# where nvcc is found) and with clang++ under AddressSanitizer and UndefinedBehaviorSanitizer
-# (build/clang, RelWithDebInfo: out-of-bounds accesses, leaks, signed overflow and the like fail
-# the tests), then runs each fuzz target for 30 s (build/fuzz).
+# where nvcc is found, LibTorch and Open MPI where installed) and with clang++ under
+# AddressSanitizer and UndefinedBehaviorSanitizer (build/clang, RelWithDebInfo: out-of-bounds
+# accesses, leaks, signed overflow and the like fail the tests), then runs each fuzz target for
+# 30 s (build/fuzz).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -35,7 +36,8 @@ run() {
 
 # g++: TSTITCH_ENABLE_CUDA keeps its default (ON when a CUDA compiler is found).
 run gcc g++
-# clang++ with ASan + UBSan; CUDA off (the CUDA code is g++'s and nvcc's). Two sanitizer options
+# clang++ with ASan + UBSan; CUDA, LibTorch and MPI off (the CUDA code is g++'s and nvcc's; the
+# LibTorch and Open MPI libraries are not built with the sanitizers). Two sanitizer options
 # concern the test harness, not the library: test_dit.cpp counts allocations with its own global
 # operator new, which ASan reports as a new/free mismatch, and libomp keeps its thread pool's
 # memory until exit (scripts/lsan.supp).
@@ -43,7 +45,8 @@ run gcc g++
   export ASAN_OPTIONS=alloc_dealloc_mismatch=0
   export LSAN_OPTIONS="suppressions=$PWD/scripts/lsan.supp"
   export UBSAN_OPTIONS=print_stacktrace=1
-  run clang clang++ -DTSTITCH_ENABLE_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  run clang clang++ -DTSTITCH_ENABLE_CUDA=OFF -DTSTITCH_WITH_LIBTORCH=OFF -DTSTITCH_WITH_MPI=OFF \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     "-DCMAKE_CXX_FLAGS=-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
     "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined"
 )
