@@ -15,6 +15,8 @@
 // with exit code 1 and a message naming the argument or file and the offending value.
 #include "sample_outputs.hpp" // first: includes tstitch/io/png.hpp, which compiles stb
 
+#include "cli_mpi.hpp" // under mpirun/srun: the samples split across ranks into one output file
+
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
@@ -44,6 +46,8 @@
 #include "tstitch/io/npy.hpp"
 #include "tstitch/models/dit/cpu_model.hpp"
 #include "tstitch/tstitch.hpp"
+
+#include "cli_plan.hpp"
 
 #ifdef TSTITCH_SAMPLE_CUDA // tstitch::cuda_dit linked: plain C++ headers, the kernels are compiled
 #include "tstitch/cuda/dit.hpp"
@@ -94,7 +98,9 @@ struct Options {
   bool batch_invariant = false;
   bool no_mmap = false;
   std::string device = "cpu";
+  bool resume = false; // under MPI: continue from the output's journal
   std::vector<std::string> names;
+  tstitch_sample::PlanRequest planning; // --target-speedup, --deadline-ms
 };
 
 /// One output file: the option that named it, its path and its format.
@@ -344,7 +350,8 @@ std::vector<Output> resolve_outputs(const Options& o) {
     check_output_path(o, option, path);
     const Format named = tstitch_sample::format_of(path);
     if (option == "-o" && named == Format::unknown)
-      bad("-o = '", path, "': the format follows the extension; use .png, .jpg, .jpeg or .npy");
+      bad("-o = '", path,
+          "': the format follows the extension; use .png, .jpg, .jpeg, .npy or .npz");
     if (option != "-o" && named != Format::unknown && named != format)
       bad(option, " = '", path, "': a ", tstitch_sample::format_name(named), " name for a ",
           tstitch_sample::format_name(format), " output; use -o '", path,
@@ -423,6 +430,7 @@ Plan check_arguments(const Options& o) {
     bad("--columns = ", o.columns, ": must be >= 0 (0: one row per 10 images)");
   if (!o.names.empty() && o.names.size() != plan.k)
     bad("--names: got ", o.names.size(), " names for ", plan.k, " models");
+  tstitch_sample::check_plan_request(o.planning, plan.k, o.rule, o.device);
   resolve_rule(o, plan);
   if (!o.sampling_method.empty()) {
     resolve_sampling_method(o.sampling_method, plan);
@@ -505,7 +513,7 @@ io::GridOptions check_shape_fits(const Options& o, const Plan& plan, const Shape
   grid.scale = shape.height < 64 ? 2 : 1;
   std::optional<io::GridSize> grid_size;
   for (const Output& out : plan.outputs) {
-    if (out.format == tstitch_sample::Format::npy)
+    if (out.format == tstitch_sample::Format::npy || out.format == tstitch_sample::Format::npz)
       continue;
     const char* what = tstitch_sample::format_name(out.format);
     if (shape.channels != 1 && shape.channels != 3)
@@ -518,7 +526,8 @@ io::GridOptions check_shape_fits(const Options& o, const Plan& plan, const Shape
           " grid: ", e.what());
     }
   }
-  check_memory(o, shape, grid_size);
+  if (tstitch_sample::mpi_job == nullptr) // under MPI a rank holds one batch, whatever --count
+    check_memory(o, shape, grid_size);
   return grid;
 }
 
@@ -604,9 +613,14 @@ void sample_batches(const Options& o, const Plan& plan, const Sampling& sampling
   progress.batches = (o.count - 1) / batch + 1;
   g_stage = detail::concat("sampling batches of ", batch,
                            " images (a smaller --batch needs less memory)");
-  for (int b = 0; b < progress.batches; ++b) {
+  // Under MPI the job's queue hands out the batches, x holds one at a time, and rank 0 shows the
+  // job's progress instead.
+  tstitch_sample::MpiJob* const job = tstitch_sample::mpi_job;
+  progress.show = progress.show && job == nullptr;
+  const auto next = [&](int b) { return job != nullptr ? job->next_block() : b + 1; };
+  for (int b = next(-1); b >= 0 && b < progress.batches; b = next(b)) {
     const int first = b * batch, size = std::min(batch, o.count - first);
-    const View part = View(x.view()).samples(first, size);
+    const View part = View(x.view()).samples(job != nullptr ? 0 : first, size);
     fill_initial_noise(part, plan.seed, static_cast<std::uint32_t>(first));
     const std::vector<int> cond(labels.begin() + first, labels.begin() + first + size);
     SampleOptions options;
@@ -616,9 +630,13 @@ void sample_batches(const Options& o, const Plan& plan, const Sampling& sampling
     options.guidance = Guidance::standard(plan.guidance);
     options.on_step = [&](const StepRecord& r) {
       progress.step(b, r.step, stitcher.model_name(r.model));
+      if (job != nullptr)
+        job->tick();
       return true;
     };
     sample_batch(part, cond, options);
+    if (job != nullptr)
+      job->block_done(b, first, part);
   }
   if (progress.tty && progress.show)
     std::fprintf(stderr, "\n");
@@ -627,7 +645,7 @@ void sample_batches(const Options& o, const Plan& plan, const Sampling& sampling
   std::fprintf(stderr, "sampled %d images in %.2f s\n", o.count, seconds);
 }
 
-void sample_on_cpu(const Options& o, const Plan& plan, const Sampling& sampling, Models models_in,
+void sample_on_cpu(const Options& o, Plan& plan, const Sampling& sampling, Models models_in,
                    const std::vector<int>& labels, Tensor& x) {
   std::vector<dit::CpuModel> models;
   models.reserve(models_in.weights.size());
@@ -642,9 +660,18 @@ void sample_on_cpu(const Options& o, const Plan& plan, const Sampling& sampling,
   }
   std::fprintf(stderr, "threads: %d per model%s\n", models.front().threads(),
                o.threads > 0 ? " (--threads)" : " (OpenMP's default; -t to set)");
+  std::optional<tstitch_sample::PlannedRun> planned; // the rule from measured costs
+  if (o.planning.active()) {
+    planned =
+        tstitch_sample::plan_run(o.planning, models, o.models, sampling.schedule, sampling.solver,
+                                 o.steps, o.count, o.batch, labels, plan.guidance, plan.seed);
+    plan.rule.emplace(planned->plan.policy());
+    plan.rule_text = planned->rule_text;
+  }
   ModelStitcher stitcher(*plan.rule,
                          std::vector<DenoiserRef<std::vector<int>>>(models.begin(), models.end()));
   Sampler<> sampler;
+  const auto started = std::chrono::steady_clock::now();
   std::visit(
       [&](auto chosen) {
         sample_batches(o, plan, sampling, stitcher, labels, x,
@@ -657,6 +684,10 @@ void sample_on_cpu(const Options& o, const Plan& plan, const Sampling& sampling,
                        });
       },
       sampling.solver);
+  if (planned) {
+    const std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - started;
+    std::printf("%s\n", tstitch_sample::plan_report(*planned, seconds.count()).c_str());
+  }
 }
 
 #ifdef TSTITCH_SAMPLE_CUDA
@@ -737,7 +768,10 @@ void write_outputs(const Options& o, const Plan& plan, const Models& models,
       if (::stat(out.path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) // not /dev/null, a pipe
         write_sidecar(out.path, o, plan, labels);
     } else {
-      tstitch_sample::write_image_grid(out.path, out.format, x, grid, plan.seed,
+      if (out.format == tstitch_sample::Format::npz)
+        tstitch_sample::write_npz(out.path, x);
+      else
+        tstitch_sample::write_image_grid(out.path, out.format, x, grid, plan.seed,
                                        parameters_line(o, plan));
     }
     wrote += (i == 0 ? " to " : " and ") + out.path;
@@ -745,8 +779,35 @@ void write_outputs(const Options& o, const Plan& plan, const Models& models,
   std::printf("%s\n", wrote.c_str());
 }
 
-int run(const Options& o) {
+/// Under MPI: what decides the output (every rank must agree), and the outputs to write.
+tstitch_sample::MpiSpec mpi_spec(const Options& o, const Plan& plan, const Models& models,
+                                 const std::vector<int>& labels) {
+  tstitch_sample::MpiSpec spec;
+  spec.identity = detail::concat(parameters_line(o, plan), "; batch: ", o.batch,
+                                 "; device: ", o.device, "; batch-invariant: ", o.batch_invariant,
+                                 "; sigmas: ", o.sigmas, "; sampling method: ", o.sampling_method,
+                                 "; scheduler config: ", o.scheduler_config, "; outputs:");
+  for (const Output& out : plan.outputs) {
+    spec.identity += " " + out.path;
+    spec.outputs.emplace_back(out.option, out.path);
+  }
+  spec.models = o.models;
+  spec.count = o.count;
+  spec.block = std::min(o.batch, o.count);
+  spec.shape = models.shape;
+  spec.resume = o.resume;
+  spec.quiet = o.quiet;
+  spec.write_sidecar = [&](const std::filesystem::path& npy) {
+    write_sidecar(npy, o, plan, labels);
+  };
+  return spec;
+}
+
+int run_job(const Options& o) {
+  tstitch_sample::MpiJob* const job = tstitch_sample::mpi_job; // null: a plain run
   Plan plan = check_arguments(o);
+  if (job != nullptr)
+    plan.seed = job->broadcast_seed(plan.seed); // a random seed: rank 0's
   std::fprintf(stderr, "seed: %llu%s\n", static_cast<unsigned long long>(plan.seed),
                !o.seed.empty() && o.seed[0] == '-' ? " (random)" : "");
   Models models = load_models(o);
@@ -761,7 +822,9 @@ int run(const Options& o) {
       "allocating the latents (", o.count, " x ", models.shape, " float32, ",
       byte_string(static_cast<double>(o.count) * static_cast<double>(models.shape.numel()) * 4.0),
       ")");
-  Tensor x(o.count, models.shape);
+  if (job != nullptr)
+    job->start(mpi_spec(o, plan, models, labels));
+  Tensor x(job != nullptr ? std::min(o.batch, o.count) : o.count, models.shape);
   g_stage = "setting up the models";
   const std::vector<io::FileStamp> stamps = models.stamps;
 #ifdef TSTITCH_SAMPLE_CUDA
@@ -771,8 +834,23 @@ int run(const Options& o) {
 #endif
     sample_on_cpu(o, plan, sampling, std::move(models), labels, x);
   models.stamps = stamps;
+  if (job != nullptr) {
+    for (const io::FileStamp& stamp : models.stamps)
+      stamp.check_unchanged("model file");
+    const std::string wrote = job->finish();
+    if (!wrote.empty())
+      std::printf("%s\n", wrote.c_str());
+    return 0;
+  }
   write_outputs(o, plan, models, grid, labels, x);
   return 0;
+}
+
+int run(const Options& o) {
+  if (!tstitch_sample::mpi_launched())
+    return run_job(o);
+  return tstitch_sample::run_under_mpi(
+      o.device == "cuda", [] { return g_stage; }, [&] { return run_job(o); });
 }
 
 /// Options of stable-diffusion.cpp and diffusers that mean something else here, or nothing: the
@@ -854,12 +932,16 @@ void add_options(CLI::App& app, Options& o) {
                  "threads per model on the CPU (0: OpenMP's default, OMP_NUM_THREADS)")
       ->capture_default_str();
   app.add_flag("--quiet,-q", o.quiet, "no progress bar");
+  app.add_flag("--resume", o.resume,
+               "under mpirun/srun: continue an interrupted run from OUTPUT.journal (the finished "
+               "file is the same bytes as an uninterrupted run's)");
   app.add_flag("--batch-invariant", o.batch_invariant,
                "each image the same bits whatever --batch (one image per forward; slower; CPU "
                "only)");
   app.add_flag("--no-mmap", o.no_mmap,
                "read the model files into memory instead of mapping them: immune to a model "
                "file truncated or rewritten during the run (a mapped one may crash with SIGBUS)");
+  tstitch_sample::add_plan_options(app, o.planning);
   app.add_option("--device", o.device,
                  "cpu, or cuda: the models on the GPU (bf16 weights; a build with CUDA)")
       ->capture_default_str();
