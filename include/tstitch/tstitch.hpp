@@ -1,8 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
-// The umbrella header: every CPU part of tstitch. CUDA backends live under tstitch/cuda/ and are
-// included separately.
+// The umbrella header: the core of tstitch (target tstitch::tstitch: schedules, solvers,
+// stitching, planning, sample()), which needs nothing but C++20. The components with
+// dependencies have headers of their own, so that including this one never requires them:
+//   tstitch/models/dit/cpu_model.hpp   the CPU DiT (tstitch::dit: Eigen, oneDNN, nlohmann-json)
+//   tstitch/io/*.hpp, tstitch/diffusers/*.hpp   file readers and writers (tstitch::io)
+//   tstitch/metrics/*.hpp              sample-quality scores (tstitch::metrics)
+//   tstitch/cuda/*.hpp                 the CUDA backend and DiT (tstitch::cuda, tstitch::cuda_dit)
 
 #include "tstitch/core/config.hpp"
 #include "tstitch/core/cpu_isa.hpp"
