@@ -6,8 +6,10 @@
 #include <cstring>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "tstitch/core/error.hpp"
+#include "tstitch/core/noise_source.hpp"
 #include "tstitch/core/philox.hpp"
 #include "tstitch/core/tensor.hpp"
 
@@ -26,6 +28,9 @@ struct Term {
 /// never leave the GPU. All operations are element-wise, so `out` may alias any input.
 struct HostBackend {
   using tensor_type = Tensor;
+
+  /// fill_normal's noise: Philox by NoiseKey (the default) or a PyTorch generator's sequence.
+  NoiseSource noise{};
 
   [[nodiscard]] Tensor allocate(std::int64_t batch, Shape shape) const { return {batch, shape}; }
 
@@ -71,8 +76,13 @@ struct HostBackend {
   }
 
   /// Standard normal noise: batch row b gets the stream of sample `key.sample + b`, so a sample's
-  /// noise does not depend on the batch it is drawn in.
+  /// noise does not depend on the batch it is drawn in. With a torch `noise` source: the
+  /// generator's next torch.randn of the whole batch instead (the key is not used).
   void fill_normal(View out, NoiseKey key) const {
+    if (!noise.counter_based()) {
+      fill_normal_in_sequence(out);
+      return;
+    }
     for_each_row(out, /*flat=*/false, [&](std::int64_t n, float* dst, std::int64_t count) {
       NoiseKey row_key = key;
       row_key.sample = key.sample + static_cast<std::uint32_t>(n);
@@ -98,6 +108,22 @@ struct HostBackend {
   [[nodiscard]] ConstView host_view(ConstView x) const { return x; }
 
 private:
+  /// One torch.randn of the whole batch, rows in order (a strided batch goes through a buffer).
+  void fill_normal_in_sequence(View out) const {
+    const auto count = static_cast<std::size_t>(out.numel());
+    if (out.contiguous()) {
+      noise.randn(std::span<float>(out.data(), count));
+      return;
+    }
+    std::vector<float> values(count);
+    noise.randn(values);
+    const auto per_sample = static_cast<std::size_t>(out.sample_numel());
+    for_each_row(out, false, [&](std::int64_t n, float* dst, std::int64_t) {
+      std::memcpy(dst, values.data() + static_cast<std::size_t>(n) * per_sample,
+                  per_sample * sizeof(float));
+    });
+  }
+
   static const float* row(ConstView x, std::int64_t n) { return x.data() + n * x.batch_stride(); }
 
   template <class F, class... Rows>
