@@ -48,6 +48,7 @@
 #include "tstitch/tstitch.hpp"
 
 #include "cli_plan.hpp"
+#include "cli_rng.hpp"
 
 #ifdef TSTITCH_SAMPLE_CUDA // tstitch::cuda_dit linked: plain C++ headers, the kernels are compiled
 #include "tstitch/cuda/dit.hpp"
@@ -86,6 +87,7 @@ struct Options {
   int steps = 50;
   std::optional<double> guidance;
   std::string seed = "0"; // negative: a random seed
+  std::string rng = "philox";
   int count = 8;
   int batch = 16;
   std::string labels;
@@ -288,6 +290,7 @@ struct Plan {
   std::string solver_text;
   double guidance = default_guidance;
   std::uint64_t seed = 0;
+  NoiseSource noise; // --rng
   std::vector<Output> outputs;
 };
 
@@ -454,6 +457,7 @@ Plan check_arguments(const Options& o) {
     bad("--threads = ", o.threads, ": the CPU models' thread count; --device cuda runs on the GPU");
   plan.outputs = resolve_outputs(o);
   plan.seed = resolve_seed(o.seed);
+  plan.noise = tstitch_sample::noise_source(o.rng, plan.seed, o.device);
   if (o.device == "cuda") {
 #ifdef TSTITCH_SAMPLE_CUDA
     if (!cuda::device_available())
@@ -621,7 +625,7 @@ void sample_batches(const Options& o, const Plan& plan, const Sampling& sampling
   for (int b = next(-1); b >= 0 && b < progress.batches; b = next(b)) {
     const int first = b * batch, size = std::min(batch, o.count - first);
     const View part = View(x.view()).samples(job != nullptr ? 0 : first, size);
-    fill_initial_noise(part, plan.seed, static_cast<std::uint32_t>(first));
+    fill_initial_noise(part, plan.seed, static_cast<std::uint32_t>(first), HostBackend{plan.noise});
     const std::vector<int> cond(labels.begin() + first, labels.begin() + first + size);
     SampleOptions options;
     options.steps = o.steps;
@@ -670,7 +674,7 @@ void sample_on_cpu(const Options& o, Plan& plan, const Sampling& sampling, Model
   }
   ModelStitcher stitcher(*plan.rule,
                          std::vector<DenoiserRef<std::vector<int>>>(models.begin(), models.end()));
-  Sampler<> sampler;
+  Sampler<> sampler(HostBackend{plan.noise});
   const auto started = std::chrono::steady_clock::now();
   std::visit(
       [&](auto chosen) {
@@ -942,6 +946,7 @@ void add_options(CLI::App& app, Options& o) {
                "read the model files into memory instead of mapping them: immune to a model "
                "file truncated or rewritten during the run (a mapped one may crash with SIGBUS)");
   tstitch_sample::add_plan_options(app, o.planning);
+  tstitch_sample::add_rng_option(app, o.rng);
   app.add_option("--device", o.device,
                  "cpu, or cuda: the models on the GPU (bf16 weights; a build with CUDA)")
       ->capture_default_str();
