@@ -2,9 +2,9 @@
 #pragma once
 
 // tstitch-sample's output files: the format follows the file name's extension (.png, .jpg/.jpeg,
-// .npy), images carry the run's parameters (a PNG tEXt chunk, a JPEG comment) and an .npy gets a
-// JSON sidecar beside it, so that the seed of any output can be read back. Every file is written
-// atomically (temporary file, fsync, rename).
+// .npy, .npz: uint8 [N, H, W, C] as the FID evaluators read), images carry the run's parameters (a
+// PNG tEXt chunk, a JPEG comment) and an .npy gets a JSON sidecar beside it, so that the seed of
+// any output can be read back. Every file is written atomically (temporary file, fsync, rename).
 #include "tstitch/io/png.hpp" // first: it compiles stb_image_write, whose JPEG writer is used here
 
 #include <algorithm>
@@ -16,10 +16,11 @@
 
 #include "tstitch/io/atomic_write.hpp"
 #include "tstitch/io/npy.hpp"
+#include "tstitch/io/npz.hpp"
 
 namespace tstitch_sample {
 
-enum class Format { png, jpeg, npy, unknown };
+enum class Format { png, jpeg, npy, npz, unknown };
 
 /// The format a file name asks for, by its extension (case-insensitive).
 inline Format format_of(const std::filesystem::path& path) {
@@ -32,6 +33,8 @@ inline Format format_of(const std::filesystem::path& path) {
     return Format::jpeg;
   if (ext == ".npy")
     return Format::npy;
+  if (ext == ".npz")
+    return Format::npz;
   return Format::unknown;
 }
 
@@ -43,6 +46,8 @@ inline const char* format_name(Format f) {
     return "JPEG";
   case Format::npy:
     return ".npy";
+  case Format::npz:
+    return ".npz";
   case Format::unknown:
     break;
   }
@@ -124,6 +129,15 @@ inline void write_image_grid(const std::filesystem::path& path, Format format,
   add_png_text(png, "parameters", parameters);
   add_png_text(png, "seed", std::to_string(seed));
   write_bytes(path, png);
+}
+
+/// The samples as an .npz holding arr_0, uint8 [N, H, W, C] (pixels converted as DiT's
+/// sample_ddp.py does), the evaluation-set format of the ADM FID evaluator.
+inline void write_npz(const std::filesystem::path& path, tstitch::ConstView images) {
+  std::vector<std::uint8_t> pixels;
+  tstitch::io::append_nhwc_uint8(images, pixels);
+  const tstitch::Shape s = images.shape();
+  tstitch::io::write_npz_uint8(path, pixels, images.batch(), s.height, s.width, s.channels);
 }
 
 /// The sidecar of an .npy output: the same name with ".json" appended.

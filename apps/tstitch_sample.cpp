@@ -771,11 +771,10 @@ void write_outputs(const Options& o, const Plan& plan, const Models& models,
       struct stat st {};
       if (::stat(out.path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) // not /dev/null, a pipe
         write_sidecar(out.path, o, plan, labels);
+    } else if (out.format == tstitch_sample::Format::npz) {
+      tstitch_sample::write_npz(out.path, x);
     } else {
-      if (out.format == tstitch_sample::Format::npz)
-        tstitch_sample::write_npz(out.path, x);
-      else
-        tstitch_sample::write_image_grid(out.path, out.format, x, grid, plan.seed,
+      tstitch_sample::write_image_grid(out.path, out.format, x, grid, plan.seed,
                                        parameters_line(o, plan));
     }
     wrote += (i == 0 ? " to " : " and ") + out.path;

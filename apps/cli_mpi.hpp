@@ -1,0 +1,380 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+// tstitch-sample under an MPI launcher (mpirun -n K, srun): the --count samples go out in blocks
+// of --batch samples through a dynamic queue (tstitch/mpi/block_queue.hpp), each rank samples its
+// blocks exactly as the single-process run samples the same batches (same noise streams, same
+// batch composition), and writes them at their offsets into one output file. The file is the
+// same bytes for any K and as without MPI. A journal next to the output lists the completed
+// blocks; --resume continues from it. Memory holds one block, whatever --count is.
+//
+// Files: OUT.part while the run lasts (renamed to OUT when every block is in), OUT.journal (removed
+// at the end). Rank 0 shows one progress bar for the job. Any rank's error ends the job with its
+// rank and cause (MPI_Abort).
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <new>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <unistd.h>
+
+#include "sample_outputs.hpp"
+#include "tstitch/core/tensor.hpp"
+
+namespace tstitch_sample {
+
+/// What an MPI run needs to know about the job; every field is the same on every rank.
+struct MpiSpec {
+  std::string identity;            // the options that decide the output, as text
+  std::vector<std::string> models; // their headers are hashed into the identity
+  std::int64_t count = 0;          // samples
+  std::int64_t block = 0;          // samples per block (the single-process run's batch)
+  tstitch::Shape shape;            // one sample (C, H, W)
+  std::vector<std::pair<std::string, std::string>> outputs; // (option, path)
+  bool resume = false;
+  bool quiet = false;
+  std::function<void(const std::filesystem::path&)> write_sidecar; // rank 0, for each .npy
+};
+
+} // namespace tstitch_sample
+
+#ifndef TSTITCH_SAMPLE_MPI
+namespace tstitch_sample {
+
+/// A build without MPI: no job ever exists, so the sampling loop's MPI branches are never taken.
+class MpiJob {
+public:
+  void start(const MpiSpec&) {}
+  [[nodiscard]] std::uint64_t broadcast_seed(std::uint64_t seed) { return seed; }
+  [[nodiscard]] int next_block() { return -1; }
+  void block_done(int, int, tstitch::ConstView) {}
+  void tick() {}
+  [[nodiscard]] std::string finish() { return {}; }
+};
+inline MpiJob* mpi_job = nullptr;
+[[nodiscard]] inline bool mpi_launched() { return false; }
+template <class Run, class Stage> int run_under_mpi(bool, Stage&&, Run&& run) { return run(); }
+
+} // namespace tstitch_sample
+#else
+
+#include "tstitch/io/npy.hpp"
+#include "tstitch/io/npz.hpp"
+#include "tstitch/mpi/agreement.hpp"
+#include "tstitch/mpi/block_file.hpp"
+#include "tstitch/mpi/block_queue.hpp"
+#include "tstitch/mpi/environment.hpp"
+#include "tstitch/mpi/journal.hpp"
+
+#ifdef TSTITCH_SAMPLE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+#include "tstitch/mpi/launcher.hpp"
+
+namespace tstitch_sample {
+
+/// Whether this process is one rank of an MPI job (started by mpirun, mpiexec or srun).
+[[nodiscard]] inline bool mpi_launched() { return tstitch::mpi::launched_by_mpi(); }
+
+/// The safetensors header of a model file (8-byte length, then JSON): what the model is, cheaply.
+inline std::string model_header(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  unsigned char size[8] = {};
+  if (!in.read(reinterpret_cast<char*>(size), 8))
+    return "unreadable " + path;
+  std::uint64_t length = 0;
+  for (int i = 7; i >= 0; --i)
+    length = length << 8 | size[i];
+  length = std::min<std::uint64_t>(length, std::uint64_t{1} << 26);
+  std::string header(static_cast<std::size_t>(length), '\0');
+  in.read(header.data(), static_cast<std::streamsize>(length));
+  std::error_code ignored;
+  return header + " bytes " + std::to_string(std::filesystem::file_size(path, ignored));
+}
+
+/// An MPI job of tstitch-sample: the environment, the queue, the output files and the journal.
+class MpiJob {
+public:
+  MpiJob() : env_(nullptr, nullptr) {}
+
+  [[nodiscard]] const tstitch::mpi::Environment& env() const { return env_; }
+
+  /// Rank 0's seed on every rank (a random seed is drawn on each rank; rank 0's is used).
+  [[nodiscard]] std::uint64_t broadcast_seed(std::uint64_t seed) {
+    tstitch::mpi::check(MPI_Bcast(&seed, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD), "MPI_Bcast (seed)");
+    return seed;
+  }
+
+  /// Collective: checks that every rank runs the same job, then opens (or, resuming, reopens) the
+  /// outputs and the journal and builds the queue of the blocks still to do.
+  void start(MpiSpec spec) {
+    spec_ = std::move(spec);
+    using tstitch::detail::concat;
+    std::uint64_t hash = tstitch::mpi::fnv1a(spec_.identity);
+    for (const std::string& m : spec_.models)
+      hash = tstitch::mpi::fnv1a(model_header(m), hash);
+    identity_ = tstitch::mpi::hex(hash);
+    const std::vector<int> differ = tstitch::mpi::disagreeing_ranks(MPI_COMM_WORLD, hash);
+    if (!differ.empty()) {
+      if (env_.rank() != 0)
+        MPI_Barrier(MPI_COMM_WORLD); // rank 0 reports, naming them; its MPI_Abort ends this wait
+      std::string ranks;
+      for (const int r : differ)
+        ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
+      throw tstitch::runtime_error(
+          concat("ranks ", ranks, " run other options or model files than rank 0 (identity ",
+                 identity_, " here); every rank must be given the same arguments and models"));
+    }
+
+    for (const auto& [option, path] : spec_.outputs) {
+      const Format format = format_of(path);
+      if (format != Format::npy && format != Format::npz)
+        throw tstitch::runtime_error(
+            concat(option, " = '", path,
+                   "': an image grid needs every sample in one process; under MPI "
+                   "write .npy or .npz (the grid can be made from them afterwards)"));
+      outputs_.push_back({path, format, nullptr});
+    }
+    blocks_ = (spec_.count + spec_.block - 1) / spec_.block;
+    journal_ = spec_.outputs.front().second + ".journal";
+
+    // Rank 0 reads the journal; every rank gets its entries.
+    std::vector<std::uint64_t> entries(static_cast<std::size_t>(blocks_), 0);
+    int fresh = 1;
+    if (env_.rank() == 0) {
+      const std::optional<tstitch::mpi::JournalState> old = tstitch::mpi::read_journal(journal_);
+      if (spec_.resume && old) {
+        if (old->identity != identity_ || static_cast<std::int64_t>(old->blocks.size()) != blocks_)
+          throw tstitch::runtime_error(
+              concat("--resume: journal '", journal_.string(), "' is of another run (identity ",
+                     old->identity, ", ", old->blocks.size(), " blocks; this run: ", identity_,
+                     ", ", blocks_, " blocks); run without --resume to start over"));
+        for (const Output& out : outputs_)
+          if (!std::filesystem::exists(part_of(out.path)))
+            throw tstitch::runtime_error(concat("--resume: '", part_of(out.path).string(),
+                                                "' is missing; run without --resume to start "
+                                                "over"));
+        entries = old->blocks;
+        fresh = 0;
+        std::fprintf(stderr, "resuming: %lld of %lld blocks already done\n",
+                     static_cast<long long>(old->completed()), static_cast<long long>(blocks_));
+      } else {
+        if (spec_.resume)
+          std::fprintf(stderr, "--resume: no journal '%s'; starting from the first block\n",
+                       journal_.c_str());
+        std::error_code ignored;
+        std::filesystem::remove(journal_, ignored); // an older run's: stale from here on
+      }
+    }
+    tstitch::mpi::check(MPI_Bcast(&fresh, 1, MPI_INT, 0, MPI_COMM_WORLD), "MPI_Bcast");
+    tstitch::mpi::check(MPI_Bcast(entries.data(), static_cast<int>(entries.size()), MPI_UINT64_T, 0,
+                                  MPI_COMM_WORLD),
+                        "MPI_Bcast");
+    for (std::int64_t b = 0; b < blocks_; ++b)
+      if (!tstitch::mpi::is_complete(entries[static_cast<std::size_t>(b)])) {
+        pending_.push_back(b);
+        pending_samples_ += std::min(spec_.block, spec_.count - b * spec_.block);
+      }
+
+    for (Output& out : outputs_) {
+      const std::uint64_t size =
+          out.format == Format::npy ? npy_data_offset() + data_bytes(4) : npz_layout().file_size();
+      out.file = std::make_unique<tstitch::mpi::BlockFile>(MPI_COMM_WORLD, part_of(out.path), size,
+                                                           fresh != 0);
+      if (fresh && env_.rank() == 0 && out.format == Format::npy) {
+        const std::string header = npy_header();
+        out.file->write_at(0, header.data(), header.size());
+      }
+    }
+    map_.emplace(MPI_COMM_WORLD, entries);
+    queue_.emplace(MPI_COMM_WORLD, static_cast<std::int64_t>(pending_.size()));
+    if (const char* kill = std::getenv("TSTITCH_MPI_TEST_KILL_AFTER_BLOCK"))
+      kill_after_ = std::atoll(kill); // test hook: a SIGKILL mid-run, after a chosen block
+    started_ = std::chrono::steady_clock::now();
+  }
+
+  /// The next block for this rank, or -1 when none is left.
+  [[nodiscard]] int next_block() {
+    const std::optional<std::int64_t> ticket = queue_->next();
+    return ticket ? static_cast<int>(pending_[static_cast<std::size_t>(*ticket)]) : -1;
+  }
+
+  /// Block b (samples first..first+size) is sampled in `part`: writes it, flushes it, marks it.
+  void block_done(int b, int first, tstitch::ConstView part) {
+    const tstitch::Shape s = part.shape();
+    std::uint32_t checksum = 0;
+    for (Output& out : outputs_) {
+      if (out.format == Format::npy) {
+        const std::size_t bytes = static_cast<std::size_t>(s.numel()) * sizeof(float);
+        for (std::int64_t n = 0; n < part.batch(); ++n)
+          out.file->write_at(npy_data_offset() + static_cast<std::uint64_t>(first + n) * bytes,
+                             part.data() + n * part.batch_stride(), bytes);
+      } else {
+        pixels_.clear();
+        tstitch::io::append_nhwc_uint8(part, pixels_);
+        checksum = tstitch::io::crc32(pixels_.data(), pixels_.size());
+        out.file->write_at(npz_layout().sample_offset(first), pixels_.data(), pixels_.size());
+      }
+      out.file->flush();
+    }
+    map_->mark(b, checksum);
+    tstitch::mpi::write_journal(journal_, {identity_, map_->snapshot()});
+    queue_->add_done(part.batch());
+    if (kill_after_ == b)
+      std::raise(SIGKILL);
+  }
+
+  /// Rank 0: the job's progress bar, at most a few times a second (called between steps).
+  void tick(bool force = false) {
+    if (env_.rank() != 0 || spec_.quiet)
+      return;
+    const auto now = std::chrono::steady_clock::now();
+    if (!force && now - shown_ < std::chrono::milliseconds(tty_ ? 250 : 5000))
+      return;
+    shown_ = now;
+    const std::int64_t done = queue_->done();
+    const double elapsed = std::chrono::duration<double>(now - started_).count();
+    const double rate = elapsed > 0 ? static_cast<double>(done) / elapsed : 0.0;
+    const double left = rate > 0 ? static_cast<double>(pending_samples_ - done) / rate : -1.0;
+    const std::int64_t resumed = spec_.count - pending_samples_;
+    constexpr int width = 30;
+    const int filled =
+        static_cast<int>((resumed + done) * width / std::max<std::int64_t>(1, spec_.count));
+    std::fprintf(stderr, "%s[%s%s] %lld/%lld samples  %.2f images/s  %s left  (%d ranks)%s",
+                 tty_ ? "\r" : "", std::string(static_cast<std::size_t>(filled), '#').c_str(),
+                 std::string(static_cast<std::size_t>(width - filled), '.').c_str(),
+                 static_cast<long long>(resumed + done), static_cast<long long>(spec_.count), rate,
+                 left < 0 ? "?" : (std::to_string(static_cast<long long>(left)) + " s").c_str(),
+                 env_.size(), tty_ ? "   " : "\n");
+  }
+
+  /// Collective, after this rank's last block: closes the files; rank 0 finishes the .npz,
+  /// renames every output into place, writes the sidecars and removes the journal.
+  std::string finish() {
+    if (env_.rank() == 0 && !spec_.quiet) { // the bar to the end, reading the shared counter
+      while (queue_->done() < pending_samples_) {
+        tick();
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+      tick(true);
+      if (tty_)
+        std::fprintf(stderr, "\n");
+    }
+    tstitch::mpi::check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
+    const std::vector<std::uint64_t> entries = map_->snapshot();
+    for (Output& out : outputs_) {
+      if (env_.rank() == 0 && out.format == Format::npz) {
+        const tstitch::io::NpzLayout layout = npz_layout();
+        std::uint32_t crc = 0;
+        for (std::int64_t b = 0; b < blocks_; ++b) {
+          const std::int64_t size = std::min(spec_.block, spec_.count - b * spec_.block);
+          crc = tstitch::io::crc32_combine(
+              crc, tstitch::mpi::checksum_of(entries[static_cast<std::size_t>(b)]),
+              static_cast<std::uint64_t>(size) * layout.sample_bytes());
+        }
+        const std::string header = layout.header(crc), trailer = layout.trailer(crc);
+        out.file->write_at(0, header.data(), header.size());
+        out.file->write_at(layout.trailer_offset(), trailer.data(), trailer.size());
+      }
+      out.file->close();
+    }
+    std::string wrote = tstitch::detail::concat("wrote ", spec_.count, " samples");
+    if (env_.rank() == 0) {
+      for (std::size_t i = 0; i < outputs_.size(); ++i) {
+        const Output& out = outputs_[i];
+        if (std::rename(part_of(out.path).c_str(), out.path.c_str()) != 0)
+          throw tstitch::runtime_error(tstitch::detail::concat(
+              "cannot rename '", part_of(out.path).string(), "' to '", out.path, "'"));
+        if (out.format == Format::npy && spec_.write_sidecar)
+          spec_.write_sidecar(out.path);
+        wrote += (i == 0 ? " to " : " and ") + out.path;
+      }
+      std::error_code ignored;
+      std::filesystem::remove(journal_, ignored); // finished: nothing to resume
+    }
+    tstitch::mpi::check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
+    queue_.reset();
+    map_.reset();
+    return env_.rank() == 0 ? wrote : std::string();
+  }
+
+private:
+  struct Output {
+    std::string path;
+    Format format;
+    std::unique_ptr<tstitch::mpi::BlockFile> file;
+  };
+
+  static std::filesystem::path part_of(const std::string& path) { return path + ".part"; }
+
+  [[nodiscard]] std::uint64_t data_bytes(std::uint64_t element) const {
+    return static_cast<std::uint64_t>(spec_.count) *
+           static_cast<std::uint64_t>(spec_.shape.numel()) * element;
+  }
+  [[nodiscard]] std::string npy_header() const {
+    const std::vector<std::int64_t> shape{spec_.count, spec_.shape.channels, spec_.shape.height,
+                                          spec_.shape.width};
+    return tstitch::io::npy_header(shape);
+  }
+  [[nodiscard]] std::uint64_t npy_data_offset() const { return npy_header().size(); }
+  [[nodiscard]] tstitch::io::NpzLayout npz_layout() const {
+    return {spec_.count, spec_.shape.height, spec_.shape.width, spec_.shape.channels};
+  }
+
+  tstitch::mpi::Environment env_;
+  MpiSpec spec_;
+  std::string identity_;
+  std::vector<Output> outputs_;
+  std::filesystem::path journal_;
+  std::int64_t blocks_ = 0, pending_samples_ = 0, kill_after_ = -1;
+  std::vector<std::int64_t> pending_;
+  std::optional<tstitch::mpi::CompletionMap> map_;
+  std::optional<tstitch::mpi::BlockQueue> queue_;
+  std::vector<std::uint8_t> pixels_;
+  bool tty_ = isatty(fileno(stderr)) != 0;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now(), shown_{};
+};
+
+/// The MPI job of this process; null in a plain run.
+inline MpiJob* mpi_job = nullptr;
+
+/// Runs `run()` as one rank of an MPI job: MPI is initialised around it, a CUDA run takes the GPU
+/// of its node-local rank, and any exception ends the whole job with this rank's name and the
+/// cause (stage() says what an out-of-memory happened in).
+template <class Run, class Stage> int run_under_mpi(bool cuda, Stage&& stage, Run&& run) {
+  MpiJob job;
+  mpi_job = &job;
+  try {
+#ifdef TSTITCH_SAMPLE_CUDA
+    int devices = 0;
+    if (cuda && cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0)
+      cudaSetDevice(job.env().local_rank() % devices);
+#else
+    (void)cuda;
+#endif
+    const int code = run();
+    mpi_job = nullptr;
+    return code;
+  } catch (const std::bad_alloc&) {
+    job.env().abort("tstitch-sample", "out of memory while " + std::string(stage()));
+  } catch (const std::exception& e) {
+    job.env().abort("tstitch-sample", e.what());
+  }
+}
+
+} // namespace tstitch_sample
+#endif // TSTITCH_SAMPLE_MPI
