@@ -94,6 +94,7 @@ def export_model(src, dst):
         err = (traced(*probe) - model(*probe)).abs().max().item()
     if err > 1e-6:
         raise SystemExit(f"{src}: the trace differs from the model by {err} at batch 3")
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     traced.save(dst)
     print(f"wrote {dst} ({cfg})")
 

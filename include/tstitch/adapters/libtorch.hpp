@@ -99,6 +99,16 @@ inline std::string first_line(const c10::Error& e) {
   return message.substr(0, message.find('\n'));
 }
 
+/// The last line of an error from the TorchScript interpreter ("RuntimeError: ..."), which follows
+/// the module's tracebacks.
+inline std::string last_line(const std::exception& e) {
+  std::string message = e.what();
+  while (!message.empty() && (message.back() == '\n' || message.back() == ' '))
+    message.pop_back();
+  const std::size_t end = message.rfind('\n');
+  return end == std::string::npos ? message : message.substr(end + 1);
+}
+
 } // namespace text
 
 /// A TorchScript module (torch::jit::Module, e.g. exported with torch.jit.trace or
@@ -196,6 +206,10 @@ public:
       throw runtime_error(detail::concat("tstitch: ", where(""), "method '", options_.method,
                                          "' failed on ", describe_inputs(args), ": ",
                                          text::first_line(e)));
+    } catch (const std::exception& e) { // the interpreter's errors carry the module's traceback
+      throw runtime_error(detail::concat("tstitch: ", where(""), "method '", options_.method,
+                                         "' failed on ", describe_inputs(args), ": ",
+                                         text::last_line(e)));
     }
     const torch::Tensor prediction = output_tensor(result);
     const auto oc = output_channels(options_.prediction, options_.latent_shape.channels);
@@ -226,7 +240,7 @@ private:
 
   /// The method must exist and take the inputs the options name.
   void check_schema() const {
-    const std::optional<torch::jit::Method> method = module_.find_method(options_.method);
+    const auto method = module_.find_method(options_.method);
     if (!method) {
       std::string names;
       for (const torch::jit::Method& m : module_.get_methods())
