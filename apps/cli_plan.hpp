@@ -7,6 +7,7 @@
 // table where one applies; after sampling the measured time is printed next to the predicted one.
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -56,9 +57,12 @@ struct PlanRequest {
   int warmup = 2, repeats = 5;          ///< of the cost measurement
 
   [[nodiscard]] bool active() const { return target_speedup || deadline_ms; }
+  /// The option as given, its value in the shortest form that reads back the same ("1e-06").
   [[nodiscard]] std::string option_text() const {
-    return target_speedup ? tstitch::detail::concat("--target-speedup = ", *target_speedup)
-                          : tstitch::detail::concat("--deadline-ms = ", deadline_ms.value_or(0));
+    char text[64];
+    const double v = target_speedup ? *target_speedup : deadline_ms.value_or(0);
+    const auto end = std::to_chars(text, text + sizeof text, v).ptr;
+    return (target_speedup ? "--target-speedup = " : "--deadline-ms = ") + std::string(text, end);
   }
 };
 
