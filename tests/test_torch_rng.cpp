@@ -78,8 +78,10 @@ struct OracleRun {
   std::vector<char> bytes;
 };
 
-/// Runs tools/torch_rng_oracle.py with `args` (and an optional environment prefix).
-OracleRun run_oracle(const std::string& args, const std::string& environment = "") {
+/// Runs tools/torch_rng_oracle.py with `args` (and an optional environment prefix); `cuda`, when
+/// given, receives what follows "cuda: " in its output.
+OracleRun run_oracle(const std::string& args, const std::string& environment = "",
+                     std::string* cuda = nullptr) {
   static int runs = 0;
   const std::string out =
       (std::filesystem::temp_directory_path() /
@@ -97,6 +99,8 @@ OracleRun run_oracle(const std::string& args, const std::string& environment = "
     const std::string text(line);
     if (text.rfind("capability: ", 0) == 0)
       run.capability = text.substr(12, text.find_last_not_of("\r\n") - 11);
+    if (cuda != nullptr && text.rfind("cuda: ", 0) == 0)
+      *cuda = text.substr(6);
   }
   INFO(command);
   REQUIRE(pclose(pipe) == 0);
@@ -420,4 +424,42 @@ TEST_CASE("torch_rng oracle: DDPM and Euler ancestral runs equal diffusers' loop
           philox_gap, std::abs(static_cast<double>(philox_final.data()[i]) - expected_final[i]));
     CHECK(philox_gap > 0.1);
   }
+}
+
+TEST_CASE("torch_rng oracle: CUDA randn equals torch's on a GPU", "[.][torch_cuda_oracle]") {
+  SKIP_UNLESS_ORACLE();
+  // Sizes below and above the grid's cap (an H100's is 270336 threads), so that both layouts
+  // and the offsets of several calls are seen.
+  const std::vector<std::size_t> sizes{3, 1000, 16384, 1'500'000, 17};
+  std::string list;
+  for (const std::size_t n : sizes)
+    list += (list.empty() ? "" : ",") + std::to_string(n);
+  std::string report;
+  const OracleRun run = run_oracle("cuda_randn --seeds 2024 --sizes " + list, "", &report);
+  if (report.find("unavailable") != std::string::npos) {
+    WARN("SKIPPED: torch sees no CUDA device (the CUDA generator's layout is checked on a GPU)");
+    return;
+  }
+  std::istringstream fields(report);
+  std::uint32_t multiprocessors = 0, threads = 0;
+  std::uint64_t offset = 0;
+  fields >> multiprocessors >> threads >> offset;
+  INFO("cuda: " << report);
+  CudaGenerator generator(2024, CudaDevice{multiprocessors, threads});
+  std::vector<float> got;
+  for (const std::size_t n : sizes) {
+    std::vector<float> part(n);
+    generator.randn(part);
+    got.insert(got.end(), part.begin(), part.end());
+  }
+  CHECK(generator.offset() == offset);
+  const auto expected = values_of<float>(run.bytes);
+  REQUIRE(expected.size() == got.size());
+  // The Philox words are exact; the GPU's Box-Muller uses the approximate __sincosf, the host's
+  // sinf/cosf: about 1e-6 apart for |values| below 6 (unverified until run on a GPU).
+  double worst = 0;
+  for (std::size_t i = 0; i < got.size(); ++i)
+    worst = std::max(worst, std::abs(static_cast<double>(got[i]) - expected[i]));
+  CAPTURE(worst);
+  CHECK(worst < 1e-5);
 }

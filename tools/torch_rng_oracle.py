@@ -11,6 +11,8 @@ dispatches to ("capability: AVX2"), which decides torch's float normal kernel.
             leading spacing, fixed_small variance, clip_sample 1.0), epsilon prediction
   euler_a   a diffusers EulerAncestralDiscreteScheduler loop (leading spacing)
   fixture   the committed no-python fixture (tests/data/torch_rng/randn_seed42.txt)
+  cuda_randn  as randn, float32 only, on torch.Generator("cuda"); prints "cuda: <SMs> <threads
+            per SM> <offset after the calls>" or "cuda: unavailable"
 
 The pipelines write the initial latents, then the final latents (float32). Their model is
 diffusers' scheduler-test dummy, eps = x * t / (t + 1). The scheduler arithmetic follows
@@ -103,7 +105,7 @@ def euler_a(generator, shape, steps):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["randn", "ddpm", "euler_a", "fixture"])
+    parser.add_argument("mode", choices=["randn", "ddpm", "euler_a", "fixture", "cuda_randn"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", default="0", help="randn: comma-separated seeds")
     parser.add_argument("--sizes", default="16", help="randn: comma-separated sizes")
@@ -127,6 +129,24 @@ def main():
                 width = 8 if dtype == torch.float32 else 16
                 mask = (1 << (4 * width)) - 1
                 out.write(" ".join(format(int(b) & mask, "0%dx" % width) for b in bits) + "\n")
+        return 0
+    if args.mode == "cuda_randn":
+        if not torch.cuda.is_available():
+            print("cuda: unavailable")
+            return 0
+        props = torch.cuda.get_device_properties(0)
+        # Threads per multiprocessor by compute capability (torch 1.13 does not report it).
+        threads = {(7, 5): 1024, (8, 6): 1536, (8, 9): 1536, (12, 0): 1536}.get(
+            (props.major, props.minor), 2048)
+        data = b""
+        for seed in args.seeds.split(","):
+            cuda = torch.Generator("cuda").manual_seed(int(seed))
+            for n in args.sizes.split(","):
+                data += torch.randn(int(n), generator=cuda, device="cuda").cpu().numpy().astype("<f4").tobytes()
+            offset = int(torch.frombuffer(bytearray(cuda.get_state().numpy().tobytes()), dtype=torch.int64)[1])
+            print("cuda:", props.multi_processor_count, threads, offset)
+        with open(args.out, "wb") as out:
+            out.write(data)
         return 0
     if args.mode == "randn":
         # For each seed: a fresh generator, every size in sequence as float32, then again as
