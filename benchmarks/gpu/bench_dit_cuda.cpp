@@ -6,8 +6,9 @@
 //   2. DiT forward per model x batch (each batch doubled for classifier-free guidance), graphs on:
 //      time, TFLOP/s with FLOPs = 2 x Config::macs() x forward batch, fraction of (1); memory;
 //      at 1 and 8 images also one guided evaluation as two N-row predicts against one
-//      predict_guided (2N rows in one forward); at 8 images also the forward's GEMMs alone, one
-//      graph (what the forward would cost if every other kernel were free);
+//      predict_guided (2N rows in one forward); at 8 images also the forward's GEMMs alone (the
+//      model's own layers, DitModel::launch_gemms_only, one graph: the cost if every other
+//      kernel were free);
 //   3. the cost of a switch: alternating predicts between two models against repeating one;
 //   4. stitched sampling (small model for the first fraction r of the steps, large for the rest)
 //      against the ideal speedup 1 / ((1 - r) + r c), c = small-only / large-only run time:
@@ -76,6 +77,7 @@ struct Run {
   std::map<std::string, std::unique_ptr<DitModel>> models;
   std::unique_ptr<DitModel> small_twin; // a second DiT-S/2 instance, for the switch cost
   std::vector<ForwardRow> forward;
+  std::map<std::string, double> gemms_alone_ms; // per model, at 8 images (NaN: it failed)
   Json memory = Json::object();
   std::vector<SwitchRow> switches;
   StitchResult stitch;
@@ -217,6 +219,14 @@ void forward_phase(Run& run) {
       if (timed)
         for (int images : opt.batches)
           run.forward.push_back(forward_row(run, *model, m, images));
+      if (timed && std::find(opt.batches.begin(), opt.batches.end(), 8) != opt.batches.end()) {
+        try { // while the model lives: only S/2 and XL/2 are kept past this phase
+          run.gemms_alone_ms[m] = measure_gemms_alone(*model, 8, opt.repeats);
+        } catch (const std::exception& e) {
+          run.gemms_alone_ms[m] = std::nan("");
+          std::printf("GEMMs alone DiT-%s: FAILED: %s\n", m.c_str(), e.what());
+        }
+      }
       const tstitch::cuda::MemoryReport mem = model->memory();
       run.memory[m] = {{"weights", mem.weights},
                        {"activations", mem.activations},
@@ -252,11 +262,10 @@ void forward_phase(Run& run) {
   run.report["memory"] = run.memory;
 }
 
-// 2b. The GEMMs alone at 8 images, the batch of the S/2 : XL/2 latency goal: XL/2's forward over
-// S/2's GEMMs alone bounds the ratio of any S/2 that keeps its cuBLASLt GEMMs (from above: the
-// GEMMs left out would only lower it).
+// 2b. The GEMMs alone at 8 images (measured in forward_phase, from each model's own layers), the
+// batch of the S/2 : XL/2 latency goal: XL/2's forward over S/2's GEMMs alone bounds the ratio of
+// any S/2 that keeps its cuBLASLt GEMMs (from above: the other kernels would only lower it).
 void gemms_alone_phase(Run& run) {
-  const Options& opt = run.opt;
   const auto forward_ms = [&](const std::string& m, int images) {
     for (const ForwardRow& r : run.forward)
       if (r.model == m && r.images == images)
@@ -264,31 +273,23 @@ void gemms_alone_phase(Run& run) {
     return std::nan("");
   };
   Json gemms_alone = Json::array();
-  std::map<std::string, double> gemm_ms;
-  if (std::find(opt.batches.begin(), opt.batches.end(), 8) != opt.batches.end()) {
-    for (const std::string& m : opt.models) {
-      try {
-        const double ms = measure_gemms_alone(tstitch::dit::Config::preset("DiT-" + m), 8,
-                                              opt.repeats, run.stream);
-        const double whole = forward_ms(m, 8);
-        gemm_ms[m] = ms;
-        std::printf("GEMMs alone DiT-%s 8 images (rows 16): %.3f ms, %.1f%% of its forward "
-                    "(%.3f ms)\n",
-                    m.c_str(), ms, 100.0 * ms / whole, whole);
-        gemms_alone.push_back({{"model", "DiT-" + m},
-                               {"images", 8},
-                               {"ms", number(ms)},
-                               {"forward_ms", number(whole)}});
-      } catch (const std::exception& e) {
-        std::printf("GEMMs alone DiT-%s: FAILED: %s\n", m.c_str(), e.what());
-      }
-      std::fflush(stdout);
-    }
-    if (gemm_ms.count("S/2") == 1 && std::isfinite(forward_ms("XL/2", 8)))
-      std::printf("S/2 : XL/2 ratio bound at 8 images with these GEMMs: XL/2 forward %.3f ms / "
-                  "S/2 GEMMs alone %.3f ms = %.2f (goal 15)\n",
-                  forward_ms("XL/2", 8), gemm_ms["S/2"], forward_ms("XL/2", 8) / gemm_ms["S/2"]);
+  for (const auto& [m, ms] : run.gemms_alone_ms) {
+    if (!std::isfinite(ms))
+      continue;
+    const double whole = forward_ms(m, 8);
+    std::printf("GEMMs alone DiT-%s 8 images (rows 16): %.3f ms, %.1f%% of its forward "
+                "(%.3f ms)\n",
+                m.c_str(), ms, 100.0 * ms / whole, whole);
+    gemms_alone.push_back(
+        {{"model", "DiT-" + m}, {"images", 8}, {"ms", number(ms)}, {"forward_ms", number(whole)}});
   }
+  std::fflush(stdout);
+  const auto small = run.gemms_alone_ms.find("S/2");
+  if (small != run.gemms_alone_ms.end() && std::isfinite(small->second) &&
+      std::isfinite(forward_ms("XL/2", 8)))
+    std::printf("S/2 : XL/2 ratio bound at 8 images with these GEMMs: XL/2 forward %.3f ms / "
+                "S/2 GEMMs alone %.3f ms = %.2f (goal 15)\n",
+                forward_ms("XL/2", 8), small->second, forward_ms("XL/2", 8) / small->second);
   run.report["gemms_alone"] = gemms_alone;
 }
 

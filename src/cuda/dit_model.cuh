@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cstring>
 #include <initializer_list>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -497,10 +498,38 @@ struct DitModel::Impl {
     TSTITCH_CUDA_CHECK(cudaStreamSynchronize(stream));
   }
 
+  /// The forward's GEMMs alone, in its order, on the activations of a prepared batch.
+  void launch_gemms_only(int n) {
+    const auto found = activations.find(n);
+    require(found != activations.end(), "DitModel::launch_gemms_only batch", n,
+            "was not prepared (call prepare(batch) first)");
+    detail::Activations& act = *found->second;
+    t_fc1.apply_folded(blas, act.freq.data(), act.temb_hidden.data(), n);
+    t_fc2.apply_folded(blas, act.temb_hidden_bf16.data(), act.temb.data(), n);
+    modulation.apply_folded(blas, act.cond.data(), act.mod.data(), n);
+    patch.apply_folded(blas, act.patches.data(), act.h.data(), act.rows);
+    for (const detail::Block& b : blocks) {
+      b.qkv.apply(blas, act.a.data(), act.qkv.data(), CUDA_R_16BF, act.rows, GemmEpilogue::bias);
+      b.proj.apply(blas, act.attn.data(), act.y.data(), CUDA_R_16BF, act.rows, GemmEpilogue::none);
+      b.fc1.apply(blas, act.a.data(), act.mlp.data(), CUDA_R_16BF, act.rows,
+                  GemmEpilogue::bias_gelu);
+      b.fc2.apply(blas, act.mlp.data(), act.y.data(), CUDA_R_16BF, act.rows, GemmEpilogue::none);
+    }
+    final_layer(act);
+  }
+
+  /// The batch size of a forward of `rows` rows as the int the kernels take, checked.
+  [[nodiscard]] static int batch_rows(std::int64_t rows) {
+    require(rows <= std::numeric_limits<int>::max(), "CUDA DiT batch", rows,
+            tstitch::detail::concat("must be at most ", std::numeric_limits<int>::max(),
+                                    " rows per forward"));
+    return static_cast<int>(rows);
+  }
+
   void predict(ConstView x, const StepContext& ctx, const std::vector<int>& labels, View out) {
     dit::check_forward(config, x, out, labels, ctx.point.timestep, "CUDA DiT");
     const std::int64_t n = x.batch();
-    detail::Activations& act = activations_for(static_cast<int>(n));
+    detail::Activations& act = activations_for(batch_rows(n));
     const int* device_labels = labels_on_device(labels);
     kernels::prepare_inputs(x, act.x_in.data(), static_cast<float>(ctx.point.timestep),
                             act.t.data(), device_labels, act.labels.data(), stream);
@@ -516,7 +545,7 @@ struct DitModel::Impl {
     dit::check_forward(config, x, out_uncond, uncond, ctx.point.timestep,
                        "CUDA DiT (unconditional)");
     const std::int64_t n = x.batch();
-    detail::Activations& act = activations_for(static_cast<int>(2 * n));
+    detail::Activations& act = activations_for(batch_rows(2 * n));
     std::vector<int> both(cond);
     both.insert(both.end(), uncond.begin(), uncond.end());
     const int* device_labels = labels_on_device(both);
@@ -583,6 +612,7 @@ void DitModel::predict_guided(ConstView x, const StepContext& ctx, const conditi
 }
 
 void DitModel::prepare(int batch) { impl_->prepare(batch); }
+void DitModel::launch_gemms_only(int batch) { impl_->launch_gemms_only(batch); }
 
 void DitModel::set_attention(AttentionPath path) {
   const int head_dim = static_cast<int>(impl_->config.head_dim());

@@ -194,6 +194,16 @@ TEST_CASE("CUDA DiT-S/2 with random weights matches the CPU DiT", "[cuda][dit]")
     CHECK_THROWS_AS(prepared.prepare(0), invalid_argument);
     CHECK_THROWS_WITH(prepared.prepare(0), Catch::Contains("prepare batch = 0"));
   }
+  SECTION("launch_gemms_only replays a prepared batch's GEMMs and refuses an unprepared one") {
+    gpu.prepare(2);
+    gpu.launch_gemms_only(2);
+    TSTITCH_CUDA_CHECK(cudaStreamSynchronize(gpu.stream()));
+    CHECK_THROWS_AS(gpu.launch_gemms_only(5), invalid_argument);
+    CHECK_THROWS_WITH(gpu.launch_gemms_only(5), Catch::Contains("launch_gemms_only batch = 5"));
+    // The GEMMs alone leave the activations meaningless, never the next forward's result.
+    const Outputs o = compare_batch(cpu, gpu, 700.0, labels, 9);
+    CHECK(relative_l2(o.gpu, o.cpu, "DiT-S/2 after launch_gemms_only vs CPU") < 1e-2);
+  }
   SECTION("memory report") {
     const cuda::MemoryReport m = gpu.memory();
     std::printf("DiT-S/2 memory: weights %lld B, activations %lld B, workspace %lld B\n",

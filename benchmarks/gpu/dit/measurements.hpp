@@ -37,9 +37,9 @@ struct SeamRow {
 };
 SeamRow measure_seam(const std::string& shape, std::int64_t rows, int dim, cudaStream_t stream);
 
-/// The GEMMs of one forward alone, replayed as one graph: milliseconds (gemms_alone.cpp).
-double measure_gemms_alone(const tstitch::dit::Config& c, int images, int repeats,
-                           cudaStream_t stream);
+/// The GEMMs of one guided forward alone, from the model's own layer list, replayed as one
+/// graph: milliseconds (gemms_alone.cpp).
+double measure_gemms_alone(DitModel& model, int images, int repeats);
 
 /// One model's forward at one batch (forward.cpp).
 struct ForwardRow {

@@ -77,6 +77,12 @@ public:
   /// activations and timings but drops the graphs. Throws invalid_argument for batch < 1.
   void prepare(int batch);
 
+  /// A profiling aid: launches on stream() only the GEMMs of one forward of `batch` rows (this
+  /// model's own layers, activations and cuBLASLt algorithms), none of its other kernels, so that
+  /// a benchmark can capture and time the floor of a forward whose other kernels were free. The
+  /// activations it leaves are meaningless. Throws invalid_argument unless prepare(batch) ran.
+  void launch_gemms_only(int batch);
+
   /// Attention implementation (default flash; reference where flash lacks the head dimension).
   void set_attention(AttentionPath path);
   [[nodiscard]] AttentionPath attention() const;
