@@ -25,12 +25,12 @@ static_assert(has_per_row_timesteps<dit::CpuModel&>::value);
 
 namespace {
 
-auto plain_denoiser() {
-  return make_denoiser(Prediction::epsilon, Shape{1, 2, 2},
-                       [](ConstView, const StepContext&, const NoCondition&, View) {});
-}
-static_assert(!predicts_per_row_timesteps<decltype(plain_denoiser())>);
-static_assert(!has_per_row_timesteps_v<decltype(plain_denoiser())>);
+/// make_denoiser's wrapper has predict() alone.
+using PlainDenoiser = FunctionDenoiser<NoCondition, void (*)(ConstView, const StepContext&,
+                                                             const NoCondition&, View)>;
+static_assert(Denoiser<PlainDenoiser>);
+static_assert(!predicts_per_row_timesteps<PlainDenoiser>);
+static_assert(!has_per_row_timesteps_v<PlainDenoiser>);
 
 /// A denoiser with the member, to show the detection does not depend on the DiT.
 struct PerRowEngine {
