@@ -184,7 +184,11 @@ public:
     tstitch::mpi::check(MPI_Bcast(entries.data(), static_cast<int>(entries.size()), MPI_UINT64_T, 0,
                                   MPI_COMM_WORLD),
                         "MPI_Bcast");
-    for (std::int64_t b = 0; b < blocks_; ++b)
+    // Test hook: a job cancelled mid-run. The rank that completes block b kills itself (SIGKILL)
+    // once it is journaled, and no rank takes a block after b, so later blocks stay undone.
+    if (const char* kill = std::getenv("TSTITCH_MPI_TEST_KILL_AFTER_BLOCK"))
+      kill_after_ = std::atoll(kill);
+    for (std::int64_t b = 0; b < blocks_ && (kill_after_ < 0 || b <= kill_after_); ++b)
       if (!tstitch::mpi::is_complete(entries[static_cast<std::size_t>(b)])) {
         pending_.push_back(b);
         pending_samples_ += std::min(spec_.block, spec_.count - b * spec_.block);
@@ -202,8 +206,6 @@ public:
     }
     map_.emplace(MPI_COMM_WORLD, entries);
     queue_.emplace(MPI_COMM_WORLD, static_cast<std::int64_t>(pending_.size()));
-    if (const char* kill = std::getenv("TSTITCH_MPI_TEST_KILL_AFTER_BLOCK"))
-      kill_after_ = std::atoll(kill); // test hook: a SIGKILL mid-run, after a chosen block
     started_ = std::chrono::steady_clock::now();
   }
 

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# One case of tstitch-sample's MPI tests (see CMakeLists.txt here):
+#   run_mpi_cli.sh CASE TSTITCH_SAMPLE MODELS_DIR WORK_DIR MPIEXEC PYTHON3
+set -u
+case_name=$1 sample=$2 models=$3 work=$4 mpiexec=$5 python=$6
+rm -rf "$work" && mkdir -p "$work" && cd "$work" || exit 1
+# The Fashion DiTs make 1-channel 32x32 images (the 28x28 items padded).
+# Root in CI containers; one slot per rank whatever the core count.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+args=("$models/fashion_dit_s.safetensors" "$models/fashion_dit_l.safetensors" --steps 3
+      --count 11 --batch 2 --fraction 0.4 --seed 7 -t 1 -q)
+fail() { echo "FAIL: $*"; exit 1; }
+mpi() { local n=$1; shift; "$mpiexec" -n "$n" --oversubscribe "$@"; }
+same() { cmp "$1" "$2" || fail "$2 differs from $1"; }
+# A finished run leaves the output (and an .npy's sidecar) and no journal or partial file.
+finished() {
+  for f in "$@"; do
+    [ -f "$f" ] || fail "$f missing"
+    [ -e "$f.part" ] && fail "$f.part left behind"
+  done
+  [ -e "$1.journal" ] && fail "$1.journal left behind"
+  return 0
+}
+
+case $case_name in
+identical)
+  "$sample" "${args[@]}" --npy ref.npy -o ref.npz > ref.log 2>&1 || { cat ref.log; fail "plain run"; }
+  for n in 1 2 3; do
+    mpi "$n" "$sample" "${args[@]}" --npy "k$n.npy" -o "k$n.npz" > "k$n.log" 2>&1 ||
+      { cat "k$n.log"; fail "mpirun -n $n"; }
+    grep -q "wrote 11 samples to k$n.npy and k$n.npz" "k$n.log" || { cat "k$n.log"; fail "-n $n: no 'wrote' line"; }
+    finished "k$n.npy" "k$n.npz"
+    same ref.npy "k$n.npy"
+    same ref.npz "k$n.npz"
+    # The sidecar names the same run (seed, steps, labels...).
+    same ref.npy.json "k$n.npy.json"
+  done
+  "$python" - <<'PY' || fail "numpy check"
+import numpy as np
+a = np.load("k3.npz")["arr_0"]
+assert a.shape == (11, 32, 32, 1) and a.dtype == np.uint8, (a.shape, a.dtype)
+x = np.load("k3.npy")
+assert x.shape == (11, 1, 32, 32) and x.dtype == np.float32, (x.shape, x.dtype)
+# The npz pixels are the npy samples as DiT's sample_ddp.py converts them.
+ref = np.clip(np.float32(127.5) * x + np.float32(128.0), 0, 255).astype(np.uint8)
+assert (ref.transpose(0, 2, 3, 1) == a).all()
+PY
+  ;;
+resume)
+  "$sample" "${args[@]}" --npy ref.npy -o ref.npz > ref.log 2>&1 || { cat ref.log; fail "plain run"; }
+  # The rank that completes block 2 kills itself (SIGKILL) after journaling it: the job must end.
+  TSTITCH_MPI_TEST_KILL_AFTER_BLOCK=2 mpi 2 -x TSTITCH_MPI_TEST_KILL_AFTER_BLOCK \
+    "$sample" "${args[@]}" --npy out.npy -o out.npz > killed.log 2>&1 && fail "the killed run succeeded"
+  [ -f out.npy.journal ] || { cat killed.log; fail "no journal after the kill"; }
+  [ -e out.npy ] && fail "out.npy exists after the kill"
+  # A resume with other settings is refused: it would mix two runs in one file.
+  mpi 2 "$sample" "${args[@]}" --guidance 2 --npy out.npy -o out.npz --resume > other.log 2>&1 &&
+    fail "a resume with other options succeeded"
+  grep -q "journal 'out.npy.journal' is of another run" other.log || { cat other.log; fail "no refusal message"; }
+  # The resume (with another rank count) skips the journaled blocks and ends with the same bytes.
+  mpi 3 "$sample" "${args[@]}" --npy out.npy -o out.npz --resume > resumed.log 2>&1 ||
+    { cat resumed.log; fail "the resume failed"; }
+  grep -Eq "resuming: [1-3] of 6 blocks already done" resumed.log || { cat resumed.log; fail "no blocks resumed"; }
+  finished out.npy out.npz
+  same ref.npy out.npy
+  same ref.npz out.npz
+  same ref.npy.json out.npy.json
+  ;;
+disagree)
+  # Rank 1 is given other options: refused at start, naming it.
+  "$mpiexec" -n 1 "$sample" "${args[@]}" --npy out.npy : -n 1 "$sample" "${args[@]}" --guidance 2 \
+    --npy out.npy > run.log 2>&1 && fail "disagreeing ranks ran"
+  grep -q "rank 0 of 2.*ranks 1 run other options or model files than rank 0" run.log ||
+    { cat run.log; fail "no message naming rank 1"; }
+  [ -e out.npy ] && fail "out.npy written"
+  ;;
+failing_rank)
+  # Rank 1 cannot load its model: the job ends (no hang) with the rank and the cause.
+  "$mpiexec" -n 1 "$sample" "${args[@]}" --npy out.npy : -n 1 "$sample" \
+    "$models/no_such_model.safetensors" "$models/fashion_dit_l.safetensors" --steps 3 --count 11 \
+    --batch 2 --fraction 0.4 --seed 7 -t 1 -q --npy out.npy > run.log 2>&1 && fail "the job succeeded"
+  grep -q "error: rank 1 of 2 (.*): model 1 '.*no_such_model.safetensors': no such file" run.log ||
+    { cat run.log; fail "no message naming rank 1 and the file"; }
+  ;;
+grid_refused)
+  mpi 2 "$sample" "${args[@]}" -o grid.png > run.log 2>&1 && fail "a grid under MPI ran"
+  grep -q "an image grid needs every sample in one process" run.log || { cat run.log; fail "no message"; }
+  ;;
+*)
+  fail "unknown case $case_name"
+  ;;
+esac
+echo "PASS $case_name"
