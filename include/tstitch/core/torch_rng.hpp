@@ -68,8 +68,8 @@ private:
 /// Which of ATen's CPU normal kernels to reproduce for float tensors of 16 or more elements.
 /// ATen picks one by the CPU capability it dispatches to (torch.__config__.show() names it).
 enum class CpuKernel {
-  avx2,   ///< CPU capability AVX2 (x86-64 with AVX2): Cephes log/sincos, fused multiply-adds
-  scalar, ///< capability DEFAULT or AVX512 (ATEN_CPU_CAPABILITY=default): libm logf/cosf/sinf
+  avx2,   ///< capability AVX2 or AVX512 (x86-64): Cephes log/sincos, fused multiply-adds
+  scalar, ///< capability DEFAULT (ATEN_CPU_CAPABILITY=default, other CPUs): libm logf/cosf/sinf
 };
 
 namespace detail {
