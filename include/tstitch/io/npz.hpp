@@ -125,15 +125,15 @@ inline constexpr auto crc32_tables = make_crc32_tables();
 
 /// One value as DiT's sample_ddp.py converts it:
 ///     torch.clamp(127.5 * samples + 128.0, 0, 255).to(torch.uint8)
-/// in float32: the product is rounded to float, then the sum (127.5 * x is exact in double, so
-/// rounding it to float is the float32 product, and the rounding step keeps a compiler from fusing
-/// it with the add); the clamp comes before the cast, which truncates toward zero. The +128 (not
-/// ADM's +127.5) makes the truncation round 127.5 x + 127.5 to nearest, ties up. NaN has no uint8
-/// value (torch's cast leaves it undefined): it throws, naming the value.
+/// in float32: the product is rounded to float, then the sum; the clamp comes before the cast,
+/// which truncates toward zero. The product passes through a volatile so that no compiler fuses it
+/// with the add into an fma (one rounding instead of two: -0.8f would give 25, not torch's 26).
+/// The +128 (not ADM's +127.5) makes the truncation round 127.5 x + 127.5 to nearest, ties up.
+/// NaN has no uint8 value (torch's cast leaves it undefined): it throws, naming the value.
 [[nodiscard]] inline std::uint8_t dit_pixel_to_uint8(float x) {
   if (std::isnan(x))
     throw_invalid_argument("pixel value", x, "must not be NaN to convert to uint8");
-  const auto scaled = static_cast<float>(127.5 * static_cast<double>(x));
+  const volatile float scaled = 127.5f * x;
   const float shifted = scaled + 128.0f;
   const float clamped = shifted < 0.0f ? 0.0f : (shifted > 255.0f ? 255.0f : shifted);
   return static_cast<std::uint8_t>(clamped);
