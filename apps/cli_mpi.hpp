@@ -36,6 +36,12 @@
 
 namespace tstitch_sample {
 
+/// One output of an MPI run: the option that named it, its path and its format.
+struct MpiOutput {
+  std::string option, path;
+  Format format = Format::unknown;
+};
+
 /// What an MPI run needs to know about the job; every field is the same on every rank.
 struct MpiSpec {
   std::string identity;            // the options that decide the output, as text
@@ -43,9 +49,11 @@ struct MpiSpec {
   std::int64_t count = 0;          // samples
   std::int64_t block = 0;          // samples per block (the single-process run's batch)
   tstitch::Shape shape;            // one sample (C, H, W)
-  std::vector<std::pair<std::string, std::string>> outputs; // (option, path)
+  std::vector<MpiOutput> outputs;
   bool resume = false;
   bool quiet = false;
+  std::uint64_t seed = 0;                                          // recorded in each PNG
+  std::string parameters;                                          // recorded in each PNG
   std::function<void(const std::filesystem::path&)> write_sidecar; // rank 0, for each .npy
 };
 
@@ -140,17 +148,20 @@ public:
                  identity_, " here); every rank must be given the same arguments and models"));
     }
 
-    for (const auto& [option, path] : spec_.outputs) {
-      const Format format = format_of(path);
-      if (format != Format::npy && format != Format::npz)
+    for (const auto& [option, path, format] : spec_.outputs) {
+      if (format != Format::npy && format != Format::npz && format != Format::png_dir)
         throw tstitch::runtime_error(
             concat(option, " = '", path,
                    "': an image grid needs every sample in one process; under MPI "
-                   "write .npy or .npz (the grid can be made from them afterwards)"));
+                   "write .npy, .npz or --png-dir (the grid can be made from them afterwards)"));
       outputs_.push_back({path, format, nullptr});
     }
     blocks_ = (spec_.count + spec_.block - 1) / spec_.block;
-    journal_ = spec_.outputs.front().second + ".journal";
+    std::filesystem::path first_output =
+        std::filesystem::path(spec_.outputs.front().path).lexically_normal();
+    if (first_output.filename().empty()) // a --png-dir "out/": its journal is out.journal
+      first_output = first_output.parent_path();
+    journal_ = first_output.string() + ".journal";
 
     // Rank 0 reads the journal; every rank gets its entries.
     std::vector<std::uint64_t> entries(static_cast<std::size_t>(blocks_), 0);
@@ -164,7 +175,7 @@ public:
                      old->identity, ", ", old->blocks.size(), " blocks; this run: ", identity_,
                      ", ", blocks_, " blocks); run without --resume to start over"));
         for (const Output& out : outputs_)
-          if (!std::filesystem::exists(part_of(out.path)))
+          if (out.format != Format::png_dir && !std::filesystem::exists(part_of(out.path)))
             throw tstitch::runtime_error(concat("--resume: '", part_of(out.path).string(),
                                                 "' is missing; run without --resume to start "
                                                 "over"));
@@ -195,6 +206,11 @@ public:
       }
 
     for (Output& out : outputs_) {
+      if (out.format == Format::png_dir) {
+        if (env_.rank() == 0)
+          std::filesystem::create_directories(out.path);
+        continue; // the barriers below order this before any rank writes into it
+      }
       const std::uint64_t size =
           out.format == Format::npy ? npy_data_offset() + data_bytes(4) : npz_layout().file_size();
       out.file = std::make_unique<tstitch::mpi::BlockFile>(MPI_COMM_WORLD, part_of(out.path), size,
@@ -225,6 +241,9 @@ public:
         for (std::int64_t n = 0; n < part.batch(); ++n)
           out.file->write_at(npy_data_offset() + static_cast<std::uint64_t>(first + n) * bytes,
                              part.data() + n * part.batch_stride(), bytes);
+      } else if (out.format == Format::png_dir) {
+        write_png_samples(out.path, part, first, spec_.count, spec_.seed, spec_.parameters);
+        continue; // each file is already fsync'ed and renamed into place
       } else {
         pixels_.clear();
         tstitch::io::append_nhwc_uint8(part, pixels_);
@@ -279,6 +298,8 @@ public:
     tstitch::mpi::check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
     const std::vector<std::uint64_t> entries = map_->snapshot();
     for (Output& out : outputs_) {
+      if (out.format == Format::png_dir)
+        continue;
       if (env_.rank() == 0 && out.format == Format::npz) {
         const tstitch::io::NpzLayout layout = npz_layout();
         std::uint32_t crc = 0;
@@ -298,12 +319,14 @@ public:
     if (env_.rank() == 0) {
       for (std::size_t i = 0; i < outputs_.size(); ++i) {
         const Output& out = outputs_[i];
+        wrote += (i == 0 ? " to " : " and ") + out.path;
+        if (out.format == Format::png_dir)
+          continue;
         if (std::rename(part_of(out.path).c_str(), out.path.c_str()) != 0)
           throw tstitch::runtime_error(tstitch::detail::concat(
               "cannot rename '", part_of(out.path).string(), "' to '", out.path, "'"));
         if (out.format == Format::npy && spec_.write_sidecar)
           spec_.write_sidecar(out.path);
-        wrote += (i == 0 ? " to " : " and ") + out.path;
       }
       std::error_code ignored;
       std::filesystem::remove(journal_, ignored); // finished: nothing to resume

@@ -20,7 +20,7 @@
 
 namespace tstitch_sample {
 
-enum class Format { png, jpeg, npy, npz, unknown };
+enum class Format { png, jpeg, npy, npz, png_dir, unknown };
 
 /// The format a file name asks for, by its extension (case-insensitive).
 inline Format format_of(const std::filesystem::path& path) {
@@ -48,6 +48,8 @@ inline const char* format_name(Format f) {
     return ".npy";
   case Format::npz:
     return ".npz";
+  case Format::png_dir:
+    return "PNG directory";
   case Format::unknown:
     break;
   }
@@ -138,6 +140,37 @@ inline void write_npz(const std::filesystem::path& path, tstitch::ConstView imag
   tstitch::io::append_nhwc_uint8(images, pixels);
   const tstitch::Shape s = images.shape();
   tstitch::io::write_npz_uint8(path, pixels, images.batch(), s.height, s.width, s.channels);
+}
+
+/// --png-dir: sample `index` of `count` is DIR/000042.png (at least 6 digits, as DiT's
+/// sample_ddp.py names them; more when the count needs them, so names sort in sample order).
+inline std::filesystem::path png_dir_file(const std::filesystem::path& dir, std::int64_t index,
+                                          std::int64_t count) {
+  int digits = 6;
+  for (std::int64_t n = 1000000; n < count; n *= 10)
+    ++digits;
+  std::string name = std::to_string(index);
+  name.insert(0, name.size() < static_cast<std::size_t>(digits) ? digits - name.size() : 0, '0');
+  return dir / (name + ".png");
+}
+
+/// Samples first, first + 1, ... (`images`) as one PNG each in `dir`: 8-bit pixels as in the .npz
+/// (DiT's conversion), with the run's seed and parameters as tEXt chunks. Each file is atomic.
+inline void write_png_samples(const std::filesystem::path& dir, tstitch::ConstView images,
+                              std::int64_t first, std::int64_t count, std::uint64_t seed,
+                              const std::string& parameters) {
+  const tstitch::Shape s = images.shape();
+  for (std::int64_t n = 0; n < images.batch(); ++n) {
+    tstitch::io::Image8 image;
+    image.width = s.width;
+    image.height = s.height;
+    image.channels = s.channels;
+    tstitch::io::append_nhwc_uint8(images.samples(n, 1), image.pixels);
+    std::vector<std::uint8_t> png = tstitch::io::encode_png(image);
+    add_png_text(png, "parameters", parameters);
+    add_png_text(png, "seed", std::to_string(seed));
+    write_bytes(png_dir_file(dir, first + n, count), png);
+  }
 }
 
 /// The sidecar of an .npy output: the same name with ".json" appended.

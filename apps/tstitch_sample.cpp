@@ -93,6 +93,8 @@ struct Options {
   std::string labels;
   std::string png;
   std::string npy;
+  std::string npz;
+  std::string png_dir;
   std::string output;
   int columns = 0;
   int threads = 0;
@@ -373,6 +375,20 @@ std::vector<Output> resolve_outputs(const Options& o) {
     add("--png", o.png, Format::png);
   if (!o.npy.empty())
     add("--npy", o.npy, Format::npy);
+  if (!o.npz.empty())
+    add("--npz", o.npz, Format::npz);
+  if (!o.png_dir.empty()) { // created if missing; its files are replaced one by one
+    std::error_code ignored;
+    std::filesystem::path dir = std::filesystem::absolute(o.png_dir).lexically_normal();
+    if (dir.filename().empty()) // "out/"
+      dir = dir.parent_path();
+    if (std::filesystem::exists(dir, ignored) && !std::filesystem::is_directory(dir, ignored))
+      bad("--png-dir = '", o.png_dir, "': exists and is not a directory");
+    if (!std::filesystem::is_directory(dir.parent_path(), ignored))
+      bad("--png-dir = '", o.png_dir, "': directory '", dir.parent_path().string(),
+          "' does not exist");
+    outputs.push_back({"--png-dir", o.png_dir, Format::png_dir});
+  }
   if (!o.output.empty() || outputs.empty())
     add("-o", o.output.empty() ? default_output : o.output, Format::unknown);
   for (const Output& out : outputs) {
@@ -523,6 +539,8 @@ io::GridOptions check_shape_fits(const Options& o, const Plan& plan, const Shape
     if (shape.channels != 1 && shape.channels != 3)
       bad(out.option, " = '", out.path, "': the models make ", shape.channels,
           " channels images; a ", what, " needs 1 or 3 (use --npy for latents)");
+    if (out.format == tstitch_sample::Format::png_dir)
+      continue; // one image per file: no grid
     try {
       grid_size = io::grid_size(o.count, shape, grid); // before sampling, not after
     } catch (const tstitch::invalid_argument& e) {
@@ -773,6 +791,10 @@ void write_outputs(const Options& o, const Plan& plan, const Models& models,
         write_sidecar(out.path, o, plan, labels);
     } else if (out.format == tstitch_sample::Format::npz) {
       tstitch_sample::write_npz(out.path, x);
+    } else if (out.format == tstitch_sample::Format::png_dir) {
+      std::filesystem::create_directories(out.path);
+      tstitch_sample::write_png_samples(out.path, x, 0, o.count, plan.seed,
+                                        parameters_line(o, plan));
     } else {
       tstitch_sample::write_image_grid(out.path, out.format, x, grid, plan.seed,
                                        parameters_line(o, plan));
@@ -792,13 +814,15 @@ tstitch_sample::MpiSpec mpi_spec(const Options& o, const Plan& plan, const Model
                                  "; scheduler config: ", o.scheduler_config, "; outputs:");
   for (const Output& out : plan.outputs) {
     spec.identity += " " + out.path;
-    spec.outputs.emplace_back(out.option, out.path);
+    spec.outputs.push_back({out.option, out.path, out.format});
   }
   spec.models = o.models;
   spec.count = o.count;
   spec.block = std::min(o.batch, o.count);
   spec.shape = models.shape;
   spec.resume = o.resume;
+  spec.seed = plan.seed;
+  spec.parameters = parameters_line(o, plan);
   spec.quiet = o.quiet;
   spec.write_sidecar = [&](const std::filesystem::path& npy) {
     write_sidecar(npy, o, plan, labels);
@@ -925,9 +949,15 @@ void add_options(CLI::App& app, Options& o) {
                                 "(a grid) or .npy (float32 [N, C, H, W]). Default ",
                                 default_output, " when no output is given"));
   app.add_option("--png", o.png, "write a PNG grid (1- or 3-channel models)");
+  app.add_option("--png-dir", o.png_dir,
+                 "write one PNG per sample into this directory (000000.png, 000001.png, ...; "
+                 "created if missing), 8-bit as in an .npz");
   app.add_option("--npy", o.npy,
                  "write the samples as float32 .npy [N, C, H, W], with the run's parameters in "
                  "FILE.json");
+  app.add_option("--npz", o.npz,
+                 "write the samples as an .npz holding arr_0, uint8 [N, H, W, C] (pixels as DiT's "
+                 "sample_ddp.py converts them), the FID evaluators' input");
   app.add_option("--columns", o.columns, "image grid columns (default min(count, 10))");
   app.add_option("--names", o.names, "display names of the models, comma-separated")
       ->delimiter(',');

@@ -13,6 +13,11 @@ args=("$models/fashion_dit_s.safetensors" "$models/fashion_dit_l.safetensors" --
 fail() { echo "FAIL: $*"; exit 1; }
 mpi() { local n=$1; shift; "$mpiexec" -n "$n" --oversubscribe "$@"; }
 same() { cmp "$1" "$2" || fail "$2 differs from $1"; }
+# The same PNG directory: the same names, each file the same bytes.
+same_dir() {
+  [ "$(ls "$1")" = "$(ls "$2")" ] || fail "$2 holds other files than $1"
+  for f in "$1"/*; do same "$f" "$2/$(basename "$f")"; done
+}
 # A finished run leaves the output (and an .npy's sidecar) and no journal or partial file.
 finished() {
   for f in "$@"; do
@@ -25,11 +30,16 @@ finished() {
 
 case $case_name in
 identical)
-  "$sample" "${args[@]}" --npy ref.npy -o ref.npz > ref.log 2>&1 || { cat ref.log; fail "plain run"; }
+  "$sample" "${args[@]}" --npy ref.npy --png-dir ref.d -o ref.npz > ref.log 2>&1 ||
+    { cat ref.log; fail "plain run"; }
+  [ "$(ls ref.d | head -1)" = 000000.png ] && [ "$(ls ref.d | tail -1)" = 000010.png ] &&
+    [ "$(ls ref.d | wc -l)" = 11 ] || fail "ref.d does not hold 000000.png ... 000010.png"
   for n in 1 2 3; do
-    mpi "$n" "$sample" "${args[@]}" --npy "k$n.npy" -o "k$n.npz" > "k$n.log" 2>&1 ||
+    mpi "$n" "$sample" "${args[@]}" --npy "k$n.npy" --png-dir "k$n.d" -o "k$n.npz" > "k$n.log" 2>&1 ||
       { cat "k$n.log"; fail "mpirun -n $n"; }
-    grep -q "wrote 11 samples to k$n.npy and k$n.npz" "k$n.log" || { cat "k$n.log"; fail "-n $n: no 'wrote' line"; }
+    grep -q "wrote 11 samples to k$n.npy and k$n.d and k$n.npz" "k$n.log" ||
+      { cat "k$n.log"; fail "-n $n: no 'wrote' line"; }
+    same_dir ref.d "k$n.d"
     finished "k$n.npy" "k$n.npz"
     same ref.npy "k$n.npy"
     same ref.npz "k$n.npz"
@@ -48,24 +58,26 @@ assert (ref.transpose(0, 2, 3, 1) == a).all()
 PY
   ;;
 resume)
-  "$sample" "${args[@]}" --npy ref.npy -o ref.npz > ref.log 2>&1 || { cat ref.log; fail "plain run"; }
+  "$sample" "${args[@]}" --npy ref.npy --png-dir ref.d -o ref.npz > ref.log 2>&1 ||
+    { cat ref.log; fail "plain run"; }
   # The rank that completes block 2 kills itself (SIGKILL) after journaling it: the job must end.
   TSTITCH_MPI_TEST_KILL_AFTER_BLOCK=2 mpi 2 -x TSTITCH_MPI_TEST_KILL_AFTER_BLOCK \
-    "$sample" "${args[@]}" --npy out.npy -o out.npz > killed.log 2>&1 && fail "the killed run succeeded"
+    "$sample" "${args[@]}" --npy out.npy --png-dir out.d -o out.npz > killed.log 2>&1 && fail "the killed run succeeded"
   [ -f out.npy.journal ] || { cat killed.log; fail "no journal after the kill"; }
   [ -e out.npy ] && fail "out.npy exists after the kill"
   # A resume with other settings is refused: it would mix two runs in one file.
-  mpi 2 "$sample" "${args[@]}" --guidance 2 --npy out.npy -o out.npz --resume > other.log 2>&1 &&
+  mpi 2 "$sample" "${args[@]}" --guidance 2 --npy out.npy --png-dir out.d -o out.npz --resume > other.log 2>&1 &&
     fail "a resume with other options succeeded"
   grep -q "journal 'out.npy.journal' is of another run" other.log || { cat other.log; fail "no refusal message"; }
   # The resume (with another rank count) skips the journaled blocks and ends with the same bytes.
-  mpi 3 "$sample" "${args[@]}" --npy out.npy -o out.npz --resume > resumed.log 2>&1 ||
+  mpi 3 "$sample" "${args[@]}" --npy out.npy --png-dir out.d -o out.npz --resume > resumed.log 2>&1 ||
     { cat resumed.log; fail "the resume failed"; }
   grep -Eq "resuming: [1-3] of 6 blocks already done" resumed.log || { cat resumed.log; fail "no blocks resumed"; }
   finished out.npy out.npz
   same ref.npy out.npy
   same ref.npz out.npz
   same ref.npy.json out.npy.json
+  same_dir ref.d out.d
   ;;
 disagree)
   # Rank 1 is given other options: refused at start, naming it.
