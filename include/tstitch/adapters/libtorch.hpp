@@ -225,10 +225,7 @@ public:
           detail::concat("tstitch: ", where(""), "output shape = ", text::shape_of(prediction),
                          ": expected [", n, ", ", oc, ", ", expected[2], ", ", expected[3], "] (",
                          to_string(options_.prediction), " prediction)"));
-    if (prediction.device() != options_.device)
-      throw runtime_error(detail::concat("tstitch: ", where(""),
-                                         "output device = ", prediction.device().str(),
-                                         ": expected ", options_.device.str()));
+    // copy_ converts back to float32 and moves the output to where `out` lives.
     wrap(out, views).copy_(prediction);
   }
 
