@@ -310,7 +310,7 @@ std::vector<std::size_t> simulate(const plan::Deadline& deadline, FakeClock& clo
     StepContext ctx;
     ctx.step = i;
     ctx.num_steps = n;
-    const std::size_t k = deadline.model_for(ctx, 2);
+    const std::size_t k = deadline.route_step(ctx, 2); // as the stitcher's route() asks
     route.push_back(k);
     clock.now += costs[k] * (i >= slow_from ? factor : 1.0);
   }

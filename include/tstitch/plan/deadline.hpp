@@ -66,12 +66,15 @@ private:
 ///     after this one, then the small one.
 /// Costs come from the planner, scaled by the last step's measured / predicted time, so a machine
 /// that slows down mid-run moves the switch (and a step back to the small model if needed).
-/// The loop asks once per step (evaluation 0); the budget starts at the first step routed, and a
-/// new run starts when a step is not after the last one routed (steps_per_model() runs one too).
+/// The decision is taken in route_step, which the stitchers' route() calls once per step for the
+/// sampling loop: it reads the clock and advances the run (the budget starts at the first step
+/// routed; a step not after the last one routed starts a new run). model_for is a pure query, as
+/// the stitchers' assignment() and steps_per_model() and Planner::predicted_seconds ask it: steps
+/// routed in the current (or last) run answer as routed, later ones as the rule would route them
+/// at the last step's speed (before any run: at the planner's costs).
 /// Copies share their state (the stitcher holds a copy; routing() on the original shows the run);
-/// one run at a time. model_for reads the clock and advances the run, so during a run ask
-/// routing(), not the stitcher's assignment() or steps_per_model() (they ask every step), and
-/// give each concurrent stitcher a Deadline of its own.
+/// one run at a time: give each concurrent stitcher a Deadline of its own. A RowStitcher asks
+/// model_for only, so per row a Deadline gives that projected routing and never reads the clock.
 class Deadline {
 public:
   enum class Order { small_first, large_first };
@@ -93,11 +96,10 @@ public:
     require(num_models == 2, "number of models", num_models, "Deadline routes exactly 2");
   }
 
-  [[nodiscard]] std::size_t model_for(const StepContext& ctx, std::size_t) const {
-    require(ctx.num_steps == static_cast<int>(evaluations_.size()), "steps", ctx.num_steps,
-            detail::concat("must equal the planner's steps, ", evaluations_.size()));
-    require(ctx.step >= 0 && ctx.step < ctx.num_steps, "step", ctx.step,
-            detail::concat("must be in [0, ", ctx.num_steps, ")"));
+  /// The sampling loop's decision for step ctx (asked once per step by the stitcher's route()):
+  /// reads the clock, learns the last step's speed and records the choice.
+  [[nodiscard]] std::size_t route_step(const StepContext& ctx, std::size_t) const {
+    check_step(ctx);
     State& s = *state_;
     const auto i = static_cast<std::size_t>(ctx.step);
     if (ctx.step == s.last_step && ctx.evaluation > 0)
@@ -113,15 +115,34 @@ public:
       if (predicted > 0)
         s.slowdown = (now - s.last) / predicted;
     }
-    const double left = budget_ - (now - s.start);
-    const double after = static_cast<double>(remaining_[i + 1]);
-    const double need = order_ == Order::small_first
-                            ? costs_[1] * (evaluations_[i] + after)
-                            : costs_[1] * evaluations_[i] + costs_[0] * after;
-    s.route[i] = left >= s.slowdown * need ? 1 : 0;
+    s.route[i] = decide(i, budget_ - (now - s.start), s.slowdown);
     s.last_step = ctx.step;
     s.last = now;
     return s.route[i];
+  }
+
+  /// A query, changing nothing: the model step ctx was routed to in the current (or last) run,
+  /// or for a step not reached yet the one the rule would pick if every step from the last one
+  /// routed ran at its measured speed (before any run: the planner's costs).
+  [[nodiscard]] std::size_t model_for(const StepContext& ctx, std::size_t) const {
+    check_step(ctx);
+    const State& s = *state_;
+    if (ctx.step <= s.last_step)
+      return s.route[static_cast<std::size_t>(ctx.step)];
+    double spent = 0, slowdown = 1;
+    std::size_t j = 0;
+    if (s.last_step >= 0) { // the time at the end of the last step routed, at its speed
+      const auto prev = static_cast<std::size_t>(s.last_step);
+      slowdown = s.slowdown;
+      spent = (s.last - s.start) + slowdown * evaluations_[prev] * costs_[s.route[prev]];
+      j = prev + 1;
+    }
+    for (;; ++j) {
+      const std::size_t k = decide(j, budget_ - spent, slowdown);
+      if (j == static_cast<std::size_t>(ctx.step))
+        return k;
+      spent += slowdown * evaluations_[j] * costs_[k];
+    }
   }
 
   /// The model of each step routed in the current (or last) run; steps not reached hold 0.
@@ -131,6 +152,22 @@ public:
   [[nodiscard]] double budget_seconds() const { return budget_; }
 
 private:
+  void check_step(const StepContext& ctx) const {
+    require(ctx.num_steps == static_cast<int>(evaluations_.size()), "steps", ctx.num_steps,
+            detail::concat("must equal the planner's steps, ", evaluations_.size()));
+    require(ctx.step >= 0 && ctx.step < ctx.num_steps, "step", ctx.step,
+            detail::concat("must be in [0, ", ctx.num_steps, ")"));
+  }
+
+  /// The rule: the model for step i with `left` seconds of budget at the given speed factor.
+  [[nodiscard]] std::size_t decide(std::size_t i, double left, double slowdown) const {
+    const double after = static_cast<double>(remaining_[i + 1]);
+    const double need = order_ == Order::small_first
+                            ? costs_[1] * (evaluations_[i] + after)
+                            : costs_[1] * evaluations_[i] + costs_[0] * after;
+    return left >= slowdown * need ? 1 : 0;
+  }
+
   struct State {
     int last_step = -1;
     double start = 0, last = 0, slowdown = 1;

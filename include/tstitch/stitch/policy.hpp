@@ -22,6 +22,9 @@ namespace tstitch {
 /// 1. `model_for(ctx, k)` returns an index in [0, k) for the step described by ctx.
 /// Optional: `check(k)` throws tstitch::invalid_argument when the rule cannot serve k models; the
 /// stitcher calls it once, when it is built.
+/// Optional: `route_step(ctx, k)`, the sampling loop's choice for step ctx (the stitcher's route()
+/// asks it once per step): a rule whose choice depends on the run so far updates its state there,
+/// so that model_for, which queries such as assignment() ask, stays free of effects.
 template <class P>
 concept StitchPolicy = requires(const P& p, const StepContext& ctx, std::size_t num_models) {
   { p.model_for(ctx, num_models) } -> std::convertible_to<std::size_t>;
@@ -217,6 +220,12 @@ public:
         model_for_([](const void* p, const StepContext& ctx, std::size_t k) -> std::size_t {
           return static_cast<const P*>(p)->model_for(ctx, k);
         }),
+        route_step_([](const void* p, const StepContext& ctx, std::size_t k) -> std::size_t {
+          if constexpr (requires(const P& q) { q.route_step(ctx, k); })
+            return static_cast<const P*>(p)->route_step(ctx, k);
+          else
+            return static_cast<const P*>(p)->model_for(ctx, k);
+        }),
         check_([](const void* p, std::size_t k) {
           if constexpr (requires(const P& q) { q.check(k); })
             static_cast<const P*>(p)->check(k);
@@ -225,11 +234,16 @@ public:
   [[nodiscard]] std::size_t model_for(const StepContext& ctx, std::size_t num_models) const {
     return model_for_(policy_.get(), ctx, num_models);
   }
+  /// The sampling loop's choice for a step: the policy's route_step if it has one, else model_for.
+  [[nodiscard]] std::size_t route_step(const StepContext& ctx, std::size_t num_models) const {
+    return route_step_(policy_.get(), ctx, num_models);
+  }
   void check(std::size_t num_models) const { check_(policy_.get(), num_models); }
 
 private:
   std::shared_ptr<const void> policy_;
   std::size_t (*model_for_)(const void*, const StepContext&, std::size_t);
+  std::size_t (*route_step_)(const void*, const StepContext&, std::size_t);
   void (*check_)(const void*, std::size_t);
 };
 

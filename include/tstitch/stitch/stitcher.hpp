@@ -116,7 +116,7 @@ public:
   /// every evaluation of a step goes to the model chosen for it, even where a solver evaluates at
   /// another point (Heun's second evaluation sits at the next step's point).
   [[nodiscard]] Route route(const StepContext& ctx) const {
-    const std::size_t k = model_index(ctx);
+    const std::size_t k = routed_index(ctx);
     Route r{k, model_prediction(k), std::nullopt};
     if (!guidance_scales_.empty())
       r.guidance_scale = guidance_scales_[k];
@@ -147,7 +147,18 @@ public:
   // --- queries --------------------------------------------------------------------------------
 
   [[nodiscard]] std::size_t model_index(const StepContext& ctx) const {
-    const std::size_t k = static_cast<std::size_t>(policy_.model_for(ctx, count()));
+    return checked_index(static_cast<std::size_t>(policy_.model_for(ctx, count())), ctx);
+  }
+  /// The sampling loop's choice for step ctx (route()): the policy's route_step where it has one,
+  /// since a policy that decides by the run so far (plan::Deadline) advances there and keeps
+  /// model_for, which the queries here ask, free of effects.
+  [[nodiscard]] std::size_t routed_index(const StepContext& ctx) const {
+    if constexpr (requires { policy_.route_step(ctx, count()); })
+      return checked_index(static_cast<std::size_t>(policy_.route_step(ctx, count())), ctx);
+    else
+      return model_index(ctx);
+  }
+  [[nodiscard]] std::size_t checked_index(std::size_t k, const StepContext& ctx) const {
     if (k >= count())
       throw invalid_argument(detail::concat("tstitch: stitch policy chose model ", k, " at step ",
                                             ctx.step, "; there are ", count(), " models"));
