@@ -227,12 +227,15 @@ public:
 
   /// The next block for this rank, or -1 when none is left.
   [[nodiscard]] int next_block() {
+    const Timer timer(queue_seconds_);
     const std::optional<std::int64_t> ticket = queue_->next();
     return ticket ? static_cast<int>(pending_[static_cast<std::size_t>(*ticket)]) : -1;
   }
 
   /// Block b (samples first..first+size) is sampled in `part`: writes it, flushes it, marks it.
   void block_done(int b, int first, tstitch::ConstView part) {
+    const Timer timer(write_seconds_);
+    ++blocks_done_;
     const tstitch::Shape s = part.shape();
     std::uint32_t checksum = 0;
     for (Output& out : outputs_) {
@@ -295,6 +298,12 @@ public:
       if (tty_)
         std::fprintf(stderr, "\n");
     }
+    if (std::getenv("TSTITCH_MPI_PROFILE") != nullptr) // for benchmarks: this rank's overhead
+      std::fprintf(
+          stderr, "rank %d: %lld blocks in %.4f s; queue %.6f s, write+flush+journal %.6f s\n",
+          env_.rank(), static_cast<long long>(blocks_done_),
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count(),
+          queue_seconds_, write_seconds_);
     tstitch::mpi::check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
     const std::vector<std::uint64_t> entries = map_->snapshot();
     for (Output& out : outputs_) {
@@ -338,6 +347,18 @@ public:
   }
 
 private:
+  /// Adds the seconds of its lifetime to a total.
+  struct Timer {
+    double& total;
+    std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+    explicit Timer(double& t) : total(t) {}
+    Timer(const Timer&) = delete;
+    Timer& operator=(const Timer&) = delete;
+    ~Timer() {
+      total += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    }
+  };
+
   struct Output {
     std::string path;
     Format format;
@@ -365,7 +386,8 @@ private:
   std::string identity_;
   std::vector<Output> outputs_;
   std::filesystem::path journal_;
-  std::int64_t blocks_ = 0, pending_samples_ = 0, kill_after_ = -1;
+  std::int64_t blocks_ = 0, pending_samples_ = 0, kill_after_ = -1, blocks_done_ = 0;
+  double queue_seconds_ = 0.0, write_seconds_ = 0.0;
   std::vector<std::int64_t> pending_;
   std::optional<tstitch::mpi::CompletionMap> map_;
   std::optional<tstitch::mpi::BlockQueue> queue_;
