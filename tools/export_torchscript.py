@@ -158,6 +158,15 @@ class WrongInputDtype(torch.nn.Module):
         return torch.nn.functional.conv2d(x, self.scale)
 
 
+class WritesInput(torch.nn.Module):
+    """Doubles its latents in place (what a module must not do): shows whether the adapter handed
+    it tstitch's buffer itself or a copy."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x.mul_(2.0)
+        return x.clone()
+
+
 HOSTILE = {
     "wrong_input_name": WrongInputName,
     "wrong_output_shape": WrongOutputShape,
@@ -166,6 +175,7 @@ HOSTILE = {
     "dict_output": DictOutput,
     "wrong_input_shape": WrongInputShape,
     "wrong_input_dtype": WrongInputDtype,
+    "writes_input": WritesInput,
 }
 
 

@@ -314,3 +314,23 @@ TEST_CASE("LibTorch adapter: an input the module requires and tstitch does not p
       Contains("method 'forward' requires input 'y', which tstitch does not pass "
                "(it passes x, t)"));
 }
+
+TEST_CASE("LibTorch adapter: float32 latents reach the module in tstitch's own buffer",
+          "[libtorch]") {
+  // The module doubles its input in place: the caller's latents change only if they were not
+  // copied on the way in.
+  Tensor x(2, image), out(2, image);
+  fill_initial_noise(x, 9);
+  const Tensor before = x;
+  auto f32 = hostile("writes_input");
+  f32.predict(x.view(), step_at(1), {0, 1}, out.view());
+  for (std::int64_t i = 0; i < x.numel(); ++i)
+    REQUIRE((x[i] == 2.0f * before[i] && out[i] == x[i]));
+  libtorch::Options o;
+  o.dtype = libtorch::DType::bf16; // converted, hence copied: the caller's latents stay
+  auto bf16 = hostile("writes_input", o);
+  x = before;
+  bf16.predict(x.view(), step_at(1), {0, 1}, out.view());
+  for (std::int64_t i = 0; i < x.numel(); ++i)
+    REQUIRE(x[i] == before[i]);
+}
