@@ -443,8 +443,9 @@ TEST_CASE("A layout past 4 GiB uses ZIP64, and zipfile reads its directory", "[n
     write_sparse_npz(path, layout);
     CHECK(fs::file_size(path) == layout.file_size());
     const std::uint64_t entry = layout.npy_header_bytes().size() + layout.data_bytes();
-    const std::string shape = "(" + std::to_string(k.n) + ", " + std::to_string(k.h) + ", " +
-                              std::to_string(k.w) + ", " + std::to_string(k.c) + ")";
+    std::string shape = "(";
+    for (std::size_t d = 0; d < 4; ++d)
+      shape += std::to_string(layout.shape()[d]) + (d == 3 ? ")" : ", ");
     const auto [status, output] =
         run_python(dir.path, zip64_check,
                    {path.string(), std::to_string(entry),
