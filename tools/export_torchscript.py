@@ -88,6 +88,10 @@ def export_model(src, dst):
         return (torch.randn(n, C, S, S, generator=gen), torch.full((n,), 500.0),
                 torch.arange(n, dtype=torch.int64) % (cfg["num_classes"] + 1))
 
+    # DiT's timestep features are float32 whatever the weights' dtype: cast them to the first
+    # timestep layer's (type_as stays an operation in the trace), so that the module converted to
+    # bf16 or f16 in LibTorch (module.to) runs in that dtype.
+    model.t_embedder.mlp[0].register_forward_pre_hook(lambda m, args: (args[0].type_as(m.weight),))
     with torch.no_grad():
         traced = torch.jit.trace(model, inputs(2), check_trace=False)
         probe = inputs(3)  # another batch size: the trace must not have fixed N
