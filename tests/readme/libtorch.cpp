@@ -6,11 +6,10 @@
 #include <cstdio>
 #include <vector>
 
-#include "tstitch/models/dit/cpu_model.hpp"
-
 // clang-format off
 // README snippet begin
-#include "tstitch/adapters/libtorch.hpp"  // target tstitch::libtorch (LibTorch, Debian: libtorch-dev)
+#include "tstitch/adapters/libtorch.hpp"     // target tstitch::libtorch (Debian: libtorch-dev)
+#include "tstitch/models/dit/cpu_model.hpp"  // target tstitch::dit
 #include "tstitch/tstitch.hpp"
 // README snippet end
 // clang-format on
