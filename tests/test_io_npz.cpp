@@ -214,6 +214,12 @@ TEST_CASE("NpzLayout refuses empty and oversized shapes, naming the value", "[np
   CHECK_THROWS_WITH(io::write_npz_uint8(dir.path / "x.npz", short_data, 2, 2, 2, 1),
                     Contains("npz data size = 7") && Contains("N*H*W*C = 8"));
   CHECK_FALSE(fs::exists(dir.path / "x.npz"));
+  // The file is written atomically: an unwritable place names the path and the OS reason.
+  const std::vector<std::uint8_t> data(8);
+  const fs::path missing = dir.path / "missing" / "x.npz";
+  CHECK_THROWS_AS(io::write_npz_uint8(missing, data, 2, 2, 2, 1), tstitch::runtime_error);
+  CHECK_THROWS_WITH(io::write_npz_uint8(missing, data, 2, 2, 2, 1),
+                    Contains(missing.string()) && Contains("No such file or directory"));
 }
 
 TEST_CASE("dit_pixel_to_uint8 is DiT's clamp(127.5 x + 128, 0, 255) then truncation", "[npz]") {
