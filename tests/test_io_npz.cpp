@@ -248,6 +248,7 @@ TEST_CASE("dit_pixel_to_uint8 is DiT's clamp(127.5 x + 128, 0, 255) then truncat
         CHECK(out[1 + n * 6 + p * 3 + c] == io::dit_pixel_to_uint8(values[n * 6 + c * 2 + p]));
   values[7] = std::nanf("");
   CHECK_THROWS_WITH(io::append_nhwc_uint8(batch, out), Contains("sample 1 channel 0 pixel 1"));
+  CHECK(out.size() == 13); // nothing appended
 }
 
 TEST_CASE("dit_pixel_to_uint8 agrees with torch bit for bit, the steps' edges included", "[npz]") {

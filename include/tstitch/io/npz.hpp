@@ -141,22 +141,26 @@ inline constexpr auto crc32_tables = make_crc32_tables();
 
 /// A batch (N, C, H, W) of images in [-1, 1] (any batch stride) as uint8 [N, H, W, C], the
 /// channel-last order of DiT's `.permute(0, 2, 3, 1)`, appended to `out`; values converted by
-/// dit_pixel_to_uint8 (NaN throws, naming the sample, channel and pixel).
+/// dit_pixel_to_uint8 (NaN throws, naming the sample, channel and pixel, and appends nothing).
 inline void append_nhwc_uint8(ConstView batch, std::vector<std::uint8_t>& out) {
   const Shape s = batch.shape();
   const std::size_t plane = static_cast<std::size_t>(s.height * s.width);
   const std::size_t start = out.size();
   out.resize(start + static_cast<std::size_t>(s.numel(batch.batch())));
   std::uint8_t* dst = out.data() + start;
+  // A NaN leaves `out` as it was: the batch is appended whole or not at all.
+  const auto refuse = [&](std::int64_t n, std::int64_t c, std::size_t p, float x) {
+    out.resize(start);
+    throw_invalid_argument(tstitch::detail::concat("sample ", n, " channel ", c, " pixel ", p), x,
+                           "must not be NaN to convert to uint8");
+  };
   for (std::int64_t n = 0; n < batch.batch(); ++n) {
     const float* sample = batch.data() + n * batch.batch_stride();
     for (std::int64_t c = 0; c < s.channels; ++c)
       for (std::size_t p = 0; p < plane; ++p) {
         const float x = sample[static_cast<std::size_t>(c) * plane + p];
         if (std::isnan(x))
-          throw_invalid_argument(
-              tstitch::detail::concat("sample ", n, " channel ", c, " pixel ", p), x,
-              "must not be NaN to convert to uint8");
+          refuse(n, c, p, x);
         dst[p * static_cast<std::size_t>(s.channels) + static_cast<std::size_t>(c)] =
             dit_pixel_to_uint8(x);
       }
