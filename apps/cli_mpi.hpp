@@ -31,6 +31,7 @@
 
 #include <unistd.h>
 
+#include "cli_fd.hpp"
 #include "sample_outputs.hpp"
 #include "tstitch/core/tensor.hpp"
 
@@ -52,8 +53,10 @@ struct MpiSpec {
   std::vector<MpiOutput> outputs;
   bool resume = false;
   bool quiet = false;
-  std::uint64_t seed = 0;                                          // recorded in each PNG
-  std::string parameters;                                          // recorded in each PNG
+  std::uint64_t seed = 0;                                      // recorded in each PNG
+  std::string parameters;                                      // recorded in each PNG
+  const tstitch::metrics::MlpClassifier* classifier = nullptr; // --fd: FD-cls of the samples
+  std::string classifier_path;
   std::function<void(const std::filesystem::path&)> write_sidecar; // rank 0, for each .npy
 };
 
@@ -179,6 +182,11 @@ public:
             throw tstitch::runtime_error(concat("--resume: '", part_of(out.path).string(),
                                                 "' is missing; run without --resume to start "
                                                 "over"));
+        if (spec_.classifier != nullptr && old->completed() > 0)
+          throw tstitch::runtime_error(concat(
+              "--fd with --resume: ", old->completed(),
+              " blocks were sampled before the "
+              "interruption and their features are not kept; score the finished file instead"));
         entries = old->blocks;
         fresh = 0;
         std::fprintf(stderr, "resuming: %lld of %lld blocks already done\n",
@@ -220,6 +228,8 @@ public:
         out.file->write_at(0, header.data(), header.size());
       }
     }
+    if (spec_.classifier != nullptr)
+      moments_.emplace(fd_moments(*spec_.classifier));
     map_.emplace(MPI_COMM_WORLD, entries);
     queue_.emplace(MPI_COMM_WORLD, static_cast<std::int64_t>(pending_.size()));
     started_ = std::chrono::steady_clock::now();
@@ -255,6 +265,8 @@ public:
       }
       out.file->flush();
     }
+    if (moments_)
+      moments_->add(fd_features(*spec_.classifier, part));
     map_->mark(b, checksum);
     tstitch::mpi::write_journal(journal_, {identity_, map_->snapshot()});
     queue_->add_done(part.batch());
@@ -324,6 +336,11 @@ public:
       }
       out.file->close();
     }
+    if (moments_) { // every rank's feature moments, summed on rank 0 in double-double
+      const std::optional<double> fd = reduced_fd();
+      if (fd)
+        print_fd(*fd, spec_.count, spec_.classifier_path);
+    }
     std::string wrote = tstitch::detail::concat("wrote ", spec_.count, " samples");
     if (env_.rank() == 0) {
       for (std::size_t i = 0; i < outputs_.size(); ++i) {
@@ -347,6 +364,33 @@ public:
   }
 
 private:
+  static void add_pairs(void* in, void* inout, int* pairs, MPI_Datatype*) {
+    tstitch::metrics::FeatureMoments::add_packed(static_cast<const double*>(in),
+                                                 static_cast<double*>(inout),
+                                                 static_cast<std::size_t>(*pairs));
+  }
+
+  /// Collective: FD-cls of the job's samples on rank 0 (nothing elsewhere).
+  std::optional<double> reduced_fd() {
+    const std::vector<double> mine = moments_->packed();
+    std::vector<double> sum(mine.size());
+    MPI_Datatype pair = MPI_DATATYPE_NULL;
+    MPI_Op op = MPI_OP_NULL;
+    MPI_Type_contiguous(2, MPI_DOUBLE, &pair);
+    MPI_Type_commit(&pair);
+    MPI_Op_create(&add_pairs, 1, &op);
+    const int code = MPI_Reduce(mine.data(), sum.data(), static_cast<int>(mine.size() / 2), pair,
+                                op, 0, MPI_COMM_WORLD);
+    MPI_Op_free(&op);
+    MPI_Type_free(&pair);
+    tstitch::mpi::check(code, "MPI_Reduce (feature moments)");
+    if (env_.rank() != 0)
+      return std::nullopt;
+    const tstitch::metrics::FeatureMoments all =
+        tstitch::metrics::FeatureMoments::unpack(sum, spec_.classifier->real_stats().mean);
+    return tstitch::metrics::frechet_distance(all.stats(), spec_.classifier->real_stats());
+  }
+
   /// Adds the seconds of its lifetime to a total.
   struct Timer {
     double& total;
@@ -391,6 +435,7 @@ private:
   std::vector<std::int64_t> pending_;
   std::optional<tstitch::mpi::CompletionMap> map_;
   std::optional<tstitch::mpi::BlockQueue> queue_;
+  std::optional<tstitch::metrics::FeatureMoments> moments_;
   std::vector<std::uint8_t> pixels_;
   bool tty_ = isatty(fileno(stderr)) != 0;
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now(), shown_{};

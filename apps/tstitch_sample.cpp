@@ -95,6 +95,7 @@ struct Options {
   std::string npy;
   std::string npz;
   std::string png_dir;
+  std::string fd; // --fd: the classifier file
   std::string output;
   int columns = 0;
   int threads = 0;
@@ -808,10 +809,11 @@ void write_outputs(const Options& o, const Plan& plan, const Models& models,
 tstitch_sample::MpiSpec mpi_spec(const Options& o, const Plan& plan, const Models& models,
                                  const std::vector<int>& labels) {
   tstitch_sample::MpiSpec spec;
-  spec.identity = detail::concat(parameters_line(o, plan), "; batch: ", o.batch,
-                                 "; device: ", o.device, "; batch-invariant: ", o.batch_invariant,
-                                 "; sigmas: ", o.sigmas, "; sampling method: ", o.sampling_method,
-                                 "; scheduler config: ", o.scheduler_config, "; outputs:");
+  spec.identity =
+      detail::concat(parameters_line(o, plan), "; batch: ", o.batch, "; device: ", o.device,
+                     "; batch-invariant: ", o.batch_invariant, "; sigmas: ", o.sigmas,
+                     "; sampling method: ", o.sampling_method,
+                     "; scheduler config: ", o.scheduler_config, "; fd: ", o.fd, "; outputs:");
   for (const Output& out : plan.outputs) {
     spec.identity += " " + out.path;
     spec.outputs.push_back({out.option, out.path, out.format});
@@ -849,8 +851,14 @@ int run_job(const Options& o) {
       "allocating the latents (", o.count, " x ", models.shape, " float32, ",
       byte_string(static_cast<double>(o.count) * static_cast<double>(models.shape.numel()) * 4.0),
       ")");
-  if (job != nullptr)
-    job->start(mpi_spec(o, plan, models, labels));
+  const std::optional<metrics::MlpClassifier> classifier =
+      tstitch_sample::load_fd_classifier(o.fd, models.shape);
+  if (job != nullptr) {
+    tstitch_sample::MpiSpec spec = mpi_spec(o, plan, models, labels);
+    spec.classifier = classifier ? &*classifier : nullptr;
+    spec.classifier_path = o.fd;
+    job->start(std::move(spec));
+  }
   Tensor x(job != nullptr ? std::min(o.batch, o.count) : o.count, models.shape);
   g_stage = "setting up the models";
   const std::vector<io::FileStamp> stamps = models.stamps;
@@ -870,6 +878,9 @@ int run_job(const Options& o) {
     return 0;
   }
   write_outputs(o, plan, models, grid, labels, x);
+  if (classifier)
+    tstitch_sample::print_fd(
+        tstitch_sample::gathered_fd(*classifier, x, std::min(o.batch, o.count)), o.count, o.fd);
   return 0;
 }
 
@@ -949,6 +960,9 @@ void add_options(CLI::App& app, Options& o) {
                                 "(a grid) or .npy (float32 [N, C, H, W]). Default ",
                                 default_output, " when no output is given"));
   app.add_option("--png", o.png, "write a PNG grid (1- or 3-channel models)");
+  app.add_option("--fd", o.fd,
+                 "a classifier file (models/fashion_classifier.safetensors for the Fashion pair): "
+                 "print FD-cls of the samples against its real-image statistics");
   app.add_option("--png-dir", o.png_dir,
                  "write one PNG per sample into this directory (000000.png, 000001.png, ...; "
                  "created if missing), 8-bit as in an .npz");

@@ -95,6 +95,30 @@ failing_rank)
   grep -q "error: rank 1 of 2 (.*): model 1 '.*no_such_model.safetensors': no such file" run.log ||
     { cat run.log; fail "no message naming rank 1 and the file"; }
   ;;
+fd)
+  # FD-cls from the ranks' reduced feature moments equals the plain run's FD on the gathered
+  # features to 1e-9 relative. 96 samples of 64 features: a full-rank covariance (with fewer
+  # samples than features the FD's matrix square root of a singular covariance amplifies rounding).
+  fd_args=("$models/fashion_dit_s.safetensors" "$models/fashion_dit_l.safetensors" --steps 2
+           --count 96 --batch 16 --seed 7 -t 1 -q --fd "$models/fashion_classifier.safetensors")
+  "$sample" "${fd_args[@]}" --npy ref.npy > ref.log 2>&1 || { cat ref.log; fail "plain run"; }
+  for n in 2 3; do
+    mpi "$n" "$sample" "${fd_args[@]}" --npy "k$n.npy" > "k$n.log" 2>&1 ||
+      { cat "k$n.log"; fail "mpirun -n $n"; }
+    same ref.npy "k$n.npy"
+  done
+  "$python" - <<'PY' || fail "FD check"
+import re
+def fd(log):
+    m = re.search(r"FD-cls: (\S+) \(96 samples", open(log).read())
+    assert m, log + ": no FD-cls line"
+    return float(m.group(1))
+ref = fd("ref.log")
+for n in (2, 3):
+    got = fd(f"k{n}.log")
+    assert abs(got - ref) <= 1e-9 * abs(ref), (n, got, ref)
+PY
+  ;;
 grid_refused)
   mpi 2 "$sample" "${args[@]}" -o grid.png > run.log 2>&1 && fail "a grid under MPI ran"
   grep -q "an image grid needs every sample in one process" run.log || { cat run.log; fail "no message"; }

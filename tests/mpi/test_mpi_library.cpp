@@ -156,8 +156,10 @@ int main(int argc, char** argv) {
   tstitch::mpi::Environment env(&argc, &argv);
   g_env = &env;
   const std::filesystem::path dir = argc > 1 ? argv[1] : ".";
-  if (env.rank() == 0)
+  if (env.rank() == 0) { // a fresh directory: no journal of an earlier run
+    std::filesystem::remove_all(dir);
     std::filesystem::create_directories(dir);
+  }
   MPI_Barrier(MPI_COMM_WORLD);
   try {
     test_queue(env.rank(), env.size());
