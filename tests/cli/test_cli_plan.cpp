@@ -88,3 +88,13 @@ TEST_CASE("cli plan: the request's values are checked before any model loads") {
                     "--target-speedup = 2: plans a small and a large model; got 3 models");
   CHECK_NOTHROW(tstitch_sample::check_plan_request(r, 2, "fraction", "cpu"));
 }
+
+TEST_CASE("cli plan: the run's evaluations per step follow its solver") {
+  const tstitch::Trajectory trajectory = tstitch::DiscreteSchedule{}.trajectory(5);
+  const tstitch::Shape shape{3, 16, 16};
+  CHECK(tstitch_sample::run_evaluations(tstitch::AnySolver(tstitch::DDIM{}), trajectory, shape) ==
+        std::vector<int>{1, 1, 1, 1, 1});
+  // Heun: two evaluations per step, one into sigma = 0.
+  CHECK(tstitch_sample::run_evaluations(tstitch::AnySolver(tstitch::Heun{}), trajectory, shape) ==
+        std::vector<int>{2, 2, 2, 2, 1});
+}
