@@ -53,6 +53,7 @@ struct MpiSpec {
   std::vector<MpiOutput> outputs;
   bool resume = false;
   bool quiet = false;
+  std::string rng = "philox";                                  // --rng
   std::uint64_t seed = 0;                                      // recorded in each PNG
   std::string parameters;                                      // recorded in each PNG
   const tstitch::metrics::MlpClassifier* classifier = nullptr; // --fd: FD-cls of the samples
@@ -151,6 +152,12 @@ public:
                  identity_, " here); every rank must be given the same arguments and models"));
     }
 
+    if (spec_.rng != "philox") // a stateful generator: a block's noise depends on the blocks before
+      throw tstitch::runtime_error(concat(
+          "--rng = '", spec_.rng,
+          "': PyTorch's generator draws the batches in sequence, so a "
+          "block's noise would depend on which blocks its rank sampled before; under MPI use "
+          "--rng philox (noise keyed by the sample index)"));
     for (const auto& [option, path, format] : spec_.outputs) {
       if (format != Format::npy && format != Format::npz && format != Format::png_dir)
         throw tstitch::runtime_error(

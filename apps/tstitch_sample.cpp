@@ -641,8 +641,10 @@ void sample_batches(const Options& o, const Plan& plan, const Sampling& sampling
   tstitch_sample::MpiJob* const job = tstitch_sample::mpi_job;
   progress.show = progress.show && job == nullptr;
   const auto next = [&](int b) { return job != nullptr ? job->next_block() : b + 1; };
+  int sampled = 0; // by this process
   for (int b = next(-1); b >= 0 && b < progress.batches; b = next(b)) {
     const int first = b * batch, size = std::min(batch, o.count - first);
+    sampled += size;
     const View part = View(x.view()).samples(job != nullptr ? 0 : first, size);
     fill_initial_noise(part, plan.seed, static_cast<std::uint32_t>(first), HostBackend{plan.noise});
     const std::vector<int> cond(labels.begin() + first, labels.begin() + first + size);
@@ -665,7 +667,7 @@ void sample_batches(const Options& o, const Plan& plan, const Sampling& sampling
     std::fprintf(stderr, "\n");
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - progress.started).count();
-  std::fprintf(stderr, "sampled %d images in %.2f s\n", o.count, seconds);
+  std::fprintf(stderr, "sampled %d images in %.2f s\n", sampled, seconds);
 }
 
 void sample_on_cpu(const Options& o, Plan& plan, const Sampling& sampling, Models models_in,
@@ -809,11 +811,11 @@ void write_outputs(const Options& o, const Plan& plan, const Models& models,
 tstitch_sample::MpiSpec mpi_spec(const Options& o, const Plan& plan, const Models& models,
                                  const std::vector<int>& labels) {
   tstitch_sample::MpiSpec spec;
-  spec.identity =
-      detail::concat(parameters_line(o, plan), "; batch: ", o.batch, "; device: ", o.device,
-                     "; batch-invariant: ", o.batch_invariant, "; sigmas: ", o.sigmas,
-                     "; sampling method: ", o.sampling_method,
-                     "; scheduler config: ", o.scheduler_config, "; fd: ", o.fd, "; outputs:");
+  spec.identity = detail::concat(parameters_line(o, plan), "; batch: ", o.batch,
+                                 "; device: ", o.device, "; batch-invariant: ", o.batch_invariant,
+                                 "; sigmas: ", o.sigmas, "; sampling method: ", o.sampling_method,
+                                 "; scheduler config: ", o.scheduler_config, "; fd: ", o.fd,
+                                 "; rng: ", o.rng, "; outputs:");
   for (const Output& out : plan.outputs) {
     spec.identity += " " + out.path;
     spec.outputs.push_back({out.option, out.path, out.format});
@@ -823,6 +825,7 @@ tstitch_sample::MpiSpec mpi_spec(const Options& o, const Plan& plan, const Model
   spec.block = std::min(o.batch, o.count);
   spec.shape = models.shape;
   spec.resume = o.resume;
+  spec.rng = o.rng;
   spec.seed = plan.seed;
   spec.parameters = parameters_line(o, plan);
   spec.quiet = o.quiet;

@@ -119,9 +119,14 @@ for n in (2, 3):
     assert abs(got - ref) <= 1e-9 * abs(ref), (n, got, ref)
 PY
   ;;
-grid_refused)
-  mpi 2 "$sample" "${args[@]}" -o grid.png > run.log 2>&1 && fail "a grid under MPI ran"
-  grep -q "an image grid needs every sample in one process" run.log || { cat run.log; fail "no message"; }
+refused)
+  # Under MPI: a grid needs every image in one process; a stateful (PyTorch) generator would make
+  # a block's noise depend on the blocks its rank sampled before.
+  mpi 2 "$sample" "${args[@]}" -o grid.png > grid.log 2>&1 && fail "a grid under MPI ran"
+  grep -q "an image grid needs every sample in one process" grid.log || { cat grid.log; fail "no grid message"; }
+  mpi 2 "$sample" "${args[@]}" --rng torch-cpu --npy out.npy > rng.log 2>&1 &&
+    fail "--rng torch-cpu under MPI ran"
+  grep -q "under MPI use --rng philox" rng.log || { cat rng.log; fail "no rng message"; }
   ;;
 *)
   fail "unknown case $case_name"
