@@ -335,11 +335,11 @@ TEST_CASE("torch_rng oracle: randn sequences equal python3-torch's bit for bit",
   const std::vector<std::size_t> sizes{1, 3, 15, 16, 17, 31, 64, 1000, 4 * 4 * 32 * 32, 7, 16};
   std::string list;
   for (const std::size_t n : sizes)
-    list += (list.empty() ? "" : ",") + std::to_string(n);
+    list += std::string(list.empty() ? "" : ",") + std::to_string(n);
   const std::vector<std::uint64_t> seeds{0, 42, (std::uint64_t{1} << 40) + 5};
   std::string seed_list;
   for (const std::uint64_t seed : seeds)
-    seed_list += (seed_list.empty() ? "" : ",") + std::to_string(seed);
+    seed_list += std::string(seed_list.empty() ? "" : ",") + std::to_string(seed);
   // Torch's own dispatch (AVX2 on x86-64 with AVX2), AVX512 where the CPU has it, then DEFAULT.
   for (const std::string environment :
        {"", "ATEN_CPU_CAPABILITY=avx512", "ATEN_CPU_CAPABILITY=default"}) {
@@ -434,7 +434,7 @@ TEST_CASE("torch_rng oracle: CUDA randn equals torch's on a GPU", "[.][torch_cud
   const std::vector<std::size_t> sizes{3, 1000, 16384, 1'500'000, 17};
   std::string list;
   for (const std::size_t n : sizes)
-    list += (list.empty() ? "" : ",") + std::to_string(n);
+    list += std::string(list.empty() ? "" : ",") + std::to_string(n);
   std::string report;
   const OracleRun run = run_oracle("cuda_randn --seeds 2024 --sizes " + list, "", &report);
   if (report.find("unavailable") != std::string::npos) {
