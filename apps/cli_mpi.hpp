@@ -164,6 +164,15 @@ public:
             concat(option, " = '", path,
                    "': an image grid needs every sample in one process; under MPI "
                    "write .npy, .npz or --png-dir (the grid can be made from them afterwards)"));
+      std::error_code ignored;
+      const std::filesystem::file_status status = std::filesystem::status(path, ignored);
+      const bool regular_or_new =
+          !std::filesystem::exists(status) || std::filesystem::is_regular_file(status) ||
+          (format == Format::png_dir && std::filesystem::is_directory(status));
+      if (!regular_or_new) // OUT.part is renamed over OUT: never over a device or a pipe
+        throw tstitch::runtime_error(concat(option, " = '", path,
+                                            "': not a regular file; under MPI the ranks write a "
+                                            "file next to it and rename it into place"));
       outputs_.push_back({path, format, nullptr});
     }
     blocks_ = (spec_.count + spec_.block - 1) / spec_.block;

@@ -121,12 +121,16 @@ PY
   ;;
 refused)
   # Under MPI: a grid needs every image in one process; a stateful (PyTorch) generator would make
-  # a block's noise depend on the blocks its rank sampled before.
+  # a block's noise depend on the blocks its rank sampled before; an output must be a file.
   mpi 2 "$sample" "${args[@]}" -o grid.png > grid.log 2>&1 && fail "a grid under MPI ran"
   grep -q "an image grid needs every sample in one process" grid.log || { cat grid.log; fail "no grid message"; }
   mpi 2 "$sample" "${args[@]}" --rng torch-cpu --npy out.npy > rng.log 2>&1 &&
     fail "--rng torch-cpu under MPI ran"
   grep -q "under MPI use --rng philox" rng.log || { cat rng.log; fail "no rng message"; }
+  # OUT.part is renamed over OUT: a device (or a pipe) is refused, and left as it is.
+  mpi 2 "$sample" "${args[@]}" --npy /dev/null > null.log 2>&1 && fail "--npy /dev/null under MPI ran"
+  grep -q "'/dev/null': not a regular file" null.log || { cat null.log; fail "no /dev/null message"; }
+  [ -c /dev/null ] || fail "/dev/null is no longer a device"
   ;;
 *)
   fail "unknown case $case_name"
