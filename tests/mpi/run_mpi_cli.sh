@@ -46,6 +46,13 @@ identical)
     # The sidecar names the same run (seed, steps, labels...).
     same ref.npy.json "k$n.npy.json"
   done
+  # Without -q rank 0 shows the job's bar (samples done of all), and no rank its own batches'.
+  noisy=()
+  for a in "${args[@]}"; do [ "$a" = -q ] || noisy+=("$a"); done
+  mpi 2 "$sample" "${noisy[@]}" --npy bar.npy > bar.log 2>&1 || { cat bar.log; fail "run with a bar"; }
+  grep -q "\] 11/11 samples .* images/s .*(2 ranks)" bar.log || { cat bar.log; fail "no job bar"; }
+  grep -q "batch [0-9]*/[0-9]* step" bar.log && { cat bar.log; fail "a rank showed its own bar"; }
+  same ref.npy bar.npy
   "$python" - <<'PY' || fail "numpy check"
 import numpy as np
 a = np.load("k3.npz")["arr_0"]
