@@ -126,6 +126,14 @@ if(_cuda_exe)
   _run("run CUDA consumer" FALSE "${_cuda_exe}")
   message(STATUS "install_consumer: ${_last_output}")
 endif()
+# The MPI consumer, built when the package has tstitch::mpi (run without a launcher).
+file(GLOB_RECURSE _mpi_exe LIST_DIRECTORIES FALSE "${_consumer_build}/tstitch_mpi_consumer")
+list(FILTER _mpi_exe EXCLUDE REGEX "/CMakeFiles/")
+if(_mpi_exe)
+  list(GET _mpi_exe 0 _mpi_exe)
+  _run("run MPI consumer" FALSE "${_mpi_exe}")
+  message(STATUS "install_consumer: ${_last_output}")
+endif()
 message(STATUS "install_consumer: installed, found (${_found_dir}), built and ran ${_exe}")
 
 # (e) The command line, where the build has it, runs from the prefix on the tiny test models.
