@@ -50,6 +50,7 @@ struct MpiSpec {
   std::int64_t count = 0;          // samples
   std::int64_t block = 0;          // samples per block (the single-process run's batch)
   tstitch::Shape shape;            // one sample (C, H, W)
+  std::optional<tstitch::io::ImageRegion> crop; // --crop: the part of each 8-bit sample kept
   std::vector<MpiOutput> outputs;
   bool resume = false;
   bool quiet = false;
@@ -271,11 +272,12 @@ public:
           out.file->write_at(npy_data_offset() + static_cast<std::uint64_t>(first + n) * bytes,
                              part.data() + n * part.batch_stride(), bytes);
       } else if (out.format == Format::png_dir) {
-        write_png_samples(out.path, part, first, spec_.count, spec_.seed, spec_.parameters);
+        write_png_samples(out.path, part, first, spec_.count, spec_.seed, spec_.parameters,
+                          spec_.crop);
         continue; // each file is already fsync'ed and renamed into place
       } else {
         pixels_.clear();
-        tstitch::io::append_nhwc_uint8(part, pixels_);
+        tstitch::io::append_nhwc_uint8(part, pixels_, spec_.crop);
         checksum = tstitch::io::crc32(pixels_.data(), pixels_.size());
         out.file->write_at(npz_layout().sample_offset(first), pixels_.data(), pixels_.size());
       }
@@ -438,7 +440,8 @@ private:
   }
   [[nodiscard]] std::uint64_t npy_data_offset() const { return npy_header().size(); }
   [[nodiscard]] tstitch::io::NpzLayout npz_layout() const {
-    return {spec_.count, spec_.shape.height, spec_.shape.width, spec_.shape.channels};
+    const tstitch::io::ImageRegion r = spec_.crop.value_or(tstitch::io::whole_image(spec_.shape));
+    return {spec_.count, r.height, r.width, spec_.shape.channels};
   }
 
   tstitch::mpi::Environment env_;

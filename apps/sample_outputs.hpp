@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -135,11 +136,14 @@ inline void write_image_grid(const std::filesystem::path& path, Format format,
 
 /// The samples as an .npz holding arr_0, uint8 [N, H, W, C] (pixels converted as DiT's
 /// sample_ddp.py does), the evaluation-set format of the ADM FID evaluator.
-inline void write_npz(const std::filesystem::path& path, tstitch::ConstView images) {
+/// `region`: the part of each image kept (default: all of it).
+inline void write_npz(const std::filesystem::path& path, tstitch::ConstView images,
+                      std::optional<tstitch::io::ImageRegion> region = std::nullopt) {
   std::vector<std::uint8_t> pixels;
-  tstitch::io::append_nhwc_uint8(images, pixels);
+  tstitch::io::append_nhwc_uint8(images, pixels, region);
   const tstitch::Shape s = images.shape();
-  tstitch::io::write_npz_uint8(path, pixels, images.batch(), s.height, s.width, s.channels);
+  const tstitch::io::ImageRegion r = region.value_or(tstitch::io::whole_image(s));
+  tstitch::io::write_npz_uint8(path, pixels, images.batch(), r.height, r.width, s.channels);
 }
 
 /// --png-dir: sample `index` of `count` is DIR/000042.png (at least 6 digits, as DiT's
@@ -158,14 +162,16 @@ inline std::filesystem::path png_dir_file(const std::filesystem::path& dir, std:
 /// (DiT's conversion), with the run's seed and parameters as tEXt chunks. Each file is atomic.
 inline void write_png_samples(const std::filesystem::path& dir, tstitch::ConstView images,
                               std::int64_t first, std::int64_t count, std::uint64_t seed,
-                              const std::string& parameters) {
+                              const std::string& parameters,
+                              std::optional<tstitch::io::ImageRegion> region = std::nullopt) {
   const tstitch::Shape s = images.shape();
+  const tstitch::io::ImageRegion r = region.value_or(tstitch::io::whole_image(s));
   for (std::int64_t n = 0; n < images.batch(); ++n) {
     tstitch::io::Image8 image;
-    image.width = s.width;
-    image.height = s.height;
+    image.width = r.width;
+    image.height = r.height;
     image.channels = s.channels;
-    tstitch::io::append_nhwc_uint8(images.samples(n, 1), image.pixels);
+    tstitch::io::append_nhwc_uint8(images.samples(n, 1), image.pixels, r);
     std::vector<std::uint8_t> png = tstitch::io::encode_png(image);
     add_png_text(png, "parameters", parameters);
     add_png_text(png, "seed", std::to_string(seed));

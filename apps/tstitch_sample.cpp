@@ -95,7 +95,8 @@ struct Options {
   std::string npy;
   std::string npz;
   std::string png_dir;
-  std::string fd; // --fd: the classifier file
+  std::string crop; // --crop H or HxW: the centred region of each 8-bit sample output
+  std::string fd;   // --fd: the classifier file
   std::string output;
   int columns = 0;
   int threads = 0;
@@ -295,6 +296,7 @@ struct Plan {
   std::uint64_t seed = 0;
   NoiseSource noise; // --rng
   std::vector<Output> outputs;
+  std::optional<io::ImageRegion> crop; // --crop, resolved against the models' shape
 };
 
 /// --seed: an unsigned 64-bit integer, or a negative one for a random seed (as in
@@ -554,6 +556,35 @@ io::GridOptions check_shape_fits(const Options& o, const Plan& plan, const Shape
   return grid;
 }
 
+/// --crop "H" or "HxW" against the models' shape: the centred region the 8-bit sample outputs
+/// (--npz, --png-dir) keep, e.g. Fashion-MNIST's 28 x 28 items inside the models' 32 x 32.
+std::optional<io::ImageRegion> resolve_crop(const Options& o, const Plan& plan,
+                                            const Shape& shape) {
+  if (o.crop.empty())
+    return std::nullopt;
+  const bool per_sample =
+      std::any_of(plan.outputs.begin(), plan.outputs.end(), [](const Output& out) {
+        return out.format == tstitch_sample::Format::npz ||
+               out.format == tstitch_sample::Format::png_dir;
+      });
+  if (!per_sample)
+    bad("--crop = '", o.crop, "': crops the 8-bit sample outputs; give --npz or --png-dir");
+  const std::size_t x = o.crop.find('x');
+  const std::string height = o.crop.substr(0, x);
+  const std::string width = x == std::string::npos ? height : o.crop.substr(x + 1);
+  std::int64_t h = 0, w = 0;
+  const auto parse = [](const std::string& text, std::int64_t& value) {
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    return ec == std::errc{} && end == text.data() + text.size() && !text.empty();
+  };
+  if (!parse(height, h) || !parse(width, w) || h < 1 || w < 1)
+    bad("--crop = '", o.crop, "': must be a size in pixels, H or HxW (e.g. 28)");
+  if (h > shape.height || w > shape.width)
+    bad("--crop = '", o.crop, "': larger than the models' ", shape.height, "x", shape.width,
+        " images");
+  return io::centred_region(shape, h, w);
+}
+
 /// --labels cycled over the images, or every class in turn.
 std::vector<int> make_labels(const Options& o, int classes) {
   const std::vector<int> cycle =
@@ -793,11 +824,11 @@ void write_outputs(const Options& o, const Plan& plan, const Models& models,
       if (::stat(out.path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) // not /dev/null, a pipe
         write_sidecar(out.path, o, plan, labels);
     } else if (out.format == tstitch_sample::Format::npz) {
-      tstitch_sample::write_npz(out.path, x);
+      tstitch_sample::write_npz(out.path, x, plan.crop);
     } else if (out.format == tstitch_sample::Format::png_dir) {
       std::filesystem::create_directories(out.path);
       tstitch_sample::write_png_samples(out.path, x, 0, o.count, plan.seed,
-                                        parameters_line(o, plan));
+                                        parameters_line(o, plan), plan.crop);
     } else {
       tstitch_sample::write_image_grid(out.path, out.format, x, grid, plan.seed,
                                        parameters_line(o, plan));
@@ -815,7 +846,7 @@ tstitch_sample::MpiSpec mpi_spec(const Options& o, const Plan& plan, const Model
                                  "; device: ", o.device, "; batch-invariant: ", o.batch_invariant,
                                  "; sigmas: ", o.sigmas, "; sampling method: ", o.sampling_method,
                                  "; scheduler config: ", o.scheduler_config, "; fd: ", o.fd,
-                                 "; rng: ", o.rng, "; outputs:");
+                                 "; rng: ", o.rng, "; crop: ", o.crop, "; outputs:");
   for (const Output& out : plan.outputs) {
     spec.identity += " " + out.path;
     spec.outputs.push_back({out.option, out.path, out.format});
@@ -824,6 +855,7 @@ tstitch_sample::MpiSpec mpi_spec(const Options& o, const Plan& plan, const Model
   spec.count = o.count;
   spec.block = std::min(o.batch, o.count);
   spec.shape = models.shape;
+  spec.crop = plan.crop;
   spec.resume = o.resume;
   spec.rng = o.rng;
   spec.seed = plan.seed;
@@ -844,6 +876,7 @@ int run_job(const Options& o) {
                !o.seed.empty() && o.seed[0] == '-' ? " (random)" : "");
   Models models = load_models(o);
   const io::GridOptions grid = check_shape_fits(o, plan, models.shape);
+  plan.crop = resolve_crop(o, plan, models.shape);
   const std::vector<int> labels = make_labels(o, models.classes);
   const Sampling sampling = make_sampling(o, plan, models.prediction);
   std::fprintf(stderr, "guidance: %g%s\n", plan.guidance,
@@ -969,6 +1002,9 @@ void add_options(CLI::App& app, Options& o) {
   app.add_option("--png-dir", o.png_dir,
                  "write one PNG per sample into this directory (000000.png, 000001.png, ...; "
                  "created if missing), 8-bit as in an .npz");
+  app.add_option("--crop", o.crop,
+                 "H or HxW: keep the centred H x W pixels of each sample in --npz and --png-dir "
+                 "(28 for Fashion-MNIST's items inside the shipped models' 32 x 32)");
   app.add_option("--npy", o.npy,
                  "write the samples as float32 .npy [N, C, H, W], with the run's parameters in "
                  "FILE.json");

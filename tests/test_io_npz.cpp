@@ -251,6 +251,48 @@ TEST_CASE("dit_pixel_to_uint8 is DiT's clamp(127.5 x + 128, 0, 255) then truncat
   CHECK(out.size() == 13); // nothing appended
 }
 
+TEST_CASE("append_nhwc_uint8 keeps a region: the centred 28x28 of a 32x32 image", "[npz]") {
+  // Two 2-channel 32x32 images whose every value is distinct: pixel (n, c, y, x) holds a value
+  // that converts to (y + x + 3 c + 5 n) mod 256, so a misplaced row, column or channel shows.
+  const Shape shape{2, 32, 32};
+  std::vector<float> values(static_cast<std::size_t>(shape.numel(2)));
+  const auto expected = [](std::int64_t n, std::int64_t c, std::int64_t y, std::int64_t x) {
+    return static_cast<std::uint8_t>((y + x + 3 * c + 5 * n) % 256);
+  };
+  for (std::int64_t n = 0; n < 2; ++n)
+    for (std::int64_t c = 0; c < 2; ++c)
+      for (std::int64_t y = 0; y < 32; ++y)
+        for (std::int64_t x = 0; x < 32; ++x) // the middle of the uint8 step: exact both ways
+          values[static_cast<std::size_t>(((n * 2 + c) * 32 + y) * 32 + x)] =
+              (static_cast<float>(expected(n, c, y, x)) + 0.5f - 128.0f) / 127.5f;
+  const ConstView batch(values.data(), 2, shape);
+  const io::ImageRegion r = io::centred_region(shape, 28, 28);
+  CHECK(r.top == 2);
+  CHECK(r.left == 2);
+  std::vector<std::uint8_t> out;
+  io::append_nhwc_uint8(batch, out, r);
+  REQUIRE(out.size() == 2u * 28 * 28 * 2);
+  std::size_t wrong = 0;
+  for (std::int64_t n = 0; n < 2; ++n)
+    for (std::int64_t y = 0; y < 28; ++y)
+      for (std::int64_t x = 0; x < 28; ++x)
+        for (std::int64_t c = 0; c < 2; ++c)
+          wrong += out[static_cast<std::size_t>(((n * 28 + y) * 28 + x) * 2 + c)] !=
+                   expected(n, c, y + 2, x + 2);
+  CHECK(wrong == 0);
+  // The whole image by default, and an odd margin's extra row after the region.
+  std::vector<std::uint8_t> whole;
+  io::append_nhwc_uint8(batch, whole);
+  CHECK(whole.size() == 2u * 32 * 32 * 2);
+  const io::ImageRegion odd = io::centred_region(shape, 29, 32);
+  CHECK(odd.top == 1);
+  CHECK(odd.left == 0);
+  CHECK_THROWS_WITH(io::centred_region(shape, 33, 28), Contains("image region = 33x28 in 32x32"));
+  CHECK_THROWS_WITH(io::centred_region(shape, 0, 28), Contains("at least 1x1"));
+  CHECK_THROWS_WITH(io::append_nhwc_uint8(batch, out, io::ImageRegion{5, 5, 28, 28}),
+                    Contains("image region = 28x28 at (5, 5): must lie inside the 32x32 images"));
+}
+
 TEST_CASE("dit_pixel_to_uint8 agrees with torch bit for bit, the steps' edges included", "[npz]") {
   ScratchDir dir("torch");
   if (::access(python, X_OK) != 0 ||

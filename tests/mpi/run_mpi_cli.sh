@@ -53,6 +53,13 @@ identical)
   grep -q "\] 11/11 samples .* images/s .*(2 ranks)" bar.log || { cat bar.log; fail "no job bar"; }
   grep -q "batch [0-9]*/[0-9]* step" bar.log && { cat bar.log; fail "a rank showed its own bar"; }
   same ref.npy bar.npy
+  # --crop 28: Fashion-MNIST's 28x28 items, the same bytes from 1 process and from 3 ranks.
+  "$sample" "${args[@]}" --crop 28 --png-dir crop.d -o crop.npz > crop.log 2>&1 ||
+    { cat crop.log; fail "plain run with --crop 28"; }
+  mpi 3 "$sample" "${args[@]}" --crop 28 --png-dir crop3.d -o crop3.npz > crop3.log 2>&1 ||
+    { cat crop3.log; fail "mpirun -n 3 with --crop 28"; }
+  same crop.npz crop3.npz
+  same_dir crop.d crop3.d
   "$python" - <<'PY' || fail "numpy check"
 import numpy as np
 a = np.load("k3.npz")["arr_0"]
@@ -62,6 +69,9 @@ assert x.shape == (11, 1, 32, 32) and x.dtype == np.float32, (x.shape, x.dtype)
 # The npz pixels are the npy samples as DiT's sample_ddp.py converts them.
 ref = np.clip(np.float32(127.5) * x + np.float32(128.0), 0, 255).astype(np.uint8)
 assert (ref.transpose(0, 2, 3, 1) == a).all()
+c = np.load("crop3.npz")["arr_0"]
+assert c.shape == (11, 28, 28, 1) and c.dtype == np.uint8, (c.shape, c.dtype)
+assert (c == a[:, 2:30, 2:30, :]).all()
 PY
   ;;
 resume)

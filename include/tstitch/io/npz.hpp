@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <limits>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -139,14 +140,51 @@ inline constexpr auto crc32_tables = make_crc32_tables();
   return static_cast<std::uint8_t>(clamped);
 }
 
-/// A batch (N, C, H, W) of images in [-1, 1] (any batch stride) as uint8 [N, H, W, C], the
+/// A rectangle of an image: rows [top, top + height), columns [left, left + width).
+struct ImageRegion {
+  std::int64_t top = 0;
+  std::int64_t left = 0;
+  std::int64_t height = 0;
+  std::int64_t width = 0;
+};
+
+/// The whole image of `shape`.
+[[nodiscard]] inline ImageRegion whole_image(Shape shape) {
+  return {0, 0, shape.height, shape.width};
+}
+
+/// The height x width region centred in images of `shape` (an odd margin leaves its extra row or
+/// column after the region): e.g. Fashion-MNIST's 28 x 28 items inside the models' 32 x 32.
+/// Throws invalid_argument naming the size when it is not positive or larger than the image.
+[[nodiscard]] inline ImageRegion centred_region(Shape shape, std::int64_t height,
+                                                std::int64_t width) {
+  if (height < 1 || width < 1 || height > shape.height || width > shape.width)
+    throw_invalid_argument("image region",
+                           tstitch::detail::concat(height, "x", width, " in ", shape.height, "x",
+                                                   shape.width, " images"),
+                           "must be at least 1x1 and fit inside the image");
+  return {(shape.height - height) / 2, (shape.width - width) / 2, height, width};
+}
+
+/// A batch (N, C, H, W) of images in [-1, 1] (any batch stride) as uint8 [N, h, w, C], the
 /// channel-last order of DiT's `.permute(0, 2, 3, 1)`, appended to `out`; values converted by
 /// dit_pixel_to_uint8 (NaN throws, naming the sample, channel and pixel, and appends nothing).
-inline void append_nhwc_uint8(ConstView batch, std::vector<std::uint8_t>& out) {
+/// `region` (default: the whole image) picks the rows and columns kept.
+inline void append_nhwc_uint8(ConstView batch, std::vector<std::uint8_t>& out,
+                              std::optional<ImageRegion> region = std::nullopt) {
   const Shape s = batch.shape();
+  const ImageRegion r = region.value_or(whole_image(s));
+  if (r.top < 0 || r.left < 0 || r.height < 1 || r.width < 1 || r.top + r.height > s.height ||
+      r.left + r.width > s.width)
+    throw_invalid_argument(
+        "image region",
+        tstitch::detail::concat(r.height, "x", r.width, " at (", r.top, ", ", r.left, ")"),
+        tstitch::detail::concat("must lie inside the ", s.height, "x", s.width, " images"));
+  const auto channels = static_cast<std::size_t>(s.channels);
   const std::size_t plane = static_cast<std::size_t>(s.height * s.width);
+  const std::size_t per_sample = static_cast<std::size_t>(r.height * r.width) * channels;
   const std::size_t start = out.size();
-  out.resize(start + static_cast<std::size_t>(s.numel(batch.batch())));
+  out.resize(start + per_sample * static_cast<std::size_t>(batch.batch()));
   std::uint8_t* dst = out.data() + start;
   // A NaN leaves `out` as it was: the batch is appended whole or not at all.
   const auto refuse = [&](std::int64_t n, std::int64_t c, std::size_t p, float x) {
@@ -157,14 +195,16 @@ inline void append_nhwc_uint8(ConstView batch, std::vector<std::uint8_t>& out) {
   for (std::int64_t n = 0; n < batch.batch(); ++n) {
     const float* sample = batch.data() + n * batch.batch_stride();
     for (std::int64_t c = 0; c < s.channels; ++c)
-      for (std::size_t p = 0; p < plane; ++p) {
-        const float x = sample[static_cast<std::size_t>(c) * plane + p];
-        if (std::isnan(x))
-          refuse(n, c, p, x);
-        dst[p * static_cast<std::size_t>(s.channels) + static_cast<std::size_t>(c)] =
-            dit_pixel_to_uint8(x);
-      }
-    dst += static_cast<std::size_t>(s.numel());
+      for (std::int64_t y = 0; y < r.height; ++y)
+        for (std::int64_t x = 0; x < r.width; ++x) {
+          const auto p = static_cast<std::size_t>((r.top + y) * s.width + r.left + x);
+          const float v = sample[static_cast<std::size_t>(c) * plane + p];
+          if (std::isnan(v))
+            refuse(n, c, p, v);
+          dst[static_cast<std::size_t>(y * r.width + x) * channels + static_cast<std::size_t>(c)] =
+              dit_pixel_to_uint8(v);
+        }
+    dst += per_sample;
   }
 }
 
