@@ -24,32 +24,15 @@
 #include "tstitch/io/npy.hpp"
 #include "tstitch/io/safetensors.hpp"
 
+#include "support/scratch_dir.hpp"
+
 namespace fs = std::filesystem;
 using namespace tstitch;
 using Catch::Contains;
 
 namespace {
 
-/// A fresh, empty directory per test case, removed afterwards.
-struct ScratchDir {
-  fs::path path;
-  explicit ScratchDir(const std::string& name)
-      : path(fs::temp_directory_path() /
-             ("tstitch_test_atomic_" + name + "_" + std::to_string(::getpid()))) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~ScratchDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-  [[nodiscard]] std::vector<std::string> entries() const {
-    std::vector<std::string> names;
-    for (const auto& entry : fs::directory_iterator(path))
-      names.push_back(entry.path().filename().string());
-    return names;
-  }
-};
+using test::ScratchDir;
 
 std::string read_all(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -87,7 +70,7 @@ constexpr const char* old_contents = "the old file, which must survive";
 
 TEST_CASE("A writer that fails part way keeps the old file and names the path and reason",
           "[io][atomic]") {
-  const ScratchDir dir("partial");
+  const ScratchDir dir("atomic_partial");
   const Tensor big(64, Shape{3, 16, 16}); // 196 KiB of latents
   const std::vector<float> values(50000, 1.0f);
 
@@ -129,7 +112,7 @@ TEST_CASE("A writer that fails part way keeps the old file and names the path an
 
 TEST_CASE("A successful write replaces the file, keeps its permissions and leaves no temporary",
           "[io][atomic]") {
-  const ScratchDir dir("replace");
+  const ScratchDir dir("atomic_replace");
   const fs::path target = dir.path / "out.npy";
   write_all(target, old_contents);
   fs::permissions(target, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
@@ -151,7 +134,7 @@ TEST_CASE("A successful write replaces the file, keeps its permissions and leave
 }
 
 TEST_CASE("An exception from the fill function keeps the old file", "[io][atomic]") {
-  const ScratchDir dir("throw");
+  const ScratchDir dir("atomic_throw");
   const fs::path target = dir.path / "x.bin";
   write_all(target, old_contents);
   CHECK_THROWS_WITH(io::write_file_atomically(target,
@@ -165,7 +148,7 @@ TEST_CASE("An exception from the fill function keeps the old file", "[io][atomic
 }
 
 TEST_CASE("Unwritable targets are errors naming the path and the OS reason", "[io][atomic]") {
-  const ScratchDir dir("unwritable");
+  const ScratchDir dir("atomic_unwritable");
   const Tensor x(1, Shape{1, 2, 2});
   const fs::path missing = dir.path / "no_such_dir" / "x.npy";
   CHECK_THROWS_WITH(io::write_npy(missing, x),
@@ -182,7 +165,7 @@ TEST_CASE("Unwritable targets are errors naming the path and the OS reason", "[i
 }
 
 TEST_CASE("A FIFO is written directly, not replaced by a file", "[io][atomic]") {
-  const ScratchDir dir("fifo");
+  const ScratchDir dir("atomic_fifo");
   const fs::path fifo = dir.path / "pipe";
   REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
   std::string received;

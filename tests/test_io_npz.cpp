@@ -23,28 +23,15 @@
 
 #include "tstitch/io/npz.hpp"
 
+#include "support/scratch_dir.hpp"
+
 namespace fs = std::filesystem;
 using namespace tstitch;
 using Catch::Contains;
 
 namespace {
 
-/// A fresh, empty directory per test case, removed afterwards.
-struct ScratchDir {
-  fs::path path;
-  explicit ScratchDir(const std::string& name)
-      : path(fs::temp_directory_path() /
-             ("tstitch_test_npz_" + name + "_" + std::to_string(::getpid()))) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~ScratchDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-};
+using test::ScratchDir;
 
 /// The CRC-32 bit by bit, straight from the definition: the reference for the table-driven one.
 std::uint32_t crc32_bitwise(const std::vector<std::uint8_t>& bytes) {
@@ -209,7 +196,7 @@ TEST_CASE("NpzLayout refuses empty and oversized shapes, naming the value", "[np
   const io::NpzLayout layout(2, 2, 2, 1);
   CHECK_THROWS_WITH(layout.sample_offset(3), Contains("npz sample index = 3"));
   CHECK_THROWS_WITH(layout.sample_offset(-1), Contains("npz sample index = -1"));
-  ScratchDir dir("refuse");
+  ScratchDir dir("npz_refuse");
   const std::vector<std::uint8_t> short_data(7);
   CHECK_THROWS_WITH(io::write_npz_uint8(dir.path / "x.npz", short_data, 2, 2, 2, 1),
                     Contains("npz data size = 7") && Contains("N*H*W*C = 8"));
@@ -294,7 +281,7 @@ TEST_CASE("append_nhwc_uint8 keeps a region: the centred 28x28 of a 32x32 image"
 }
 
 TEST_CASE("dit_pixel_to_uint8 agrees with torch bit for bit, the steps' edges included", "[npz]") {
-  ScratchDir dir("torch");
+  ScratchDir dir("npz_torch");
   if (::access(python, X_OK) != 0 ||
       std::system((std::string(python) + " -c 'import torch' >/dev/null 2>&1").c_str()) != 0) {
     WARN("skipped: torch is missing for " << python);
@@ -337,7 +324,7 @@ sys.exit(0 if len(bad) == 0 and len(ours) == len(theirs) else 1)
 }
 
 TEST_CASE("write_npz_uint8 writes what numpy, zipfile and unzip read back", "[npz]") {
-  ScratchDir dir("numpy");
+  ScratchDir dir("npz_numpy");
   const fs::path path = dir.path / "samples.npz";
   const std::int64_t n = 6, h = 28, w = 28, c = 1;
   const auto data = random_bytes(static_cast<std::size_t>(n * h * w * c), 21);
@@ -387,7 +374,7 @@ print('ok')
 
 TEST_CASE("Blocks written at their offsets in any order give the sequential writer's file",
           "[npz]") {
-  ScratchDir dir("blocks");
+  ScratchDir dir("npz_blocks");
   const std::int64_t n = 23, h = 5, w = 4, c = 3;
   const auto data = random_bytes(static_cast<std::size_t>(n * h * w * c), 31);
   io::write_npz_uint8(dir.path / "sequential.npz", data, n, h, w, c);
@@ -468,7 +455,7 @@ print('ok')
 } // namespace
 
 TEST_CASE("A layout past 4 GiB uses ZIP64, and zipfile reads its directory", "[npz]") {
-  ScratchDir dir("zip64");
+  ScratchDir dir("npz_zip64");
   if (!have_numpy())
     return;
   // Sparse files: a few KiB on disk whatever their size.
