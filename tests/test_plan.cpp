@@ -17,6 +17,8 @@
 #include "tstitch/stitch/policy.hpp"
 #include "tstitch/stitch/stitcher.hpp"
 
+#include "support/clocked_model.hpp"
+
 using namespace tstitch;
 using plan::Planner;
 
@@ -385,19 +387,7 @@ TEST_CASE("plan: Deadline moves the switch when the machine slows down mid-run",
 namespace {
 
 // A fake model that advances the clock and writes a prediction that depends on its identity.
-struct TimedLinear {
-  using condition_type = NoCondition;
-  FakeClock* clock;
-  double cost;
-  float gain;
-  [[nodiscard]] Prediction prediction() const { return Prediction::epsilon; }
-  [[nodiscard]] Shape latent_shape() const { return {1, 2, 2}; }
-  void predict(ConstView x, const StepContext&, const NoCondition&, View out) {
-    clock->now += cost;
-    for (std::int64_t i = 0; i < out.numel(); ++i)
-      out.data()[i] = gain * x.data()[i];
-  }
-};
+using TimedLinear = test::ClockedModel<FakeClock>;
 
 } // namespace
 

@@ -15,6 +15,8 @@
 #include "tstitch/stitch/stitcher.hpp"
 #include "tstitch/tstitch.hpp"
 
+#include "support/clocked_model.hpp"
+
 using namespace tstitch;
 
 namespace {
@@ -25,19 +27,7 @@ struct QueryClock {
 };
 
 // Advances the fake clock by its cost per evaluation; output: a multiple of x.
-struct ClockedModel {
-  using condition_type = NoCondition;
-  QueryClock* clock;
-  double cost;
-  float gain;
-  [[nodiscard]] Prediction prediction() const { return Prediction::epsilon; }
-  [[nodiscard]] Shape latent_shape() const { return {1, 2, 2}; }
-  void predict(ConstView x, const StepContext&, const NoCondition&, View out) {
-    clock->now += cost;
-    for (std::int64_t i = 0; i < out.numel(); ++i)
-      out.data()[i] = gain * x.data()[i];
-  }
-};
+using ClockedModel = test::ClockedModel<QueryClock>;
 
 std::vector<std::size_t> models_of(const SampleResult& run) {
   std::vector<std::size_t> out;
