@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "support/dit_fixtures.hpp"
+#include "support/tensor_checks.hpp"
 #include "tstitch/core/denoiser.hpp"
 #include "tstitch/core/host_backend.hpp"
 #include "tstitch/models/dit/cpu_model.hpp"
@@ -67,14 +68,7 @@ Tensor row_alone(dit::CpuModel& model, const Tensor& x, std::int64_t k) {
 
 bool same_bits(const float* a, const float* b, std::int64_t n) { return std::equal(a, a + n, b); }
 
-double relative_l2(const float* a, const float* b, std::int64_t n) {
-  double diff = 0, norm = 0;
-  for (std::int64_t i = 0; i < n; ++i) {
-    diff += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-    norm += static_cast<double>(b[i]) * b[i];
-  }
-  return std::sqrt(diff / norm);
-}
+using testing::relative_l2;
 
 } // namespace
 

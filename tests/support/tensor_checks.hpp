@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// Small helpers shared by the solver and DiT tests: comparing and inspecting host tensors, and a host
-// backend that counts its allocations (for the "allocates in begin() only" tests).
+// Small helpers shared by the solver and DiT tests: comparing and inspecting host tensors, and a
+// host backend that counts its allocations (for the "allocates in begin() only" tests).
 #pragma once
 
 #include <algorithm>
@@ -20,15 +20,20 @@ inline bool bit_identical(const Tensor& a, const Tensor& b) {
          std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.numel())) == 0;
 }
 
-/// ||a - b|| / ||b||, in double.
-inline double relative_l2(const Tensor& a, const Tensor& b) {
+/// ||a - b|| / ||b|| over n floats, in double.
+inline double relative_l2(const float* a, const float* b, std::int64_t n) {
   double diff = 0, norm = 0;
-  for (std::int64_t i = 0; i < a.numel(); ++i) {
+  for (std::int64_t i = 0; i < n; ++i) {
     const double d = static_cast<double>(a[i]) - static_cast<double>(b[i]);
     diff += d * d;
     norm += static_cast<double>(b[i]) * static_cast<double>(b[i]);
   }
   return std::sqrt(diff / norm);
+}
+
+/// ||a - b|| / ||b||, in double.
+inline double relative_l2(const Tensor& a, const Tensor& b) {
+  return relative_l2(a.data(), b.data(), a.numel());
 }
 
 /// Whether no element of x is NaN or infinite.
