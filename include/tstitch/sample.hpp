@@ -116,8 +116,14 @@ public:
     const Trajectory trajectory = trajectory_of(schedule, options.steps);
     prepare(x.batch(), x.shape(), raw_output_channels(denoiser), uncond != nullptr);
     if constexpr (routes_rows<D>) {
-      static_assert(std::is_same_v<Backend, HostBackend>,
-                    "tstitch: per-row routing (a RowStitcher) runs on the host backend only");
+      // A RowStitcher's sub-batches must live where the backend's tensors do.
+      if constexpr (requires { typename D::rows_type::buffer_type; })
+        static_assert(std::is_same_v<typename D::rows_type::buffer_type, tensor_type>,
+                      "tstitch: a RowStitcher's Rows must match the backend: HostRows on the host "
+                      "backend, cuda::DeviceRows on the device sampler");
+      else
+        static_assert(std::is_same_v<Backend, HostBackend>,
+                      "tstitch: per-row routing (a RowStitcher) runs on the host backend only");
       // One batch keeps one solver history: a reset at each row's switch cannot be honoured.
       if constexpr (requires { solver.options().history; })
         require(solver.options().history != HistoryPolicy::reset, "solver history", "reset",

@@ -3,7 +3,8 @@
 
 // Per-sample stitching: each batch row follows its own routing. Every evaluation splits the batch
 // into one sub-batch per model, runs each model once on its rows and writes the outputs back in
-// place; the solver then advances the whole batch at once. Host memory only (see
+// place; the solver then advances the whole batch at once. Where the sub-batches live and how
+// rows move is the Rows parameter: host memory by default, cuda::DeviceRows on the GPU (see
 // docs/stitching-rows.md).
 #include <algorithm>
 #include <cstddef>
@@ -46,6 +47,38 @@ template <class T> struct ConditionRows<std::vector<T>> {
   }
 };
 
+/// Sub-batch buffers in host memory, rows moved by memcpy: a RowStitcher's default Rows.
+/// Another Rows (cuda::DeviceRows) offers the same members for its own memory:
+///   buffer_type                          an owning batch ([N, C, H, W])
+///   ensure(buffer, batch, shape)         grows buffer to at least `batch` samples of `shape`
+///   view(buffer)                         the buffer as a View
+///   gather(src, rows, dst)               dst sample i = src sample rows[i]
+///   scatter(src, rows, dst)              dst sample rows[i] = src sample i
+struct HostRows {
+  using buffer_type = Tensor;
+
+  static void ensure(Tensor& t, std::int64_t batch, Shape shape) {
+    if (t.batch() < batch || t.shape() != shape)
+      t = Tensor(batch, shape);
+  }
+  static View view(Tensor& t) { return t.view(); }
+  void gather(ConstView src, std::span<const std::int64_t> rows, View dst) const {
+    for (std::size_t i = 0; i < rows.size(); ++i)
+      copy_row(src, rows[i], dst, static_cast<std::int64_t>(i));
+  }
+  void scatter(ConstView src, std::span<const std::int64_t> rows, View dst) const {
+    for (std::size_t i = 0; i < rows.size(); ++i)
+      copy_row(src, static_cast<std::int64_t>(i), dst, rows[i]);
+  }
+
+private:
+  /// Copies sample `from` of src to sample `to` of dst (a sample is contiguous within a view).
+  static void copy_row(ConstView src, std::int64_t from, View dst, std::int64_t to) {
+    std::memcpy(dst.data() + to * dst.batch_stride(), src.data() + from * src.batch_stride(),
+                static_cast<std::size_t>(src.shape().numel()) * sizeof(float));
+  }
+};
+
 template <class C>
 concept row_sliceable_condition = requires(const C& c, std::span<const std::int64_t> rows, C& out) {
   ConditionRows<C>::gather(c, std::int64_t{1}, rows, out);
@@ -56,8 +89,9 @@ concept row_sliceable_condition = requires(const C& c, std::span<const std::int6
 ///     RowStitcher<DenoiserRef<Labels>, PerRow<StepFraction>> s(row_fractions({0, 0.4, 0.8}),
 ///                                                              {small, large});
 /// Every model must predict the same thing (the loop converts the whole batch at once) and the
-/// condition type must have a ConditionRows specialisation.
-template <Denoiser Model, RowPolicy Policy> class RowStitcher {
+/// condition type must have a ConditionRows specialisation. Rows says where the sub-batches live
+/// (HostRows, or cuda::DeviceRows with its stream for device models).
+template <Denoiser Model, RowPolicy Policy, class Rows = HostRows> class RowStitcher {
   static_assert(row_sliceable_condition<condition_of<Model>>,
                 "tstitch: RowStitcher cuts the condition to each model's rows: specialise "
                 "tstitch::ConditionRows<condition_type> with a static gather(c, batch, rows, out)");
@@ -66,9 +100,10 @@ public:
   using condition_type = condition_of<Model>;
   using model_type = Model;
   using policy_type = Policy;
+  using rows_type = Rows;
 
-  RowStitcher(Policy policy, std::vector<Model> models)
-      : policy_(std::move(policy)), models_(std::move(models)) {
+  RowStitcher(Policy policy, std::vector<Model> models, Rows rows = Rows{})
+      : policy_(std::move(policy)), models_(std::move(models)), rows_(std::move(rows)) {
     require(!models_.empty(), "number of models", models_.size(), "must be at least 1");
     if constexpr (requires { policy_.check(models_.size()); })
       policy_.check(models_.size());
@@ -135,6 +170,8 @@ public:
   [[nodiscard]] std::size_t size() const { return models_.size(); }
   [[nodiscard]] Model& model(std::size_t k) { return models_.at(k); }
   [[nodiscard]] const Policy& policy() const { return policy_; }
+  /// How sub-batch rows are moved (a device Rows holds the stream it copies on).
+  [[nodiscard]] const Rows& row_copier() const { return rows_; }
   [[nodiscard]] std::string model_name(std::size_t k) const {
     if (k >= models_.size())
       return "model " + std::to_string(k);
@@ -148,7 +185,7 @@ private:
   /// size once grown, so later steps allocate nothing).
   struct Scratch {
     std::vector<std::int64_t> rows;
-    Tensor x, out, out_uncond;
+    typename Rows::buffer_type x, out, out_uncond;
     condition_type cond{}, uncond{};
   };
 
@@ -181,16 +218,6 @@ private:
     return rows;
   }
 
-  static void ensure(Tensor& t, std::int64_t batch, Shape shape) {
-    if (t.batch() < batch || t.shape() != shape)
-      t = Tensor(batch, shape);
-  }
-  /// Copies row `from` of src to row `to` of dst (rows are contiguous within a view).
-  static void copy_row(ConstView src, std::int64_t from, View dst, std::int64_t to) {
-    std::memcpy(dst.data() + to * dst.batch_stride(), src.data() + from * src.batch_stride(),
-                static_cast<std::size_t>(src.shape().numel()) * sizeof(float));
-  }
-
   void dispatch(ConstView x, const StepContext& ctx, const condition_type& cond,
                 const condition_type* uncond, View out, View* out_uncond) {
     const std::int64_t batch = x.batch();
@@ -214,26 +241,23 @@ private:
       const auto n = static_cast<std::int64_t>(s.rows.size());
       if (n == 0)
         continue;
-      ensure(s.x, batch, x.shape());
-      ensure(s.out, batch, out.shape());
-      const View sub_x = s.x.view().samples(0, n);
-      const View sub_out = s.out.view().samples(0, n);
-      for (std::int64_t i = 0; i < n; ++i)
-        copy_row(x, s.rows[static_cast<std::size_t>(i)], sub_x, i);
+      rows_.ensure(s.x, batch, x.shape());
+      rows_.ensure(s.out, batch, out.shape());
+      const View sub_x = rows_.view(s.x).samples(0, n);
+      const View sub_out = rows_.view(s.out).samples(0, n);
+      rows_.gather(x, s.rows, sub_x);
       ConditionRows<condition_type>::gather(cond, batch, s.rows, s.cond);
       View sub_uncond{};
       if (uncond) {
-        ensure(s.out_uncond, batch, out_uncond->shape());
-        sub_uncond = s.out_uncond.view().samples(0, n);
+        rows_.ensure(s.out_uncond, batch, out_uncond->shape());
+        sub_uncond = rows_.view(s.out_uncond).samples(0, n);
         ConditionRows<condition_type>::gather(*uncond, batch, s.rows, s.uncond);
       }
       run(models_[k], sub_x, inner, s.cond, uncond ? &s.uncond : nullptr, sub_out,
           uncond ? &sub_uncond : nullptr);
-      for (std::int64_t i = 0; i < n; ++i) {
-        copy_row(sub_out, i, out, s.rows[static_cast<std::size_t>(i)]);
-        if (uncond)
-          copy_row(sub_uncond, i, *out_uncond, s.rows[static_cast<std::size_t>(i)]);
-      }
+      rows_.scatter(sub_out, s.rows, out);
+      if (uncond)
+        rows_.scatter(sub_uncond, s.rows, *out_uncond);
     }
   }
 
@@ -247,6 +271,7 @@ private:
 
   Policy policy_;
   std::vector<Model> models_;
+  Rows rows_;
   std::vector<std::string> names_;
   std::vector<Scratch> scratch_;
   std::vector<std::size_t> own_rows_;
