@@ -11,6 +11,17 @@
 
 namespace tstitch::cuda {
 
+namespace detail {
+/// A DeviceRowStitcher's copies must run on the sampler's stream (two streams would race).
+inline void check_rows_stream(const DeviceRows& rows, cudaStream_t sampler_stream) {
+  if (rows.stream() != sampler_stream)
+    throw_invalid_argument("stream of the row stitcher's DeviceRows",
+                           static_cast<const void*>(rows.stream()),
+                           tstitch::detail::concat("must be the sampler's stream ",
+                                                   static_cast<const void*>(sampler_stream)));
+}
+} // namespace detail
+
 DeviceSampler::DeviceSampler(cudaStream_t stream)
     : workspace_(
           std::make_unique<SamplingWorkspace>(stream != nullptr ? stream : default_stream())) {}
@@ -21,6 +32,20 @@ DeviceSampler& DeviceSampler::operator=(DeviceSampler&&) noexcept = default;
 SampleResult DeviceSampler::run(DeviceStitcher& stitcher, const AnySchedule& schedule,
                                 const DeviceSolver& solver, View x, const std::vector<int>& labels,
                                 const SampleOptions& options) {
+  return sample_stitched_impl(*workspace_, stitcher, schedule, solver, x, labels, options);
+}
+
+SampleResult DeviceSampler::run(DeviceRowStitcher<RowRule>& stitcher, const AnySchedule& schedule,
+                                const DeviceSolver& solver, View x, const std::vector<int>& labels,
+                                const SampleOptions& options) {
+  detail::check_rows_stream(stitcher.row_copier(), workspace_->backend.stream());
+  return sample_stitched_impl(*workspace_, stitcher, schedule, solver, x, labels, options);
+}
+
+SampleResult DeviceSampler::run(DeviceRowStitcher<PerRow<StepFraction>>& stitcher,
+                                const AnySchedule& schedule, const DeviceSolver& solver, View x,
+                                const std::vector<int>& labels, const SampleOptions& options) {
+  detail::check_rows_stream(stitcher.row_copier(), workspace_->backend.stream());
   return sample_stitched_impl(*workspace_, stitcher, schedule, solver, x, labels, options);
 }
 

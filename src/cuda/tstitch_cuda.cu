@@ -9,4 +9,5 @@
 #include "attention.cuh"
 #include "dit_kernels.cuh"
 #include "dit_model.cuh"
+#include "row_kernels.cuh"
 #include "sampling_dit.cuh"

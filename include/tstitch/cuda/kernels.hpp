@@ -12,6 +12,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <span>
 #include <string_view>
 
 #include "tstitch/core/tensor.hpp"
@@ -129,6 +130,22 @@ void residual_layernorm_modulate(float* h, const std::uint16_t* y, const float* 
 /// tokens [batch * T, p*p*Co] -> out [batch, Co, S, S]; S a multiple of p.
 void unpatchify(const float* tokens_out, float* out, int out_channels, int size, int patch,
                 int batch, cudaStream_t s);
+
+// ---- row movement of per-sample stitching (defined in src/cuda/row_kernels.cuh) ----
+//
+// Whole samples between two batch-strided views of one sample shape. The row indices travel in
+// the kernel arguments (row_indices_per_launch per launch, more rows take several launches): no
+// upload, no staging buffer, no host wait, and the launches can be captured in a CUDA graph.
+// Throws tstitch::invalid_argument for different sample shapes, too few samples in a view or an
+// index outside its view, naming the value.
+
+/// The row indices one launch of gather_rows / scatter_rows carries.
+inline constexpr int row_indices_per_launch = 64;
+
+/// dst sample i = src sample rows[i], for i < rows.size().
+void gather_rows(ConstView src, std::span<const std::int64_t> rows, View dst, cudaStream_t s);
+/// dst sample rows[i] = src sample i, for i < rows.size() (rows must not repeat an index).
+void scatter_rows(ConstView src, std::span<const std::int64_t> rows, View dst, cudaStream_t s);
 
 } // namespace kernels
 } // namespace tstitch::cuda

@@ -24,12 +24,16 @@
 
 #include "tstitch/core/denoiser.hpp"
 #include "tstitch/core/tensor.hpp"
+#include "tstitch/cuda/kernels.hpp"
+#include "tstitch/cuda/runtime.hpp"
 #include "tstitch/sample.hpp"
 #include "tstitch/schedule/any_schedule.hpp"
 #include "tstitch/schedule/discrete.hpp"
 #include "tstitch/solver/any_solver.hpp"
 #include "tstitch/stitch/denoiser_ref.hpp"
 #include "tstitch/stitch/policy.hpp"
+#include "tstitch/stitch/row_policy.hpp"
+#include "tstitch/stitch/row_stitcher.hpp"
 #include "tstitch/stitch/stitcher.hpp"
 
 namespace tstitch::cuda {
@@ -80,6 +84,43 @@ private:
 ///     stitcher.set_names({"DiT-S/2", "DiT-XL/2"}).on_switch([](const SwitchEvent& e) {...});
 using DeviceStitcher = RuntimeStitcher<DeviceDenoiserRef, AnyPolicy>;
 
+/// A RowStitcher's Rows on the GPU: sub-batch buffers in device memory (grown once to the full
+/// batch, then reused), rows moved by kernels::gather_rows / scatter_rows on `stream`, which
+/// must be the sampler's (DeviceSampler::run checks). Nothing is uploaded and nothing waits.
+class DeviceRows {
+public:
+  using buffer_type = DeviceTensor;
+
+  /// nullptr: default_stream(), where DeviceSampler and DitModel run by default.
+  explicit DeviceRows(cudaStream_t stream = nullptr)
+      : stream_(stream != nullptr ? stream : default_stream()) {}
+
+  [[nodiscard]] cudaStream_t stream() const { return stream_; }
+
+  static void ensure(DeviceTensor& t, std::int64_t batch, Shape shape) {
+    if (t.batch() < batch || t.shape() != shape)
+      t = DeviceTensor(batch, shape);
+  }
+  static View view(DeviceTensor& t) { return t.view(); }
+  void gather(ConstView src, std::span<const std::int64_t> rows, View dst) const {
+    kernels::gather_rows(src, rows, dst, stream_);
+  }
+  void scatter(ConstView src, std::span<const std::int64_t> rows, View dst) const {
+    kernels::scatter_rows(src, rows, dst, stream_);
+  }
+
+private:
+  cudaStream_t stream_;
+};
+
+/// Per-sample stitching of device models: each batch row follows its own routing (see
+/// RowStitcher), with the sub-batches on the GPU. DeviceSampler::run takes it with a RowRule or
+/// with per-row step policies (row_fractions):
+///     cuda::DeviceRowStitcher<PerRow<StepFraction>> s(row_fractions({0, 0.4, 0.8}),
+///                                                     {dit_s, dit_xl});
+template <class Policy = RowRule>
+using DeviceRowStitcher = RowStitcher<DeviceDenoiserRef, Policy, DeviceRows>;
+
 struct SamplingWorkspace; // cuda/device/sampling.cuh: the backend, the loop's buffers, the solver
 
 /// Stitched DiT sampling on the device with a reusable workspace: the first run for a batch and
@@ -102,6 +143,15 @@ public:
   /// on the host. Guidance (options.guidance) uses model 0's unconditional(labels). Every model
   /// must enqueue on the sampler's stream.
   SampleResult run(DeviceStitcher& stitcher, const AnySchedule& schedule,
+                   const DeviceSolver& solver, View x, const std::vector<int>& labels,
+                   const SampleOptions& options);
+
+  /// The same with each row routed on its own (see DeviceRowStitcher); its DeviceRows must copy
+  /// on the sampler's stream. The solver's history must be kept (HistoryPolicy::keep).
+  SampleResult run(DeviceRowStitcher<RowRule>& stitcher, const AnySchedule& schedule,
+                   const DeviceSolver& solver, View x, const std::vector<int>& labels,
+                   const SampleOptions& options);
+  SampleResult run(DeviceRowStitcher<PerRow<StepFraction>>& stitcher, const AnySchedule& schedule,
                    const DeviceSolver& solver, View x, const std::vector<int>& labels,
                    const SampleOptions& options);
 
