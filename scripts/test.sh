@@ -39,10 +39,9 @@ run gcc g++
 # clang++ with ASan + UBSan; CUDA, LibTorch and MPI off (the CUDA code is g++'s and nvcc's; the
 # LibTorch and Open MPI libraries are not built with the sanitizers); the headers-alone check and
 # the benchmarks (no tests run them) are left to the g++ build, to keep CI under 40 minutes on two
-# cores. Two sanitizer options
-# concern the test harness, not the library: test_dit.cpp counts allocations with its own global
-# operator new, which ASan reports as a new/free mismatch, and libomp keeps its thread pool's
-# memory until exit (scripts/lsan.supp).
+# cores. Two sanitizer options concern the test harness, not the library: test_dit.cpp counts
+# allocations with its own global operator new, which ASan reports as a new/free mismatch, and
+# libomp keeps its thread pool's memory until exit (scripts/lsan.supp).
 (
   export ASAN_OPTIONS=alloc_dealloc_mismatch=0
   export LSAN_OPTIONS="suppressions=$PWD/scripts/lsan.supp"
