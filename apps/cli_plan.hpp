@@ -54,7 +54,7 @@ struct PlanRequest {
   std::optional<double> target_speedup; ///< over the large model alone
   std::optional<double> deadline_ms;    ///< the whole run's model time (every batch)
   std::string quality_table;            ///< --quality-table; empty: the shipped one if it applies
-  int warmup = 2, repeats = 5;          ///< of the cost measurement
+  int warmup = 2, repeats = 5;          ///< of the cost measurement (--plan-repeats)
 
   [[nodiscard]] bool active() const { return target_speedup || deadline_ms; }
   /// The option as given, its value in the shortest form that reads back the same ("1e-06").
@@ -80,6 +80,9 @@ inline void add_plan_options(CLI::App& app, PlanRequest& r) {
   app.add_option("--quality-table", r.quality_table,
                  "with --target-speedup/--deadline-ms: a quality table (fraction -> metric, lower "
                  "is better; default: models/fashion_quality.json for the shipped pair)");
+  app.add_option("--plan-repeats", r.repeats,
+                 "with --target-speedup/--deadline-ms: timed evaluations of each model whose "
+                 "median is its cost (default 5; more: a steadier plan, a longer planning time)");
 }
 
 /// Phase 1, before any model is loaded: the values and what planning supports.
@@ -89,8 +92,13 @@ inline void check_plan_request(const PlanRequest& r, std::size_t models, const s
     if (!r.quality_table.empty())
       plan_bad("--quality-table = '", r.quality_table,
                "': used only with --target-speedup or --deadline-ms");
+    if (r.repeats != PlanRequest{}.repeats)
+      plan_bad("--plan-repeats = ", r.repeats,
+               ": used only with --target-speedup or --deadline-ms");
     return;
   }
+  if (r.repeats < 1 || r.repeats > 1000)
+    plan_bad("--plan-repeats = ", r.repeats, ": must be in [1, 1000]");
   const std::string what = r.option_text();
   if (r.target_speedup && !(*r.target_speedup > 0 && std::isfinite(*r.target_speedup)))
     plan_bad(what, ": must be finite and > 0 (a speed-up over the large model alone)");
@@ -254,8 +262,9 @@ PlannedRun plan_run(const PlanRequest& r, std::vector<Model>& models,
                                           " (planned: ", r.option_text(), ")");
   std::fprintf(stderr,
                "plan: measured %.3f ms (small) and %.3f ms (large) per evaluation of the run's "
-               "%d images; %s\n",
-               1e3 * run.step_seconds[0], 1e3 * run.step_seconds[1], count, table.note.c_str());
+               "%d images (median of %d); %s\n",
+               1e3 * run.step_seconds[0], 1e3 * run.step_seconds[1], count, r.repeats,
+               table.note.c_str());
   return run;
 }
 

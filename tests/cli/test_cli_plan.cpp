@@ -87,6 +87,18 @@ TEST_CASE("cli plan: the request's values are checked before any model loads") {
   CHECK_THROWS_WITH(tstitch_sample::check_plan_request(r, 3, "fraction", "cpu"),
                     "--target-speedup = 2: plans a small and a large model; got 3 models");
   CHECK_NOTHROW(tstitch_sample::check_plan_request(r, 2, "fraction", "cpu"));
+  r.repeats = 0;
+  CHECK_THROWS_WITH(tstitch_sample::check_plan_request(r, 2, "fraction", "cpu"),
+                    "--plan-repeats = 0: must be in [1, 1000]");
+  r.repeats = 1001;
+  CHECK_THROWS_WITH(tstitch_sample::check_plan_request(r, 2, "fraction", "cpu"),
+                    "--plan-repeats = 1001: must be in [1, 1000]");
+  r.repeats = 1000;
+  CHECK_NOTHROW(tstitch_sample::check_plan_request(r, 2, "fraction", "cpu"));
+  PlanRequest plain; // no budget: a repeat count has nothing to measure
+  plain.repeats = 9;
+  CHECK_THROWS_WITH(tstitch_sample::check_plan_request(plain, 2, "fraction", "cpu"),
+                    "--plan-repeats = 9: used only with --target-speedup or --deadline-ms");
 }
 
 TEST_CASE("cli plan: the run's evaluations per step follow its solver") {
