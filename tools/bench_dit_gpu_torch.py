@@ -59,6 +59,10 @@ COMMON = dict(input_size=32, in_channels=4, num_classes=1000, learn_sigma=True, 
 SMOKE = dict(depth=2, hidden_size=64, num_heads=4, patch_size=2, input_size=8, in_channels=4,
              num_classes=10, learn_sigma=True, mlp_ratio=4)
 
+# The small model of the tiny stitched pair (--tiny; SMOKE is the large one): same latents and
+# classes, fewer and narrower blocks.
+TINY_SMALL = dict(SMOKE, depth=1, hidden_size=32, num_heads=2)
+
 HAS_SDPA = hasattr(F, "scaled_dot_product_attention")
 
 
@@ -216,6 +220,219 @@ def parse_compile(text, models, batches):
     return wanted
 
 
+# ---------------------------------------------------------------------------------------------
+# Stitched DDIM sampling: the small model for the first fraction r of the steps, the large one for
+# the rest, written out as tstitch's sampler does it (sample.hpp, solver/ddim.hpp, the default
+# DiscreteSchedule), so that the end-to-end time compares with bench_dit_cuda's DeviceSampler.
+
+def ddim_points(steps, n_train=1000, beta_start=1e-4, beta_end=0.02):
+    """(timestep, alpha, sigma) of the steps + 1 points of DiscreteSchedule's default trajectory:
+    linear betas rounded to float32, alphas = float32(1 - beta), their running product taken in
+    double and stored as float32; leading spacing ((arange(n) * (N // n)) reversed); the last
+    point clean (alpha 1, sigma 0). alpha and sigma in double, as TimePoint holds them."""
+    betas = torch.linspace(beta_start, beta_end, n_train, dtype=torch.float64).float()
+    alphas = 1.0 - betas
+    abar = torch.cumprod(alphas.double(), dim=0).float()
+    stride = n_train // steps
+    points = []
+    for i in range(steps):
+        t = (steps - 1 - i) * stride
+        ac = float(abar[t])
+        points.append((float(t), math.sqrt(ac), math.sqrt(1.0 - ac)))
+    points.append((-1.0, 1.0, 0.0))
+    return points
+
+
+def small_steps(r, steps):
+    """Steps the small model serves: floor(r * n) with r rounded to 9 decimals first, in
+    integers (StepFraction::small_fraction), so 0.4 of 50 is exactly 20."""
+    if not 0.0 <= r <= 1.0:
+        raise ValueError(f"small fraction {r} must be in [0, 1]")
+    return (round(r * 1_000_000_000) * steps) // 1_000_000_000
+
+
+def f32(v):
+    """A coefficient as the sampler passes it to its kernels: rounded to float32."""
+    return float(torch.tensor(v, dtype=torch.float32))
+
+
+def stitched_ddim(models, r, x_T, labels, null_class, guidance, points):
+    """Deterministic DDIM (eta 0) over `points` with models[0] for the first small_steps(r)
+    steps and models[1] after; classifier-free guidance on every latent channel
+    (Guidance::standard: u + s (c - u)), the conditional and null-class rows in one 2N-row call.
+    A model is called as model(x, t, y) and returns [rows, 2C, H, W] (eps, then the learned
+    variance, which is not used) or [rows, C, H, W]. Returns the final float32 latents."""
+    steps = len(points) - 1
+    n_small = small_steps(r, steps)
+    n, channels = x_T.shape[0], x_T.shape[1]
+    x = x_T.float().clone()
+    guided = guidance != 1.0
+    y = torch.cat([labels, torch.full_like(labels, null_class)]) if guided else labels
+    scale = f32(guidance)
+    for i in range(steps):
+        t, alpha, sigma = points[i]
+        _, alpha_next, sigma_next = points[i + 1]
+        model = models[0] if i < n_small else models[1]
+        x_in = torch.cat([x, x]) if guided else x
+        timesteps = torch.full((x_in.shape[0],), t, dtype=torch.float32, device=x.device)
+        raw = model(x_in, timesteps, y).float()
+        if guided:
+            c, u = raw[:n, :channels], raw[n:, :channels]
+            eps = u + scale * (c - u)
+        else:
+            eps = raw[:, :channels]
+        # conversion(epsilon): x0 = (1 / alpha) x + (-sigma / alpha) eps; DDIM (eta 0):
+        # x = alpha' x0 + sigma' eps. Coefficients in double, rounded to float32.
+        x0 = f32(1.0 / alpha) * x + f32(-sigma / alpha) * eps
+        x = f32(alpha_next) * x0 + f32(sigma_next) * eps
+    return x
+
+
+class GraphedForward:
+    """One CUDA graph of a whole forward at fixed rows: inputs are copied into static buffers, the
+    graph replayed, the static output returned (valid until the next call). What
+    torch.compile(mode="max-autotune") does for a whole compiled model, here over per-block
+    compiled code (--compile-scope block), which compiles in seconds instead of minutes."""
+
+    def __init__(self, fn, x, t, y, warmup=2):
+        self.x, self.t, self.y = x.clone(), t.clone(), y.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # compilation and autotuning happen here, not in capture
+            for _ in range(warmup):
+                fn(self.x, self.t, self.y)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = fn(self.x, self.t, self.y)
+
+    def __call__(self, x, t, y):
+        self.x.copy_(x)
+        self.t.copy_(t)
+        self.y.copy_(y)
+        self.graph.replay()
+        return self.out
+
+
+_COMPILED_BLOCKS = {}
+
+
+def compiled_forward(cfg, w, rows, mode, scope, device):
+    """A torch.compile'd forward for `rows` rows and how it was made. mode "max-autotune" or
+    "reduce-overhead" means CUDA graphs on: with scope "model" inductor captures them itself;
+    with scope "block" the blocks are compiled without graphs (one compilation for every block
+    of a shape) and GraphedForward captures the whole forward. Weights are marked static so that
+    inductor's graphs do not copy them at every call."""
+    graphs = mode in ("max-autotune", "reduce-overhead") and device.startswith("cuda")
+    if hasattr(torch, "_dynamo") and hasattr(torch._dynamo, "mark_static_address") and graphs:
+        for v in w.values():
+            torch._dynamo.mark_static_address(v)
+    if scope == "model":
+        model = torch.compile(SdpaDiT(cfg, w), dynamic=False, mode=mode)
+        if not graphs:
+            return model, f"whole model, mode {mode}"
+
+        def call(x, t, y):
+            if hasattr(torch, "compiler") and hasattr(torch.compiler, "cudagraph_mark_step_begin"):
+                torch.compiler.cudagraph_mark_step_begin()
+            return model(x, t, y)
+        return call, f"whole model, mode {mode} (inductor's CUDA graphs)"
+    inner = {"max-autotune": "max-autotune-no-cudagraphs", "reduce-overhead": "default"}.get(
+        mode, mode) if graphs else mode
+    if inner not in _COMPILED_BLOCKS:  # one compiled function: its cache serves every shape
+        _COMPILED_BLOCKS[inner] = torch.compile(dit_block, dynamic=False, mode=inner)
+    model = SdpaDiT(cfg, w)
+    model.block = _COMPILED_BLOCKS[inner]
+    if not graphs:
+        return model, f"per block, mode {inner}"
+    x, t, y = inputs(cfg, rows, device, 99)
+    return GraphedForward(model, x, t, y), \
+        f"per block, mode {inner}, whole forward in one CUDA graph"
+
+
+def time_runs(fn, device, runs):
+    """Milliseconds of each of `runs` calls of fn (CUDA events, or the host clock on a CPU)."""
+    times = []
+    for _ in range(runs):
+        if device.startswith("cuda"):
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop))
+        else:
+            begin = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - begin) * 1e3)
+    return times
+
+
+def stitch_bench(args, small_cfg, large_cfg, dtype, batches, can_compile):
+    """End-to-end stitched DDIM runs at each batch: eager models, then (where torch has it)
+    compiled ones; fractions 0 (large alone), r and 1 (small alone), interleaved; median ms."""
+    device = args.device
+    fractions = sorted({0.0, args.small_fraction, 1.0})
+    w_small = device_weights(small_cfg, device, dtype, seed=2026)
+    w_large = device_weights(large_cfg, device, dtype, seed=2027)
+    points = ddim_points(args.steps)
+    null = large_cfg["num_classes"]
+    backends = ["eager"] + (["compile"] if can_compile and args.stitch_compile else [])
+    results, failures = [], 0
+    for images in batches:
+        gen = torch.Generator(device="cpu").manual_seed(5)
+        x_T = (1.7 * torch.randn((images, large_cfg["in_channels"], large_cfg["input_size"],
+                                  large_cfg["input_size"]), generator=gen)).to(device)
+        labels = torch.tensor([(i * 97 + 3) % null for i in range(images)], device=device)
+        rows = 2 * images if args.guidance != 1.0 else images
+        for backend in backends:
+            try:
+                begin = time.perf_counter()
+                with torch.inference_mode():
+                    if backend == "eager":
+                        models = (SdpaDiT(small_cfg, w_small), SdpaDiT(large_cfg, w_large))
+                        how = "eager"
+                    else:
+                        small, how = compiled_forward(small_cfg, w_small, rows, args.compile_mode,
+                                                      args.compile_scope, device)
+                        large, _ = compiled_forward(large_cfg, w_large, rows, args.compile_mode,
+                                                    args.compile_scope, device)
+                        models = (small, large)
+                    for r in fractions:  # warm-up: compilation, autotuning, graphs, allocator
+                        last = stitched_ddim(models, r, x_T, labels, null, args.guidance, points)
+                    if device.startswith("cuda"):
+                        torch.cuda.synchronize()
+                    prepare_s = time.perf_counter() - begin
+                    times = {r: [] for r in fractions}
+                    for _ in range(max(3, args.repeats // 2)):
+                        for r in fractions:  # interleaved: drifting clocks hit every fraction alike
+                            times[r] += time_runs(
+                                lambda: stitched_ddim(models, r, x_T, labels, null,
+                                                      args.guidance, points), device, 1)
+                ms = {r: statistics.median(v) for r, v in times.items()}
+                for r in fractions:
+                    results.append(dict(images=images, backend=backend, how=how, small_fraction=r,
+                                        ms=round(ms[r], 3)))
+                print(f"stitched {backend:7s} {images} images, {args.steps} steps: " +
+                      ", ".join(f"r={r:g} {ms[r]:.2f} ms" for r in fractions) +
+                      f" ({how}; warm-up {prepare_s:.1f} s; final |x| {last.abs().mean():.3f})",
+                      flush=True)
+            except Exception as e:  # a failed compile must not lose the eager rows
+                failures += 1
+                results.append(dict(images=images, backend=backend,
+                                    error=f"{type(e).__name__}: {e}"[:500]))
+                print(f"stitched {backend} {images} images: FAILED: {results[-1]['error']}",
+                      flush=True)
+    if not can_compile:
+        print(f"# stitched: torch {torch.__version__} has no torch.compile: eager only")
+    section = dict(steps=args.steps, small_fraction=args.small_fraction, guidance=args.guidance,
+                   solver="DDIM eta 0, default DiscreteSchedule (linear betas, leading spacing)",
+                   small=small_cfg.get("name", "DiT-S/2"), large=large_cfg.get("name", "DiT-XL/2"),
+                   compile_mode=args.compile_mode if "compile" in backends else None,
+                   runs=results)
+    return section, failures
+
+
 def smoke(args):
     """CPU check of this file's forward against OfficialDiT (float32, same weights)."""
     cfg = dict(SMOKE, seed=1234)
@@ -247,8 +464,18 @@ def main():
     ap.add_argument("--compile", default="S/2:8,S/2:64,XL/2:8,XL/2:64",
                     help="model:images list, 'all' or 'none'")
     ap.add_argument("--compile-scope", choices=("block", "model"), default="block")
-    ap.add_argument("--compile-mode", default="default",
-                    help="torch.compile mode (default, reduce-overhead, max-autotune, ...)")
+    ap.add_argument("--compile-mode", default="max-autotune",
+                    help="torch.compile mode (max-autotune and reduce-overhead: CUDA graphs on)")
+    ap.add_argument("--stitch-batches", default="1,8",
+                    help="images of the stitched DDIM runs (S/2 then XL/2), or 'none'")
+    ap.add_argument("--steps", type=int, default=50, help="DDIM steps of the stitched runs")
+    ap.add_argument("--small-fraction", type=float, default=0.4,
+                    help="r: the small model serves the first floor(r * steps) steps")
+    ap.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
+    ap.add_argument("--no-stitch-compile", dest="stitch_compile", action="store_false",
+                    help="stitched runs with eager models only")
+    ap.add_argument("--tiny", action="store_true",
+                    help="stitched runs with two tiny float32 DiTs (the CPU path)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
@@ -258,7 +485,12 @@ def main():
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("bench_dit_gpu_torch: no CUDA device visible to torch; nothing measured")
         return 0
-    models = [m.strip().replace("DiT-", "") for m in args.models.split(",") if m.strip()]
+    models = [m.strip().replace("DiT-", "") for m in args.models.split(",")
+              if m.strip() and m.strip() != "none"]
+    stitch_batches = [] if args.stitch_batches == "none" else [
+        int(b) for b in args.stitch_batches.split(",")]
+    if args.tiny and models:
+        raise SystemExit("--tiny is for the stitched runs alone: add --models none")
     for m in models:
         if m not in MODELS:
             raise SystemExit(f"--models: unknown model '{m}' (S/2, B/2, XL/2)")
@@ -275,12 +507,13 @@ def main():
             if hasattr(dynamo.config, knob):
                 setattr(dynamo.config, knob, 64)
 
-    dtype = torch.bfloat16
+    dtype = torch.float32 if args.tiny else torch.bfloat16
     env = {"torch": torch.__version__, "python": platform.python_version(),
            "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
-           "cuda": torch.version.cuda, "dtype": "bfloat16", "sdpa": HAS_SDPA,
+           "cuda": torch.version.cuda, "dtype": str(dtype).replace("torch.", ""), "sdpa": HAS_SDPA,
            "sdpa_backends": None, "compile_scope": args.compile_scope,
-           "compile_mode": args.compile_mode, "warmup": args.warmup, "repeats": args.repeats}
+           "compile_mode": args.compile_mode, "torch_compile": can_compile,
+           "warmup": args.warmup, "repeats": args.repeats}
     if args.device.startswith("cuda"):
         cap = torch.cuda.get_device_capability()
         env["sm"] = cap[0] * 10 + cap[1]
@@ -311,15 +544,10 @@ def main():
                       f"{flops / (ms * 1e9):.1f} TFLOP/s", flush=True)
                 if can_compile and (m, images) in to_compile:
                     try:
-                        if compiled is None:
-                            if args.compile_scope == "block":
-                                compiled = SdpaDiT(cfg, w)
-                                compiled.block = torch.compile(dit_block, dynamic=False,
-                                                               mode=args.compile_mode)
-                            else:
-                                compiled = torch.compile(SdpaDiT(cfg, w), dynamic=False,
-                                                         mode=args.compile_mode)
                         begin = time.perf_counter()
+                        compiled, how = compiled_forward(cfg, w, n, args.compile_mode,
+                                                         args.compile_scope, args.device)
+                        row["compile_how"] = how
                         out = compiled(x, t, y)
                         if args.device.startswith("cuda"):
                             torch.cuda.synchronize()
@@ -346,11 +574,24 @@ def main():
         del eager, compiled, w
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
+        save(args.json, env, rows, None)  # after every model: a run cut short keeps what it has
+
+    stitched = None
+    if stitch_batches:
+        if args.tiny:
+            small_cfg, large_cfg = dict(TINY_SMALL, name="tiny small"), dict(SMOKE, name="tiny large")
+        else:
+            small_cfg = dict(COMMON, **MODELS["S/2"], name="DiT-S/2")
+            large_cfg = dict(COMMON, **MODELS["XL/2"], name="DiT-XL/2")
+        stitched, stitch_failures = stitch_bench(args, small_cfg, large_cfg, dtype,
+                                                 stitch_batches, can_compile)
+        failures += stitch_failures
+        save(args.json, env, rows, stitched)
 
     def f(v, digits):
         return f"{v:.{digits}f}" if isinstance(v, (int, float)) else "-"
 
-    print(f"\n== PyTorch {torch.__version__} on {env['device']}, bf16, "
+    print(f"\n== PyTorch {torch.__version__} on {env['device']}, {env['dtype']}, "
           f"{'SDPA' if HAS_SDPA else 'explicit softmax'}; compile scope {args.compile_scope} ==")
     print(f"{'model':9s} {'images':>6s} {'rows':>5s} {'eager_ms':>9s} {'eager_TF/s':>10s} "
           f"{'compile_ms':>10s} {'compile_TF/s':>12s} {'compile_s':>9s}")
@@ -358,12 +599,29 @@ def main():
         print(f"{r['model']:9s} {r['images']:6d} {r['rows']:5d} {f(r['eager_ms'], 3):>9s} "
               f"{f(r['eager_tflops'], 1):>10s} {f(r.get('compile_ms'), 3):>10s} "
               f"{f(r.get('compile_tflops'), 1):>12s} {f(r.get('compile_s'), 1):>9s}")
+    if stitched:
+        print(f"\n== stitched DDIM-{stitched['steps']}, {stitched['small']} for r = "
+              f"{stitched['small_fraction']:g} then {stitched['large']}, guidance "
+              f"{stitched['guidance']:g}: ms per run ==")
+        for r in stitched["runs"]:
+            if "error" not in r:
+                print(f"{r['backend']:7s} images {r['images']:3d} r {r['small_fraction']:4.2f} "
+                      f"{r['ms']:10.2f} ms")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"environment": env, "results": rows}, fh, indent=2)
-            fh.write("\n")
+        save(args.json, env, rows, stitched)
         print(f"wrote {args.json}")
     return 1 if failures else 0
+
+
+def save(path, env, rows, stitched):
+    if not path:
+        return
+    report = {"environment": env, "results": rows}
+    if stitched is not None:
+        report["stitched"] = stitched
+    with open(path, "w") as fh:
+        json.dump(report, fh, indent=2)
+        fh.write("\n")
 
 
 if __name__ == "__main__":
