@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "device_buffers.hpp"
+#include "tiny_dit.hpp"
 #include "tstitch/cuda/dit.hpp"
 #include "tstitch/cuda/kernels.hpp"
 #include "tstitch/cuda/sampling.hpp"
@@ -21,31 +22,11 @@
 #include "tstitch/solver/dpm_solver.hpp"
 
 using namespace tstitch;
+using test::label_sensitive_weights;
+using test::tiny_config;
 using test::to_host;
 
 namespace {
-
-dit::Config tiny_config(std::int64_t depth) {
-  dit::Config c;
-  c.input_size = 8;
-  c.patch_size = 2;
-  c.in_channels = 4;
-  c.hidden_size = 128;
-  c.num_heads = 2; // head dim 64, which the flash kernel serves
-  c.depth = depth;
-  c.num_classes = 10;
-  c.learn_sigma = true;
-  return c;
-}
-
-/// Class embeddings scaled up so that the label (and so guidance) visibly moves the output.
-dit::Weights label_sensitive_weights(const dit::Config& c, std::uint64_t seed) {
-  dit::Weights w = dit::Weights::random(c, seed);
-  float* table = const_cast<float*>(w.class_table.data); // random() owns its values
-  for (std::int64_t i = 0; i < w.class_table.rows * w.class_table.cols; ++i)
-    table[i] *= 40.0f;
-  return w;
-}
 
 double relative_l2(const Tensor& got, const Tensor& want) {
   double diff = 0, norm = 0;

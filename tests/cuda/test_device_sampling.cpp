@@ -16,6 +16,7 @@
 
 #include "../support/sample_variant.hpp"
 #include "device_buffers.hpp"
+#include "tiny_dit.hpp"
 #include "tstitch/cuda/dit.hpp"
 #include "tstitch/cuda/sampling.hpp"
 #include "tstitch/models/dit/cpu_model.hpp"
@@ -24,30 +25,8 @@ using namespace tstitch;
 
 namespace {
 
-dit::Config tiny_config(std::int64_t depth) {
-  dit::Config c;
-  c.input_size = 8;
-  c.patch_size = 2;
-  c.in_channels = 4;
-  c.hidden_size = 128;
-  c.num_heads = 2; // head dim 64, which the flash kernel serves
-  c.depth = depth;
-  c.num_classes = 10;
-  c.learn_sigma = true;
-  return c;
-}
-
-/// Random weights whose class embeddings are large enough that the label visibly changes the
-/// output (with Weights::random alone it barely does, and a swap of the two guidance halves
-/// would go unseen).
-dit::Weights label_sensitive_weights(const dit::Config& c, std::uint64_t seed) {
-  dit::Weights w = dit::Weights::random(c, seed);
-  float* table = const_cast<float*>(w.class_table.data); // random() owns its values
-  for (std::int64_t i = 0; i < w.class_table.rows * w.class_table.cols; ++i)
-    table[i] *= 40.0f;
-  return w;
-}
-
+using test::label_sensitive_weights;
+using test::tiny_config;
 using test::to_host;
 
 /// A user's engine: its own type, no tstitch base class; here it forwards to a DitModel and
