@@ -158,3 +158,116 @@ xl = [(k[1], theirs[k]["eager_ms"] / by_key[k]["ms"]) for k in by_key
 low = min(xl, key=lambda v: v[1]) if xl else None
 goal(">= 1.3x PyTorch eager on DiT-XL/2 (every batch)",
      f"lowest {fmt(low[1])}x at batch {low[0]}" if low else "-", None if low is None else low[1] >= 1.3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Hopper fusion goals: tstitch against torch.compile (mode max-autotune, CUDA graphs on), all
+# figures from this run. A figure that is missing is "not measured", never met.
+def forward_ms(model, images):
+    return by_key.get((model, images), {}).get("ms")
+
+
+env = (torch_ or {}).get("environment", {})
+peer_mode = env.get("compile_mode")
+peer_named = peer_mode == "max-autotune"
+print(f"\nHopper fusion goals (this card: {device}; peer: torch.compile mode {peer_mode or '-'}"
+      f"{'' if peer_named or peer_mode is None else ', not the named max-autotune: compile goals not measured'}):")
+x8, s8 = forward_ms("DiT-XL/2", 8), forward_ms("DiT-S/2", 8)
+ratio = x8 / s8 if s8 and x8 else None
+goal("DiT-S/2 : DiT-XL/2 forward time >= 15 at 8 images",
+     f"{fmt(ratio)} (XL/2 {fmt(x8, 3)} ms, S/2 {fmt(s8, 3)} ms)", None if ratio is None else ratio >= 15)
+for model, batches in (("DiT-XL/2", (1, 8, 64)), ("DiT-S/2", (1, 8))):
+    for images in batches:
+        ms = forward_ms(model, images)
+        peer = theirs.get((model, images), {}).get("compile_ms") if peer_named else None
+        speedup = peer / ms if peer and ms else None
+        goal(f"{model} forward >= 1.3x torch.compile at {images} images",
+             f"{fmt(speedup)}x (tstitch {fmt(ms, 3)} ms, torch.compile {fmt(peer, 3)} ms)",
+             None if speedup is None else speedup >= 1.3)
+
+
+def stitched_ms(runs, images, backend=None):
+    """ms of the r = 0.4 run of DDIM-50 at `images` (tstitch: DeviceSampler runs only, the
+    forwards-only mode is no end-to-end time)."""
+    for run in runs:
+        if run.get("images") != images:
+            continue
+        if backend is None:  # bench_dit_cuda
+            if run.get("steps") != 50 or "DeviceSampler" not in str(run.get("mode")):
+                continue
+            for row in run.get("fractions", []):
+                if abs(row.get("small_fraction", -1) - 0.4) < 1e-9:
+                    return row.get("ms")
+        elif run.get("backend") == backend and abs(run.get("small_fraction", -1) - 0.4) < 1e-9:
+            return run.get("ms")
+    return None
+
+
+ours_runs = (ours or {}).get("stitched_runs") or ([ours["stitched"]] if (ours or {}).get("stitched") else [])
+peer_st = (torch_ or {}).get("stitched") or {}
+peer_runs = peer_st.get("runs", []) if peer_st.get("steps") == 50 and peer_st.get(
+    "small_fraction") == 0.4 and peer_named and peer_st.get("compile_mode") == "max-autotune" else []
+for images in (1, 8):
+    o, t = stitched_ms(ours_runs, images), stitched_ms(peer_runs, images, "compile")
+    e = stitched_ms(peer_st.get("runs", []), images, "eager")
+    speedup = t / o if t and o else None
+    goal(f"stitched DDIM-50, S/2 -> XL/2 at r = 0.4, {images} images, end to end >= 1.3x torch.compile",
+         f"{fmt(speedup)}x (tstitch {fmt(o, 1)} ms, torch.compile {fmt(t, 1)} ms, eager {fmt(e, 1)} ms)",
+         None if speedup is None else speedup >= 1.3)
+xl64 = by_key.get(("DiT-XL/2", 64), {}).get("fraction_of_peak")
+goal("DiT-XL/2 forward at 64 images >= 65% of the measured bf16 peak",
+     f"{fmt(100 * xl64, 1) if xl64 is not None else '-'}% of {fmt(peak, 1)} TFLOP/s",
+     None if xl64 is None else xl64 >= 0.65)
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernel lab (run.sh's lab stage writes lab.log): each program's exit status, its csv lines
+#   csv,<program>,<shape>,<version>,<us>,...,<ok>
+# and, from the sanitize stage, "sanitize,<program>,<tool>,<status>" lines.
+def lab_results():
+    try:
+        with open(os.path.join(out, "lab.log")) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    status, timings, sanitized = {}, {}, {}
+    for line in lines:
+        parts = line.strip().split(",")
+        if line.startswith("lab-status,") and len(parts) == 3:
+            status[parts[1]] = parts[2]
+        elif line.startswith("sanitize,") and len(parts) == 4:
+            sanitized.setdefault(parts[1], {})[parts[2]] = parts[3]
+        elif line.startswith("csv,") and len(parts) >= 6:
+            try:
+                us = float(parts[4])
+            except ValueError:
+                continue
+            ok = parts[-1].strip().lower() in ("1", "ok", "true", "pass")
+            timings.setdefault(parts[1], {}).setdefault(parts[2], []).append((parts[3], us, ok))
+    return status, timings, sanitized
+
+
+lab = lab_results()
+print("\nkernel lab (dev/cuda): exit status, best version per shape (time; version 1's time / best)")
+if lab is None:
+    print("  not measured (no lab.log)")
+else:
+    status, timings, sanitized = lab
+    for program in sorted(set(status) | set(timings) | set(sanitized)):
+        checks = ", ".join(f"{tool} {v}" for tool, v in sorted(sanitized.get(program, {}).items()))
+        print(f"  {program}: {status.get(program, 'not run')}"
+              f"{'; sanitizer: ' + checks if checks else '; sanitizer: not measured'}")
+        shapes = timings.get(program, {})
+        if not shapes:
+            print("    no csv lines (no per-version times)")
+        for shape, rows in shapes.items():
+            good = [r for r in rows if r[2] and r[1] == r[1]]
+            bad = sorted({r[0] for r in rows if not r[2]})
+            base = next((r[1] for r in good if r[0] == "1"), None)
+            if good:
+                best = min(good, key=lambda r: r[1])
+                print(f"    {shape}: best version {best[0]} {best[1]:.2f} us "
+                      f"({fmt(base / best[1]) + 'x version 1' if base else 'version 1 not measured'})"
+                      f"{'; FAILED check: ' + ' '.join(bad) if bad else ''}")
+            else:
+                print(f"    {shape}: no version passed its check ({' '.join(bad)})")

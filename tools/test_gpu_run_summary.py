@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""Checks tools/gpu_run_summary.py on synthetic run outputs (no GPU, no torch):
+the Hopper fusion goals come out MET / NOT MET from the figures given, "not measured" where a
+figure is missing (never met), and the lab section reports each program's status and its best
+version per shape against version 1.
+
+    python3 tools/test_gpu_run_summary.py      # exit 0 pass, 1 fail
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_run_summary.py")
+
+
+def summarize(files):
+    with tempfile.TemporaryDirectory() as out, tempfile.TemporaryDirectory() as logs:
+        for name, content in files.items():
+            with open(os.path.join(out, name), "w") as f:
+                f.write(content if isinstance(content, str) else json.dumps(content))
+        done = subprocess.run([sys.executable, SCRIPT, out, logs], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise AssertionError(f"summary failed ({done.returncode}): {done.stderr}")
+        return done.stdout
+
+
+def verdict(text, goal):
+    """The verdict printed on the goal line that contains `goal` (exactly one such line)."""
+    lines = [line for line in text.splitlines() if goal in line]
+    if len(lines) != 1:
+        raise AssertionError(f"{len(lines)} lines name '{goal}':\n{text}")
+    for v in ("not measured", "NOT MET", "MET"):
+        if lines[0].strip().startswith(v):
+            return v
+    raise AssertionError(f"no verdict on: {lines[0]}")
+
+
+def forward(model, images, ms, frac=0.5):
+    return {"model": model, "images": images, "rows": 2 * images, "ms": ms,
+            "fraction_of_peak": frac, "tflops": 1.0}
+
+
+def stitched(images, ms04, mode="DeviceSampler, DDIM, guidance 4, check_finite off"):
+    return {"mode": mode, "steps": 50, "images": images, "c": 0.1,
+            "fractions": [{"small_fraction": r, "ms": ms04 if r == 0.4 else 100.0, "speedup": 1.0,
+                           "ideal": 1.0, "deviation": 0.0} for r in (0.0, 0.2, 0.4, 0.6)]}
+
+
+OURS = {
+    "device": {"name": "NVIDIA H100 80GB HBM3"},
+    "gemm_peak": {"tflops": 700.0},
+    "forward": [forward("DiT-S/2", 1, 0.30), forward("DiT-S/2", 8, 0.50),
+                forward("DiT-XL/2", 1, 2.0), forward("DiT-XL/2", 8, 8.0),
+                forward("DiT-XL/2", 64, 50.0, frac=0.66)],
+    "stitched": stitched(8, 200.0),
+    "stitched_runs": [stitched(1, 60.0), stitched(8, 200.0)],
+}
+
+
+def torch_json(mode="max-autotune"):
+    def row(model, images, compile_ms):
+        return {"model": model, "images": images, "eager_ms": 10 * compile_ms,
+                "compile_ms": compile_ms}
+    runs = []
+    for images, compile_ms in ((1, 100.0), (8, 240.0)):
+        for backend, ms in (("eager", 3 * compile_ms), ("compile", compile_ms)):
+            runs.append({"images": images, "backend": backend, "small_fraction": 0.4, "ms": ms})
+    return {"environment": {"device": "NVIDIA H100 80GB HBM3", "compile_mode": mode},
+            # S/2 at 1: 0.30 vs 0.45 (1.5x, met); S/2 at 8: 0.50 vs 0.60 (1.2x, not met);
+            # XL/2: 1.5x, 1.5x, 1.2x.
+            "results": [row("DiT-S/2", 1, 0.45), row("DiT-S/2", 8, 0.60),
+                        row("DiT-XL/2", 1, 3.0), row("DiT-XL/2", 8, 12.0),
+                        row("DiT-XL/2", 64, 60.0)],
+            "stitched": {"steps": 50, "small_fraction": 0.4, "guidance": 4.0,
+                         "compile_mode": mode, "runs": runs}}
+
+
+LAB = "\n".join([
+    "lab-status,lab_gemm_seam,pass",
+    "csv,gemm_seam,qkv_4096x384x1152,1,10.0,0.001,ok",
+    "csv,gemm_seam,qkv_4096x384x1152,2,5.0,0.001,ok",
+    "csv,gemm_seam,qkv_4096x384x1152,3,4.0,0.5,FAIL",
+    "lab-status,lab_short_attention,FAILED (rc 1)",
+    "csv,short_attention,b8_h6_t256_d64,1,20.0,50.0,0.001,ok",
+    "sanitize,lab_gemm_seam,memcheck,clean",
+    "lab-status,lab_bias_gelu,skipped (no CUDA device)",
+]) + "\n"
+
+
+class Summary(unittest.TestCase):
+    def test_goals_from_figures(self):
+        text = summarize({"bench_dit_cuda.json": OURS, "bench_dit_gpu_torch.json": torch_json(),
+                          "lab.log": LAB})
+        self.assertIn("Hopper fusion goals (this card: NVIDIA H100 80GB HBM3", text)
+        self.assertEqual(verdict(text, "DiT-S/2 : DiT-XL/2 forward time >= 15"), "MET")  # 16
+        self.assertEqual(verdict(text, "DiT-XL/2 forward >= 1.3x torch.compile at 1 images"), "MET")
+        self.assertEqual(verdict(text, "DiT-XL/2 forward >= 1.3x torch.compile at 8 images"), "MET")
+        self.assertEqual(verdict(text, "DiT-XL/2 forward >= 1.3x torch.compile at 64 images"),
+                         "NOT MET")
+        self.assertEqual(verdict(text, "DiT-S/2 forward >= 1.3x torch.compile at 1 images"), "MET")
+        self.assertEqual(verdict(text, "DiT-S/2 forward >= 1.3x torch.compile at 8 images"),
+                         "NOT MET")
+        # Stitched: 100 / 60 = 1.67 (met), 240 / 200 = 1.2 (not met).
+        self.assertEqual(verdict(text, "r = 0.4, 1 images, end to end"), "MET")
+        self.assertEqual(verdict(text, "r = 0.4, 8 images, end to end"), "NOT MET")
+        self.assertEqual(verdict(text, "at 64 images >= 65% of the measured"), "MET")
+        # Lab: the best passing version per shape and its ratio to version 1; failures named.
+        self.assertIn("lab_gemm_seam: pass; sanitizer: memcheck clean", text)
+        self.assertIn("qkv_4096x384x1152: best version 2 5.00 us (2.00x version 1)"
+                      "; FAILED check: 3", text)
+        self.assertIn("lab_short_attention: FAILED (rc 1); sanitizer: not measured", text)
+        self.assertIn("lab_bias_gelu: skipped (no CUDA device)", text)
+
+    def test_missing_figures_are_not_measured(self):
+        for files in ({}, {"bench_dit_cuda.json": OURS}, {"bench_dit_gpu_torch.json": torch_json()},
+                      {"bench_dit_cuda.json": "{not json", "lab.log": ""}):
+            text = summarize(files)
+            table = text[text.index("Hopper fusion goals"):text.index("kernel lab")]
+            lines = [line for line in table.splitlines()[1:] if line.strip()]
+            self.assertEqual(len(lines), 9, table)
+            for line in lines:
+                if "DiT-S/2 : DiT-XL/2" in line or "65% of the measured" in line:
+                    continue  # from bench_dit_cuda alone
+                self.assertTrue(line.strip().startswith("not measured"), line)
+            if "bench_dit_cuda.json" not in files or files["bench_dit_cuda.json"] == "{not json":
+                self.assertNotIn(" MET ", table.replace("NOT MET", ""))
+
+    def test_other_compile_mode_is_not_the_named_peer(self):
+        text = summarize({"bench_dit_cuda.json": OURS,
+                          "bench_dit_gpu_torch.json": torch_json("default")})
+        self.assertEqual(verdict(text, "DiT-XL/2 forward >= 1.3x torch.compile at 8 images"),
+                         "not measured")
+        self.assertEqual(verdict(text, "r = 0.4, 1 images, end to end"), "not measured")
+
+    def test_forwards_only_stitching_is_no_end_to_end_time(self):
+        ours = dict(OURS, stitched_runs=[stitched(1, 60.0, "forwards only"),
+                                         stitched(8, 200.0, "forwards only")])
+        text = summarize({"bench_dit_cuda.json": ours, "bench_dit_gpu_torch.json": torch_json()})
+        self.assertEqual(verdict(text, "r = 0.4, 8 images, end to end"), "not measured")
+
+    def test_no_lab_log(self):
+        self.assertIn("not measured (no lab.log)", summarize({}))
+
+
+if __name__ == "__main__":
+    result = unittest.main(exit=False, verbosity=1).result
+    sys.exit(0 if result.wasSuccessful() else 1)
