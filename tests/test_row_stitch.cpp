@@ -32,12 +32,8 @@ namespace {
 
 const Shape shape{3, 4, 4};
 
-/// Two-component mixtures that differ between "small" and "large", so the routing shows.
 ExactDenoiser mixture(double offset, double spread) {
-  return ExactDenoiser(shape,
-                       {testing::varied_gaussian(shape, offset, spread),
-                        testing::varied_gaussian(shape, -offset, 0.5 * spread)},
-                       {0.4, 0.6});
+  return testing::two_component_mixture(shape, offset, spread);
 }
 
 using Ref = DenoiserRef<Labels>;

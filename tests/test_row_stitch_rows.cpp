@@ -29,10 +29,7 @@ namespace {
 const Shape shape{2, 4, 4};
 
 ExactDenoiser mixture(double offset, double spread) {
-  return ExactDenoiser(shape,
-                       {testing::varied_gaussian(shape, offset, spread),
-                        testing::varied_gaussian(shape, -offset, 0.5 * spread)},
-                       {0.4, 0.6});
+  return testing::two_component_mixture(shape, offset, spread);
 }
 
 using Ref = DenoiserRef<Labels>;

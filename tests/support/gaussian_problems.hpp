@@ -59,6 +59,16 @@ inline analytic::DiagonalGaussian varied_gaussian(Shape shape, double mean_offse
   return g;
 }
 
+/// The exact denoiser of a two-component mixture of varied Gaussians (at +offset and -offset,
+/// weights 0.4 and 0.6): distinct (offset, spread) give distinct "small" and "large" models, so a
+/// routing shows in the result.
+inline analytic::ExactDenoiser two_component_mixture(Shape shape, double offset, double spread) {
+  return analytic::ExactDenoiser(
+      shape,
+      {varied_gaussian(shape, offset, spread), varied_gaussian(shape, -offset, 0.5 * spread)},
+      {0.4, 0.6});
+}
+
 /// The per-sample shape of curved_data().
 inline constexpr Shape curved_shape{3, 4, 4};
 
