@@ -22,16 +22,19 @@ common=(
   -DTSTITCH_WARNINGS_AS_ERRORS=ON
 )
 
+# Each phase prints its duration, so a slow CI run shows where its minutes went.
 run() {
-  local name="$1" cxx="$2"
+  local name="$1" cxx="$2" t0=$SECONDS
   shift 2
   local dir="build/${name}"
   echo "=== ${name}: configure (${cxx}) ==="
   cmake -S . -B "${dir}" -DCMAKE_CXX_COMPILER="${cxx}" "${common[@]}" "$@"
   echo "=== ${name}: build ==="
   cmake --build "${dir}" -j 2
-  echo "=== ${name}: test ==="
+  echo "=== ${name}: configured and built in $((SECONDS - t0)) s; test ==="
+  t0=$SECONDS
   ctest --test-dir "${dir}" --output-on-failure -j2
+  echo "=== ${name}: tested in $((SECONDS - t0)) s ==="
 }
 
 # g++: TSTITCH_ENABLE_CUDA keeps its default (ON when a CUDA compiler is found).
@@ -56,6 +59,8 @@ run gcc g++
 # project's writers produce; a crash, sanitizer report, leak, disallowed exception or timeout
 # fails (scripts/fuzz.sh). A fixed seed, so every run tries the same inputs. Measured on the 2-core
 # machine (2026-12-07): 3.5 minutes with the build.
+t0=$SECONDS
 TSTITCH_FUZZ_SEED=1 ./scripts/fuzz.sh 30
+echo "=== fuzz: built and run in $((SECONDS - t0)) s ==="
 
-echo "=== all tests passed (gcc; clang with ASan and UBSan; fuzz smoke) ==="
+echo "=== all tests passed (gcc; clang with ASan and UBSan; fuzz smoke) in $SECONDS s ==="
