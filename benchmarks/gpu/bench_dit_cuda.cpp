@@ -12,13 +12,15 @@
 //   3. the cost of a switch: alternating predicts between two models against repeating one;
 //   4. stitched sampling (small model for the first fraction r of the steps, large for the rest)
 //      against the ideal speedup 1 / ((1 - r) + r c), c = small-only / large-only run time:
-//      DeviceSampler (DDIM, 50 steps, guidance) where tstitch/cuda/sampling.hpp exists.
+//      DeviceSampler (DDIM, 50 steps, guidance 4) where tstitch/cuda/sampling.hpp exists, at 1 and
+//      8 images (--sample-batch); r = 0.4 of it is the end-to-end peer of the PyTorch stitching
+//      run of tools/bench_dit_gpu_torch.py.
 // Each measurement is one file in dit/ over one harness (dit/harness.hpp: the median, the event
 // timer, graph capture, inputs); this file runs them in order and writes the table and JSON.
 // Plain C++ (no nvcc): it links the kernels compiled in src/cuda/tstitch_cuda.cu.
 //
 //   bench_dit_cuda [--models S/2,B/2,XL/2] [--batches 1,8,32,64] [--repeats 10] [--json path]
-//                  [--steps 50] [--sample-batch 8] [--gemm 8192] [--no-switch] [--no-stitch]
+//                  [--steps 50] [--sample-batch 1,8] [--gemm 8192] [--no-switch] [--no-stitch]
 //   bench_dit_cuda --profile XL/2:64   one forward without graphs between cudaProfilerStart and
 //                  cudaProfilerStop, nothing else: for `ncu --profile-from-start off` (run.sh's
 //                  profile stage), which times each kernel of exactly that forward
@@ -80,8 +82,7 @@ struct Run {
   std::map<std::string, double> gemms_alone_ms; // per model, at 8 images (NaN: it failed)
   Json memory = Json::object();
   std::vector<SwitchRow> switches;
-  StitchResult stitch;
-  bool stitched = false;
+  std::vector<StitchResult> stitches; // one per --sample-batch size that ran
 };
 
 void describe_device(Run& run) {
@@ -329,48 +330,64 @@ void switch_phase(Run& run) {
   run.report["switch"] = switch_json;
 }
 
-// 4. Stitched sampling.
+// 4. Stitched sampling, at each --sample-batch size.
+Json stitch_json(const StitchResult& stitch) {
+  Json rows = Json::array();
+  for (const StitchRow& r : stitch.rows)
+    rows.push_back({{"small_fraction", r.r},
+                    {"ms", number(r.ms)},
+                    {"speedup", number(r.speedup)},
+                    {"ideal", number(r.ideal)},
+                    {"deviation", number(r.deviation)}});
+  return {{"mode", stitch.mode},
+          {"steps", stitch.steps},
+          {"images", stitch.images},
+          {"small", "DiT-S/2"},
+          {"large", "DiT-XL/2"},
+          {"small_ms", number(stitch.small_ms)},
+          {"large_ms", number(stitch.large_ms)},
+          {"c", number(stitch.c)},
+          {"fractions", rows}};
+}
+
 void stitch_phase(Run& run) {
   const bool have_pair = run.models.count("S/2") == 1 && run.models.count("XL/2") == 1;
-  StitchResult& stitch = run.stitch;
   if (run.opt.stitch && have_pair) {
-    try {
-      stitch = measure_stitch(*run.models["S/2"], *run.models["XL/2"], run.opt.sample_batch,
-                              run.opt.steps, run.opt.repeats, run.schedule);
-      run.stitched = true;
-      std::printf("stitched (%s): c = %.4f (S/2 %.2f ms, XL/2 %.2f ms per %d-step run)\n",
-                  stitch.mode.c_str(), stitch.c, stitch.small_ms, stitch.large_ms, stitch.steps);
-    } catch (const std::exception& e) {
-      std::printf("stitched: FAILED: %s\n", e.what());
+    for (int images : run.opt.sample_batches) {
+      try {
+        run.stitches.push_back(measure_stitch(*run.models["S/2"], *run.models["XL/2"], images,
+                                              run.opt.steps, run.opt.repeats, run.schedule));
+        const StitchResult& stitch = run.stitches.back();
+        std::printf("stitched %d images (%s): c = %.4f (S/2 %.2f ms, XL/2 %.2f ms per %d-step "
+                    "run)\n",
+                    images, stitch.mode.c_str(), stitch.c, stitch.small_ms, stitch.large_ms,
+                    stitch.steps);
+      } catch (const std::exception& e) {
+        std::printf("stitched %d images: FAILED: %s\n", images, e.what());
+      }
+      std::fflush(stdout);
     }
   } else if (run.opt.stitch) {
     std::puts("stitched: skipped (needs DiT-S/2 and DiT-XL/2)");
   }
-  if (run.stitched) {
-    Json rows = Json::array();
-    for (const StitchRow& r : stitch.rows)
-      rows.push_back({{"small_fraction", r.r},
-                      {"ms", number(r.ms)},
-                      {"speedup", number(r.speedup)},
-                      {"ideal", number(r.ideal)},
-                      {"deviation", number(r.deviation)}});
-    run.report["stitched"] = {{"mode", stitch.mode},
-                              {"steps", stitch.steps},
-                              {"images", stitch.images},
-                              {"small", "DiT-S/2"},
-                              {"large", "DiT-XL/2"},
-                              {"small_ms", number(stitch.small_ms)},
-                              {"large_ms", number(stitch.large_ms)},
-                              {"c", number(stitch.c)},
-                              {"fractions", rows}};
+  if (run.stitches.empty())
+    return;
+  // "stitched": the largest batch, as before; "stitched_runs": every batch size.
+  const StitchResult* largest = &run.stitches.front();
+  Json runs = Json::array();
+  for (const StitchResult& stitch : run.stitches) {
+    runs.push_back(stitch_json(stitch));
+    if (stitch.images > largest->images)
+      largest = &stitch;
   }
+  run.report["stitched"] = stitch_json(*largest);
+  run.report["stitched_runs"] = runs;
 }
 
 // The table, last, so it survives a truncated log.
 void print_table(const Run& run) {
   const tstitch::cuda::DeviceInfo& info = run.info;
   const GemmPeak& peak = run.peak;
-  const StitchResult& stitch = run.stitch;
   std::printf("\n== bench_dit_cuda: %s (sm_%d%d) ==\n", info.name.c_str(), info.compute_major,
               info.compute_minor);
   std::printf("bf16 GEMM peak (cublasGemmEx %d^3, fp32 accumulate): %s TFLOP/s\n", peak.n,
@@ -393,7 +410,7 @@ void print_table(const Run& run) {
     std::printf("switch %s, batch 2: %s us per switch (same %s ms, alternating %s ms per call)\n",
                 s.pair.c_str(), fixed(s.cost_us, 2).c_str(), fixed(s.same_ms, 4).c_str(),
                 fixed(s.alternating_ms, 4).c_str());
-  if (run.stitched) {
+  for (const StitchResult& stitch : run.stitches) {
     std::printf("stitched S/2 -> XL/2, %d images, %d steps, %s; c = %s\n", stitch.images,
                 stitch.steps, stitch.mode.c_str(), fixed(stitch.c, 4).c_str());
     std::printf("%6s %10s %8s %8s %10s\n", "r", "ms", "speedup", "ideal", "deviation");

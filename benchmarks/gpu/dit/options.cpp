@@ -46,7 +46,7 @@ int positive_int(const std::string& text, const char* flag) {
 
 void usage() {
   std::puts("usage: bench_dit_cuda [--models S/2,B/2,XL/2] [--batches 1,8,32,64] [--repeats N]\n"
-            "                      [--json path] [--steps 50] [--sample-batch 8] [--gemm 8192]\n"
+            "                      [--json path] [--steps 50] [--sample-batch 1,8] [--gemm 8192]\n"
             "                      [--no-switch] [--no-stitch]\n"
             "       bench_dit_cuda --profile MODEL:IMAGES   (one forward for ncu)\n"
             "batches count images; each forward runs twice as many rows (guidance).");
@@ -80,7 +80,11 @@ Options parse(int argc, char** argv) {
     } else if (arg == "--steps") {
       o.steps = positive_int(value(), "--steps");
     } else if (arg == "--sample-batch") {
-      o.sample_batch = positive_int(value(), "--sample-batch");
+      o.sample_batches.clear();
+      for (const std::string& b : split(value()))
+        o.sample_batches.push_back(positive_int(b, "--sample-batch"));
+      if (o.sample_batches.empty())
+        throw std::invalid_argument("--sample-batch: needs at least one batch size");
     } else if (arg == "--gemm") {
       o.gemm = positive_int(value(), "--gemm");
     } else if (arg == "--no-switch") {

@@ -12,7 +12,7 @@ struct Options {
   int repeats = 10;
   std::string json;
   int steps = 50;
-  int sample_batch = 8;
+  std::vector<int> sample_batches{1, 8}; // images of the stitched sampling runs
   int gemm = 8192;
   bool switch_cost = true;
   bool stitch = true;
