@@ -13,13 +13,15 @@
 //
 // Build: cmake -S . -B build -DTSTITCH_ENABLE_CUDA=ON -DTSTITCH_BUILD_CUDA_LAB=ON
 //        cmake --build build --target lab_bias_gelu
-// Run:   build/dev/cuda/lab_bias_gelu [version]   (default: every version)
+// Run:   build/dev/cuda/lab_bias_gelu [version] [--quick]   (default: every version; --quick:
+//        the check alone, no timing)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <string_view>
 #include <vector>
 
 #include "common.cuh"
@@ -129,9 +131,25 @@ void run(int version, const Problem& p, Device& d, Blas& blas) {
 
 const char* const names[] = {"", "1 GEMM + bias, bias_gelu kernel", "2 GEMM, bias+GELU epilogue"};
 
+// `--quick` (anywhere in argv): the check at the smallest shape only, no timing (the
+// sanitizer runs of benchmarks/gpu/run.sh). Returns it and drops it from argv.
+bool take_quick(int& argc, char** argv) {
+  bool quick = false;
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string_view(argv[i]) == "--quick")
+      quick = true;
+    else
+      argv[kept++] = argv[i];
+  }
+  argc = kept;
+  return quick;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
+  const bool quick = take_quick(argc, argv);
   lab::require_device(argv[0]);
   const int only = lab::version_argument(argc, argv, 2);
   Blas blas(nullptr);
@@ -139,6 +157,8 @@ int main(int argc, char** argv) {
   // Checked on 64 rows (the fp64 reference is slow), timed at DiT-XL/2's fc1 for batch 8:
   // 8 x 256 tokens, K = 1152, N = 4 x 1152.
   for (const std::int64_t rows : {std::int64_t{64}, std::int64_t{2048}}) {
+    if (quick && rows != 64)
+      continue;
     const Problem p = make_problem(rows, 1152, 4608);
     const bool check = rows == 64;
     const std::vector<double> want = check ? reference(p) : std::vector<double>{};

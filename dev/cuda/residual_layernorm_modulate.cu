@@ -16,11 +16,13 @@
 //
 // Build: cmake -S . -B build -DTSTITCH_ENABLE_CUDA=ON -DTSTITCH_BUILD_CUDA_LAB=ON
 //        cmake --build build --target lab_residual_layernorm_modulate
-// Run:   build/dev/cuda/lab_residual_layernorm_modulate [version]   (default: every version)
+// Run:   build/dev/cuda/lab_residual_layernorm_modulate [version] [--quick]   (default: every
+//        version; --quick: DiT-S/2 only, the check alone, no timing)
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <cstdio>
+#include <string_view>
 #include <vector>
 
 #include "common.cuh"
@@ -144,14 +146,32 @@ void run(int version, const Problem& p, Device& d) {
 const char* const names[] = {"", "1 gated_residual + layernorm_modulate", "2 fused, params global",
                              "3 fused, params staged"};
 
+// `--quick` (anywhere in argv): the check at the smallest shape only, no timing (the
+// sanitizer runs of benchmarks/gpu/run.sh). Returns it and drops it from argv.
+bool take_quick(int& argc, char** argv) {
+  bool quick = false;
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string_view(argv[i]) == "--quick")
+      quick = true;
+    else
+      argv[kept++] = argv[i];
+  }
+  argc = kept;
+  return quick;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
+  const bool quick = take_quick(argc, argv);
   lab::require_device(argv[0]);
   const int only = lab::version_argument(argc, argv, 3);
   bool ok = true;
   // DiT-S/2, -B/2 and -XL/2 at 256x256 (256 tokens), batch 8.
   for (const int dim : {384, 768, 1152}) {
+    if (quick && dim != 384)
+      continue;
     const Problem p = make_problem(256, dim, 8);
     std::vector<double> want_h, want_out;
     reference(p, want_h, want_out);
@@ -167,6 +187,8 @@ int main(int argc, char** argv) {
       ok = lab::validate(names[v], got_out, want_out, 1e-2,
                          [&](std::size_t i) { return static_cast<int>(i % p.ld) < p.dim; }) &&
            ok;
+      if (quick)
+        continue;
       // Timed on the same buffers: h keeps growing by gate * (y + bias), which costs nothing.
       const double ms = lab::time_ms(200, [&] { run(v, p, d); });
       std::printf("  %-32s %8.2f us\n", names[v], ms * 1e3);
