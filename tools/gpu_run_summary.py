@@ -233,10 +233,10 @@ def lab_results():
     status, timings, sanitized = {}, {}, {}
     for line in lines:
         parts = line.strip().split(",")
-        if line.startswith("lab-status,") and len(parts) == 3:
-            status[parts[1]] = parts[2]
-        elif line.startswith("sanitize,") and len(parts) == 4:
-            sanitized.setdefault(parts[1], {})[parts[2]] = parts[3]
+        if line.startswith("lab-status,") and len(parts) >= 3:
+            status[parts[1]] = ",".join(parts[2:])
+        elif line.startswith("sanitize,") and len(parts) >= 4:  # the status may hold commas
+            sanitized.setdefault(parts[1], {})[parts[2]] = ",".join(parts[3:])
         elif line.startswith("csv,") and len(parts) >= 6:
             try:
                 us = float(parts[4])

@@ -86,7 +86,8 @@ LAB = "\n".join([
     "csv,gemm_seam,qkv_4096x384x1152,3,4.0,0.5,FAIL",
     "lab-status,lab_short_attention,FAILED (rc 1)",
     "csv,short_attention,b8_h6_t256_d64,1,20.0,50.0,0.001,ok",
-    "sanitize,lab_gemm_seam,memcheck,clean",
+    "sanitize,lab_gemm_seam,memcheck,clean (ERROR SUMMARY: 0 errors)",
+    "sanitize,lab_gemm_seam,racecheck,clean (RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings))",
     "lab-status,lab_bias_gelu,skipped (no CUDA device)",
 ]) + "\n"
 
@@ -109,7 +110,9 @@ class Summary(unittest.TestCase):
         self.assertEqual(verdict(text, "r = 0.4, 8 images, end to end"), "NOT MET")
         self.assertEqual(verdict(text, "at 64 images >= 65% of the measured"), "MET")
         # Lab: the best passing version per shape and its ratio to version 1; failures named.
-        self.assertIn("lab_gemm_seam: pass; sanitizer: memcheck clean", text)
+        self.assertIn("lab_gemm_seam: pass; sanitizer: memcheck clean (ERROR SUMMARY: 0 errors), "
+                      "racecheck clean (RACECHECK SUMMARY: 0 hazards displayed (0 errors, "
+                      "0 warnings))", text)
         self.assertIn("qkv_4096x384x1152: best version 2 5.00 us (2.00x version 1)"
                       "; FAILED check: 3", text)
         self.assertIn("lab_short_attention: FAILED (rc 1); sanitizer: not measured", text)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# The GPU run (the CUDA DiT against its H100 goals), on a machine with an NVIDIA GPU, nvcc, CMake and python3 + torch and
-# nothing else prepared (header-only dependencies from .deps/: benchmarks/gpu/pack_deps.sh):
+# The GPU run (the CUDA DiT against its H100 goals and the Hopper fusion goals), on a machine
+# with an NVIDIA GPU, nvcc, CMake and python3 + torch and nothing else prepared (header-only
+# dependencies from .deps/: benchmarks/gpu/pack_deps.sh):
 #
 #   benchmarks/gpu/run.sh [stage...]     # default: all stages, in this order
 #     build      configure build/gpu (Release, sm_90 on Hopper, else native) and build
@@ -9,24 +10,34 @@
 #                tstitch_npy_close where configured)
 #     tests      the CUDA tests (the Catch2 binary once; TESTS_VIA_CTEST=1: ctest -L cuda) and
 #                tstitch-sample --device cuda against --device cpu (ctest -R cli_cuda)
+#     lab        the kernel lab: reconfigure with TSTITCH_BUILD_CUDA_LAB=ON, build every lab_*
+#                program (dev/cuda/*.cu) and run each (0 pass, 1 fail, 77 skip; at most
+#                LAB_PROGRAM_LIMIT_S, 90, each); output and csv lines to lab.log
 #     sample     the trained Fashion-MNIST pair through tstitch-sample on the GPU (times) and
 #                against the CPU
-#     sanitize   compute-sanitizer memcheck and racecheck on a fast subset of the CUDA tests
+#     sanitize   compute-sanitizer memcheck and racecheck on a fast subset of the CUDA tests and
+#                (the other half of the limit) on each built lab program with --quick
 #     attention  bench_attention (hand-written and cuDNN attention)
-#     bench      bench_dit_cuda (GEMM peak, DiT forward, switch cost, stitched sampling)
-#     torch      tools/bench_dit_gpu_torch.py (PyTorch eager and torch.compile on the same card)
+#     bench      bench_dit_cuda (GEMM peak, DiT forward, switch cost, stitched DDIM-50 sampling at
+#                1 and 8 images)
+#     torch      tools/bench_dit_gpu_torch.py (PyTorch eager and torch.compile max-autotune with
+#                CUDA graphs on the same card: forwards, and stitched DDIM-50, S/2 for r = 0.4
+#                then XL/2, at 1 and 8 images)
 #     profile    per-kernel times of one forward under ncu (benchmarks/gpu/profile.sh; PROFILE,
 #                default XL/2:64,S/2:8); not in the default set
-#     summary    the combined table and the H100 goals (tools/gpu_run_summary.py; always last)
+#     summary    the combined table, the H100 goals, the Hopper fusion goals and the lab results
+#                (tools/gpu_run_summary.py; always last)
+# For the goals alone in a short call: benchmarks/gpu/run.sh build lab bench torch.
 #
 # Every stage may fail without stopping the others; each prints its time and status. Logs and
-# JSON go to ${OUT:-build/gpu/out} (7 files, so that a caller copying back at most 8 gets them all: run.log,
-# summary.txt, stages.tsv, tests.log, sanitize.log and the benchmarks' JSON); the build log and the
-# rest stay in build/gpu/logs/. The whole run keeps to
+# JSON go to ${OUT:-build/gpu/out} (8 files, so that a caller copying back at most 8 gets them
+# all: run.log, summary.txt, stages.tsv, tests.log, sanitize.log, lab.log and the benchmarks'
+# JSON); the build log and the rest stay in build/gpu/logs/. The whole run keeps to
 # TOTAL_BUDGET_S seconds (default 540): a stage gets at most what is left, so the summary prints.
-# Knobs (environment): CUDA_ARCH, REPEATS (10), TORCH_COMPILE (S/2:8,XL/2:8,XL/2:64 | all |
-# none), SANITIZE_SPEC (a Catch2 test spec), SANITIZE_LIMIT_S (130), SANITIZE_TOOLS
-# (memcheck racecheck), TESTS_VIA_CTEST, PYTHON (python3), TOTAL_BUDGET_S,
+# Knobs (environment): CUDA_ARCH, REPEATS (10), TORCH_COMPILE (S/2:1,S/2:8,XL/2:1,XL/2:8,XL/2:64
+# | all | none), TORCH_COMPILE_MODE (max-autotune), TORCH_STITCH (1,8 | none), SANITIZE_SPEC (a
+# Catch2 test spec), SANITIZE_LIMIT_S (130), SANITIZE_TOOLS (memcheck racecheck),
+# LAB_PROGRAM_LIMIT_S (90), TESTS_VIA_CTEST, PYTHON (python3), TOTAL_BUDGET_S,
 # TSTITCH_CUDNN_LIBRARY (libcudnn for the cudnn attention path; default: libcudnn.so.9, else the
 # nvidia-cudnn wheel of $PYTHON).
 set -uo pipefail
@@ -42,7 +53,8 @@ PYTHON="${PYTHON:-python3}"
 REPEATS="${REPEATS:-10}"
 TOTAL_BUDGET_S="${TOTAL_BUDGET_S:-540}"
 SANITIZE_LIMIT_S="${SANITIZE_LIMIT_S:-130}"
-for knob in REPEATS TOTAL_BUDGET_S SANITIZE_LIMIT_S; do
+LAB_PROGRAM_LIMIT_S="${LAB_PROGRAM_LIMIT_S:-90}"
+for knob in REPEATS TOTAL_BUDGET_S SANITIZE_LIMIT_S LAB_PROGRAM_LIMIT_S; do
   [[ "${!knob}" =~ ^[1-9][0-9]*$ ]] || {
     echo "run.sh: $knob must be a positive whole number, not '${!knob}'" >&2
     exit 2
@@ -62,7 +74,7 @@ if command -v nvcc >/dev/null 2>&1; then
   export CUDACXX="${CUDACXX:-$(command -v nvcc)}"
 fi
 
-ALL_STAGES=(build tests sample sanitize attention bench torch)
+ALL_STAGES=(build tests lab sample sanitize attention bench torch)
 if [[ $# -eq 0 || "$*" == "all" ]]; then
   STAGES=("${ALL_STAGES[@]}")
 else
@@ -108,9 +120,8 @@ note() { echo "$*" >"$BUILD/logs/${CURRENT_STAGE:-x}.note"; }
 have_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
 
 # ---------------------------------------------------------------------------------------------
-stage_build() {
-  CURRENT_STAGE=build
-  local t0=$SECONDS
+# Configures $BUILD (extra CMake arguments: "$@"); sets GEN_KEEP_GOING for the build.
+configure() {
   local arch="${CUDA_ARCH:-}" cap=""
   if [[ -z "$arch" ]]; then
     if have_gpu; then
@@ -135,14 +146,21 @@ stage_build() {
   timeout -k 5 "$STAGE_LIMIT" cmake -S "$ROOT" -B "$BUILD" "${gen[@]}" "${prefix[@]}" \
     -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$arch" -DTSTITCH_ENABLE_CUDA=ON \
     -DTSTITCH_BUILD_TESTS=ON -DTSTITCH_BUILD_BENCHMARKS=OFF -DTSTITCH_BUILD_EXAMPLES=ON \
-    -DTSTITCH_WARNINGS_AS_ERRORS=OFF >"$BUILD/logs/configure.log" 2>&1
+    -DTSTITCH_WARNINGS_AS_ERRORS=OFF "$@" >"$BUILD/logs/configure.log" 2>&1
   local rc=$?
   grep -E '^-- tstitch|Error|error' "$BUILD/logs/configure.log" | head -n 30
   if ((rc != 0)); then
     tail -n 40 "$BUILD/logs/configure.log"
     note "configure failed"
-    return "$rc"
   fi
+  GEN_KEEP_GOING=("${keep_going[@]}")
+  return "$rc"
+}
+
+stage_build() {
+  CURRENT_STAGE=build
+  local t0=$SECONDS
+  configure || return
   local targets=(bench_dit_cuda)
   [[ -d "$ROOT/tests/cuda" ]] && targets=(tstitch_cuda_tests "${targets[@]}")
   [[ -f "$ROOT/benchmarks/gpu/bench_attention.cpp" ]] && targets+=(bench_attention)
@@ -157,8 +175,8 @@ stage_build() {
   local left=$((STAGE_LIMIT - (SECONDS - t0)))
   ((left < 1)) && left=1 # timeout 0 would mean no limit at all
   timeout -k 5 "$left" cmake --build "$BUILD" -j "$(nproc)" \
-    --target "${targets[@]}" -- "${keep_going[@]}" >"$BUILD/logs/build.log" 2>&1
-  rc=$?
+    --target "${targets[@]}" -- "${GEN_KEEP_GOING[@]}" >"$BUILD/logs/build.log" 2>&1
+  local rc=$?
   if ((rc != 0)); then
     grep -E 'error|Error' "$BUILD/logs/build.log" | head -n 40
     tail -n 20 "$BUILD/logs/build.log"
@@ -216,14 +234,107 @@ stage_tests() {
   return "$rc"
 }
 
+# The kernel lab (dev/cuda/*.cu, one lab_<name> program each): configured in, built, and each
+# program run once (exit 0 pass, 1 fail, 77 skipped). Its output, its csv lines and a
+# "lab-status,<program>,<status>" line go to $OUT/lab.log, where the summary reads them.
+lab_programs() {
+  local f
+  for f in "$ROOT"/dev/cuda/*.cu; do
+    [[ -f "$f" ]] && echo "lab_$(basename "$f" .cu)"
+  done
+}
+
+stage_lab() {
+  CURRENT_STAGE=lab
+  local t0=$SECONDS
+  : >"$OUT/lab.log"
+  local programs
+  mapfile -t programs < <(lab_programs)
+  ((${#programs[@]} > 0)) || { echo "no dev/cuda/*.cu"; note "no lab programs"; return 1; }
+  configure -DTSTITCH_BUILD_CUDA_LAB=ON || return
+  local left=$((STAGE_LIMIT - (SECONDS - t0)))
+  ((left < 1)) && left=1
+  echo "building ${programs[*]} with $(nproc) jobs"
+  timeout -k 5 "$left" cmake --build "$BUILD" -j "$(nproc)" \
+    --target "${programs[@]}" -- "${GEN_KEEP_GOING[@]}" >"$BUILD/logs/lab_build.log" 2>&1 ||
+    grep -E 'error|Error' "$BUILD/logs/lab_build.log" | head -n 40
+  local p bin r status rc=0 passed=0 skipped=0 failed=0
+  for p in "${programs[@]}"; do
+    bin="$(binary "$p")"
+    left=$((STAGE_LIMIT - (SECONDS - t0)))
+    if [[ -z "$bin" ]]; then
+      status="not built"
+    elif ((left < 5)); then
+      status="not run (stage limit)"
+    else
+      # One program may not take the whole stage.
+      ((left > LAB_PROGRAM_LIMIT_S)) && left=$LAB_PROGRAM_LIMIT_S
+      timeout -k 5 "$left" "$bin" >"$BUILD/logs/$p.log" 2>&1
+      r=$?
+      case $r in
+      0) status=pass ;;
+      77) status="skipped (no CUDA device)" ;;
+      124 | 137) status="TIMED OUT after ${left}s" ;;
+      *) status="FAILED (rc $r)" ;;
+      esac
+      { echo "== $p"; cat "$BUILD/logs/$p.log"; } >>"$OUT/lab.log"
+      grep -E 'FAIL|csv,|error' "$BUILD/logs/$p.log" | head -n 20
+    fi
+    echo "lab-status,$p,$status" | tee -a "$OUT/lab.log"
+    case "$status" in
+    pass) passed=$((passed + 1)) ;;
+    skipped*) skipped=$((skipped + 1)) ;;
+    *) failed=$((failed + 1)) ;;
+    esac
+  done
+  note "$passed passed, $failed failed or not run, $skipped skipped of ${#programs[@]}"
+  ((failed > 0)) && rc=1
+  ((failed == 0 && passed == 0 && skipped > 0)) && rc=77
+  return "$rc"
+}
+
 stage_sanitize() {
   CURRENT_STAGE=sanitize
+  local t0=$SECONDS
   local bin sanitizer
-  bin="$(binary tstitch_cuda_tests)"
-  [[ -z "$bin" ]] && { echo "tstitch_cuda_tests not built"; note "not built"; return 1; }
   sanitizer="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
   [[ -x "$sanitizer" ]] || { echo "compute-sanitizer not found"; note "no compute-sanitizer"; return 1; }
+  local rc=0 tool per_tool
+  local summary=()
+  # Every kernel is instrumented: racecheck limited to tstitch's own (--kernel-name kns=_kernel)
+  # stopped with "Internal Sanitizer Error: failed to handle a hardware exception" in the DiT
+  # sampling test on an H100 (2026-11-26), where the unfiltered run reported no hazard in the
+  # part it finished.
+  local tools
+  read -r -a tools <<<"${SANITIZE_TOOLS:-memcheck racecheck}"
+  ((${#tools[@]} > 0)) || tools=(memcheck racecheck) # SANITIZE_TOOLS of blanks
+  # With lab programs built, half the limit goes to them (each with --quick, under each tool).
+  local labs=() p
+  for p in $(lab_programs); do
+    [[ -n "$(binary "$p")" ]] && labs+=("$p")
+  done
+  local suite_limit=$((STAGE_LIMIT - 5))
+  ((${#labs[@]} > 0)) && suite_limit=$(((STAGE_LIMIT - 5) / 2))
+  rm -f "$OUT/sanitize.log"
   local spec="${SANITIZE_SPEC:-}"
+  bin="$(binary tstitch_cuda_tests)"
+  if [[ -z "$bin" ]]; then
+    echo "tstitch_cuda_tests not built"
+    summary+=("tstitch_cuda_tests not built")
+    rc=1
+  else
+    sanitize_suite
+  fi
+  sanitize_labs
+  note "${spec:+spec $spec; }$(
+    IFS=';'
+    echo "${summary[*]}"
+  )"
+  return "$rc"
+}
+
+# The test-suite half of stage_sanitize (its locals are visible here: bash scopes dynamically).
+sanitize_suite() {
   if [[ -z "$spec" ]]; then
     # The kernel-level tests: small shapes, every hand-written kernel. Whole-model forwards are
     # left out (memcheck slows kernels 10-100x); their kernels are the same ones.
@@ -239,16 +350,7 @@ stage_sanitize() {
     [[ -z "$spec" ]] && spec="~[dit]~[model]~[sampling]~[slow]~[forward]"
   fi
   echo "test spec: $spec"
-  local rc=0 tool per_tool
-  local summary=()
-  # Every kernel is instrumented: racecheck limited to tstitch's own (--kernel-name kns=_kernel)
-  # stopped with "Internal Sanitizer Error: failed to handle a hardware exception" in the DiT
-  # sampling test on an H100 (2026-11-26), where the unfiltered run reported no hazard in the
-  # part it finished.
-  local tools
-  read -r -a tools <<<"${SANITIZE_TOOLS:-memcheck racecheck}"
-  ((${#tools[@]} > 0)) || tools=(memcheck racecheck) # SANITIZE_TOOLS of blanks
-  per_tool=$(((STAGE_LIMIT - 5) / ${#tools[@]}))
+  per_tool=$((suite_limit / ${#tools[@]}))
   ((per_tool < 1)) && per_tool=1 # timeout 0 would mean no limit at all
   for tool in "${tools[@]}"; do
     timeout -k 5 "$per_tool" "$sanitizer" --tool "$tool" --error-exitcode 99 --print-limit 20 \
@@ -262,15 +364,42 @@ stage_sanitize() {
     ((r != 0 && r != 124 && r != 137)) && summary+=("$tool rc $r: $(grep -oE '(ERROR|RACECHECK) SUMMARY: .*' "$BUILD/logs/sanitize_$tool.log" | tail -n 1)")
     ((r != 0)) && rc=$r
   done
-  rm -f "$OUT/sanitize.log"
   for tool in "${tools[@]}"; do
     cat "$BUILD/logs/sanitize_$tool.log" >>"$OUT/sanitize.log" 2>/dev/null
   done
-  note "spec $spec; $(
-    IFS=';'
-    echo "${summary[*]}"
-  )"
-  return "$rc"
+}
+
+# The lab half of stage_sanitize: each program at its smallest shape without timing (--quick),
+# one line each in lab.log for the summary ("sanitize,<program>,<tool>,<status>").
+sanitize_labs() {
+  local lab_bad=0 runs_left=$((${#labs[@]} * ${#tools[@]})) left st
+  for p in "${labs[@]}"; do
+    for tool in "${tools[@]}"; do
+      # An even share of what is left of the stage for each run still to come.
+      left=$(((STAGE_LIMIT - 5 - (SECONDS - t0)) / runs_left))
+      runs_left=$((runs_left - 1))
+      if ((left < 5)); then
+        st="not run (stage limit)"
+      else
+        timeout -k 5 "$left" "$sanitizer" --tool "$tool" --error-exitcode 99 --print-limit 20 \
+          "$(binary "$p")" --quick >"$BUILD/logs/sanitize_${p}_$tool.log" 2>&1
+        local r=$?
+        case $r in
+        0) st="clean ($(grep -oE '(ERROR|RACECHECK) SUMMARY: .*' "$BUILD/logs/sanitize_${p}_$tool.log" | tail -n 1))" ;;
+        77) st="skipped (no CUDA device)" ;;
+        124 | 137) st="timed out after ${left}s" ;;
+        99) st="ERRORS ($(grep -oE '(ERROR|RACECHECK) SUMMARY: .*' "$BUILD/logs/sanitize_${p}_$tool.log" | tail -n 1))" ;;
+        *) st="rc $r" ;;
+        esac
+        { echo "== $tool $p --quick"; cat "$BUILD/logs/sanitize_${p}_$tool.log"; } >>"$OUT/sanitize.log"
+      fi
+      [[ "$st" == clean* || "$st" == skipped* ]] || lab_bad=1
+      echo "sanitize,$p,$tool,$st" | tee -a "$OUT/lab.log"
+      summary+=("$p $tool: $st")
+    done
+  done
+  ((lab_bad != 0 && rc == 0)) && rc=1
+  return 0
 }
 
 # The trained Fashion-MNIST pair through tstitch-sample: --device cuda at small fractions 0, 0.4
@@ -327,7 +456,9 @@ stage_bench() {
   local bin
   bin="$(binary bench_dit_cuda)"
   [[ -z "$bin" ]] && { echo "bench_dit_cuda not built"; note "not built"; return 1; }
-  timeout -k 5 "$STAGE_LIMIT" "$bin" --repeats "$REPEATS" --json "$OUT/bench_dit_cuda.json"
+  rm -f "$OUT/bench_dit_cuda.json" # never summarize an earlier run's figures
+  timeout -k 5 "$STAGE_LIMIT" "$bin" --repeats "$REPEATS" --sample-batch 1,8 \
+    --json "$OUT/bench_dit_cuda.json"
 }
 
 stage_torch() {
@@ -336,8 +467,11 @@ stage_torch() {
   # the compilation.
   export TORCHINDUCTOR_CACHE_DIR="$BUILD/torchinductor-cache"
   export TRITON_CACHE_DIR="$BUILD/triton-cache"
+  rm -f "$OUT/bench_dit_gpu_torch.json" # never summarize an earlier run's figures
   timeout -k 5 "$STAGE_LIMIT" "$PYTHON" "$ROOT/tools/bench_dit_gpu_torch.py" --repeats "$REPEATS" \
-    --compile "${TORCH_COMPILE:-S/2:8,XL/2:8,XL/2:64}" --json "$OUT/bench_dit_gpu_torch.json"
+    --compile "${TORCH_COMPILE:-S/2:1,S/2:8,XL/2:1,XL/2:8,XL/2:64}" \
+    --compile-mode "${TORCH_COMPILE_MODE:-max-autotune}" \
+    --stitch-batches "${TORCH_STITCH:-1,8}" --json "$OUT/bench_dit_gpu_torch.json"
 }
 
 stage_profile() {
@@ -390,6 +524,7 @@ for s in "${STAGES[@]}"; do
   case "$s" in
   build) run_stage build 300 ;;
   tests) run_stage tests 150 ;;
+  lab) run_stage lab 240 ;;
   sample) run_stage sample 200 ;;
   sanitize) run_stage sanitize "$SANITIZE_LIMIT_S" ;;
   attention) run_stage attention 90 ;;
@@ -397,7 +532,7 @@ for s in "${STAGES[@]}"; do
   torch) run_stage torch 240 ;;
   profile) run_stage profile 120 ;;
   summary) ;; # always runs below
-  *) log "unknown stage '$s' (build tests sample sanitize attention bench torch profile summary)" ;;
+  *) log "unknown stage '$s' (build tests lab sample sanitize attention bench torch profile summary)" ;;
   esac
 done
 
