@@ -23,7 +23,12 @@
 //        cmake --build build --target lab_short_attention
 // Run:   build/dev/cuda/lab_short_attention [version 1..3] [--quick]
 //        --quick: the check alone on the smallest shapes, no timing (fit for compute-sanitizer).
-// Exit:  0 every version matches, 1 one does not, 2 bad arguments, 77 no CUDA device.
+//        build/dev/cuda/lab_short_attention --emulate
+//        version 3 run on the CPU (one thread per lane, warp instructions emulated from the PTX
+//        ISA's fragment tables) on small problems: needs no GPU, checks index arithmetic and
+//        bounds, not the hardware.
+// Exit:  0 every version matches, 1 one does not, 2 bad arguments, 77 no CUDA device (not with
+//        --emulate).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -240,21 +245,58 @@ bool check_refusals() {
   return ok;
 }
 
+// Version 3 on the CPU emulation (short_attention_kernel.cuh): the kernel body's index arithmetic,
+// fragment layouts and access bounds, checked without a GPU on small problems that cover both
+// head dims, every warp count, masked keys, skipped key groups and partial query tiles.
+bool emulate_checks() {
+#if defined(__CUDA_ARCH__) // the device pass sees this host function but compiles none of it
+  return false;
+#else
+  struct Case {
+    int batch, tokens, heads, head_dim, warps;
+  };
+  const Case cases[] = {{1, 256, 1, 64, 4}, {2, 100, 2, 64, 2}, {1, 40, 1, 64, 1},
+                        {1, 256, 1, 72, 4}, {1, 200, 1, 72, 1}, {1, 72, 2, 72, 2}};
+  bool ok = true;
+  for (const Case& c : cases) {
+    const Problem p = make_problem(c.batch, c.tokens, c.heads, c.head_dim,
+                                   2000u + static_cast<std::uint64_t>(c.tokens + c.warps));
+    std::vector<double> want, vmax;
+    reference(p, want, vmax);
+    std::vector<std::uint16_t> out(p.out_size(), 0xffff); // NaN: unwritten elements fail
+    const int faults =
+        lab::short_attn::emulate_short_attention(p.qkv_bf16.data(), p.qkv_bf16.size(), out.data(),
+                                                 c.batch, c.tokens, c.heads, c.head_dim, c.warps);
+    const std::string label = p.name + "_w" + std::to_string(c.warps);
+    std::printf("emulated %s: %d faults\n", label.c_str(), faults);
+    const CheckResult r = check("3 emulated", lab::from_bf16(out), want, vmax);
+    ok = ok && faults == 0 && r.ok;
+  }
+  std::printf("%s\n", ok ? "emulation matches the reference" : "EMULATION MISMATCH");
+  return ok;
+#endif
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
   int only = 0;
-  bool quick = false;
+  bool quick = false, emulate = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
       quick = true;
+    } else if (std::strcmp(argv[i], "--emulate") == 0) {
+      emulate = true;
     } else if (argv[i][0] >= '1' && argv[i][0] <= '3' && argv[i][1] == '\0') {
       only = argv[i][0] - '0';
     } else {
-      std::fprintf(stderr, "usage: %s [version 1..3, default all] [--quick]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [version 1..3, default all] [--quick] | --emulate\n",
+                   argv[0]);
       return 2;
     }
   }
+  if (emulate)
+    return emulate_checks() ? 0 : 1;
   lab::require_device(argv[0]);
   bool ok = check_refusals();
 

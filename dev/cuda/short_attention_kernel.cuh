@@ -26,10 +26,18 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <array>
 #include <atomic>
+#include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <initializer_list>
+#include <memory>
+#include <thread>
+#include <vector>
 
 #include "tstitch/core/error.hpp"
 #include "tstitch/cuda/runtime.hpp"
@@ -66,25 +74,184 @@ template <int HD, int W> struct Shape {
   static constexpr int kSmemBytes = (kBlockM + 2 * kMaxTokens) * kStride * 2;
 };
 
+// ---- CPU emulation (host code only)
+// --------------------------------------------------------------
+//
+// The kernel body below is __host__ __device__: on the host (lab_short_attention --emulate) every
+// lane of a CTA runs it as a std::thread, and the warp-wide instructions (ldmatrix, mma.sync,
+// shuffles) meet in an exchange where each lane takes its result from every lane's operands
+// exactly as the PTX ISA's fragment tables say. That checks the index arithmetic, the fragment
+// layouts the code relies on and the bounds of every shared and global access without a GPU; it
+// cannot check the hardware's own reading of those tables, timing, or races that barriers hide.
+#if !defined(__CUDA_ARCH__)
+namespace emu {
+
+struct Warp {
+  explicit Warp(int lanes) : barrier(lanes) {}
+  std::barrier<> barrier;
+  std::array<std::array<std::uint32_t, 10>, 32> slot{};
+};
+
+// Where the calling (emulated) lane is.
+struct Lane {
+  unsigned char* smem = nullptr;
+  std::size_t smem_bytes = 0;
+  const unsigned char* global_begin = nullptr; // qkv
+  const unsigned char* global_end = nullptr;
+  std::barrier<>* block = nullptr;
+  Warp* warp = nullptr;
+  int lane = 0;
+  std::atomic<int>* faults = nullptr;
+};
+inline thread_local Lane self;
+
+inline void fault(const char* what, std::size_t at) {
+  if (self.faults->fetch_add(1) < 8)
+    std::fprintf(stderr, "emulation: %s at byte %zu (lane %d)\n", what, at, self.lane);
+}
+
+inline std::uint16_t smem_load16(std::uint32_t address) {
+  if (address % 2 != 0 || address + 2 > self.smem_bytes) {
+    fault("shared load out of bounds or misaligned", address);
+    return 0;
+  }
+  std::uint16_t v;
+  std::memcpy(&v, self.smem + address, 2);
+  return v;
+}
+
+inline float bf16_value(std::uint32_t bits16) {
+  const std::uint32_t bits = (bits16 & 0xffffu) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// Every lane publishes `words`, then `result` runs with all 32 lanes' words visible; the second
+// barrier keeps a fast lane from overwriting its slot before the slow ones have read it.
+template <class Result> inline void exchange(const std::uint32_t* words, int count, Result result) {
+  Warp& w = *self.warp;
+  std::copy(words, words + count, w.slot[static_cast<std::size_t>(self.lane)].begin());
+  w.barrier.arrive_and_wait();
+  result(w.slot);
+  w.barrier.arrive_and_wait();
+}
+
+// ldmatrix.m8n8.{x2,x4}[.trans].b16: lanes 8i..8i+7 address the rows of matrix i (16-byte
+// aligned); lane L receives in r[i] the pair (row L/4, columns 2(L%4), +1) of matrix i, or with
+// .trans of its transpose, i.e. (rows 2(L%4), +1 of column L/4), the lower index in the low half.
+inline void ldmatrix(std::uint32_t* r, int matrices, bool trans, std::uint32_t address) {
+  if (address % 16 != 0 || address + 16 > self.smem_bytes)
+    fault("ldmatrix row address out of bounds or misaligned", address);
+  exchange(&address, 1, [&](const auto& slot) {
+    const int g = self.lane >> 2, t = self.lane & 3;
+    for (int i = 0; i < matrices; ++i) {
+      std::uint32_t lo, hi;
+      if (!trans) {
+        const std::uint32_t row = slot[static_cast<std::size_t>(8 * i + g)][0];
+        lo = smem_load16(row + 4 * t);
+        hi = smem_load16(row + 4 * t + 2);
+      } else {
+        lo = smem_load16(slot[static_cast<std::size_t>(8 * i + 2 * t)][0] + 2 * g);
+        hi = smem_load16(slot[static_cast<std::size_t>(8 * i + 2 * t + 1)][0] + 2 * g);
+      }
+      r[i] = lo | (hi << 16);
+    }
+  });
+}
+
+// mma.m16n8k16.row.col f32 += bf16 x bf16, rebuilt from the PTX ISA's fragment tables
+// (g = L/4, t = L%4): A element (row, k) is in lane 4 (row % 8) + (k % 8) / 2, register
+// (row / 8) + 2 (k / 8), half k % 2; B element (k, n) in lane 4 n + (k % 8) / 2, register k / 8
+// (b0, b1), half k % 2; lane L's D registers e = 0..3 are (row g + 8 (e / 2), column 2t + e % 2).
+inline void mma(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
+  std::uint32_t words[6] = {a[0], a[1], a[2], a[3], b0, b1};
+  float out[4];
+  exchange(words, 6, [&](const auto& slot) {
+    const auto A = [&](int row, int k) {
+      const auto& w = slot[static_cast<std::size_t>(4 * (row % 8) + (k % 8) / 2)];
+      return bf16_value(w[static_cast<std::size_t>(row / 8 + 2 * (k / 8))] >> (16 * (k % 2)));
+    };
+    const auto B = [&](int k, int n) {
+      const auto& w = slot[static_cast<std::size_t>(4 * n + (k % 8) / 2)];
+      return bf16_value(w[static_cast<std::size_t>(4 + k / 8)] >> (16 * (k % 2)));
+    };
+    const int g = self.lane >> 2, t = self.lane & 3;
+    for (int e = 0; e < 4; ++e) {
+      const int row = g + 8 * (e / 2), col = 2 * t + e % 2;
+      double acc = d[e];
+      for (int k = 0; k < 16; ++k)
+        acc += static_cast<double>(A(row, k)) * B(k, col);
+      out[e] = static_cast<float>(acc);
+    }
+  });
+  std::copy(out, out + 4, d);
+}
+
+inline float shfl_xor(float value, int mask) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &value, 4);
+  float result = 0;
+  exchange(&bits, 1, [&](const auto& slot) {
+    std::memcpy(&result, &slot[static_cast<std::size_t>(self.lane ^ mask)][0], 4);
+  });
+  return result;
+}
+
+inline void cp_async_16(std::uint32_t dst, const void* src, bool valid) {
+  if (dst % 16 != 0 || dst + 16 > self.smem_bytes) {
+    fault("cp.async destination out of bounds or misaligned", dst);
+    return;
+  }
+  const auto* from = static_cast<const unsigned char*>(src);
+  if (!valid) {
+    std::memset(self.smem + dst, 0, 16);
+  } else if (from < self.global_begin || from + 16 > self.global_end ||
+             reinterpret_cast<std::uintptr_t>(from) % 16 != 0) {
+    fault("cp.async source outside qkv or misaligned",
+          static_cast<std::size_t>(from - self.global_begin));
+  } else {
+    std::memcpy(self.smem + dst, from, 16);
+  }
+}
+
+} // namespace emu
+#endif
+
 // ---- PTX wrappers (`volatile`: kept in order with each other and with __syncthreads) ----------
 
-__device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
+__host__ __device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
+#if defined(__CUDA_ARCH__)
   return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+#else
+  return static_cast<std::uint32_t>(static_cast<const unsigned char*>(p) - emu::self.smem);
+#endif
 }
 
 // 16-byte global -> shared copy (L2 only). valid false: nothing is read, the 16 bytes become
 // zeros, so keys and queries past the end are zero rows (V's must be: 0 * NaN would be NaN).
-__device__ __forceinline__ void cp_async_16(std::uint32_t dst, const void* src, bool valid) {
+__host__ __device__ __forceinline__ void cp_async_16(std::uint32_t dst, const void* src,
+                                                     bool valid) {
+#if defined(__CUDA_ARCH__)
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
                "r"(valid ? 16 : 0));
+#else
+  emu::cp_async_16(dst, src, valid); // lands at once
+#endif
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__host__ __device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
 // Waits until at most N of this thread's committed groups are still in flight.
-template <int N> __device__ __forceinline__ void cp_async_wait() {
+template <int N> __host__ __device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__)
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
 }
 // The same with N known only after unrolling (folds to one wait).
-__device__ __forceinline__ void cp_async_wait_pending(int n) {
+__host__ __device__ __forceinline__ void cp_async_wait_pending(int n) {
   switch (n) {
   case 0:
     cp_async_wait<0>();
@@ -107,24 +274,60 @@ __device__ __forceinline__ void cp_async_wait_pending(int n) {
   }
 }
 
+__host__ __device__ __forceinline__ void sync_block() {
+#if defined(__CUDA_ARCH__)
+  __syncthreads();
+#else
+  emu::self.block->arrive_and_wait();
+#endif
+}
+__host__ __device__ __forceinline__ void sync_warp() {
+#if defined(__CUDA_ARCH__)
+  __syncwarp();
+#else
+  emu::self.warp->barrier.arrive_and_wait();
+#endif
+}
+__host__ __device__ __forceinline__ float shfl_xor(float value, int mask) {
+#if defined(__CUDA_ARCH__)
+  return __shfl_xor_sync(0xffffffffu, value, mask);
+#else
+  return emu::shfl_xor(value, mask);
+#endif
+}
+
 // ldmatrix .x4: lanes 8i..8i+7 give the 8 row addresses (16 bytes each) of matrix i; every
-// thread receives in r[i] row lane / 4, columns 2 (lane % 4) + {0, 1} of matrix i (.trans: of
+// thread receives in r[i] row lane / 4, columns 2 * (lane % 4) + {0, 1} of matrix i (.trans: of
 // matrix i transposed).
-__device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], std::uint32_t address) {
+__host__ __device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], std::uint32_t address) {
+#if defined(__CUDA_ARCH__)
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(address));
+#else
+  emu::ldmatrix(r, 4, false, address);
+#endif
 }
-__device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], std::uint32_t address) {
+__host__ __device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4],
+                                                           std::uint32_t address) {
+#if defined(__CUDA_ARCH__)
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(address));
+#else
+  emu::ldmatrix(r, 4, true, address);
+#endif
 }
 // .x2: only lanes 0-15 give addresses (matrix 0, then 1).
-__device__ __forceinline__ void ldmatrix_x2_trans(std::uint32_t (&r)[2], std::uint32_t address) {
+__host__ __device__ __forceinline__ void ldmatrix_x2_trans(std::uint32_t (&r)[2],
+                                                           std::uint32_t address) {
+#if defined(__CUDA_ARCH__)
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
                : "=r"(r[0]), "=r"(r[1])
                : "r"(address));
+#else
+  emu::ldmatrix(r, 2, true, address);
+#endif
 }
 
 // D += A B for one m16n8k16 tile, bf16 in, fp32 accumulate. With g = lane / 4, t = lane % 4
@@ -134,38 +337,48 @@ __device__ __forceinline__ void ldmatrix_x2_trans(std::uint32_t (&r)[2], std::ui
 //   B (16 x 8, col):  b0 = (rows 2t, 2t+1, col g)        b1 = (rows 2t+8, 2t+9, col g)
 //   D (16 x 8, f32):  d0, d1 = (row g, cols 2t, 2t+1)    d2, d3 = (row g + 8, cols 2t, 2t+1)
 // Each 32-bit register holds the lower column (or row, for B) in its low half.
-__device__ __forceinline__ void mma_16816(float (&d)[4], const std::uint32_t (&a)[4],
-                                          std::uint32_t b0, std::uint32_t b1) {
+__host__ __device__ __forceinline__ void mma_16816(float (&d)[4], const std::uint32_t (&a)[4],
+                                                   std::uint32_t b0, std::uint32_t b1) {
+#if defined(__CUDA_ARCH__)
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
                "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
                : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  emu::mma(d, a, b0, b1);
+#endif
 }
 
 // Two floats -> bf16x2, round to nearest even, `lo` in the low half.
-__device__ __forceinline__ std::uint32_t pack_bf16x2(float lo, float hi) {
+__host__ __device__ __forceinline__ std::uint32_t pack_bf16x2(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const std::uint32_t*>(&v);
+  std::uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  return bits;
 }
 
 // 2^x on the SFU (ex2.approx, ~2 ulp; 2^-inf = +0).
-__device__ __forceinline__ float exp2_approx(float x) {
+__host__ __device__ __forceinline__ float exp2_approx(float x) {
+#if defined(__CUDA_ARCH__)
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
+#else
+  return std::exp2(x);
+#endif
 }
 
 // Enqueues cp.async copies of ROWS rows [row0, row0 + ROWS) of one head's q, k or v (row t at
 // base + t * row_stride) into shared memory at `dst` (stride S::kStride); rows at or past `tokens`
 // are zero-filled. Row r, 16-byte chunk c goes to dst + r * kRowBytes + 16 c.
 template <class S, int ROWS>
-__device__ __forceinline__ void load_rows(std::uint32_t dst, const __nv_bfloat16* base, int row0,
-                                          int tokens, int row_stride) {
+__host__ __device__ __forceinline__ void load_rows(std::uint32_t dst, const __nv_bfloat16* base,
+                                                   int row0, int tokens, int row_stride, int tid) {
   constexpr int kTotal = ROWS * S::kChunks;
   constexpr int kIterations = (kTotal + S::kThreads - 1) / S::kThreads;
 #pragma unroll
   for (int i = 0; i < kIterations; ++i) {
-    const int c = static_cast<int>(threadIdx.x) + i * S::kThreads;
+    const int c = tid + i * S::kThreads;
     if (kTotal % S::kThreads != 0 && c >= kTotal)
       break;
     const int r = c / S::kChunks;
@@ -179,28 +392,28 @@ __device__ __forceinline__ void load_rows(std::uint32_t dst, const __nv_bfloat16
   }
 }
 
-// grid.x = batch * heads * q_tiles, the q tiles of one (sample, head) adjacent (they read the
-// same K and V, which then come from L2); block = 32 W threads; dynamic shared memory
-// Shape<HD, W>::kSmemBytes. Needs 1 <= tokens <= 256 and tokens * 3 * heads * HD < 2^31 (the
-// launcher checks both).
+// One CTA's work, thread `tid` of block `block` (blockIdx.x, threadIdx.x on the GPU; an emulated
+// lane on the host). grid.x = batch * heads * q_tiles, the q tiles of one (sample, head) adjacent
+// (they read the same K and V, which then come from L2); block = 32 W threads; shared memory
+// `smem`, Shape<HD, W>::kSmemBytes. Needs 1 <= tokens <= 256 and tokens * 3 * heads * HD < 2^31
+// (the launcher checks both).
 template <int HD, int W>
-__global__ void __launch_bounds__(Shape<HD, W>::kThreads)
-    short_attention_kernel(const __nv_bfloat16* __restrict__ qkv, __nv_bfloat16* __restrict__ out,
-                           int tokens, int heads, int q_tiles, float scale_log2) {
+__host__ __device__ __forceinline__ void
+short_attention_body(unsigned char* smem, unsigned block, int tid,
+                     const __nv_bfloat16* __restrict__ qkv, __nv_bfloat16* __restrict__ out,
+                     int tokens, int heads, int q_tiles, float scale_log2) {
   using S = Shape<HD, W>;
-  extern __shared__ __align__(16) unsigned char short_attn_smem[];
-  __nv_bfloat16* const sQ = reinterpret_cast<__nv_bfloat16*>(short_attn_smem);
+  __nv_bfloat16* const sQ = reinterpret_cast<__nv_bfloat16*>(smem);
   const std::uint32_t q_addr = smem_u32(sQ);
   const std::uint32_t k_addr = q_addr + S::kBlockM * S::kRowBytes; // K rows follow Q's
   const std::uint32_t v_addr = k_addr + kMaxTokens * S::kRowBytes;
 
-  const int tid = static_cast<int>(threadIdx.x);
   const int warp = tid >> 5;
   const int lane = tid & 31;
   const int g = lane >> 2; // fragment row (group) of this thread
   const int t4 = lane & 3; // fragment column pair of this thread
-  const int q_tile = static_cast<int>(blockIdx.x % static_cast<unsigned>(q_tiles));
-  const int bh = static_cast<int>(blockIdx.x / static_cast<unsigned>(q_tiles));
+  const int q_tile = static_cast<int>(block % static_cast<unsigned>(q_tiles));
+  const int bh = static_cast<int>(block / static_cast<unsigned>(q_tiles));
   const int h = bh % heads;
   const std::int64_t b = bh / heads;
   const int row_stride = 3 * heads * HD; // elements between consecutive tokens' qkv rows
@@ -219,17 +432,17 @@ __global__ void __launch_bounds__(Shape<HD, W>::kThreads)
 
   // Commit groups, oldest first: 0 = Q and keys 0-63, 1..3 = keys 64-255 by 64, 4 and 5 = V rows
   // 0-127 and 128-255. Group i has landed once at most kGroups - 1 - i groups are pending.
-  load_rows<S, S::kBlockM>(q_addr, q_base, q0, tokens, row_stride);
+  load_rows<S, S::kBlockM>(q_addr, q_base, q0, tokens, row_stride, tid);
 #pragma unroll
   for (int c = 0; c < S::kKGroups; ++c) {
     load_rows<S, S::kKeyGroup>(k_addr + c * S::kKeyGroup * S::kRowBytes, k_base, c * S::kKeyGroup,
-                               tokens, row_stride);
+                               tokens, row_stride, tid);
     cp_async_commit();
   }
 #pragma unroll
   for (int c = 0; c < S::kVGroups; ++c) {
     load_rows<S, S::kVGroup>(v_addr + c * S::kVGroup * S::kRowBytes, v_base, c * S::kVGroup, tokens,
-                             row_stride);
+                             row_stride, tid);
     cp_async_commit();
   }
 
@@ -245,7 +458,7 @@ __global__ void __launch_bounds__(Shape<HD, W>::kThreads)
 #pragma unroll
   for (int c = 0; c < S::kKGroups; ++c) {
     cp_async_wait_pending(S::kGroups - 1 - c); // this thread's copies of group c landed ...
-    __syncthreads();                           // ... and everyone's
+    sync_block();                              // ... and everyone's
     if (c == 0) {
       // A fragment of k16 step ks via ldmatrix.x4: lane L addresses row (L % 16), column
       // 16 ks + 8 (L / 16) of the warp's Q rows, so matrix 0 = rows 0-7 / cols 0-7 (a0),
@@ -296,8 +509,8 @@ __global__ void __launch_bounds__(Shape<HD, W>::kThreads)
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     // The 4 threads of a quad (lanes 4g..4g+3) hold the row's 256 keys between them.
-    row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(0xffffffffu, row_max[r], 1));
-    row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(0xffffffffu, row_max[r], 2));
+    row_max[r] = fmaxf(row_max[r], shfl_xor(row_max[r], 1));
+    row_max[r] = fmaxf(row_max[r], shfl_xor(row_max[r], 2));
     // Key 0 is always valid (tokens >= 1), so the max is finite for finite inputs; the guard
     // keeps an all -inf row from computing -inf - -inf = NaN.
     m_scaled[r] = row_max[r] == kNegInf ? 0.f : row_max[r] * scale_log2;
@@ -332,7 +545,7 @@ __global__ void __launch_bounds__(Shape<HD, W>::kThreads)
   for (int kk = 0; kk < S::kPvSteps; ++kk) {
     if (kk % (S::kVGroup / 16) == 0) { // first k16 step of V group kk / 8: wait for it
       cp_async_wait_pending(S::kVGroups - 1 - kk / (S::kVGroup / 16));
-      __syncthreads();
+      sync_block();
     }
     if (kk * 16 < tokens) { // uniform; P is 0 past the end anyway
       // B[k = key][n = dim] = V[key][dim] (V stored row-major by key), so b0 of dim tile n is
@@ -369,13 +582,13 @@ __global__ void __launch_bounds__(Shape<HD, W>::kThreads)
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float sum = row_sum[r];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    sum += shfl_xor(sum, 1);
+    sum += shfl_xor(sum, 2);
     inv[r] = sum > 0.f ? 1.f / sum : 0.f;
   }
   // Only this warp ever read its 16 Q rows (into qf, long before); the sync orders those reads
   // before the overwrite for every lane.
-  __syncwarp();
+  sync_warp();
   __nv_bfloat16* const sO = sQ + warp_row0 * S::kStride;
 #pragma unroll
   for (int jo = 0; jo < S::kOTiles; ++jo) {
@@ -384,7 +597,7 @@ __global__ void __launch_bounds__(Shape<HD, W>::kThreads)
     *reinterpret_cast<std::uint32_t*>(sO + (g + 8) * S::kStride + jo * 8 + 2 * t4) =
         pack_bf16x2(o[jo][2] * inv[1], o[jo][3] * inv[1]);
   }
-  __syncwarp();
+  sync_warp();
   const int q_first = q0 + warp_row0;
   __nv_bfloat16* const out_rows =
       out + ((b * tokens + q_first) * heads + h) * static_cast<std::int64_t>(HD);
@@ -396,6 +609,15 @@ __global__ void __launch_bounds__(Shape<HD, W>::kThreads)
       *reinterpret_cast<uint4*>(out_rows + static_cast<std::int64_t>(r) * heads * HD + chunk * 8) =
           *reinterpret_cast<const uint4*>(sO + r * S::kStride + chunk * 8);
   }
+}
+
+template <int HD, int W>
+__global__ void __launch_bounds__(Shape<HD, W>::kThreads)
+    short_attention_kernel(const __nv_bfloat16* __restrict__ qkv, __nv_bfloat16* __restrict__ out,
+                           int tokens, int heads, int q_tiles, float scale_log2) {
+  extern __shared__ __align__(16) unsigned char short_attn_smem[];
+  short_attention_body<HD, W>(short_attn_smem, blockIdx.x, static_cast<int>(threadIdx.x), qkv, out,
+                              tokens, heads, q_tiles, scale_log2);
 }
 
 // ---- host side ---------------------------------------------------------------------------------
@@ -495,3 +717,74 @@ inline void short_attention(const std::uint16_t* qkv, std::uint16_t* out, int ba
 }
 
 } // namespace lab::short_attn
+
+#if !defined(__CUDA_ARCH__)
+namespace lab::short_attn {
+
+/// short_attention on the CPU (see the emulation note above): the same body, one std::thread per
+/// lane, CTAs one after another; writes `out` as the kernel would and returns the number of
+/// faults (shared or global accesses out of bounds or misaligned). Slow: for small problems.
+template <int HD, int W>
+int emulate_shape(const std::uint16_t* qkv, std::size_t qkv_elements, std::uint16_t* out, int batch,
+                  int tokens, int heads) {
+  using S = Shape<HD, W>;
+  const int q_tiles = (tokens + S::kBlockM - 1) / S::kBlockM;
+  const int blocks = q_tiles * batch * heads;
+  const float scale_log2 =
+      static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(HD)));
+  std::atomic<int> faults{0};
+  std::vector<unsigned char> smem(S::kSmemBytes);
+  const auto* global = reinterpret_cast<const unsigned char*>(qkv);
+  for (int block = 0; block < blocks; ++block) {
+    // Shared memory starts as all ones (bf16 NaN): whatever is read before it is written
+    // poisons the output.
+    std::fill(smem.begin(), smem.end(), static_cast<unsigned char>(0xff));
+    std::barrier<> block_barrier(S::kThreads);
+    std::vector<std::unique_ptr<emu::Warp>> warps;
+    for (int w = 0; w < W; ++w)
+      warps.push_back(std::make_unique<emu::Warp>(32));
+    std::vector<std::thread> lanes;
+    for (int tid = 0; tid < S::kThreads; ++tid)
+      lanes.emplace_back([&, tid] {
+        emu::self.smem = smem.data();
+        emu::self.smem_bytes = smem.size();
+        emu::self.global_begin = global;
+        emu::self.global_end = global + qkv_elements * 2;
+        emu::self.block = &block_barrier;
+        emu::self.warp = warps[static_cast<std::size_t>(tid / 32)].get();
+        emu::self.lane = tid % 32;
+        emu::self.faults = &faults;
+        short_attention_body<HD, W>(smem.data(), static_cast<unsigned>(block), tid,
+                                    reinterpret_cast<const __nv_bfloat16*>(qkv),
+                                    reinterpret_cast<__nv_bfloat16*>(out), tokens, heads, q_tiles,
+                                    scale_log2);
+      });
+    for (std::thread& lane : lanes)
+      lane.join();
+  }
+  return faults.load();
+}
+
+/// emulate_shape for a head dim (64, 72) and warps per CTA (1, 2, 4).
+inline int emulate_short_attention(const std::uint16_t* qkv, std::size_t qkv_elements,
+                                   std::uint16_t* out, int batch, int tokens, int heads,
+                                   int head_dim, int warps) {
+  tstitch::require(short_attention_supported(tokens, head_dim), "short attention tokens x head_dim",
+                   tstitch::detail::concat(tokens, "x", head_dim), "is not supported");
+  const auto by_warps = [&]<int HD>() {
+    switch (warps) {
+    case 1:
+      return emulate_shape<HD, 1>(qkv, qkv_elements, out, batch, tokens, heads);
+    case 2:
+      return emulate_shape<HD, 2>(qkv, qkv_elements, out, batch, tokens, heads);
+    case 4:
+      return emulate_shape<HD, 4>(qkv, qkv_elements, out, batch, tokens, heads);
+    default:
+      tstitch::throw_invalid_argument("short attention warps per CTA", warps, "must be 1, 2 or 4");
+    }
+  };
+  return head_dim == 64 ? by_warps.template operator()<64>() : by_warps.template operator()<72>();
+}
+
+} // namespace lab::short_attn
+#endif
