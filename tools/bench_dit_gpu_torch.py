@@ -321,13 +321,14 @@ def compiled_forward(cfg, w, rows, mode, scope, device):
     """A torch.compile'd forward for `rows` rows and how it was made. mode "max-autotune" or
     "reduce-overhead" means CUDA graphs on: with scope "model" inductor captures them itself;
     with scope "block" the blocks are compiled without graphs (one compilation for every block
-    of a shape) and GraphedForward captures the whole forward. Weights are marked static so that
-    inductor's graphs do not copy them at every call."""
+    of a shape) and GraphedForward captures the whole forward. With inductor's graphs the weights
+    are marked static, so that they are not copied into the graph at every call (only there:
+    per block, every block passes other weights to the one compiled function)."""
     graphs = mode in ("max-autotune", "reduce-overhead") and device.startswith("cuda")
-    if hasattr(torch, "_dynamo") and hasattr(torch._dynamo, "mark_static_address") and graphs:
-        for v in w.values():
-            torch._dynamo.mark_static_address(v)
     if scope == "model":
+        if graphs and hasattr(torch._dynamo, "mark_static_address"):
+            for v in w.values():
+                torch._dynamo.mark_static_address(v)
         model = torch.compile(SdpaDiT(cfg, w), dynamic=False, mode=mode)
         if not graphs:
             return model, f"whole model, mode {mode}"
