@@ -136,46 +136,8 @@ public:
   /// outputs and the journal and builds the queue of the blocks still to do.
   void start(MpiSpec spec) {
     spec_ = std::move(spec);
-    using tstitch::detail::concat;
-    std::uint64_t hash = tstitch::mpi::fnv1a(spec_.identity);
-    for (const std::string& m : spec_.models)
-      hash = tstitch::mpi::fnv1a(model_header(m), hash);
-    identity_ = tstitch::mpi::hex(hash);
-    const std::vector<int> differ = tstitch::mpi::disagreeing_ranks(MPI_COMM_WORLD, hash);
-    if (!differ.empty()) {
-      if (env_.rank() != 0)
-        MPI_Barrier(MPI_COMM_WORLD); // rank 0 reports, naming them; its MPI_Abort ends this wait
-      std::string ranks;
-      for (const int r : differ)
-        ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
-      throw tstitch::runtime_error(
-          concat("ranks ", ranks, " run other options or model files than rank 0 (identity ",
-                 identity_, " here); every rank must be given the same arguments and models"));
-    }
-
-    if (spec_.rng != "philox") // a stateful generator: a block's noise depends on the blocks before
-      throw tstitch::runtime_error(concat(
-          "--rng = '", spec_.rng,
-          "': PyTorch's generator draws the batches in sequence, so a "
-          "block's noise would depend on which blocks its rank sampled before; under MPI use "
-          "--rng philox (noise keyed by the sample index)"));
-    for (const auto& [option, path, format] : spec_.outputs) {
-      if (format != Format::npy && format != Format::npz && format != Format::png_dir)
-        throw tstitch::runtime_error(
-            concat(option, " = '", path,
-                   "': an image grid needs every sample in one process; under MPI "
-                   "write .npy, .npz or --png-dir (the grid can be made from them afterwards)"));
-      std::error_code ignored;
-      const std::filesystem::file_status status = std::filesystem::status(path, ignored);
-      const bool regular_or_new =
-          !std::filesystem::exists(status) || std::filesystem::is_regular_file(status) ||
-          (format == Format::png_dir && std::filesystem::is_directory(status));
-      if (!regular_or_new) // OUT.part is renamed over OUT: never over a device or a pipe
-        throw tstitch::runtime_error(concat(option, " = '", path,
-                                            "': not a regular file; under MPI the ranks write a "
-                                            "file next to it and rename it into place"));
-      outputs_.push_back({path, format, nullptr});
-    }
+    check_same_job();
+    check_rng_and_outputs();
     blocks_ = (spec_.count + spec_.block - 1) / spec_.block;
     std::filesystem::path first_output =
         std::filesystem::path(spec_.outputs.front().path).lexically_normal();
@@ -183,68 +145,10 @@ public:
       first_output = first_output.parent_path();
     journal_ = first_output.string() + ".journal";
 
-    // Rank 0 reads the journal; every rank gets its entries.
     std::vector<std::uint64_t> entries(static_cast<std::size_t>(blocks_), 0);
-    int fresh = 1;
-    if (env_.rank() == 0) {
-      const std::optional<tstitch::mpi::JournalState> old = tstitch::mpi::read_journal(journal_);
-      if (spec_.resume && old) {
-        if (old->identity != identity_ || static_cast<std::int64_t>(old->blocks.size()) != blocks_)
-          throw tstitch::runtime_error(
-              concat("--resume: journal '", journal_.string(), "' is of another run (identity ",
-                     old->identity, ", ", old->blocks.size(), " blocks; this run: ", identity_,
-                     ", ", blocks_, " blocks); run without --resume to start over"));
-        for (const Output& out : outputs_)
-          if (out.format != Format::png_dir && !std::filesystem::exists(part_of(out.path)))
-            throw tstitch::runtime_error(concat("--resume: '", part_of(out.path).string(),
-                                                "' is missing; run without --resume to start "
-                                                "over"));
-        if (spec_.classifier != nullptr && old->completed() > 0)
-          throw tstitch::runtime_error(concat(
-              "--fd with --resume: ", old->completed(),
-              " blocks were sampled before the "
-              "interruption and their features are not kept; score the finished file instead"));
-        entries = old->blocks;
-        fresh = 0;
-        std::fprintf(stderr, "resuming: %lld of %lld blocks already done\n",
-                     static_cast<long long>(old->completed()), static_cast<long long>(blocks_));
-      } else {
-        if (spec_.resume)
-          std::fprintf(stderr, "--resume: no journal '%s'; starting from the first block\n",
-                       journal_.c_str());
-        std::error_code ignored;
-        std::filesystem::remove(journal_, ignored); // an older run's: stale from here on
-      }
-    }
-    tstitch::mpi::check(MPI_Bcast(&fresh, 1, MPI_INT, 0, MPI_COMM_WORLD), "MPI_Bcast");
-    tstitch::mpi::check(MPI_Bcast(entries.data(), static_cast<int>(entries.size()), MPI_UINT64_T, 0,
-                                  MPI_COMM_WORLD),
-                        "MPI_Bcast");
-    // Test hook: a job cancelled mid-run. The rank that completes block b kills itself (SIGKILL)
-    // once it is journaled, and no rank takes a block after b, so later blocks stay undone.
-    if (const char* kill = std::getenv("TSTITCH_MPI_TEST_KILL_AFTER_BLOCK"))
-      kill_after_ = std::atoll(kill);
-    for (std::int64_t b = 0; b < blocks_ && (kill_after_ < 0 || b <= kill_after_); ++b)
-      if (!tstitch::mpi::is_complete(entries[static_cast<std::size_t>(b)])) {
-        pending_.push_back(b);
-        pending_samples_ += std::min(spec_.block, spec_.count - b * spec_.block);
-      }
-
-    for (Output& out : outputs_) {
-      if (out.format == Format::png_dir) {
-        if (env_.rank() == 0)
-          std::filesystem::create_directories(out.path);
-        continue; // the barriers below order this before any rank writes into it
-      }
-      const std::uint64_t size =
-          out.format == Format::npy ? npy_data_offset() + data_bytes(4) : npz_layout().file_size();
-      out.file = std::make_unique<tstitch::mpi::BlockFile>(MPI_COMM_WORLD, part_of(out.path), size,
-                                                           fresh != 0);
-      if (fresh && env_.rank() == 0 && out.format == Format::npy) {
-        const std::string header = npy_header();
-        out.file->write_at(0, header.data(), header.size());
-      }
-    }
+    const bool fresh = read_journal_entries(entries);
+    queue_pending_blocks(entries);
+    open_outputs(fresh);
     if (spec_.classifier != nullptr)
       moments_.emplace(fd_moments(*spec_.classifier));
     map_.emplace(MPI_COMM_WORLD, entries);
@@ -382,6 +286,130 @@ public:
   }
 
 private:
+  /// Collective: every rank was given the same options and model files (a hash of them, which
+  /// also names the run in its journal), or rank 0 throws naming the ranks that differ.
+  void check_same_job() {
+    using tstitch::detail::concat;
+    std::uint64_t hash = tstitch::mpi::fnv1a(spec_.identity);
+    for (const std::string& m : spec_.models)
+      hash = tstitch::mpi::fnv1a(model_header(m), hash);
+    identity_ = tstitch::mpi::hex(hash);
+    const std::vector<int> differ = tstitch::mpi::disagreeing_ranks(MPI_COMM_WORLD, hash);
+    if (!differ.empty()) {
+      if (env_.rank() != 0)
+        MPI_Barrier(MPI_COMM_WORLD); // rank 0 reports, naming them; its MPI_Abort ends this wait
+      std::string ranks;
+      for (const int r : differ)
+        ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
+      throw tstitch::runtime_error(
+          concat("ranks ", ranks, " run other options or model files than rank 0 (identity ",
+                 identity_, " here); every rank must be given the same arguments and models"));
+    }
+  }
+
+  /// What MPI sampling cannot do, refused before any file is touched: a stateful generator, an
+  /// image grid, an output that is not a regular file.
+  void check_rng_and_outputs() {
+    using tstitch::detail::concat;
+    if (spec_.rng != "philox") // a stateful generator: a block's noise depends on the blocks before
+      throw tstitch::runtime_error(concat(
+          "--rng = '", spec_.rng,
+          "': PyTorch's generator draws the batches in sequence, so a "
+          "block's noise would depend on which blocks its rank sampled before; under MPI use "
+          "--rng philox (noise keyed by the sample index)"));
+    for (const auto& [option, path, format] : spec_.outputs) {
+      if (format != Format::npy && format != Format::npz && format != Format::png_dir)
+        throw tstitch::runtime_error(
+            concat(option, " = '", path,
+                   "': an image grid needs every sample in one process; under MPI "
+                   "write .npy, .npz or --png-dir (the grid can be made from them afterwards)"));
+      std::error_code ignored;
+      const std::filesystem::file_status status = std::filesystem::status(path, ignored);
+      const bool regular_or_new =
+          !std::filesystem::exists(status) || std::filesystem::is_regular_file(status) ||
+          (format == Format::png_dir && std::filesystem::is_directory(status));
+      if (!regular_or_new) // OUT.part is renamed over OUT: never over a device or a pipe
+        throw tstitch::runtime_error(concat(option, " = '", path,
+                                            "': not a regular file; under MPI the ranks write a "
+                                            "file next to it and rename it into place"));
+      outputs_.push_back({path, format, nullptr});
+    }
+  }
+
+  /// Rank 0 reads the journal (checking, with --resume, that it is this run's); every rank gets
+  /// its entries. Returns whether the run starts afresh.
+  bool read_journal_entries(std::vector<std::uint64_t>& entries) {
+    using tstitch::detail::concat;
+    int fresh = 1;
+    if (env_.rank() == 0) {
+      const std::optional<tstitch::mpi::JournalState> old = tstitch::mpi::read_journal(journal_);
+      if (spec_.resume && old) {
+        if (old->identity != identity_ || static_cast<std::int64_t>(old->blocks.size()) != blocks_)
+          throw tstitch::runtime_error(
+              concat("--resume: journal '", journal_.string(), "' is of another run (identity ",
+                     old->identity, ", ", old->blocks.size(), " blocks; this run: ", identity_,
+                     ", ", blocks_, " blocks); run without --resume to start over"));
+        for (const Output& out : outputs_)
+          if (out.format != Format::png_dir && !std::filesystem::exists(part_of(out.path)))
+            throw tstitch::runtime_error(concat("--resume: '", part_of(out.path).string(),
+                                                "' is missing; run without --resume to start "
+                                                "over"));
+        if (spec_.classifier != nullptr && old->completed() > 0)
+          throw tstitch::runtime_error(concat(
+              "--fd with --resume: ", old->completed(),
+              " blocks were sampled before the "
+              "interruption and their features are not kept; score the finished file instead"));
+        entries = old->blocks;
+        fresh = 0;
+        std::fprintf(stderr, "resuming: %lld of %lld blocks already done\n",
+                     static_cast<long long>(old->completed()), static_cast<long long>(blocks_));
+      } else {
+        if (spec_.resume)
+          std::fprintf(stderr, "--resume: no journal '%s'; starting from the first block\n",
+                       journal_.c_str());
+        std::error_code ignored;
+        std::filesystem::remove(journal_, ignored); // an older run's: stale from here on
+      }
+    }
+    tstitch::mpi::check(MPI_Bcast(&fresh, 1, MPI_INT, 0, MPI_COMM_WORLD), "MPI_Bcast");
+    tstitch::mpi::check(MPI_Bcast(entries.data(), static_cast<int>(entries.size()), MPI_UINT64_T, 0,
+                                  MPI_COMM_WORLD),
+                        "MPI_Bcast");
+    return fresh != 0;
+  }
+
+  /// The blocks not yet complete, in order.
+  void queue_pending_blocks(const std::vector<std::uint64_t>& entries) {
+    // Test hook: a job cancelled mid-run. The rank that completes block b kills itself (SIGKILL)
+    // once it is journaled, and no rank takes a block after b, so later blocks stay undone.
+    if (const char* kill = std::getenv("TSTITCH_MPI_TEST_KILL_AFTER_BLOCK"))
+      kill_after_ = std::atoll(kill);
+    for (std::int64_t b = 0; b < blocks_ && (kill_after_ < 0 || b <= kill_after_); ++b)
+      if (!tstitch::mpi::is_complete(entries[static_cast<std::size_t>(b)])) {
+        pending_.push_back(b);
+        pending_samples_ += std::min(spec_.block, spec_.count - b * spec_.block);
+      }
+  }
+
+  /// Creates (fresh) or reopens each output's OUT.part; rank 0 writes the .npy header.
+  void open_outputs(bool fresh) {
+    for (Output& out : outputs_) {
+      if (out.format == Format::png_dir) {
+        if (env_.rank() == 0)
+          std::filesystem::create_directories(out.path);
+        continue; // the barriers below order this before any rank writes into it
+      }
+      const std::uint64_t size =
+          out.format == Format::npy ? npy_data_offset() + data_bytes(4) : npz_layout().file_size();
+      out.file =
+          std::make_unique<tstitch::mpi::BlockFile>(MPI_COMM_WORLD, part_of(out.path), size, fresh);
+      if (fresh && env_.rank() == 0 && out.format == Format::npy) {
+        const std::string header = npy_header();
+        out.file->write_at(0, header.data(), header.size());
+      }
+    }
+  }
+
   static void add_pairs(void* in, void* inout, int* pairs, MPI_Datatype*) {
     tstitch::metrics::FeatureMoments::add_packed(static_cast<const double*>(in),
                                                  static_cast<double*>(inout),

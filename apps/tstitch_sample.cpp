@@ -942,7 +942,8 @@ std::string hint_for(const std::string& option) {
 }
 
 /// Every option, with stable-diffusion.cpp's and diffusers' names as aliases where they mean the
-/// same.
+/// same. Longer than our usual limit: a flat list of declarations, read (and kept in step with
+/// --help) top to bottom; split, the options would only be scattered.
 void add_options(CLI::App& app, Options& o) {
   app.description("tstitch-sample: sample class-conditional DiTs (tstitch-dit safetensors) with "
                   "trajectory stitching on the CPU or a CUDA GPU. The first model serves the "
