@@ -84,8 +84,23 @@ template <int N, int kStages> constexpr int dynamic_smem() {
 // c ^ ((r / 2) % 4): ldmatrix reads the same chunk of 8 consecutive rows (from a multiple of 8),
 // and the 8 pairs (r % 2, (r / 2) % 4) then land in 8 distinct 16-byte bank groups of a 128-byte
 // line, so its phases are free of bank conflicts.
-__device__ inline std::uint32_t swizzle(int r, int c) {
+__host__ __device__ constexpr std::uint32_t swizzle(int r, int c) {
   return static_cast<std::uint32_t>(r * (kBK * 2) + ((c ^ ((r >> 1) & 3)) << 4));
+}
+
+// The row and chunk whose address `lane` gives ldmatrix.x4 at k step kk (16 values) of a stage.
+// A: matrix j = lane / 8 is rows 8 (j % 2).., chunk 2 kk + j / 2: registers a0..a3 in order.
+__host__ __device__ constexpr int a_row(int lane) { return lane & 15; }
+__host__ __device__ constexpr int a_chunk(int lane, int kk) { return 2 * kk + (lane >> 4); }
+// W, pair p of warp w's 8-column tiles: matrix j is rows n0 + 8 (j / 2).., chunk 2 kk + j % 2
+// (n0 = first column of tile 2p): b0, b1 of tile 2p, then b0, b1 of tile 2p + 1.
+template <int N> __host__ __device__ constexpr int w_row(int warp, int p, int lane) {
+  return warp * (N / kWarps) + 16 * p + (lane & 7) + ((lane >> 4) << 3);
+}
+__host__ __device__ constexpr int w_chunk(int lane, int kk) { return 2 * kk + ((lane >> 3) & 1); }
+// First of the two columns thread t = lane % 4 of warp w holds in tile j (rows g and g + 8).
+template <int N> __host__ __device__ constexpr int tile_col(int warp, int j, int t) {
+  return warp * (N / kWarps) + 8 * j + 2 * t;
 }
 
 __device__ inline float quad_sum(float v) {
@@ -108,7 +123,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   static_assert(N % (16 * kWarps) == 0, "each warp takes pairs of 8-column tiles");
   static_assert(kStages >= 2, "the pipeline needs two stages");
   constexpr int NT = N / (8 * kWarps);
-  constexpr int kWarpCols = N / kWarps;
   constexpr std::uint32_t a_bytes = kBM * kBK * sizeof(bf16);
   constexpr std::uint32_t stage_bytes = (kBM + N) * kBK * sizeof(bf16);
   extern __shared__ __align__(128) unsigned char smem[]; // kStages x (A [16][32], W [N][32])
@@ -139,13 +153,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
 
+  // cp.async group s holds k-tile s (empty past the last): at iteration t, groups 0..t+kStages-2
+  // are committed and waiting until at most kStages-2 are in flight completes group t.
   float acc[NT][4];
 #pragma unroll
   for (int j = 0; j < NT; ++j)
     acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
-
-    // Group s holds k-tile s (empty past the last): at iteration t, groups 0..t+kStages-2 are
-    // committed and waiting until at most kStages-2 are in flight completes group t.
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < tiles)
@@ -163,16 +176,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     const std::uint32_t sb = sa + a_bytes;
 #pragma unroll
     for (int kk = 0; kk < kBK / 16; ++kk) {
-      // A: matrix j = lane / 8 is rows 8 (j % 2).., k chunk 2 kk + j / 2: a0..a3 in order.
       std::uint32_t af[4];
-      lab::mma::ldmatrix_x4(af, sa + swizzle(lane & 15, 2 * kk + (lane >> 4)));
+      lab::mma::ldmatrix_x4(af, sa + swizzle(a_row(lane), a_chunk(lane, kk)));
 #pragma unroll
       for (int p = 0; p < NT / 2; ++p) {
-        // W: matrix j is rows n0 + 8 (j / 2).., k chunk 2 kk + j % 2: b0, b1 of tile 2p, then
-        // b0, b1 of tile 2p + 1.
-        const int n = warp * kWarpCols + 16 * p + (lane & 7) + ((lane >> 4) << 3);
         std::uint32_t bf[4];
-        lab::mma::ldmatrix_x4(bf, sb + swizzle(n, 2 * kk + ((lane >> 3) & 1)));
+        lab::mma::ldmatrix_x4(bf, sb + swizzle(w_row<N>(warp, p, lane), w_chunk(lane, kk)));
         lab::mma::mma_bf16_16816(acc[2 * p], af, bf[0], bf[1]);
         lab::mma::mma_bf16_16816(acc[2 * p + 1], af, bf[2], bf[3]);
       }
@@ -190,7 +199,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   float s0 = 0.0f, s1 = 0.0f;
 #pragma unroll
   for (int j = 0; j < NT; ++j) {
-    const int col = warp * kWarpCols + 8 * j + 2 * tq;
+    const int col = tile_col<N>(warp, j, tq);
     const float2 b = load2(bias + col);
     const float2 g0 = load2(m0 + gate_offset + col), g1 = load2(m1 + gate_offset + col);
     float2 x0 = load2(h0 + col), x1 = load2(h1 + col);
@@ -250,7 +259,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   bf16* o1 = out + r1 * ld_out;
 #pragma unroll
   for (int j = 0; j < NT; ++j) {
-    const int col = warp * kWarpCols + 8 * j + 2 * tq;
+    const int col = tile_col<N>(warp, j, tq);
     const float2 sh0 = load2(m0 + shift_offset + col), sc0 = load2(m0 + scale_offset + col);
     const float2 sh1 = load2(m1 + shift_offset + col), sc1 = load2(m1 + scale_offset + col);
     *reinterpret_cast<__nv_bfloat162*>(o0 + col) =
