@@ -70,7 +70,7 @@ Problem make_problem(int batch, int tokens, int heads, int head_dim, std::uint64
   p.qkv_bf16 = lab::to_bf16(
       lab::randn(static_cast<std::size_t>(batch) * tokens * 3 * heads * head_dim, seed));
   p.qkv = lab::from_bf16(p.qkv_bf16);
-  p.name = "b" + std::to_string(batch) + "_h" + std::to_string(heads) + "_t" +
+  p.name = std::string("b") + std::to_string(batch) + "_h" + std::to_string(heads) + "_t" +
            std::to_string(tokens) + "_d" + std::to_string(head_dim);
   return p;
 }
@@ -279,7 +279,7 @@ bool emulate_checks() {
 
 } // namespace
 
-int main(int argc, char** argv) {
+int run_all(int argc, char** argv) {
   int only = 0;
   bool quick = false, emulate = false;
   for (int i = 1; i < argc; ++i) {
@@ -322,6 +322,14 @@ int main(int argc, char** argv) {
                 p.heads, p.tokens, p.head_dim);
     const lab::DeviceBuffer<std::uint16_t> qkv = lab::to_device(p.qkv_bf16);
     lab::DeviceBuffer<std::uint16_t> out(static_cast<std::int64_t>(p.out_size()), "lab out");
+    {
+      int device = 0, sms = 0;
+      TSTITCH_CUDA_CHECK(cudaGetDevice(&device));
+      TSTITCH_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+      const int w = lab::short_attn::short_attention_warps(p.batch, p.tokens, p.heads, sms);
+      std::printf("  version 3 picks %d warps per CTA: %d CTAs on %d SMs\n", w,
+                  p.batch * p.heads * ((p.tokens + 16 * w - 1) / (16 * w)), sms);
+    }
     double base_us = 0;
     for (const Variant& v : variants) {
       if (only != 0 && v.version != only)
@@ -362,4 +370,13 @@ int main(int argc, char** argv) {
   }
   std::printf("%s\n", ok ? "all versions match the reference" : "MISMATCH");
   return ok ? 0 : 1;
+}
+
+int main(int argc, char** argv) {
+  try {
+    return run_all(argc, argv);
+  } catch (const std::exception& e) {
+    std::printf("%s: %s\nMISMATCH (stopped by an error)\n", argv[0], e.what());
+    return 1;
+  }
 }

@@ -42,6 +42,14 @@
 #include "tstitch/core/error.hpp"
 #include "tstitch/cuda/runtime.hpp"
 
+// `#pragma unroll` for the device pass only: the body is also host code (the emulation), where
+// the host compiler does not know the pragma.
+#if defined(__CUDA_ARCH__)
+#define SHORT_ATTN_UNROLL _Pragma("unroll")
+#else
+#define SHORT_ATTN_UNROLL
+#endif
+
 namespace lab::short_attn {
 
 inline constexpr int kMaxTokens = 256;
@@ -376,7 +384,7 @@ __host__ __device__ __forceinline__ void load_rows(std::uint32_t dst, const __nv
                                                    int row0, int tokens, int row_stride, int tid) {
   constexpr int kTotal = ROWS * S::kChunks;
   constexpr int kIterations = (kTotal + S::kThreads - 1) / S::kThreads;
-#pragma unroll
+  SHORT_ATTN_UNROLL
   for (int i = 0; i < kIterations; ++i) {
     const int c = tid + i * S::kThreads;
     if (kTotal % S::kThreads != 0 && c >= kTotal)
@@ -433,13 +441,13 @@ short_attention_body(unsigned char* smem, unsigned block, int tid,
   // Commit groups, oldest first: 0 = Q and keys 0-63, 1..3 = keys 64-255 by 64, 4 and 5 = V rows
   // 0-127 and 128-255. Group i has landed once at most kGroups - 1 - i groups are pending.
   load_rows<S, S::kBlockM>(q_addr, q_base, q0, tokens, row_stride, tid);
-#pragma unroll
+  SHORT_ATTN_UNROLL
   for (int c = 0; c < S::kKGroups; ++c) {
     load_rows<S, S::kKeyGroup>(k_addr + c * S::kKeyGroup * S::kRowBytes, k_base, c * S::kKeyGroup,
                                tokens, row_stride, tid);
     cp_async_commit();
   }
-#pragma unroll
+  SHORT_ATTN_UNROLL
   for (int c = 0; c < S::kVGroups; ++c) {
     load_rows<S, S::kVGroup>(v_addr + c * S::kVGroup * S::kRowBytes, v_base, c * S::kVGroup, tokens,
                              row_stride, tid);
@@ -448,14 +456,14 @@ short_attention_body(unsigned char* smem, unsigned block, int tid,
 
   // ---- S = Q K^T: this warp's 16 query rows x 256 keys, n8 key tile j in s[j] ----------------
   float s[S::kSTiles][4];
-#pragma unroll
+  SHORT_ATTN_UNROLL
   for (int j = 0; j < S::kSTiles; ++j)
     s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
   std::uint32_t qf[S::kQkSteps][4]; // Q's A fragments, every k16 step
   const int warp_row0 = warp * 16;  // within the CTA's Q tile
   // The key groups are independent of each other's arrival: key group c waits for commit group
   // c only (the later ones may still be in flight).
-#pragma unroll
+  SHORT_ATTN_UNROLL
   for (int c = 0; c < S::kKGroups; ++c) {
     cp_async_wait_pending(S::kGroups - 1 - c); // this thread's copies of group c landed ...
     sync_block();                              // ... and everyone's
@@ -467,14 +475,14 @@ short_attention_body(unsigned char* smem, unsigned block, int tid,
       const std::uint32_t q_frag =
           q_addr + static_cast<std::uint32_t>(warp_row0 + (lane & 15)) * S::kRowBytes +
           static_cast<std::uint32_t>((lane >> 4) * 16);
-#pragma unroll
+      SHORT_ATTN_UNROLL
       for (int ks = 0; ks < S::kQkSteps; ++ks)
         ldmatrix_x4(qf[ks], q_frag + ks * 32);
     }
     if (c * S::kKeyGroup < tokens) { // uniform: whole key groups past the end stay 0 (masked)
-#pragma unroll
+      SHORT_ATTN_UNROLL
       for (int ks = 0; ks < S::kQkSteps; ++ks) {
-#pragma unroll
+        SHORT_ATTN_UNROLL
         for (int jp = 0; jp < S::kKeyGroup / 16; ++jp) {
           // B = K^T, B[k = dim][n = key] = K[key][dim]: b0 of key tile n is K rows (keys)
           // n*8 + g, dims 2t, 2t+1 = row g of a plain (non-transposed) 8x8 ldmatrix of K.
@@ -497,16 +505,16 @@ short_attention_body(unsigned char* smem, unsigned block, int tid,
   // ---- exact softmax over the row: s[j][e] is row g + 8 (e / 2), key 8 j + 2 t + (e % 2) ------
   const float kNegInf = -INFINITY;
   float row_max[2] = {kNegInf, kNegInf};
-#pragma unroll
+  SHORT_ATTN_UNROLL
   for (int j = 0; j < S::kSTiles; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      if (tokens < kMaxTokens && 8 * j + 2 * t4 + (e & 1) >= tokens)
-        s[j][e] = kNegInf;
-      row_max[e >> 1] = fmaxf(row_max[e >> 1], s[j][e]);
-    }
+    SHORT_ATTN_UNROLL
+  for (int e = 0; e < 4; ++e) {
+    if (tokens < kMaxTokens && 8 * j + 2 * t4 + (e & 1) >= tokens)
+      s[j][e] = kNegInf;
+    row_max[e >> 1] = fmaxf(row_max[e >> 1], s[j][e]);
+  }
   float m_scaled[2];
-#pragma unroll
+  SHORT_ATTN_UNROLL
   for (int r = 0; r < 2; ++r) {
     // The 4 threads of a quad (lanes 4g..4g+3) hold the row's 256 keys between them.
     row_max[r] = fmaxf(row_max[r], shfl_xor(row_max[r], 1));
@@ -521,12 +529,12 @@ short_attention_body(unsigned char* smem, unsigned block, int tid,
   // a2 = row g keys 16 kk + 8 + 2t, +1 = tile 2 kk + 1 d0, d1;  a3 = its d2, d3.
   float row_sum[2] = {0.f, 0.f}; // this thread's part; the quad reduces at the end
   std::uint32_t p[S::kPvSteps][4];
-#pragma unroll
+  SHORT_ATTN_UNROLL
   for (int kk = 0; kk < S::kPvSteps; ++kk) {
-#pragma unroll
+    SHORT_ATTN_UNROLL
     for (int half = 0; half < 2; ++half) {
       float(&t)[4] = s[2 * kk + half];
-#pragma unroll
+      SHORT_ATTN_UNROLL
       for (int e = 0; e < 4; ++e) {
         t[e] = exp2_approx(fmaf(t[e], scale_log2, -m_scaled[e >> 1]));
         row_sum[e >> 1] += t[e];
@@ -538,10 +546,10 @@ short_attention_body(unsigned char* smem, unsigned block, int tid,
 
   // ---- O = P V: 16 rows x HD, n8 tile jo in o[jo] -------------------------------------------
   float o[S::kOTiles][4];
-#pragma unroll
+  SHORT_ATTN_UNROLL
   for (int jo = 0; jo < S::kOTiles; ++jo)
     o[jo][0] = o[jo][1] = o[jo][2] = o[jo][3] = 0.f;
-#pragma unroll
+  SHORT_ATTN_UNROLL
   for (int kk = 0; kk < S::kPvSteps; ++kk) {
     if (kk % (S::kVGroup / 16) == 0) { // first k16 step of V group kk / 8: wait for it
       cp_async_wait_pending(S::kVGroups - 1 - kk / (S::kVGroup / 16));
@@ -554,7 +562,7 @@ short_attention_body(unsigned char* smem, unsigned block, int tid,
       // 16 jp + 8 (L / 16): matrix 0 = keys 0-7 / dims 0-7 (b0 of dim tile 2 jp), 1 = keys 8-15
       // / dims 0-7 (b1), 2 = keys 0-7 / dims 8-15 (b0 of tile 2 jp + 1), 3 = keys 8-15 / dims
       // 8-15 (b1).
-#pragma unroll
+      SHORT_ATTN_UNROLL
       for (int jp = 0; jp < S::kOTiles / 2; ++jp) {
         const int key = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
         const int col = jp * 16 + (lane >> 4) * 8;
@@ -579,7 +587,7 @@ short_attention_body(unsigned char* smem, unsigned block, int tid,
 
   // ---- epilogue: normalise, stage the bf16 rows in this warp's own Q rows, 16-byte stores ----
   float inv[2];
-#pragma unroll
+  SHORT_ATTN_UNROLL
   for (int r = 0; r < 2; ++r) {
     float sum = row_sum[r];
     sum += shfl_xor(sum, 1);
@@ -590,7 +598,7 @@ short_attention_body(unsigned char* smem, unsigned block, int tid,
   // before the overwrite for every lane.
   sync_warp();
   __nv_bfloat16* const sO = sQ + warp_row0 * S::kStride;
-#pragma unroll
+  SHORT_ATTN_UNROLL
   for (int jo = 0; jo < S::kOTiles; ++jo) {
     *reinterpret_cast<std::uint32_t*>(sO + g * S::kStride + jo * 8 + 2 * t4) =
         pack_bf16x2(o[jo][0] * inv[0], o[jo][1] * inv[0]);
@@ -601,7 +609,7 @@ short_attention_body(unsigned char* smem, unsigned block, int tid,
   const int q_first = q0 + warp_row0;
   __nv_bfloat16* const out_rows =
       out + ((b * tokens + q_first) * heads + h) * static_cast<std::int64_t>(HD);
-#pragma unroll
+  SHORT_ATTN_UNROLL
   for (int c = lane; c < 16 * S::kChunks; c += 32) {
     const int r = c / S::kChunks;
     const int chunk = c % S::kChunks;
