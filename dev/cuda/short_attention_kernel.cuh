@@ -14,8 +14,9 @@
 //
 // Tile choice (short_attention_warps): W = 4 (64 queries per CTA) whenever that still gives at
 // least one CTA per SM, else 2, else 1. Shared memory per CTA is (16 W + 512) rows x (pad + 8)
-// bf16: 82,944 bytes at head dim 64 and W = 4, so two CTAs (8 warps) share an SM; registers
-// (about 170-200 per thread) allow the same. DiT-S/2 (6 heads, 256 tokens) on 132 SMs:
+// bf16: 82,944 bytes at head dim 64 and W = 4 (101,376 at 72), so two CTAs (8 warps) share an
+// SM; registers (ptxas, sm_90a: 190 at W = 4, 215 at 2, 254 at 1, no spills) allow the same.
+// DiT-S/2 (6 heads, 256 tokens) on 132 SMs:
 //   8 images: W = 4, 8 * 6 * 4 = 192 CTAs: every SM busy, 60 of them with two CTAs, and each
 //             (sample, head)'s K and V read from L2 by 4 CTAs (12 MB in all);
 //   1 image:  W = 4 would give 24 CTAs and W = 2 48, so W = 1: 6 * 16 = 96 CTAs of one warp
