@@ -80,6 +80,17 @@ if [[ $# -eq 0 || "$*" == "all" ]]; then
 else
   STAGES=("$@")
 fi
+# A stage about to run (or be skipped for the budget) leaves no earlier run's results behind for
+# the summary to report; the results of stages not named stay (a run split over several calls).
+for s in "${STAGES[@]}"; do
+  case "$s" in
+  tests) rm -f "$OUT/tests.log" ;;
+  lab) rm -f "$OUT/lab.log" ;;
+  sanitize) rm -f "$OUT/sanitize.log" ;;
+  bench) rm -f "$OUT/bench_dit_cuda.json" ;;
+  torch) rm -f "$OUT/bench_dit_gpu_torch.json" ;;
+  esac
+done
 
 # Seconds a stage may still use: its own cap, but never past the run's budget (20 s are kept
 # for the summary).
