@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
-"""PyTorch peer of benchmarks/gpu/bench_dit_cuda: the same DiT forward on the same card.
+"""PyTorch peer of benchmarks/gpu/bench_dit_cuda: the same DiT forward, and the same stitched
+sampling run, on the same card.
 
 Models: DiT-S/2, DiT-B/2, DiT-XL/2 at 32x32x4 latents (256x256 images), 1000 classes,
 learn_sigma, random weights (official names and fan-in scaling of tools/make_dit_golden.py,
@@ -14,22 +15,35 @@ that is what a PyTorch user would run on a GPU; bf16 weights and activations. Tw
   compile  torch.compile of one DiT block (--compile-scope block, default: every block shares its
            code and shapes, so one compilation serves all of them and costs seconds, not the
            minute a whole DiT-XL/2 takes), or of the whole forward (--compile-scope model);
-           dynamic=False, --compile-mode (default "default"); only for the configurations in
-           --compile (compilation is the slow part of this script).
+           dynamic=False, --compile-mode (default "max-autotune"); only for the configurations
+           in --compile (compilation is the slow part of this script). With a CUDA-graph mode
+           (max-autotune, reduce-overhead) and block scope, the blocks are compiled without
+           graphs and the whole forward is captured in one CUDA graph (GraphedForward), as
+           inductor captures a whole compiled model.
 FLOPs = 2 x MACs x rows with MACs counted as dit::Config::macs() counts them (linear layers,
 patch embedding, the two attention products), so TFLOP/s compare one to one.
+
+Stitched sampling (--stitch-batches, default 1,8): deterministic DDIM over --steps (50) of the
+default DiscreteSchedule, DiT-S/2 for the first floor(r * steps) steps (--small-fraction r, 0.4),
+DiT-XL/2 after, guidance --guidance (4) on every latent channel, the conditional and null-class
+rows in one forward: the arithmetic of tstitch's sampler (stitched_ddim), timed end to end with
+eager and with compiled models at r = 0, r and 1 (median of interleaved runs after warm-up), as
+bench_dit_cuda times DeviceSampler. tools/test_stitched_ddim.py checks the loop on the CPU.
 
 Timing: CUDA events; --warmup calls, then --repeats blocks of back-to-back calls (about 5 ms per
 block, at least one call), median of the per-call times. The compiled output is checked against
 eager (relative L2 < 3e-2, bf16 on both sides).
 
 Usage (on the GPU machine; benchmarks/gpu/run.sh calls it):
-  python3 tools/bench_dit_gpu_torch.py [--models S/2,B/2,XL/2] [--batches 1,8,32,64]
+  python3 tools/bench_dit_gpu_torch.py [--models S/2,B/2,XL/2 | none] [--batches 1,8,32,64]
       [--repeats 10] [--compile S/2:8,XL/2:8,XL/2:64 | all | none] [--compile-scope block]
-      [--json out.json]
+      [--compile-mode max-autotune] [--stitch-batches 1,8 | none] [--json out.json]
   python3 tools/bench_dit_gpu_torch.py --device cpu --smoke   # tiny float32 check, no GPU needed
+  python3 tools/bench_dit_gpu_torch.py --device cpu --models none --tiny
+      # the stitched runs on two tiny float32 DiTs (eager only where torch has no torch.compile)
 Output: progress lines, then a table (model images rows eager_ms eager_TFLOP/s compile_ms
-compile_TFLOP/s compile_s); with --json the rows and the environment.
+compile_TFLOP/s compile_s) and the stitched runs; with --json the rows, the stitched runs and the
+environment (written after every model, so that a run cut short keeps what it measured).
 """
 
 import argparse

@@ -76,7 +76,8 @@ def torch_json(mode="max-autotune"):
                         row("DiT-XL/2", 1, 3.0), row("DiT-XL/2", 8, 12.0),
                         row("DiT-XL/2", 64, 60.0)],
             "stitched": {"steps": 50, "small_fraction": 0.4, "guidance": 4.0,
-                         "compile_mode": mode, "runs": runs}}
+                         "small": "DiT-S/2", "large": "DiT-XL/2", "compile_mode": mode,
+                         "runs": runs}}
 
 
 LAB = "\n".join([
@@ -108,6 +109,7 @@ class Summary(unittest.TestCase):
         # Stitched: 100 / 60 = 1.67 (met), 240 / 200 = 1.2 (not met).
         self.assertEqual(verdict(text, "r = 0.4, 1 images, end to end"), "MET")
         self.assertEqual(verdict(text, "r = 0.4, 8 images, end to end"), "NOT MET")
+        self.assertIn("1.67x (tstitch 60.0 ms, torch.compile 100.0 ms, eager 300.0 ms)", text)
         self.assertEqual(verdict(text, "at 64 images >= 65% of the measured"), "MET")
         # Lab: the best passing version per shape and its ratio to version 1; failures named.
         self.assertIn("lab_gemm_seam: pass; sanitizer: memcheck clean (ERROR SUMMARY: 0 errors), "
@@ -138,6 +140,14 @@ class Summary(unittest.TestCase):
         self.assertEqual(verdict(text, "DiT-XL/2 forward >= 1.3x torch.compile at 8 images"),
                          "not measured")
         self.assertEqual(verdict(text, "r = 0.4, 1 images, end to end"), "not measured")
+
+    def test_other_stitching_run_is_not_the_named_one(self):
+        for key, value in (("steps", 10), ("small_fraction", 0.2), ("small", "tiny small")):
+            peer = torch_json()
+            peer["stitched"][key] = value
+            text = summarize({"bench_dit_cuda.json": OURS, "bench_dit_gpu_torch.json": peer})
+            self.assertEqual(verdict(text, "r = 0.4, 1 images, end to end"), "not measured")
+            self.assertIn("eager - ms", text)
 
     def test_forwards_only_stitching_is_no_end_to_end_time(self):
         ours = dict(OURS, stitched_runs=[stitched(1, 60.0, "forwards only"),
