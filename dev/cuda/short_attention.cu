@@ -255,7 +255,7 @@ bool emulate_checks() {
   struct Case {
     int batch, tokens, heads, head_dim, warps;
   };
-  const Case cases[] = {{1, 256, 1, 64, 4}, {2, 100, 2, 64, 2}, {1, 40, 1, 64, 1},
+  const Case cases[] = {{2, 256, 2, 64, 4}, {2, 100, 2, 64, 2}, {1, 40, 1, 64, 1},
                         {1, 256, 1, 72, 4}, {1, 200, 1, 72, 1}, {1, 72, 2, 72, 2}};
   bool ok = true;
   for (const Case& c : cases) {
