@@ -15,9 +15,10 @@
 //      timed alongside, so the rule can be judged on the card.
 //
 // Every version is checked against an fp64 CPU attention from the same bf16 inputs (see
-// `check` for the bound), then timed: the median over samples of 20 back-to-back calls each,
-// CUDA events, in µs and TFLOP/s (4 B H N^2 d flops), and the ratio to version 1. A summary
-// line per result: csv,short_attention,<shape>,<version>,<us>,<tflops>,<max_err>,<ok>.
+// `check` for the bound), then timed: the median over samples of 20 back-to-back calls each
+// (replayed from a CUDA graph, as the DiT forward runs), CUDA events, in µs and TFLOP/s (4 B H N^2
+// d flops), and the ratio to version 1. A summary line per result:
+// csv,short_attention,<shape>,<version>,<us>,<tflops>,<max_err>,<ok>.
 //
 // Build: cmake -S . -B build -DTSTITCH_ENABLE_CUDA=ON -DTSTITCH_BUILD_CUDA_LAB=ON
 //        cmake --build build --target lab_short_attention
@@ -184,35 +185,59 @@ const char* describe(const Variant& v) {
   }
 }
 
-void run(const Variant& v, const Problem& p, const std::uint16_t* qkv, std::uint16_t* out) {
+void run(const Variant& v, const Problem& p, const std::uint16_t* qkv, std::uint16_t* out,
+         cudaStream_t stream = nullptr) {
   switch (v.version) {
   case 1:
-    k::attention(qkv, out, p.batch, p.tokens, p.heads, p.head_dim, AttentionPath::flash, nullptr);
+    k::attention(qkv, out, p.batch, p.tokens, p.heads, p.head_dim, AttentionPath::flash, stream);
     break;
   case 2:
-    k::attention(qkv, out, p.batch, p.tokens, p.heads, p.head_dim, AttentionPath::cudnn, nullptr);
+    k::attention(qkv, out, p.batch, p.tokens, p.heads, p.head_dim, AttentionPath::cudnn, stream);
     break;
   default:
     lab::short_attn::short_attention(qkv, out, p.batch, p.tokens, p.heads, p.head_dim, v.warps,
-                                     nullptr);
+                                     stream);
     break;
   }
 }
 
-// Microseconds per call: the median over `samples` of `calls` back-to-back calls each (one event
-// pair per sample; a single call of a few µs is near the events' resolution).
-template <class Launch> double median_us(Launch launch, int samples = 15, int calls = 20) {
-  for (int i = 0; i < 3; ++i)
+// Microseconds per call: the median over `samples` of `calls` back-to-back calls on `stream`,
+// one event pair per sample (one call of a few µs is near the events' resolution). The calls are
+// replayed from a CUDA graph, as the CUDA DiT runs its forward, so host launch costs stay out;
+// where capture fails, they are launched directly and `graphed` says so.
+template <class Launch>
+double median_us(Launch launch, cudaStream_t stream, bool& graphed, int samples = 15,
+                 int calls = 20) {
+  for (int i = 0; i < 3; ++i) // warm-up, outside the capture (cuDNN builds its plan here)
     launch();
+  TSTITCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  graphed = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+  if (graphed) {
+    try {
+      for (int c = 0; c < calls; ++c)
+        launch();
+    } catch (const std::exception& e) {
+      std::printf("  (capture failed: %s; timing direct launches)\n", e.what());
+      graphed = false;
+    }
+    graphed = cudaStreamEndCapture(stream, &graph) == cudaSuccess && graphed &&
+              cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
+  }
+  (void)cudaGetLastError(); // a failed capture leaves its error here; direct launches follow
   cudaEvent_t start = nullptr, stop = nullptr;
   TSTITCH_CUDA_CHECK(cudaEventCreate(&start));
   TSTITCH_CUDA_CHECK(cudaEventCreate(&stop));
   std::vector<double> us;
   for (int s = 0; s < samples; ++s) {
-    TSTITCH_CUDA_CHECK(cudaEventRecord(start));
-    for (int c = 0; c < calls; ++c)
-      launch();
-    TSTITCH_CUDA_CHECK(cudaEventRecord(stop));
+    TSTITCH_CUDA_CHECK(cudaEventRecord(start, stream));
+    if (graphed)
+      TSTITCH_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    else
+      for (int c = 0; c < calls; ++c)
+        launch();
+    TSTITCH_CUDA_CHECK(cudaEventRecord(stop, stream));
     TSTITCH_CUDA_CHECK(cudaEventSynchronize(stop));
     float ms = 0;
     TSTITCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
@@ -220,6 +245,10 @@ template <class Launch> double median_us(Launch launch, int samples = 15, int ca
   }
   TSTITCH_CUDA_CHECK(cudaEventDestroy(start));
   TSTITCH_CUDA_CHECK(cudaEventDestroy(stop));
+  if (exec != nullptr)
+    TSTITCH_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  if (graph != nullptr)
+    TSTITCH_CUDA_CHECK(cudaGraphDestroy(graph));
   std::sort(us.begin(), us.end());
   return us[us.size() / 2];
 }
@@ -299,6 +328,8 @@ int run_all(int argc, char** argv) {
     return emulate_checks() ? 0 : 1;
   lab::require_device(argv[0]);
   bool ok = check_refusals();
+  cudaStream_t stream = nullptr; // timing only (a graph cannot capture the legacy stream)
+  TSTITCH_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
 
   // DiT-S/2 (6 heads, head dim 64) and DiT-XL/2 (16 heads, 72) at 256x256: 256 tokens. The
   // ragged shapes (100 and 200 tokens) exercise the masked keys, the skipped key groups and the
@@ -356,11 +387,14 @@ int run_all(int argc, char** argv) {
                     r.ok ? 1 : 0);
         continue;
       }
-      const double us = median_us([&] { run(v, p, qkv.data(), out.data()); });
+      bool graphed = false;
+      const double us =
+          median_us([&] { run(v, p, qkv.data(), out.data(), stream); }, stream, graphed);
       const double tflops = p.flops() / (us * 1e-6) / 1e12;
       if (v.version == 1)
         base_us = us;
-      std::printf("  %-14s %-28s %9.2f us %8.1f TFLOP/s", v.label, describe(v), us, tflops);
+      std::printf("  %-14s %-28s %9.2f us %8.1f TFLOP/s%s", v.label, describe(v), us, tflops,
+                  graphed ? "" : " (direct launches)");
       if (base_us > 0)
         std::printf("  %.2fx the speed of 1", base_us / us);
       std::printf("\n");
@@ -368,6 +402,7 @@ int run_all(int argc, char** argv) {
                   tflops, r.max_err, r.ok ? 1 : 0);
     }
   }
+  TSTITCH_CUDA_CHECK(cudaStreamDestroy(stream));
   std::printf("%s\n", ok ? "all versions match the reference" : "MISMATCH");
   return ok ? 0 : 1;
 }
