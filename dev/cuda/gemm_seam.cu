@@ -805,10 +805,12 @@ int lab_main(int argc, char** argv) {
     const Problem p = make_problem(s);
     const Reference ref = reference(p);
     const int stages = fused_stages(s.hidden);
+    // Each CTA of version 2 streams all of W: what it reads from L2 per call, to read its time by.
+    const double w_traffic_mb = static_cast<double>(p.rows / kBM) * s.hidden * s.k * 2 / 1e6;
     std::printf("%s: rows %lld, K %d, hidden %d (checked rows %zu; version 2: %d stages, %lld "
-                "CTAs)\n",
+                "CTAs, W read %.0f MB from L2)\n",
                 s.name().c_str(), static_cast<long long>(p.rows), s.k, s.hidden, ref.rows.size(),
-                stages, static_cast<long long>(p.rows / kBM));
+                stages, static_cast<long long>(p.rows / kBM), w_traffic_mb);
     double us[3] = {0, 0, 0};
     for (int v = 1; v <= 2; ++v) {
       if (only != 0 && v != only)
