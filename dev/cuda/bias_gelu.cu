@@ -21,7 +21,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <string_view>
 #include <vector>
 
 #include "common.cuh"
@@ -131,25 +130,10 @@ void run(int version, const Problem& p, Device& d, Blas& blas) {
 
 const char* const names[] = {"", "1 GEMM + bias, bias_gelu kernel", "2 GEMM, bias+GELU epilogue"};
 
-// `--quick` (anywhere in argv): the check at the smallest shape only, no timing (the
-// sanitizer runs of benchmarks/gpu/run.sh). Returns it and drops it from argv.
-bool take_quick(int& argc, char** argv) {
-  bool quick = false;
-  int kept = 1;
-  for (int i = 1; i < argc; ++i) {
-    if (std::string_view(argv[i]) == "--quick")
-      quick = true;
-    else
-      argv[kept++] = argv[i];
-  }
-  argc = kept;
-  return quick;
-}
-
 } // namespace
 
 int main(int argc, char** argv) {
-  const bool quick = take_quick(argc, argv);
+  const bool quick = lab::take_flag(argc, argv, "--quick");
   lab::require_device(argv[0]);
   const int only = lab::version_argument(argc, argv, 2);
   Blas blas(nullptr);

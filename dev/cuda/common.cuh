@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <string_view>
 #include <vector>
 
 #include "tstitch/core/philox.hpp"
@@ -97,6 +98,21 @@ template <class Launch> double time_ms(int repeats, Launch launch) {
   TSTITCH_CUDA_CHECK(cudaEventDestroy(start));
   TSTITCH_CUDA_CHECK(cudaEventDestroy(stop));
   return static_cast<double>(ms) / repeats;
+}
+
+/// Whether `flag` (e.g. "--quick": the check at the smallest shape only, no timing, as the
+/// sanitizer runs of benchmarks/gpu/run.sh use it) is anywhere in argv; drops it from argv.
+inline bool take_flag(int& argc, char** argv, std::string_view flag) {
+  bool found = false;
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string_view(argv[i]) == flag)
+      found = true;
+    else
+      argv[kept++] = argv[i];
+  }
+  argc = kept;
+  return found;
 }
 
 /// The version to run from argv[1] (0: all), refusing anything outside [0, versions].
