@@ -1,0 +1,456 @@
+// SPDX-License-Identifier: Apache-2.0
+// Kernel lab: a DiT block's input GEMM (attention's qkv or the MLP's fc1) with the
+// LayerNorm-modulate before it and the bias (+ tanh-GELU) after it,
+//   out = bf16( act( LNmod(h) W^T + b ) ),  LNmod(h) = LayerNorm(h) * (1 + scale) + shift
+// h fp32 [rows, hidden] (the residual stream), W bf16 [N, hidden], b [N], out bf16 [rows, N];
+// shift and scale rows of the sample's adaLN modulation (mod[row / tokens] at their offsets, as
+// the library's msa / mlp chunks); LayerNorm without affine, eps 1e-6; act identity (qkv, N = 3
+// hidden) or GELU-tanh (fc1, N = 4 hidden).
+//
+// Versions:
+//   1  what the CUDA DiT runs: kernels::layernorm_modulate (h -> bf16 a), then the cuBLASLt GEMM
+//      with the bias (qkv) or bias + GELU (fc1) epilogue and a bf16 bias, as b.qkv.apply and
+//      b.fc1.apply call it.
+//   2  one kernel (gemm_prologue_kernel.cuh): 2-D tiles of 64 x BN, the rows' LayerNorm statistics
+//      taken by each CTA before its main loop, A normalised from fp32 h on its way to shared
+//      memory (rounded to bf16 as version 1's a is), W through a cp.async pipeline, mma.sync
+//      m16n8k16, bias and GELU on the fp32 accumulators, bf16 out. BN = 128 where that still
+//      gives one CTA per SM, else 64. CTAs (H100: 132 SMs), rows / 64 x N / BN:
+//                     1 image (64 x 64)   8 images (64 x 128)   64 images (64 x 128)
+//        S/2  qkv           72                  288                   2304
+//        S/2  fc1           96                  384                   3072
+//        XL/2 qkv          216                  864                   6912
+//        XL/2 fc1          288                 1152                   9216
+//      At 1 image 64 x 128 would leave S/2 with 36 and 48 CTAs; at 8 it halves the statistics
+//      passes (each CTA re-reads its 64 rows of h: N / BN times per row block).
+// Sizes version 2 takes: hidden a multiple of 32, N a multiple of the tile's columns, rows a
+// multiple of 64; anything else is refused with the value named.
+//
+// Checked against an fp64 CPU reference from the same inputs (h, mod fp32; W and b rounded to
+// bf16, the values both versions read); the reference does not round LNmod(h) to bf16. Every row
+// at 1 image, 16 blocks of 16 rows spread over the batch at 8 and 64 images, all N columns; out
+// must have no value left at its NaN fill. Bound: relative L2 error 1e-2, the lab's bf16 bound.
+// Expected ~2e-3: rounding a to bf16 moves each product by up to 2^-9 relative, randomly, so
+// y by ~2^-9 / sqrt(3) ~ 1.1e-3 of its rms, and rounding out to bf16 adds as much again; an
+// index or layout error (wrong row, sample, statistics, column) costs O(1), since h's rows are
+// given different means and spreads and mod differs per sample.
+// Printed: each check, then per shape the median of 21 samples (each 10 calls back to back, CUDA
+// events) per version, the ratio v1/v2, and lines
+//   csv,gemm_prologue,<shape>,<version>,<us>,<max_err>,<ok>
+// with max_err the relative L2 error of that version (us empty under --quick).
+//
+// Build: cmake -S . -B build -DTSTITCH_ENABLE_CUDA=ON -DTSTITCH_BUILD_CUDA_LAB=ON
+//        cmake --build build --target lab_gemm_prologue
+// Run:   build/dev/cuda/lab_gemm_prologue [version] [--quick]
+//        --quick: check only (no timing), at 1 image: the run compute-sanitizer takes.
+//        build/dev/cuda/lab_gemm_prologue --emulate: version 2's kernel body run on the CPU on
+//        some CTAs of small shapes (no device needed; see gemm_prologue_kernel.cuh).
+// Exit: 0 every check passed, 1 a mismatch, 2 bad arguments or sizes, 77 no CUDA device (or one
+// older than sm_80).
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common.cuh"
+#include "gemm_prologue_kernel.cuh"
+#include "tstitch/core/error.hpp"
+#include "tstitch/cuda/device/gemm.cuh"
+#include "tstitch/cuda/kernels.hpp"
+
+namespace {
+
+namespace gp = lab::gemm_prologue;
+using tstitch::cuda::Blas;
+using tstitch::cuda::GemmEpilogue;
+
+// ---- the problem --------------------------------------------------------------------------------
+
+struct Shape {
+  const char* model; // S2 or XL2
+  const char* layer; // qkv (N = 3 hidden) or fc1 (N = 4 hidden, GELU)
+  int hidden, n, images, tokens;
+  [[nodiscard]] bool gelu() const { return std::strcmp(layer, "fc1") == 0; }
+  [[nodiscard]] std::string name() const {
+    return std::string(model) + "_" + layer + "_i" + std::to_string(images);
+  }
+};
+
+Shape make_shape(const char* model, const char* layer, int hidden, int images, int tokens = 256) {
+  const bool fc1 = std::strcmp(layer, "fc1") == 0;
+  return {model, layer, hidden, (fc1 ? 4 : 3) * hidden, images, tokens};
+}
+
+struct Problem {
+  Shape shape;
+  std::int64_t rows;
+  int mod_ld, shift, scale; // one block's six chunks; qkv reads the msa pair, fc1 the mlp pair
+  std::vector<float> h, mod, bias; // bias: bf16-rounded values
+  std::vector<std::uint16_t> w, bias_bf16;
+};
+
+constexpr std::uint16_t kSentinel = 0x7fc1; // out's fill: a bf16 NaN
+
+Problem make_problem(const Shape& s) {
+  const int d = s.hidden;
+  const bool fc1 = s.gelu();
+  Problem p{s,
+            std::int64_t{s.tokens} * s.images,
+            6 * d,
+            (fc1 ? 3 : 0) * d,
+            (fc1 ? 4 : 1) * d,
+            {},
+            {},
+            {},
+            {},
+            {}};
+  // h: per row a mean around 20 (the residual stream's, which the two-pass variance must
+  // survive) and a spread from 0.5 to 2.5, so rows differ in their statistics.
+  p.h = lab::randn(static_cast<std::size_t>(p.rows * d), 41);
+  const std::vector<float> offset = lab::randn(static_cast<std::size_t>(p.rows), 42, 4.0f);
+  for (std::int64_t r = 0; r < p.rows; ++r) {
+    const float spread = 0.5f + 2.0f * static_cast<float>(r % 7) / 6.0f;
+    for (int c = 0; c < d; ++c) {
+      float& v = p.h[static_cast<std::size_t>(r * d + c)];
+      v = 20.0f + offset[static_cast<std::size_t>(r)] + spread * v;
+    }
+  }
+  p.mod =
+      lab::randn(static_cast<std::size_t>(s.images) * static_cast<std::size_t>(p.mod_ld), 43, 0.5f);
+  // W scaled by 1 / sqrt(hidden): y ~ N(0, 1), where GELU is neither linear nor zero.
+  p.w = lab::to_bf16(lab::randn(static_cast<std::size_t>(s.n) * static_cast<std::size_t>(d), 44,
+                                1.0f / std::sqrt(static_cast<float>(d))));
+  p.bias_bf16 = lab::to_bf16(lab::randn(static_cast<std::size_t>(s.n), 45, 0.5f));
+  p.bias = lab::from_bf16(p.bias_bf16);
+  return p;
+}
+
+/// The rows the reference covers: all up to 256, else 16 blocks of 16 rows spread evenly from
+/// the first to the last.
+std::vector<std::int64_t> checked_rows(std::int64_t rows) {
+  std::vector<std::int64_t> out;
+  if (rows <= 256) {
+    for (std::int64_t r = 0; r < rows; ++r)
+      out.push_back(r);
+    return out;
+  }
+  const std::int64_t blocks = rows / 16;
+  for (std::int64_t i = 0; i < 16; ++i)
+    for (std::int64_t r = 0; r < 16; ++r)
+      out.push_back(i * (blocks - 1) / 15 * 16 + r);
+  return out;
+}
+
+/// fp64 out for `rows`, [rows.size()][N].
+std::vector<double> reference(const Problem& p, const std::vector<std::int64_t>& rows) {
+  const int d = p.shape.hidden, n = p.shape.n;
+  std::vector<double> w(p.w.size()), a(static_cast<std::size_t>(d)), out;
+  out.reserve(rows.size() * static_cast<std::size_t>(n));
+  std::transform(p.w.begin(), p.w.end(), w.begin(),
+                 [](std::uint16_t b) { return static_cast<double>(tstitch::io::bf16_to_f32(b)); });
+  for (const std::int64_t r : rows) {
+    const float* x = &p.h[static_cast<std::size_t>(r * d)];
+    const float* m = &p.mod[static_cast<std::size_t>((r / p.shape.tokens) * p.mod_ld)];
+    double mean = 0, var = 0;
+    for (int c = 0; c < d; ++c)
+      mean += x[c];
+    mean /= d;
+    for (int c = 0; c < d; ++c)
+      var += (x[c] - mean) * (x[c] - mean);
+    var /= d;
+    const double rstd = 1.0 / std::sqrt(var + 1e-6);
+    for (int c = 0; c < d; ++c)
+      a[static_cast<std::size_t>(c)] =
+          (x[c] - mean) * rstd * (1.0 + m[p.scale + c]) + static_cast<double>(m[p.shift + c]);
+    for (int j = 0; j < n; ++j) {
+      const double* wr = &w[static_cast<std::size_t>(j) * static_cast<std::size_t>(d)];
+      double s0 = 0, s1 = 0, s2 = 0, s3 = 0; // 4 chains: the CPU pipelines them
+      for (int i = 0; i < d; i += 4) {
+        const auto u = static_cast<std::size_t>(i);
+        s0 += a[u] * wr[u];
+        s1 += a[u + 1] * wr[u + 1];
+        s2 += a[u + 2] * wr[u + 2];
+        s3 += a[u + 3] * wr[u + 3];
+      }
+      double y = (s0 + s1) + (s2 + s3) + p.bias[static_cast<std::size_t>(j)];
+      if (p.shape.gelu())
+        y = 0.5 * y * (1.0 + std::tanh(0.7978845608028654 * (y + 0.044715 * y * y * y)));
+      out.push_back(y);
+    }
+  }
+  return out;
+}
+
+double rel_l2(const std::vector<float>& got, const std::vector<double>& want) {
+  double diff = 0, norm = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    const double e = static_cast<double>(got[i]) - want[i];
+    diff += e * e;
+    norm += want[i] * want[i];
+  }
+  const double rel = std::sqrt(diff / std::max(norm, 1e-300));
+  return std::isfinite(rel) ? rel : INFINITY;
+}
+
+constexpr double kBound = 1e-2; // see the header
+
+// ---- on the device ------------------------------------------------------------------------------
+
+struct Device {
+  lab::DeviceBuffer<float> h, mod, bias;
+  lab::DeviceBuffer<std::uint16_t> w, bias_bf16, a, out;
+};
+
+Device upload(const Problem& p) {
+  return {lab::to_device(p.h),
+          lab::to_device(p.mod),
+          lab::to_device(p.bias),
+          lab::to_device(p.w),
+          lab::to_device(p.bias_bf16),
+          lab::DeviceBuffer<std::uint16_t>(p.rows * p.shape.hidden, "lab a"),
+          lab::to_device(
+              std::vector<std::uint16_t>(static_cast<std::size_t>(p.rows * p.shape.n), kSentinel))};
+}
+
+gp::Params params(const Problem& p, const Device& dev) {
+  return {dev.h.data(),
+          reinterpret_cast<const __nv_bfloat16*>(dev.w.data()),
+          dev.bias.data(),
+          dev.mod.data(),
+          p.mod_ld,
+          p.shift,
+          p.scale,
+          reinterpret_cast<__nv_bfloat16*>(dev.out.data()),
+          p.shape.hidden,
+          p.shape.n,
+          p.shape.tokens,
+          p.rows,
+          1e-6f};
+}
+
+void run(int version, const Problem& p, Device& dev, Blas& blas, int tile_n) {
+  const int d = p.shape.hidden, n = p.shape.n;
+  if (version == 1) {
+    tstitch::cuda::kernels::layernorm_modulate(dev.h.data(), dev.mod.data(), p.mod_ld, p.shift,
+                                               p.scale, dev.a.data(), d, p.shape.tokens, d, p.rows,
+                                               nullptr);
+    blas.linear(dev.a.data(), d, dev.w.data(), d, dev.out.data(), CUDA_R_16BF, n, p.rows, n, d,
+                p.shape.gelu() ? GemmEpilogue::bias_gelu : GemmEpilogue::bias,
+                dev.bias_bf16.data());
+  } else {
+    gp::gemm_prologue(params(p, dev), tile_n, p.shape.gelu(), nullptr);
+  }
+}
+
+struct Checked {
+  bool ok;
+  double err;
+};
+
+/// Runs `version` once on fresh buffers; compares the checked rows with the reference and
+/// requires every value of out written.
+Checked check(int version, const Problem& p, const std::vector<std::int64_t>& rows,
+              const std::vector<double>& want, Blas& blas, int tile_n) {
+  const int n = p.shape.n;
+  Device dev = upload(p);
+  run(version, p, dev, blas, tile_n);
+  const std::vector<std::uint16_t> out = lab::to_host(dev.out);
+  std::vector<float> got;
+  got.reserve(want.size());
+  for (const std::int64_t r : rows)
+    for (int c = 0; c < n; ++c)
+      got.push_back(tstitch::io::bf16_to_f32(out[static_cast<std::size_t>(r * n + c)]));
+  const auto unwritten = std::count(out.begin(), out.end(), kSentinel);
+  const double err = rel_l2(got, want);
+  const bool ok = err < kBound && unwritten == 0;
+  std::printf("  v%d out rel L2 %.3e (bound %.0e), %lld values unwritten %s\n", version, err,
+              kBound, static_cast<long long>(unwritten), ok ? "ok" : "FAIL");
+  return {ok, err};
+}
+
+/// Median over `samples` of the mean time of `calls` back-to-back calls, in microseconds.
+template <class Launch> double median_us(int samples, int calls, Launch launch) {
+  launch(); // warm-up
+  cudaEvent_t start = nullptr, stop = nullptr;
+  TSTITCH_CUDA_CHECK(cudaEventCreate(&start));
+  TSTITCH_CUDA_CHECK(cudaEventCreate(&stop));
+  std::vector<double> us;
+  for (int i = 0; i < samples; ++i) {
+    TSTITCH_CUDA_CHECK(cudaEventRecord(start));
+    for (int c = 0; c < calls; ++c)
+      launch();
+    TSTITCH_CUDA_CHECK(cudaEventRecord(stop));
+    TSTITCH_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    TSTITCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    us.push_back(1e3 * static_cast<double>(ms) / calls);
+  }
+  TSTITCH_CUDA_CHECK(cudaEventDestroy(start));
+  TSTITCH_CUDA_CHECK(cudaEventDestroy(stop));
+  std::sort(us.begin(), us.end());
+  return us[us.size() / 2];
+}
+
+// ---- --emulate: version 2's body on the CPU -----------------------------------------------------
+
+/// Emulates the CTAs `tiles` ((tile_m, tile_n)) of version 2 on `s` with BN columns per CTA and
+/// checks their outputs against the reference (bound as on the device), and that the CTAs
+/// wrote every value of their tiles and nothing else, with no access out of bounds.
+template <int BN>
+bool emulate(const Shape& s, const std::vector<std::pair<unsigned, unsigned>>& tiles) {
+  const Problem p = make_problem(s);
+  std::vector<std::uint16_t> out(static_cast<std::size_t>(p.rows * s.n), kSentinel);
+  const gp::Params params{p.h.data(),    reinterpret_cast<const __nv_bfloat16*>(p.w.data()),
+                          p.bias.data(), p.mod.data(),
+                          p.mod_ld,      p.shift,
+                          p.scale,       reinterpret_cast<__nv_bfloat16*>(out.data()),
+                          s.hidden,      s.n,
+                          s.tokens,      p.rows,
+                          1e-6f};
+#if defined(__CUDA_ARCH__) // the device pass sees this host function but compiles none of it
+  const int faults = 1;
+#else
+  const int faults = s.gelu() ? gp::emulate_tiles<BN, true>(params, p.mod.size(), tiles)
+                              : gp::emulate_tiles<BN, false>(params, p.mod.size(), tiles);
+#endif
+  std::vector<std::int64_t> rows;
+  for (const auto& [tm, tn] : tiles)
+    for (int r = 0; r < gp::kBM; ++r)
+      if (std::find(rows.begin(), rows.end(), std::int64_t{tm} * gp::kBM + r) == rows.end())
+        rows.push_back(std::int64_t{tm} * gp::kBM + r);
+  const std::vector<double> all = reference(p, rows);
+  std::vector<float> got;
+  std::vector<double> want;
+  std::int64_t misplaced = 0; // values of the emulated tiles unwritten, or written outside them
+  for (std::int64_t r = 0; r < p.rows; ++r)
+    for (int c = 0; c < s.n; ++c) {
+      bool mine = false;
+      for (const auto& [tm, tn] : tiles)
+        mine = mine || (r / gp::kBM == tm && c / BN == static_cast<int>(tn));
+      const std::uint16_t v = out[static_cast<std::size_t>(r * s.n + c)];
+      misplaced += mine == (v == kSentinel);
+      if (mine) {
+        const auto i =
+            static_cast<std::size_t>(std::find(rows.begin(), rows.end(), r) - rows.begin());
+        got.push_back(tstitch::io::bf16_to_f32(v));
+        want.push_back(all[i * static_cast<std::size_t>(s.n) + static_cast<std::size_t>(c)]);
+      }
+    }
+  const double err = rel_l2(got, want);
+  const bool ok = faults == 0 && misplaced == 0 && err < kBound;
+  std::printf("%s (tokens %d, 64 x %d tiles, %zu CTAs emulated): rel L2 %.3e (bound %.0e), %d "
+              "faults, %lld values misplaced %s\n",
+              s.name().c_str(), s.tokens, BN, tiles.size(), err, kBound, faults,
+              static_cast<long long>(misplaced), ok ? "ok" : "FAIL");
+  return ok;
+}
+
+int emulate_all() {
+  bool ok = true;
+  // Both tile widths and activations; the corner tiles and one inside; a row block spanning two
+  // samples (tokens 32); both hidden sizes (12 and 36 k-tiles: the pipeline wraps many times).
+  ok = emulate<64>(make_shape("S2", "qkv", 384, 1), {{0, 0}, {3, 17}, {2, 9}}) && ok;
+  ok = emulate<128>(make_shape("S2", "fc1", 384, 4, 32), {{0, 0}, {1, 11}}) && ok;
+  ok = emulate<64>(make_shape("S2", "fc1", 384, 2, 32), {{0, 23}}) && ok;
+  ok = emulate<128>(make_shape("XL2", "qkv", 1152, 1), {{3, 26}}) && ok;
+  ok = emulate<64>(make_shape("XL2", "fc1", 1152, 1), {{1, 71}}) && ok;
+  std::printf("%s\n", ok ? "emulation matches" : "EMULATION MISMATCH");
+  return ok ? 0 : 1;
+}
+
+int usage(const char* program) {
+  std::fprintf(stderr, "usage: %s [version 1..2, default all] [--quick] | --emulate\n", program);
+  return 2;
+}
+
+int lab_main(int argc, char** argv) {
+  int only = 0;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--emulate") == 0)
+      return argc == 2 ? emulate_all() : usage(argv[0]);
+    if (std::strcmp(argv[i], "--quick") == 0)
+      quick = true;
+    else if (std::strcmp(argv[i], "1") == 0 || std::strcmp(argv[i], "2") == 0)
+      only = argv[i][0] - '0';
+    else if (std::strcmp(argv[i], "0") != 0)
+      return usage(argv[0]);
+  }
+  lab::require_device(argv[0]);
+  cudaDeviceProp prop{};
+  TSTITCH_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  if (prop.major < 8) {
+    std::printf("%s: %s (sm_%d%d) has no bf16 mma.sync; skipped\n", argv[0], prop.name, prop.major,
+                prop.minor);
+    return 77;
+  }
+  std::printf("device: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor,
+              prop.multiProcessorCount);
+  Blas blas(nullptr);
+  // Under --quick (the sanitizers' run) the heuristics' first algorithm is taken without timing
+  // eight candidates, which would multiply the instrumented GEMMs.
+  blas.set_autotune(!quick);
+  std::vector<Shape> shapes;
+  for (const int images : {1, 8, 64}) {
+    if (quick && images > 1)
+      break;
+    for (const auto& [model, hidden] : {std::pair{"S2", 384}, std::pair{"XL2", 1152}})
+      for (const char* layer : {"qkv", "fc1"})
+        shapes.push_back(make_shape(model, layer, hidden, images));
+  }
+  bool ok = true;
+  for (const Shape& s : shapes) {
+    const Problem p = make_problem(s);
+    const std::vector<std::int64_t> rows = checked_rows(p.rows);
+    const std::vector<double> want = reference(p, rows);
+    const int tile_n = gp::tile_n_for(p.rows, s.n, prop.multiProcessorCount);
+    std::printf("%s: rows %lld, K %d, N %d (checked rows %zu; version 2: 64 x %d tiles, %lld "
+                "CTAs)\n",
+                s.name().c_str(), static_cast<long long>(p.rows), s.hidden, s.n, rows.size(),
+                tile_n, static_cast<long long>(p.rows / gp::kBM * (s.n / tile_n)));
+    double us[3] = {0, 0, 0};
+    for (int v = 1; v <= 2; ++v) {
+      if (only != 0 && v != only)
+        continue;
+      const Checked c = check(v, p, rows, want, blas, tile_n);
+      ok = ok && c.ok;
+      std::string time;
+      if (!quick) {
+        Device dev = upload(p);
+        us[v] = median_us(21, 10, [&] { run(v, p, dev, blas, tile_n); });
+        std::printf("  v%d %10.2f us\n", v, us[v]);
+        char buffer[32];
+        std::snprintf(buffer, sizeof buffer, "%.2f", us[v]);
+        time = buffer;
+      }
+      std::printf("csv,gemm_prologue,%s,%d,%s,%.3e,%d\n", s.name().c_str(), v, time.c_str(), c.err,
+                  c.ok ? 1 : 0);
+    }
+    if (us[1] > 0 && us[2] > 0)
+      std::printf("  v1/v2 %.2f\n", us[1] / us[2]);
+  }
+  std::printf("%s\n", ok ? "all checks passed" : "MISMATCH");
+  return ok ? 0 : 1;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return lab_main(argc, argv);
+  } catch (const tstitch::invalid_argument& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,680 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+// Kernel lab: a DiT block's input GEMM (qkv or fc1) with the LayerNorm-modulate in its prologue
+// and the bias (+ tanh-GELU) in its epilogue, on ordinary 2-D tiles:
+//   out = bf16( act( LNmod(h) W^T + b ) ),  LNmod(h) = LayerNorm(h) * (1 + scale) + shift
+// h fp32 [rows, K] (the residual stream, K = hidden), W bf16 [N, K], b fp32 [N], out bf16 [rows,
+// N]; shift and scale are the rows of the sample's adaLN modulation (mod[row / tokens] at their
+// offsets); LayerNorm without affine, eps 1e-6; act identity (qkv) or GELU-tanh (fc1).
+//
+// One CTA per 64 x BN output tile (BN 64 or 128), 2 x BN/32 warps of 32 x 32 each (mma.sync
+// m16n8k16, bf16 in, fp32 accumulators). W goes through a 3-stage cp.async pipeline of k-tiles of
+// 32. A cannot: it arrives as fp32 h and must be normalised first, so each thread loads its part
+// of the next k-tile of h (and of shift and scale) to registers before the current tile's mma,
+// and afterwards normalises it with the row's mean and rstd, rounds to bf16 (as layernorm_modulate
+// does) and stores it to the other of two A slots. The rows' statistics are taken by the CTA
+// before the main loop, one warp per row, in the library's order of operations (see
+// row_statistics), while the first W tiles are in flight.
+// Unlike a CTA that owns whole rows, W is read once per row block of 64, not once per 16 rows;
+// the price is that the statistics of a row block are taken once per column tile (N / BN times,
+// from L2: 2 x 64 x K x 4 bytes each).
+//
+// The body is __host__ __device__: on the host (lab_gemm_prologue --emulate) each lane of a CTA
+// runs it as a std::thread, and the warp instructions (ldmatrix, mma.sync, shuffles) meet in an
+// exchange where each lane takes its result from the lanes' operands as the PTX ISA's fragment
+// tables say (mma.cuh gives them), with every shared and global access bounds-checked. That checks
+// the index arithmetic and the layouts the code relies on; not timing, races or cp.async ordering
+// (copies land at once on the host), nor the hardware's own reading of the tables.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <array>
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "tstitch/core/error.hpp"
+#include "tstitch/cuda/runtime.hpp"
+
+#if defined(__CUDA_ARCH__)
+#define GEMM_PROLOGUE_UNROLL _Pragma("unroll")
+#else
+#define GEMM_PROLOGUE_UNROLL
+#endif
+
+namespace lab::gemm_prologue {
+
+inline constexpr int kBM = 64;    // rows per CTA
+inline constexpr int kBK = 32;    // k per tile: 64 bytes of a bf16 row, four 16-byte chunks
+inline constexpr int kStages = 3; // W pipeline depth
+inline constexpr int kASlots = 2; // A is written by the threads themselves: double buffer
+
+template <int BN> struct Tile {
+  static_assert(BN == 64 || BN == 128, "64 x 64 or 64 x 128 tiles");
+  static constexpr int kWarpsN = BN / 32;
+  static constexpr int kWarps = 2 * kWarpsN; // warp (m, n) = (warp % 2, warp / 2), 32 x 32 each
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr std::uint32_t kABytes = kBM * kBK * 2;
+  static constexpr std::uint32_t kWBytes = BN * kBK * 2;
+  static constexpr std::uint32_t kWOffset = kASlots * kABytes;
+  static constexpr std::uint32_t kStatsOffset = kWOffset + kStages * kWBytes; // mean, rstd
+  static constexpr int kSmemBytes = static_cast<int>(kStatsOffset) + 2 * kBM * 4;
+  static constexpr int kAVectors = kBM * kBK / 4 / kThreads; // float4 of h per thread per tile
+  static constexpr int kWChunks = BN * 4 / kThreads;         // 16-byte W chunks per thread
+  static_assert(kAVectors * kThreads * 4 == kBM * kBK && kWChunks * kThreads == BN * 4);
+};
+
+/// What the kernel reads and writes (device pointers; host ones under the emulation).
+struct Params {
+  const float* h;           // [rows, k]
+  const __nv_bfloat16* w;   // [n, k]
+  const float* bias;        // [n]
+  const float* mod;         // [rows / tokens, mod_ld]
+  int mod_ld, shift, scale; // offsets of shift and scale in a row of mod
+  __nv_bfloat16* out;       // [rows, n]
+  int k, n, tokens;
+  std::int64_t rows;
+  float eps;
+};
+
+// ---- CPU emulation (host code only) -------------------------------------------------------------
+#if !defined(__CUDA_ARCH__)
+namespace emu {
+
+struct Warp {
+  std::barrier<> barrier{32};
+  std::array<std::array<std::uint32_t, 6>, 32> slot{};
+};
+
+struct Range {
+  const void* begin;
+  std::size_t bytes;
+};
+
+// Where the calling (emulated) lane is, and what it may touch.
+struct Lane {
+  unsigned char* smem = nullptr;
+  std::size_t smem_bytes = 0;
+  std::vector<Range> readable; // h, w, bias, mod
+  Range writable{nullptr, 0};  // out
+  std::barrier<>* block = nullptr;
+  Warp* warp = nullptr;
+  int lane = 0;
+  std::atomic<int>* faults = nullptr;
+};
+inline thread_local Lane self;
+
+inline void fault(const char* what, std::size_t at) {
+  if (self.faults->fetch_add(1) < 8)
+    std::fprintf(stderr, "emulation: %s (%zu, lane %d)\n", what, at, self.lane);
+}
+
+inline bool inside(const Range& r, const void* p, std::size_t bytes) {
+  const auto* b = static_cast<const unsigned char*>(r.begin);
+  const auto* q = static_cast<const unsigned char*>(p);
+  return q >= b && q + bytes <= b + r.bytes;
+}
+
+// Global read of `bytes` (aligned to `bytes`) inside one of the inputs.
+inline bool readable(const void* p, std::size_t bytes) {
+  const auto address = reinterpret_cast<std::uintptr_t>(p);
+  if (address % bytes == 0)
+    for (const Range& r : self.readable)
+      if (inside(r, p, bytes))
+        return true;
+  fault("global load outside the inputs or misaligned", address);
+  return false;
+}
+
+inline bool smem_ok(std::uint32_t offset, std::uint32_t bytes) {
+  if (offset % bytes == 0 && offset + bytes <= self.smem_bytes)
+    return true;
+  fault("shared access out of bounds or misaligned", offset);
+  return false;
+}
+
+inline float bf16_value(std::uint32_t bits16) {
+  const std::uint32_t bits = (bits16 & 0xffffu) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// Every lane publishes `words`, then `result` runs with all 32 lanes' words visible; the second
+// barrier keeps a fast lane from overwriting its slot before the slow ones have read it.
+template <class Result> inline void exchange(const std::uint32_t* words, int count, Result result) {
+  Warp& w = *self.warp;
+  std::copy(words, words + count, w.slot[static_cast<std::size_t>(self.lane)].begin());
+  w.barrier.arrive_and_wait();
+  result(w.slot);
+  w.barrier.arrive_and_wait();
+}
+
+// ldmatrix.m8n8.x4.b16: lanes 8i..8i+7 address the 8 rows (16 bytes each) of matrix i; lane L
+// receives in r[i] row L / 4, columns 2 (L % 4) and 2 (L % 4) + 1 of matrix i, lower in the low
+// half.
+inline void ldmatrix_x4(std::uint32_t (&r)[4], std::uint32_t address) {
+  if (address % 16 != 0 || address + 16 > self.smem_bytes) {
+    fault("ldmatrix row address out of bounds or misaligned", address);
+    address = 0;
+  }
+  exchange(&address, 1, [&](const auto& slot) {
+    const int g = self.lane >> 2, t = self.lane & 3;
+    for (int i = 0; i < 4; ++i) {
+      const std::uint32_t row = slot[static_cast<std::size_t>(8 * i + g)][0];
+      std::memcpy(&r[i], self.smem + row + 4 * t, 4);
+    }
+  });
+}
+
+// mma.m16n8k16.row.col, f32 += bf16 x bf16, from the PTX ISA's fragment tables (g = L / 4,
+// t = L % 4): A element (row, k) is in lane 4 (row % 8) + (k % 8) / 2, register row / 8 +
+// 2 (k / 8), half k % 2; B element (k, n) in lane 4 n + (k % 8) / 2, register k / 8, half k % 2;
+// D register e of lane L is (row g + 8 (e / 2), column 2 t + e % 2).
+inline void mma(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
+  const std::uint32_t words[6] = {a[0], a[1], a[2], a[3], b0, b1};
+  float out[4];
+  exchange(words, 6, [&](const auto& slot) {
+    const auto A = [&](int row, int k) {
+      const auto& w = slot[static_cast<std::size_t>(4 * (row % 8) + (k % 8) / 2)];
+      return bf16_value(w[static_cast<std::size_t>(row / 8 + 2 * (k / 8))] >> (16 * (k % 2)));
+    };
+    const auto B = [&](int k, int n) {
+      const auto& w = slot[static_cast<std::size_t>(4 * n + (k % 8) / 2)];
+      return bf16_value(w[static_cast<std::size_t>(4 + k / 8)] >> (16 * (k % 2)));
+    };
+    const int g = self.lane >> 2, t = self.lane & 3;
+    for (int e = 0; e < 4; ++e) {
+      const int row = g + 8 * (e / 2), col = 2 * t + e % 2;
+      double acc = d[e];
+      for (int k = 0; k < 16; ++k)
+        acc += static_cast<double>(A(row, k)) * B(k, col);
+      out[e] = static_cast<float>(acc);
+    }
+  });
+  std::copy(out, out + 4, d);
+}
+
+inline float shfl_xor(float value, int mask) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &value, 4);
+  float result = 0;
+  exchange(&bits, 1, [&](const auto& slot) {
+    std::memcpy(&result, &slot[static_cast<std::size_t>(self.lane ^ mask)][0], 4);
+  });
+  return result;
+}
+
+} // namespace emu
+#endif
+
+// ---- warp instructions and memory accesses (device: PTX; host: the emulation) -------------------
+
+__host__ __device__ __forceinline__ std::uint32_t smem_u32(const unsigned char* p) {
+#if defined(__CUDA_ARCH__)
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+#else
+  return static_cast<std::uint32_t>(p - emu::self.smem);
+#endif
+}
+
+// 16 bytes global -> shared (L2 only), asynchronously on the device, at once on the host.
+__host__ __device__ __forceinline__ void cp_async_16(std::uint32_t dst, const void* src) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst),
+               "l"(__cvta_generic_to_global(src))
+               : "memory");
+#else
+  if (emu::smem_ok(dst, 16) && emu::readable(src, 16))
+    std::memcpy(emu::self.smem + dst, src, 16);
+#endif
+}
+__host__ __device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N> __host__ __device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+__host__ __device__ __forceinline__ void sync_block() {
+#if defined(__CUDA_ARCH__)
+  __syncthreads();
+#else
+  emu::self.block->arrive_and_wait();
+#endif
+}
+
+__host__ __device__ __forceinline__ float shfl_xor(float value, int mask) {
+#if defined(__CUDA_ARCH__)
+  return __shfl_xor_sync(0xffffffffu, value, mask);
+#else
+  return emu::shfl_xor(value, mask);
+#endif
+}
+
+__host__ __device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], std::uint32_t address) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address)
+               : "memory");
+#else
+  emu::ldmatrix_x4(r, address);
+#endif
+}
+
+// d += A B for one m16n8k16 tile (register layouts in mma.cuh).
+__host__ __device__ __forceinline__ void mma_16816(float (&d)[4], const std::uint32_t (&a)[4],
+                                                   std::uint32_t b0, std::uint32_t b1) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+               "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  emu::mma(d, a, b0, b1);
+#endif
+}
+
+__host__ __device__ __forceinline__ float4 load_f4(const float* p) {
+#if defined(__CUDA_ARCH__)
+  return __ldg(reinterpret_cast<const float4*>(p));
+#else
+  float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if (emu::readable(p, 16))
+    std::memcpy(&v, p, 16);
+  return v;
+#endif
+}
+
+__host__ __device__ __forceinline__ float2 load_f2(const float* p) {
+#if defined(__CUDA_ARCH__)
+  return __ldg(reinterpret_cast<const float2*>(p));
+#else
+  float2 v = make_float2(0.0f, 0.0f);
+  if (emu::readable(p, 8))
+    std::memcpy(&v, p, 8);
+  return v;
+#endif
+}
+
+__host__ __device__ __forceinline__ void store_global_u32(__nv_bfloat16* p, std::uint32_t v) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<std::uint32_t*>(p) = v;
+#else
+  if (reinterpret_cast<std::uintptr_t>(p) % 4 == 0 && emu::inside(emu::self.writable, p, 4))
+    std::memcpy(p, &v, 4);
+  else
+    emu::fault("global store outside out or misaligned", reinterpret_cast<std::uintptr_t>(p));
+#endif
+}
+
+__host__ __device__ __forceinline__ void store_shared_u64(unsigned char* smem, std::uint32_t offset,
+                                                          std::uint32_t lo, std::uint32_t hi) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<uint2*>(smem + offset) = make_uint2(lo, hi);
+#else
+  if (emu::smem_ok(offset, 8)) {
+    std::memcpy(smem + offset, &lo, 4);
+    std::memcpy(smem + offset + 4, &hi, 4);
+  }
+#endif
+}
+
+__host__ __device__ __forceinline__ void store_shared_f32(unsigned char* smem, std::uint32_t offset,
+                                                          float v) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<float*>(smem + offset) = v;
+#else
+  if (emu::smem_ok(offset, 4))
+    std::memcpy(smem + offset, &v, 4);
+#endif
+}
+
+__host__ __device__ __forceinline__ float load_shared_f32(const unsigned char* smem,
+                                                          std::uint32_t offset) {
+#if defined(__CUDA_ARCH__)
+  return *reinterpret_cast<const float*>(smem + offset);
+#else
+  float v = 0.0f;
+  if (emu::smem_ok(offset, 4))
+    std::memcpy(&v, smem + offset, 4);
+  return v;
+#endif
+}
+
+__host__ __device__ __forceinline__ float reciprocal_sqrt(float v) {
+#if defined(__CUDA_ARCH__)
+  return rsqrtf(v); // as layernorm_modulate
+#else
+  return 1.0f / std::sqrt(v);
+#endif
+}
+
+// Two floats -> bf16x2, round to nearest even, `lo` in the low half.
+__host__ __device__ __forceinline__ std::uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  std::uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  return bits;
+}
+
+// GELU with the tanh approximation, the formula of cuBLASLt's GELU epilogue (and PyTorch's
+// approximate="tanh"): 0.5 v (1 + tanh(sqrt(2 / pi) (v + 0.044715 v^3))).
+__host__ __device__ __forceinline__ float gelu_tanh(float v) {
+  constexpr float k0 = 0.7978845608028654f;
+  constexpr float k1 = 0.044715f;
+  return 0.5f * v * (1.0f + tanhf(k0 * (v + k1 * v * v * v)));
+}
+
+// ---- index helpers ------------------------------------------------------------------------------
+
+// Shared tiles are [rows][kBK] bf16, 64 bytes a row, chunk c (8 values) of row r stored at chunk
+// c ^ ((r / 2) % 4): ldmatrix reads one chunk of 8 consecutive rows (from a multiple of 8), and
+// the 8 pairs (r % 2, (r / 2) % 4) land in 8 distinct 16-byte bank groups: no bank conflicts.
+__host__ __device__ constexpr std::uint32_t swizzle(int r, int c) {
+  return static_cast<std::uint32_t>(r * (kBK * 2) + ((c ^ ((r >> 1) & 3)) << 4));
+}
+
+// ---- the body -----------------------------------------------------------------------------------
+
+// The sum over a warp, as the library's warp_sum (the same butterfly, so the same rounding).
+__host__ __device__ __forceinline__ float warp_sum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1)
+    v += shfl_xor(v, offset);
+  return v;
+}
+
+// One CTA: output tile (tile_m, tile_n), thread `tid`; `smem` holds Tile<BN>::kSmemBytes.
+template <int BN, bool kGelu>
+__host__ __device__ __forceinline__ void gemm_prologue_body(unsigned char* smem, unsigned tile_n,
+                                                            unsigned tile_m, int tid,
+                                                            const Params& p) {
+  using T = Tile<BN>;
+  const int warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int warp_m = warp & 1, warp_n = warp >> 1;
+  const std::int64_t row0 = static_cast<std::int64_t>(tile_m) * kBM;
+  const int n0 = static_cast<int>(tile_n) * BN;
+  const int tiles = p.k / kBK;
+  const std::uint32_t base = smem_u32(smem);
+
+  // W k-tile `tile` into stage `slot`: BN rows x 4 chunks, chunk c of row r at swizzle(r, c).
+  const auto load_w = [&](int tile, int slot) {
+    const std::uint32_t dst = base + T::kWOffset + static_cast<std::uint32_t>(slot) * T::kWBytes;
+    GEMM_PROLOGUE_UNROLL
+    for (int i = 0; i < T::kWChunks; ++i) {
+      const int idx = tid + i * T::kThreads;
+      const int r = idx >> 2, c = idx & 3;
+      cp_async_16(dst + swizzle(r, c),
+                  p.w + static_cast<std::int64_t>(n0 + r) * p.k + tile * kBK + c * 8);
+    }
+  };
+  // cp.async group s holds W k-tile s (empty past the last): the first kStages - 1 now, so they
+  // fly while the statistics are taken.
+  GEMM_PROLOGUE_UNROLL
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < tiles)
+      load_w(s, s);
+    cp_async_commit();
+  }
+
+  // Row statistics, one warp per row, as layernorm_modulate_kernel computes them: each lane sums
+  // float4 groups lane, lane + 32, ... as (x + y) + (z + w), the warp's butterfly adds the lanes,
+  // mean = sum / K; then the same over the squared deviations from that mean (two passes: the
+  // residual stream's mean can be large against its spread); rstd = rsqrt(var + eps).
+  for (int r = warp; r < kBM; r += T::kWarps) {
+    const float* x = p.h + (row0 + r) * p.k;
+    float sum = 0.0f;
+    for (int c = lane; c < p.k / 4; c += 32) {
+      const float4 v = load_f4(x + 4 * c);
+      sum += (v.x + v.y) + (v.z + v.w);
+    }
+    const float mean = warp_sum(sum) / static_cast<float>(p.k);
+    float sq = 0.0f;
+    for (int c = lane; c < p.k / 4; c += 32) {
+      const float4 v = load_f4(x + 4 * c);
+      const float a = v.x - mean, b = v.y - mean, d = v.z - mean, e = v.w - mean;
+      sq += (a * a + b * b) + (d * d + e * e);
+    }
+    const float rstd = reciprocal_sqrt(warp_sum(sq) / static_cast<float>(p.k) + p.eps);
+    if (lane == 0) {
+      store_shared_f32(smem, T::kStatsOffset + 4 * static_cast<std::uint32_t>(r), mean);
+      store_shared_f32(smem, T::kStatsOffset + 4 * static_cast<std::uint32_t>(kBM + r), rstd);
+    }
+  }
+  sync_block();
+
+  // A: thread tid's float4 i of a k-tile is row (tid + i threads) / 8, columns 4 ((tid + i
+  // threads) % 8) .. + 3: eight lanes cover a row's 128 bytes of h.
+  float4 xa[T::kAVectors], sh[T::kAVectors], sc[T::kAVectors];
+  const auto fetch_a = [&](int tile) {
+    GEMM_PROLOGUE_UNROLL
+    for (int i = 0; i < T::kAVectors; ++i) {
+      const int idx = tid + i * T::kThreads;
+      const int r = idx >> 3, q = idx & 7;
+      const std::int64_t row = row0 + r;
+      const int col = tile * kBK + 4 * q;
+      const float* m = p.mod + (row / p.tokens) * p.mod_ld;
+      xa[i] = load_f4(p.h + row * p.k + col);
+      sh[i] = load_f4(m + p.shift + col);
+      sc[i] = load_f4(m + p.scale + col);
+    }
+  };
+  // (x - mean) rstd (1 + scale) + shift, rounded to bf16 as layernorm_modulate stores it.
+  const auto store_a = [&](int slot) {
+    const std::uint32_t a_off = static_cast<std::uint32_t>(slot) * T::kABytes;
+    GEMM_PROLOGUE_UNROLL
+    for (int i = 0; i < T::kAVectors; ++i) {
+      const int idx = tid + i * T::kThreads;
+      const int r = idx >> 3, q = idx & 7;
+      const float mean = load_shared_f32(smem, T::kStatsOffset + 4 * static_cast<std::uint32_t>(r));
+      const float rstd =
+          load_shared_f32(smem, T::kStatsOffset + 4 * static_cast<std::uint32_t>(kBM + r));
+      const std::uint32_t lo = pack_bf16x2((xa[i].x - mean) * rstd * (1.0f + sc[i].x) + sh[i].x,
+                                           (xa[i].y - mean) * rstd * (1.0f + sc[i].y) + sh[i].y);
+      const std::uint32_t hi = pack_bf16x2((xa[i].z - mean) * rstd * (1.0f + sc[i].z) + sh[i].z,
+                                           (xa[i].w - mean) * rstd * (1.0f + sc[i].w) + sh[i].w);
+      // Values 4q..4q+3 of the row: chunk q / 2, bytes 8 (q % 2) of it.
+      store_shared_u64(smem, a_off + swizzle(r, q >> 1) + 8 * static_cast<std::uint32_t>(q & 1), lo,
+                       hi);
+    }
+  };
+  fetch_a(0);
+  store_a(0);
+
+  float acc[2][4][4]; // [m16 tile][n8 tile][mma C register]
+  GEMM_PROLOGUE_UNROLL
+  for (int mi = 0; mi < 2; ++mi)
+    GEMM_PROLOGUE_UNROLL
+  for (int nj = 0; nj < 4; ++nj)
+    acc[mi][nj][0] = acc[mi][nj][1] = acc[mi][nj][2] = acc[mi][nj][3] = 0.0f;
+
+  for (int t = 0; t < tiles; ++t) {
+    // W tile t landed (this thread's copies, then everyone's); A slot t % 2 written by all; every
+    // warp is done with W stage (t - 1) % kStages and A slot (t + 1) % 2 (read at t - 1).
+    cp_async_wait<kStages - 2>();
+    sync_block();
+    if (const int next = t + kStages - 1; next < tiles)
+      load_w(next, next % kStages);
+    cp_async_commit();
+    const bool more = t + 1 < tiles;
+    if (more)
+      fetch_a(t + 1); // in flight during the mma below
+
+    const std::uint32_t sa = base + static_cast<std::uint32_t>(t % kASlots) * T::kABytes;
+    const std::uint32_t sw =
+        base + T::kWOffset + static_cast<std::uint32_t>(t % kStages) * T::kWBytes;
+    GEMM_PROLOGUE_UNROLL
+    for (int kk = 0; kk < kBK / 16; ++kk) {
+      // A of m16 tile mi: lane L addresses row 32 warp_m + 16 mi + L % 16, chunk 2 kk + L / 16:
+      // matrices rows 0-7 / k 0-7, rows 8-15 / k 0-7, rows 0-7 / k 8-15, rows 8-15 / k 8-15 =
+      // a0..a3.
+      std::uint32_t af[2][4];
+      GEMM_PROLOGUE_UNROLL
+      for (int mi = 0; mi < 2; ++mi)
+        ldmatrix_x4(af[mi],
+                    sa + swizzle(32 * warp_m + 16 * mi + (lane & 15), 2 * kk + (lane >> 4)));
+      GEMM_PROLOGUE_UNROLL
+      for (int pr = 0; pr < 2; ++pr) {
+        // W rows (= B columns) of n8 tiles 2 pr and 2 pr + 1: lane L addresses row 32 warp_n +
+        // 16 pr + L % 8 + 8 (L / 16), chunk 2 kk + (L / 8) % 2: b0, b1 of tile 2 pr, then of
+        // 2 pr + 1 (B = W^T, so a plain ldmatrix of W's rows gives B's column fragments).
+        std::uint32_t bw[4];
+        ldmatrix_x4(bw, sw + swizzle(32 * warp_n + 16 * pr + (lane & 7) + ((lane >> 4) << 3),
+                                     2 * kk + ((lane >> 3) & 1)));
+        GEMM_PROLOGUE_UNROLL
+        for (int mi = 0; mi < 2; ++mi) {
+          mma_16816(acc[mi][2 * pr], af[mi], bw[0], bw[1]);
+          mma_16816(acc[mi][2 * pr + 1], af[mi], bw[2], bw[3]);
+        }
+      }
+    }
+    if (more)
+      store_a((t + 1) % kASlots);
+  }
+  cp_async_wait<0>(); // only empty groups remain; none outlives the block
+
+  // Epilogue: register e of acc[mi][nj] is row 32 warp_m + 16 mi + g + 8 (e / 2), column
+  // 32 warp_n + 8 nj + 2 t + e % 2; bias, activation, bf16 pairs straight to global memory.
+  GEMM_PROLOGUE_UNROLL
+  for (int nj = 0; nj < 4; ++nj) {
+    const int col = n0 + 32 * warp_n + 8 * nj + 2 * t4;
+    const float2 b = load_f2(p.bias + col);
+    GEMM_PROLOGUE_UNROLL
+    for (int mi = 0; mi < 2; ++mi) {
+      float v[4] = {acc[mi][nj][0] + b.x, acc[mi][nj][1] + b.y, acc[mi][nj][2] + b.x,
+                    acc[mi][nj][3] + b.y};
+      if constexpr (kGelu) {
+        GEMM_PROLOGUE_UNROLL
+        for (int e = 0; e < 4; ++e)
+          v[e] = gelu_tanh(v[e]);
+      }
+      const std::int64_t row = row0 + 32 * warp_m + 16 * mi + g;
+      store_global_u32(p.out + row * p.n + col, pack_bf16x2(v[0], v[1]));
+      store_global_u32(p.out + (row + 8) * p.n + col, pack_bf16x2(v[2], v[3]));
+    }
+  }
+}
+
+template <int BN, bool kGelu>
+__global__ void __launch_bounds__(Tile<BN>::kThreads) gemm_prologue_kernel(Params p) {
+  extern __shared__ __align__(128) unsigned char gemm_prologue_smem[];
+  gemm_prologue_body<BN, kGelu>(gemm_prologue_smem, blockIdx.x, blockIdx.y,
+                                static_cast<int>(threadIdx.x), p);
+}
+
+// ---- host side ----------------------------------------------------------------------------------
+
+/// Columns per CTA: 128 where that still gives every SM a CTA (8 and 64 images), else 64 (1
+/// image: 64 x 128 tiles would leave DiT-S/2's qkv 36 CTAs, 64 x 64 gives 72).
+inline int tile_n_for(std::int64_t rows, int n, int multiprocessors) {
+  if (n % 128 == 0 && rows / kBM * (n / 128) >= multiprocessors)
+    return 128;
+  return 64;
+}
+
+/// Refuses what the kernel cannot take, naming the value (tstitch::invalid_argument).
+inline void require_supported(const Params& p, int tile_n) {
+  using tstitch::require;
+  require(tile_n == 64 || tile_n == 128, "gemm_prologue tile N", tile_n, "must be 64 or 128");
+  require(p.k >= kBK && p.k % kBK == 0, "gemm_prologue K (hidden)", p.k,
+          "must be a positive multiple of 32 (whole k-tiles)");
+  require(
+      p.n >= tile_n && p.n % tile_n == 0, "gemm_prologue N", p.n,
+      tstitch::detail::concat("must be a positive multiple of the tile's ", tile_n, " columns"));
+  require(p.rows >= kBM && p.rows % kBM == 0 && p.rows / kBM <= 65535, "gemm_prologue rows", p.rows,
+          "must be a positive multiple of 64, at most 64 x 65535 (the grid's y)");
+  require(p.tokens >= 1, "gemm_prologue tokens", p.tokens, "must be at least 1");
+  for (const int v : {p.mod_ld, p.shift, p.scale})
+    require(v >= 0 && v % 4 == 0, "gemm_prologue mod_ld and offsets", v,
+            "must be multiples of 4 (float4 loads)");
+  require(p.shift + p.k <= p.mod_ld && p.scale + p.k <= p.mod_ld, "gemm_prologue shift/scale",
+          tstitch::detail::concat(p.shift, "/", p.scale), "must leave K values inside mod's row");
+  const auto aligned = [](const void* q, std::uintptr_t bytes) {
+    return reinterpret_cast<std::uintptr_t>(q) % bytes == 0;
+  };
+  require(aligned(p.h, 16) && aligned(p.w, 16) && aligned(p.mod, 16), "gemm_prologue h, W, mod",
+          "addresses", "must be 16-byte aligned");
+  require(aligned(p.bias, 8) && aligned(p.out, 4), "gemm_prologue bias, out", "addresses",
+          "must be aligned to their pair accesses");
+}
+
+template <int BN, bool kGelu> void launch_tile(const Params& p, cudaStream_t stream) {
+  using T = Tile<BN>;
+  const dim3 grid(static_cast<unsigned>(p.n / BN), static_cast<unsigned>(p.rows / kBM));
+  gemm_prologue_kernel<BN, kGelu><<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
+  TSTITCH_CUDA_CHECK(cudaGetLastError());
+}
+
+/// The fused op on the device: tile_n 64 or 128 (tile_n_for), gelu for fc1.
+inline void gemm_prologue(const Params& p, int tile_n, bool gelu, cudaStream_t stream) {
+  require_supported(p, tile_n);
+  if (tile_n == 64)
+    gelu ? launch_tile<64, true>(p, stream) : launch_tile<64, false>(p, stream);
+  else
+    gelu ? launch_tile<128, true>(p, stream) : launch_tile<128, false>(p, stream);
+}
+
+} // namespace lab::gemm_prologue
+
+#if !defined(__CUDA_ARCH__)
+namespace lab::gemm_prologue {
+
+/// The CTAs `tiles` ((tile_m, tile_n) pairs) of the kernel run on the CPU (see the emulation note
+/// at the top): the same body, one std::thread per lane; p's pointers are host memory of
+/// h_elements, w_elements ... values. Writes out as the kernel would; returns the faults
+/// (accesses out of bounds or misaligned). Slow: a few CTAs of small problems.
+template <int BN, bool kGelu>
+int emulate_tiles(const Params& p, std::size_t mod_elements,
+                  const std::vector<std::pair<unsigned, unsigned>>& tiles) {
+  using T = Tile<BN>;
+  require_supported(p, BN);
+  std::atomic<int> faults{0};
+  std::vector<unsigned char> smem(T::kSmemBytes);
+  const auto rows = static_cast<std::size_t>(p.rows);
+  const std::vector<emu::Range> inputs = {
+      {p.h, rows * static_cast<std::size_t>(p.k) * 4},
+      {p.w, static_cast<std::size_t>(p.n) * static_cast<std::size_t>(p.k) * 2},
+      {p.bias, static_cast<std::size_t>(p.n) * 4},
+      {p.mod, mod_elements * 4}};
+  for (const auto& [tile_m, tile_n] : tiles) {
+    // Shared memory starts as all ones (bf16 and fp32 NaN): what is read before it is written
+    // poisons the output.
+    std::fill(smem.begin(), smem.end(), static_cast<unsigned char>(0xff));
+    std::barrier<> block(T::kThreads);
+    std::vector<std::unique_ptr<emu::Warp>> warps;
+    for (int w = 0; w < T::kWarps; ++w)
+      warps.push_back(std::make_unique<emu::Warp>());
+    std::vector<std::thread> lanes;
+    for (int tid = 0; tid < T::kThreads; ++tid)
+      lanes.emplace_back([&, tid, tile_m = tile_m, tile_n = tile_n] {
+        emu::self.smem = smem.data();
+        emu::self.smem_bytes = smem.size();
+        emu::self.readable = inputs;
+        emu::self.writable = {p.out, rows * static_cast<std::size_t>(p.n) * 2};
+        emu::self.block = &block;
+        emu::self.warp = warps[static_cast<std::size_t>(tid / 32)].get();
+        emu::self.lane = tid % 32;
+        emu::self.faults = &faults;
+        gemm_prologue_body<BN, kGelu>(smem.data(), tile_n, tile_m, tid, p);
+      });
+    for (std::thread& lane : lanes)
+      lane.join();
+  }
+  return faults.load();
+}
+
+} // namespace lab::gemm_prologue
+#endif
