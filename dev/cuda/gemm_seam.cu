@@ -22,7 +22,8 @@
 // blocks of 16 rows spread over the batch at 8 and 64 images (the reference costs K * hidden
 // per row). Checks: h's update (h after - h before, relative L2) and out (relative L2), both
 // bounded by 1e-2, the seam lab's bf16 bound: version 1 rounds y to bf16 before the residual
-// (up to 2^-8 of each value) and both versions round out to bf16 (the same again). The seam lab
+// (up to 2^-8 of each value) and both versions round out to bf16 (the same again); version 2's
+// update, with y in fp32 throughout, is bounded by 1e-3 (expected ~1e-6). The seam lab
 // bounds h itself at 1e-5 because its y arrives in bf16; here version 1's rounding of y moves h
 // by ~1e-3 (rms) against |h| ~ 20, 4e-5 relative, so the update is the measure that decides. The
 // columns of out past hidden (ld_out = hidden + 8) must keep their initial bits. Printed: each
@@ -519,6 +520,9 @@ struct Checked {
 /// Runs `version` once on fresh buffers and compares h's update and out with the reference.
 Checked check(int version, const Problem& p, const Reference& ref, Blas& blas, int stages) {
   constexpr double bound = 1e-2; // see the header: bf16 y (version 1) and bf16 out
+  // Version 2 keeps y in fp32, so its update is off by ~1e-6 (the emulation's 8e-7). 1e-2 would
+  // pass one stale 16-byte chunk of A or W in one stage of one CTA (~2e-3 to 4e-3 at fc2).
+  const double bound_h = version == 2 ? 1e-3 : bound;
   const int d = p.shape.hidden;
   Device dev = upload(p);
   run(version, p, dev, blas, stages);
@@ -536,8 +540,8 @@ Checked check(int version, const Problem& p, const Reference& ref, Blas& blas, i
     for (int c = d; c < p.ld_out; ++c)
       touched += out[static_cast<std::size_t>(r * p.ld_out + c)] != kSentinel;
   const double e_h = rel_l2(update, ref.update), e_out = rel_l2(got_out, ref.out);
-  const bool ok_h = e_h < bound, ok_out = e_out < bound, ok_pad = touched == 0;
-  std::printf("  v%d h update  rel L2 %.3e (bound %.0e) %s\n", version, e_h, bound,
+  const bool ok_h = e_h < bound_h, ok_out = e_out < bound, ok_pad = touched == 0;
+  std::printf("  v%d h update  rel L2 %.3e (bound %.0e) %s\n", version, e_h, bound_h,
               ok_h ? "ok" : "FAIL");
   std::printf("  v%d out       rel L2 %.3e (bound %.0e) %s\n", version, e_out, bound,
               ok_out ? "ok" : "FAIL");
