@@ -433,25 +433,44 @@ __host__ __device__ __forceinline__ void gemm_prologue_body(unsigned char* smem,
   // Row statistics, one warp per row, as layernorm_modulate_kernel computes them: each lane sums
   // float4 groups lane, lane + 32, ... as (x + y) + (z + w), the warp's butterfly adds the lanes,
   // mean = sum / K; then the same over the squared deviations from that mean (two passes: the
-  // residual stream's mean can be large against its spread); rstd = rsqrt(var + eps).
-  for (int r = warp; r < kBM; r += T::kWarps) {
-    const float* x = p.h + (row0 + r) * p.k;
-    float sum = 0.0f;
+  // residual stream's mean can be large against its spread); rstd = rsqrt(var + eps). A warp
+  // takes rows warp, warp + warps, ..., 8 at a time with their loads in flight together (one
+  // row at a time would wait for L2 twice per row); each row's sums keep the library's order.
+  constexpr int kRowsPerWarp = kBM / T::kWarps; // 16 or 8
+  constexpr int kBatch = 8;
+  static_assert(kRowsPerWarp % kBatch == 0);
+  for (int b0 = 0; b0 < kRowsPerWarp; b0 += kBatch) {
+    const auto row_of = [&](int i) { return warp + (b0 + i) * T::kWarps; };
+    float sum[kBatch], mean[kBatch], sq[kBatch];
+    GEMM_PROLOGUE_UNROLL
+    for (int i = 0; i < kBatch; ++i)
+      sum[i] = sq[i] = 0.0f;
     for (int c = lane; c < p.k / 4; c += 32) {
-      const float4 v = load_f4(x + 4 * c);
-      sum += (v.x + v.y) + (v.z + v.w);
+      GEMM_PROLOGUE_UNROLL
+      for (int i = 0; i < kBatch; ++i) {
+        const float4 v = load_f4(p.h + (row0 + row_of(i)) * p.k + 4 * c);
+        sum[i] += (v.x + v.y) + (v.z + v.w);
+      }
     }
-    const float mean = warp_sum(sum) / static_cast<float>(p.k);
-    float sq = 0.0f;
+    GEMM_PROLOGUE_UNROLL
+    for (int i = 0; i < kBatch; ++i)
+      mean[i] = warp_sum(sum[i]) / static_cast<float>(p.k);
     for (int c = lane; c < p.k / 4; c += 32) {
-      const float4 v = load_f4(x + 4 * c);
-      const float a = v.x - mean, b = v.y - mean, d = v.z - mean, e = v.w - mean;
-      sq += (a * a + b * b) + (d * d + e * e);
+      GEMM_PROLOGUE_UNROLL
+      for (int i = 0; i < kBatch; ++i) {
+        const float4 v = load_f4(p.h + (row0 + row_of(i)) * p.k + 4 * c);
+        const float a = v.x - mean[i], b = v.y - mean[i], d = v.z - mean[i], e = v.w - mean[i];
+        sq[i] += (a * a + b * b) + (d * d + e * e);
+      }
     }
-    const float rstd = reciprocal_sqrt(warp_sum(sq) / static_cast<float>(p.k) + p.eps);
-    if (lane == 0) {
-      store_shared_f32(smem, T::kStatsOffset + 4 * static_cast<std::uint32_t>(r), mean);
-      store_shared_f32(smem, T::kStatsOffset + 4 * static_cast<std::uint32_t>(kBM + r), rstd);
+    GEMM_PROLOGUE_UNROLL
+    for (int i = 0; i < kBatch; ++i) {
+      const float rstd = reciprocal_sqrt(warp_sum(sq[i]) / static_cast<float>(p.k) + p.eps);
+      const auto r = static_cast<std::uint32_t>(row_of(i));
+      if (lane == 0) {
+        store_shared_f32(smem, T::kStatsOffset + 4 * r, mean[i]);
+        store_shared_f32(smem, T::kStatsOffset + 4 * (kBM + r), rstd);
+      }
     }
   }
   sync_block();
