@@ -636,22 +636,29 @@ void emulate_cta(const Problem& p, std::int64_t cta, std::vector<float>& h,
   const int k = p.shape.k, tiles = k / kBK;
   const std::int64_t row0 = cta * kBM;
   std::vector<std::uint8_t> smem(kStages * stage_bytes, 0xab);
+  // One cp.async: both ends checked (16-byte aligned, inside the stages and inside A or W).
+  const auto copy16 = [&](std::uint32_t dst, const std::vector<std::uint16_t>& src,
+                          std::size_t at) {
+    require(dst % 16 == 0 && dst + 16 <= smem.size(), "emulated cp.async shared address", dst,
+            "must be 16-byte aligned inside the stages");
+    require(at % 8 == 0 && at + 8 <= src.size(), "emulated cp.async global element", at,
+            "must be 16-byte aligned inside A or W");
+    std::memcpy(&smem[dst], &src[at], 16);
+  };
   const auto load = [&](int tile, int slot) {
     const std::uint32_t sa = static_cast<std::uint32_t>(slot) * stage_bytes, sb = sa + a_bytes;
     const int k0 = tile * kBK;
     for (int tid = 0; tid < kThreads; ++tid) {
       if (tid < kBM * 4) {
         const int r = tid >> 2, c = tid & 3;
-        std::memcpy(&smem[sa + swizzle(r, c)],
-                    &p.a[static_cast<std::size_t>((row0 + r) * k + k0 + c * 8)], 16);
+        copy16(sa + swizzle(r, c), p.a, static_cast<std::size_t>((row0 + r) * k + k0 + c * 8));
       }
       for (int i = 0; i < N * 4 / kThreads; ++i) {
         const int idx = tid + i * kThreads;
         const int r = idx >> 2, c = idx & 3;
-        std::memcpy(&smem[sb + swizzle(r, c)],
-                    &p.w[static_cast<std::size_t>(r) * static_cast<std::size_t>(k) +
-                         static_cast<std::size_t>(k0 + c * 8)],
-                    16);
+        copy16(sb + swizzle(r, c), p.w,
+               static_cast<std::size_t>(r) * static_cast<std::size_t>(k) +
+                   static_cast<std::size_t>(k0 + c * 8));
       }
     }
   };
@@ -694,24 +701,26 @@ void emulate_cta(const Problem& p, std::int64_t cta, std::vector<float>& h,
             visit((lane >> 2) + (q >= 2 ? 8 : 0), tile_col<N>(warp, j, lane & 3) + (q & 1),
                   acc(warp, j)[lane][q]);
   };
+  // Global accesses through at(): out of bounds throws.
+  const auto mod = [&](std::int64_t r, int offset, int col) {
+    return p.mod.at(static_cast<std::size_t>((r / p.tokens) * p.mod_ld + offset + col));
+  };
   double sum[kBM] = {}, squares[kBM] = {};
   each([&](int rr, int col, float& v) {
     const std::int64_t r = row0 + rr;
-    const float* m = &p.mod[static_cast<std::size_t>((r / p.tokens) * p.mod_ld)];
-    float& x = h[static_cast<std::size_t>(r * N + col)];
-    x += m[p.gate + col] * (v + p.bias[static_cast<std::size_t>(col)]);
+    float& x = h.at(static_cast<std::size_t>(r * N + col));
+    x += mod(r, p.gate, col) * (v + p.bias.at(static_cast<std::size_t>(col)));
     v = x;
     sum[rr] += x;
-    ++writes[static_cast<std::size_t>(r * N + col)];
+    ++writes.at(static_cast<std::size_t>(r * N + col));
   });
   each([&](int rr, int, float& v) { squares[rr] += (v - sum[rr] / N) * (v - sum[rr] / N); });
   each([&](int rr, int col, float& v) {
     const std::int64_t r = row0 + rr;
-    const float* m = &p.mod[static_cast<std::size_t>((r / p.tokens) * p.mod_ld)];
     const auto mean = static_cast<float>(sum[rr] / N);
     const float rstd = 1.0f / std::sqrt(static_cast<float>(squares[rr] / N) + 1e-6f);
-    out[static_cast<std::size_t>(r * p.ld_out + col)] = tstitch::io::f32_to_bf16_rne(
-        (v - mean) * rstd * (1.0f + m[p.scale + col]) + m[p.shift + col]);
+    out.at(static_cast<std::size_t>(r * p.ld_out + col)) = tstitch::io::f32_to_bf16_rne(
+        (v - mean) * rstd * (1.0f + mod(r, p.scale, col)) + mod(r, p.shift, col));
   });
 }
 
