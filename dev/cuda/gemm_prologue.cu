@@ -61,6 +61,7 @@
 #include <cstring>
 #include <exception>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -240,6 +241,12 @@ gp::Params params(const Problem& p, const Device& dev) {
           1e-6f};
 }
 
+/// Version 2's parameters for `p` without buffers: its sizes and offsets, for require_sizes.
+gp::Params sizes_of(const Problem& p) {
+  return {nullptr, nullptr,        nullptr,   nullptr,        p.mod_ld, p.shift, p.scale,
+          nullptr, p.shape.hidden, p.shape.n, p.shape.tokens, p.rows,   1e-6f};
+}
+
 void run(int version, const Problem& p, Device& dev, Blas& blas, int tile_n) {
   const int d = p.shape.hidden, n = p.shape.n;
   if (version == 1) {
@@ -367,6 +374,26 @@ int emulate_all() {
   ok = emulate<64>(make_shape("S2", "fc1", 384, 2, 32), {{0, 23}}) && ok;
   ok = emulate<128>(make_shape("XL2", "qkv", 1152, 1), {{3, 26}}) && ok;
   ok = emulate<64>(make_shape("XL2", "fc1", 1152, 1), {{1, 71}}) && ok;
+  // Sizes the kernel cannot take are refused, naming the value, before anything runs.
+  for (const auto& [what, hidden, n, tokens, images] :
+       {std::tuple{"hidden 100", 100, 300, 256, 1}, std::tuple{"N 1000", 384, 1000, 256, 1},
+        std::tuple{"rows 96", 384, 1152, 96, 1}}) {
+    Problem p = make_problem(make_shape("S2", "qkv", 384, 1));
+    p.shape.hidden = hidden;
+    p.shape.n = n;
+    p.shape.tokens = tokens;
+    p.rows = std::int64_t{tokens} * images;
+    bool refused = false;
+    try {
+      gp::require_sizes(sizes_of(p), 64);
+    } catch (const tstitch::invalid_argument& e) {
+      refused = true;
+      std::printf("%s refused: %s\n", what, e.what());
+    }
+    if (!refused)
+      std::printf("%s accepted FAIL\n", what);
+    ok = refused && ok;
+  }
   std::printf("%s\n", ok ? "emulation matches" : "EMULATION MISMATCH");
   return ok ? 0 : 1;
 }
@@ -410,6 +437,11 @@ int lab_main(int argc, char** argv) {
     for (const auto& [model, hidden] : {std::pair{"S2", 384}, std::pair{"XL2", 1152}})
       for (const char* layer : {"qkv", "fc1"})
         shapes.push_back(make_shape(model, layer, hidden, images));
+  }
+  // Every shape's sizes are refused or accepted before anything runs (exit 2 with the value).
+  for (const Shape& s : shapes) {
+    const gp::Params sizes = sizes_of(make_problem(s));
+    gp::require_sizes(sizes, gp::tile_n_for(sizes.rows, s.n, prop.multiProcessorCount));
   }
   bool ok = true;
   for (const Shape& s : shapes) {

@@ -605,7 +605,8 @@ inline int tile_n_for(std::int64_t rows, int n, int multiprocessors) {
 }
 
 /// Refuses what the kernel cannot take, naming the value (tstitch::invalid_argument).
-inline void require_supported(const Params& p, int tile_n) {
+/// The sizes alone (p's pointers unread): what a caller can refuse before allocating anything.
+inline void require_sizes(const Params& p, int tile_n) {
   using tstitch::require;
   require(tile_n == 64 || tile_n == 128, "gemm_prologue tile N", tile_n, "must be 64 or 128");
   require(p.k >= kBK && p.k % kBK == 0, "gemm_prologue K (hidden)", p.k,
@@ -621,6 +622,12 @@ inline void require_supported(const Params& p, int tile_n) {
             "must be multiples of 4 (float4 loads)");
   require(p.shift + p.k <= p.mod_ld && p.scale + p.k <= p.mod_ld, "gemm_prologue shift/scale",
           tstitch::detail::concat(p.shift, "/", p.scale), "must leave K values inside mod's row");
+}
+
+/// require_sizes, then the alignment of every pointer to its accesses.
+inline void require_supported(const Params& p, int tile_n) {
+  using tstitch::require;
+  require_sizes(p, tile_n);
   const auto aligned = [](const void* q, std::uintptr_t bytes) {
     return reinterpret_cast<std::uintptr_t>(q) % bytes == 0;
   };
