@@ -316,7 +316,7 @@ __host__ __device__ __forceinline__ void store_global_u32(__nv_bfloat16* p, std:
   *reinterpret_cast<std::uint32_t*>(p) = v;
 #else
   if (reinterpret_cast<std::uintptr_t>(p) % 4 == 0 && emu::inside(emu::self.writable, p, 4))
-    std::memcpy(p, &v, 4);
+    std::memcpy(static_cast<void*>(p), &v, 4);
   else
     emu::fault("global store outside out or misaligned", reinterpret_cast<std::uintptr_t>(p));
 #endif
