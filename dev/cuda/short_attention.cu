@@ -276,7 +276,9 @@ bool check_refusals() {
 
 // Version 3 on the CPU emulation (short_attention_kernel.cuh): the kernel body's index arithmetic,
 // fragment layouts and access bounds, checked without a GPU on small problems that cover both
-// head dims, every warp count, masked keys, skipped key groups and partial query tiles.
+// head dims, every warp count, masked keys, skipped key groups and partial query tiles. Only the
+// few-key cases (40, 37) fail an off-by-one in the key mask: one zero key let in costs 1.6e-2
+// there but 4e-3 to 9e-3 at 72 to 200 keys, under the bound. 37 also masks half of a pair.
 bool emulate_checks() {
 #if defined(__CUDA_ARCH__) // the device pass sees this host function but compiles none of it
   return false;
@@ -285,7 +287,8 @@ bool emulate_checks() {
     int batch, tokens, heads, head_dim, warps;
   };
   const Case cases[] = {{2, 256, 2, 64, 4}, {2, 100, 2, 64, 2}, {1, 40, 1, 64, 1},
-                        {1, 256, 1, 72, 4}, {1, 200, 1, 72, 1}, {1, 72, 2, 72, 2}};
+                        {1, 256, 1, 72, 4}, {1, 200, 1, 72, 1}, {1, 72, 2, 72, 2},
+                        {1, 37, 2, 72, 4}};
   bool ok = true;
   for (const Case& c : cases) {
     const Problem p = make_problem(c.batch, c.tokens, c.heads, c.head_dim,
