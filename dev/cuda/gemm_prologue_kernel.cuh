@@ -477,20 +477,33 @@ __host__ __device__ __forceinline__ void gemm_prologue_body(unsigned char* smem,
   }
   sync_block();
 
-  // A: thread tid's float4 i of a k-tile is row (tid + i threads) / 8, columns 4 ((tid + i
-  // threads) % 8) .. + 3: eight lanes cover a row's 128 bytes of h.
+  // A: thread tid's float4 i of a k-tile is row (tid + i threads) / 8, columns 4 (tid % 8) .. + 3
+  // (threads is a multiple of 8): eight lanes cover a row's 128 bytes of h, and a thread keeps its
+  // rows and columns through the whole loop, so their statistics stay in registers, and where the
+  // CTA's rows are all of one sample (tokens a multiple of 64, as DiT's 256) one shift and scale
+  // per k-tile serve all of the thread's rows.
+  const int q = tid & 7;
+  const bool one_sample = row0 / p.tokens == (row0 + kBM - 1) / p.tokens; // uniform in the CTA
+  float mean[T::kAVectors], rstd[T::kAVectors];
   float4 xa[T::kAVectors], sh[T::kAVectors], sc[T::kAVectors];
+  GEMM_PROLOGUE_UNROLL
+  for (int i = 0; i < T::kAVectors; ++i) {
+    const auto r = static_cast<std::uint32_t>((tid + i * T::kThreads) >> 3);
+    mean[i] = load_shared_f32(smem, T::kStatsOffset + 4 * r);
+    rstd[i] = load_shared_f32(smem, T::kStatsOffset + 4 * (kBM + r));
+    sh[i] = sc[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  }
   const auto fetch_a = [&](int tile) {
+    const int col = tile * kBK + 4 * q;
     GEMM_PROLOGUE_UNROLL
     for (int i = 0; i < T::kAVectors; ++i) {
-      const int idx = tid + i * T::kThreads;
-      const int r = idx >> 3, q = idx & 7;
-      const std::int64_t row = row0 + r;
-      const int col = tile * kBK + 4 * q;
-      const float* m = p.mod + (row / p.tokens) * p.mod_ld;
+      const std::int64_t row = row0 + ((tid + i * T::kThreads) >> 3);
       xa[i] = load_f4(p.h + row * p.k + col);
-      sh[i] = load_f4(m + p.shift + col);
-      sc[i] = load_f4(m + p.scale + col);
+      if (i == 0 || !one_sample) {
+        const float* m = p.mod + (row / p.tokens) * p.mod_ld;
+        sh[i] = load_f4(m + p.shift + col);
+        sc[i] = load_f4(m + p.scale + col);
+      }
     }
   };
   // (x - mean) rstd (1 + scale) + shift, rounded to bf16 as layernorm_modulate stores it.
@@ -498,15 +511,13 @@ __host__ __device__ __forceinline__ void gemm_prologue_body(unsigned char* smem,
     const std::uint32_t a_off = static_cast<std::uint32_t>(slot) * T::kABytes;
     GEMM_PROLOGUE_UNROLL
     for (int i = 0; i < T::kAVectors; ++i) {
-      const int idx = tid + i * T::kThreads;
-      const int r = idx >> 3, q = idx & 7;
-      const float mean = load_shared_f32(smem, T::kStatsOffset + 4 * static_cast<std::uint32_t>(r));
-      const float rstd =
-          load_shared_f32(smem, T::kStatsOffset + 4 * static_cast<std::uint32_t>(kBM + r));
-      const std::uint32_t lo = pack_bf16x2((xa[i].x - mean) * rstd * (1.0f + sc[i].x) + sh[i].x,
-                                           (xa[i].y - mean) * rstd * (1.0f + sc[i].y) + sh[i].y);
-      const std::uint32_t hi = pack_bf16x2((xa[i].z - mean) * rstd * (1.0f + sc[i].z) + sh[i].z,
-                                           (xa[i].w - mean) * rstd * (1.0f + sc[i].w) + sh[i].w);
+      const int r = (tid + i * T::kThreads) >> 3;
+      const float4 x = xa[i], f = one_sample ? sh[0] : sh[i], s = one_sample ? sc[0] : sc[i];
+      const float m = mean[i], d = rstd[i];
+      const std::uint32_t lo =
+          pack_bf16x2((x.x - m) * d * (1.0f + s.x) + f.x, (x.y - m) * d * (1.0f + s.y) + f.y);
+      const std::uint32_t hi =
+          pack_bf16x2((x.z - m) * d * (1.0f + s.z) + f.z, (x.w - m) * d * (1.0f + s.w) + f.w);
       // Values 4q..4q+3 of the row: chunk q / 2, bytes 8 (q % 2) of it.
       store_shared_u64(smem, a_off + swizzle(r, q >> 1) + 8 * static_cast<std::uint32_t>(q & 1), lo,
                        hi);
