@@ -28,8 +28,8 @@
 //        version 3 run on the CPU (one thread per lane, warp instructions emulated from the PTX
 //        ISA's fragment tables) on small problems: needs no GPU, checks index arithmetic and
 //        bounds, not the hardware.
-// Exit:  0 every version matches, 1 one does not, 2 bad arguments, 77 no CUDA device (not with
-//        --emulate).
+// Exit:  0 every version matches, 1 one does not, 2 bad arguments, 77 no CUDA device or one
+//        older than sm_80 (not with --emulate).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -330,6 +330,15 @@ int run_all(int argc, char** argv) {
   if (emulate)
     return emulate_checks() ? 0 : 1;
   lab::require_device(argv[0]);
+  // Version 3's cp.async, ldmatrix and bf16 mma.sync need sm_80: an older card is a skip (as in
+  // lab_gemm_seam), not a failed launch reported as a mismatch.
+  cudaDeviceProp prop{};
+  TSTITCH_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  if (prop.major < 8) {
+    std::printf("%s: %s (sm_%d%d) has no bf16 mma.sync; skipped\n", argv[0], prop.name, prop.major,
+                prop.minor);
+    return 77;
+  }
   bool ok = check_refusals();
   cudaStream_t stream = nullptr; // timing only (a graph cannot capture the legacy stream)
   TSTITCH_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
