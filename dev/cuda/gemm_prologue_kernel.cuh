@@ -15,7 +15,7 @@
 // does) and stores it to the other of two A slots. The rows' statistics are taken by the CTA
 // before the main loop, one warp per row, in the library's order of operations (see the body),
 // while the first W tiles are in flight. Shared memory: 20,992 bytes at BN 64, 33,280 at 128,
-// under the 48 KB a launch gets without opting in; registers (ptxas, sm_90a): 157 and 121, no
+// under the 48 KB a launch gets without opting in; registers (ptxas, sm_90a): 158 and 118, no
 // spills, so 3 CTAs (12 warps) or 2 CTAs (16 warps) fit an SM.
 // Unlike a CTA that owns whole rows, W is read once per row block of 64, not once per 16 rows;
 // the price is that the statistics of a row block are taken once per column tile (N / BN times,
