@@ -68,12 +68,13 @@ using tstitch::cuda::GemmEpilogue;
 
 // ---- version 2: the fused kernel ----------------------------------------------------------------
 
-// 16 rows per CTA rather than 32: the grid is rows / BM CTAs, one per SM (the pipeline takes most
-// of the shared memory), and at 8 images (2048 rows) BM = 16 gives 128 CTAs for an H100's 132
-// SMs where BM = 32 would leave half of them idle; at 1 image neither fills the GPU (16 or 8
-// CTAs). BM = 32 would also need 144 accumulators per thread at hidden 1152 with 8 warps. The
-// price: every CTA streams all of W through its shared memory, so W's L2 traffic is rows / 16
-// times its size, which bounds this kernel at large batch.
+// 16 rows per CTA rather than 32: the grid is rows / BM CTAs, one per SM at hidden 768 and 1152
+// (the pipeline takes most of the shared memory; at 384, 77 KB and ~114 registers, two fit), and
+// at 8 images (2048 rows) BM = 16 gives 128 CTAs for an H100's 132 SMs where BM = 32 would leave
+// half of them idle; at 1 image neither fills the GPU (16 or 8 CTAs). BM = 32 would also need 144
+// accumulators per thread at hidden 1152 with 8 warps. The price: every CTA streams all of W
+// through its shared memory, so W's L2 traffic is rows / 16 times its size, which bounds this
+// kernel at large batch.
 constexpr int kBM = 16;
 constexpr int kBK = 32; // k per stage: 64 bytes of a row, four 16-byte chunks
 constexpr int kWarps = 8;
