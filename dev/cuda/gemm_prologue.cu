@@ -104,19 +104,25 @@ struct Problem {
 
 constexpr std::uint16_t kSentinel = 0x7fc1; // out's fill: a bf16 NaN
 
-Problem make_problem(const Shape& s) {
+/// The problem's sizes and offsets, without its data.
+Problem layout(const Shape& s) {
   const int d = s.hidden;
   const bool fc1 = s.gelu();
-  Problem p{s,
-            std::int64_t{s.tokens} * s.images,
-            6 * d,
-            (fc1 ? 3 : 0) * d,
-            (fc1 ? 4 : 1) * d,
-            {},
-            {},
-            {},
-            {},
-            {}};
+  return {s,
+          std::int64_t{s.tokens} * s.images,
+          6 * d,
+          (fc1 ? 3 : 0) * d,
+          (fc1 ? 4 : 1) * d,
+          {},
+          {},
+          {},
+          {},
+          {}};
+}
+
+Problem make_problem(const Shape& s) {
+  const int d = s.hidden;
+  Problem p = layout(s);
   // h: per row a mean around 20 (the residual stream's, which the two-pass variance must
   // survive) and a spread from 0.5 to 2.5, so rows differ in their statistics.
   p.h = lab::randn(static_cast<std::size_t>(p.rows * d), 41);
@@ -378,7 +384,7 @@ int emulate_all() {
   for (const auto& [what, hidden, n, tokens, images] :
        {std::tuple{"hidden 100", 100, 300, 256, 1}, std::tuple{"N 1000", 384, 1000, 256, 1},
         std::tuple{"rows 96", 384, 1152, 96, 1}}) {
-    Problem p = make_problem(make_shape("S2", "qkv", 384, 1));
+    Problem p = layout(make_shape("S2", "qkv", 384, 1));
     p.shape.hidden = hidden;
     p.shape.n = n;
     p.shape.tokens = tokens;
@@ -440,7 +446,7 @@ int lab_main(int argc, char** argv) {
   }
   // Every shape's sizes are refused or accepted before anything runs (exit 2 with the value).
   for (const Shape& s : shapes) {
-    const gp::Params sizes = sizes_of(make_problem(s));
+    const gp::Params sizes = sizes_of(layout(s));
     gp::require_sizes(sizes, gp::tile_n_for(sizes.rows, s.n, prop.multiProcessorCount));
   }
   bool ok = true;
