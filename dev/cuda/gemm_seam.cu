@@ -382,7 +382,10 @@ struct Problem {
   std::vector<float> h, bias, mod;
 };
 
-constexpr std::uint16_t kSentinel = 0x3c00; // out's initial bits (bf16 0.0078125)
+// out's initial bits: a bf16 NaN, so that one element left unwritten fails the check (as a
+// finite value, one thread's 4 values of a tile left unwritten moved the relative L2 by only
+// ~4e-3 at hidden 1152).
+constexpr std::uint16_t kSentinel = 0xffff;
 
 Problem make_problem(const Shape& s) {
   const int d = s.hidden;
