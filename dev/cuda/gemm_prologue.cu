@@ -26,7 +26,11 @@
 //      where it fills the card, it halves the statistics passes (each CTA re-reads its 64 rows
 //      of h, N / BN times per row block) and the A traffic per flop. "2t64" and "2t128" run
 //      version 2 with the width the rule did not pick, checked and timed alike, to judge it.
-// Sizes version 2 takes: hidden a multiple of 32, N a multiple of the tile's columns, rows a
+//   3  version 2's GEMM reading the rows' (mean, rstd) from a first kernel (row_stats_kernel, one
+//      warp per row, the same arithmetic) instead of taking them per CTA: two launches, but each
+//      row's statistics are taken once, not N / BN times, and a is never written. It measures
+//      what version 2's per-CTA statistics cost.
+// Sizes versions 2 and 3 take: hidden a multiple of 32, N a multiple of the tile's columns, rows a
 // multiple of 64; anything else is refused with the value named.
 //
 // Checked against an fp64 CPU reference from the same inputs (h, mod fp32; W and b rounded to
@@ -47,8 +51,8 @@
 //        cmake --build build --target lab_gemm_prologue
 // Run:   build/dev/cuda/lab_gemm_prologue [version] [--quick]
 //        --quick: check only (no timing), at 1 image: the run compute-sanitizer takes.
-//        build/dev/cuda/lab_gemm_prologue --emulate: version 2's kernel body run on the CPU on
-//        some CTAs of small shapes (no device needed; see gemm_prologue_kernel.cuh).
+//        build/dev/cuda/lab_gemm_prologue --emulate: versions 2 and 3's kernel bodies run on the
+//        CPU on some CTAs of small shapes (no device needed; see gemm_prologue_kernel.cuh).
 // Exit: 0 every check passed, 1 a mismatch, 2 bad arguments or sizes, 77 no CUDA device (or one
 // older than sm_80).
 #include <cuda_bf16.h>
@@ -216,7 +220,7 @@ constexpr double kBound = 1e-2; // see the header
 // ---- on the device ------------------------------------------------------------------------------
 
 struct Device {
-  lab::DeviceBuffer<float> h, mod, bias;
+  lab::DeviceBuffer<float> h, mod, bias, stats;
   lab::DeviceBuffer<std::uint16_t> w, bias_bf16, a, out;
 };
 
@@ -224,6 +228,7 @@ Device upload(const Problem& p) {
   return {lab::to_device(p.h),
           lab::to_device(p.mod),
           lab::to_device(p.bias),
+          lab::DeviceBuffer<float>(2 * p.rows, "lab stats"),
           lab::to_device(p.w),
           lab::to_device(p.bias_bf16),
           lab::DeviceBuffer<std::uint16_t>(p.rows * p.shape.hidden, "lab a"),
@@ -232,25 +237,19 @@ Device upload(const Problem& p) {
 }
 
 gp::Params params(const Problem& p, const Device& dev) {
-  return {dev.h.data(),
-          reinterpret_cast<const __nv_bfloat16*>(dev.w.data()),
-          dev.bias.data(),
-          dev.mod.data(),
-          p.mod_ld,
-          p.shift,
-          p.scale,
-          reinterpret_cast<__nv_bfloat16*>(dev.out.data()),
-          p.shape.hidden,
-          p.shape.n,
-          p.shape.tokens,
-          p.rows,
-          1e-6f};
+  return {dev.h.data(),    reinterpret_cast<const __nv_bfloat16*>(dev.w.data()),
+          dev.bias.data(), dev.mod.data(),
+          p.mod_ld,        p.shift,
+          p.scale,         reinterpret_cast<__nv_bfloat16*>(dev.out.data()),
+          p.shape.hidden,  p.shape.n,
+          p.shape.tokens,  p.rows,
+          1e-6f,           nullptr};
 }
 
 /// Version 2's parameters for `p` without buffers: its sizes and offsets, for require_sizes.
 gp::Params sizes_of(const Problem& p) {
   return {nullptr, nullptr,        nullptr,   nullptr,        p.mod_ld, p.shift, p.scale,
-          nullptr, p.shape.hidden, p.shape.n, p.shape.tokens, p.rows,   1e-6f};
+          nullptr, p.shape.hidden, p.shape.n, p.shape.tokens, p.rows,   1e-6f,   nullptr};
 }
 
 void run(int version, const Problem& p, Device& dev, Blas& blas, int tile_n) {
@@ -262,8 +261,13 @@ void run(int version, const Problem& p, Device& dev, Blas& blas, int tile_n) {
     blas.linear(dev.a.data(), d, dev.w.data(), d, dev.out.data(), CUDA_R_16BF, n, p.rows, n, d,
                 p.shape.gelu() ? GemmEpilogue::bias_gelu : GemmEpilogue::bias,
                 dev.bias_bf16.data());
-  } else {
+  } else if (version == 2) {
     gp::gemm_prologue(params(p, dev), tile_n, p.shape.gelu(), nullptr);
+  } else {
+    gp::Params with_stats = params(p, dev);
+    gp::row_stats(with_stats, dev.stats.data(), nullptr);
+    with_stats.stats = dev.stats.data();
+    gp::gemm_prologue(with_stats, tile_n, p.shape.gelu(), nullptr);
   }
 }
 
@@ -317,13 +321,14 @@ template <class Launch> double median_us(int samples, int calls, Launch launch) 
   return us[us.size() / 2];
 }
 
-// ---- --emulate: version 2's body on the CPU -----------------------------------------------------
+// ---- --emulate: versions 2 and 3 on the CPU -----------------------------------------------------
 
-/// Emulates the CTAs `tiles` ((tile_m, tile_n)) of version 2 on `s` with BN columns per CTA and
-/// checks their outputs against the reference (bound as on the device), and that the CTAs
-/// wrote every value of their tiles and nothing else, with no access out of bounds.
+/// Emulates the CTAs `tiles` ((tile_m, tile_n)) of version 2 (or 3: first the blocks of
+/// row_stats_kernel that cover the tiles' rows) on `s` with BN columns per CTA and checks their
+/// outputs against the reference (bound as on the device), and that the CTAs wrote every value
+/// of their tiles and nothing else, with no access out of bounds.
 template <int BN>
-bool emulate(const Shape& s, const std::vector<std::pair<unsigned, unsigned>>& tiles) {
+bool emulate(int version, const Shape& s, const std::vector<std::pair<unsigned, unsigned>>& tiles) {
   const Problem p = make_problem(s);
   std::vector<std::uint16_t> out(static_cast<std::size_t>(p.rows * s.n), kSentinel);
   const gp::Params params{p.h.data(),    reinterpret_cast<const __nv_bfloat16*>(p.w.data()),
@@ -332,12 +337,26 @@ bool emulate(const Shape& s, const std::vector<std::pair<unsigned, unsigned>>& t
                           p.scale,       reinterpret_cast<__nv_bfloat16*>(out.data()),
                           s.hidden,      s.n,
                           s.tokens,      p.rows,
-                          1e-6f};
+                          1e-6f,         nullptr};
+  // Version 3's statistics start as NaN: a row the stats kernel missed poisons its outputs.
+  std::vector<float> stats(static_cast<std::size_t>(2 * p.rows), NAN);
 #if defined(__CUDA_ARCH__) // the device pass sees this host function but compiles none of it
   const int faults = 1;
 #else
-  const int faults = s.gelu() ? gp::emulate_tiles<BN, true>(params, p.mod.size(), tiles)
-                              : gp::emulate_tiles<BN, false>(params, p.mod.size(), tiles);
+  int faults = 0;
+  gp::Params gemm = params;
+  if (version == 3) {
+    std::vector<unsigned> blocks;
+    for (const auto& [tm, tn] : tiles)
+      for (unsigned b = tm * gp::kBM / gp::kStatsWarps; b < (tm + 1) * gp::kBM / gp::kStatsWarps;
+           ++b)
+        if (std::find(blocks.begin(), blocks.end(), b) == blocks.end())
+          blocks.push_back(b);
+    faults += gp::emulate_row_stats(params, stats.data(), blocks);
+    gemm.stats = stats.data();
+  }
+  faults += s.gelu() ? gp::emulate_tiles<BN, true>(gemm, p.mod.size(), tiles)
+                     : gp::emulate_tiles<BN, false>(gemm, p.mod.size(), tiles);
 #endif
   std::vector<std::int64_t> rows;
   for (const auto& [tm, tn] : tiles)
@@ -364,9 +383,9 @@ bool emulate(const Shape& s, const std::vector<std::pair<unsigned, unsigned>>& t
     }
   const double err = rel_l2(got, want);
   const bool ok = faults == 0 && misplaced == 0 && err < kBound;
-  std::printf("%s (tokens %d, 64 x %d tiles, %zu CTAs emulated): rel L2 %.3e (bound %.0e), %d "
-              "faults, %lld values misplaced %s\n",
-              s.name().c_str(), s.tokens, BN, tiles.size(), err, kBound, faults,
+  std::printf("v%d %s (tokens %d, 64 x %d tiles, %zu CTAs emulated): rel L2 %.3e (bound %.0e), "
+              "%d faults, %lld values misplaced %s\n",
+              version, s.name().c_str(), s.tokens, BN, tiles.size(), err, kBound, faults,
               static_cast<long long>(misplaced), ok ? "ok" : "FAIL");
   return ok;
 }
@@ -375,11 +394,14 @@ int emulate_all() {
   bool ok = true;
   // Both tile widths and activations; the corner tiles and one inside; a row block spanning two
   // samples (tokens 32); both hidden sizes (12 and 36 k-tiles: the pipeline wraps many times).
-  ok = emulate<64>(make_shape("S2", "qkv", 384, 1), {{0, 0}, {3, 17}, {2, 9}}) && ok;
-  ok = emulate<128>(make_shape("S2", "fc1", 384, 4, 32), {{0, 0}, {1, 11}}) && ok;
-  ok = emulate<64>(make_shape("S2", "fc1", 384, 2, 32), {{0, 23}}) && ok;
-  ok = emulate<128>(make_shape("XL2", "qkv", 1152, 1), {{3, 26}}) && ok;
-  ok = emulate<64>(make_shape("XL2", "fc1", 1152, 1), {{1, 71}}) && ok;
+  ok = emulate<64>(2, make_shape("S2", "qkv", 384, 1), {{0, 0}, {3, 17}, {2, 9}}) && ok;
+  ok = emulate<128>(2, make_shape("S2", "fc1", 384, 4, 32), {{0, 0}, {1, 11}}) && ok;
+  ok = emulate<64>(2, make_shape("S2", "fc1", 384, 2, 32), {{0, 23}}) && ok;
+  ok = emulate<128>(2, make_shape("XL2", "qkv", 1152, 1), {{3, 26}}) && ok;
+  ok = emulate<64>(2, make_shape("XL2", "fc1", 1152, 1), {{1, 71}}) && ok;
+  // Version 3: its statistics kernel and the GEMM reading them, both widths and activations.
+  ok = emulate<64>(3, make_shape("S2", "qkv", 384, 4, 32), {{1, 0}, {0, 17}}) && ok;
+  ok = emulate<128>(3, make_shape("XL2", "fc1", 1152, 1), {{2, 35}}) && ok;
   // Sizes the kernel cannot take are refused, naming the value, before anything runs.
   for (const auto& [what, hidden, n, tokens, images] :
        {std::tuple{"hidden 100", 100, 300, 256, 1}, std::tuple{"N 1000", 384, 1000, 256, 1},
@@ -405,7 +427,7 @@ int emulate_all() {
 }
 
 int usage(const char* program) {
-  std::fprintf(stderr, "usage: %s [version 1..2, default all] [--quick] | --emulate\n", program);
+  std::fprintf(stderr, "usage: %s [version 1..3, default all] [--quick] | --emulate\n", program);
   return 2;
 }
 
@@ -417,7 +439,8 @@ int lab_main(int argc, char** argv) {
       return argc == 2 ? emulate_all() : usage(argv[0]);
     if (std::strcmp(argv[i], "--quick") == 0)
       quick = true;
-    else if (std::strcmp(argv[i], "1") == 0 || std::strcmp(argv[i], "2") == 0)
+    else if (std::strcmp(argv[i], "1") == 0 || std::strcmp(argv[i], "2") == 0 ||
+             std::strcmp(argv[i], "3") == 0)
       only = argv[i][0] - '0';
     else if (std::strcmp(argv[i], "0") != 0)
       return usage(argv[0]);
@@ -466,14 +489,16 @@ int lab_main(int argc, char** argv) {
       int version, tile_n;
     };
     std::vector<Run> runs;
-    if (only != 2)
+    if (only == 0 || only == 1)
       runs.push_back({"1", 1, 0});
-    if (only != 1) {
+    if (only == 0 || only == 2) {
       runs.push_back({"2", 2, tile_n});
       if (const int other = tile_n == 64 ? 128 : 64; s.n % other == 0)
         runs.push_back({"2t" + std::to_string(other), 2, other});
     }
-    double us1 = 0, us2 = 0;
+    if (only == 0 || only == 3)
+      runs.push_back({"3", 3, tile_n});
+    double us1 = 0, us2 = 0, us3 = 0;
     for (const Run& r : runs) {
       const Checked c = check(r.label.c_str(), r.version, p, rows, want, blas, r.tile_n);
       ok = ok && c.ok;
@@ -486,6 +511,8 @@ int lab_main(int argc, char** argv) {
           us1 = us;
         else if (r.label == "2")
           us2 = us;
+        else if (r.label == "3")
+          us3 = us;
         char buffer[32];
         std::snprintf(buffer, sizeof buffer, "%.2f", us);
         time = buffer;
@@ -495,6 +522,8 @@ int lab_main(int argc, char** argv) {
     }
     if (us1 > 0 && us2 > 0)
       std::printf("  v1/v2 %.2f\n", us1 / us2);
+    if (us1 > 0 && us3 > 0)
+      std::printf("  v1/v3 %.2f\n", us1 / us3);
   }
   std::printf("%s\n", ok ? "all checks passed" : "MISMATCH");
   return ok ? 0 : 1;

@@ -17,6 +17,8 @@
 // while the first W tiles are in flight. Shared memory: 20,992 bytes at BN 64, 33,280 at 128,
 // under the 48 KB a launch gets without opting in; registers (ptxas, sm_90a): 158 and 118, no
 // spills, so 3 CTAs (12 warps) or 2 CTAs (16 warps) fit an SM.
+// With Params::stats set (the lab's version 3) the CTAs read each row's (mean, rstd) from there,
+// written by row_stats_kernel beforehand, instead of taking them.
 // Unlike a CTA that owns whole rows, W is read once per row block of 64, not once per 16 rows;
 // the price is that the statistics of a row block are taken once per column tile (N / BN times,
 // from L2: 2 x 64 x K x 4 bytes each).
@@ -84,6 +86,9 @@ struct Params {
   int k, n, tokens;
   std::int64_t rows;
   float eps;
+  // Version 3: the rows' (mean, rstd) from row_stats_kernel, float2 [rows]; nullptr where the
+  // CTAs take them themselves (version 2).
+  const float* stats;
 };
 
 // ---- CPU emulation (host code only) -------------------------------------------------------------
@@ -105,7 +110,7 @@ struct Lane {
   unsigned char* smem = nullptr;
   std::size_t smem_bytes = 0;
   std::vector<Range> readable; // h, w, bias, mod
-  Range writable{nullptr, 0};  // out
+  std::vector<Range> writable; // out, or the statistics
   std::barrier<>* block = nullptr;
   Warp* warp = nullptr;
   int lane = 0;
@@ -132,6 +137,17 @@ inline bool readable(const void* p, std::size_t bytes) {
       if (inside(r, p, bytes))
         return true;
   fault("global load outside the inputs or misaligned", address);
+  return false;
+}
+
+// Global store of `bytes` (aligned to `bytes`) inside an output.
+inline bool writable(const void* p, std::size_t bytes) {
+  const auto address = reinterpret_cast<std::uintptr_t>(p);
+  if (address % bytes == 0)
+    for (const Range& r : self.writable)
+      if (inside(r, p, bytes))
+        return true;
+  fault("global store outside the outputs or misaligned", address);
   return false;
 }
 
@@ -315,10 +331,19 @@ __host__ __device__ __forceinline__ void store_global_u32(__nv_bfloat16* p, std:
 #if defined(__CUDA_ARCH__)
   *reinterpret_cast<std::uint32_t*>(p) = v;
 #else
-  if (reinterpret_cast<std::uintptr_t>(p) % 4 == 0 && emu::inside(emu::self.writable, p, 4))
+  if (emu::writable(p, 4))
     std::memcpy(static_cast<void*>(p), &v, 4);
-  else
-    emu::fault("global store outside out or misaligned", reinterpret_cast<std::uintptr_t>(p));
+#endif
+}
+
+__host__ __device__ __forceinline__ void store_global_f2(float* p, float x, float y) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<float2*>(p) = make_float2(x, y);
+#else
+  if (emu::writable(p, 8)) {
+    std::memcpy(p, &x, 4);
+    std::memcpy(p + 1, &y, 4);
+  }
 #endif
 }
 
@@ -398,8 +423,65 @@ __host__ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Mean and rstd of B rows of h (row i at rows[i], K values) by one warp, as
+// layernorm_modulate_kernel computes them: each lane sums float4 groups lane, lane + 32, ... as
+// (x + y) + (z + w), the warp's butterfly adds the lanes, mean = sum / K; then the same over the
+// squared deviations from that mean (two passes: the residual stream's mean can be large against
+// its spread); rstd = rsqrt(var + eps). The B rows' loads are in flight together (one row at a
+// time would wait for L2 twice per row); each row's sums keep the library's order.
+template <int B>
+__host__ __device__ __forceinline__ void row_statistics(const float* const (&rows)[B], int k,
+                                                        float eps, int lane, float (&mean)[B],
+                                                        float (&rstd)[B]) {
+  float sum[B], sq[B];
+  GEMM_PROLOGUE_UNROLL
+  for (int i = 0; i < B; ++i)
+    sum[i] = sq[i] = 0.0f;
+  for (int c = lane; c < k / 4; c += 32) {
+    GEMM_PROLOGUE_UNROLL
+    for (int i = 0; i < B; ++i) {
+      const float4 v = load_f4(rows[i] + 4 * c);
+      sum[i] += (v.x + v.y) + (v.z + v.w);
+    }
+  }
+  GEMM_PROLOGUE_UNROLL
+  for (int i = 0; i < B; ++i)
+    mean[i] = warp_sum(sum[i]) / static_cast<float>(k);
+  for (int c = lane; c < k / 4; c += 32) {
+    GEMM_PROLOGUE_UNROLL
+    for (int i = 0; i < B; ++i) {
+      const float4 v = load_f4(rows[i] + 4 * c);
+      const float a = v.x - mean[i], b = v.y - mean[i], d = v.z - mean[i], e = v.w - mean[i];
+      sq[i] += (a * a + b * b) + (d * d + e * e);
+    }
+  }
+  GEMM_PROLOGUE_UNROLL
+  for (int i = 0; i < B; ++i)
+    rstd[i] = reciprocal_sqrt(warp_sum(sq[i]) / static_cast<float>(k) + eps);
+}
+
+// Version 3's first kernel: (mean, rstd) of row `row` into p.stats, by one warp.
+__host__ __device__ __forceinline__ void row_stats_body(std::int64_t row, int lane, const Params& p,
+                                                        float* stats) {
+  const float* const rows[1] = {p.h + row * p.k};
+  float mean[1], rstd[1];
+  row_statistics<1>(rows, p.k, p.eps, lane, mean, rstd);
+  if (lane == 0)
+    store_global_f2(stats + 2 * row, mean[0], rstd[0]);
+}
+
+inline constexpr int kStatsWarps = 8; // rows per block of row_stats_kernel
+
+__global__ void __launch_bounds__(32 * kStatsWarps) row_stats_kernel(Params p, float* stats) {
+  const std::int64_t row =
+      static_cast<std::int64_t>(blockIdx.x) * kStatsWarps + static_cast<int>(threadIdx.x >> 5);
+  if (row < p.rows)
+    row_stats_body(row, static_cast<int>(threadIdx.x & 31), p, stats);
+}
+
 // One CTA: output tile (tile_m, tile_n), thread `tid`; `smem` holds Tile<BN>::kSmemBytes.
-template <int BN, bool kGelu>
+// kOwnStats: the CTA takes its rows' statistics (version 2), else reads p.stats (version 3).
+template <int BN, bool kGelu, bool kOwnStats>
 __host__ __device__ __forceinline__ void gemm_prologue_body(unsigned char* smem, unsigned tile_n,
                                                             unsigned tile_m, int tid,
                                                             const Params& p) {
@@ -432,50 +514,30 @@ __host__ __device__ __forceinline__ void gemm_prologue_body(unsigned char* smem,
     cp_async_commit();
   }
 
-  // Row statistics, one warp per row, as layernorm_modulate_kernel computes them: each lane sums
-  // float4 groups lane, lane + 32, ... as (x + y) + (z + w), the warp's butterfly adds the lanes,
-  // mean = sum / K; then the same over the squared deviations from that mean (two passes: the
-  // residual stream's mean can be large against its spread); rstd = rsqrt(var + eps). A warp
-  // takes rows warp, warp + warps, ..., 8 at a time with their loads in flight together (one
-  // row at a time would wait for L2 twice per row); each row's sums keep the library's order.
-  constexpr int kRowsPerWarp = kBM / T::kWarps; // 16 or 8
-  constexpr int kBatch = 8;
-  static_assert(kRowsPerWarp % kBatch == 0);
-  for (int b0 = 0; b0 < kRowsPerWarp; b0 += kBatch) {
-    const auto row_of = [&](int i) { return warp + (b0 + i) * T::kWarps; };
-    float sum[kBatch], mean[kBatch], sq[kBatch];
-    GEMM_PROLOGUE_UNROLL
-    for (int i = 0; i < kBatch; ++i)
-      sum[i] = sq[i] = 0.0f;
-    for (int c = lane; c < p.k / 4; c += 32) {
+  // Version 2: the rows' statistics (row_statistics), rows warp, warp + warps, ... of each warp,
+  // 8 at a time, into shared memory for all threads.
+  if constexpr (kOwnStats) {
+    constexpr int kRowsPerWarp = kBM / T::kWarps; // 16 or 8
+    constexpr int kBatch = 8;
+    static_assert(kRowsPerWarp % kBatch == 0);
+    for (int b0 = 0; b0 < kRowsPerWarp; b0 += kBatch) {
+      const float* rows[kBatch];
+      float mean[kBatch], rstd[kBatch];
+      GEMM_PROLOGUE_UNROLL
+      for (int i = 0; i < kBatch; ++i)
+        rows[i] = p.h + (row0 + warp + (b0 + i) * T::kWarps) * p.k;
+      row_statistics<kBatch>(rows, p.k, p.eps, lane, mean, rstd);
       GEMM_PROLOGUE_UNROLL
       for (int i = 0; i < kBatch; ++i) {
-        const float4 v = load_f4(p.h + (row0 + row_of(i)) * p.k + 4 * c);
-        sum[i] += (v.x + v.y) + (v.z + v.w);
+        const auto r = static_cast<std::uint32_t>(warp + (b0 + i) * T::kWarps);
+        if (lane == 0) {
+          store_shared_f32(smem, T::kStatsOffset + 4 * r, mean[i]);
+          store_shared_f32(smem, T::kStatsOffset + 4 * (kBM + r), rstd[i]);
+        }
       }
     }
-    GEMM_PROLOGUE_UNROLL
-    for (int i = 0; i < kBatch; ++i)
-      mean[i] = warp_sum(sum[i]) / static_cast<float>(p.k);
-    for (int c = lane; c < p.k / 4; c += 32) {
-      GEMM_PROLOGUE_UNROLL
-      for (int i = 0; i < kBatch; ++i) {
-        const float4 v = load_f4(p.h + (row0 + row_of(i)) * p.k + 4 * c);
-        const float a = v.x - mean[i], b = v.y - mean[i], d = v.z - mean[i], e = v.w - mean[i];
-        sq[i] += (a * a + b * b) + (d * d + e * e);
-      }
-    }
-    GEMM_PROLOGUE_UNROLL
-    for (int i = 0; i < kBatch; ++i) {
-      const float rstd = reciprocal_sqrt(warp_sum(sq[i]) / static_cast<float>(p.k) + p.eps);
-      const auto r = static_cast<std::uint32_t>(row_of(i));
-      if (lane == 0) {
-        store_shared_f32(smem, T::kStatsOffset + 4 * r, mean[i]);
-        store_shared_f32(smem, T::kStatsOffset + 4 * (kBM + r), rstd);
-      }
-    }
+    sync_block();
   }
-  sync_block();
 
   // A: thread tid's float4 i of a k-tile is row (tid + i threads) / 8, columns 4 (tid % 8) .. + 3
   // (threads is a multiple of 8): eight lanes cover a row's 128 bytes of h, and a thread keeps its
@@ -489,8 +551,14 @@ __host__ __device__ __forceinline__ void gemm_prologue_body(unsigned char* smem,
   GEMM_PROLOGUE_UNROLL
   for (int i = 0; i < T::kAVectors; ++i) {
     const auto r = static_cast<std::uint32_t>((tid + i * T::kThreads) >> 3);
-    mean[i] = load_shared_f32(smem, T::kStatsOffset + 4 * r);
-    rstd[i] = load_shared_f32(smem, T::kStatsOffset + 4 * (kBM + r));
+    if constexpr (kOwnStats) {
+      mean[i] = load_shared_f32(smem, T::kStatsOffset + 4 * r);
+      rstd[i] = load_shared_f32(smem, T::kStatsOffset + 4 * (kBM + r));
+    } else {
+      const float2 st = load_f2(p.stats + 2 * (row0 + r));
+      mean[i] = st.x;
+      rstd[i] = st.y;
+    }
     sh[i] = sc[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   }
   const auto fetch_a = [&](int tile) {
@@ -600,11 +668,11 @@ __host__ __device__ __forceinline__ void gemm_prologue_body(unsigned char* smem,
   }
 }
 
-template <int BN, bool kGelu>
+template <int BN, bool kGelu, bool kOwnStats>
 __global__ void __launch_bounds__(Tile<BN>::kThreads) gemm_prologue_kernel(Params p) {
   extern __shared__ __align__(128) unsigned char gemm_prologue_smem[];
-  gemm_prologue_body<BN, kGelu>(gemm_prologue_smem, blockIdx.x, blockIdx.y,
-                                static_cast<int>(threadIdx.x), p);
+  gemm_prologue_body<BN, kGelu, kOwnStats>(gemm_prologue_smem, blockIdx.x, blockIdx.y,
+                                           static_cast<int>(threadIdx.x), p);
 }
 
 // ---- host side ----------------------------------------------------------------------------------
@@ -653,17 +721,38 @@ inline void require_supported(const Params& p, int tile_n) {
 template <int BN, bool kGelu> void launch_tile(const Params& p, cudaStream_t stream) {
   using T = Tile<BN>;
   const dim3 grid(static_cast<unsigned>(p.n / BN), static_cast<unsigned>(p.rows / kBM));
-  gemm_prologue_kernel<BN, kGelu><<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
+  if (p.stats == nullptr)
+    gemm_prologue_kernel<BN, kGelu, true><<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
+  else
+    gemm_prologue_kernel<BN, kGelu, false><<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
   TSTITCH_CUDA_CHECK(cudaGetLastError());
 }
 
-/// The fused op on the device: tile_n 64 or 128 (tile_n_for), gelu for fc1.
+/// The fused op on the device: tile_n 64 or 128 (tile_n_for), gelu for fc1; with p.stats null
+/// the CTAs take their rows' statistics (version 2), else they read them there (version 3).
 inline void gemm_prologue(const Params& p, int tile_n, bool gelu, cudaStream_t stream) {
   require_supported(p, tile_n);
+  tstitch::require(reinterpret_cast<std::uintptr_t>(p.stats) % 8 == 0, "gemm_prologue stats",
+                   "address", "must be 8-byte aligned (float2 per row)");
   if (tile_n == 64)
     gelu ? launch_tile<64, true>(p, stream) : launch_tile<64, false>(p, stream);
   else
     gelu ? launch_tile<128, true>(p, stream) : launch_tile<128, false>(p, stream);
+}
+
+/// Version 3's first kernel: (mean, rstd) of every row of p.h into stats (float2 [rows]).
+inline void row_stats(const Params& p, float* stats, cudaStream_t stream) {
+  tstitch::require(p.k >= 4 && p.k % 4 == 0, "gemm_prologue row_stats K", p.k,
+                   "must be a positive multiple of 4 (float4 loads)");
+  tstitch::require(reinterpret_cast<std::uintptr_t>(p.h) % 16 == 0 &&
+                       reinterpret_cast<std::uintptr_t>(stats) % 8 == 0,
+                   "gemm_prologue row_stats h, stats", "addresses",
+                   "must be 16- and 8-byte aligned");
+  const std::int64_t blocks = (p.rows + kStatsWarps - 1) / kStatsWarps;
+  tstitch::require(blocks >= 1 && blocks <= 0x7fffffff, "gemm_prologue row_stats rows", p.rows,
+                   "must give 1 .. 2^31 - 1 blocks");
+  row_stats_kernel<<<static_cast<unsigned>(blocks), 32 * kStatsWarps, 0, stream>>>(p, stats);
+  TSTITCH_CUDA_CHECK(cudaGetLastError());
 }
 
 } // namespace lab::gemm_prologue
@@ -671,10 +760,51 @@ inline void gemm_prologue(const Params& p, int tile_n, bool gelu, cudaStream_t s
 #if !defined(__CUDA_ARCH__)
 namespace lab::gemm_prologue {
 
+// Where the emulated lanes may read: h, W, bias, mod (and the statistics, where given).
+inline std::vector<emu::Range> inputs_of(const Params& p, std::size_t mod_elements) {
+  const auto rows = static_cast<std::size_t>(p.rows);
+  std::vector<emu::Range> inputs = {
+      {p.h, rows * static_cast<std::size_t>(p.k) * 4},
+      {p.w, static_cast<std::size_t>(p.n) * static_cast<std::size_t>(p.k) * 2},
+      {p.bias, static_cast<std::size_t>(p.n) * 4},
+      {p.mod, mod_elements * 4}};
+  if (p.stats != nullptr)
+    inputs.push_back({p.stats, rows * 8});
+  return inputs;
+}
+
+/// Runs `lanes` emulated lanes (whole warps) of one block, each as a std::thread calling
+/// body(tid) with its context set; returns once all are done.
+template <class Body>
+void run_block(int lanes, unsigned char* smem, std::size_t smem_bytes,
+               const std::vector<emu::Range>& inputs, const std::vector<emu::Range>& outputs,
+               std::atomic<int>& faults, Body body) {
+  std::barrier<> block(lanes);
+  std::vector<std::unique_ptr<emu::Warp>> warps;
+  for (int w = 0; w < lanes / 32; ++w)
+    warps.push_back(std::make_unique<emu::Warp>());
+  std::vector<std::thread> threads;
+  for (int tid = 0; tid < lanes; ++tid)
+    threads.emplace_back([&, tid] {
+      emu::self.smem = smem;
+      emu::self.smem_bytes = smem_bytes;
+      emu::self.readable = inputs;
+      emu::self.writable = outputs;
+      emu::self.block = &block;
+      emu::self.warp = warps[static_cast<std::size_t>(tid / 32)].get();
+      emu::self.lane = tid % 32;
+      emu::self.faults = &faults;
+      body(tid);
+    });
+  for (std::thread& t : threads)
+    t.join();
+}
+
 /// The CTAs `tiles` ((tile_m, tile_n) pairs) of the kernel run on the CPU (see the emulation note
-/// at the top): the same body, one std::thread per lane; p's pointers are host memory of
-/// h_elements, w_elements ... values. Writes out as the kernel would; returns the faults
-/// (accesses out of bounds or misaligned). Slow: a few CTAs of small problems.
+/// at the top): the same body, one std::thread per lane; p's pointers are host memory (mod of
+/// mod_elements values). Writes out as the kernel would; returns the faults (accesses out of
+/// bounds or misaligned). Slow: a few CTAs of small problems. With p.stats set, version 3's
+/// GEMM (the statistics read from there), else version 2's.
 template <int BN, bool kGelu>
 int emulate_tiles(const Params& p, std::size_t mod_elements,
                   const std::vector<std::pair<unsigned, unsigned>>& tiles) {
@@ -682,36 +812,36 @@ int emulate_tiles(const Params& p, std::size_t mod_elements,
   require_supported(p, BN);
   std::atomic<int> faults{0};
   std::vector<unsigned char> smem(T::kSmemBytes);
-  const auto rows = static_cast<std::size_t>(p.rows);
-  const std::vector<emu::Range> inputs = {
-      {p.h, rows * static_cast<std::size_t>(p.k) * 4},
-      {p.w, static_cast<std::size_t>(p.n) * static_cast<std::size_t>(p.k) * 2},
-      {p.bias, static_cast<std::size_t>(p.n) * 4},
-      {p.mod, mod_elements * 4}};
+  const std::vector<emu::Range> outputs = {
+      {p.out, static_cast<std::size_t>(p.rows) * static_cast<std::size_t>(p.n) * 2}};
   for (const auto& [tile_m, tile_n] : tiles) {
     // Shared memory starts as all ones (bf16 and fp32 NaN): what is read before it is written
     // poisons the output.
     std::fill(smem.begin(), smem.end(), static_cast<unsigned char>(0xff));
-    std::barrier<> block(T::kThreads);
-    std::vector<std::unique_ptr<emu::Warp>> warps;
-    for (int w = 0; w < T::kWarps; ++w)
-      warps.push_back(std::make_unique<emu::Warp>());
-    std::vector<std::thread> lanes;
-    for (int tid = 0; tid < T::kThreads; ++tid)
-      lanes.emplace_back([&, tid, tile_m = tile_m, tile_n = tile_n] {
-        emu::self.smem = smem.data();
-        emu::self.smem_bytes = smem.size();
-        emu::self.readable = inputs;
-        emu::self.writable = {p.out, rows * static_cast<std::size_t>(p.n) * 2};
-        emu::self.block = &block;
-        emu::self.warp = warps[static_cast<std::size_t>(tid / 32)].get();
-        emu::self.lane = tid % 32;
-        emu::self.faults = &faults;
-        gemm_prologue_body<BN, kGelu>(smem.data(), tile_n, tile_m, tid, p);
-      });
-    for (std::thread& lane : lanes)
-      lane.join();
+    run_block(T::kThreads, smem.data(), smem.size(), inputs_of(p, mod_elements), outputs, faults,
+              [&, tm = tile_m, tn = tile_n](int tid) {
+                if (p.stats == nullptr)
+                  gemm_prologue_body<BN, kGelu, true>(emu::self.smem, tn, tm, tid, p);
+                else
+                  gemm_prologue_body<BN, kGelu, false>(emu::self.smem, tn, tm, tid, p);
+              });
   }
+  return faults.load();
+}
+
+/// row_stats_kernel's blocks `blocks` run on the CPU into `stats` (float2 [rows], host memory);
+/// returns the faults.
+inline int emulate_row_stats(const Params& p, float* stats, const std::vector<unsigned>& blocks) {
+  std::atomic<int> faults{0};
+  const std::vector<emu::Range> inputs = {
+      {p.h, static_cast<std::size_t>(p.rows) * static_cast<std::size_t>(p.k) * 4}};
+  const std::vector<emu::Range> outputs = {{stats, static_cast<std::size_t>(p.rows) * 8}};
+  for (const unsigned b : blocks)
+    run_block(32 * kStatsWarps, nullptr, 0, inputs, outputs, faults, [&](int tid) {
+      const std::int64_t row = static_cast<std::int64_t>(b) * kStatsWarps + (tid >> 5);
+      if (row < p.rows)
+        row_stats_body(row, tid & 31, p, stats);
+    });
   return faults.load();
 }
 
