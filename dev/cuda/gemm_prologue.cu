@@ -478,10 +478,14 @@ int lab_main(int argc, char** argv) {
     const std::vector<std::int64_t> rows = checked_rows(p.rows);
     const std::vector<double> want = reference(p, rows);
     const int tile_n = gp::tile_n_for(p.rows, s.n, prop.multiProcessorCount);
+    // What version 2 reads from L2 per call, to read its time by: h three times per column tile
+    // (two statistics passes, then A), all of W once per row block.
+    const double h_mb = 3.0 * static_cast<double>(p.rows) * s.hidden * 4 * (s.n / tile_n) / 1e6;
+    const double w_mb = static_cast<double>(p.rows / gp::kBM) * s.n * s.hidden * 2 / 1e6;
     std::printf("%s: rows %lld, K %d, N %d (checked rows %zu; version 2: 64 x %d tiles, %lld "
-                "CTAs)\n",
+                "CTAs, h read %.0f MB and W %.0f MB from L2)\n",
                 s.name().c_str(), static_cast<long long>(p.rows), s.hidden, s.n, rows.size(),
-                tile_n, static_cast<long long>(p.rows / gp::kBM * (s.n / tile_n)));
+                tile_n, static_cast<long long>(p.rows / gp::kBM * (s.n / tile_n)), h_mb, w_mb);
     // Version 2 with the tile the rule picks ("2"), then with the other width ("2t64" or
     // "2t128", where N allows it), so the rule can be judged on the card.
     struct Run {
