@@ -30,6 +30,11 @@
 //      warp per row, the same arithmetic) instead of taking them per CTA: two launches, but each
 //      row's statistics are taken once, not N / BN times, and a is never written. It measures
 //      what version 2's per-CTA statistics cost.
+// Expected before any measurement: version 2 reads h from L2 three times per column tile (two
+// statistics passes, then A in fp32), 3 x rows x K x 4 x N / BN bytes per call (printed per
+// shape): 8 GB for XL/2's fc1 at 64 images against 2.7 GB of W, so it should lose to cuBLASLt at
+// large batch whatever its mma rate; the contest is at 1 and 8 images, where version 1's two
+// launches and a's round trip weigh most.
 // Sizes versions 2 and 3 take: hidden a multiple of 32, N a multiple of the tile's columns, rows a
 // multiple of 64; anything else is refused with the value named.
 //
