@@ -35,6 +35,7 @@
 // shape): 8 GB for XL/2's fc1 at 64 images against 2.7 GB of W, so it should lose to cuBLASLt at
 // large batch whatever its mma rate; the contest is at 1 and 8 images, where version 1's two
 // launches and a's round trip weigh most.
+//
 // Sizes versions 2 and 3 take: hidden a multiple of 32, N a multiple of the tile's columns, rows a
 // multiple of 64; anything else is refused with the value named.
 //
@@ -43,12 +44,13 @@
 // at 1 image, 16 blocks of 16 rows spread over the batch at 8 and 64 images, all N columns; out
 // must have no value left at its NaN fill. Bound: relative L2 error 1e-2, the lab's bf16 bound.
 // Expected ~2.3e-3: rounding to bf16 (8 significant bits) leaves each value a relative error of
-// rms ~1.6e-3 (half an ulp of 2^-7, uniform), independent over the K products of a row of a, so
-// y moves by ~1.6e-3 of its rms; rounding out adds as much again (the emulation
-// measures 2.2-2.4e-3). An index or layout error (wrong row, sample, statistics, column) costs
-// O(1), since h's rows are given different means and spreads and mod differs per sample. Printed:
-// each check, then per shape the median of 21 samples (each 10 calls back to back, CUDA events) per
-// version (2t64 / 2t128 included), the ratio v1/v2, and lines
+// rms ~1.6e-3 (uniform within half an ulp, an ulp 2^-8 to 2^-7 of the value), independent over the
+// K products of a row of a, so y moves by ~1.6e-3 of its rms; rounding out adds as much again (the
+// emulation measures 2.2-2.4e-3). An index or layout error (wrong row, sample, statistics, column)
+// costs O(1), since h's rows are given different means and spreads and mod differs per sample.
+//
+// Printed: each check, then per shape the median of 21 samples (each 10 calls back to back, CUDA
+// events) per version (2t64 / 2t128 included), the ratios v1/v2 and v1/v3, and lines
 //   csv,gemm_prologue,<shape>,<version>,<us>,<max_err>,<ok>
 // with max_err the relative L2 error of that version (us empty under --quick).
 //
