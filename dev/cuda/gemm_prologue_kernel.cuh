@@ -14,13 +14,14 @@
 // and afterwards normalises it with the row's mean and rstd, rounds to bf16 (as layernorm_modulate
 // does) and stores it to the other of two A slots. The rows' statistics are taken by the CTA
 // before the main loop, one warp per row, in the library's order of operations (see the body),
-// while the first W tiles are in flight. Shared memory: 20,992 bytes at BN 64, 33,280 at 128,
-// under the 48 KB a launch gets without opting in; registers (ptxas, sm_90a): 156-158 and 116-118,
-// no spills, so 3 CTAs (12 warps) or 2 CTAs (16 warps) fit an SM. With Params::stats set (the lab's
-// version 3) the CTAs read each row's (mean, rstd) from there, written by row_stats_kernel
-// beforehand, instead of taking them. Unlike a CTA that owns whole rows, W is read once per row
-// block of 64, not once per 16 rows; the price is that the statistics of a row block are taken once
-// per column tile (N / BN times, from L2: 2 x 64 x K x 4 bytes each).
+// while the first W tiles are in flight. With Params::stats set (the lab's version 3) the CTAs
+// read each row's (mean, rstd) from there instead, written beforehand by row_stats_kernel.
+//
+// Shared memory: 20,992 bytes at BN 64, 33,280 at 128, under the 48 KB a launch gets without
+// opting in; registers (ptxas, sm_90a): 156-158 and 116-118, no spills, so 3 CTAs (12 warps) or
+// 2 CTAs (16 warps) fit an SM. Unlike a CTA that owns whole rows, W is read once per row block of
+// 64, not once per 16 rows; the price is that the statistics of a row block are taken once per
+// column tile (N / BN times, from L2: 2 x 64 x K x 4 bytes each).
 //
 // The body is __host__ __device__: on the host (lab_gemm_prologue --emulate) each lane of a CTA
 // runs it as a std::thread, and the warp instructions (ldmatrix, mma.sync, shuffles) meet in an
