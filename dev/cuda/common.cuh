@@ -10,9 +10,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
+#include <string>
 #include <string_view>
 #include <vector>
 
+#include "tstitch/core/error.hpp"
 #include "tstitch/core/philox.hpp"
 #include "tstitch/cuda/runtime.hpp"
 #include "tstitch/io/half.hpp"
@@ -76,6 +79,18 @@ bool validate(const char* what, const std::vector<float>& got, const std::vector
   return ok;
 }
 
+/// Relative L2 error of `got` against the fp64 reference, infinity where it is not finite.
+inline double rel_l2(const std::vector<float>& got, const std::vector<double>& want) {
+  double diff = 0, norm = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    const double e = static_cast<double>(got[i]) - want[i];
+    diff += e * e;
+    norm += want[i] * want[i];
+  }
+  const double rel = std::sqrt(diff / std::max(norm, 1e-300));
+  return std::isfinite(rel) ? rel : INFINITY;
+}
+
 inline bool validate(const char* what, const std::vector<float>& got,
                      const std::vector<double>& want, double tolerance) {
   return validate(what, got, want, tolerance, [](std::size_t) { return true; });
@@ -98,6 +113,36 @@ template <class Launch> double time_ms(int repeats, Launch launch) {
   TSTITCH_CUDA_CHECK(cudaEventDestroy(start));
   TSTITCH_CUDA_CHECK(cudaEventDestroy(stop));
   return static_cast<double>(ms) / repeats;
+}
+
+/// Median over `samples` of the mean time of `calls` back-to-back calls, in microseconds.
+template <class Launch> double median_us(int samples, int calls, Launch launch) {
+  launch(); // warm-up
+  cudaEvent_t start = nullptr, stop = nullptr;
+  TSTITCH_CUDA_CHECK(cudaEventCreate(&start));
+  TSTITCH_CUDA_CHECK(cudaEventCreate(&stop));
+  std::vector<double> us;
+  for (int i = 0; i < samples; ++i) {
+    TSTITCH_CUDA_CHECK(cudaEventRecord(start));
+    for (int c = 0; c < calls; ++c)
+      launch();
+    TSTITCH_CUDA_CHECK(cudaEventRecord(stop));
+    TSTITCH_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    TSTITCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    us.push_back(1e3 * static_cast<double>(ms) / calls);
+  }
+  TSTITCH_CUDA_CHECK(cudaEventDestroy(start));
+  TSTITCH_CUDA_CHECK(cudaEventDestroy(stop));
+  std::sort(us.begin(), us.end());
+  return us[us.size() / 2];
+}
+
+/// A time for a csv line: "%.2f" of `us`.
+inline std::string csv_time(double us) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.2f", us);
+  return buffer;
 }
 
 /// Whether `flag` (e.g. "--quick": the check at the smallest shape only, no timing, as the
@@ -132,6 +177,35 @@ inline void require_device(const char* program) {
   if (!tstitch::cuda::device_available()) {
     std::printf("%s: no CUDA device; skipped\n", program);
     std::exit(77);
+  }
+}
+
+/// The device's properties, after require_device; exit code 77 (skipped) where it is older than
+/// sm_80, which has no cp.async, ldmatrix or bf16 mma.sync (mma.cuh): a skip, not a failed launch
+/// reported as a mismatch.
+inline cudaDeviceProp require_bf16_mma(const char* program) {
+  require_device(program);
+  cudaDeviceProp prop{};
+  TSTITCH_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  if (prop.major < 8) {
+    std::printf("%s: %s (sm_%d%d) has no bf16 mma.sync; skipped\n", program, prop.name, prop.major,
+                prop.minor);
+    std::exit(77);
+  }
+  return prop;
+}
+
+/// main's body for a lab program: lab_main's exit code; 2 with the message for a refused value
+/// (tstitch::invalid_argument), 1 for any other error.
+template <class Main> int run_main(int argc, char** argv, Main lab_main) {
+  try {
+    return lab_main(argc, argv);
+  } catch (const tstitch::invalid_argument& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 1;
   }
 }
 

@@ -211,17 +211,6 @@ std::vector<double> reference(const Problem& p, const std::vector<std::int64_t>&
   return out;
 }
 
-double rel_l2(const std::vector<float>& got, const std::vector<double>& want) {
-  double diff = 0, norm = 0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    const double e = static_cast<double>(got[i]) - want[i];
-    diff += e * e;
-    norm += want[i] * want[i];
-  }
-  const double rel = std::sqrt(diff / std::max(norm, 1e-300));
-  return std::isfinite(rel) ? rel : INFINITY;
-}
-
 constexpr double kBound = 1e-2; // see the header
 
 // ---- on the device ------------------------------------------------------------------------------
@@ -298,34 +287,11 @@ Checked check(const char* label, int version, const Problem& p,
     for (int c = 0; c < n; ++c)
       got.push_back(tstitch::io::bf16_to_f32(out[static_cast<std::size_t>(r * n + c)]));
   const auto unwritten = std::count(out.begin(), out.end(), kSentinel);
-  const double err = rel_l2(got, want);
+  const double err = lab::rel_l2(got, want);
   const bool ok = err < kBound && unwritten == 0;
   std::printf("  v%-5s out rel L2 %.3e (bound %.0e), %lld values unwritten %s\n", label, err,
               kBound, static_cast<long long>(unwritten), ok ? "ok" : "FAIL");
   return {ok, err};
-}
-
-/// Median over `samples` of the mean time of `calls` back-to-back calls, in microseconds.
-template <class Launch> double median_us(int samples, int calls, Launch launch) {
-  launch(); // warm-up
-  cudaEvent_t start = nullptr, stop = nullptr;
-  TSTITCH_CUDA_CHECK(cudaEventCreate(&start));
-  TSTITCH_CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<double> us;
-  for (int i = 0; i < samples; ++i) {
-    TSTITCH_CUDA_CHECK(cudaEventRecord(start));
-    for (int c = 0; c < calls; ++c)
-      launch();
-    TSTITCH_CUDA_CHECK(cudaEventRecord(stop));
-    TSTITCH_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    TSTITCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    us.push_back(1e3 * static_cast<double>(ms) / calls);
-  }
-  TSTITCH_CUDA_CHECK(cudaEventDestroy(start));
-  TSTITCH_CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(us.begin(), us.end());
-  return us[us.size() / 2];
 }
 
 // ---- --emulate: versions 2 and 3 on the CPU -----------------------------------------------------
@@ -388,7 +354,7 @@ bool emulate(int version, const Shape& s, const std::vector<std::pair<unsigned, 
         want.push_back(all[i * static_cast<std::size_t>(s.n) + static_cast<std::size_t>(c)]);
       }
     }
-  const double err = rel_l2(got, want);
+  const double err = lab::rel_l2(got, want);
   const bool ok = faults == 0 && misplaced == 0 && err < kBound;
   std::printf("v%d %s (tokens %d, 64 x %d tiles, %zu CTAs emulated): rel L2 %.3e (bound %.0e), "
               "%d faults, %lld values misplaced %s\n",
@@ -452,14 +418,7 @@ int lab_main(int argc, char** argv) {
     else if (std::strcmp(argv[i], "0") != 0)
       return usage(argv[0]);
   }
-  lab::require_device(argv[0]);
-  cudaDeviceProp prop{};
-  TSTITCH_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  if (prop.major < 8) {
-    std::printf("%s: %s (sm_%d%d) has no bf16 mma.sync; skipped\n", argv[0], prop.name, prop.major,
-                prop.minor);
-    return 77;
-  }
+  const cudaDeviceProp prop = lab::require_bf16_mma(argv[0]);
   std::printf("device: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor,
               prop.multiProcessorCount);
   Blas blas(nullptr);
@@ -516,7 +475,7 @@ int lab_main(int argc, char** argv) {
       std::string time;
       if (!quick) {
         Device dev = upload(p);
-        const double us = median_us(21, 10, [&] { run(r.version, p, dev, blas, r.tile_n); });
+        const double us = lab::median_us(21, 10, [&] { run(r.version, p, dev, blas, r.tile_n); });
         std::printf("  v%-5s %10.2f us\n", r.label.c_str(), us);
         if (r.label == "1")
           us1 = us;
@@ -524,9 +483,7 @@ int lab_main(int argc, char** argv) {
           us2 = us;
         else if (r.label == "3")
           us3 = us;
-        char buffer[32];
-        std::snprintf(buffer, sizeof buffer, "%.2f", us);
-        time = buffer;
+        time = lab::csv_time(us);
       }
       std::printf("csv,gemm_prologue,%s,%s,%s,%.3e,%d\n", s.name().c_str(), r.label.c_str(),
                   time.c_str(), c.err, c.ok ? 1 : 0);
@@ -542,14 +499,4 @@ int lab_main(int argc, char** argv) {
 
 } // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return lab_main(argc, argv);
-  } catch (const tstitch::invalid_argument& e) {
-    std::fprintf(stderr, "%s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s\n", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return lab::run_main(argc, argv, lab_main); }

@@ -506,17 +506,6 @@ void run(int version, const Problem& p, Device& dev, Blas& blas, int stages) {
   }
 }
 
-double rel_l2(const std::vector<float>& got, const std::vector<double>& want) {
-  double diff = 0, norm = 0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    const double e = static_cast<double>(got[i]) - want[i];
-    diff += e * e;
-    norm += want[i] * want[i];
-  }
-  const double rel = std::sqrt(diff / std::max(norm, 1e-300));
-  return std::isfinite(rel) ? rel : INFINITY;
-}
-
 struct Checked {
   bool ok;
   double max_err;
@@ -544,7 +533,7 @@ Checked check(int version, const Problem& p, const Reference& ref, Blas& blas, i
   for (std::int64_t r = 0; r < p.rows; ++r)
     for (int c = d; c < p.ld_out; ++c)
       touched += out[static_cast<std::size_t>(r * p.ld_out + c)] != kSentinel;
-  const double e_h = rel_l2(update, ref.update), e_out = rel_l2(got_out, ref.out);
+  const double e_h = lab::rel_l2(update, ref.update), e_out = lab::rel_l2(got_out, ref.out);
   const bool ok_h = e_h < bound_h, ok_out = e_out < bound, ok_pad = touched == 0;
   std::printf("  v%d h update  rel L2 %.3e (bound %.0e) %s\n", version, e_h, bound_h,
               ok_h ? "ok" : "FAIL");
@@ -554,29 +543,6 @@ Checked check(int version, const Problem& p, const Reference& ref, Blas& blas, i
     std::printf("  v%d out       %lld values past hidden overwritten FAIL\n", version,
                 static_cast<long long>(touched));
   return {ok_h && ok_out && ok_pad, std::max(e_h, e_out)};
-}
-
-/// Median over `samples` of the mean time of `calls` back-to-back calls, in microseconds.
-template <class Launch> double median_us(int samples, int calls, Launch launch) {
-  launch(); // warm-up
-  cudaEvent_t start = nullptr, stop = nullptr;
-  TSTITCH_CUDA_CHECK(cudaEventCreate(&start));
-  TSTITCH_CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<double> us;
-  for (int i = 0; i < samples; ++i) {
-    TSTITCH_CUDA_CHECK(cudaEventRecord(start));
-    for (int c = 0; c < calls; ++c)
-      launch();
-    TSTITCH_CUDA_CHECK(cudaEventRecord(stop));
-    TSTITCH_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    TSTITCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    us.push_back(1e3 * static_cast<double>(ms) / calls);
-  }
-  TSTITCH_CUDA_CHECK(cudaEventDestroy(start));
-  TSTITCH_CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(us.begin(), us.end());
-  return us[us.size() / 2];
 }
 
 // ---- --emulate: version 2's index arithmetic off the device -----------------------------------
@@ -756,7 +722,7 @@ template <int N, int kStages> bool emulate(const Shape& s) {
     for (std::int64_t r = c * kBM; r < (c + 1) * kBM; ++r)
       for (int col = N; col < p.ld_out; ++col)
         miswritten += out[static_cast<std::size_t>(r * p.ld_out + col)] != kSentinel;
-  const double e_h = rel_l2(update, ref.update), e_out = rel_l2(got_out, ref.out);
+  const double e_h = lab::rel_l2(update, ref.update), e_out = lab::rel_l2(got_out, ref.out);
   const bool ok = e_h < 1e-4 && e_out < 1e-2 && miswritten == 0;
   std::printf("%s, %d stages, %zu CTAs emulated: h update rel L2 %.3e (bound 1e-04), out %.3e "
               "(bound 1e-02), %lld values written other than once %s\n",
@@ -803,14 +769,7 @@ int lab_main(int argc, char** argv) {
     else if (std::strcmp(argv[i], "0") != 0)
       return usage(argv[0]);
   }
-  lab::require_device(argv[0]);
-  cudaDeviceProp prop{};
-  TSTITCH_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  if (prop.major < 8) {
-    std::printf("%s: %s (sm_%d%d) has no bf16 mma.sync; skipped\n", argv[0], prop.name, prop.major,
-                prop.minor);
-    return 77;
-  }
+  const cudaDeviceProp prop = lab::require_bf16_mma(argv[0]);
   std::printf("device: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor,
               prop.multiProcessorCount);
   Blas blas(nullptr);
@@ -846,11 +805,9 @@ int lab_main(int argc, char** argv) {
       std::string time;
       if (!quick) {
         Device dev = upload(p); // h grows by its update each call, which costs nothing
-        us[v] = median_us(21, 10, [&] { run(v, p, dev, blas, stages); });
+        us[v] = lab::median_us(21, 10, [&] { run(v, p, dev, blas, stages); });
         std::printf("  v%d %10.2f us\n", v, us[v]);
-        char buffer[32];
-        std::snprintf(buffer, sizeof buffer, "%.2f", us[v]);
-        time = buffer;
+        time = lab::csv_time(us[v]);
       }
       std::printf("csv,gemm_seam,%s,%d,%s,%.3e,%d\n", s.name().c_str(), v, time.c_str(), c.max_err,
                   c.ok ? 1 : 0);
@@ -864,14 +821,4 @@ int lab_main(int argc, char** argv) {
 
 } // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return lab_main(argc, argv);
-  } catch (const tstitch::invalid_argument& e) {
-    std::fprintf(stderr, "%s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s\n", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return lab::run_main(argc, argv, lab_main); }

@@ -329,16 +329,8 @@ int run_all(int argc, char** argv) {
   }
   if (emulate)
     return emulate_checks() ? 0 : 1;
-  lab::require_device(argv[0]);
-  // Version 3's cp.async, ldmatrix and bf16 mma.sync need sm_80: an older card is a skip (as in
-  // lab_gemm_seam), not a failed launch reported as a mismatch.
-  cudaDeviceProp prop{};
-  TSTITCH_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  if (prop.major < 8) {
-    std::printf("%s: %s (sm_%d%d) has no bf16 mma.sync; skipped\n", argv[0], prop.name, prop.major,
-                prop.minor);
-    return 77;
-  }
+  // Version 3's cp.async, ldmatrix and bf16 mma.sync need sm_80.
+  lab::require_bf16_mma(argv[0]);
   bool ok = check_refusals();
   cudaStream_t stream = nullptr; // timing only (a graph cannot capture the legacy stream)
   TSTITCH_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
