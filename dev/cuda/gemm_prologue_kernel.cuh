@@ -23,27 +23,20 @@
 // 64, not once per 16 rows; the price is that the statistics of a row block are taken once per
 // column tile (N / BN times, from L2: 2 x 64 x K x 4 bytes each).
 //
-// The body is __host__ __device__: on the host (lab_gemm_prologue --emulate) each lane of a CTA
-// runs it as a std::thread, and the warp instructions (ldmatrix, mma.sync, shuffles) meet in an
-// exchange where each lane takes its result from the lanes' operands as the PTX ISA's fragment
-// tables say (mma.cuh gives them), with every shared and global access bounds-checked. That checks
-// the index arithmetic and the layouts the code relies on; not timing, races or cp.async ordering
-// (copies land at once on the host), nor the hardware's own reading of the tables.
+// The body is __host__ __device__: on the host (lab_gemm_prologue --emulate) it runs on the lab's
+// CPU warp emulator (emulate.cuh), one std::thread per lane, every access bounds-checked.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include <array>
+#include <algorithm>
 #include <atomic>
-#include <barrier>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
-#include <memory>
-#include <thread>
 #include <utility>
 #include <vector>
 
+#include "emulate.cuh"
 #include "tstitch/core/error.hpp"
 #include "tstitch/cuda/runtime.hpp"
 
@@ -91,148 +84,6 @@ struct Params {
   const float* stats;
 };
 
-// ---- CPU emulation (host code only) -------------------------------------------------------------
-#if !defined(__CUDA_ARCH__)
-namespace emu {
-
-struct Warp {
-  std::barrier<> barrier{32};
-  std::array<std::array<std::uint32_t, 6>, 32> slot{};
-};
-
-struct Range {
-  const void* begin;
-  std::size_t bytes;
-};
-
-// Where the calling (emulated) lane is, and what it may touch.
-struct Lane {
-  unsigned char* smem = nullptr;
-  std::size_t smem_bytes = 0;
-  std::vector<Range> readable; // h, w, bias, mod
-  std::vector<Range> writable; // out, or the statistics
-  std::barrier<>* block = nullptr;
-  Warp* warp = nullptr;
-  int lane = 0;
-  std::atomic<int>* faults = nullptr;
-};
-inline thread_local Lane self;
-
-inline void fault(const char* what, std::size_t at) {
-  if (self.faults->fetch_add(1) < 8)
-    std::fprintf(stderr, "emulation: %s (%zu, lane %d)\n", what, at, self.lane);
-}
-
-inline bool inside(const Range& r, const void* p, std::size_t bytes) {
-  const auto* b = static_cast<const unsigned char*>(r.begin);
-  const auto* q = static_cast<const unsigned char*>(p);
-  return q >= b && q + bytes <= b + r.bytes;
-}
-
-// Global read of `bytes` (aligned to `bytes`) inside one of the inputs.
-inline bool readable(const void* p, std::size_t bytes) {
-  const auto address = reinterpret_cast<std::uintptr_t>(p);
-  if (address % bytes == 0)
-    for (const Range& r : self.readable)
-      if (inside(r, p, bytes))
-        return true;
-  fault("global load outside the inputs or misaligned", address);
-  return false;
-}
-
-// Global store of `bytes` (aligned to `bytes`) inside an output.
-inline bool writable(const void* p, std::size_t bytes) {
-  const auto address = reinterpret_cast<std::uintptr_t>(p);
-  if (address % bytes == 0)
-    for (const Range& r : self.writable)
-      if (inside(r, p, bytes))
-        return true;
-  fault("global store outside the outputs or misaligned", address);
-  return false;
-}
-
-inline bool smem_ok(std::uint32_t offset, std::uint32_t bytes) {
-  if (offset % bytes == 0 && offset + bytes <= self.smem_bytes)
-    return true;
-  fault("shared access out of bounds or misaligned", offset);
-  return false;
-}
-
-inline float bf16_value(std::uint32_t bits16) {
-  const std::uint32_t bits = (bits16 & 0xffffu) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-// Every lane publishes `words`, then `result` runs with all 32 lanes' words visible; the second
-// barrier keeps a fast lane from overwriting its slot before the slow ones have read it.
-template <class Result> inline void exchange(const std::uint32_t* words, int count, Result result) {
-  Warp& w = *self.warp;
-  std::copy(words, words + count, w.slot[static_cast<std::size_t>(self.lane)].begin());
-  w.barrier.arrive_and_wait();
-  result(w.slot);
-  w.barrier.arrive_and_wait();
-}
-
-// ldmatrix.m8n8.x4.b16: lanes 8i..8i+7 address the 8 rows (16 bytes each) of matrix i; lane L
-// receives in r[i] row L / 4, columns 2 (L % 4) and 2 (L % 4) + 1 of matrix i, lower in the low
-// half.
-inline void ldmatrix_x4(std::uint32_t (&r)[4], std::uint32_t address) {
-  if (address % 16 != 0 || address + 16 > self.smem_bytes) {
-    fault("ldmatrix row address out of bounds or misaligned", address);
-    address = 0;
-  }
-  exchange(&address, 1, [&](const auto& slot) {
-    const int g = self.lane >> 2, t = self.lane & 3;
-    for (int i = 0; i < 4; ++i) {
-      const std::uint32_t row = slot[static_cast<std::size_t>(8 * i + g)][0];
-      std::memcpy(&r[i], self.smem + row + 4 * t, 4);
-    }
-  });
-}
-
-// mma.m16n8k16.row.col, f32 += bf16 x bf16, from the PTX ISA's fragment tables (g = L / 4,
-// t = L % 4): A element (row, k) is in lane 4 (row % 8) + (k % 8) / 2, register row / 8 +
-// 2 (k / 8), half k % 2; B element (k, n) in lane 4 n + (k % 8) / 2, register k / 8, half k % 2;
-// D register e of lane L is (row g + 8 (e / 2), column 2 t + e % 2).
-inline void mma(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
-  const std::uint32_t words[6] = {a[0], a[1], a[2], a[3], b0, b1};
-  float out[4];
-  exchange(words, 6, [&](const auto& slot) {
-    const auto A = [&](int row, int k) {
-      const auto& w = slot[static_cast<std::size_t>(4 * (row % 8) + (k % 8) / 2)];
-      return bf16_value(w[static_cast<std::size_t>(row / 8 + 2 * (k / 8))] >> (16 * (k % 2)));
-    };
-    const auto B = [&](int k, int n) {
-      const auto& w = slot[static_cast<std::size_t>(4 * n + (k % 8) / 2)];
-      return bf16_value(w[static_cast<std::size_t>(4 + k / 8)] >> (16 * (k % 2)));
-    };
-    const int g = self.lane >> 2, t = self.lane & 3;
-    for (int e = 0; e < 4; ++e) {
-      const int row = g + 8 * (e / 2), col = 2 * t + e % 2;
-      double acc = d[e];
-      for (int k = 0; k < 16; ++k)
-        acc += static_cast<double>(A(row, k)) * B(k, col);
-      out[e] = static_cast<float>(acc);
-    }
-  });
-  std::copy(out, out + 4, d);
-}
-
-inline float shfl_xor(float value, int mask) {
-  std::uint32_t bits;
-  std::memcpy(&bits, &value, 4);
-  float result = 0;
-  exchange(&bits, 1, [&](const auto& slot) {
-    std::memcpy(&result, &slot[static_cast<std::size_t>(self.lane ^ mask)][0], 4);
-  });
-  return result;
-}
-
-} // namespace emu
-#endif
-
 // ---- warp instructions and memory accesses (device: PTX; host: the emulation) -------------------
 
 __host__ __device__ __forceinline__ std::uint32_t smem_u32(const unsigned char* p) {
@@ -250,8 +101,7 @@ __host__ __device__ __forceinline__ void cp_async_16(std::uint32_t dst, const vo
                "l"(__cvta_generic_to_global(src))
                : "memory");
 #else
-  if (emu::smem_ok(dst, 16) && emu::readable(src, 16))
-    std::memcpy(emu::self.smem + dst, src, 16);
+  emu::cp_async_16(dst, src);
 #endif
 }
 __host__ __device__ __forceinline__ void cp_async_commit() {
@@ -288,7 +138,7 @@ __host__ __device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], std:
                : "r"(address)
                : "memory");
 #else
-  emu::ldmatrix_x4(r, address);
+  emu::ldmatrix(r, 4, false, address);
 #endif
 }
 
@@ -773,33 +623,6 @@ inline std::vector<emu::Range> inputs_of(const Params& p, std::size_t mod_elemen
   return inputs;
 }
 
-/// Runs `lanes` emulated lanes (whole warps) of one block, each as a std::thread calling
-/// body(tid) with its context set; returns once all are done.
-template <class Body>
-void run_block(int lanes, unsigned char* smem, std::size_t smem_bytes,
-               const std::vector<emu::Range>& inputs, const std::vector<emu::Range>& outputs,
-               std::atomic<int>& faults, Body body) {
-  std::barrier<> block(lanes);
-  std::vector<std::unique_ptr<emu::Warp>> warps;
-  for (int w = 0; w < lanes / 32; ++w)
-    warps.push_back(std::make_unique<emu::Warp>());
-  std::vector<std::thread> threads;
-  for (int tid = 0; tid < lanes; ++tid)
-    threads.emplace_back([&, tid] {
-      emu::self.smem = smem;
-      emu::self.smem_bytes = smem_bytes;
-      emu::self.readable = inputs;
-      emu::self.writable = outputs;
-      emu::self.block = &block;
-      emu::self.warp = warps[static_cast<std::size_t>(tid / 32)].get();
-      emu::self.lane = tid % 32;
-      emu::self.faults = &faults;
-      body(tid);
-    });
-  for (std::thread& t : threads)
-    t.join();
-}
-
 /// The CTAs `tiles` ((tile_m, tile_n) pairs) of the kernel run on the CPU (see the emulation note
 /// at the top): the same body, one std::thread per lane; p's pointers are host memory (mod of
 /// mod_elements values). Writes out as the kernel would; returns the faults (accesses out of
@@ -818,13 +641,13 @@ int emulate_tiles(const Params& p, std::size_t mod_elements,
     // Shared memory starts as all ones (bf16 and fp32 NaN): what is read before it is written
     // poisons the output.
     std::fill(smem.begin(), smem.end(), static_cast<unsigned char>(0xff));
-    run_block(T::kThreads, smem.data(), smem.size(), inputs_of(p, mod_elements), outputs, faults,
-              [&, tm = tile_m, tn = tile_n](int tid) {
-                if (p.stats == nullptr)
-                  gemm_prologue_body<BN, kGelu, true>(emu::self.smem, tn, tm, tid, p);
-                else
-                  gemm_prologue_body<BN, kGelu, false>(emu::self.smem, tn, tm, tid, p);
-              });
+    emu::run_block(T::kThreads, smem.data(), smem.size(), inputs_of(p, mod_elements), outputs,
+                   faults, [&, tm = tile_m, tn = tile_n](int tid) {
+                     if (p.stats == nullptr)
+                       gemm_prologue_body<BN, kGelu, true>(emu::self.smem, tn, tm, tid, p);
+                     else
+                       gemm_prologue_body<BN, kGelu, false>(emu::self.smem, tn, tm, tid, p);
+                   });
   }
   return faults.load();
 }
@@ -837,7 +660,7 @@ inline int emulate_row_stats(const Params& p, float* stats, const std::vector<un
       {p.h, static_cast<std::size_t>(p.rows) * static_cast<std::size_t>(p.k) * 4}};
   const std::vector<emu::Range> outputs = {{stats, static_cast<std::size_t>(p.rows) * 8}};
   for (const unsigned b : blocks)
-    run_block(32 * kStatsWarps, nullptr, 0, inputs, outputs, faults, [&](int tid) {
+    emu::run_block(32 * kStatsWarps, nullptr, 0, inputs, outputs, faults, [&](int tid) {
       const std::int64_t row = static_cast<std::int64_t>(b) * kStatsWarps + (tid >> 5);
       if (row < p.rows)
         row_stats_body(row, tid & 31, p, stats);

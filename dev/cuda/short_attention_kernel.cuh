@@ -28,18 +28,14 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <array>
 #include <atomic>
-#include <barrier>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
 #include <initializer_list>
-#include <memory>
-#include <thread>
 #include <vector>
 
+#include "emulate.cuh"
 #include "tstitch/core/error.hpp"
 #include "tstitch/cuda/runtime.hpp"
 
@@ -83,149 +79,9 @@ template <int HD, int W> struct Shape {
   static constexpr int kSmemBytes = (kBlockM + 2 * kMaxTokens) * kStride * 2;
 };
 
-// ---- CPU emulation (host code only)
-// --------------------------------------------------------------
-//
-// The kernel body below is __host__ __device__: on the host (lab_short_attention --emulate) every
-// lane of a CTA runs it as a std::thread, and the warp-wide instructions (ldmatrix, mma.sync,
-// shuffles) meet in an exchange where each lane takes its result from every lane's operands
-// exactly as the PTX ISA's fragment tables say. That checks the index arithmetic, the fragment
-// layouts the code relies on and the bounds of every shared and global access without a GPU; it
-// cannot check the hardware's own reading of those tables, timing, or races that barriers hide.
-#if !defined(__CUDA_ARCH__)
-namespace emu {
-
-struct Warp {
-  explicit Warp(int lanes) : barrier(lanes) {}
-  std::barrier<> barrier;
-  std::array<std::array<std::uint32_t, 10>, 32> slot{};
-};
-
-// Where the calling (emulated) lane is.
-struct Lane {
-  unsigned char* smem = nullptr;
-  std::size_t smem_bytes = 0;
-  const unsigned char* global_begin = nullptr; // qkv
-  const unsigned char* global_end = nullptr;
-  std::barrier<>* block = nullptr;
-  Warp* warp = nullptr;
-  int lane = 0;
-  std::atomic<int>* faults = nullptr;
-};
-inline thread_local Lane self;
-
-inline void fault(const char* what, std::size_t at) {
-  if (self.faults->fetch_add(1) < 8)
-    std::fprintf(stderr, "emulation: %s at byte %zu (lane %d)\n", what, at, self.lane);
-}
-
-inline std::uint16_t smem_load16(std::uint32_t address) {
-  if (address % 2 != 0 || address + 2 > self.smem_bytes) {
-    fault("shared load out of bounds or misaligned", address);
-    return 0;
-  }
-  std::uint16_t v;
-  std::memcpy(&v, self.smem + address, 2);
-  return v;
-}
-
-inline float bf16_value(std::uint32_t bits16) {
-  const std::uint32_t bits = (bits16 & 0xffffu) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-// Every lane publishes `words`, then `result` runs with all 32 lanes' words visible; the second
-// barrier keeps a fast lane from overwriting its slot before the slow ones have read it.
-template <class Result> inline void exchange(const std::uint32_t* words, int count, Result result) {
-  Warp& w = *self.warp;
-  std::copy(words, words + count, w.slot[static_cast<std::size_t>(self.lane)].begin());
-  w.barrier.arrive_and_wait();
-  result(w.slot);
-  w.barrier.arrive_and_wait();
-}
-
-// ldmatrix.m8n8.{x2,x4}[.trans].b16: lanes 8i..8i+7 address the rows of matrix i (16-byte
-// aligned); lane L receives in r[i] the pair (row L/4, columns 2(L%4), +1) of matrix i, or with
-// .trans of its transpose, i.e. (rows 2(L%4), +1 of column L/4), the lower index in the low half.
-inline void ldmatrix(std::uint32_t* r, int matrices, bool trans, std::uint32_t address) {
-  if (address % 16 != 0 || address + 16 > self.smem_bytes)
-    fault("ldmatrix row address out of bounds or misaligned", address);
-  exchange(&address, 1, [&](const auto& slot) {
-    const int g = self.lane >> 2, t = self.lane & 3;
-    for (int i = 0; i < matrices; ++i) {
-      std::uint32_t lo, hi;
-      if (!trans) {
-        const std::uint32_t row = slot[static_cast<std::size_t>(8 * i + g)][0];
-        lo = smem_load16(row + 4 * t);
-        hi = smem_load16(row + 4 * t + 2);
-      } else {
-        lo = smem_load16(slot[static_cast<std::size_t>(8 * i + 2 * t)][0] + 2 * g);
-        hi = smem_load16(slot[static_cast<std::size_t>(8 * i + 2 * t + 1)][0] + 2 * g);
-      }
-      r[i] = lo | (hi << 16);
-    }
-  });
-}
-
-// mma.m16n8k16.row.col f32 += bf16 x bf16, rebuilt from the PTX ISA's fragment tables
-// (g = L/4, t = L%4): A element (row, k) is in lane 4 (row % 8) + (k % 8) / 2, register
-// (row / 8) + 2 (k / 8), half k % 2; B element (k, n) in lane 4 n + (k % 8) / 2, register k / 8
-// (b0, b1), half k % 2; lane L's D registers e = 0..3 are (row g + 8 (e / 2), column 2t + e % 2).
-inline void mma(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
-  std::uint32_t words[6] = {a[0], a[1], a[2], a[3], b0, b1};
-  float out[4];
-  exchange(words, 6, [&](const auto& slot) {
-    const auto A = [&](int row, int k) {
-      const auto& w = slot[static_cast<std::size_t>(4 * (row % 8) + (k % 8) / 2)];
-      return bf16_value(w[static_cast<std::size_t>(row / 8 + 2 * (k / 8))] >> (16 * (k % 2)));
-    };
-    const auto B = [&](int k, int n) {
-      const auto& w = slot[static_cast<std::size_t>(4 * n + (k % 8) / 2)];
-      return bf16_value(w[static_cast<std::size_t>(4 + k / 8)] >> (16 * (k % 2)));
-    };
-    const int g = self.lane >> 2, t = self.lane & 3;
-    for (int e = 0; e < 4; ++e) {
-      const int row = g + 8 * (e / 2), col = 2 * t + e % 2;
-      double acc = d[e];
-      for (int k = 0; k < 16; ++k)
-        acc += static_cast<double>(A(row, k)) * B(k, col);
-      out[e] = static_cast<float>(acc);
-    }
-  });
-  std::copy(out, out + 4, d);
-}
-
-inline float shfl_xor(float value, int mask) {
-  std::uint32_t bits;
-  std::memcpy(&bits, &value, 4);
-  float result = 0;
-  exchange(&bits, 1, [&](const auto& slot) {
-    std::memcpy(&result, &slot[static_cast<std::size_t>(self.lane ^ mask)][0], 4);
-  });
-  return result;
-}
-
-inline void cp_async_16(std::uint32_t dst, const void* src, bool valid) {
-  if (dst % 16 != 0 || dst + 16 > self.smem_bytes) {
-    fault("cp.async destination out of bounds or misaligned", dst);
-    return;
-  }
-  const auto* from = static_cast<const unsigned char*>(src);
-  if (!valid) {
-    std::memset(self.smem + dst, 0, 16);
-  } else if (from < self.global_begin || from + 16 > self.global_end ||
-             reinterpret_cast<std::uintptr_t>(from) % 16 != 0) {
-    fault("cp.async source outside qkv or misaligned",
-          static_cast<std::size_t>(from - self.global_begin));
-  } else {
-    std::memcpy(self.smem + dst, from, 16);
-  }
-}
-
-} // namespace emu
-#endif
+// The kernel body below is __host__ __device__: on the host (lab_short_attention --emulate) it
+// runs on the lab's CPU warp emulator (emulate.cuh), one std::thread per lane, every shared access
+// and every global load bounds-checked, without a GPU.
 
 // ---- PTX wrappers (`volatile`: kept in order with each other and with __syncthreads) ----------
 
@@ -743,33 +599,18 @@ int emulate_shape(const std::uint16_t* qkv, std::size_t qkv_elements, std::uint1
       static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(HD)));
   std::atomic<int> faults{0};
   std::vector<unsigned char> smem(S::kSmemBytes);
-  const auto* global = reinterpret_cast<const unsigned char*>(qkv);
+  // The lanes read qkv only; their stores of out are plain host stores.
+  const std::vector<emu::Range> inputs = {{qkv, qkv_elements * 2}};
   for (int block = 0; block < blocks; ++block) {
     // Shared memory starts as all ones (bf16 NaN): whatever is read before it is written
     // poisons the output.
     std::fill(smem.begin(), smem.end(), static_cast<unsigned char>(0xff));
-    std::barrier<> block_barrier(S::kThreads);
-    std::vector<std::unique_ptr<emu::Warp>> warps;
-    for (int w = 0; w < W; ++w)
-      warps.push_back(std::make_unique<emu::Warp>(32));
-    std::vector<std::thread> lanes;
-    for (int tid = 0; tid < S::kThreads; ++tid)
-      lanes.emplace_back([&, tid] {
-        emu::self.smem = smem.data();
-        emu::self.smem_bytes = smem.size();
-        emu::self.global_begin = global;
-        emu::self.global_end = global + qkv_elements * 2;
-        emu::self.block = &block_barrier;
-        emu::self.warp = warps[static_cast<std::size_t>(tid / 32)].get();
-        emu::self.lane = tid % 32;
-        emu::self.faults = &faults;
-        short_attention_body<HD, W>(smem.data(), static_cast<unsigned>(block), tid,
-                                    reinterpret_cast<const __nv_bfloat16*>(qkv),
-                                    reinterpret_cast<__nv_bfloat16*>(out), tokens, heads, q_tiles,
-                                    scale_log2);
-      });
-    for (std::thread& lane : lanes)
-      lane.join();
+    emu::run_block(S::kThreads, smem.data(), smem.size(), inputs, {}, faults, [&](int tid) {
+      short_attention_body<HD, W>(smem.data(), static_cast<unsigned>(block), tid,
+                                  reinterpret_cast<const __nv_bfloat16*>(qkv),
+                                  reinterpret_cast<__nv_bfloat16*>(out), tokens, heads, q_tiles,
+                                  scale_log2);
+    });
   }
   return faults.load();
 }
