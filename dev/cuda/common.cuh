@@ -172,6 +172,43 @@ inline int version_argument(int argc, char** argv, int versions) {
   return v;
 }
 
+/// The command line of lab_gemm_seam and lab_gemm_prologue:
+/// [version 1..versions, 0 or none: all] [--quick] | --emulate.
+struct Arguments {
+  int only = 0;         // the version to run, 0: all
+  bool quick = false;   // the check at the smallest shape only, no timing
+  bool emulate = false; // the CPU emulation instead of the device
+  bool bad = false;     // anything else: print usage, exit 2
+};
+
+inline Arguments parse_arguments(int argc, char** argv, int versions) {
+  Arguments a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg(argv[i]);
+    if (arg == "--emulate") { // alone or not at all
+      a.emulate = argc == 2;
+      a.bad = !a.emulate;
+      return a;
+    }
+    if (arg == "--quick")
+      a.quick = true;
+    else if (arg.size() == 1 && arg[0] >= '1' && arg[0] <= '0' + versions)
+      a.only = arg[0] - '0';
+    else if (arg != "0") {
+      a.bad = true;
+      return a;
+    }
+  }
+  return a;
+}
+
+/// The usage line of a program taking parse_arguments' command line; returns exit code 2.
+inline int usage(const char* program, int versions) {
+  std::fprintf(stderr, "usage: %s [version 1..%d, default all] [--quick] | --emulate\n", program,
+               versions);
+  return 2;
+}
+
 /// Exit code 77 (skipped) when there is no CUDA device to run on.
 inline void require_device(const char* program) {
   if (!tstitch::cuda::device_available()) {
@@ -193,6 +230,12 @@ inline cudaDeviceProp require_bf16_mma(const char* program) {
     std::exit(77);
   }
   return prop;
+}
+
+/// The line naming the device a lab program's timings come from.
+inline void print_device(const cudaDeviceProp& prop) {
+  std::printf("device: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor,
+              prop.multiProcessorCount);
 }
 
 /// main's body for a lab program: lab_main's exit code; 2 with the message for a refused value

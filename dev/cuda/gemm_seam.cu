@@ -751,27 +751,16 @@ int emulate_all() {
   return ok ? 0 : 1;
 }
 
-int usage(const char* program) {
-  std::fprintf(stderr, "usage: %s [version 1..2, default all] [--quick] | --emulate\n", program);
-  return 2;
-}
-
 int lab_main(int argc, char** argv) {
-  int only = 0;
-  bool quick = false;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--emulate") == 0)
-      return argc == 2 ? emulate_all() : usage(argv[0]);
-    if (std::strcmp(argv[i], "--quick") == 0)
-      quick = true;
-    else if (std::strcmp(argv[i], "1") == 0 || std::strcmp(argv[i], "2") == 0)
-      only = argv[i][0] - '0';
-    else if (std::strcmp(argv[i], "0") != 0)
-      return usage(argv[0]);
-  }
+  const lab::Arguments args = lab::parse_arguments(argc, argv, 2);
+  if (args.bad)
+    return lab::usage(argv[0], 2);
+  if (args.emulate)
+    return emulate_all();
+  const int only = args.only;
+  const bool quick = args.quick;
   const cudaDeviceProp prop = lab::require_bf16_mma(argv[0]);
-  std::printf("device: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor,
-              prop.multiProcessorCount);
+  lab::print_device(prop);
   Blas blas(nullptr);
   // Under --quick (the sanitizers' run) the heuristics' first algorithm is taken without timing
   // eight candidates, which would multiply the instrumented GEMMs.

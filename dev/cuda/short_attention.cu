@@ -322,9 +322,7 @@ int run_all(int argc, char** argv) {
     } else if (argv[i][0] >= '1' && argv[i][0] <= '3' && argv[i][1] == '\0') {
       only = argv[i][0] - '0';
     } else {
-      std::fprintf(stderr, "usage: %s [version 1..3, default all] [--quick] | --emulate\n",
-                   argv[0]);
-      return 2;
+      return lab::usage(argv[0], 3);
     }
   }
   if (emulate)
