@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "emulate.cuh"
+#include "lane_ops.cuh"
 #include "tstitch/core/error.hpp"
 #include "tstitch/cuda/runtime.hpp"
 
@@ -86,6 +87,13 @@ struct Params {
 
 // ---- warp instructions and memory accesses (device: PTX; host: the emulation) -------------------
 
+// Those whose device form is the same in the other lab kernels are in lane_ops.cuh.
+using lane::cp_async_wait;
+using lane::mma_16816;
+using lane::pack_bf16x2;
+using lane::shfl_xor;
+using lane::sync_block;
+
 __host__ __device__ __forceinline__ std::uint32_t smem_u32(const unsigned char* p) {
 #if defined(__CUDA_ARCH__)
   return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
@@ -109,27 +117,6 @@ __host__ __device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;\n" ::: "memory");
 #endif
 }
-template <int N> __host__ __device__ __forceinline__ void cp_async_wait() {
-#if defined(__CUDA_ARCH__)
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-#endif
-}
-
-__host__ __device__ __forceinline__ void sync_block() {
-#if defined(__CUDA_ARCH__)
-  __syncthreads();
-#else
-  emu::self.block->arrive_and_wait();
-#endif
-}
-
-__host__ __device__ __forceinline__ float shfl_xor(float value, int mask) {
-#if defined(__CUDA_ARCH__)
-  return __shfl_xor_sync(0xffffffffu, value, mask);
-#else
-  return emu::shfl_xor(value, mask);
-#endif
-}
 
 __host__ __device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], std::uint32_t address) {
 #if defined(__CUDA_ARCH__)
@@ -139,19 +126,6 @@ __host__ __device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], std:
                : "memory");
 #else
   emu::ldmatrix(r, 4, false, address);
-#endif
-}
-
-// d += A B for one m16n8k16 tile (register layouts in mma.cuh).
-__host__ __device__ __forceinline__ void mma_16816(float (&d)[4], const std::uint32_t (&a)[4],
-                                                   std::uint32_t b0, std::uint32_t b1) {
-#if defined(__CUDA_ARCH__)
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-               "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-  emu::mma(d, a, b0, b1);
 #endif
 }
 
@@ -237,14 +211,6 @@ __host__ __device__ __forceinline__ float reciprocal_sqrt(float v) {
 #else
   return 1.0f / std::sqrt(v);
 #endif
-}
-
-// Two floats -> bf16x2, round to nearest even, `lo` in the low half.
-__host__ __device__ __forceinline__ std::uint32_t pack_bf16x2(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  std::uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  return bits;
 }
 
 // GELU with the tanh approximation, the formula of cuBLASLt's GELU epilogue (and PyTorch's

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "emulate.cuh"
+#include "lane_ops.cuh"
 #include "tstitch/core/error.hpp"
 #include "tstitch/cuda/runtime.hpp"
 
@@ -85,6 +86,13 @@ template <int HD, int W> struct Shape {
 
 // ---- PTX wrappers (`volatile`: kept in order with each other and with __syncthreads) ----------
 
+// Those whose device form is the same in the other lab kernels are in lane_ops.cuh.
+using lane::cp_async_wait;
+using lane::mma_16816;
+using lane::pack_bf16x2;
+using lane::shfl_xor;
+using lane::sync_block;
+
 __host__ __device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
 #if defined(__CUDA_ARCH__)
   return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
@@ -107,12 +115,6 @@ __host__ __device__ __forceinline__ void cp_async_16(std::uint32_t dst, const vo
 __host__ __device__ __forceinline__ void cp_async_commit() {
 #if defined(__CUDA_ARCH__)
   asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-// Waits until at most N of this thread's committed groups are still in flight.
-template <int N> __host__ __device__ __forceinline__ void cp_async_wait() {
-#if defined(__CUDA_ARCH__)
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }
 // The same with N known only after unrolling (folds to one wait).
@@ -138,26 +140,11 @@ __host__ __device__ __forceinline__ void cp_async_wait_pending(int n) {
     break;
   }
 }
-
-__host__ __device__ __forceinline__ void sync_block() {
-#if defined(__CUDA_ARCH__)
-  __syncthreads();
-#else
-  emu::self.block->arrive_and_wait();
-#endif
-}
 __host__ __device__ __forceinline__ void sync_warp() {
 #if defined(__CUDA_ARCH__)
   __syncwarp();
 #else
   emu::self.warp->barrier.arrive_and_wait();
-#endif
-}
-__host__ __device__ __forceinline__ float shfl_xor(float value, int mask) {
-#if defined(__CUDA_ARCH__)
-  return __shfl_xor_sync(0xffffffffu, value, mask);
-#else
-  return emu::shfl_xor(value, mask);
 #endif
 }
 
@@ -195,32 +182,13 @@ __host__ __device__ __forceinline__ void ldmatrix_x2_trans(std::uint32_t (&r)[2]
 #endif
 }
 
-// D += A B for one m16n8k16 tile, bf16 in, fp32 accumulate. With g = lane / 4, t = lane % 4
-// (PTX ISA, "matrix fragments for mma.m16n8k16", 16-bit A/B):
+// mma_16816 (lane_ops.cuh), D += A B for one m16n8k16 tile, bf16 in, fp32 accumulate, with
+// g = lane / 4, t = lane % 4 (PTX ISA, "matrix fragments for mma.m16n8k16", 16-bit A/B):
 //   A (16 x 16, row): a0 = (row g,     cols 2t, 2t+1)    a1 = (row g + 8, cols 2t, 2t+1)
 //                     a2 = (row g,     cols 2t+8, 2t+9)  a3 = (row g + 8, cols 2t+8, 2t+9)
 //   B (16 x 8, col):  b0 = (rows 2t, 2t+1, col g)        b1 = (rows 2t+8, 2t+9, col g)
 //   D (16 x 8, f32):  d0, d1 = (row g, cols 2t, 2t+1)    d2, d3 = (row g + 8, cols 2t, 2t+1)
 // Each 32-bit register holds the lower column (or row, for B) in its low half.
-__host__ __device__ __forceinline__ void mma_16816(float (&d)[4], const std::uint32_t (&a)[4],
-                                                   std::uint32_t b0, std::uint32_t b1) {
-#if defined(__CUDA_ARCH__)
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-               "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-  emu::mma(d, a, b0, b1);
-#endif
-}
-
-// Two floats -> bf16x2, round to nearest even, `lo` in the low half.
-__host__ __device__ __forceinline__ std::uint32_t pack_bf16x2(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  std::uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  return bits;
-}
 
 // 2^x on the SFU (ex2.approx, ~2 ulp; 2^-inf = +0).
 __host__ __device__ __forceinline__ float exp2_approx(float x) {
