@@ -13,6 +13,7 @@
 #include <exception>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "tstitch/core/error.hpp"
@@ -144,6 +145,22 @@ inline std::string csv_time(double us) {
   std::snprintf(buffer, sizeof buffer, "%.2f", us);
   return buffer;
 }
+
+/// One csv line of a GEMM lab program: csv,<op>,<shape>,<version>,<us>,<max_err>,<ok> (us empty
+/// where not timed).
+inline void print_csv(const char* op, const std::string& shape, const std::string& version,
+                      const std::string& us, double max_err, bool ok) {
+  std::printf("csv,%s,%s,%s,%s,%.3e,%d\n", op, shape.c_str(), version.c_str(), us.c_str(), max_err,
+              ok ? 1 : 0);
+}
+
+/// The image counts the GEMM lab programs check and time: 1, 8 and 64; 1 alone under --quick.
+inline std::vector<int> image_counts(bool quick) {
+  return quick ? std::vector<int>{1} : std::vector<int>{1, 8, 64};
+}
+
+/// DiT-S/2 and DiT-XL/2 with their hidden sizes, the widths the GEMM lab programs cover.
+inline constexpr std::pair<const char*, int> kDitWidths[] = {{"S2", 384}, {"XL2", 1152}};
 
 /// Whether `flag` (e.g. "--quick": the check at the smallest shape only, no timing, as the
 /// sanitizer runs of benchmarks/gpu/run.sh use it) is anywhere in argv; drops it from argv.

@@ -414,10 +414,8 @@ int lab_main(int argc, char** argv) {
   // eight candidates, which would multiply the instrumented GEMMs.
   blas.set_autotune(!quick);
   std::vector<Shape> shapes;
-  for (const int images : {1, 8, 64}) {
-    if (quick && images > 1)
-      break;
-    for (const auto& [model, hidden] : {std::pair{"S2", 384}, std::pair{"XL2", 1152}})
+  for (const int images : lab::image_counts(quick)) {
+    for (const auto& [model, hidden] : lab::kDitWidths)
       for (const char* layer : {"qkv", "fc1"})
         shapes.push_back(make_shape(model, layer, hidden, images));
   }
@@ -473,8 +471,7 @@ int lab_main(int argc, char** argv) {
           us3 = us;
         time = lab::csv_time(us);
       }
-      std::printf("csv,gemm_prologue,%s,%s,%s,%.3e,%d\n", s.name().c_str(), r.label.c_str(),
-                  time.c_str(), c.err, c.ok ? 1 : 0);
+      lab::print_csv("gemm_prologue", s.name(), r.label, time, c.err, c.ok);
     }
     if (us1 > 0 && us2 > 0)
       std::printf("  v1/v2 %.2f\n", us1 / us2);

@@ -766,10 +766,8 @@ int lab_main(int argc, char** argv) {
   // eight candidates, which would multiply the instrumented GEMMs.
   blas.set_autotune(!quick);
   std::vector<Shape> shapes;
-  for (const int images : {1, 8, 64}) {
-    if (quick && images > 1)
-      break;
-    for (const auto& [model, hidden] : {std::pair{"S2", 384}, std::pair{"XL2", 1152}}) {
+  for (const int images : lab::image_counts(quick)) {
+    for (const auto& [model, hidden] : lab::kDitWidths) {
       shapes.push_back({model, "proj", hidden, hidden, images});
       shapes.push_back({model, "fc2", hidden, 4 * hidden, images});
     }
@@ -798,8 +796,7 @@ int lab_main(int argc, char** argv) {
         std::printf("  v%d %10.2f us\n", v, us[v]);
         time = lab::csv_time(us[v]);
       }
-      std::printf("csv,gemm_seam,%s,%d,%s,%.3e,%d\n", s.name().c_str(), v, time.c_str(), c.max_err,
-                  c.ok ? 1 : 0);
+      lab::print_csv("gemm_seam", s.name(), std::to_string(v), time, c.max_err, c.ok);
     }
     if (us[1] > 0 && us[2] > 0)
       std::printf("  v1/v2 %.2f\n", us[1] / us[2]);
