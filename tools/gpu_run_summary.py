@@ -274,3 +274,19 @@ else:
                       f"{'; FAILED check: ' + ' '.join(bad) if bad else ''}")
             else:
                 print(f"    {shape}: no version passed its check ({' '.join(bad)})")
+
+
+# ---------------------------------------------------------------------------------------------
+# The planner's bar on the GPU: every stitched DeviceSampler run (DDIM-50, S/2 -> XL/2) within 5%
+# of the time tstitch::plan::Planner predicts from one guided evaluation of each model.
+print(f"\nplanner goal (this card: {device}):")
+for images in (1, 8):
+    run = next((r for r in ours_runs if r.get("images") == images and r.get("steps") == 50
+                and "DeviceSampler" in str(r.get("mode"))), None)
+    errors = [row["prediction_error"] for row in (run or {}).get("fractions", [])
+              if isinstance(row.get("prediction_error"), (int, float))]
+    worst_error = max(errors, key=abs) if errors else None
+    goal(f"planner: stitched DDIM-50, S/2 -> XL/2, {images} images, within 5% of predicted "
+         "(every fraction)",
+         f"worst {fmt(100 * worst_error, 2)}% of {len(errors)} fractions" if errors else "-",
+         None if worst_error is None else abs(worst_error) <= 0.05)

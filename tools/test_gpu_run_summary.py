@@ -44,10 +44,12 @@ def forward(model, images, ms, frac=0.5):
             "fraction_of_peak": frac, "tflops": 1.0}
 
 
-def stitched(images, ms04, mode="DeviceSampler, DDIM, guidance 4, check_finite off"):
+def stitched(images, ms04, mode="DeviceSampler, DDIM, guidance 4, check_finite off",
+             errors=(0.01, -0.02, 0.03, 0.0)):
     return {"mode": mode, "steps": 50, "images": images, "c": 0.1,
             "fractions": [{"small_fraction": r, "ms": ms04 if r == 0.4 else 100.0, "speedup": 1.0,
-                           "ideal": 1.0, "deviation": 0.0} for r in (0.0, 0.2, 0.4, 0.6)]}
+                           "ideal": 1.0, "deviation": 0.0, "prediction_error": e}
+                          for r, e in zip((0.0, 0.2, 0.4, 0.6), errors)]}
 
 
 OURS = {
@@ -154,6 +156,23 @@ class Summary(unittest.TestCase):
                                          stitched(8, 200.0, "forwards only")])
         text = summarize({"bench_dit_cuda.json": ours, "bench_dit_gpu_torch.json": torch_json()})
         self.assertEqual(verdict(text, "r = 0.4, 8 images, end to end"), "not measured")
+
+    def test_planner_goal(self):
+        ours = dict(OURS, stitched_runs=[stitched(1, 60.0, errors=(0.01, -0.061, 0.0, 0.0)),
+                                         stitched(8, 200.0)])
+        text = summarize({"bench_dit_cuda.json": ours})
+        self.assertEqual(verdict(text, "planner: stitched DDIM-50, S/2 -> XL/2, 1 images"),
+                         "NOT MET")
+        self.assertIn("worst -6.10% of 4 fractions", text)
+        self.assertEqual(verdict(text, "planner: stitched DDIM-50, S/2 -> XL/2, 8 images"), "MET")
+        self.assertIn("worst 3.00% of 4 fractions", text)
+        # No prediction (an older JSON, or the forwards-only mode): not measured.
+        for run in (stitched(8, 200.0, errors=(None,) * 4), stitched(8, 200.0, "forwards only")):
+            text = summarize({"bench_dit_cuda.json": dict(OURS, stitched_runs=[run])})
+            self.assertEqual(verdict(text, "planner: stitched DDIM-50, S/2 -> XL/2, 8 images"),
+                             "not measured")
+        self.assertEqual(verdict(summarize({}), "planner: stitched DDIM-50, S/2 -> XL/2, 1 images"),
+                         "not measured")
 
     def test_no_lab_log(self):
         self.assertIn("not measured (no lab.log)", summarize({}))

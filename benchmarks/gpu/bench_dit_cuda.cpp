@@ -338,7 +338,9 @@ Json stitch_json(const StitchResult& stitch) {
                     {"ms", number(r.ms)},
                     {"speedup", number(r.speedup)},
                     {"ideal", number(r.ideal)},
-                    {"deviation", number(r.deviation)}});
+                    {"deviation", number(r.deviation)},
+                    {"predicted_ms", number(r.predicted_ms)},
+                    {"prediction_error", number(r.prediction_error)}});
   return {{"mode", stitch.mode},
           {"steps", stitch.steps},
           {"images", stitch.images},
@@ -347,6 +349,8 @@ Json stitch_json(const StitchResult& stitch) {
           {"small_ms", number(stitch.small_ms)},
           {"large_ms", number(stitch.large_ms)},
           {"c", number(stitch.c)},
+          {"small_eval_ms", number(stitch.small_eval_ms)},
+          {"large_eval_ms", number(stitch.large_eval_ms)},
           {"fractions", rows}};
 }
 
@@ -413,11 +417,15 @@ void print_table(const Run& run) {
   for (const StitchResult& stitch : run.stitches) {
     std::printf("stitched S/2 -> XL/2, %d images, %d steps, %s; c = %s\n", stitch.images,
                 stitch.steps, stitch.mode.c_str(), fixed(stitch.c, 4).c_str());
-    std::printf("%6s %10s %8s %8s %10s\n", "r", "ms", "speedup", "ideal", "deviation");
+    std::printf("planner's costs: one guided evaluation %s ms (S/2), %s ms (XL/2)\n",
+                fixed(stitch.small_eval_ms, 4).c_str(), fixed(stitch.large_eval_ms, 4).c_str());
+    std::printf("%6s %10s %8s %8s %10s %12s %10s\n", "r", "ms", "speedup", "ideal", "deviation",
+                "predicted", "error");
     for (const StitchRow& r : stitch.rows)
-      std::printf("%6.1f %10s %8s %8s %9s%%\n", r.r, fixed(r.ms, 2).c_str(),
+      std::printf("%6.1f %10s %8s %8s %9s%% %12s %9s%%\n", r.r, fixed(r.ms, 2).c_str(),
                   fixed(r.speedup, 3).c_str(), fixed(r.ideal, 3).c_str(),
-                  fixed(100.0 * r.deviation, 2).c_str());
+                  fixed(100.0 * r.deviation, 2).c_str(), fixed(r.predicted_ms, 2).c_str(),
+                  fixed(100.0 * r.prediction_error, 2).c_str());
   }
 }
 

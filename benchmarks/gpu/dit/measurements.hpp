@@ -81,7 +81,9 @@ struct StitchRow {
   double ms = std::nan("");
   double speedup = std::nan("");
   double ideal = std::nan("");
-  double deviation = std::nan(""); ///< speedup / ideal - 1
+  double deviation = std::nan("");    ///< speedup / ideal - 1
+  double predicted_ms = std::nan(""); ///< tstitch::plan::Planner's, from the per-evaluation costs
+  double prediction_error = std::nan(""); ///< ms / predicted_ms - 1
 };
 struct StitchResult {
   std::string mode;
@@ -90,6 +92,9 @@ struct StitchResult {
   double large_ms = std::nan(""); ///< r = 0
   double small_ms = std::nan(""); ///< r = 1
   double c = std::nan("");        ///< small_ms / large_ms: the cost ratio in this very loop
+  /// One guided evaluation (2 x images rows) of each model, timed on its own (warm-up, then the
+  /// median of repeats): the planner's costs. NaN in the forwards-only mode.
+  double small_eval_ms = std::nan(""), large_eval_ms = std::nan("");
   std::vector<StitchRow> rows;
 };
 StitchResult measure_stitch(DitModel& small, DitModel& large, int images, int steps, int repeats,

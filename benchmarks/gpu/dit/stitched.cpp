@@ -6,6 +6,9 @@
 // where that header is not there yet) it times the model forwards of a stitched run in the
 // order the stitcher issues them, on the guidance-doubled batch, and says "forwards only".
 // -DTSTITCH_BENCH_FORWARDS_ONLY forces the latter (to separate loop overhead from the models').
+// With DeviceSampler it also times one guided evaluation of each model on its own and asks
+// tstitch::plan::Planner for each run's time from those costs: the planner's prediction error on
+// the GPU (its bar: within 5% at DiT-S/2 -> XL/2, 1 and 8 images).
 #if __has_include("tstitch/cuda/sampling.hpp") && !defined(TSTITCH_BENCH_FORWARDS_ONLY)
 #define TSTITCH_BENCH_DEVICE_SAMPLING 1
 #else
@@ -25,6 +28,7 @@
 #include "tstitch/stitch/policy.hpp"
 #if TSTITCH_BENCH_DEVICE_SAMPLING
 #include "tstitch/cuda/sampling.hpp"
+#include "tstitch/plan/planner.hpp"
 #include "tstitch/sample.hpp"
 #include "tstitch/solver/ddim.hpp"
 #endif
@@ -64,6 +68,40 @@ StitchResult measure_stitch(DitModel& small, DitModel& large, int images, int st
     (void)sampler.run(models, tstitch::StepFraction::small_fraction(r), schedule, solver, x.view(),
                       labels, options);
   };
+  // The planner's costs: one guided evaluation of each model (both predictions, 2 x images rows,
+  // as the sampler makes them), warmed up, then the median of interleaved repeats.
+  std::vector<double> eval_ms(2);
+  {
+    const tstitch::Trajectory trajectory = schedule.trajectory(steps);
+    tstitch::StepContext ctx;
+    ctx.num_steps = steps;
+    ctx.point = trajectory[0];
+    const std::vector<int> null_labels = small.unconditional(labels);
+    tstitch::cuda::DeviceTensor out_cond(
+        images,
+        {small.config().out_channels(), small.config().input_size, small.config().input_size});
+    tstitch::cuda::DeviceTensor out_uncond(images, out_cond.shape());
+    tstitch::cuda::upload(x.view(), noise.view(), stream);
+    auto evaluate = [&](DitModel& m) {
+      m.predict_guided(x.view(), ctx, labels, null_labels, out_cond.view(), out_uncond.view());
+    };
+    EventTimer eval_timer;
+    std::vector<double> times_of[2];
+    for (int k = 0; k < 3; ++k)
+      for (DitModel* m : models)
+        evaluate(*m);
+    TSTITCH_CUDA_CHECK(cudaDeviceSynchronize());
+    for (int k = 0; k < std::max(5, repeats); ++k)
+      for (int j = 0; j < 2; ++j)
+        times_of[j].push_back(
+            eval_timer.time_ms(models[j]->stream(), [&] { evaluate(*models[j]); }));
+    for (int j = 0; j < 2; ++j)
+      eval_ms[static_cast<std::size_t>(j)] = median(times_of[j]);
+  }
+  result.small_eval_ms = eval_ms[0];
+  result.large_eval_ms = eval_ms[1];
+  // DDIM: one evaluation per step; the costs are in ms, so are its predictions.
+  const tstitch::plan::Planner planner(eval_ms, steps);
 #else
   result.mode = "forwards only";
   const tstitch::Trajectory trajectory = schedule.trajectory(steps);
@@ -110,6 +148,10 @@ StitchResult measure_stitch(DitModel& small, DitModel& large, int images, int st
     row.speedup = result.large_ms / row.ms;
     row.ideal = 1.0 / ((1.0 - r) + r * result.c);
     row.deviation = row.speedup / row.ideal - 1.0;
+#if TSTITCH_BENCH_DEVICE_SAMPLING
+    row.predicted_ms = planner.predicted_seconds(tstitch::StepFraction::small_fraction(r));
+    row.prediction_error = row.ms / row.predicted_ms - 1.0;
+#endif
     result.rows.push_back(row);
   }
   return result;
