@@ -277,9 +277,21 @@ else:
 
 
 # ---------------------------------------------------------------------------------------------
-# The planner's bar on the GPU: every stitched DeviceSampler run (DDIM-50, S/2 -> XL/2) within 5%
-# of the time tstitch::plan::Planner predicts from one guided evaluation of each model.
-print(f"\nplanner goal (this card: {device}):")
+# Per-sample routing and the planner on the GPU: a split step's gather/scatter under 1% of a
+# DiT-S/2 step; every stitched DeviceSampler run (DDIM-50, S/2 -> XL/2) within 5% of the time
+# tstitch::plan::Planner predicts from one guided evaluation of each model.
+print(f"\nper-sample routing and planner goals (this card: {device}):")
+rows = (ours or {}).get("row_routing") or {}
+share = rows.get("copies_share") if isinstance(rows.get("copies_share"), (int, float)) else None
+goal("per-sample routing: gather + scatter of a split step < 1% of a guided DiT-S/2 step "
+     "(8 images)",
+     f"{fmt(100 * share, 3)}% ({fmt(rows.get('copies_us'), 2)} us of {fmt(rows.get('small_step_us'), 1)} us)"
+     if share is not None else "-", None if share is None else share < 0.01)
+gain = rows.get("gain") if isinstance(rows.get("gain"), (int, float)) else None
+print(f"  {'measured':12s} one mixed batch of {rows.get('images', '-')} (fractions 0.0/0.4/0.8) "
+      f"against three batches of 4: {fmt(gain, 3)}x throughput "
+      f"({fmt(rows.get('mixed_ms'), 1)} ms against {fmt(rows.get('separate_ms'), 1)} ms)"
+      if gain is not None else f"  {'not measured':12s} one mixed batch against three batches of 4")
 for images in (1, 8):
     run = next((r for r in ours_runs if r.get("images") == images and r.get("steps") == 50
                 and "DeviceSampler" in str(r.get("mode"))), None)

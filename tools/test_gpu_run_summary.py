@@ -174,6 +174,19 @@ class Summary(unittest.TestCase):
         self.assertEqual(verdict(summarize({}), "planner: stitched DDIM-50, S/2 -> XL/2, 1 images"),
                          "not measured")
 
+    def test_row_routing_goal(self):
+        row = {"steps": 50, "copies_us": 4.0, "small_step_us": 500.0, "copies_share": 0.008,
+               "images": 12, "mixed_ms": 100.0, "separate_ms": 150.0, "gain": 1.5}
+        text = summarize({"bench_dit_cuda.json": dict(OURS, row_routing=row)})
+        self.assertEqual(verdict(text, "gather + scatter of a split step < 1%"), "MET")
+        self.assertIn("0.800% (4.00 us of 500.0 us)", text)
+        self.assertIn("1.500x throughput (100.0 ms against 150.0 ms)", text)
+        text = summarize({"bench_dit_cuda.json": dict(OURS, row_routing=dict(row, copies_share=0.02))})
+        self.assertEqual(verdict(text, "gather + scatter of a split step < 1%"), "NOT MET")
+        text = summarize({"bench_dit_cuda.json": OURS})
+        self.assertEqual(verdict(text, "gather + scatter of a split step < 1%"), "not measured")
+        self.assertIn("not measured one mixed batch against three batches of 4", text)
+
     def test_no_lab_log(self):
         self.assertIn("not measured (no lab.log)", summarize({}))
 

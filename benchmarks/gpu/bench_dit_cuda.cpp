@@ -14,7 +14,9 @@
 //      against the ideal speedup 1 / ((1 - r) + r c), c = small-only / large-only run time:
 //      DeviceSampler (DDIM, 50 steps, guidance 4) where tstitch/cuda/sampling.hpp exists, at 1 and
 //      8 images (--sample-batch); r = 0.4 of it is the end-to-end peer of the PyTorch stitching
-//      run of tools/bench_dit_gpu_torch.py.
+//      run of tools/bench_dit_gpu_torch.py; each run also against plan::Planner's prediction;
+//   5. per-sample routing (DeviceRowStitcher): a split step's gather/scatter against a DiT-S/2
+//      step, and one mixed batch of 12 (fractions 0.0/0.4/0.8) against three batches of 4.
 // Each measurement is one file in dit/ over one harness (dit/harness.hpp: the median, the event
 // timer, graph capture, inputs); this file runs them in order and writes the table and JSON.
 // Plain C++ (no nvcc): it links the kernels compiled in src/cuda/tstitch_cuda.cu.
@@ -388,6 +390,34 @@ void stitch_phase(Run& run) {
   run.report["stitched_runs"] = runs;
 }
 
+// 5. Per-sample routing (with the stitched runs: the same pair).
+void row_routing_phase(Run& run) {
+  if (!run.opt.stitch || run.models.count("S/2") != 1 || run.models.count("XL/2") != 1)
+    return;
+  try {
+    const RowRoutingResult r = measure_row_routing(*run.models["S/2"], *run.models["XL/2"],
+                                                   run.opt.steps, run.opt.repeats, run.schedule);
+    std::printf(
+        "row routing: gather + scatter of a 4/4 split step %s us = %s%% of a guided DiT-S/2 "
+        "step at 8 images (%s us); mixed batch of %d at fractions 0.0/0.4/0.8 %s ms, "
+        "three batches of 4 %s ms: %sx throughput\n",
+        fixed(r.copies_us, 2).c_str(), fixed(100.0 * r.copies_share, 3).c_str(),
+        fixed(r.small_step_us, 1).c_str(), r.images, fixed(r.mixed_ms, 1).c_str(),
+        fixed(r.separate_ms, 1).c_str(), fixed(r.gain, 3).c_str());
+    run.report["row_routing"] = {{"steps", r.steps},
+                                 {"copies_us", number(r.copies_us)},
+                                 {"small_step_us", number(r.small_step_us)},
+                                 {"copies_share", number(r.copies_share)},
+                                 {"images", r.images},
+                                 {"mixed_ms", number(r.mixed_ms)},
+                                 {"separate_ms", number(r.separate_ms)},
+                                 {"gain", number(r.gain)}};
+  } catch (const std::exception& e) {
+    std::printf("row routing: FAILED: %s\n", e.what());
+  }
+  std::fflush(stdout);
+}
+
 // The table, last, so it survives a truncated log.
 void print_table(const Run& run) {
   const tstitch::cuda::DeviceInfo& info = run.info;
@@ -445,6 +475,7 @@ int run_all(const Options& opt) {
   gemms_alone_phase(run);
   switch_phase(run);
   stitch_phase(run);
+  row_routing_phase(run);
   print_table(run);
   if (!opt.json.empty()) {
     std::ofstream file(opt.json);

@@ -100,6 +100,21 @@ struct StitchResult {
 StitchResult measure_stitch(DitModel& small, DitModel& large, int images, int steps, int repeats,
                             const tstitch::DiscreteSchedule& schedule);
 
+/// Per-sample routing on the GPU (row_routing.cpp): the gather/scatter copies of a split step
+/// against the DiT-S/2 step they serve, and one mixed batch against separate batches.
+struct RowRoutingResult {
+  int steps = 0;
+  double copies_us = std::nan("");     ///< gather + scatter of 8 rows split 4/4, per step
+  double small_step_us = std::nan(""); ///< one guided DiT-S/2 evaluation of the 8 rows
+  double copies_share = std::nan("");  ///< copies_us / small_step_us (the goal: < 1%)
+  int images = 0;                      ///< of the mixed batch (4 per fraction 0.0, 0.4, 0.8)
+  double mixed_ms = std::nan("");      ///< one DeviceRowStitcher run of all of them
+  double separate_ms = std::nan("");   ///< three DeviceSampler runs of 4, one per fraction
+  double gain = std::nan(""); ///< separate_ms / mixed_ms: the mixed batch's throughput gain
+};
+RowRoutingResult measure_row_routing(DitModel& small, DitModel& large, int steps, int repeats,
+                                     const tstitch::DiscreteSchedule& schedule);
+
 /// --profile MODEL:IMAGES: one forward between cudaProfilerStart and Stop (profile.cpp).
 int profile_one(const std::string& spec);
 
