@@ -5,22 +5,19 @@
 // milliseconds, and weights under which the class label (and so guidance) visibly matters.
 #include <cstdint>
 
+#include "../support/dit_fixtures.hpp"
 #include "tstitch/models/dit/config.hpp"
 #include "tstitch/models/dit/weights.hpp"
 
 namespace tstitch::test {
 
-/// An 8x8x4 latent, hidden 128 and 2 heads (head dim 64, which the flash kernel serves).
+/// The CPU tests' tiny DiT (8x8x4 latents, patch 2) at hidden 128 with 2 heads: head dim 64,
+/// which the flash kernel serves.
 inline dit::Config tiny_config(std::int64_t depth) {
-  dit::Config c;
-  c.input_size = 8;
-  c.patch_size = 2;
-  c.in_channels = 4;
+  dit::Config c = testing::tiny_dit_config();
   c.hidden_size = 128;
   c.num_heads = 2;
   c.depth = depth;
-  c.num_classes = 10;
-  c.learn_sigma = true;
   return c;
 }
 
