@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # Configures, builds and tests tstitch twice: with g++ (build/gcc, Release, the CUDA code compiled
 # where nvcc is found, LibTorch and Open MPI where installed) and with clang++ under
-# AddressSanitizer and UndefinedBehaviorSanitizer (build/clang, -O2 with line tables: out-of-bounds
+# AddressSanitizer and UndefinedBehaviorSanitizer (build/clang, RelWithDebInfo: out-of-bounds
 # accesses, leaks, signed overflow and the like fail the tests), then runs each fuzz target for
 # 30 s (build/fuzz).
 set -euo pipefail
@@ -42,18 +42,15 @@ run gcc g++
 # clang++ with ASan + UBSan; CUDA, LibTorch and MPI off (the CUDA code is g++'s and nvcc's; the
 # LibTorch and Open MPI libraries are not built with the sanitizers); the headers-alone check and
 # the benchmarks (no tests run them) are left to the g++ build, to keep CI under 40 minutes on two
-# cores; line tables alone are the debug information (sanitizer reports keep file:line; a test
-# source compiles in 44 s instead of 55 s with full -g). Two sanitizer options concern the test
-# harness, not the library: test_dit.cpp counts allocations with its own global operator new, which
-# ASan reports as a new/free mismatch, and libomp keeps its thread pool's memory until exit
-# (scripts/lsan.supp).
+# cores. Two sanitizer options concern the test harness, not the library: test_dit.cpp counts
+# allocations with its own global operator new, which ASan reports as a new/free mismatch, and
+# libomp keeps its thread pool's memory until exit (scripts/lsan.supp).
 (
   export ASAN_OPTIONS=alloc_dealloc_mismatch=0
   export LSAN_OPTIONS="suppressions=$PWD/scripts/lsan.supp"
   export UBSAN_OPTIONS=print_stacktrace=1
   run clang clang++ -DTSTITCH_ENABLE_CUDA=OFF -DTSTITCH_WITH_LIBTORCH=OFF -DTSTITCH_WITH_MPI=OFF \
     -DTSTITCH_VERIFY_HEADERS=OFF -DTSTITCH_BUILD_BENCHMARKS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O2 -gline-tables-only -DNDEBUG" \
     "-DCMAKE_CXX_FLAGS=-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
     "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined"
 )
