@@ -95,6 +95,20 @@ LAB = "\n".join([
 ]) + "\n"
 
 
+def fp8_log(v2_us=150.0, images=64, fc1=None, drop=None):
+    """lab_gemm_fp8's csv lines for the four XL/2 GEMMs: version 1 250 us each, version 2
+    `v2_us`, the GEMM alone 125 us; `fc1` replaces fc1's version 2 line, `drop` removes lines."""
+    lines = ["lab-status,lab_gemm_fp8,pass"]
+    for layer in ("qkv", "proj", "fc1", "fc2"):
+        shape = f"XL2_{layer}_i{images}"
+        lines += [f"csv,gemm_fp8,{shape},1,250.00,2.300e-03,1",
+                  fc1 if fc1 and layer == "fc1" else f"csv,gemm_fp8,{shape},2,{v2_us:.2f},4.000e-02,1",
+                  f"csv,gemm_fp8,{shape},2g,125.00,4.000e-02,1",
+                  f"csv,gemm_fp8,{shape},2vs1,,4.100e-02,1",
+                  f"csv,gemm_fp8,{shape},3,140.00,4.200e-02,1"]
+    return "\n".join(line for line in lines if not (drop and drop in line)) + "\n"
+
+
 class Summary(unittest.TestCase):
     def test_goals_from_figures(self):
         text = summarize({"bench_dit_cuda.json": OURS, "bench_dit_gpu_torch.json": torch_json(),
@@ -128,7 +142,7 @@ class Summary(unittest.TestCase):
             text = summarize(files)
             table = text[text.index("Hopper fusion goals"):text.index("kernel lab")]
             lines = [line for line in table.splitlines()[1:] if line.strip()]
-            self.assertEqual(len(lines), 9, table)
+            self.assertEqual(len(lines), 10, table)
             for line in lines:
                 if "DiT-S/2 : DiT-XL/2" in line or "65% of the measured" in line:
                     continue  # from bench_dit_cuda alone
@@ -186,6 +200,36 @@ class Summary(unittest.TestCase):
         text = summarize({"bench_dit_cuda.json": OURS})
         self.assertEqual(verdict(text, "gather + scatter of a split step < 1%"), "not measured")
         self.assertIn("not measured one mixed batch against three batches of 4", text)
+
+    def test_fp8_stretch_goal(self):
+        goal = "stretch: FP8 XL/2 GEMMs >= 1.5x bf16 at 64 images"
+        # bf16 1000 us against fp8 600 us (1.67x), GEMMs alone 500 us (2.00x): met.
+        text = summarize({"lab.log": fp8_log()})
+        self.assertEqual(verdict(text, goal), "MET")
+        self.assertIn("1.67x (bf16 1000.0 us, fp8 600.0 us with X's quantisation; the FP8 GEMMs "
+                      "alone 2.00x); rel L2 error worst 4.00e-02 against the CPU reference, "
+                      "4.10e-02 against bf16", text)
+        # 1000 us against 800 us (1.25x): not met, figures shown.
+        text = summarize({"lab.log": fp8_log(v2_us=200.0)})
+        self.assertEqual(verdict(text, goal), "NOT MET")
+        self.assertIn("1.25x (bf16 1000.0 us, fp8 800.0 us", text)
+        # Fast but outside its error bound (or cuBLASLt refused a GEMM): not met.
+        text = summarize({"lab.log": fp8_log(fc1="csv,gemm_fp8,XL2_fc1_i64,2,100.00,9.0e-01,0")})
+        self.assertEqual(verdict(text, goal), "NOT MET")
+        self.assertIn("FAILED check: XL2_fc1_i64 v2", text)
+        text = summarize({"lab.log": fp8_log(fc1="csv,gemm_fp8,XL2_fc1_i64,2,,inf,0")})
+        self.assertEqual(verdict(text, goal), "NOT MET")
+
+    def test_fp8_stretch_goal_missing_figures(self):
+        goal = "stretch: FP8 XL/2 GEMMs >= 1.5x bf16 at 64 images"
+        for files in ({}, {"lab.log": ""}, {"lab.log": "lab-status,lab_gemm_fp8,skipped\n"},
+                      {"lab.log": fp8_log(drop="XL2_fc2_i64,2,")},  # one GEMM missing
+                      {"lab.log": fp8_log(images=8)},  # 8 images only: not the goal's batch
+                      {"lab.log": fp8_log(fc1="csv,gemm_fp8,XL2_fc1_i64,2,,4.0e-02,1")}):  # --quick
+            text = summarize(files)
+            self.assertEqual(verdict(text, goal), "not measured", files)
+        text = summarize({"lab.log": fp8_log(drop="XL2_fc2_i64,2,")})
+        self.assertIn("(missing: XL2_fc2_i64 v2", text)
 
     def test_no_lab_log(self):
         self.assertIn("not measured (no lab.log)", summarize({}))
