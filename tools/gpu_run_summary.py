@@ -267,7 +267,10 @@ def fp8_goal():
     alone = total["1"] / total["2g"] if total["1"] and total["2g"] else None
     cpu = [lines.get((s, "2"), (None, None))[1] for s in shapes]
     bf16 = [lines.get((s, "2vs1"), (None, None))[1] for s in shapes]
-    worst = lambda errs: (f"{max(errs):.2e}" if all(e is not None for e in errs) else "-")
+
+    def worst(errs):
+        return f"{max(errs):.2e}" if all(e is not None for e in errs) else "-"
+
     value = (f"{fmt(ratio)}x (bf16 {fmt(total['1'], 1)} us, fp8 {fmt(total['2'], 1)} us with X's "
              f"quantisation; the FP8 GEMMs alone {fmt(alone)}x); rel L2 error worst "
              f"{worst(cpu)} against the CPU reference, {worst(bf16)} against bf16")
