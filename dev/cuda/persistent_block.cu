@@ -591,11 +591,14 @@ int lab_main(int argc, char** argv) {
     int grid = s.head_dim == 64 ? grid64 : grid72;
     const pb::Params sizes = sizes_of(p);
     std::printf("%s: rows %lld, hidden %d, %d heads x %d (checked samples %zu); version 2: grid "
-                "%d (%d per SM), %d grid barriers, tiles per phase:",
+                "%d (%d per SM), %d grid barriers; tiles per phase (busy CTAs x tiles each):",
                 s.name().c_str(), static_cast<long long>(s.rows()), s.hidden, s.heads, s.head_dim,
                 ref.samples.size(), grid, grid / prop.multiProcessorCount, pb::kPhases - 1);
-    for (int phase = 0; phase < pb::kPhases; ++phase)
-      std::printf(" %s %d", pb::kPhaseNames[phase], pb::phase_tiles(phase, sizes));
+    for (int phase = 0; phase < pb::kPhases; ++phase) {
+      const int tiles = pb::phase_tiles(phase, sizes);
+      std::printf(" %s %d (%d x %d)", pb::kPhaseNames[phase], tiles, std::min(tiles, grid),
+                  (tiles + grid - 1) / grid);
+    }
     std::printf("\n");
     double us[3] = {0, 0, 0};
     for (int version = 1; version <= 2; ++version) {
