@@ -54,7 +54,11 @@ struct PlanRequest {
   std::optional<double> target_speedup; ///< over the large model alone
   std::optional<double> deadline_ms;    ///< the whole run's model time (every batch)
   std::string quality_table;            ///< --quality-table; empty: the shipped one if it applies
-  int warmup = 2, repeats = 5;          ///< of the cost measurement (--plan-repeats)
+  int warmup = 2;                       ///< untimed evaluations before the cost measurement
+  std::optional<int> repeats;           ///< --plan-repeats as given; unset: default_repeats
+  static constexpr int default_repeats = 5;
+
+  [[nodiscard]] int timed_repeats() const { return repeats.value_or(default_repeats); }
 
   [[nodiscard]] bool active() const { return target_speedup || deadline_ms; }
   /// The option as given, its value in the shortest form that reads back the same ("1e-06").
@@ -92,13 +96,13 @@ inline void check_plan_request(const PlanRequest& r, std::size_t models, const s
     if (!r.quality_table.empty())
       plan_bad("--quality-table = '", r.quality_table,
                "': used only with --target-speedup or --deadline-ms");
-    if (r.repeats != PlanRequest{}.repeats)
-      plan_bad("--plan-repeats = ", r.repeats,
+    if (r.repeats)
+      plan_bad("--plan-repeats = ", *r.repeats,
                ": used only with --target-speedup or --deadline-ms");
     return;
   }
-  if (r.repeats < 1 || r.repeats > 1000)
-    plan_bad("--plan-repeats = ", r.repeats, ": must be in [1, 1000]");
+  if (const int n = r.timed_repeats(); n < 1 || n > 1000)
+    plan_bad("--plan-repeats = ", n, ": must be in [1, 1000]");
   const std::string what = r.option_text();
   if (r.target_speedup && !(*r.target_speedup > 0 && std::isfinite(*r.target_speedup)))
     plan_bad(what, ": must be finite and > 0 (a speed-up over the large model alone)");
@@ -205,7 +209,7 @@ std::vector<double> measure_run_costs(const PlanRequest& r, std::vector<Model>& 
   const int full = count / batch, rest = count % batch;
   tstitch::plan::MeasureOptions measure;
   measure.warmup = r.warmup;
-  measure.repeats = r.repeats;
+  measure.repeats = r.timed_repeats();
   tstitch::StepContext ctx;
   ctx.num_steps = trajectory.steps();
   ctx.point = trajectory[0];
@@ -263,7 +267,7 @@ PlannedRun plan_run(const PlanRequest& r, std::vector<Model>& models,
   std::fprintf(stderr,
                "plan: measured %.3f ms (small) and %.3f ms (large) per evaluation of the run's "
                "%d images (median of %d); %s\n",
-               1e3 * run.step_seconds[0], 1e3 * run.step_seconds[1], count, r.repeats,
+               1e3 * run.step_seconds[0], 1e3 * run.step_seconds[1], count, r.timed_repeats(),
                table.note.c_str());
   return run;
 }

@@ -95,10 +95,14 @@ TEST_CASE("cli plan: the request's values are checked before any model loads") {
                     "--plan-repeats = 1001: must be in [1, 1000]");
   r.repeats = 1000;
   CHECK_NOTHROW(tstitch_sample::check_plan_request(r, 2, "fraction", "cpu"));
-  PlanRequest plain; // no budget: a repeat count has nothing to measure
+  PlanRequest plain; // no budget: a repeat count has nothing to measure, even the default one
+  CHECK_NOTHROW(tstitch_sample::check_plan_request(plain, 2, "fraction", "cpu"));
   plain.repeats = 9;
   CHECK_THROWS_WITH(tstitch_sample::check_plan_request(plain, 2, "fraction", "cpu"),
                     "--plan-repeats = 9: used only with --target-speedup or --deadline-ms");
+  plain.repeats = PlanRequest::default_repeats;
+  CHECK_THROWS_WITH(tstitch_sample::check_plan_request(plain, 2, "fraction", "cpu"),
+                    "--plan-repeats = 5: used only with --target-speedup or --deadline-ms");
 }
 
 TEST_CASE("cli plan: the run's evaluations per step follow its solver") {
