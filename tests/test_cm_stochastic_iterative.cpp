@@ -26,7 +26,7 @@ static_assert(Solver<CMStochasticIterative>);
 
 namespace {
 
-const Shape shape{2, 4, 4};
+const Shape cm_shape{2, 4, 4};
 
 /// The schedule of diffusers' test config: N = 201, sigma in [0.002, 80].
 CMKarrasSchedule test_schedule() {
@@ -177,7 +177,7 @@ TEST_CASE("CM steps: consistency estimate, clip, re-noise with step.noise",
   const CMKarrasSchedule schedule = test_schedule();
   const Trajectory trajectory = schedule.trajectory(4);
   HostBackend backend;
-  Tensor x(2, shape), f(2, shape), z(2, shape);
+  Tensor x(2, cm_shape), f(2, cm_shape), z(2, cm_shape);
   fill_initial_noise(x, 1);
   fill_initial_noise(f, 2);
   const Tensor x_start = x;
@@ -187,7 +187,7 @@ TEST_CASE("CM steps: consistency estimate, clip, re-noise with step.noise",
     o.clip_denoised = clip;
     o.s_noise = 1.01;
     CMStochasticIterative cm(o);
-    cm.begin(backend, trajectory, 2, shape);
+    cm.begin(backend, trajectory, 2, cm_shape);
     for (int i : {1, 3}) {
       x = x_start;
       const NoiseKey key{9, 4, static_cast<std::uint32_t>(i), stream_solver};
@@ -246,7 +246,7 @@ TEST_CASE("CM with the exact consistency function reproduces the data's mean and
 }
 
 TEST_CASE("CM is reproducible per seed; one step draws no noise", "[cm_stochastic_iterative]") {
-  auto model = harness_model(Prediction::sample, shape);
+  auto model = harness_model(Prediction::sample, cm_shape);
   auto run = [&](int steps, std::uint64_t seed) {
     return seeded_sample(model, test_schedule(), CMStochasticIterative{}, steps, seed, 3);
   };
@@ -259,7 +259,7 @@ TEST_CASE("CM allocates its workspace in begin() only", "[cm_stochastic_iterativ
   const Trajectory trajectory = test_schedule().trajectory(4);
   for (const CMStochasticIterative& cm :
        {CMStochasticIterative{}, CMStochasticIterative{no_noise()}}) {
-    Tensor x(2, shape), f(2, shape);
+    Tensor x(2, cm_shape), f(2, cm_shape);
     CHECK(allocations_after_begin(cm, trajectory, x, ModelOutput{f, f, f, Prediction::sample}) ==
           0);
   }

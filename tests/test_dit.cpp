@@ -15,6 +15,7 @@
 #endif
 
 #include "support/dit_fixtures.hpp"
+#include "support/tensor_checks.hpp"
 #include "tstitch/core/host_backend.hpp"
 #include "tstitch/io/half.hpp"
 #include "tstitch/io/safetensors.hpp"
@@ -27,6 +28,7 @@
 using namespace tstitch;
 using tstitch::testing::available_gemms;
 using tstitch::testing::dit_forward;
+using tstitch::testing::relative_l2;
 using tstitch::testing::tiny_dit_config;
 
 // Heap allocations through operator new, counted for the whole test binary (the counter costs an
@@ -67,15 +69,6 @@ namespace {
 
 std::filesystem::path temp_file(const std::string& name) {
   return std::filesystem::temp_directory_path() / ("tstitch_test_dit_" + name + ".safetensors");
-}
-
-double relative_l2(const float* a, const float* b, std::int64_t n) {
-  double diff = 0, norm = 0;
-  for (std::int64_t i = 0; i < n; ++i) {
-    diff += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-    norm += static_cast<double>(b[i]) * b[i];
-  }
-  return std::sqrt(diff / norm);
 }
 
 /// Rewrites a weight file with `edit` applied to its tensor list.

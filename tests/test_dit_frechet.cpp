@@ -7,8 +7,8 @@
 #include <limits>
 #include <vector>
 
-#include "tstitch/core/philox.hpp"
 #include "tstitch/core/host_backend.hpp"
+#include "tstitch/core/philox.hpp"
 #include "tstitch/io/safetensors.hpp"
 #include "tstitch/metrics/frechet.hpp"
 
@@ -30,7 +30,7 @@ Eigen::MatrixXd matrix3(std::initializer_list<double> v) {
   return m;
 }
 
-std::filesystem::path temp_file(const std::string& name) {
+std::filesystem::path fd_temp_file(const std::string& name) {
   return std::filesystem::temp_directory_path() / ("tstitch_test_fd_" + name + ".safetensors");
 }
 
@@ -47,7 +47,8 @@ TEST_CASE("Frechet distance of diagonal Gaussians has the closed form", "[freche
   double expected = (mu1 - mu2).squaredNorm();
   for (int i = 0; i < 4; ++i)
     expected += std::pow(std::sqrt(a(i)) - std::sqrt(b(i)), 2);
-  const double fd = metrics::frechet_distance(stats(mu1, a.asDiagonal()), stats(mu2, b.asDiagonal()));
+  const double fd =
+      metrics::frechet_distance(stats(mu1, a.asDiagonal()), stats(mu2, b.asDiagonal()));
   CHECK(fd == Approx(expected).epsilon(1e-12));
   // Symmetric in its arguments.
   CHECK(metrics::frechet_distance(stats(mu2, b.asDiagonal()), stats(mu1, a.asDiagonal())) ==
@@ -128,8 +129,8 @@ TEST_CASE("Frechet distance from samples converges to the population value", "[f
     for (int d = 0; d < 3; ++d)
       f(i, d) = mu(d) + sd(d) * z[i * 3 + d];
   const double expected = mu.squaredNorm() + std::pow(2.0 - 1.0, 2) + std::pow(0.5 - 1.0, 2);
-  const double fd = metrics::frechet_distance(metrics::feature_stats(f),
-                                              stats(Eigen::Vector3d::Zero(), Eigen::Matrix3d::Identity()));
+  const double fd = metrics::frechet_distance(
+      metrics::feature_stats(f), stats(Eigen::Vector3d::Zero(), Eigen::Matrix3d::Identity()));
   // Standard error of this estimate is about 0.02 at n = 20000.
   CHECK(fd == Approx(expected).margin(0.08));
 }
@@ -137,8 +138,8 @@ TEST_CASE("Frechet distance from samples converges to the population value", "[f
 TEST_CASE("Frechet distance rejects bad input, naming it", "[frechet]") {
   const Eigen::Vector2d m = Eigen::Vector2d::Zero();
   const Eigen::Matrix2d i2 = Eigen::Matrix2d::Identity();
-  CHECK_THROWS_WITH(metrics::frechet_distance(stats(m, i2), stats(Eigen::Vector3d::Zero(),
-                                                                   Eigen::Matrix3d::Identity())),
+  CHECK_THROWS_WITH(metrics::frechet_distance(
+                        stats(m, i2), stats(Eigen::Vector3d::Zero(), Eigen::Matrix3d::Identity())),
                     Catch::Contains("feature dimensions = 2 vs 3"));
   CHECK_THROWS_WITH(metrics::frechet_distance(stats(m, Eigen::Matrix3d::Identity()), stats(m, i2)),
                     Catch::Contains("first.covariance shape = [3, 3]"));
@@ -150,7 +151,8 @@ TEST_CASE("Frechet distance rejects bad input, naming it", "[frechet]") {
   nan(1, 0) = std::numeric_limits<double>::quiet_NaN();
   CHECK_THROWS_WITH(metrics::frechet_distance(stats(m, nan), stats(m, i2)),
                     Catch::Contains("first.covariance(1, 0) = nan"));
-  CHECK_THROWS_AS(metrics::frechet_distance(stats(m, nan), stats(m, i2)), tstitch::invalid_argument);
+  CHECK_THROWS_AS(metrics::frechet_distance(stats(m, nan), stats(m, i2)),
+                  tstitch::invalid_argument);
 
   CHECK_THROWS_WITH(metrics::feature_stats(Eigen::MatrixXd::Zero(1, 3)),
                     Catch::Contains("feature sample count = 1") &&
@@ -168,13 +170,13 @@ std::filesystem::path write_stats(const std::string& name, std::vector<float> co
                                       {"format", "tstitch-fd-stats"}}) {
   std::vector<io::TensorData> tensors;
   tensors.push_back(io::f32_tensor("pixel_mean", {4}, std::vector<float>{0.5f, 0.0f, -0.5f, 1.0f}));
-  tensors.push_back(io::f32_tensor("components", {2, static_cast<std::int64_t>(components.size() / 2)},
-                                   components));
+  tensors.push_back(io::f32_tensor(
+      "components", {2, static_cast<std::int64_t>(components.size() / 2)}, components));
   tensors.push_back(io::f32_tensor("feature_mean", {2}, std::vector<float>{0.0f, 0.0f}));
-  tensors.push_back(io::f32_tensor("feature_cov", {2, 2}, std::vector<float>{2.0f, 0.5f, 0.5f, 1.0f}));
-  tensors.push_back(io::f32_tensor("test_features", {3, 2},
-                                   std::vector<float>{1, 2, 3, 4, 5, 6}));
-  const auto path = temp_file(name);
+  tensors.push_back(
+      io::f32_tensor("feature_cov", {2, 2}, std::vector<float>{2.0f, 0.5f, 0.5f, 1.0f}));
+  tensors.push_back(io::f32_tensor("test_features", {3, 2}, std::vector<float>{1, 2, 3, 4, 5, 6}));
+  const auto path = fd_temp_file(name);
   io::write_safetensors(path, tensors, metadata);
   return path;
 }
@@ -208,8 +210,8 @@ TEST_CASE("PCA features project (x - mean) onto the stored components", "[freche
   CHECK(pca.frechet_to_real(images) == Approx(direct));
 
   Tensor wrong(2, Shape{1, 3, 3});
-  CHECK_THROWS_WITH(pca.project(wrong), Catch::Contains("image shape = [2, 1, 3, 3]") &&
-                                            Catch::Contains("C*H*W = 4"));
+  CHECK_THROWS_WITH(pca.project(wrong),
+                    Catch::Contains("image shape = [2, 1, 3, 3]") && Catch::Contains("C*H*W = 4"));
   images[5] = std::numeric_limits<float>::quiet_NaN();
   CHECK_THROWS_WITH(pca.project(images), Catch::Contains("image 1 pixel 1 = nan"));
 }
@@ -224,6 +226,6 @@ TEST_CASE("PCA stats files are validated, naming the file and the tensor", "[fre
   const auto wrong_width = write_stats("width", {1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0});
   CHECK_THROWS_WITH(metrics::PcaFeatures::load(wrong_width),
                     Catch::Contains("pixel_mean") && Catch::Contains("expected shape [6]"));
-  CHECK_THROWS_WITH(metrics::PcaFeatures::load(temp_file("does_not_exist")),
+  CHECK_THROWS_WITH(metrics::PcaFeatures::load(fd_temp_file("does_not_exist")),
                     Catch::Contains("tstitch_test_fd_does_not_exist"));
 }

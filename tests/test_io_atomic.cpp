@@ -32,18 +32,9 @@ using Catch::Contains;
 
 namespace {
 
+using test::read_all;
 using test::ScratchDir;
-
-std::string read_all(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-void write_all(const fs::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << bytes;
-  REQUIRE(out.good());
-}
+using test::write_all;
 
 /// Limits the size of files this process writes (RLIMIT_FSIZE), so that write(2) fails with EFBIG
 /// past `bytes`, as it fails with ENOSPC on a full disk; SIGXFSZ is ignored meanwhile (its default

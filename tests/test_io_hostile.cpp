@@ -27,6 +27,7 @@
 #include <catch2/catch.hpp>
 
 #include "support/bytes.hpp"
+#include "support/scratch_dir.hpp"
 #include "tstitch/core/tensor.hpp"
 #include "tstitch/io/mapped_file.hpp"
 #include "tstitch/io/npy.hpp"
@@ -41,39 +42,10 @@ using Catch::Matchers::Contains;
 using tstitch::io::LoadMode;
 using tstitch::io::SafetensorsFile;
 
-/// A directory of this process's files, removed when the test is done with it.
-struct ScratchDir {
-  fs::path path;
-  explicit ScratchDir(std::string_view name)
-      : path(fs::temp_directory_path() /
-             ("tstitch_test_io_hostile_" + std::to_string(::getpid()) + "_" + std::string(name))) {
-    fs::create_directories(path);
-  }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-  ~ScratchDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-  [[nodiscard]] fs::path write(std::string_view name, std::string_view bytes) const {
-    const fs::path file = path / name;
-    std::ofstream out(file, std::ios::binary | std::ios::trunc);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    REQUIRE(out.good());
-    return file;
-  }
-};
+using tstitch::test::ScratchDir;
 
-std::string le64(std::uint64_t n) {
-  std::string bytes;
-  for (int i = 0; i < 8; ++i)
-    bytes += static_cast<char>((n >> (8 * i)) & 0xFFu);
-  return bytes;
-}
-
-std::string st_file(std::string_view header, std::string_view data = {}) {
-  return le64(header.size()) + std::string(header) + std::string(data);
-}
+using tstitch::test::le64;
+using tstitch::test::st_file;
 
 std::span<const std::byte> as_bytes(std::string_view text) {
   return std::as_bytes(std::span<const char>(text.data(), text.size()));
@@ -100,7 +72,7 @@ std::string nested(std::size_t depth, std::string_view inner = "1") {
 
 TEST_CASE("a header nested 100,000 deep is refused before any recursive JSON code runs",
           "[io][hostile][safetensors]") {
-  const ScratchDir dir("nesting");
+  const ScratchDir dir("io_hostile_nesting");
   constexpr std::size_t deep = 100'000;
   const std::vector<std::pair<std::string, std::string>> headers = {
       {"shape", R"({"w":{"dtype":"F32","shape":)" + nested(deep) + R"(,"data_offsets":[0,4]}})"},
@@ -123,7 +95,7 @@ TEST_CASE("a header nested 100,000 deep is refused before any recursive JSON cod
 
 TEST_CASE("nesting up to 64 levels is accepted, 65 refused, brackets in strings do not count",
           "[io][hostile][safetensors]") {
-  const ScratchDir dir("nesting_limit");
+  const ScratchDir dir("io_hostile_nesting_limit");
   // The header object is level 1, the tensor entry level 2, so "x" may nest 62 more levels.
   const auto header = [](std::size_t extra_levels) {
     return R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"s":"[[[{{{\"[[[","x":)" +
@@ -137,7 +109,7 @@ TEST_CASE("nesting up to 64 levels is accepted, 65 refused, brackets in strings 
 
 TEST_CASE("error messages quote a short prefix of a huge offending value",
           "[io][hostile][safetensors]") {
-  const ScratchDir dir("preview");
+  const ScratchDir dir("io_hostile_preview");
   std::string shape = "[";
   for (int i = 0; i < 100'000; ++i)
     shape += "1,";
@@ -172,7 +144,7 @@ struct HangGuard {
 
 TEST_CASE("a FIFO or device given as a file is refused without blocking",
           "[io][hostile][safetensors]") {
-  const ScratchDir dir("fifo");
+  const ScratchDir dir("io_hostile_fifo");
   const fs::path fifo = dir.path / "model.safetensors";
   REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
   const HangGuard guard(20);
@@ -208,7 +180,7 @@ void truncate_file(const fs::path& path) { REQUIRE(::truncate(path.c_str(), 0) =
 
 TEST_CASE("LoadMode::read is immune to truncation; mmap's check_unchanged reports it",
           "[io][hostile][safetensors]") {
-  const ScratchDir dir("truncate");
+  const ScratchDir dir("io_hostile_truncate");
   const fs::path path = dir.path / "ramp.safetensors";
   const std::vector<float> values = write_ramp(path, 1 << 16);
 
@@ -263,7 +235,7 @@ TEST_CASE("LoadMode::read is immune to truncation; mmap's check_unchanged report
 }
 
 TEST_CASE("check_unchanged detects a rewrite in place and a replacement", "[io][hostile]") {
-  const ScratchDir dir("rewrite");
+  const ScratchDir dir("io_hostile_rewrite");
   const fs::path path = dir.path / "ramp.safetensors";
   write_ramp(path, 1024);
 
@@ -299,7 +271,7 @@ TEST_CASE("check_unchanged detects a rewrite in place and a replacement", "[io][
 }
 
 TEST_CASE("dit::Weights loads in either mode and reports a changed model file", "[io][hostile]") {
-  const ScratchDir dir("weights");
+  const ScratchDir dir("io_hostile_weights");
   const fs::path source = fs::path(TSTITCH_TEST_DATA_DIR) / "dit" / "tiny_dit.safetensors";
   const fs::path path = dir.path / "tiny_dit.safetensors";
   fs::copy_file(source, path);
@@ -387,7 +359,7 @@ std::string npy_with_shape(std::string_view tuple) {
 
 TEST_CASE("an empty .npy batch whose other extents overflow is refused, naming the shape",
           "[io][hostile][npy]") {
-  const ScratchDir dir("npy");
+  const ScratchDir dir("io_hostile_npy");
   const fs::path path = dir.write("overflow.npy", npy_with_shape("(0, 4611686018427387904, 4, 1)"));
   CHECK_THROWS_AS(tstitch::io::read_npy_batch(path), tstitch::error);
   CHECK_THROWS_WITH(tstitch::io::read_npy_batch(path), Contains("4611686018427387904"));
@@ -559,7 +531,7 @@ TEST_CASE("parse_npy reads .npy bytes from memory; read_npy refuses a FIFO", "[i
                     Contains("pack:x.npy") && Contains("truncated"));
   CHECK_THROWS_WITH(tstitch::io::parse_npy({}), Contains("<memory>") && Contains("magic"));
 
-  const ScratchDir dir("npy_fifo");
+  const ScratchDir dir("io_hostile_npy_fifo");
   const fs::path fifo = dir.path / "x.npy";
   REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
   const HangGuard guard(20);

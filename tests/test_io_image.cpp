@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "support/bytes.hpp"
+#include "support/files.hpp"
 #include "tstitch/io/npy.hpp"
 
 using namespace tstitch;
@@ -31,10 +32,7 @@ std::filesystem::path temp_path(const std::string& name) {
   return std::filesystem::temp_directory_path() / ("tstitch_test_io_" + name);
 }
 
-std::string read_all(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
+using test::read_all;
 
 } // namespace
 

@@ -52,12 +52,9 @@ std::vector<std::uint8_t> random_bytes(std::size_t size, std::uint32_t seed) {
   return bytes;
 }
 
-std::string read_all(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
+using test::read_all;
 
-constexpr const char* python = "/usr/bin/python3";
+constexpr const char* python3 = "/usr/bin/python3";
 constexpr int python_skip = 77; // the scripts' exit status when numpy is missing
 
 /// Runs a Python script with arguments; returns its exit status and output (stdout and stderr).
@@ -65,7 +62,7 @@ std::pair<int, std::string> run_python(const fs::path& dir, const std::string& s
                                        const std::vector<std::string>& args) {
   const fs::path file = dir / "check.py";
   std::ofstream(file) << script;
-  std::string command = std::string(python) + " '" + file.string() + "'";
+  std::string command = std::string(python3) + " '" + file.string() + "'";
   for (const auto& a : args)
     command += " '" + a + "'";
   command += " 2>&1";
@@ -81,12 +78,12 @@ std::pair<int, std::string> run_python(const fs::path& dir, const std::string& s
 
 /// True when the checks that need Python and numpy can run; otherwise says why (a warning).
 bool have_numpy() {
-  if (::access(python, X_OK) != 0) {
-    WARN("skipped: " << python << " is missing");
+  if (::access(python3, X_OK) != 0) {
+    WARN("skipped: " << python3 << " is missing");
     return false;
   }
-  if (std::system((std::string(python) + " -c 'import numpy' >/dev/null 2>&1").c_str()) != 0) {
-    WARN("skipped: numpy is missing for " << python);
+  if (std::system((std::string(python3) + " -c 'import numpy' >/dev/null 2>&1").c_str()) != 0) {
+    WARN("skipped: numpy is missing for " << python3);
     return false;
   }
   return true;
@@ -282,9 +279,9 @@ TEST_CASE("append_nhwc_uint8 keeps a region: the centred 28x28 of a 32x32 image"
 
 TEST_CASE("dit_pixel_to_uint8 agrees with torch bit for bit, the steps' edges included", "[npz]") {
   ScratchDir dir("npz_torch");
-  if (::access(python, X_OK) != 0 ||
-      std::system((std::string(python) + " -c 'import torch' >/dev/null 2>&1").c_str()) != 0) {
-    WARN("skipped: torch is missing for " << python);
+  if (::access(python3, X_OK) != 0 ||
+      std::system((std::string(python3) + " -c 'import torch' >/dev/null 2>&1").c_str()) != 0) {
+    WARN("skipped: torch is missing for " << python3);
     return;
   }
   // A fine grid over [-1.1, 1.1] and the floats next to every step of the output.

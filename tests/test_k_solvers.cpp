@@ -40,7 +40,7 @@ namespace {
 /// The relative bias of Euler ancestral's final variance for Gaussian data of variance v, exact
 /// in the step count: every step is linear, so the variance V of y = x / alpha propagates as
 ///   V' = V (1 + (s_down - s) s / (v + s^2))^2 + s_up^2,   starting from V = v + s_0^2.
-double ancestral_variance_bias(const Trajectory& trajectory, double v, double eta) {
+double euler_ancestral_variance_bias(const Trajectory& trajectory, double v, double eta) {
   double var = v + trajectory[0].ve_sigma() * trajectory[0].ve_sigma();
   for (int i = 0; i < trajectory.steps(); ++i) {
     const double s = trajectory[i].ve_sigma(), sn = trajectory[i + 1].ve_sigma();
@@ -386,7 +386,7 @@ TEST_CASE("Euler ancestral is reproducible per seed and draws different noise pe
 }
 
 // Finite-step bias: ancestral sampling with the exact denoiser loses variance at every step
-// (ancestral_variance_bias gives it exactly). On the VP cosine schedule with 1000 steps it is
+// (euler_ancestral_variance_bias gives it exactly). On the VP cosine schedule with 1000 steps it is
 // -0.59% (data variance 0.5) and -0.42% (2.0) at eta = 1, -0.32% / -0.28% at eta = 0.5: below one
 // standard error of the variance at 20000 samples (1.0%). The discrete DDPM schedule (N = 1000)
 // cannot take more than 1000 steps and is biased by -1.16% there, so it is not used.
@@ -395,7 +395,7 @@ TEST_CASE("Euler ancestral reproduces the data's mean and variance", "[solver][s
   const int steps = 1000;
   for (double eta : {1.0, 0.5})
     for (double v : {0.5, 2.0}) {
-      const double bias = ancestral_variance_bias(schedule.trajectory(steps), v, eta);
+      const double bias = euler_ancestral_variance_bias(schedule.trajectory(steps), v, eta);
       INFO("eta " << eta << ", data variance " << v << ": relative bias " << bias);
       CHECK(std::abs(bias) < std::sqrt(2.0 / 19999.0));
     }

@@ -40,7 +40,7 @@ namespace {
 ///   u_next = u (1 + (s_down - s) k(s_mid) (1 + (s_mid - s) k(s))) + s_up z,  k(s) = s / (v + s^2)
 /// and the variance propagates as V' = V g^2 + s_up^2 from V = v + s_0^2 (the last step, into
 /// sigma = 0, is Euler's: g = 1 - s k(s)).
-double ancestral_variance_bias(const Trajectory& trajectory, double v, double eta) {
+double kdpm2_ancestral_variance_bias(const Trajectory& trajectory, double v, double eta) {
   auto k = [v](double s) { return s / (v + s * s); };
   double var = v + trajectory[0].ve_sigma() * trajectory[0].ve_sigma();
   for (int i = 0; i < trajectory.steps(); ++i) {
@@ -374,13 +374,13 @@ TEST_CASE("KDPM2 ancestral is reproducible per seed and draws different noise pe
 
 // diffusers' ancestral full loops draw torch-generator noise, which tstitch does not reproduce;
 // the sampler is checked on its distribution instead. Finite-step bias (exact, see
-// ancestral_variance_bias) is checked to stay below one standard error of the variance.
+// kdpm2_ancestral_variance_bias) is checked to stay below one standard error of the variance.
 TEST_CASE("KDPM2 ancestral reproduces the data's mean and variance", "[solver][stat]") {
   const ContinuousSchedule& schedule = cosine;
   const int steps = 500;
   for (double eta : {1.0, 0.5})
     for (double v : {0.5, 2.0}) {
-      const double bias = ancestral_variance_bias(schedule.trajectory(steps), v, eta);
+      const double bias = kdpm2_ancestral_variance_bias(schedule.trajectory(steps), v, eta);
       INFO("eta " << eta << ", data variance " << v << ": relative bias " << bias);
       CHECK(std::abs(bias) < std::sqrt(2.0 / 19999.0));
     }

@@ -24,7 +24,7 @@ static_assert(Solver<LCM>);
 
 namespace {
 
-const Shape shape{2, 4, 4};
+const Shape lcm_shape{2, 4, 4};
 
 } // namespace
 
@@ -128,8 +128,8 @@ TEST_CASE("LCM steps: denoise, then re-noise to the next point with step.noise",
   const Trajectory trajectory = schedule.trajectory(4);
   HostBackend backend;
   LCM lcm;
-  lcm.begin(backend, trajectory, 2, shape);
-  Tensor x(2, shape), x0(2, shape), z(2, shape);
+  lcm.begin(backend, trajectory, 2, lcm_shape);
+  Tensor x(2, lcm_shape), x0(2, lcm_shape), z(2, lcm_shape);
   fill_initial_noise(x, 1);
   fill_initial_noise(x0, 2);
   const Tensor x_start = x;
@@ -155,7 +155,7 @@ TEST_CASE("LCM steps: denoise, then re-noise to the next point with step.noise",
   }
   SECTION("clip_sample clips x0 first") {
     LCM clipped(LCMOptions{10.0, 0.5, 0.1f});
-    clipped.begin(backend, trajectory, 2, shape);
+    clipped.begin(backend, trajectory, 2, lcm_shape);
     const SolverStep step{3, 0, &trajectory, NoiseKey{}};
     clipped.update(backend, step, ModelOutput{x0, x0, x0, Prediction::sample}, x);
     const LCM::Scalings c = clipped.scalings(trajectory[3].timestep);
@@ -168,11 +168,11 @@ TEST_CASE("LCM steps: denoise, then re-noise to the next point with step.noise",
 
 TEST_CASE("Multistep LCM is reproducible per seed; one step draws no noise", "[lcm]") {
   analytic::DiagonalGaussian data;
-  for (std::int64_t e = 0; e < shape.numel(); ++e) {
+  for (std::int64_t e = 0; e < lcm_shape.numel(); ++e) {
     data.mean.push_back(0.3 * std::cos(static_cast<double>(e)));
     data.variance.push_back(0.1 + 0.05 * static_cast<double>(e % 3));
   }
-  analytic::ExactDenoiser model(shape, data, Prediction::epsilon);
+  analytic::ExactDenoiser model(lcm_shape, data, Prediction::epsilon);
   auto run = [&](int steps, std::uint64_t seed) {
     return seeded_sample(model, LCMSchedule{}, LCM{}, steps, seed, 3);
   };
@@ -184,7 +184,7 @@ TEST_CASE("Multistep LCM is reproducible per seed; one step draws no noise", "[l
 TEST_CASE("LCM allocates its workspace in begin() only", "[lcm]") {
   const Trajectory trajectory = LCMSchedule{}.trajectory(4);
   for (const LCM& lcm : {LCM{}, LCM{LCMOptions{10.0, 0.5, 1.0f}}}) {
-    Tensor x(2, shape), x0(2, shape);
+    Tensor x(2, lcm_shape), x0(2, lcm_shape);
     CHECK(allocations_after_begin(lcm, trajectory, x,
                                   ModelOutput{x0, x0, x0, Prediction::sample}) == 0);
   }

@@ -61,7 +61,7 @@ std::vector<double> told_timesteps(const DiscreteScheduleOptions& schedule, PNDM
   return seen;
 }
 
-void check_result(const Result& r, double sum, double mean) {
+void check_pndm_result(const Result& r, double sum, double mean) {
   INFO(std::setprecision(8) << "sum " << r.sum << ", mean " << r.mean);
   CHECK(std::abs(r.sum - sum) < 1e-2);
   CHECK(std::abs(r.mean - mean) < 1e-3);
@@ -72,19 +72,19 @@ void check_result(const Result& r, double sum, double mean) {
 TEST_CASE("PNDM full loops match diffusers' PNDMSchedulerTest", "[parity][pndm]") {
   DiscreteScheduleOptions schedule = pndm_config();
   SECTION("test_full_loop_no_noise") {
-    check_result(full_loop(schedule, PNDM(), Prediction::epsilon), 198.1318, 0.2580);
+    check_pndm_result(full_loop(schedule, PNDM(), Prediction::epsilon), 198.1318, 0.2580);
   }
   SECTION("test_full_loop_with_v_prediction") {
-    check_result(full_loop(schedule, PNDM(), Prediction::v), 67.3986, 0.0878);
+    check_pndm_result(full_loop(schedule, PNDM(), Prediction::v), 67.3986, 0.0878);
   }
   SECTION("test_full_loop_with_set_alpha_to_one (beta_start 0.01)") {
     schedule.beta_start = 0.01;
     schedule.final_point = FinalPoint::clean;
-    check_result(full_loop(schedule, PNDM(), Prediction::epsilon), 230.0399, 0.2995);
+    check_pndm_result(full_loop(schedule, PNDM(), Prediction::epsilon), 230.0399, 0.2995);
   }
   SECTION("test_full_loop_with_no_set_alpha_to_one (beta_start 0.01)") {
     schedule.beta_start = 0.01;
-    check_result(full_loop(schedule, PNDM(), Prediction::epsilon), 186.9482, 0.2434);
+    check_pndm_result(full_loop(schedule, PNDM(), Prediction::epsilon), 186.9482, 0.2434);
   }
 }
 
@@ -122,26 +122,26 @@ TEST_CASE("PNDM full loops match diffusers 0.31.0 beyond diffusers' tests", "[pa
   // plms_timesteps); checked with diffusers' tolerances.
   DiscreteScheduleOptions schedule = pndm_config();
   SECTION("skip_prk_steps") {
-    check_result(full_loop(schedule, PNDM(skip_prk()), Prediction::epsilon), 197.715515,
-                 0.25744209);
+    check_pndm_result(full_loop(schedule, PNDM(skip_prk()), Prediction::epsilon), 197.715515,
+                      0.25744209);
   }
   SECTION("skip_prk_steps, v_prediction") {
-    check_result(full_loop(schedule, PNDM(skip_prk()), Prediction::v), 67.355240, 0.08770213);
+    check_pndm_result(full_loop(schedule, PNDM(skip_prk()), Prediction::v), 67.355240, 0.08770213);
   }
   SECTION("skip_prk_steps, set_alpha_to_one, steps_offset = 1") {
     schedule.final_point = FinalPoint::clean;
     schedule.steps_offset = 1;
-    check_result(full_loop(schedule, PNDM(skip_prk()), Prediction::epsilon), 199.554077,
-                 0.25983605);
+    check_pndm_result(full_loop(schedule, PNDM(skip_prk()), Prediction::epsilon), 199.554077,
+                      0.25983605);
   }
   SECTION("trailing") {
     schedule.spacing = TimestepSpacing::trailing;
-    check_result(full_loop(schedule, PNDM(), Prediction::epsilon), 198.085861, 0.25792429);
+    check_pndm_result(full_loop(schedule, PNDM(), Prediction::epsilon), 198.085861, 0.25792429);
   }
   SECTION("trailing, skip_prk_steps") {
     schedule.spacing = TimestepSpacing::trailing;
-    check_result(full_loop(schedule, PNDM(skip_prk()), Prediction::epsilon), 198.796387,
-                 0.25884947);
+    check_pndm_result(full_loop(schedule, PNDM(skip_prk()), Prediction::epsilon), 198.796387,
+                      0.25884947);
   }
 }
 
@@ -151,8 +151,9 @@ TEST_CASE("PNDM with linspace spacing follows diffusers off the trajectory", "[p
   // PNDMTimesteps::diffusers does the same; diffusers 0.31.0 values, diffusers' tolerances.
   DiscreteScheduleOptions schedule = pndm_config();
   schedule.spacing = TimestepSpacing::linspace;
-  check_result(full_loop(schedule, PNDM(), Prediction::epsilon), 215.737274, 0.28090790);
-  check_result(full_loop(schedule, PNDM(skip_prk()), Prediction::epsilon), 215.154160, 0.28014866);
+  check_pndm_result(full_loop(schedule, PNDM(), Prediction::epsilon), 215.737274, 0.28090790);
+  check_pndm_result(full_loop(schedule, PNDM(skip_prk()), Prediction::epsilon), 215.154160,
+                    0.28014866);
   // PNDMTimesteps::trajectory stays on the trajectory: 8% lower here.
   PNDMOptions on_trajectory;
   on_trajectory.timesteps = PNDMTimesteps::trajectory;

@@ -30,10 +30,10 @@ using testing::bit_identical;
 
 namespace {
 
-const Shape shape{3, 4, 4};
+const Shape row_shape{3, 4, 4};
 
-ExactDenoiser mixture(double offset, double spread) {
-  return testing::two_component_mixture(shape, offset, spread);
+ExactDenoiser row_mixture(double offset, double spread) {
+  return testing::two_component_mixture(row_shape, offset, spread);
 }
 
 using Ref = DenoiserRef<Labels>;
@@ -41,7 +41,7 @@ using Ref = DenoiserRef<Labels>;
 template <class D, class V>
 Tensor run(D& denoiser, V solver, std::int64_t batch, std::uint32_t first, const Labels& labels,
            SampleOptions options, SampleResult* result = nullptr) {
-  Tensor x(batch, shape);
+  Tensor x(batch, row_shape);
   options.first_sample = first;
   fill_initial_noise(x.view(), options.seed, first);
   SampleResult r = sample(denoiser, DiscreteSchedule{}, solver, x.view(), labels, options);
@@ -60,7 +60,7 @@ SampleOptions options_with(int steps, double guidance) {
 
 /// A mixed batch at per-row fractions against each row alone through TrajectoryStitcher.
 template <class V> void check_rows_match_alone(V solver, double guidance) {
-  ExactDenoiser small = mixture(0.3, 0.8), large = mixture(0.5, 1.0);
+  ExactDenoiser small = row_mixture(0.3, 0.8), large = row_mixture(0.5, 1.0);
   const std::vector<double> fractions{0.0, 0.4, 0.4, 0.8, 1.0};
   const Labels labels{0, 1, 0, 1, 1};
   RowStitcher<Ref, PerRow<StepFraction>> rows(row_fractions(fractions), {small, large});
@@ -94,7 +94,7 @@ TEST_CASE("RowStitcher: each row of a mixed batch equals that row sampled alone"
 
 TEST_CASE("RowStitcher: a row routed to one model throughout equals plain sampling",
           "[stitch][rows]") {
-  ExactDenoiser a = mixture(0.3, 0.8), b = mixture(0.5, 1.0), c = mixture(-0.2, 1.2);
+  ExactDenoiser a = row_mixture(0.3, 0.8), b = row_mixture(0.5, 1.0), c = row_mixture(-0.2, 1.2);
   const Labels labels{1, 0, 1, 0};
   const SampleOptions options = options_with(8, 1.5);
   SECTION("every row on one model") {
@@ -123,7 +123,7 @@ TEST_CASE("RowStitcher: a row routed to one model throughout equals plain sampli
 }
 
 TEST_CASE("RowStitcher: three models by per-row fractions", "[stitch][rows]") {
-  ExactDenoiser a = mixture(0.3, 0.8), b = mixture(0.5, 1.0), c = mixture(-0.2, 1.2);
+  ExactDenoiser a = row_mixture(0.3, 0.8), b = row_mixture(0.5, 1.0), c = row_mixture(-0.2, 1.2);
   const std::vector<std::vector<double>> fractions{{0.2, 0.3, 0.5}, {0.0, 0.5, 0.5}, {1, 0, 0}};
   std::vector<StepFraction> policies;
   for (const auto& f : fractions)
@@ -142,10 +142,10 @@ TEST_CASE("RowStitcher: three models by per-row fractions", "[stitch][rows]") {
 }
 
 TEST_CASE("RowStitcher: errors name the values", "[stitch][rows]") {
-  ExactDenoiser a = mixture(0.3, 0.8), b = mixture(0.5, 1.0);
+  ExactDenoiser a = row_mixture(0.3, 0.8), b = row_mixture(0.5, 1.0);
   RowStitcher<Ref, PerRow<StepFraction>> rows(row_fractions({0.0, 0.5}), {a, b});
-  Tensor x(2, shape);
-  Tensor out(2, shape);
+  Tensor x(2, row_shape);
+  Tensor out(2, row_shape);
   fill_initial_noise(x.view(), 3);
   StepContext ctx{0, 10, 0, DiscreteSchedule{}.trajectory(10)[0]};
 
@@ -171,7 +171,7 @@ TEST_CASE("RowStitcher: errors name the values", "[stitch][rows]") {
         Catch::Contains("solver history = reset") && Catch::Contains("HistoryPolicy::keep"));
   }
   SECTION("a batch other than the policy's rows") {
-    Tensor three(3, shape);
+    Tensor three(3, row_shape);
     fill_initial_noise(three.view(), 3);
     CHECK_THROWS_WITH(sample(rows, DiscreteSchedule{}, DDIM{}, three.view(), Labels{0, 1, 0}),
                       Catch::Contains("batch size") && Catch::Contains("3") &&
@@ -192,7 +192,7 @@ TEST_CASE("RowStitcher: errors name the values", "[stitch][rows]") {
                           Catch::Contains("2 models"));
   }
   SECTION("models that predict different things") {
-    ExactDenoiser v(shape, testing::varied_gaussian(shape, 0.1, 1.0), Prediction::v);
+    ExactDenoiser v(row_shape, testing::varied_gaussian(row_shape, 0.1, 1.0), Prediction::v);
     using Stitch = RowStitcher<Ref, RowRule>;
     const auto build = [&] {
       return Stitch(RowRule([](const StepContext&, std::int64_t) { return 0; }), {a, v});
@@ -202,7 +202,7 @@ TEST_CASE("RowStitcher: errors name the values", "[stitch][rows]") {
   SECTION("a context built by hand is routed by the policy") {
     // No serving.rows: row 0 (fraction 0) is on the large model, row 1 on the small one.
     rows.predict(x.view(), ctx, Labels{0, 1}, out.view());
-    Tensor expect(1, shape);
+    Tensor expect(1, row_shape);
     b.predict(ConstView(x.view()).samples(0, 1), ctx, Labels{0}, expect.view());
     CHECK(bit_identical(expect, testing::copy_samples(out, 0, 1)));
     a.predict(ConstView(x.view()).samples(1, 1), ctx, Labels{1}, expect.view());
@@ -243,7 +243,7 @@ private:
 
 TEST_CASE("RowStitcher: predict_guided once per model on its rows, models without rows skipped",
           "[stitch][rows]") {
-  ExactDenoiser small = mixture(0.3, 0.8), large = mixture(0.5, 1.0);
+  ExactDenoiser small = row_mixture(0.3, 0.8), large = row_mixture(0.5, 1.0);
   const std::vector<double> fractions{0.0, 0.5, 0.5};
   RowStitcher<GuidedCounting, PerRow<StepFraction>> counted(
       row_fractions(fractions), {GuidedCounting(small), GuidedCounting(large)});

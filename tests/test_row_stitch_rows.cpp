@@ -26,10 +26,10 @@ using testing::bit_identical;
 
 namespace {
 
-const Shape shape{2, 4, 4};
+const Shape rows_shape{2, 4, 4};
 
-ExactDenoiser mixture(double offset, double spread) {
-  return testing::two_component_mixture(shape, offset, spread);
+ExactDenoiser rows_mixture(double offset, double spread) {
+  return testing::two_component_mixture(rows_shape, offset, spread);
 }
 
 using Ref = DenoiserRef<Labels>;
@@ -52,7 +52,7 @@ struct LoggedRows : HostRows {
 };
 
 Tensor run(auto& denoiser, const Labels& labels, const SampleOptions& options) {
-  Tensor x(static_cast<std::int64_t>(labels.size()), shape);
+  Tensor x(static_cast<std::int64_t>(labels.size()), rows_shape);
   fill_initial_noise(x.view(), options.seed);
   sample(denoiser, DiscreteSchedule{}, DDIM{}, x.view(), labels, options);
   return x;
@@ -64,7 +64,7 @@ TEST_CASE("RowStitcher: HostRows is the default Rows, and a given Rows moves eve
           "[stitch][rows]") {
   static_assert(std::is_same_v<RowStitcher<Ref, PerRow<StepFraction>>,
                                RowStitcher<Ref, PerRow<StepFraction>, HostRows>>);
-  ExactDenoiser small = mixture(0.3, 0.8), large = mixture(0.5, 1.0);
+  ExactDenoiser small = rows_mixture(0.3, 0.8), large = rows_mixture(0.5, 1.0);
   const std::vector<double> fractions{0.0, 0.5, 1.0};
   const Labels labels{0, 1, 1};
   SampleOptions options;

@@ -45,17 +45,17 @@ namespace {
 
 using testing::bit_identical;
 
-const Shape shape{3, 4, 4};
+const Shape runtime_shape{3, 4, 4};
 
-DiagonalGaussian gaussian(double mean_offset, double variance_scale) {
-  return testing::varied_gaussian(shape, mean_offset, variance_scale);
+DiagonalGaussian runtime_gaussian(double mean_offset, double variance_scale) {
+  return testing::varied_gaussian(runtime_shape, mean_offset, variance_scale);
 }
 
 /// Samples two rows from seed-`seed` noise with DDIM-like `solver`: the latents and the result.
 template <class D, class SolverT>
 std::pair<Tensor, SampleResult> sample_rows(D& denoiser, SolverT solver, int steps, double guidance,
                                             std::uint64_t seed) {
-  Tensor x(2, shape);
+  Tensor x(2, runtime_shape);
   fill_initial_noise(x.view(), seed);
   SampleOptions options;
   options.steps = steps;
@@ -88,7 +88,7 @@ private:
 struct LearnedSigmaModel {
   using condition_type = Labels;
   [[nodiscard]] Prediction prediction() const { return Prediction::epsilon_learned_sigma; }
-  [[nodiscard]] Shape latent_shape() const { return shape; }
+  [[nodiscard]] Shape latent_shape() const { return runtime_shape; }
   void predict(ConstView, const StepContext&, const Labels&, View out) {
     for (std::int64_t i = 0; i < out.batch() * out.sample_numel(); ++i)
       out.data()[i] = 0.25f;
@@ -98,7 +98,7 @@ struct LearnedSigmaModel {
 using Solvers =
     std::variant<DDIM, DDPM, Euler, EulerAncestral, Heun, DPMSolverMultistep, UniPC, LCM>;
 
-struct Case {
+struct RunCase {
   const char* name;
   Solvers solver;
   AnySchedule schedule = DiscreteSchedule{};
@@ -116,8 +116,8 @@ struct Run {
   std::vector<SwitchEvent> switches;
 };
 
-template <class Stitch> Run run_case(Stitch& stitcher, const Case& c) {
-  Run run{Tensor(3, shape), {}, {}};
+template <class Stitch> Run run_case(Stitch& stitcher, const RunCase& c) {
+  Run run{Tensor(3, runtime_shape), {}, {}};
   stitcher.set_guidance_scales({std::nullopt, 1.0, std::nullopt});
   stitcher.on_switch([&](const SwitchEvent& e) { run.switches.push_back(e); });
   fill_initial_noise(run.x.view(), 5);
@@ -133,15 +133,15 @@ template <class Stitch> Run run_case(Stitch& stitcher, const Case& c) {
 } // namespace
 
 TEST_CASE("DenoiserRef forwards every member the sampling loop asks for", "[stitch][runtime]") {
-  ExactDenoiser exact(shape, gaussian(0.2, 1.5), Prediction::v);
+  ExactDenoiser exact(runtime_shape, runtime_gaussian(0.2, 1.5), Prediction::v);
   NamedModel named(exact, "named");
   LearnedSigmaModel learned;
   const DenoiserRef<Labels> a(exact), b(named), c(learned);
 
   CHECK(a.prediction() == Prediction::v);
-  CHECK(a.latent_shape() == shape);
-  CHECK(a.output_channels() == shape.channels);
-  CHECK(c.output_channels() == 2 * shape.channels);
+  CHECK(a.latent_shape() == runtime_shape);
+  CHECK(a.output_channels() == runtime_shape.channels);
+  CHECK(c.output_channels() == 2 * runtime_shape.channels);
   CHECK(a.model_name(3) == "model 3");
   CHECK(b.model_name(0) == "named");
   REQUIRE(a.unconditional(Labels{1, 2}).has_value());
@@ -181,7 +181,7 @@ TEST_CASE("DenoiserRef forwards every member the sampling loop asks for", "[stit
 
   SECTION("a model without unconditional() cannot be guided, with the usual error") {
     DenoiserRef<Labels> ref(named);
-    Tensor x(1, shape);
+    Tensor x(1, runtime_shape);
     fill_initial_noise(x.view(), 1);
     SampleOptions options;
     options.guidance = Guidance::standard(2.0);
@@ -191,7 +191,7 @@ TEST_CASE("DenoiserRef forwards every member the sampling loop asks for", "[stit
   }
 
   SECTION("a reference to a stitcher keeps its routing") {
-    ExactDenoiser small(shape, gaussian(0.3, 2.0), Prediction::epsilon);
+    ExactDenoiser small(runtime_shape, runtime_gaussian(0.3, 2.0), Prediction::epsilon);
     TrajectoryStitcher stitcher(small, exact, 0.4);
     DenoiserRef<Labels> ref(stitcher);
     const auto [direct, r1] = sample_rows(stitcher, DDIM{}, 10, 1.0, 4);
@@ -209,7 +209,7 @@ namespace {
 struct RouteProbe {
   using condition_type = Labels;
   [[nodiscard]] Prediction prediction() const { return Prediction::epsilon; }
-  [[nodiscard]] Shape latent_shape() const { return shape; }
+  [[nodiscard]] Shape latent_shape() const { return runtime_shape; }
   void predict(ConstView, const StepContext& ctx, const Labels&, View out) {
     ++calls;
     routed += ctx.serving.model.has_value() ? 1 : 0;
@@ -323,15 +323,15 @@ TEST_CASE("AnyPolicy is the policy it holds, and forwards check()", "[stitch][ru
 TEST_CASE("RuntimeStitcher over DenoiserRef samples bit-identically to BasicStitcher",
           "[stitch][runtime]") {
   // Three models of two types, with different data and prediction types.
-  ExactDenoiser s(shape, gaussian(0.3, 2.0), Prediction::epsilon);
-  ExactDenoiser s_flow(shape, gaussian(0.3, 2.0), Prediction::flow);
-  ExactDenoiser b_inner(shape, gaussian(0.1, 1.2), Prediction::v);
+  ExactDenoiser s(runtime_shape, runtime_gaussian(0.3, 2.0), Prediction::epsilon);
+  ExactDenoiser s_flow(runtime_shape, runtime_gaussian(0.3, 2.0), Prediction::flow);
+  ExactDenoiser b_inner(runtime_shape, runtime_gaussian(0.1, 1.2), Prediction::v);
   NamedModel b(b_inner, "B");
-  ExactDenoiser xl(shape, gaussian(0.0, 1.0), Prediction::sample);
+  ExactDenoiser xl(runtime_shape, runtime_gaussian(0.0, 1.0), Prediction::sample);
 
   DPMSolverMultistepOptions reset;
   reset.history = HistoryPolicy::reset;
-  const Case cases[] = {
+  const RunCase cases[] = {
       {"DDIM", DDIM{}},
       {"DDPM (noise), guidance 2", DDPM{}, DiscreteSchedule{}, StepFraction({0.3, 0.3, 0.4}), 2.0},
       {"Euler", Euler{}},
@@ -345,7 +345,7 @@ TEST_CASE("RuntimeStitcher over DenoiserRef samples bit-identically to BasicStit
        FlowMatchSchedule(FlowMatchScheduleOptions{.shift = 3.0}), SigmaThreshold({4.0, 1.0}), 1.0,
        20, true},
   };
-  for (const Case& c : cases) {
+  for (const RunCase& c : cases) {
     INFO("case: " << c.name);
     ExactDenoiser& first = c.flow ? s_flow : s;
     BasicStitcher<AnyPolicy, ExactDenoiser, NamedModel, ExactDenoiser> fixed(c.rule, first, b, xl);
@@ -374,7 +374,7 @@ TEST_CASE("RuntimeStitcher over DenoiserRef samples bit-identically to BasicStit
 
 TEST_CASE("RuntimeStitcher names its models and its errors name the offending values",
           "[stitch][runtime][errors]") {
-  ExactDenoiser a(shape, gaussian(0, 1)), c(shape, gaussian(0, 1));
+  ExactDenoiser a(runtime_shape, runtime_gaussian(0, 1)), c(runtime_shape, runtime_gaussian(0, 1));
   NamedModel b(a, "B");
   ExactDenoiser other(Shape{3, 8, 8}, DiagonalGaussian{std::vector<double>(192, 0.0),
                                                        std::vector<double>(192, 1.0)});
@@ -416,7 +416,7 @@ TEST_CASE("RuntimeStitcher names its models and its errors name the offending va
   CHECK(nested.model(1).composite());
 
   // Models predicting different things have no common prediction; route() answers per step.
-  ExactDenoiser v_model(shape, gaussian(0, 1), Prediction::v);
+  ExactDenoiser v_model(runtime_shape, runtime_gaussian(0, 1), Prediction::v);
   Runtime mixed(StepFraction({0.5, 0.5}), {a, v_model});
   CHECK_THROWS_WITH(mixed.prediction(), Catch::Contains("predict different things"));
   CHECK(mixed.route(StepContext{9, 10, 0, {}}).prediction == Prediction::v);
@@ -468,7 +468,8 @@ static_assert(!predicts_guided<ExactDenoiser>);
 
 TEST_CASE("predict_guided: one call per guided evaluation where the model offers it",
           "[stitch][runtime]") {
-  const ExactDenoiser small(shape, gaussian(0.3, 2.0)), large(shape, gaussian(0.0, 1.0));
+  const ExactDenoiser small(runtime_shape, runtime_gaussian(0.3, 2.0)),
+      large(runtime_shape, runtime_gaussian(0.0, 1.0));
   ExactDenoiser small_plain = small, large_plain = large;
 
   SECTION("the loop calls it once per guided evaluation, and the numbers do not change") {

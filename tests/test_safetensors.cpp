@@ -18,6 +18,7 @@
 #include <catch2/catch.hpp>
 
 #include "support/bytes.hpp"
+#include "support/scratch_dir.hpp"
 #include "tstitch/io/half.hpp"
 #include "tstitch/io/mapped_file.hpp"
 #include "tstitch/io/safetensors.hpp"
@@ -232,21 +233,9 @@ TEST_CASE("f32_to_bf16_rne rounds to nearest even", "[safetensors][half]") {
 // Crafted files
 // -------------------------------------------------------------------------------------------------
 
-/// A directory of this process's crafted files, removed at exit.
-struct ScratchDir {
-  fs::path path =
-      fs::temp_directory_path() / ("tstitch_test_safetensors_" + std::to_string(::getpid()));
-  ScratchDir() { fs::create_directories(path); }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-  ~ScratchDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-};
-
+/// This process's crafted files, removed at exit.
 const fs::path& scratch_dir() {
-  static const ScratchDir dir;
+  static const tstitch::test::ScratchDir dir("safetensors");
   return dir.path;
 }
 
@@ -267,17 +256,8 @@ struct TempFile {
   }
 };
 
-std::string le64(std::uint64_t n) {
-  std::string bytes;
-  for (int i = 0; i < 8; ++i)
-    bytes += static_cast<char>((n >> (8 * i)) & 0xFFu);
-  return bytes;
-}
-
-/// A file: the header length, `header` and `data`.
-std::string st_file(std::string_view header, std::string_view data = {}) {
-  return le64(header.size()) + std::string(header) + std::string(data);
-}
+using tstitch::test::le64;
+using tstitch::test::st_file;
 
 std::string entry(std::string_view dtype, std::string_view shape, std::uint64_t begin,
                   std::uint64_t end) {

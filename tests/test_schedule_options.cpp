@@ -75,7 +75,7 @@ DiscreteSchedule euler_schedule(DiscreteScheduleOptions o) {
   return DiscreteSchedule::from_betas(torch_betas(0.0001, 0.02, 1100), o);
 }
 
-DiscreteScheduleOptions euler_options() {
+DiscreteScheduleOptions euler_linspace_options() {
   DiscreteScheduleOptions o;
   o.spacing = TimestepSpacing::linspace;
   return o;
@@ -162,7 +162,7 @@ TEST_CASE("rescale_betas_zero_snr reproduces diffusers' rescaled tables", "[pari
     CHECK(ddim.point(0).alpha == Approx(std::sqrt(0.999899983)).epsilon(1e-7));
   }
   SECTION("Euler's terminal: alphas_cumprod[-1] = 2^-24 (diffusers 0.31.0, N = 1100)") {
-    DiscreteScheduleOptions e = euler_options();
+    DiscreteScheduleOptions e = euler_linspace_options();
     e.rescale_betas_zero_snr = true;
     e.zero_snr_terminal = ZeroSnrTerminal::fp16_min_subnormal;
     const DiscreteSchedule euler = euler_schedule(e);
@@ -208,7 +208,7 @@ TEST_CASE("DDPM with zero terminal SNR matches diffusers (noise-free loop)",
 
 TEST_CASE("Euler with rescale_betas_zero_snr (2^-24 terminal) matches diffusers",
           "[parity][zero_snr][euler]") {
-  DiscreteScheduleOptions config = euler_options();
+  DiscreteScheduleOptions config = euler_linspace_options();
   config.rescale_betas_zero_snr = true;
   config.zero_snr_terminal = ZeroSnrTerminal::fp16_min_subnormal;
   SECTION("linspace, epsilon (diffusers 0.31.0)") {
@@ -280,7 +280,7 @@ TEST_CASE("The inverse regularized incomplete beta matches scipy.stats.beta.ppf"
 }
 
 TEST_CASE("Euler with use_beta_sigmas matches diffusers", "[parity][beta][euler]") {
-  DiscreteScheduleOptions config = euler_options();
+  DiscreteScheduleOptions config = euler_linspace_options();
   config.sigma_spacing = SigmaSpacing::beta;
   const Trajectory t = euler_schedule(config).trajectory(10);
   // diffusers 0.31.0: EulerDiscreteScheduler(use_beta_sigmas=True).set_timesteps(10)
@@ -302,7 +302,7 @@ TEST_CASE("Euler with use_beta_sigmas matches diffusers", "[parity][beta][euler]
 // ---- interpolation_type = "log_linear" ----------------------------------------------------------
 
 TEST_CASE("Euler with log_linear sigma interpolation matches diffusers", "[parity][euler]") {
-  DiscreteScheduleOptions config = euler_options();
+  DiscreteScheduleOptions config = euler_linspace_options();
   config.sigma_interpolation = SigmaInterpolation::log_linear;
   // diffusers 0.31.0: 11 log-linear sigmas, then the final sigma, which is never reached: the run
   // ends at the smallest training sigma whatever final_sigmas_type says.

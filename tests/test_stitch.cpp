@@ -38,10 +38,10 @@ std::vector<int> count_steps(const Policy& policy, int n, std::size_t models) {
 
 using testing::bit_identical;
 
-const Shape shape{3, 4, 4};
+const Shape stitch_shape{3, 4, 4};
 
-DiagonalGaussian gaussian(double mean_offset, double variance_scale) {
-  return testing::varied_gaussian(shape, mean_offset, variance_scale);
+DiagonalGaussian stitch_gaussian(double mean_offset, double variance_scale) {
+  return testing::varied_gaussian(stitch_shape, mean_offset, variance_scale);
 }
 
 } // namespace
@@ -100,7 +100,7 @@ TEST_CASE("PaperTimestep reproduces the official T-Stitch rule t/T >= 1 - r", "[
     int small_steps;
   };
   const DiscreteSchedule schedule; // leading spacing: DDIM-100 visits t = 990, 980, ..., 0
-  ExactDenoiser a(shape, gaussian(0, 1)), b(shape, gaussian(0, 1));
+  ExactDenoiser a(stitch_shape, stitch_gaussian(0, 1)), b(stitch_shape, stitch_gaussian(0, 1));
   for (const Case& c : {Case{100, 0.7, 69}, Case{100, 0.4, 40}, Case{100, 0.3, 30},
                         Case{100, 0.0, 0}, Case{100, 1.0, 100}, Case{50, 0.7, 34},
                         Case{50, 0.4, 20}, Case{10, 0.7, 6}, Case{10, 0.8, 8}}) {
@@ -119,7 +119,8 @@ TEST_CASE("Threshold policies switch where the schedule crosses the threshold", 
   const DiscreteSchedule schedule; // 10 steps: t = 900, 800, ..., 0
   const Trajectory trajectory = schedule.trajectory(10);
   const TimePoint at500 = schedule.point(500);
-  ExactDenoiser a(shape, gaussian(0, 1)), b(shape, gaussian(0, 1)), c(shape, gaussian(0, 1));
+  ExactDenoiser a(stitch_shape, stitch_gaussian(0, 1)), b(stitch_shape, stitch_gaussian(0, 1)),
+      c(stitch_shape, stitch_gaussian(0, 1));
 
   // Small serves t = 900..500: five steps, by every measure of "t >= 500".
   CHECK(TrajectoryStitcher(a, b, TimestepThreshold(500)).steps_per_model(trajectory) ==
@@ -141,7 +142,7 @@ TEST_CASE("Threshold policies switch where the schedule crosses the threshold", 
 }
 
 TEST_CASE("Stitcher construction errors name the offending values", "[stitch][errors]") {
-  ExactDenoiser a(shape, gaussian(0, 1)), b(shape, gaussian(0, 1));
+  ExactDenoiser a(stitch_shape, stitch_gaussian(0, 1)), b(stitch_shape, stitch_gaussian(0, 1));
   ExactDenoiser other(Shape{3, 8, 8}, DiagonalGaussian{std::vector<double>(192, 0.0),
                                                        std::vector<double>(192, 1.0)});
   CHECK_THROWS_AS(TrajectoryStitcher(a, other, 0.5), tstitch::invalid_argument);
@@ -167,13 +168,13 @@ TEST_CASE("Stitcher construction errors name the offending values", "[stitch][er
 
 TEST_CASE("Fraction 0 is bit-identical to the large model alone, 1 to the small", "[stitch]") {
   // Different data and different prediction types: the two models really differ.
-  ExactDenoiser small(shape, gaussian(0.3, 2.0), Prediction::v);
-  ExactDenoiser large(shape, gaussian(0.0, 1.0), Prediction::epsilon);
+  ExactDenoiser small(stitch_shape, stitch_gaussian(0.3, 2.0), Prediction::v);
+  ExactDenoiser large(stitch_shape, stitch_gaussian(0.0, 1.0), Prediction::epsilon);
   const DiscreteSchedule schedule;
   const Labels labels(4, 0);
 
   auto run = [&](auto& denoiser, auto solver, double guidance) {
-    Tensor x(4, shape);
+    Tensor x(4, stitch_shape);
     fill_initial_noise(x, 7);
     SampleOptions options;
     options.steps = 25;
@@ -194,9 +195,9 @@ TEST_CASE("Fraction 0 is bit-identical to the large model alone, 1 to the small"
 }
 
 TEST_CASE("Stitching a model with itself changes nothing, at any fraction", "[stitch]") {
-  ExactDenoiser model(shape, gaussian(0.1, 1.0));
+  ExactDenoiser model(stitch_shape, stitch_gaussian(0.1, 1.0));
   const DiscreteSchedule schedule;
-  Tensor reference(2, shape);
+  Tensor reference(2, stitch_shape);
   fill_initial_noise(reference, 3);
   Tensor x = reference;
   DDPM ddpm;
@@ -213,15 +214,15 @@ TEST_CASE("Stitching a model with itself changes nothing, at any fraction", "[st
 }
 
 TEST_CASE("Records, switch observer and per-segment guidance report what ran", "[stitch]") {
-  ExactDenoiser s(shape, gaussian(0.0, 1.0)), b(shape, gaussian(0.0, 1.0)),
-      xl(shape, gaussian(0.0, 1.0));
+  ExactDenoiser s(stitch_shape, stitch_gaussian(0.0, 1.0)),
+      b(stitch_shape, stitch_gaussian(0.0, 1.0)), xl(stitch_shape, stitch_gaussian(0.0, 1.0));
   Stitcher stitcher({0.3, 0.3, 0.4}, s, b, xl);
   stitcher.set_names({"S", "B", "XL"}).set_guidance_scales({1.0, std::nullopt, 4.0});
   std::vector<SwitchEvent> switches;
   stitcher.on_switch([&](const SwitchEvent& e) { switches.push_back(e); });
 
   const DiscreteSchedule schedule;
-  Tensor x(2, shape);
+  Tensor x(2, stitch_shape);
   fill_initial_noise(x, 1);
   DDIM ddim;
   SampleOptions options;
@@ -254,8 +255,8 @@ TEST_CASE("Records, switch observer and per-segment guidance report what ran", "
 TEST_CASE("A reused stitcher starts each run afresh: switch events and direct predict()",
           "[stitch]") {
   // Three different models, so that the one that ran can be told from the output.
-  ExactDenoiser s(shape, gaussian(0.0, 1.0)), b(shape, gaussian(0.5, 1.0)),
-      xl(shape, gaussian(1.0, 0.5));
+  ExactDenoiser s(stitch_shape, stitch_gaussian(0.0, 1.0)),
+      b(stitch_shape, stitch_gaussian(0.5, 1.0)), xl(stitch_shape, stitch_gaussian(1.0, 0.5));
   const DiscreteSchedule schedule;
   DDIM ddim;
   SampleOptions options;
@@ -264,7 +265,7 @@ TEST_CASE("A reused stitcher starts each run afresh: switch events and direct pr
   auto switches_of_second_run = [&](auto& stitcher, bool run_first) {
     std::vector<SwitchEvent> switches;
     stitcher.on_switch([&](const SwitchEvent& e) { switches.push_back(e); });
-    Tensor x(1, shape);
+    Tensor x(1, stitch_shape);
     fill_initial_noise(x, 2);
     if (run_first) {
       sample(stitcher, schedule, ddim, x, Labels{0}, options); // ends on model 2
@@ -294,7 +295,7 @@ TEST_CASE("A reused stitcher starts each run afresh: switch events and direct pr
   // says at the evaluation's point; a context built by hand, with no route in it, asks the policy:
   // step 9 of 100 belongs to model 0.
   StepContext ctx{9, 100, 0, schedule.trajectory(100)[9]};
-  Tensor x(1, shape), out(1, shape), reference(1, shape);
+  Tensor x(1, stitch_shape), out(1, stitch_shape), reference(1, stitch_shape);
   fill_initial_noise(x, 3);
   reused.predict(x, ctx, Labels{0}, out);
   s.predict(x, ctx, Labels{0}, reference);
@@ -313,7 +314,7 @@ TEST_CASE("A reused stitcher starts each run afresh: switch events and direct pr
   Stitcher cancelled({0.3, 0.3, 0.4}, s, b, xl);
   std::vector<SwitchEvent> switches;
   cancelled.on_switch([&](const SwitchEvent& e) { switches.push_back(e); });
-  Tensor y(1, shape);
+  Tensor y(1, stitch_shape);
   fill_initial_noise(y, 4);
   CHECK(sample(cancelled, schedule, ddim, y, Labels{0}, options).cancelled);
   REQUIRE(switches.size() == 1); // 0 -> 1 at step 3
@@ -327,11 +328,12 @@ TEST_CASE("A reused stitcher starts each run afresh: switch events and direct pr
 TEST_CASE("Models with different prediction types stitch into the same solution", "[stitch]") {
   // The same exact model, once predicting v and once flow velocity: stitched, the result must
   // match the unstitched one up to float32 rounding of the conversions.
-  const DiagonalGaussian data = gaussian(0.2, 1.0);
-  ExactDenoiser as_v(shape, data, Prediction::v), as_eps(shape, data, Prediction::epsilon);
-  ExactDenoiser as_x0(shape, data, Prediction::sample);
+  const DiagonalGaussian data = stitch_gaussian(0.2, 1.0);
+  ExactDenoiser as_v(stitch_shape, data, Prediction::v),
+      as_eps(stitch_shape, data, Prediction::epsilon);
+  ExactDenoiser as_x0(stitch_shape, data, Prediction::sample);
   const DiscreteSchedule schedule;
-  Tensor reference(2, shape);
+  Tensor reference(2, stitch_shape);
   fill_initial_noise(reference, 5);
   Tensor x = reference;
   DDIM ddim;
@@ -351,12 +353,12 @@ TEST_CASE("A worse small model costs more quality the more steps it serves", "[s
   // the way a weaker model misplaces detail. The distance of the generated distribution to the
   // data must not fall as the small model's fraction grows (common random numbers: the same x_T
   // for every fraction).
-  const DiagonalGaussian data = gaussian(0.0, 1.0);
-  ExactDenoiser large(shape, data);
-  ExactDenoiser small(shape, gaussian(0.25, 1.6));
+  const DiagonalGaussian data = stitch_gaussian(0.0, 1.0);
+  ExactDenoiser large(stitch_shape, data);
+  ExactDenoiser small(stitch_shape, stitch_gaussian(0.25, 1.6));
   const DiscreteSchedule schedule;
   const int samples = 4000;
-  Tensor noise(samples, shape);
+  Tensor noise(samples, stitch_shape);
   fill_initial_noise(noise, 2024);
 
   auto distance = [&](double fraction) {
@@ -368,10 +370,10 @@ TEST_CASE("A worse small model costs more quality the more steps it serves", "[s
     sample(stitcher, schedule, ddim, x, Labels{}, options);
     // Frechet distance between diagonal Gaussians fitted to the samples and the data.
     double fd = 0;
-    for (std::int64_t e = 0; e < shape.numel(); ++e) {
+    for (std::int64_t e = 0; e < stitch_shape.numel(); ++e) {
       double sum = 0, sum2 = 0;
       for (int n = 0; n < samples; ++n) {
-        const double v = x[n * shape.numel() + e];
+        const double v = x[n * stitch_shape.numel() + e];
         sum += v;
         sum2 += v * v;
       }
@@ -386,7 +388,7 @@ TEST_CASE("A worse small model costs more quality the more steps it serves", "[s
   for (double r : {0.0, 0.2, 0.4, 0.6, 0.8, 1.0})
     fds.push_back(distance(r));
   // Statistical floor: ~2 * numel * var / samples for the large-only run.
-  const double noise_floor = 4.0 * static_cast<double>(shape.numel()) * 0.5 / samples;
+  const double noise_floor = 4.0 * static_cast<double>(stitch_shape.numel()) * 0.5 / samples;
   for (std::size_t i = 1; i < fds.size(); ++i) {
     INFO("fraction " << 0.2 * static_cast<double>(i) << ": " << fds[i] << " after " << fds[i - 1]);
     CHECK(fds[i] >= fds[i - 1] - noise_floor);

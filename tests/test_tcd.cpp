@@ -25,7 +25,7 @@ static_assert(Solver<TCD>);
 
 namespace {
 
-const Shape shape{2, 4, 4};
+const Shape tcd_shape{2, 4, 4};
 
 /// diffusers' TCDSchedulerTest.full_loop: x = step(model(x, t), t, x, eta = 0) over the
 /// timesteps of set_timesteps(n), from the harness sample.
@@ -201,8 +201,8 @@ TEST_CASE("TCD steps: DDIM jump to s, then forward noise to the next point", "[t
   const Trajectory trajectory = with_map(schedule, 4);
   HostBackend backend;
   TCD tcd(TCDOptions{0.3});
-  tcd.begin(backend, trajectory, 2, shape);
-  Tensor x(2, shape), x0(2, shape), eps(2, shape), z(2, shape);
+  tcd.begin(backend, trajectory, 2, tcd_shape);
+  Tensor x(2, tcd_shape), x0(2, tcd_shape), eps(2, tcd_shape), z(2, tcd_shape);
   fill_initial_noise(x, 1);
   fill_initial_noise(x0, 2);
   fill_initial_noise(eps, 3);
@@ -230,7 +230,7 @@ TEST_CASE("TCD steps: DDIM jump to s, then forward noise to the next point", "[t
   }
   SECTION("gamma = 0 is the DDIM step to the next point") {
     TCD ddim(TCDOptions{0.0});
-    ddim.begin(backend, trajectory, 2, shape);
+    ddim.begin(backend, trajectory, 2, tcd_shape);
     ddim.update(backend, SolverStep{0, 0, &trajectory, NoiseKey{}}, out, x);
     const TimePoint p = trajectory[1];
     for (std::int64_t i = 0; i < x.numel(); ++i)
@@ -266,8 +266,8 @@ TEST_CASE("TCD with gamma > 0 reproduces the data's mean and variance", "[solver
 }
 
 TEST_CASE("TCD is reproducible per seed; gamma = 0 and one step draw no noise", "[tcd]") {
-  analytic::DiagonalGaussian data = varied_gaussian(shape, 0.1, 1.0);
-  analytic::ExactDenoiser model(shape, data, Prediction::epsilon);
+  analytic::DiagonalGaussian data = varied_gaussian(tcd_shape, 0.1, 1.0);
+  analytic::ExactDenoiser model(tcd_shape, data, Prediction::epsilon);
   auto run = [&](int steps, double gamma, std::uint64_t seed) {
     return seeded_sample(model, TCDSchedule{}, TCD(TCDOptions{gamma}), steps, seed, 3);
   };
@@ -281,7 +281,7 @@ TEST_CASE("TCD allocates its workspace in begin() only", "[tcd]") {
   const TCDSchedule schedule;
   const Trajectory trajectory = with_map(schedule, 4);
   for (const TCD& tcd : {TCD{}, TCD{TCDOptions{0.0}}, TCD{TCDOptions{1.0}}}) {
-    Tensor x(2, shape), x0(2, shape);
+    Tensor x(2, tcd_shape), x0(2, tcd_shape);
     CHECK(allocations_after_begin(tcd, trajectory, x,
                                   ModelOutput{x0, x0, x0, Prediction::sample}) == 0);
   }
@@ -295,7 +295,7 @@ TEST_CASE("TCD options and timesteps are validated, naming option and value", "[
 
   HostBackend backend;
   TCD tcd;
-  CHECK_THROWS_WITH(tcd.begin(backend, TCDSchedule{}.trajectory(4), 2, shape),
+  CHECK_THROWS_WITH(tcd.begin(backend, TCDSchedule{}.trajectory(4), 2, tcd_shape),
                     Catch::Contains("trajectory.point_at"));
 
   CHECK_THROWS_WITH(tcd_timesteps(1000, 50, 4, 0.0), Catch::Contains("strength = 0"));

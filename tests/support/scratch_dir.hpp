@@ -4,10 +4,13 @@
 // A fresh, empty directory for one test case, removed afterwards (tests that write files).
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <vector>
 
 #include <unistd.h>
+
+#include "files.hpp"
 
 namespace tstitch::test {
 
@@ -34,6 +37,13 @@ public:
     for (const auto& entry : std::filesystem::directory_iterator(path))
       names.push_back(entry.path().filename().string());
     return names;
+  }
+
+  /// Writes `bytes` to the file `name` in the directory; returns its path.
+  std::filesystem::path write(std::string_view name, std::string_view bytes) const {
+    const std::filesystem::path file = path / name;
+    write_all(file, bytes);
+    return file;
   }
 
   const std::filesystem::path path;
