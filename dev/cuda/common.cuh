@@ -139,6 +139,58 @@ template <class Launch> double median_us(int samples, int calls, Launch launch) 
   return us[us.size() / 2];
 }
 
+/// Microseconds per call: the median over `samples` of `calls` back-to-back calls on `stream`,
+/// one event pair per sample (one call of a few µs is near the events' resolution). The calls are
+/// replayed from a CUDA graph, as the CUDA DiT runs its forward, so host launch costs stay out;
+/// where capture fails, they are launched directly and `graphed` says so.
+template <class Launch>
+double median_us_graphed(Launch launch, cudaStream_t stream, bool& graphed, int samples = 15,
+                         int calls = 20) {
+  for (int i = 0; i < 3; ++i) // warm-up, outside the capture (cuDNN builds its plan here)
+    launch();
+  TSTITCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  graphed = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+  if (graphed) {
+    try {
+      for (int c = 0; c < calls; ++c)
+        launch();
+    } catch (const std::exception& e) {
+      std::printf("  (capture failed: %s; timing direct launches)\n", e.what());
+      graphed = false;
+    }
+    graphed = cudaStreamEndCapture(stream, &graph) == cudaSuccess && graphed &&
+              cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
+  }
+  (void)cudaGetLastError(); // a failed capture leaves its error here; direct launches follow
+  cudaEvent_t start = nullptr, stop = nullptr;
+  TSTITCH_CUDA_CHECK(cudaEventCreate(&start));
+  TSTITCH_CUDA_CHECK(cudaEventCreate(&stop));
+  std::vector<double> us;
+  for (int s = 0; s < samples; ++s) {
+    TSTITCH_CUDA_CHECK(cudaEventRecord(start, stream));
+    if (graphed)
+      TSTITCH_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    else
+      for (int c = 0; c < calls; ++c)
+        launch();
+    TSTITCH_CUDA_CHECK(cudaEventRecord(stop, stream));
+    TSTITCH_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    TSTITCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    us.push_back(static_cast<double>(ms) * 1e3 / calls);
+  }
+  TSTITCH_CUDA_CHECK(cudaEventDestroy(start));
+  TSTITCH_CUDA_CHECK(cudaEventDestroy(stop));
+  if (exec != nullptr)
+    TSTITCH_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  if (graph != nullptr)
+    TSTITCH_CUDA_CHECK(cudaGraphDestroy(graph));
+  std::sort(us.begin(), us.end());
+  return us[us.size() / 2];
+}
+
 /// A time for a csv line: "%.2f" of `us`.
 inline std::string csv_time(double us) {
   char buffer[32];

@@ -201,58 +201,6 @@ void run(const Variant& v, const Problem& p, const std::uint16_t* qkv, std::uint
   }
 }
 
-// Microseconds per call: the median over `samples` of `calls` back-to-back calls on `stream`,
-// one event pair per sample (one call of a few µs is near the events' resolution). The calls are
-// replayed from a CUDA graph, as the CUDA DiT runs its forward, so host launch costs stay out;
-// where capture fails, they are launched directly and `graphed` says so.
-template <class Launch>
-double median_us(Launch launch, cudaStream_t stream, bool& graphed, int samples = 15,
-                 int calls = 20) {
-  for (int i = 0; i < 3; ++i) // warm-up, outside the capture (cuDNN builds its plan here)
-    launch();
-  TSTITCH_CUDA_CHECK(cudaStreamSynchronize(stream));
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  graphed = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
-  if (graphed) {
-    try {
-      for (int c = 0; c < calls; ++c)
-        launch();
-    } catch (const std::exception& e) {
-      std::printf("  (capture failed: %s; timing direct launches)\n", e.what());
-      graphed = false;
-    }
-    graphed = cudaStreamEndCapture(stream, &graph) == cudaSuccess && graphed &&
-              cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
-  }
-  (void)cudaGetLastError(); // a failed capture leaves its error here; direct launches follow
-  cudaEvent_t start = nullptr, stop = nullptr;
-  TSTITCH_CUDA_CHECK(cudaEventCreate(&start));
-  TSTITCH_CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<double> us;
-  for (int s = 0; s < samples; ++s) {
-    TSTITCH_CUDA_CHECK(cudaEventRecord(start, stream));
-    if (graphed)
-      TSTITCH_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-    else
-      for (int c = 0; c < calls; ++c)
-        launch();
-    TSTITCH_CUDA_CHECK(cudaEventRecord(stop, stream));
-    TSTITCH_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    TSTITCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    us.push_back(static_cast<double>(ms) * 1e3 / calls);
-  }
-  TSTITCH_CUDA_CHECK(cudaEventDestroy(start));
-  TSTITCH_CUDA_CHECK(cudaEventDestroy(stop));
-  if (exec != nullptr)
-    TSTITCH_CUDA_CHECK(cudaGraphExecDestroy(exec));
-  if (graph != nullptr)
-    TSTITCH_CUDA_CHECK(cudaGraphDestroy(graph));
-  std::sort(us.begin(), us.end());
-  return us[us.size() / 2];
-}
-
 // Version 3's launcher must refuse what the kernel does not take, naming the value.
 bool check_refusals() {
   bool ok = true;
@@ -390,8 +338,8 @@ int run_all(int argc, char** argv) {
         continue;
       }
       bool graphed = false;
-      const double us =
-          median_us([&] { run(v, p, qkv.data(), out.data(), stream); }, stream, graphed);
+      const double us = lab::median_us_graphed([&] { run(v, p, qkv.data(), out.data(), stream); },
+                                               stream, graphed);
       const double tflops = p.flops() / (us * 1e-6) / 1e12;
       if (v.version == 1)
         base_us = us;
