@@ -37,7 +37,7 @@
 # Knobs (environment): CUDA_ARCH, REPEATS (10), TORCH_COMPILE (S/2:1,S/2:8,XL/2:1,XL/2:8,XL/2:64
 # | all | none), TORCH_COMPILE_MODE (max-autotune), TORCH_STITCH (1,8 | none), SANITIZE_SPEC (a
 # Catch2 test spec), SANITIZE_LIMIT_S (130), SANITIZE_TOOLS (memcheck racecheck),
-# LAB_PROGRAM_LIMIT_S (90), TESTS_VIA_CTEST, PYTHON (python3), TOTAL_BUDGET_S,
+# LAB_PROGRAM_LIMIT_S (90), LAB_PROGRAMS (all), TESTS_VIA_CTEST, PYTHON (python3), TOTAL_BUDGET_S,
 # TSTITCH_CUDNN_LIBRARY (libcudnn for the cudnn attention path; default: libcudnn.so.9, else the
 # nvidia-cudnn wheel of $PYTHON).
 set -uo pipefail
@@ -248,8 +248,21 @@ stage_tests() {
 # The kernel lab (dev/cuda/*.cu, one lab_<name> program each): configured in, built, and each
 # program run once (exit 0 pass, 1 fail, 77 skipped). Its output, its csv lines and a
 # "lab-status,<program>,<status>" line go to $OUT/lab.log, where the summary reads them.
+# LAB_PROGRAMS (e.g. persistent_block,short_attention) picks programs and their order, so a short
+# GPU call can run the ones that decide first; default: every dev/cuda/*.cu, by name.
 lab_programs() {
-  local f
+  local f name
+  if [[ -n "${LAB_PROGRAMS:-}" ]]; then
+    for name in ${LAB_PROGRAMS//,/ }; do
+      f="$ROOT/dev/cuda/$name.cu"
+      if [[ -f "$f" ]]; then
+        echo "lab_$name"
+      else
+        echo "run.sh: LAB_PROGRAMS names '$name', which has no $f" >&2
+      fi
+    done
+    return
+  fi
   for f in "$ROOT"/dev/cuda/*.cu; do
     [[ -f "$f" ]] && echo "lab_$(basename "$f" .cu)"
   done
