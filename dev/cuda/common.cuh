@@ -191,6 +191,35 @@ double median_us_graphed(Launch launch, cudaStream_t stream, bool& graphed, int 
   return us[us.size() / 2];
 }
 
+/// The rows a check compares with its reference: every row up to 256, else 16 blocks of 16 rows
+/// spread evenly from the first block to the last (so the first and last CTAs' rows are in).
+inline std::vector<std::int64_t> checked_rows(std::int64_t rows) {
+  std::vector<std::int64_t> out;
+  if (rows <= 256) {
+    for (std::int64_t r = 0; r < rows; ++r)
+      out.push_back(r);
+    return out;
+  }
+  const std::int64_t blocks = rows / 16;
+  for (std::int64_t i = 0; i < 16; ++i)
+    for (std::int64_t r = 0; r < 16; ++r)
+      out.push_back(i * (blocks - 1) / 15 * 16 + r);
+  return out;
+}
+
+/// Whether `call` refuses its arguments with tstitch::invalid_argument, printing what it said
+/// (a kernel's launcher must name the value it cannot take before anything runs).
+template <class Call> bool refuses(const char* what, Call call) {
+  try {
+    call();
+  } catch (const tstitch::invalid_argument& e) {
+    std::printf("  %s refused: %s\n", what, e.what());
+    return true;
+  }
+  std::printf("  %s accepted: FAIL\n", what);
+  return false;
+}
+
 /// A time for a csv line: "%.2f" of `us`.
 inline std::string csv_time(double us) {
   char buffer[32];

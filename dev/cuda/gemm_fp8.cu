@@ -144,22 +144,6 @@ Problem make_problem(const Shape& s, std::int64_t rows) {
   return p;
 }
 
-/// The rows the reference covers: all up to 256, else 16 blocks of 16 rows spread evenly from
-/// the first to the last.
-std::vector<std::int64_t> checked_rows(std::int64_t rows) {
-  std::vector<std::int64_t> out;
-  if (rows <= 256) {
-    for (std::int64_t r = 0; r < rows; ++r)
-      out.push_back(r);
-    return out;
-  }
-  const std::int64_t blocks = rows / 16;
-  for (std::int64_t i = 0; i < 16; ++i)
-    for (std::int64_t r = 0; r < 16; ++r)
-      out.push_back(i * (blocks - 1) / 15 * 16 + r);
-  return out;
-}
-
 /// fp64 act(x w^T + b) for `rows` of x ([rows of the problem][K]) and w ([N][K]): [rows.size()][N].
 std::vector<double> gemm_rows(const Shape& s, const std::vector<double>& x,
                               const std::vector<double>& w, const std::vector<double>& bias,
@@ -560,7 +544,7 @@ int run_device(int only, bool quick) {
     double sum_us[4] = {}; // versions 1, 2, 2g, 3 over the four GEMMs
     for (const Shape& s : xl2_gemms(images)) {
       const Problem p = make_problem(s, s.rows());
-      const std::vector<std::int64_t> rows = checked_rows(p.rows);
+      const std::vector<std::int64_t> rows = lab::checked_rows(p.rows);
       const std::vector<double> want = reference(p, rows);
       const lab::fp8::Quantised w_q = lab::fp8::quantise(lab::from_bf16(p.w));
       std::printf("%s: rows %lld, K %d, N %d, epilogue %s (checked rows %zu; W scale %.3e)\n",

@@ -155,22 +155,6 @@ Problem make_problem(const Shape& s) {
   return p;
 }
 
-/// The rows the reference covers: all up to 256, else 16 blocks of 16 rows spread evenly from
-/// the first to the last.
-std::vector<std::int64_t> checked_rows(std::int64_t rows) {
-  std::vector<std::int64_t> out;
-  if (rows <= 256) {
-    for (std::int64_t r = 0; r < rows; ++r)
-      out.push_back(r);
-    return out;
-  }
-  const std::int64_t blocks = rows / 16;
-  for (std::int64_t i = 0; i < 16; ++i)
-    for (std::int64_t r = 0; r < 16; ++r)
-      out.push_back(i * (blocks - 1) / 15 * 16 + r);
-  return out;
-}
-
 /// fp64 out for `rows`, [rows.size()][N].
 std::vector<double> reference(const Problem& p, const std::vector<std::int64_t>& rows) {
   const int d = p.shape.hidden, n = p.shape.n;
@@ -384,16 +368,7 @@ int emulate_all() {
     p.shape.n = n;
     p.shape.tokens = tokens;
     p.rows = std::int64_t{tokens} * images;
-    bool refused = false;
-    try {
-      gp::require_sizes(sizes_of(p), 64);
-    } catch (const tstitch::invalid_argument& e) {
-      refused = true;
-      std::printf("%s refused: %s\n", what, e.what());
-    }
-    if (!refused)
-      std::printf("%s accepted FAIL\n", what);
-    ok = refused && ok;
+    ok = lab::refuses(what, [&] { gp::require_sizes(sizes_of(p), 64); }) && ok;
   }
   std::printf("%s\n", ok ? "emulation matches" : "EMULATION MISMATCH");
   return ok ? 0 : 1;
@@ -427,7 +402,7 @@ int lab_main(int argc, char** argv) {
   bool ok = true;
   for (const Shape& s : shapes) {
     const Problem p = make_problem(s);
-    const std::vector<std::int64_t> rows = checked_rows(p.rows);
+    const std::vector<std::int64_t> rows = lab::checked_rows(p.rows);
     const std::vector<double> want = reference(p, rows);
     const int tile_n = gp::tile_n_for(p.rows, s.n, prop.multiProcessorCount);
     // What version 2 reads from L2 per call, to read its time by: h three times per column tile

@@ -404,24 +404,6 @@ Problem make_problem(const Shape& s) {
   return p;
 }
 
-/// The rows the reference covers: all up to 256, else 16 blocks of 16 rows (one CTA of version 2
-/// each) spread evenly from the first block to the last.
-std::vector<std::int64_t> checked_rows(std::int64_t rows) {
-  std::vector<std::int64_t> out;
-  if (rows <= 256) {
-    for (std::int64_t r = 0; r < rows; ++r)
-      out.push_back(r);
-    return out;
-  }
-  const std::int64_t blocks = rows / kBM;
-  for (std::int64_t i = 0; i < 16; ++i) {
-    const std::int64_t b = i * (blocks - 1) / 15;
-    for (std::int64_t r = 0; r < kBM; ++r)
-      out.push_back(b * kBM + r);
-  }
-  return out;
-}
-
 /// fp64 reference on the checked rows: h's update gate * (y + bias) and out, [checked][hidden].
 struct Reference {
   std::vector<std::int64_t> rows;
@@ -430,7 +412,9 @@ struct Reference {
 
 Reference reference(const Problem& p) {
   const int d = p.shape.hidden, k = p.shape.k;
-  Reference ref{checked_rows(p.rows), {}, {}};
+  // lab::checked_rows' blocks of 16 rows are one CTA of version 2 each (kBM).
+  static_assert(kBM == 16);
+  Reference ref{lab::checked_rows(p.rows), {}, {}};
   std::vector<double> w(p.w.size()), a(static_cast<std::size_t>(k)), y(static_cast<std::size_t>(d)),
       hn(static_cast<std::size_t>(d));
   std::transform(p.w.begin(), p.w.end(), w.begin(),
