@@ -191,6 +191,22 @@ double median_us_graphed(Launch launch, cudaStream_t stream, bool& graphed, int 
   return us[us.size() / 2];
 }
 
+/// A residual stream h [rows, d] to normalise: per row a mean around 20 (the DiT's, which a
+/// two-pass variance must survive) and a spread from 0.5 to 2.5, so rows differ in their
+/// statistics and a row or statistics mix-up costs O(1).
+inline std::vector<float> residual_stream(std::int64_t rows, int d) {
+  std::vector<float> h = randn(static_cast<std::size_t>(rows * d), 41);
+  const std::vector<float> offset = randn(static_cast<std::size_t>(rows), 42, 4.0f);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float spread = 0.5f + 2.0f * static_cast<float>(r % 7) / 6.0f;
+    for (int c = 0; c < d; ++c) {
+      float& v = h[static_cast<std::size_t>(r * d + c)];
+      v = 20.0f + offset[static_cast<std::size_t>(r)] + spread * v;
+    }
+  }
+  return h;
+}
+
 /// The rows a check compares with its reference: every row up to 256, else 16 blocks of 16 rows
 /// spread evenly from the first block to the last (so the first and last CTAs' rows are in).
 inline std::vector<std::int64_t> checked_rows(std::int64_t rows) {

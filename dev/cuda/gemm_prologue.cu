@@ -134,17 +134,7 @@ Problem layout(const Shape& s) {
 Problem make_problem(const Shape& s) {
   const int d = s.hidden;
   Problem p = layout(s);
-  // h: per row a mean around 20 (the residual stream's, which the two-pass variance must
-  // survive) and a spread from 0.5 to 2.5, so rows differ in their statistics.
-  p.h = lab::randn(static_cast<std::size_t>(p.rows * d), 41);
-  const std::vector<float> offset = lab::randn(static_cast<std::size_t>(p.rows), 42, 4.0f);
-  for (std::int64_t r = 0; r < p.rows; ++r) {
-    const float spread = 0.5f + 2.0f * static_cast<float>(r % 7) / 6.0f;
-    for (int c = 0; c < d; ++c) {
-      float& v = p.h[static_cast<std::size_t>(r * d + c)];
-      v = 20.0f + offset[static_cast<std::size_t>(r)] + spread * v;
-    }
-  }
+  p.h = lab::residual_stream(p.rows, d);
   p.mod =
       lab::randn(static_cast<std::size_t>(s.images) * static_cast<std::size_t>(p.mod_ld), 43, 0.5f);
   // W scaled by 1 / sqrt(hidden): y ~ N(0, 1), where GELU is neither linear nor zero.

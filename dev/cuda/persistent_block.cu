@@ -146,16 +146,7 @@ Problem make_problem(const Shape& s) {
             make_layer(d, d, 53),
             make_layer(4 * d, d, 55),
             make_layer(d, 4 * d, 57)};
-  // h: per row a mean around 20 and a spread from 0.5 to 2.5 (as gemm_prologue's).
-  p.h = lab::randn(static_cast<std::size_t>(rows * d), 41);
-  const std::vector<float> offset = lab::randn(static_cast<std::size_t>(rows), 42, 4.0f);
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const float spread = 0.5f + 2.0f * static_cast<float>(r % 7) / 6.0f;
-    for (int c = 0; c < d; ++c) {
-      float& v = p.h[static_cast<std::size_t>(r * d + c)];
-      v = 20.0f + offset[static_cast<std::size_t>(r)] + spread * v;
-    }
-  }
+  p.h = lab::residual_stream(rows, d);
   p.mod =
       lab::randn(static_cast<std::size_t>(s.images) * static_cast<std::size_t>(p.mod_ld), 43, 0.5f);
   return p;
