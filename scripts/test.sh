@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# Configures, builds and tests tstitch twice: with g++ (build/gcc, Release, the CUDA code compiled
-# where nvcc is found, LibTorch and Open MPI where installed) and with clang++ under
+# Configures, builds and tests tstitch twice: with g++ (build/gcc, Release, the CUDA code and its
+# kernel lab compiled where nvcc is found, LibTorch and Open MPI where installed) and with clang++ under
 # AddressSanitizer and UndefinedBehaviorSanitizer (build/clang, RelWithDebInfo: out-of-bounds
 # accesses, leaks, signed overflow and the like fail the tests), then runs each fuzz target for
 # 30 s (build/fuzz).
@@ -37,8 +37,9 @@ run() {
   echo "=== ${name}: tested in $((SECONDS - t0)) s ==="
 }
 
-# g++: TSTITCH_ENABLE_CUDA keeps its default (ON when a CUDA compiler is found).
-run gcc g++
+# g++: TSTITCH_ENABLE_CUDA keeps its default (ON when a CUDA compiler is found); with it, the kernel
+# lab (dev/cuda), whose --emulate checks run on the CPU.
+run gcc g++ -DTSTITCH_BUILD_CUDA_LAB=ON
 # clang++ with ASan + UBSan; CUDA, LibTorch and MPI off (the CUDA code is g++'s and nvcc's; the
 # LibTorch and Open MPI libraries are not built with the sanitizers); the headers-alone check and
 # the benchmarks (no tests run them) are left to the g++ build, to keep CI under 40 minutes on two
